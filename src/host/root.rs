@@ -1,0 +1,105 @@
+//! The root context: reads and validates the plugin configuration, creates the consumers'
+//! shared-data records, and hands the compiled configuration to each HTTP context.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use super::http::Filter;
+use super::shared_data::SharedData;
+use crate::config::{Config, Source};
+use crate::quota::ensure_record;
+
+#[derive(Default)]
+pub struct Root {
+    config: Option<Rc<Config>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        super::logger::sync_level();
+        log::info!("version {} starting", crate::VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        super::logger::sync_level();
+        let bytes = match hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        ) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => Vec::new(),
+            Err(status) => {
+                log::error!("cannot read the plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("configuration refused: {e}");
+                return false;
+            }
+        };
+        // Create every counted consumer's record now, before any request is counted: Envoy
+        // does not check CAS when a key is first created (see quota.rs).
+        for consumer in &config.consumers {
+            let limited = config
+                .plan_of(consumer)
+                .is_some_and(|p| !p.limits.is_empty());
+            if limited {
+                if let Err(e) = ensure_record(&SharedData, &consumer.store_key) {
+                    log::error!("configuration refused: shared data unavailable: {}", e.0);
+                    return false;
+                }
+            }
+        }
+        log::info!("configured: {}", summary(&config));
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter::new(self.config.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One line for the log: plans, consumers, credential sources (never keys).
+fn summary(config: &Config) -> String {
+    let plans: Vec<String> = config
+        .plans
+        .iter()
+        .map(|p| format!("{}({} limits)", p.name, p.limits.len()))
+        .collect();
+    let sources: Vec<String> = config
+        .credentials
+        .iter()
+        .map(|s| match s {
+            Source::Header(name) => format!("header {name}"),
+            Source::Authorization(scheme) => format!("authorization {scheme}"),
+            Source::Query(name) => format!("query {name}"),
+        })
+        .collect();
+    format!(
+        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}",
+        config.plans.len(),
+        plans.join(", "),
+        config.consumers.len() - usize::from(config.anonymous.is_some()),
+        config.key_count(),
+        sources.join(", "),
+        match config.anonymous.and_then(|i| config.consumers.get(i)) {
+            Some(c) => config.plan_of(c).map_or("?", |p| p.name.as_str()),
+            None => "off",
+        }
+    )
+}

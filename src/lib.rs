@@ -1,0 +1,27 @@
+//! tollgate: per-consumer API quotas for Envoy, as a proxy-wasm filter.
+//!
+//! Where each behaviour lives:
+//! - [`config`]: the plugin's JSON configuration, its validation and compiled form.
+//! - [`credentials`]: where the API key comes from (header, Authorization, query).
+//! - [`window`] and [`time`]: quota windows and UTC calendar arithmetic.
+//! - [`quota`]: the per-consumer counter record and the atomic check-and-take.
+//! - [`store`]: the shared-data trait the counting goes through (and an in-memory fake).
+//! - [`decision`]: who is calling and whether the request may pass.
+//! - [`response`]: RateLimit headers and problem+json refusals.
+//! - `host` (wasm only): the proxy-wasm glue, the only code that calls the host.
+
+pub mod config;
+pub mod credentials;
+pub mod decision;
+pub mod quota;
+pub mod response;
+pub mod sha256;
+pub mod store;
+pub mod time;
+pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+/// The crate version and, when built from a git checkout, its commit.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TOLLGATE_GIT"), ")");

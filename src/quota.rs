@@ -1,0 +1,496 @@
+//! Counting: one shared-data record per consumer holding a counter per limit, checked and
+//! incremented in one compare-and-swap cycle.
+//!
+//! The algorithm (`check_and_take`): read the record and its CAS token, evaluate every limit of
+//! the plan against it, and either refuse (writing nothing: a refused request consumes nothing)
+//! or write the record with every counter incremented, conditional on the CAS token. A CAS
+//! mismatch means another worker counted in between: read again, evaluate again. Because the
+//! decision and the increment are one conditional write, workers never admit more than a limit.
+//!
+//! Envoy checks the CAS only when the key already exists, so two workers that both find a key
+//! missing would both succeed in creating it. Records are therefore created *empty*, before any
+//! request is counted: [`ensure_record`] runs for every consumer when the plugin is configured
+//! (Envoy configures a canary VM on the main thread before any worker serves), and a counter is
+//! only ever written by a CAS-checked `set` of an existing entry.
+//!
+//! Record format (UTF-8 text, versioned so that an unknown or corrupt value is detected):
+//! `tg1` then one line per limit: `<limit name> <window start> <window end> <count>`.
+//! A counter whose stored window is not the current one counts as 0 (its window rolled over),
+//! and names keep counts across plan changes: a limit with the same name and window carries on.
+
+use crate::config::Limit;
+use crate::store::{SetError, Store, StoreError};
+use crate::window::Bounds;
+
+/// Header line of a record.
+const MAGIC: &str = "tg1";
+/// Attempts of the read-evaluate-write cycle before giving up on a hot record.
+pub const MAX_ATTEMPTS: u32 = 64;
+/// Most lines a record may have (more means it is not ours).
+const MAX_ENTRIES: usize = 64;
+
+/// The value of a record with no counts.
+pub fn empty_record() -> &'static [u8] {
+    MAGIC.as_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry<'a> {
+    name: &'a str,
+    start: i64,
+    end: i64,
+    count: u64,
+}
+
+/// A decoded record; names borrow from the stored bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Record<'a> {
+    entries: Vec<Entry<'a>>,
+}
+
+/// Why a stored value was not a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt;
+
+impl<'a> Record<'a> {
+    fn decode(bytes: &'a [u8]) -> Result<Record<'a>, Corrupt> {
+        if bytes.is_empty() {
+            // Envoy's remove_shared_data leaves an empty value: a fresh record.
+            return Ok(Record::default());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| Corrupt)?;
+        let mut lines = text.split('\n');
+        if lines.next() != Some(MAGIC) {
+            return Err(Corrupt);
+        }
+        let mut entries = Vec::new();
+        for line in lines {
+            if entries.len() >= MAX_ENTRIES {
+                return Err(Corrupt);
+            }
+            let mut fields = line.split(' ');
+            let (Some(name), Some(start), Some(end), Some(count), None) = (
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+            ) else {
+                return Err(Corrupt);
+            };
+            let entry = Entry {
+                name,
+                start: start.parse().map_err(|_| Corrupt)?,
+                end: end.parse().map_err(|_| Corrupt)?,
+                count: count.parse().map_err(|_| Corrupt)?,
+            };
+            if name.is_empty() || entry.end <= entry.start {
+                return Err(Corrupt);
+            }
+            entries.push(entry);
+        }
+        Ok(Record { entries })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(MAGIC.len() + self.entries.len() * 48);
+        out.push_str(MAGIC);
+        for e in &self.entries {
+            out.push('\n');
+            out.push_str(e.name);
+            out.push_str(&format!(" {} {} {}", e.start, e.end, e.count));
+        }
+        out.into_bytes()
+    }
+
+    /// The count of a limit in the given window (0 if absent or from another window).
+    fn used(&self, name: &str, bounds: Bounds) -> u64 {
+        self.entries
+            .iter()
+            .find(|e| e.name == name && e.start == bounds.start && e.end == bounds.end)
+            .map_or(0, |e| e.count)
+    }
+}
+
+/// One limit's state for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests counted in the current window (including this one, if it was admitted).
+    pub used: u64,
+    /// The limit's size.
+    pub requests: u64,
+    pub bounds: Bounds,
+    /// This limit is exhausted (the request was refused because of it).
+    pub violated: bool,
+}
+
+impl Usage {
+    pub fn remaining(&self) -> u64 {
+        self.requests.saturating_sub(self.used)
+    }
+}
+
+/// The result of counting one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub admitted: bool,
+    /// One per limit of the plan, in plan order.
+    pub usages: Vec<Usage>,
+    /// The stored value was not a record and was replaced by a fresh one (worth a log line).
+    pub replaced_corrupt: bool,
+    /// Read-evaluate-write cycles used (1 without contention).
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CountError {
+    Store(StoreError),
+    /// Every attempt lost its CAS race.
+    Contended,
+}
+
+/// Evaluates every limit against a record at `now`.
+fn evaluate(limits: &[Limit], record: &Record, now: i64) -> Vec<Usage> {
+    limits
+        .iter()
+        .map(|limit| {
+            let bounds = limit.window.bounds(now);
+            let used = record.used(&limit.name, bounds);
+            Usage {
+                used,
+                requests: limit.requests,
+                bounds,
+                violated: used >= limit.requests,
+            }
+        })
+        .collect()
+}
+
+/// Creates a consumer's record if it does not exist yet. Never overwrites an existing one.
+pub fn ensure_record(store: &impl Store, key: &str) -> Result<bool, StoreError> {
+    if store.get(key)?.is_some() {
+        return Ok(false);
+    }
+    match store.set(key, empty_record(), 0) {
+        Ok(()) => Ok(true),
+        Err(SetError::CasMismatch) => Ok(false),
+        Err(SetError::Failed(e)) => Err(e),
+    }
+}
+
+/// Checks every limit and, if all allow it, counts the request in all of them, atomically.
+pub fn check_and_take(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    now: i64,
+) -> Result<Counted, CountError> {
+    let mut replaced_corrupt = false;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(key).map_err(CountError::Store)? else {
+            // Not created at configuration time (should not happen): create it empty, then
+            // count through the CAS path like every other request.
+            ensure_record(store, key).map_err(CountError::Store)?;
+            continue;
+        };
+        let record = match Record::decode(&bytes) {
+            Ok(record) => record,
+            Err(Corrupt) => {
+                replaced_corrupt = true;
+                Record::default()
+            }
+        };
+        let usages = evaluate(limits, &record, now);
+        if usages.iter().any(|u| u.violated) {
+            return Ok(Counted {
+                admitted: false,
+                usages,
+                replaced_corrupt,
+                attempts: attempt,
+            });
+        }
+        let next = Record {
+            entries: limits
+                .iter()
+                .zip(&usages)
+                .map(|(limit, usage)| Entry {
+                    name: &limit.name,
+                    start: usage.bounds.start,
+                    end: usage.bounds.end,
+                    count: usage.used + 1,
+                })
+                .collect(),
+        };
+        match store.set(key, &next.encode(), cas) {
+            Ok(()) => {
+                let usages = usages
+                    .into_iter()
+                    .map(|u| Usage {
+                        used: u.used + 1,
+                        ..u
+                    })
+                    .collect();
+                return Ok(Counted {
+                    admitted: true,
+                    usages,
+                    replaced_corrupt,
+                    attempts: attempt,
+                });
+            }
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
+        }
+    }
+    Err(CountError::Contended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::window::Window;
+    use std::cell::Cell;
+
+    fn limit(name: &str, requests: u64, window: Window) -> Limit {
+        Limit {
+            name: name.into(),
+            requests,
+            window,
+            window_text: String::new(),
+            status: 402,
+        }
+    }
+
+    const K: &str = "tollgate:v1:consumer:acme";
+    const NOW: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z, a Wednesday
+
+    #[test]
+    fn admits_exactly_the_quota_then_refuses_without_consuming() {
+        let store = MemoryStore::new();
+        ensure_record(&store, K).unwrap();
+        let limits = [limit("daily", 5, Window::Fixed(86_400))];
+        for i in 1..=5 {
+            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            assert!(c.admitted);
+            assert_eq!(c.usages[0].used, i);
+            assert_eq!(c.usages[0].remaining(), 5 - i);
+        }
+        let before = store.value(K);
+        for _ in 0..3 {
+            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            assert!(!c.admitted && c.usages[0].violated);
+            assert_eq!(c.usages[0].remaining(), 0);
+        }
+        assert_eq!(store.value(K), before, "refusals write nothing");
+    }
+
+    #[test]
+    fn every_limit_must_allow_and_a_refusal_consumes_none_of_them() {
+        let store = MemoryStore::new();
+        let limits = [
+            limit("daily", 100, Window::Fixed(86_400)),
+            limit("burst", 2, Window::Fixed(1)),
+        ];
+        assert!(check_and_take(&store, K, &limits, NOW).unwrap().admitted);
+        assert!(check_and_take(&store, K, &limits, NOW).unwrap().admitted);
+        let refused = check_and_take(&store, K, &limits, NOW).unwrap();
+        assert!(!refused.admitted);
+        assert_eq!(
+            refused.usages[0].used, 2,
+            "daily was not charged for the refusal"
+        );
+        assert!(!refused.usages[0].violated && refused.usages[1].violated);
+        // Next second: burst window rolled over, daily carries on.
+        let next = check_and_take(&store, K, &limits, NOW + 1).unwrap();
+        assert!(next.admitted);
+        assert_eq!((next.usages[0].used, next.usages[1].used), (3, 1));
+    }
+
+    #[test]
+    fn window_rollover_resets_at_the_boundary() {
+        let store = MemoryStore::new();
+        let limits = [limit("m", 1, Window::Fixed(60))];
+        let start = NOW - NOW % 60;
+        assert!(check_and_take(&store, K, &limits, start).unwrap().admitted);
+        assert!(
+            !check_and_take(&store, K, &limits, start + 59)
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            check_and_take(&store, K, &limits, start + 60)
+                .unwrap()
+                .admitted
+        );
+    }
+
+    #[test]
+    fn counts_follow_limit_names_across_plan_changes() {
+        let store = MemoryStore::new();
+        let free = [
+            limit("daily", 3, Window::Fixed(86_400)),
+            limit("burst", 10, Window::Fixed(1)),
+        ];
+        for _ in 0..3 {
+            check_and_take(&store, K, &free, NOW).unwrap();
+        }
+        let pro = [limit("daily", 5, Window::Fixed(86_400))];
+        let c = check_and_take(&store, K, &pro, NOW).unwrap();
+        assert!(c.admitted);
+        assert_eq!(c.usages[0].used, 4);
+        // Same name, other window: a fresh count.
+        let hourly = [limit("daily", 5, Window::Fixed(3600))];
+        assert_eq!(
+            check_and_take(&store, K, &hourly, NOW).unwrap().usages[0].used,
+            1
+        );
+    }
+
+    #[test]
+    fn corrupt_or_foreign_values_become_a_fresh_counter() {
+        let limits = [limit("d", 5, Window::Fixed(86_400))];
+        let corrupt: [&[u8]; 7] = [
+            b"garbage",
+            b"\xff\xfe",
+            b"tg1\nd 1 2",
+            b"tg1\nd x 2 3",
+            b"tg1\nd 2 1 3",
+            b"tg2\nd 1 2 3",
+            b"tg1\nd 1 2 -3",
+        ];
+        for value in corrupt {
+            let store = MemoryStore::new();
+            store.set(K, value, 0).unwrap();
+            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            assert!(c.admitted && c.replaced_corrupt, "{value:?}");
+            assert_eq!(c.usages[0].used, 1);
+        }
+        // An empty value (what remove_shared_data leaves) is a fresh record, not corruption.
+        let store = MemoryStore::new();
+        store.set(K, b"", 0).unwrap();
+        let c = check_and_take(&store, K, &limits, NOW).unwrap();
+        assert!(c.admitted && !c.replaced_corrupt);
+        let many = format!("tg1{}", "\nx 1 2 3".repeat(MAX_ENTRIES + 1));
+        assert_eq!(Record::decode(many.as_bytes()), Err(Corrupt));
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let r = Record {
+            entries: vec![
+                Entry {
+                    name: "daily",
+                    start: 10,
+                    end: 20,
+                    count: 3,
+                },
+                Entry {
+                    name: "b.u-r_st",
+                    start: -5,
+                    end: 1,
+                    count: u64::MAX,
+                },
+            ],
+        };
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes), Ok(r));
+        assert_eq!(Record::decode(empty_record()), Ok(Record::default()));
+    }
+
+    #[test]
+    fn ensure_record_never_overwrites() {
+        let store = MemoryStore::new();
+        assert!(ensure_record(&store, K).unwrap());
+        let limits = [limit("d", 5, Window::Fixed(86_400))];
+        check_and_take(&store, K, &limits, NOW).unwrap();
+        let counted = store.value(K);
+        assert!(!ensure_record(&store, K).unwrap());
+        assert_eq!(store.value(K), counted);
+    }
+
+    /// A store where another "worker" counts a request between our read and our write, a
+    /// given number of times: the CAS must catch each of those writes.
+    struct Interleaved<'a> {
+        inner: &'a MemoryStore,
+        interference: Cell<u32>,
+        limits: &'a [Limit],
+    }
+
+    impl Store for Interleaved<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+            if self.interference.get() > 0 {
+                self.interference.set(self.interference.get() - 1);
+                check_and_take(self.inner, key, self.limits, NOW).unwrap();
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn cas_mismatch_retries_and_never_over_admits() {
+        let inner = MemoryStore::new();
+        ensure_record(&inner, K).unwrap();
+        let limits = [limit("d", 3, Window::Fixed(86_400))];
+        let racing = Interleaved {
+            inner: &inner,
+            interference: Cell::new(2),
+            limits: &limits,
+        };
+        // Two other requests slip in; ours is retried and becomes the third.
+        let c = check_and_take(&racing, K, &limits, NOW).unwrap();
+        assert!(c.admitted);
+        assert_eq!((c.usages[0].used, c.attempts), (3, 3));
+        // Quota spent: another racing attempt is refused, not admitted as a fourth.
+        let racing = Interleaved {
+            inner: &inner,
+            interference: Cell::new(1),
+            limits: &limits,
+        };
+        assert!(!check_and_take(&racing, K, &limits, NOW).unwrap().admitted);
+    }
+
+    #[test]
+    fn bounded_retries_under_endless_contention() {
+        let inner = MemoryStore::new();
+        let limits = [limit("d", u64::MAX, Window::Fixed(86_400))];
+        let racing = Interleaved {
+            inner: &inner,
+            interference: Cell::new(u32::MAX),
+            limits: &limits,
+        };
+        assert_eq!(
+            check_and_take(&racing, K, &limits, NOW),
+            Err(CountError::Contended)
+        );
+    }
+
+    #[test]
+    fn store_failures_surface_as_errors() {
+        struct Broken;
+        impl Store for Broken {
+            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+                Err(StoreError("down".into()))
+            }
+            fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), SetError> {
+                Err(SetError::Failed(StoreError("down".into())))
+            }
+        }
+        let limits = [limit("d", 1, Window::Month)];
+        assert_eq!(
+            check_and_take(&Broken, K, &limits, NOW),
+            Err(CountError::Store(StoreError("down".into())))
+        );
+    }
+
+    #[test]
+    fn missing_record_is_created_then_counted_through_cas() {
+        let store = MemoryStore::new();
+        let limits = [limit("d", 2, Window::Week)];
+        let c = check_and_take(&store, K, &limits, NOW).unwrap();
+        assert!(c.admitted);
+        assert_eq!((c.usages[0].used, c.attempts), (1, 2));
+    }
+}

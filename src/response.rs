@@ -1,0 +1,370 @@
+//! What callers see: RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) on every
+//! response to a counted consumer, and RFC 9457 `application/problem+json` refusals.
+
+use serde::Serialize;
+
+use crate::config::{Config, Plan};
+use crate::decision::{Caller, Denial};
+use crate::quota::Usage;
+use crate::time::format_rfc3339;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+pub const MISSING_CREDENTIAL: &str = "urn:tollgate:problem:missing-credential";
+pub const INVALID_CREDENTIAL: &str = "urn:tollgate:problem:invalid-credential";
+pub const SUSPENDED: &str = "urn:tollgate:problem:subscription-suspended";
+pub const EXPIRED: &str = "urn:tollgate:problem:subscription-expired";
+pub const UNAVAILABLE: &str = "urn:tollgate:problem:quota-unavailable";
+
+/// A local reply: status, headers, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// `RateLimit-Policy` and `RateLimit` for a plan's usages (nothing for an unlimited plan).
+pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'static str, String)> {
+    if usages.is_empty() {
+        return Vec::new();
+    }
+    let mut policy = String::with_capacity(usages.len() * 32);
+    let mut state = String::with_capacity(usages.len() * 32);
+    for (limit, usage) in plan.limits.iter().zip(usages) {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        // Limit names are validated to [A-Za-z0-9_.-]: safe inside a structured-field string.
+        policy.push_str(&format!(
+            "\"{}\";q={};w={}",
+            limit.name,
+            limit.requests,
+            usage.bounds.len()
+        ));
+        state.push_str(&format!(
+            "\"{}\";r={};t={}",
+            limit.name,
+            usage.remaining(),
+            usage.bounds.seconds_to_reset(now)
+        ));
+    }
+    vec![("ratelimit-policy", policy), ("ratelimit", state)]
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    violated_policies: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset: Option<String>,
+    #[serde(rename = "retry-after", skip_serializing_if = "Option::is_none")]
+    retry_after: Option<i64>,
+    #[serde(rename = "expired-at", skip_serializing_if = "Option::is_none")]
+    expired_at: Option<String>,
+}
+
+impl<'a> Problem<'a> {
+    fn new(kind: &'a str, title: &'a str, status: u16, detail: String) -> Self {
+        Problem {
+            kind,
+            title,
+            status,
+            detail,
+            consumer: None,
+            plan: None,
+            violated_policies: None,
+            reset: None,
+            retry_after: None,
+            expired_at: None,
+        }
+    }
+
+    fn of(mut self, caller: &Caller<'a>) -> Self {
+        self.consumer = Some(&caller.consumer.name);
+        self.plan = Some(&caller.plan.name);
+        self
+    }
+
+    fn reply(self, mut headers: Vec<(&'static str, String)>) -> Reply {
+        let body = serde_json::to_string(&self).unwrap_or_else(|_| {
+            format!(r#"{{"title":"Request refused","status":{}}}"#, self.status)
+        });
+        headers.push(("content-type", PROBLEM_JSON.to_string()));
+        headers.push(("cache-control", "no-store".to_string()));
+        Reply {
+            status: self.status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// The refusal a caller gets.
+pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
+    let challenge = || vec![("www-authenticate", config.challenge.clone())];
+    match denial {
+        Denial::MissingCredential => Problem::new(
+            MISSING_CREDENTIAL,
+            "Missing API key",
+            401,
+            "This API requires an API key.".into(),
+        )
+        .reply(challenge()),
+        Denial::MalformedCredential(reason) => Problem::new(
+            INVALID_CREDENTIAL,
+            "Invalid API key",
+            401,
+            format!("The API key is not valid: {reason}."),
+        )
+        .reply(challenge()),
+        Denial::UnknownKey => Problem::new(
+            INVALID_CREDENTIAL,
+            "Invalid API key",
+            401,
+            "The API key is not valid.".into(),
+        )
+        .reply(challenge()),
+        Denial::Suspended(caller) => Problem::new(
+            SUSPENDED,
+            "Subscription suspended",
+            402,
+            format!(
+                "The subscription of consumer {} is suspended.",
+                caller.consumer.name
+            ),
+        )
+        .of(caller)
+        .reply(Vec::new()),
+        Denial::Expired { caller, expired_at } => {
+            let mut p = Problem::new(
+                EXPIRED,
+                "Subscription expired",
+                402,
+                format!(
+                    "The subscription of consumer {} expired at {}.",
+                    caller.consumer.name,
+                    format_rfc3339(*expired_at)
+                ),
+            )
+            .of(caller);
+            p.expired_at = Some(format_rfc3339(*expired_at));
+            p.reply(Vec::new())
+        }
+        Denial::QuotaExceeded { caller, usages } => quota_exceeded(caller, usages, now),
+        Denial::StoreUnavailable { caller, .. } => {
+            let mut p = Problem::new(
+                UNAVAILABLE,
+                "Quota temporarily unavailable",
+                503,
+                "The request could not be counted against its quota; try again shortly.".into(),
+            )
+            .of(caller);
+            p.retry_after = Some(1);
+            p.reply(vec![("retry-after", "1".into())])
+        }
+    }
+}
+
+fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64) -> Reply {
+    let violated: Vec<(&crate::config::Limit, &Usage)> = caller
+        .plan
+        .limits
+        .iter()
+        .zip(usages)
+        .filter(|(_, u)| u.violated)
+        .collect();
+    // The binding limit is the violated one that resets last: retrying earlier is pointless.
+    let binding = violated.iter().max_by_key(|(_, u)| u.bounds.end);
+    let (status, retry_after, reset, detail) = match binding {
+        Some((limit, usage)) => (
+            limit.status,
+            usage.bounds.seconds_to_reset(now),
+            usage.bounds.end,
+            format!(
+                "Consumer {} has used all {} requests of limit \"{}\" ({}); it resets at {}.",
+                caller.consumer.name,
+                limit.requests,
+                limit.name,
+                limit.window_text,
+                format_rfc3339(usage.bounds.end)
+            ),
+        ),
+        None => (402, 1, now + 1, "The quota is exceeded.".to_string()),
+    };
+    let mut p = Problem::new(
+        QUOTA_EXCEEDED,
+        "Request cannot be satisfied as assigned quota has been exceeded",
+        status,
+        detail,
+    )
+    .of(caller);
+    p.violated_policies = Some(violated.iter().map(|(l, _)| l.name.as_str()).collect());
+    p.reset = Some(format_rfc3339(reset));
+    p.retry_after = Some(retry_after);
+    let mut headers = rate_limit_headers(caller.plan, usages, now);
+    headers.push(("retry-after", retry_after.to_string()));
+    p.reply(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{Credential, Presented};
+    use crate::decision::{decide, Decision};
+    use crate::store::MemoryStore;
+    use serde_json::Value;
+
+    const CONFIG: &str = r#"{
+      "credentials": [{"header": "x-api-key"}, {"authorization": "Bearer"}],
+      "plans": {
+        "free": { "limits": [ {"name": "daily", "requests": 3, "window": "day"},
+                              {"name": "burst", "requests": 1, "window": "1s", "status": 429} ] }
+      },
+      "consumers": {
+        "acme": { "plan": "free", "keys": ["acme"] },
+        "initech": { "plan": "free", "keys": ["initech"], "status": "suspended" },
+        "globex": { "plan": "free", "keys": ["globex"], "expires_at": "2026-01-01T00:00:00Z" }
+      }
+    }"#;
+    // 2026-11-25T13:00:00Z
+    const NOW: i64 = 1_795_611_600;
+
+    fn key(k: &str) -> Credential {
+        Credential::Key(Presented {
+            key: k.as_bytes().to_vec(),
+            source: 0,
+        })
+    }
+
+    fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn deny(config: &Config, store: &MemoryStore, credential: Credential, now: i64) -> Reply {
+        match decide(config, credential, now, store) {
+            Decision::Deny(d) => refusal(config, &d, now),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allowed_requests_get_ratelimit_fields() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        let Decision::Allow { caller, usages } = decide(&config, key("acme"), NOW, &store) else {
+            panic!()
+        };
+        let headers = rate_limit_headers(caller.plan, &usages, NOW);
+        assert_eq!(
+            headers,
+            vec![
+                (
+                    "ratelimit-policy",
+                    "\"daily\";q=3;w=86400, \"burst\";q=1;w=1".to_string()
+                ),
+                (
+                    "ratelimit",
+                    "\"daily\";r=2;t=39600, \"burst\";r=0;t=1".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn quota_exceeded_is_problem_json_with_the_binding_limit() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        assert!(matches!(
+            decide(&config, key("acme"), NOW, &store),
+            Decision::Allow { .. }
+        ));
+        // Same second: only the burst limit is exhausted -> its status 429, Retry-After 1.
+        let reply = deny(&config, &store, key("acme"), NOW);
+        assert_eq!(reply.status, 429);
+        assert_eq!(header(&reply, "retry-after"), Some("1"));
+        assert_eq!(header(&reply, "content-type"), Some(PROBLEM_JSON));
+        assert_eq!(
+            header(&reply, "ratelimit"),
+            Some("\"daily\";r=2;t=39600, \"burst\";r=0;t=1")
+        );
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["type"], QUOTA_EXCEEDED);
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["violated-policies"], serde_json::json!(["burst"]));
+        assert_eq!(body["consumer"], "acme");
+        assert_eq!(body["plan"], "free");
+        assert_eq!(body["reset"], "2026-11-25T13:00:01Z");
+        assert_eq!(body["retry-after"], 1);
+        // Spend the daily quota: both limits violated, daily resets last -> 402, Retry-After to midnight.
+        assert!(matches!(
+            decide(&config, key("acme"), NOW + 1, &store),
+            Decision::Allow { .. }
+        ));
+        assert!(matches!(
+            decide(&config, key("acme"), NOW + 2, &store),
+            Decision::Allow { .. }
+        ));
+        let reply = deny(&config, &store, key("acme"), NOW + 2);
+        assert_eq!(reply.status, 402);
+        assert_eq!(header(&reply, "retry-after"), Some("39598"));
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            body["violated-policies"],
+            serde_json::json!(["daily", "burst"])
+        );
+        assert_eq!(body["reset"], "2026-11-26T00:00:00Z");
+        assert!(body["detail"].as_str().unwrap().contains("\"daily\" (day)"));
+    }
+
+    #[test]
+    fn credential_and_standing_refusals() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        let cases = [
+            (Credential::Missing, 401, MISSING_CREDENTIAL),
+            (Credential::Malformed("x"), 401, INVALID_CREDENTIAL),
+            (key("secret-nobody-has"), 401, INVALID_CREDENTIAL),
+            (key("initech"), 402, SUSPENDED),
+            (key("globex"), 402, EXPIRED),
+        ];
+        for (credential, status, kind) in cases {
+            let reply = deny(&config, &store, credential, NOW);
+            assert_eq!(reply.status, status);
+            let body: Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(
+                (body["type"].as_str(), body["status"].as_u64()),
+                (Some(kind), Some(status.into()))
+            );
+            assert!(body["title"].is_string() && body["detail"].is_string());
+            assert!(
+                !reply.body.contains("secret-nobody-has"),
+                "never echo a key"
+            );
+            assert_eq!(header(&reply, "www-authenticate").is_some(), status == 401);
+            assert_eq!(
+                header(&reply, "ratelimit"),
+                None,
+                "not counted, no RateLimit fields"
+            );
+        }
+        let expired = deny(&config, &store, key("globex"), NOW);
+        let body: Value = serde_json::from_str(&expired.body).unwrap();
+        assert_eq!(body["expired-at"], "2026-01-01T00:00:00Z");
+        assert_eq!(body["consumer"], "globex");
+    }
+}

@@ -1,0 +1,278 @@
+//! Fixed quota windows: which window a timestamp falls in, and when it ends.
+//!
+//! Calendar windows (`day`, `week`, `month`) follow the UTC calendar: a week starts on Monday,
+//! a month is the calendar month. Fixed-length windows (`second`, `minute`, `hour`, `<n>s`,
+//! `<n>m`, `<n>h`, `<n>d`) are aligned to multiples of their length since the Unix epoch.
+
+use crate::time::{civil_from_days, days_from_civil, DAY};
+
+/// Longest fixed-length window accepted: 366 days (longer periods are what `month` is for).
+pub const MAX_FIXED_SECONDS: i64 = 366 * DAY;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// A fixed length in seconds, aligned to the epoch.
+    Fixed(i64),
+    /// Monday 00:00 UTC to the next Monday.
+    Week,
+    /// The 1st of a month 00:00 UTC to the 1st of the next.
+    Month,
+}
+
+/// The window containing an instant: `[start, end)` in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Window {
+    /// Parses `second|minute|hour|day|week|month` or `<n>s|<n>m|<n>h|<n>d`.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let fixed = |seconds: i64| Ok(Window::Fixed(seconds));
+        match text {
+            "second" => return fixed(1),
+            "minute" => return fixed(60),
+            "hour" => return fixed(3600),
+            "day" => return fixed(DAY),
+            "week" => return Ok(Window::Week),
+            "month" => return Ok(Window::Month),
+            _ => {}
+        }
+        let bad = || {
+            format!(
+                "`{text}` is not a window: use second, minute, hour, day, week, month, \
+                 or <n>s, <n>m, <n>h, <n>d with n > 0"
+            )
+        };
+        let split = text.len().checked_sub(1).ok_or_else(bad)?;
+        let (count, unit) = (text.get(..split).ok_or_else(bad)?, text.get(split..));
+        let unit_seconds = match unit {
+            Some("s") => 1,
+            Some("m") => 60,
+            Some("h") => 3600,
+            Some("d") => DAY,
+            _ => return Err(bad()),
+        };
+        if count.is_empty() || !count.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let count: i64 = count.parse().map_err(|_| bad())?;
+        let seconds = count.checked_mul(unit_seconds).ok_or_else(bad)?;
+        if seconds <= 0 {
+            return Err(bad());
+        }
+        if seconds > MAX_FIXED_SECONDS {
+            return Err(format!(
+                "window `{text}` is longer than 366 days; use `month` for calendar periods"
+            ));
+        }
+        Ok(Window::Fixed(seconds))
+    }
+
+    /// The window that contains `now` (Unix seconds).
+    pub fn bounds(self, now: i64) -> Bounds {
+        match self {
+            Window::Fixed(len) => {
+                let len = len.max(1);
+                let start = now - now.rem_euclid(len);
+                Bounds {
+                    start,
+                    end: start.saturating_add(len),
+                }
+            }
+            Window::Week => {
+                let days = now.div_euclid(DAY);
+                // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) mod 7.
+                let monday = days - (days + 3).rem_euclid(7);
+                Bounds {
+                    start: monday * DAY,
+                    end: (monday + 7) * DAY,
+                }
+            }
+            Window::Month => {
+                let date = civil_from_days(now.div_euclid(DAY));
+                let (next_year, next_month) = if date.month == 12 {
+                    (date.year + 1, 1)
+                } else {
+                    (date.year, date.month + 1)
+                };
+                Bounds {
+                    start: days_from_civil(date.year, date.month, 1) * DAY,
+                    end: days_from_civil(next_year, next_month, 1) * DAY,
+                }
+            }
+        }
+    }
+}
+
+impl Bounds {
+    /// Whole seconds from `now` until the window resets (at least 1 while `now` is inside).
+    pub fn seconds_to_reset(&self, now: i64) -> i64 {
+        (self.end - now).max(1)
+    }
+
+    pub fn len(&self) -> i64 {
+        self.end - self.start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::parse_rfc3339;
+
+    fn at(text: &str) -> i64 {
+        parse_rfc3339(text).unwrap()
+    }
+
+    #[test]
+    fn parses_names_and_counts() {
+        assert_eq!(Window::parse("second"), Ok(Window::Fixed(1)));
+        assert_eq!(Window::parse("minute"), Ok(Window::Fixed(60)));
+        assert_eq!(Window::parse("hour"), Ok(Window::Fixed(3600)));
+        assert_eq!(Window::parse("day"), Ok(Window::Fixed(86_400)));
+        assert_eq!(Window::parse("week"), Ok(Window::Week));
+        assert_eq!(Window::parse("month"), Ok(Window::Month));
+        assert_eq!(Window::parse("1s"), Ok(Window::Fixed(1)));
+        assert_eq!(Window::parse("90s"), Ok(Window::Fixed(90)));
+        assert_eq!(Window::parse("15m"), Ok(Window::Fixed(900)));
+        assert_eq!(Window::parse("12h"), Ok(Window::Fixed(43_200)));
+        assert_eq!(Window::parse("7d"), Ok(Window::Fixed(604_800)));
+        assert_eq!(Window::parse("366d"), Ok(Window::Fixed(366 * 86_400)));
+    }
+
+    #[test]
+    fn rejects_bad_windows() {
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "-1s",
+            "+1s",
+            "1",
+            "1w",
+            "1M",
+            "1.5h",
+            "day ",
+            " 1s",
+            "Day",
+            "1 s",
+            "367d",
+            "99999999999999999999s",
+            "9223372036854775807d",
+            "１s",
+        ] {
+            assert!(Window::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_windows_align_to_the_epoch() {
+        let w = Window::Fixed(60);
+        let b = w.bounds(at("2026-11-25T13:17:42Z"));
+        assert_eq!(b.start, at("2026-11-25T13:17:00Z"));
+        assert_eq!(b.end, at("2026-11-25T13:18:00Z"));
+        // The last second of a window is still in it; the next one starts the next window.
+        assert_eq!(w.bounds(b.end - 1), b);
+        assert_eq!(w.bounds(b.end).start, b.end);
+        assert_eq!(b.seconds_to_reset(b.end - 1), 1);
+        let days = Window::Fixed(7 * DAY).bounds(at("2026-11-25T13:00:00Z"));
+        assert_eq!(days.start % (7 * DAY), 0);
+        assert!(days.start <= at("2026-11-25T13:00:00Z") && days.end > at("2026-11-25T13:00:00Z"));
+    }
+
+    #[test]
+    fn days_are_utc_calendar_days() {
+        let b = Window::Fixed(DAY).bounds(at("2026-11-25T23:59:59Z"));
+        assert_eq!(b.start, at("2026-11-25T00:00:00Z"));
+        assert_eq!(b.end, at("2026-11-26T00:00:00Z"));
+    }
+
+    #[test]
+    fn weeks_start_on_monday() {
+        // 2026-11-25 is a Wednesday; its week starts Monday 2026-11-23.
+        let b = Window::Week.bounds(at("2026-11-25T10:00:00Z"));
+        assert_eq!(b.start, at("2026-11-23T00:00:00Z"));
+        assert_eq!(b.end, at("2026-11-30T00:00:00Z"));
+        // Sunday's last second belongs to the week that started the Monday before.
+        assert_eq!(Window::Week.bounds(at("2026-11-29T23:59:59Z")), b);
+        assert_eq!(Window::Week.bounds(at("2026-11-30T00:00:00Z")).start, b.end);
+        // A week across a year boundary: 2026-12-28 (Mon) to 2027-01-04.
+        let y = Window::Week.bounds(at("2027-01-01T00:00:00Z"));
+        assert_eq!(y.start, at("2026-12-28T00:00:00Z"));
+        assert_eq!(y.end, at("2027-01-04T00:00:00Z"));
+        // Before the epoch too.
+        let old = Window::Week.bounds(at("1969-12-31T12:00:00Z"));
+        assert_eq!(old.start, at("1969-12-29T00:00:00Z"));
+    }
+
+    #[test]
+    fn months_are_calendar_months() {
+        let cases = [
+            (
+                "2026-11-25T13:00:00Z",
+                "2026-11-01T00:00:00Z",
+                "2026-12-01T00:00:00Z",
+            ),
+            (
+                "2026-12-31T23:59:59Z",
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                "2027-01-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+                "2027-02-01T00:00:00Z",
+            ),
+            (
+                "2024-02-29T23:59:59Z",
+                "2024-02-01T00:00:00Z",
+                "2024-03-01T00:00:00Z",
+            ),
+            (
+                "2026-02-28T23:59:59Z",
+                "2026-02-01T00:00:00Z",
+                "2026-03-01T00:00:00Z",
+            ),
+            (
+                "2100-02-28T12:00:00Z",
+                "2100-02-01T00:00:00Z",
+                "2100-03-01T00:00:00Z",
+            ),
+            (
+                "2000-02-29T12:00:00Z",
+                "2000-02-01T00:00:00Z",
+                "2000-03-01T00:00:00Z",
+            ),
+            (
+                "2026-04-30T23:59:59Z",
+                "2026-04-01T00:00:00Z",
+                "2026-05-01T00:00:00Z",
+            ),
+        ];
+        for (now, start, end) in cases {
+            let b = Window::Month.bounds(at(now));
+            assert_eq!((b.start, b.end), (at(start), at(end)), "{now}");
+        }
+        assert_eq!(
+            Window::Month.bounds(at("2024-02-10T00:00:00Z")).len(),
+            29 * DAY
+        );
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        for now in [i64::MIN / 4, -1, 0, 1, i64::MAX / 4] {
+            for w in [
+                Window::Fixed(1),
+                Window::Fixed(MAX_FIXED_SECONDS),
+                Window::Week,
+                Window::Month,
+            ] {
+                let b = w.bounds(now);
+                assert!(b.start <= now && now < b.end, "{w:?} {now}");
+            }
+        }
+    }
+}

