@@ -362,14 +362,47 @@ pub fn try_request(
     }
     head.extend_from_slice(b"\r\n");
     stream.write_all(&head)?;
+    // Read until the response is complete rather than until EOF: Envoy delays closing a
+    // `Connection: close` connection until the client closes (delayed_close_timeout).
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if response_complete(&raw) {
+            break;
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
     parse_response(&raw).ok_or_else(|| {
         std::io::Error::other(format!(
             "unparsable response: {:?}",
             String::from_utf8_lossy(&raw)
         ))
     })
+}
+
+/// Whether `raw` holds a whole response: headers and a `content-length` body, or a final chunk.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    for line in head.split("\r\n") {
+        if let Some(len) = line.strip_prefix("content-length:") {
+            return len
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|len| body.len() >= len);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
@@ -418,25 +451,32 @@ pub fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Waits until just after the start of a fixed window of `len` seconds (aligned to the epoch,
-/// as tollgate aligns them), so that a short scenario runs inside one window.
-pub fn align_to_window(len: u64) {
-    let now = unix_now();
-    let next = (now / len as f64).floor() * len as f64 + len as f64;
-    let wait = next - now + 0.05;
-    std::thread::sleep(Duration::from_secs_f64(wait));
+/// Start of the fixed window of `len` seconds containing Unix time `t` (epoch-aligned, as
+/// tollgate aligns its windows).
+pub fn window_start(t: f64, len: u64) -> f64 {
+    (t / len as f64).floor() * len as f64
 }
 
-/// Runs `scenario` inside one fixed window of `len` seconds: aligns to a boundary first, and
-/// if the machine was too slow to finish before the window ended, runs it again (at most
-/// `tries` times, each with the attempt number so it can use fresh consumers). Returns the
-/// attempt that fit.
-pub fn within_one_window<T>(len: u64, tries: u32, mut scenario: impl FnMut(u32) -> T) -> T {
+/// Runs `scenario` inside one fixed window of `len` seconds. If less than `need` seconds are
+/// left in the current window, it first waits for the next one to begin (alignment, not
+/// synchronisation). If the machine was too slow to finish before the window ended, it runs
+/// the scenario again (at most `tries` times; each gets its attempt number so that it can use
+/// fresh consumers). Returns the result of the attempt that fit.
+pub fn within_one_window<T>(
+    len: u64,
+    need: f64,
+    tries: u32,
+    mut scenario: impl FnMut(u32) -> T,
+) -> T {
     for attempt in 0..tries {
-        align_to_window(len);
-        let window = (unix_now() / len as f64).floor();
+        let now = unix_now();
+        let left = window_start(now, len) + len as f64 - now;
+        if left < need {
+            std::thread::sleep(Duration::from_secs_f64(left + 0.02));
+        }
+        let window = window_start(unix_now(), len);
         let result = scenario(attempt);
-        if (unix_now() / len as f64).floor() == window {
+        if window_start(unix_now(), len) == window {
             return result;
         }
         eprintln!("attempt {attempt} did not fit in one {len}s window; retrying");

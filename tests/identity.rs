@@ -1,0 +1,197 @@
+//! Who is calling: credential sources and their order, 401s, suspended and expired
+//! subscriptions, and the anonymous plan.
+
+mod common;
+use common::*;
+
+/// Each consumer has a plan whose only limit is named after it, so `RateLimit-Policy` tells
+/// which consumer a request was counted for.
+fn config(extra: &str) -> String {
+    plugin(&format!(
+        r#"{{
+          "credentials": [{{"header": "x-api-key"}}, {{"authorization": "Bearer"}}, {{"query": "api_key"}}],
+          "plans": {{
+            "alpha": {{"limits": [{{"name": "alpha", "requests": 1000, "window": "day"}}]}},
+            "bravo": {{"limits": [{{"name": "bravo", "requests": 1000, "window": "day"}}]}},
+            "charlie": {{"limits": [{{"name": "charlie", "requests": 1000, "window": "day"}}]}},
+            "anon": {{"limits": [{{"name": "anon", "requests": 2, "window": "day"}}]}}
+          }},
+          "consumers": {{
+            "alpha": {{"plan": "alpha", "keys": ["alpha-key"]}},
+            "bravo": {{"plan": "bravo", "keys": ["bravo-key"]}},
+            "charlie": {{"plan": "charlie", "keys": ["a/b c+d"]}},
+            "suspended": {{"plan": "alpha", "keys": ["suspended-key"], "status": "suspended"}},
+            "expired": {{"plan": "alpha", "keys": ["expired-key"], "expires_at": "2026-01-01T00:00:00Z"}},
+            "renewed": {{"plan": "alpha", "keys": ["renewed-key"], "status": "active", "expires_at": "2099-01-01T00:00:00+01:00"}}
+          }}
+          {extra}
+        }}"#
+    ))
+}
+
+fn counted_as(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{r:?}");
+    let policy = r.header("ratelimit-policy").expect("RateLimit-Policy");
+    policy
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+#[test]
+fn credential_sources_are_tried_in_configured_order() {
+    let envoy = Envoy::start(&config(""));
+    // Each source on its own.
+    assert_eq!(
+        counted_as(&envoy.get("/", &[("x-api-key", "alpha-key")])),
+        "alpha"
+    );
+    assert_eq!(
+        counted_as(&envoy.get("/", &[("X-API-KEY", "alpha-key")])),
+        "alpha"
+    );
+    assert_eq!(
+        counted_as(&envoy.get("/", &[("authorization", "Bearer bravo-key")])),
+        "bravo"
+    );
+    assert_eq!(
+        counted_as(&envoy.get("/", &[("authorization", "bearer   bravo-key")])),
+        "bravo"
+    );
+    assert_eq!(
+        counted_as(&envoy.get("/v1/x?page=2&api_key=alpha-key", &[])),
+        "alpha"
+    );
+    // Query values are percent-decoded; `+` stays a plus.
+    assert_eq!(
+        counted_as(&envoy.get("/?api_key=a%2Fb%20c+d", &[])),
+        "charlie"
+    );
+    // The first present source wins, even over a valid key further down the list...
+    assert_eq!(
+        counted_as(&envoy.get(
+            "/?api_key=bravo-key",
+            &[
+                ("x-api-key", "alpha-key"),
+                ("authorization", "Bearer bravo-key")
+            ]
+        )),
+        "alpha"
+    );
+    assert_eq!(
+        counted_as(&envoy.get(
+            "/?api_key=alpha-key",
+            &[("authorization", "Bearer bravo-key")]
+        )),
+        "bravo"
+    );
+    // ...and when it is wrong, the request is refused rather than retried with another source.
+    let wrong_first = envoy.get(
+        "/?api_key=alpha-key",
+        &[
+            ("x-api-key", "wrong"),
+            ("authorization", "Bearer bravo-key"),
+        ],
+    );
+    assert_eq!(wrong_first.status, 401, "{wrong_first:?}");
+    // Another Authorization scheme is not this source: the next one is tried.
+    assert_eq!(
+        counted_as(&envoy.get(
+            "/?api_key=alpha-key",
+            &[("authorization", "Basic YWxhZGRpbjpvcGVu")]
+        )),
+        "alpha"
+    );
+}
+
+#[test]
+fn missing_unknown_and_malformed_credentials_get_401() {
+    let envoy = Envoy::start(&config(""));
+    let missing = envoy.get("/", &[]);
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\"")
+    );
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = missing.json();
+    assert_eq!(body["type"], "urn:tollgate:problem:missing-credential");
+    assert_eq!(body["status"], 401);
+    assert!(body["title"].is_string() && body["detail"].is_string());
+
+    let cases: [&[(&str, &str)]; 5] = [
+        &[("x-api-key", "not-a-key-of-anyone")],
+        &[("authorization", "Bearer not-a-key-of-anyone")],
+        &[("x-api-key", "")],
+        &[("authorization", "Bearer")],
+        &[("x-api-key", "alpha-key-with-suffix")],
+    ];
+    for headers in cases {
+        let r = envoy.get("/", headers);
+        assert_eq!(r.status, 401, "{headers:?}: {r:?}");
+        assert!(r.header("www-authenticate").is_some());
+        assert_eq!(r.json()["type"], "urn:tollgate:problem:invalid-credential");
+        assert!(
+            !r.body.contains("not-a-key-of-anyone"),
+            "the key is never echoed"
+        );
+        assert_eq!(r.header("ratelimit"), None);
+    }
+    let malformed = envoy.get("/?api_key=%zz", &[]);
+    assert_eq!(malformed.status, 401);
+    assert!(malformed.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("percent-encoding"));
+    assert!(
+        !envoy.log().contains("not-a-key-of-anyone"),
+        "the key is never logged"
+    );
+}
+
+#[test]
+fn suspended_and_expired_subscriptions_get_402_with_their_own_type() {
+    let envoy = Envoy::start(&config(""));
+    for _ in 0..2 {
+        let suspended = envoy.get_with_key("suspended-key");
+        assert_eq!(suspended.status, 402);
+        let body = suspended.json();
+        assert_eq!(body["type"], "urn:tollgate:problem:subscription-suspended");
+        assert_eq!(
+            (body["consumer"].as_str(), body["plan"].as_str()),
+            (Some("suspended"), Some("alpha"))
+        );
+        assert_eq!(
+            suspended.header("content-type"),
+            Some("application/problem+json")
+        );
+
+        let expired = envoy.get_with_key("expired-key");
+        assert_eq!(expired.status, 402);
+        let body = expired.json();
+        assert_eq!(body["type"], "urn:tollgate:problem:subscription-expired");
+        assert_eq!(body["expired-at"], "2026-01-01T00:00:00Z");
+    }
+    // A subscription that expires in the future is in good standing.
+    assert_eq!(counted_as(&envoy.get_with_key("renewed-key")), "alpha");
+}
+
+#[test]
+fn the_anonymous_plan_counts_keyless_requests_together() {
+    let envoy = Envoy::start(&config(r#", "anonymous_plan": "anon""#));
+    within_one_window(86_400, 30.0, 1, |_| {
+        assert_eq!(counted_as(&envoy.get("/", &[])), "anon");
+        assert_eq!(envoy.get("/other", &[]).remaining("anon"), 0);
+        let refused = envoy.get("/", &[]);
+        assert_eq!(refused.status, 402);
+        assert_eq!(refused.json()["consumer"], "anonymous");
+        // A wrong key is refused, not downgraded to anonymous; real keys are unaffected.
+        assert_eq!(envoy.get_with_key("wrong").status, 401);
+        assert_eq!(counted_as(&envoy.get_with_key("alpha-key")), "alpha");
+    });
+}
