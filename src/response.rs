@@ -41,7 +41,7 @@ pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'sta
             "\"{}\";q={};w={}",
             limit.name,
             limit.requests,
-            usage.bounds.len()
+            usage.bounds.seconds()
         ));
         state.push_str(&format!(
             "\"{}\";r={};t={}",

@@ -112,7 +112,7 @@ impl Bounds {
         (self.end - now).max(1)
     }
 
-    pub fn len(&self) -> i64 {
+    pub fn seconds(&self) -> i64 {
         self.end - self.start
     }
 }
@@ -256,7 +256,7 @@ mod tests {
             assert_eq!((b.start, b.end), (at(start), at(end)), "{now}");
         }
         assert_eq!(
-            Window::Month.bounds(at("2024-02-10T00:00:00Z")).len(),
+            Window::Month.bounds(at("2024-02-10T00:00:00Z")).seconds(),
             29 * DAY
         );
     }

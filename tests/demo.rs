@@ -1,5 +1,13 @@
 //! The shipped `envoy/envoy.yaml`, started as it is (on free ports): the README's session.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 use common::*;
 

@@ -1,6 +1,14 @@
 //! Who is calling: credential sources and their order, 401s, suspended and expired
 //! subscriptions, and the anonymous plan.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 use common::*;
 

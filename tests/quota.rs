@@ -1,6 +1,14 @@
 //! Quotas end to end: exact admission, the 402 answer, per-limit statuses, refusals that
 //! consume nothing, windows that reset, and keys that share their consumer's quota.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 use common::*;
 

@@ -6,6 +6,12 @@
 //! When a test fails, the Envoy log is printed.
 
 #![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

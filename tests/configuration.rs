@@ -1,0 +1,80 @@
+//! A bad plugin configuration is refused by Envoy itself (on_configure fails, Envoy does not
+//! start), with one tollgate log line that names the field.
+
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+
+fn refused(json: &str) -> String {
+    let failure = match Envoy::try_start(Options {
+        plugin: Some(json.to_string()),
+        ..Options::default()
+    }) {
+        Ok(envoy) => panic!(
+            "Envoy accepted a bad configuration:\n{json}\nlog:\n{}",
+            envoy.log()
+        ),
+        Err(failure) => failure,
+    };
+    assert_ne!(
+        failure.status, "exit status: 0",
+        "Envoy must exit with an error"
+    );
+    let lines: Vec<&str> = failure
+        .log
+        .lines()
+        .filter(|l| l.contains("wasm log tollgate") && l.contains("configuration refused"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no tollgate error line for:\n{json}\nlog:\n{}",
+        failure.log
+    );
+    assert!(
+        failure.log.contains("Unable to create Wasm"),
+        "Envoy did not report the plugin failure:\n{}",
+        failure.log
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_configurations_are_refused_with_a_line_naming_the_field() {
+    let plans =
+        r#""plans": {"free": {"limits": [{"name": "daily", "requests": 10, "window": "day"}]}}"#;
+    let cases = [
+        ("{\n  \"plans\": {\n    \"free\": {\"limits\": [}\n  }\n}".to_string(), "expected value at line 3 column 25"),
+        (format!(r#"{{{plans}, "consumer": {{}}}}"#), "unknown field `consumer`"),
+        (format!(r#"{{{plans}, "consumers": {{"acme": {{"plan": "gold", "keys": ["k"]}}}}}}"#), "consumers.acme.plan: plan `gold` does not exist (plans: free)"),
+        (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["k1"]}}, "b": {{"plan": "free", "keys": ["k1"]}}}}}}"#), "consumers.b.keys[0]: this key is listed twice (also a key of consumer `a`)"),
+        (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 10, "window": "fortnight"}]}}}"#.to_string(), "plans.p.limits[0].window: `fortnight` is not a window"),
+        (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 0, "window": "day"}]}}}"#.to_string(), "plans.p.limits[0].requests: must be greater than 0"),
+        (format!(r#"{{{plans}, "anonymous_plan": "nope"}}"#), "anonymous_plan: plan `nope` does not exist"),
+    ];
+    for (json, expected) in cases {
+        let line = refused(&json);
+        assert!(
+            line.contains(expected),
+            "for {json}\nwant: {expected}\n got: {line}"
+        );
+        assert!(!line.contains("k1"), "keys are not logged: {line}");
+    }
+}
+
+#[test]
+fn the_json_syntax_error_line_shows_the_offending_text_with_a_caret() {
+    let line = refused("{\"plans\": {\"free\": {\"limits\": [}}}");
+    assert!(line.contains("line 1 column 32"), "{line}");
+    assert!(
+        line.contains("{\"plans\": {\"free\": {\"limits\": [}}}"),
+        "{line}"
+    );
+    assert!(line.trim_end().ends_with('^'), "{line}");
+}
