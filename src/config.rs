@@ -38,6 +38,54 @@ struct RawConfig {
     consumers: UniqueMap<RawConsumer>,
     #[serde(default)]
     anonymous_plan: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    on_store_error: OnStoreError,
+    #[serde(default)]
+    usage_path: Option<String>,
+    #[serde(default)]
+    cors_preflight: CorsPreflight,
+    #[serde(default)]
+    consumer_header: Option<String>,
+    #[serde(default)]
+    plan_header: Option<String>,
+    #[serde(default)]
+    hide_credentials: bool,
+    #[serde(default)]
+    calendar_utc_offset: Option<String>,
+}
+
+/// `enforce` refuses; `shadow` counts, adds headers and metrics, logs what it would refuse,
+/// and refuses nothing.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// What a request gets when shared data fails or CAS retries run out.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// 503 problem+json.
+    #[default]
+    Deny,
+    /// Forward uncounted.
+    Allow,
+}
+
+/// CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) carry no credentials.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CorsPreflight {
+    /// Forward without a credential, uncounted.
+    #[default]
+    Pass,
+    /// Treat like any other request.
+    Authenticate,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Hash)]
@@ -192,6 +240,18 @@ pub struct Config {
     pub anonymous: Option<usize>,
     /// The `WWW-Authenticate` challenge sent with every 401.
     pub challenge: String,
+    pub mode: Mode,
+    pub on_store_error: OnStoreError,
+    /// Path (without query) of the usage endpoint, if enabled.
+    pub usage_path: Option<String>,
+    pub cors_preflight: CorsPreflight,
+    /// Request headers that tell the upstream who called (lowercase).
+    pub consumer_header: String,
+    pub plan_header: String,
+    /// Remove the credential before the request goes upstream.
+    pub hide_credentials: bool,
+    /// Seconds east of UTC for day/week/month windows.
+    pub utc_offset: i64,
     keys: KeyMap,
 }
 
@@ -423,8 +483,111 @@ fn challenge(sources: &[Source]) -> String {
     parts.join(", ")
 }
 
+/// Parses `+HH:MM`, `-HH:MM` or `Z` into seconds east of UTC (at most 14 hours either way).
+fn parse_utc_offset(text: &str) -> Result<i64, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "calendar_utc_offset: `{text}` is not a fixed UTC offset like \"+05:30\", \"-08:00\" or \"Z\""
+        ))
+    };
+    if text == "Z" {
+        return Ok(0);
+    }
+    let b = text.as_bytes();
+    let (Some(sign), Some(h1), Some(h2), Some(b':'), Some(m1), Some(m2), None) = (
+        b.first(),
+        b.get(1),
+        b.get(2),
+        b.get(3),
+        b.get(4),
+        b.get(5),
+        b.get(6),
+    ) else {
+        return Err(bad());
+    };
+    let digits = [*h1, *h2, *m1, *m2];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let [h1, h2, m1, m2] = digits.map(|d| i64::from(d - b'0'));
+    let (hours, minutes) = (h1 * 10 + h2, m1 * 10 + m2);
+    if minutes > 59 || hours * 60 + minutes > 14 * 60 {
+        return Err(bad());
+    }
+    let seconds = hours * 3600 + minutes * 60;
+    match sign {
+        b'+' => Ok(seconds),
+        b'-' => Ok(-seconds),
+        _ => Err(bad()),
+    }
+}
+
+fn compile_identity_header(
+    field: &str,
+    name: Option<String>,
+    default: &str,
+    sources: &[Source],
+) -> Result<String, ConfigError> {
+    let name = name.unwrap_or_else(|| default.to_string());
+    if !is_token(&name) {
+        return Err(ConfigError(format!(
+            "{field}: `{name}` is not a valid header name"
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    let clashes = lower == "authorization"
+        || lower == "host"
+        || sources
+            .iter()
+            .any(|s| matches!(s, Source::Header(h) if *h == lower));
+    if clashes {
+        return Err(ConfigError(format!(
+            "{field}: `{name}` is a credential or reserved header; tollgate replaces this header on every request"
+        )));
+    }
+    Ok(lower)
+}
+
+fn compile_usage_path(path: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|c| matches!(c, b'?' | b'#') || c <= b' ' || c >= 0x7f)
+    {
+        return Err(ConfigError(format!(
+            "usage_path: `{path}` must be a path like \"/tollgate/usage\" (no query, no spaces)"
+        )));
+    }
+    Ok(Some(path))
+}
+
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let credentials = compile_sources(raw.credentials)?;
+    let consumer_header = compile_identity_header(
+        "consumer_header",
+        raw.consumer_header,
+        "x-tollgate-consumer",
+        &credentials,
+    )?;
+    let plan_header = compile_identity_header(
+        "plan_header",
+        raw.plan_header,
+        "x-tollgate-plan",
+        &credentials,
+    )?;
+    if consumer_header == plan_header {
+        return Err(ConfigError(format!(
+            "plan_header: `{plan_header}` is also the consumer_header"
+        )));
+    }
+    let usage_path = compile_usage_path(raw.usage_path)?;
+    let utc_offset = match &raw.calendar_utc_offset {
+        Some(text) => parse_utc_offset(text)?,
+        None => 0,
+    };
     let mut plans = Vec::with_capacity(raw.plans.0.len());
     for (name, plan) in raw.plans.0 {
         plans.push(compile_plan(&name, plan)?);
@@ -490,6 +653,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         plans,
         consumers,
         anonymous,
+        mode: raw.mode,
+        on_store_error: raw.on_store_error,
+        usage_path,
+        cors_preflight: raw.cors_preflight,
+        consumer_header,
+        plan_header,
+        hide_credentials: raw.hide_credentials,
+        utc_offset,
         keys,
     })
 }
@@ -531,7 +702,7 @@ mod tests {
         );
         assert_eq!(c.plans.len(), 3);
         let free = &c.plans[0];
-        assert_eq!(free.limits[0].window, Window::Fixed(86_400));
+        assert_eq!(free.limits[0].window, Window::Day);
         assert_eq!(free.limits[0].status, 402);
         assert_eq!(free.limits[1].status, 429);
         let acme = c.consumer_for_key(b"acme-key-2").unwrap();
@@ -554,6 +725,64 @@ mod tests {
             c.challenge,
             "ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\""
         );
+    }
+
+    #[test]
+    fn operational_options() {
+        let c = Config::from_json(
+            br#"{"plans": {"p": {"limits": []}}, "mode": "shadow", "on_store_error": "allow",
+                 "usage_path": "/tollgate/usage", "cors_preflight": "authenticate",
+                 "consumer_header": "X-Consumer", "plan_header": "x-plan",
+                 "hide_credentials": true, "calendar_utc_offset": "+05:30"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.mode, c.on_store_error),
+            (Mode::Shadow, OnStoreError::Allow)
+        );
+        assert_eq!(c.usage_path.as_deref(), Some("/tollgate/usage"));
+        assert_eq!(c.cors_preflight, CorsPreflight::Authenticate);
+        assert_eq!(
+            (c.consumer_header.as_str(), c.plan_header.as_str()),
+            ("x-consumer", "x-plan")
+        );
+        assert!(c.hide_credentials);
+        assert_eq!(c.utc_offset, 19_800);
+        let d = Config::from_json(br#"{"plans": {"p": {"limits": []}}}"#).unwrap();
+        assert_eq!(
+            (d.mode, d.on_store_error, d.cors_preflight),
+            (Mode::Enforce, OnStoreError::Deny, CorsPreflight::Pass)
+        );
+        assert_eq!(
+            (d.consumer_header.as_str(), d.plan_header.as_str()),
+            ("x-tollgate-consumer", "x-tollgate-plan")
+        );
+        assert_eq!(
+            (d.usage_path, d.hide_credentials, d.utc_offset),
+            (None, false, 0)
+        );
+    }
+
+    #[test]
+    fn utc_offsets() {
+        assert_eq!(parse_utc_offset("Z"), Ok(0));
+        assert_eq!(parse_utc_offset("+00:00"), Ok(0));
+        assert_eq!(parse_utc_offset("-08:00"), Ok(-28_800));
+        assert_eq!(parse_utc_offset("+14:00"), Ok(50_400));
+        assert_eq!(parse_utc_offset("+05:45"), Ok(20_700));
+        for bad in [
+            "",
+            "+5:30",
+            "05:30",
+            "+05:60",
+            "+14:01",
+            "+0530",
+            "+05:30 ",
+            "UTC",
+            "+٠٥:٣٠",
+        ] {
+            assert!(parse_utc_offset(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -601,6 +830,15 @@ mod tests {
             (format!(r#"{{{plans}, "credentials": [{{"query": "a=b"}}]}}"#), "credentials[0].query"),
             (format!(r#"{{{plans}, "credentials": [{{"query": "k"}}, {{"query": "k"}}]}}"#), "credentials[1]: the same source is listed twice"),
             (format!(r#"{{{plans}, "credentials": [{{"header": "X-Key"}}, {{"header": "x-key"}}]}}"#), "credentials[1]: the same source is listed twice"),
+            (format!(r#"{{{plans}, "mode": "audit"}}"#), "unknown variant `audit`"),
+            (format!(r#"{{{plans}, "on_store_error": "retry"}}"#), "unknown variant `retry`"),
+            (format!(r#"{{{plans}, "usage_path": "usage"}}"#), "usage_path: `usage` must be a path"),
+            (format!(r#"{{{plans}, "usage_path": "/u?x=1"}}"#), "usage_path"),
+            (format!(r#"{{{plans}, "consumer_header": "x-api-key"}}"#), "consumer_header: `x-api-key` is a credential or reserved header"),
+            (format!(r#"{{{plans}, "plan_header": "bad header"}}"#), "plan_header: `bad header` is not a valid header name"),
+            (format!(r#"{{{plans}, "plan_header": "X-Tollgate-Consumer"}}"#), "plan_header: `x-tollgate-consumer` is also the consumer_header"),
+            (format!(r#"{{{plans}, "calendar_utc_offset": "Asia/Kolkata"}}"#), "calendar_utc_offset: `Asia/Kolkata` is not a fixed UTC offset"),
+            (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "invalid type: string \"yes\", expected a boolean"),
         ];
         for (json, expected) in cases {
             let message = err(&json);

@@ -118,6 +118,35 @@ fn from_query(path: &[u8], name: &str) -> Option<Result<Vec<u8>, &'static str>> 
     None
 }
 
+/// The path with every `name` parameter removed from its query (for `hide_credentials`);
+/// `None` when there is nothing to remove.
+pub fn strip_query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
+    let query_start = path.iter().position(|c| *c == b'?')?;
+    let (base, query) = (path.get(..query_start)?, path.get(query_start + 1..)?);
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut removed = false;
+    for pair in query.split(|c| *c == b'&') {
+        let raw_name = match pair.iter().position(|c| *c == b'=') {
+            Some(eq) => pair.get(..eq)?,
+            None => pair,
+        };
+        if percent_decode(raw_name).as_deref() == Some(name.as_bytes()) {
+            removed = true;
+        } else {
+            kept.push(pair);
+        }
+    }
+    if !removed {
+        return None;
+    }
+    let mut out = base.to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(&kept.join(&b'&'));
+    }
+    Some(out)
+}
+
 /// Decodes `%XX` escapes; `None` if an escape is malformed.
 pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let hex = |c: u8| match c {
@@ -252,6 +281,20 @@ mod tests {
         assert!(matches!(q(b"/?api_key="), Credential::Malformed(_)));
         assert!(matches!(q(b"/?api_key"), Credential::Malformed(_)));
         assert_eq!(q(b"/?a=%zz&api_key=k"), key("k", 2));
+    }
+
+    #[test]
+    fn strips_the_credential_parameter() {
+        let strip =
+            |p: &[u8]| strip_query_param(p, "api_key").map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(strip(b"/a?api_key=k"), Some("/a".into()));
+        assert_eq!(strip(b"/a?x=1&api_key=k&y=2"), Some("/a?x=1&y=2".into()));
+        assert_eq!(
+            strip(b"/a?api_key=k&api%5Fkey=j&api_key"),
+            Some("/a".into())
+        );
+        assert_eq!(strip(b"/a?x=1"), None);
+        assert_eq!(strip(b"/a"), None);
     }
 
     #[test]

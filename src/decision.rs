@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Consumer, Plan};
 use crate::credentials::Credential;
+use crate::metrics::Reason;
 use crate::quota::{check_and_take, CountError, Usage};
 use crate::store::Store;
 
@@ -41,11 +42,57 @@ pub enum Denial<'c> {
         caller: Caller<'c>,
         usages: Vec<Usage>,
     },
-    /// Shared data failed or stayed contended: the request cannot be counted.
+    /// Shared data failed (or, with `contended`, every CAS attempt lost its race): the
+    /// request cannot be counted.
     StoreUnavailable {
         caller: Caller<'c>,
+        contended: bool,
         reason: String,
     },
+}
+
+impl<'c> Denial<'c> {
+    /// The metrics reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Denial::MissingCredential => Reason::MissingCredential,
+            Denial::MalformedCredential(_) | Denial::UnknownKey => Reason::InvalidCredential,
+            Denial::Suspended(_) => Reason::Suspended,
+            Denial::Expired { .. } => Reason::Expired,
+            Denial::QuotaExceeded { .. } => Reason::Quota,
+            Denial::StoreUnavailable { .. } => Reason::StoreError,
+        }
+    }
+
+    /// The consumer, when the refusal concerns a known one.
+    pub fn caller(&self) -> Option<Caller<'c>> {
+        match self {
+            Denial::MissingCredential | Denial::MalformedCredential(_) | Denial::UnknownKey => None,
+            Denial::Suspended(caller)
+            | Denial::Expired { caller, .. }
+            | Denial::QuotaExceeded { caller, .. }
+            | Denial::StoreUnavailable { caller, .. } => Some(*caller),
+        }
+    }
+
+    /// For logs: the reason and the consumer, never the key.
+    pub fn describe(&self) -> String {
+        match self {
+            Denial::MalformedCredential(why) => format!("invalid_credential ({why})"),
+            Denial::StoreUnavailable { caller, reason, .. } => {
+                format!("store_error consumer={} ({reason})", caller.consumer.name)
+            }
+            other => match other.caller() {
+                Some(c) => format!(
+                    "{} consumer={} plan={}",
+                    other.reason().name(),
+                    c.consumer.name,
+                    c.plan.name
+                ),
+                None => other.reason().name().to_string(),
+            },
+        }
+    }
 }
 
 /// Decides a request. `now` is Unix seconds.
@@ -85,7 +132,13 @@ pub fn decide<'c>(
             usages: Vec::new(),
         };
     }
-    match check_and_take(store, &consumer.store_key, &plan.limits, now) {
+    match check_and_take(
+        store,
+        &consumer.store_key,
+        &plan.limits,
+        now,
+        config.utc_offset,
+    ) {
         Ok(counted) => {
             if counted.replaced_corrupt {
                 log::warn!(
@@ -107,11 +160,19 @@ pub fn decide<'c>(
         }
         Err(CountError::Store(e)) => {
             let reason = format!("shared data failed: {}", e.0);
-            Decision::Deny(Denial::StoreUnavailable { caller, reason })
+            Decision::Deny(Denial::StoreUnavailable {
+                caller,
+                contended: false,
+                reason,
+            })
         }
         Err(CountError::Contended) => {
-            let reason = "shared data stayed contended; retries exhausted".to_string();
-            Decision::Deny(Denial::StoreUnavailable { caller, reason })
+            let reason = "shared data stayed contended; CAS retries exhausted".to_string();
+            Decision::Deny(Denial::StoreUnavailable {
+                caller,
+                contended: true,
+                reason,
+            })
         }
     }
 }

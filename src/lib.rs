@@ -7,17 +7,23 @@
 //! - [`quota`]: the per-consumer counter record and the atomic check-and-take.
 //! - [`store`]: the shared-data trait the counting goes through (and an in-memory fake).
 //! - [`decision`]: who is calling and whether the request may pass.
-//! - [`response`]: RateLimit headers and problem+json refusals.
+//! - [`verdict`]: what the filter does with a request: forward (identity headers, hidden
+//!   credential, RateLimit fields) or reply; shadow mode, store-error policy, CORS preflights
+//!   and the usage endpoint.
+//! - [`response`]: RateLimit headers, problem+json (or gRPC) refusals, the usage document.
+//! - [`metrics`]: counter names and which ones an event increments.
 //! - `host` (wasm only): the proxy-wasm glue, the only code that calls the host.
 
 pub mod config;
 pub mod credentials;
 pub mod decision;
+pub mod metrics;
 pub mod quota;
 pub mod response;
 pub mod sha256;
 pub mod store;
 pub mod time;
+pub mod verdict;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

@@ -149,12 +149,12 @@ pub enum CountError {
     Contended,
 }
 
-/// Evaluates every limit against a record at `now`.
-fn evaluate(limits: &[Limit], record: &Record, now: i64) -> Vec<Usage> {
+/// Evaluates every limit against a record at `now` (calendar at `utc_offset`).
+fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec<Usage> {
     limits
         .iter()
         .map(|limit| {
-            let bounds = limit.window.bounds(now);
+            let bounds = limit.window.bounds(now, utc_offset);
             let used = record.used(&limit.name, bounds);
             Usage {
                 used,
@@ -184,6 +184,7 @@ pub fn check_and_take(
     key: &str,
     limits: &[Limit],
     now: i64,
+    utc_offset: i64,
 ) -> Result<Counted, CountError> {
     let mut replaced_corrupt = false;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -200,7 +201,7 @@ pub fn check_and_take(
                 Record::default()
             }
         };
-        let usages = evaluate(limits, &record, now);
+        let usages = evaluate(limits, &record, now, utc_offset);
         if usages.iter().any(|u| u.violated) {
             return Ok(Counted {
                 admitted: false,
@@ -244,6 +245,19 @@ pub fn check_and_take(
     Err(CountError::Contended)
 }
 
+/// The current usage of every limit, without counting anything (the usage endpoint).
+pub fn peek(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    now: i64,
+    utc_offset: i64,
+) -> Result<Vec<Usage>, StoreError> {
+    let bytes = store.get(key)?.map(|(bytes, _)| bytes).unwrap_or_default();
+    let record = Record::decode(&bytes).unwrap_or_default();
+    Ok(evaluate(limits, &record, now, utc_offset))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,14 +284,14 @@ mod tests {
         ensure_record(&store, K).unwrap();
         let limits = [limit("daily", 5, Window::Fixed(86_400))];
         for i in 1..=5 {
-            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
             assert!(c.admitted);
             assert_eq!(c.usages[0].used, i);
             assert_eq!(c.usages[0].remaining(), 5 - i);
         }
         let before = store.value(K);
         for _ in 0..3 {
-            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
             assert!(!c.admitted && c.usages[0].violated);
             assert_eq!(c.usages[0].remaining(), 0);
         }
@@ -291,9 +305,9 @@ mod tests {
             limit("daily", 100, Window::Fixed(86_400)),
             limit("burst", 2, Window::Fixed(1)),
         ];
-        assert!(check_and_take(&store, K, &limits, NOW).unwrap().admitted);
-        assert!(check_and_take(&store, K, &limits, NOW).unwrap().admitted);
-        let refused = check_and_take(&store, K, &limits, NOW).unwrap();
+        assert!(check_and_take(&store, K, &limits, NOW, 0).unwrap().admitted);
+        assert!(check_and_take(&store, K, &limits, NOW, 0).unwrap().admitted);
+        let refused = check_and_take(&store, K, &limits, NOW, 0).unwrap();
         assert!(!refused.admitted);
         assert_eq!(
             refused.usages[0].used, 2,
@@ -301,7 +315,7 @@ mod tests {
         );
         assert!(!refused.usages[0].violated && refused.usages[1].violated);
         // Next second: burst window rolled over, daily carries on.
-        let next = check_and_take(&store, K, &limits, NOW + 1).unwrap();
+        let next = check_and_take(&store, K, &limits, NOW + 1, 0).unwrap();
         assert!(next.admitted);
         assert_eq!((next.usages[0].used, next.usages[1].used), (3, 1));
     }
@@ -311,14 +325,18 @@ mod tests {
         let store = MemoryStore::new();
         let limits = [limit("m", 1, Window::Fixed(60))];
         let start = NOW - NOW % 60;
-        assert!(check_and_take(&store, K, &limits, start).unwrap().admitted);
         assert!(
-            !check_and_take(&store, K, &limits, start + 59)
+            check_and_take(&store, K, &limits, start, 0)
                 .unwrap()
                 .admitted
         );
         assert!(
-            check_and_take(&store, K, &limits, start + 60)
+            !check_and_take(&store, K, &limits, start + 59, 0)
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            check_and_take(&store, K, &limits, start + 60, 0)
                 .unwrap()
                 .admitted
         );
@@ -332,16 +350,16 @@ mod tests {
             limit("burst", 10, Window::Fixed(1)),
         ];
         for _ in 0..3 {
-            check_and_take(&store, K, &free, NOW).unwrap();
+            check_and_take(&store, K, &free, NOW, 0).unwrap();
         }
         let pro = [limit("daily", 5, Window::Fixed(86_400))];
-        let c = check_and_take(&store, K, &pro, NOW).unwrap();
+        let c = check_and_take(&store, K, &pro, NOW, 0).unwrap();
         assert!(c.admitted);
         assert_eq!(c.usages[0].used, 4);
         // Same name, other window: a fresh count.
         let hourly = [limit("daily", 5, Window::Fixed(3600))];
         assert_eq!(
-            check_and_take(&store, K, &hourly, NOW).unwrap().usages[0].used,
+            check_and_take(&store, K, &hourly, NOW, 0).unwrap().usages[0].used,
             1
         );
     }
@@ -361,17 +379,29 @@ mod tests {
         for value in corrupt {
             let store = MemoryStore::new();
             store.set(K, value, 0).unwrap();
-            let c = check_and_take(&store, K, &limits, NOW).unwrap();
+            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
             assert!(c.admitted && c.replaced_corrupt, "{value:?}");
             assert_eq!(c.usages[0].used, 1);
         }
         // An empty value (what remove_shared_data leaves) is a fresh record, not corruption.
         let store = MemoryStore::new();
         store.set(K, b"", 0).unwrap();
-        let c = check_and_take(&store, K, &limits, NOW).unwrap();
+        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
         assert!(c.admitted && !c.replaced_corrupt);
         let many = format!("tg1{}", "\nx 1 2 3".repeat(MAX_ENTRIES + 1));
         assert_eq!(Record::decode(many.as_bytes()), Err(Corrupt));
+    }
+
+    #[test]
+    fn peek_reports_usage_without_counting() {
+        let store = MemoryStore::new();
+        let limits = [limit("d", 5, Window::Day)];
+        assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[0].used, 0);
+        check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        let before = store.value(K);
+        let usage = peek(&store, K, &limits, NOW, 0).unwrap();
+        assert_eq!((usage[0].used, usage[0].remaining()), (1, 4));
+        assert_eq!(store.value(K), before);
     }
 
     #[test]
@@ -402,7 +432,7 @@ mod tests {
         let store = MemoryStore::new();
         assert!(ensure_record(&store, K).unwrap());
         let limits = [limit("d", 5, Window::Fixed(86_400))];
-        check_and_take(&store, K, &limits, NOW).unwrap();
+        check_and_take(&store, K, &limits, NOW, 0).unwrap();
         let counted = store.value(K);
         assert!(!ensure_record(&store, K).unwrap());
         assert_eq!(store.value(K), counted);
@@ -423,7 +453,7 @@ mod tests {
         fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
             if self.interference.get() > 0 {
                 self.interference.set(self.interference.get() - 1);
-                check_and_take(self.inner, key, self.limits, NOW).unwrap();
+                check_and_take(self.inner, key, self.limits, NOW, 0).unwrap();
             }
             self.inner.set(key, value, cas)
         }
@@ -440,7 +470,7 @@ mod tests {
             limits: &limits,
         };
         // Two other requests slip in; ours is retried and becomes the third.
-        let c = check_and_take(&racing, K, &limits, NOW).unwrap();
+        let c = check_and_take(&racing, K, &limits, NOW, 0).unwrap();
         assert!(c.admitted);
         assert_eq!((c.usages[0].used, c.attempts), (3, 3));
         // Quota spent: another racing attempt is refused, not admitted as a fourth.
@@ -449,7 +479,11 @@ mod tests {
             interference: Cell::new(1),
             limits: &limits,
         };
-        assert!(!check_and_take(&racing, K, &limits, NOW).unwrap().admitted);
+        assert!(
+            !check_and_take(&racing, K, &limits, NOW, 0)
+                .unwrap()
+                .admitted
+        );
     }
 
     #[test]
@@ -462,7 +496,7 @@ mod tests {
             limits: &limits,
         };
         assert_eq!(
-            check_and_take(&racing, K, &limits, NOW),
+            check_and_take(&racing, K, &limits, NOW, 0),
             Err(CountError::Contended)
         );
     }
@@ -480,7 +514,7 @@ mod tests {
         }
         let limits = [limit("d", 1, Window::Month)];
         assert_eq!(
-            check_and_take(&Broken, K, &limits, NOW),
+            check_and_take(&Broken, K, &limits, NOW, 0),
             Err(CountError::Store(StoreError("down".into())))
         );
     }
@@ -489,7 +523,7 @@ mod tests {
     fn missing_record_is_created_then_counted_through_cas() {
         let store = MemoryStore::new();
         let limits = [limit("d", 2, Window::Week)];
-        let c = check_and_take(&store, K, &limits, NOW).unwrap();
+        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
         assert!(c.admitted);
         assert_eq!((c.usages[0].used, c.attempts), (1, 2));
     }

@@ -16,12 +16,23 @@ pub const SUSPENDED: &str = "urn:tollgate:problem:subscription-suspended";
 pub const EXPIRED: &str = "urn:tollgate:problem:subscription-expired";
 pub const UNAVAILABLE: &str = "urn:tollgate:problem:quota-unavailable";
 
-/// A local reply: status, headers, body.
+/// A local reply: status, headers, body — or, to a gRPC client, a trailers-only gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Set for gRPC requests: the reply is sent as this gRPC status, with `body` as
+    /// `grpc-message` and `headers` as metadata.
+    pub grpc_status: Option<u32>,
+}
+
+/// gRPC status codes tollgate uses.
+pub mod grpc {
+    pub const PERMISSION_DENIED: u32 = 7;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
 }
 
 /// `RateLimit-Policy` and `RateLimit` for a plan's usages (nothing for an unlimited plan).
@@ -96,7 +107,23 @@ impl<'a> Problem<'a> {
         self
     }
 
-    fn reply(self, mut headers: Vec<(&'static str, String)>) -> Reply {
+    /// The reply: problem+json, or for a gRPC client (which cannot read a 402) a trailers-only
+    /// gRPC status with the `detail` as `grpc-message` and the same headers as metadata.
+    fn reply(self, mut headers: Vec<(&'static str, String)>, grpc: bool) -> Reply {
+        if grpc {
+            let code = match self.kind {
+                MISSING_CREDENTIAL | INVALID_CREDENTIAL => grpc::UNAUTHENTICATED,
+                QUOTA_EXCEEDED => grpc::RESOURCE_EXHAUSTED,
+                UNAVAILABLE => grpc::UNAVAILABLE,
+                _ => grpc::PERMISSION_DENIED,
+            };
+            return Reply {
+                status: self.status,
+                headers,
+                body: self.detail,
+                grpc_status: Some(code),
+            };
+        }
         let body = serde_json::to_string(&self).unwrap_or_else(|_| {
             format!(r#"{{"title":"Request refused","status":{}}}"#, self.status)
         });
@@ -106,12 +133,13 @@ impl<'a> Problem<'a> {
             status: self.status,
             headers,
             body,
+            grpc_status: None,
         }
     }
 }
 
 /// The refusal a caller gets.
-pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
+pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply {
     let challenge = || vec![("www-authenticate", config.challenge.clone())];
     match denial {
         Denial::MissingCredential => Problem::new(
@@ -120,21 +148,21 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
             401,
             "This API requires an API key.".into(),
         )
-        .reply(challenge()),
+        .reply(challenge(), grpc),
         Denial::MalformedCredential(reason) => Problem::new(
             INVALID_CREDENTIAL,
             "Invalid API key",
             401,
             format!("The API key is not valid: {reason}."),
         )
-        .reply(challenge()),
+        .reply(challenge(), grpc),
         Denial::UnknownKey => Problem::new(
             INVALID_CREDENTIAL,
             "Invalid API key",
             401,
             "The API key is not valid.".into(),
         )
-        .reply(challenge()),
+        .reply(challenge(), grpc),
         Denial::Suspended(caller) => Problem::new(
             SUSPENDED,
             "Subscription suspended",
@@ -145,7 +173,7 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
             ),
         )
         .of(caller)
-        .reply(Vec::new()),
+        .reply(Vec::new(), grpc),
         Denial::Expired { caller, expired_at } => {
             let mut p = Problem::new(
                 EXPIRED,
@@ -159,9 +187,9 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
             )
             .of(caller);
             p.expired_at = Some(format_rfc3339(*expired_at));
-            p.reply(Vec::new())
+            p.reply(Vec::new(), grpc)
         }
-        Denial::QuotaExceeded { caller, usages } => quota_exceeded(caller, usages, now),
+        Denial::QuotaExceeded { caller, usages } => quota_exceeded(caller, usages, now, grpc),
         Denial::StoreUnavailable { caller, .. } => {
             let mut p = Problem::new(
                 UNAVAILABLE,
@@ -171,12 +199,12 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64) -> Reply {
             )
             .of(caller);
             p.retry_after = Some(1);
-            p.reply(vec![("retry-after", "1".into())])
+            p.reply(vec![("retry-after", "1".into())], grpc)
         }
     }
 }
 
-fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64) -> Reply {
+fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64, grpc: bool) -> Reply {
     let violated: Vec<(&crate::config::Limit, &Usage)> = caller
         .plan
         .limits
@@ -214,7 +242,70 @@ fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64) -> Reply {
     p.retry_after = Some(retry_after);
     let mut headers = rate_limit_headers(caller.plan, usages, now);
     headers.push(("retry-after", retry_after.to_string()));
-    p.reply(headers)
+    p.reply(headers, grpc)
+}
+
+#[derive(Serialize)]
+struct UsageDocument<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    status: &'a str,
+    limits: Vec<LimitUsage<'a>>,
+}
+
+#[derive(Serialize)]
+struct LimitUsage<'a> {
+    name: &'a str,
+    requests: u64,
+    window: &'a str,
+    used: u64,
+    remaining: u64,
+    reset: String,
+}
+
+/// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
+pub fn usage(caller: &Caller, standing: &str, usages: &[Usage]) -> Reply {
+    let limits = caller
+        .plan
+        .limits
+        .iter()
+        .zip(usages)
+        .map(|(limit, usage)| LimitUsage {
+            name: &limit.name,
+            requests: limit.requests,
+            window: &limit.window_text,
+            used: usage.used.min(limit.requests),
+            remaining: usage.remaining(),
+            reset: format_rfc3339(usage.bounds.end),
+        })
+        .collect();
+    let document = UsageDocument {
+        consumer: &caller.consumer.name,
+        plan: &caller.plan.name,
+        status: standing,
+        limits,
+    };
+    let body = serde_json::to_string(&document).unwrap_or_else(|_| "{}".to_string());
+    Reply {
+        status: 200,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ],
+        body,
+        grpc_status: None,
+    }
+}
+
+/// 405 for anything but GET/HEAD on the usage path.
+pub fn usage_method_not_allowed() -> Reply {
+    Problem::new(
+        "urn:tollgate:problem:method-not-allowed",
+        "Method not allowed",
+        405,
+        "The usage endpoint answers GET.".into(),
+    )
+    .reply(vec![("allow", "GET, HEAD".into())], false)
 }
 
 #[cfg(test)]
@@ -257,7 +348,7 @@ mod tests {
 
     fn deny(config: &Config, store: &MemoryStore, credential: Credential, now: i64) -> Reply {
         match decide(config, credential, now, store) {
-            Decision::Deny(d) => refusal(config, &d, now),
+            Decision::Deny(d) => refusal(config, &d, now, false),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

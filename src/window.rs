@@ -1,8 +1,9 @@
 //! Fixed quota windows: which window a timestamp falls in, and when it ends.
 //!
-//! Calendar windows (`day`, `week`, `month`) follow the UTC calendar: a week starts on Monday,
-//! a month is the calendar month. Fixed-length windows (`second`, `minute`, `hour`, `<n>s`,
-//! `<n>m`, `<n>h`, `<n>d`) are aligned to multiples of their length since the Unix epoch.
+//! Calendar windows (`day`, `week`, `month`) follow the calendar at a fixed UTC offset (UTC by
+//! default, `calendar_utc_offset` otherwise): a week starts on Monday, a month is the calendar
+//! month. Fixed-length windows (`second`, `minute`, `hour`, `<n>s`, `<n>m`, `<n>h`, `<n>d`) are
+//! aligned to multiples of their length since the Unix epoch, whatever the offset.
 
 use crate::time::{civil_from_days, days_from_civil, DAY};
 
@@ -13,9 +14,11 @@ pub const MAX_FIXED_SECONDS: i64 = 366 * DAY;
 pub enum Window {
     /// A fixed length in seconds, aligned to the epoch.
     Fixed(i64),
-    /// Monday 00:00 UTC to the next Monday.
+    /// A calendar day, 00:00 to 00:00.
+    Day,
+    /// Monday 00:00 to the next Monday.
     Week,
-    /// The 1st of a month 00:00 UTC to the 1st of the next.
+    /// The 1st of a month 00:00 to the 1st of the next.
     Month,
 }
 
@@ -34,7 +37,7 @@ impl Window {
             "second" => return fixed(1),
             "minute" => return fixed(60),
             "hour" => return fixed(3600),
-            "day" => return fixed(DAY),
+            "day" => return Ok(Window::Day),
             "week" => return Ok(Window::Week),
             "month" => return Ok(Window::Month),
             _ => {}
@@ -70,38 +73,42 @@ impl Window {
         Ok(Window::Fixed(seconds))
     }
 
-    /// The window that contains `now` (Unix seconds).
-    pub fn bounds(self, now: i64) -> Bounds {
-        match self {
-            Window::Fixed(len) => {
-                let len = len.max(1);
-                let start = now - now.rem_euclid(len);
-                Bounds {
-                    start,
-                    end: start.saturating_add(len),
-                }
-            }
+    /// The window that contains `now` (Unix seconds), for calendar windows on the calendar
+    /// `utc_offset` seconds east of UTC.
+    pub fn bounds(self, now: i64, utc_offset: i64) -> Bounds {
+        if let Window::Fixed(len) = self {
+            let len = len.max(1);
+            let start = now - now.rem_euclid(len);
+            return Bounds {
+                start,
+                end: start.saturating_add(len),
+            };
+        }
+        let local = now + utc_offset;
+        let days = local.div_euclid(DAY);
+        let (start_day, end_day) = match self {
             Window::Week => {
-                let days = now.div_euclid(DAY);
                 // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) mod 7.
                 let monday = days - (days + 3).rem_euclid(7);
-                Bounds {
-                    start: monday * DAY,
-                    end: (monday + 7) * DAY,
-                }
+                (monday, monday + 7)
             }
             Window::Month => {
-                let date = civil_from_days(now.div_euclid(DAY));
+                let date = civil_from_days(days);
                 let (next_year, next_month) = if date.month == 12 {
                     (date.year + 1, 1)
                 } else {
                     (date.year, date.month + 1)
                 };
-                Bounds {
-                    start: days_from_civil(date.year, date.month, 1) * DAY,
-                    end: days_from_civil(next_year, next_month, 1) * DAY,
-                }
+                (
+                    days_from_civil(date.year, date.month, 1),
+                    days_from_civil(next_year, next_month, 1),
+                )
             }
+            Window::Day | Window::Fixed(_) => (days, days + 1),
+        };
+        Bounds {
+            start: start_day * DAY - utc_offset,
+            end: end_day * DAY - utc_offset,
         }
     }
 }
@@ -131,7 +138,7 @@ mod tests {
         assert_eq!(Window::parse("second"), Ok(Window::Fixed(1)));
         assert_eq!(Window::parse("minute"), Ok(Window::Fixed(60)));
         assert_eq!(Window::parse("hour"), Ok(Window::Fixed(3600)));
-        assert_eq!(Window::parse("day"), Ok(Window::Fixed(86_400)));
+        assert_eq!(Window::parse("day"), Ok(Window::Day));
         assert_eq!(Window::parse("week"), Ok(Window::Week));
         assert_eq!(Window::parse("month"), Ok(Window::Month));
         assert_eq!(Window::parse("1s"), Ok(Window::Fixed(1)));
@@ -170,21 +177,21 @@ mod tests {
     #[test]
     fn fixed_windows_align_to_the_epoch() {
         let w = Window::Fixed(60);
-        let b = w.bounds(at("2026-11-25T13:17:42Z"));
+        let b = w.bounds(at("2026-11-25T13:17:42Z"), 0);
         assert_eq!(b.start, at("2026-11-25T13:17:00Z"));
         assert_eq!(b.end, at("2026-11-25T13:18:00Z"));
         // The last second of a window is still in it; the next one starts the next window.
-        assert_eq!(w.bounds(b.end - 1), b);
-        assert_eq!(w.bounds(b.end).start, b.end);
+        assert_eq!(w.bounds(b.end - 1, 0), b);
+        assert_eq!(w.bounds(b.end, 0).start, b.end);
         assert_eq!(b.seconds_to_reset(b.end - 1), 1);
-        let days = Window::Fixed(7 * DAY).bounds(at("2026-11-25T13:00:00Z"));
+        let days = Window::Fixed(7 * DAY).bounds(at("2026-11-25T13:00:00Z"), 0);
         assert_eq!(days.start % (7 * DAY), 0);
         assert!(days.start <= at("2026-11-25T13:00:00Z") && days.end > at("2026-11-25T13:00:00Z"));
     }
 
     #[test]
     fn days_are_utc_calendar_days() {
-        let b = Window::Fixed(DAY).bounds(at("2026-11-25T23:59:59Z"));
+        let b = Window::Day.bounds(at("2026-11-25T23:59:59Z"), 0);
         assert_eq!(b.start, at("2026-11-25T00:00:00Z"));
         assert_eq!(b.end, at("2026-11-26T00:00:00Z"));
     }
@@ -192,18 +199,21 @@ mod tests {
     #[test]
     fn weeks_start_on_monday() {
         // 2026-11-25 is a Wednesday; its week starts Monday 2026-11-23.
-        let b = Window::Week.bounds(at("2026-11-25T10:00:00Z"));
+        let b = Window::Week.bounds(at("2026-11-25T10:00:00Z"), 0);
         assert_eq!(b.start, at("2026-11-23T00:00:00Z"));
         assert_eq!(b.end, at("2026-11-30T00:00:00Z"));
         // Sunday's last second belongs to the week that started the Monday before.
-        assert_eq!(Window::Week.bounds(at("2026-11-29T23:59:59Z")), b);
-        assert_eq!(Window::Week.bounds(at("2026-11-30T00:00:00Z")).start, b.end);
+        assert_eq!(Window::Week.bounds(at("2026-11-29T23:59:59Z"), 0), b);
+        assert_eq!(
+            Window::Week.bounds(at("2026-11-30T00:00:00Z"), 0).start,
+            b.end
+        );
         // A week across a year boundary: 2026-12-28 (Mon) to 2027-01-04.
-        let y = Window::Week.bounds(at("2027-01-01T00:00:00Z"));
+        let y = Window::Week.bounds(at("2027-01-01T00:00:00Z"), 0);
         assert_eq!(y.start, at("2026-12-28T00:00:00Z"));
         assert_eq!(y.end, at("2027-01-04T00:00:00Z"));
         // Before the epoch too.
-        let old = Window::Week.bounds(at("1969-12-31T12:00:00Z"));
+        let old = Window::Week.bounds(at("1969-12-31T12:00:00Z"), 0);
         assert_eq!(old.start, at("1969-12-29T00:00:00Z"));
     }
 
@@ -252,12 +262,40 @@ mod tests {
             ),
         ];
         for (now, start, end) in cases {
-            let b = Window::Month.bounds(at(now));
+            let b = Window::Month.bounds(at(now), 0);
             assert_eq!((b.start, b.end), (at(start), at(end)), "{now}");
         }
         assert_eq!(
-            Window::Month.bounds(at("2024-02-10T00:00:00Z")).seconds(),
+            Window::Month
+                .bounds(at("2024-02-10T00:00:00Z"), 0)
+                .seconds(),
             29 * DAY
+        );
+    }
+
+    #[test]
+    fn calendar_offsets_move_day_week_and_month_boundaries() {
+        let ist = 5 * 3600 + 30 * 60; // +05:30
+                                      // 2026-11-25T20:00Z is 2026-11-26T01:30 in India: its day started at 18:30Z.
+        let d = Window::Day.bounds(at("2026-11-25T20:00:00Z"), ist);
+        assert_eq!(
+            (d.start, d.end),
+            (at("2026-11-25T18:30:00Z"), at("2026-11-26T18:30:00Z"))
+        );
+        let pst = -8 * 3600;
+        let m = Window::Month.bounds(at("2026-12-01T03:00:00Z"), pst);
+        assert_eq!(
+            (m.start, m.end),
+            (at("2026-11-01T08:00:00Z"), at("2026-12-01T08:00:00Z"))
+        );
+        let w = Window::Week.bounds(at("2026-11-29T20:00:00Z"), ist); // Monday 01:30 local
+        assert_eq!(w.start, at("2026-11-29T18:30:00Z"));
+        // Fixed windows ignore the offset.
+        assert_eq!(
+            Window::Fixed(3600)
+                .bounds(at("2026-11-25T20:10:00Z"), ist)
+                .start,
+            at("2026-11-25T20:00:00Z")
         );
     }
 
@@ -270,7 +308,7 @@ mod tests {
                 Window::Week,
                 Window::Month,
             ] {
-                let b = w.bounds(now);
+                let b = w.bounds(now, 0);
                 assert!(b.start <= now && now < b.end, "{w:?} {now}");
             }
         }

@@ -1,93 +1,132 @@
-//! The HTTP context: gathers the request's credential and the time, asks the core for a
-//! decision, and either sends the refusal or lets the request through and adds the RateLimit
-//! fields to the upstream's response.
+//! The HTTP context: hands the request's headers and the time to the core
+//! ([`crate::verdict::handle`]), then carries out the verdict — forward with header changes,
+//! or send the local reply — and adds the RateLimit fields to the upstream's response.
 
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel, MapType};
+use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
 
+use super::root::Runtime;
 use super::shared_data::SharedData;
-use crate::config::Config;
-use crate::credentials::extract;
-use crate::decision::{decide, Decision, Denial};
-use crate::response::{rate_limit_headers, refusal, Reply};
+use crate::response::Reply;
+use crate::verdict::{self, handle};
 
 pub struct Filter {
-    config: Option<Rc<Config>>,
+    runtime: Option<Rc<Runtime>>,
     /// RateLimit fields to add to the upstream's response.
     response_headers: Vec<(&'static str, String)>,
 }
 
 impl Filter {
-    pub fn new(config: Option<Rc<Config>>) -> Self {
+    pub fn new(runtime: Option<Rc<Runtime>>) -> Self {
         Filter {
-            config,
+            runtime,
             response_headers: Vec::new(),
         }
     }
+}
 
-    fn send(reply: &Reply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
-        if let Err(status) = hostcalls::send_http_response(
-            u32::from(reply.status),
-            headers,
-            Some(reply.body.as_bytes()),
-        ) {
-            super::host_log(LogLevel::Error, &format!("send_http_response: {status:?}"));
-        }
-        Action::Pause
+fn log_failure(what: &str, status: proxy_wasm::types::Status) {
+    super::host_log(LogLevel::Error, &format!("{what}: {status:?}"));
+}
+
+fn grpc_code(code: u32) -> GrpcStatusCode {
+    match code {
+        7 => GrpcStatusCode::PermissionDenied,
+        8 => GrpcStatusCode::ResourceExhausted,
+        14 => GrpcStatusCode::Unavailable,
+        16 => GrpcStatusCode::Unauthenticated,
+        _ => GrpcStatusCode::Unknown,
     }
+}
+
+fn send(reply: &Reply) -> Action {
+    let result = match reply.grpc_status {
+        Some(code) => {
+            let metadata: Vec<(&str, &[u8])> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_bytes()))
+                .collect();
+            hostcalls::send_grpc_response(grpc_code(code), Some(&reply.body), metadata)
+        }
+        None => {
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            hostcalls::send_http_response(
+                u32::from(reply.status),
+                headers,
+                Some(reply.body.as_bytes()),
+            )
+        }
+    };
+    if let Err(status) = result {
+        log_failure("send_http_response", status);
+    }
+    Action::Pause
+}
+
+fn unavailable(body: &str) -> Action {
+    send(&Reply {
+        status: 503,
+        headers: vec![("content-type", "text/plain".into())],
+        body: body.into(),
+        grpc_status: None,
+    })
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
+        let Some(runtime) = self.runtime.clone() else {
             log::error!("request refused: the plugin has no valid configuration");
-            return Self::send(&Reply {
-                status: 503,
-                headers: vec![("content-type", "text/plain".into())],
-                body: "tollgate is not configured\n".into(),
-            });
+            return unavailable("tollgate is not configured\n");
         };
         let Some(now) = super::now() else {
             log::error!("request refused: the host clock is unavailable");
-            return Self::send(&Reply {
-                status: 503,
-                headers: vec![("content-type", "text/plain".into())],
-                body: "tollgate cannot read the clock\n".into(),
-            });
+            return unavailable("tollgate cannot read the clock\n");
         };
-        let credential = extract(&config.credentials, |name| {
+        let mut request = |name: &str| {
             hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
                 .ok()
                 .flatten()
-        });
-        match decide(&config, credential, now, &SharedData) {
-            Decision::Allow { caller, usages } => {
-                log::debug!(
-                    "allow consumer={} plan={}",
-                    caller.consumer.name,
-                    caller.plan.name
-                );
-                self.response_headers = rate_limit_headers(caller.plan, &usages, now);
-                Action::Continue
-            }
-            Decision::Deny(denial) => {
-                match &denial {
-                    Denial::StoreUnavailable { caller, reason } => {
-                        log::error!("refused consumer={}: {reason}", caller.consumer.name)
+        };
+        let verdict = handle(&runtime.config, &mut request, now, &SharedData);
+        runtime.metrics.record(&verdict.events);
+        match verdict.action {
+            verdict::Action::Reply(reply) => send(&reply),
+            verdict::Action::Forward(forward) => {
+                for name in forward.remove {
+                    if let Err(status) =
+                        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+                    {
+                        log_failure("remove request header", status);
                     }
-                    other => log::debug!("refuse {}", describe(other)),
                 }
-                Self::send(&refusal(&config, &denial, now))
+                for (name, value) in forward.set {
+                    if let Err(status) =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    {
+                        log_failure("set request header", status);
+                    }
+                }
+                if let Some(path) = forward.path {
+                    if let Err(status) = hostcalls::set_map_value_bytes(
+                        MapType::HttpRequestHeaders,
+                        ":path",
+                        Some(&path),
+                    ) {
+                        log_failure("set :path", status);
+                    }
+                }
+                self.response_headers = forward.response_headers;
+                Action::Continue
             }
         }
     }
@@ -97,29 +136,9 @@ impl HttpContext for Filter {
             if let Err(status) =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))
             {
-                log::warn!("cannot set response header {name}: {status:?}");
+                log_failure("set response header", status);
             }
         }
         Action::Continue
-    }
-}
-
-/// A refusal for the debug log: reason and consumer, never the key.
-fn describe(denial: &Denial) -> String {
-    match denial {
-        Denial::MissingCredential => "missing credential".into(),
-        Denial::MalformedCredential(reason) => format!("malformed credential: {reason}"),
-        Denial::UnknownKey => "unknown key".into(),
-        Denial::Suspended(c) => format!("suspended consumer={}", c.consumer.name),
-        Denial::Expired { caller, .. } => format!("expired consumer={}", caller.consumer.name),
-        Denial::QuotaExceeded { caller, .. } => {
-            format!(
-                "quota consumer={} plan={}",
-                caller.consumer.name, caller.plan.name
-            )
-        }
-        Denial::StoreUnavailable { caller, .. } => {
-            format!("store unavailable consumer={}", caller.consumer.name)
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod http;
 mod logger;
+mod metrics;
 mod root;
 mod shared_data;
 

@@ -8,13 +8,20 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use super::http::Filter;
+use super::metrics::Metrics;
 use super::shared_data::SharedData;
 use crate::config::{Config, Source};
 use crate::quota::ensure_record;
 
+/// What every HTTP context of this configuration shares.
+pub struct Runtime {
+    pub config: Config,
+    pub metrics: Metrics,
+}
+
 #[derive(Default)]
 pub struct Root {
-    config: Option<Rc<Config>>,
+    runtime: Option<Rc<Runtime>>,
 }
 
 impl Context for Root {}
@@ -60,13 +67,14 @@ impl RootContext for Root {
                 }
             }
         }
+        let metrics = Metrics::define(&config);
         log::info!("configured: {}", summary(&config));
-        self.config = Some(Rc::new(config));
+        self.runtime = Some(Rc::new(Runtime { config, metrics }));
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter::new(self.config.clone())))
+        Some(Box::new(Filter::new(self.runtime.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -91,7 +99,8 @@ fn summary(config: &Config) -> String {
         })
         .collect();
     format!(
-        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}",
+        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}, mode {:?}, \
+         on_store_error {:?}, usage_path {}, calendar_utc_offset {}s",
         config.plans.len(),
         plans.join(", "),
         config.consumers.len() - usize::from(config.anonymous.is_some()),
@@ -100,6 +109,10 @@ fn summary(config: &Config) -> String {
         match config.anonymous.and_then(|i| config.consumers.get(i)) {
             Some(c) => config.plan_of(c).map_or("?", |p| p.name.as_str()),
             None => "off",
-        }
+        },
+        config.mode,
+        config.on_store_error,
+        config.usage_path.as_deref().unwrap_or("off"),
+        config.utc_offset,
     )
 }

@@ -1,0 +1,216 @@
+//! The metrics tollgate emits, as counters Envoy shows as `wasmcustom.<name>` (in Prometheus:
+//! `envoy_wasmcustom_<name with _>`), summed over workers. Cardinality is bounded by the
+//! configuration: global counters plus a fixed set per plan — never per consumer or key.
+//!
+//! Counters are numbered: the host defines them once per configuration in [`names`] order and
+//! increments them by index, so the request path does no string work.
+
+use crate::config::Plan;
+
+/// Why a request was (or in shadow mode, would have been) refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Quota,
+    MissingCredential,
+    InvalidCredential,
+    Suspended,
+    Expired,
+    StoreError,
+}
+
+impl Reason {
+    const ALL: [Reason; 6] = [
+        Reason::Quota,
+        Reason::MissingCredential,
+        Reason::InvalidCredential,
+        Reason::Suspended,
+        Reason::Expired,
+        Reason::StoreError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Quota => "quota",
+            Reason::MissingCredential => "missing_credential",
+            Reason::InvalidCredential => "invalid_credential",
+            Reason::Suspended => "suspended",
+            Reason::Expired => "expired",
+            Reason::StoreError => "store_error",
+        }
+    }
+
+    /// Reasons that concern a known consumer, and so also have a per-plan counter.
+    fn has_plan(self) -> bool {
+        !matches!(self, Reason::MissingCredential | Reason::InvalidCredential)
+    }
+}
+
+/// Something worth counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Forwarded upstream after counting (or uncounted, on an unlimited plan).
+    Allowed,
+    Refused(Reason),
+    /// Shadow mode: would have been refused, was forwarded.
+    Shadowed(Reason),
+    /// A CORS preflight passed without a credential.
+    Preflight,
+    /// The usage endpoint answered.
+    Usage,
+    /// Shared data failed.
+    StoreFailed,
+    /// CAS retries were exhausted.
+    Contended,
+}
+
+const GLOBAL_PREFIX: &str = "tollgate.";
+const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 4;
+const PLAN_REASONS: [Reason; 4] = [
+    Reason::Quota,
+    Reason::Suspended,
+    Reason::Expired,
+    Reason::StoreError,
+];
+const PER_PLAN: usize = 1 + 2 * PLAN_REASONS.len();
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+fn plan_reason_index(reason: Reason) -> Option<usize> {
+    PLAN_REASONS.iter().position(|r| *r == reason)
+}
+
+/// Every counter name, in index order.
+pub fn names(plans: &[Plan]) -> Vec<String> {
+    let mut out = Vec::with_capacity(GLOBALS + PER_PLAN * plans.len());
+    out.push(format!("{GLOBAL_PREFIX}requests.allowed"));
+    for r in Reason::ALL {
+        out.push(format!("{GLOBAL_PREFIX}requests.refused.{}", r.name()));
+    }
+    for r in Reason::ALL {
+        out.push(format!("{GLOBAL_PREFIX}requests.shadowed.{}", r.name()));
+    }
+    out.push(format!("{GLOBAL_PREFIX}requests.cors_preflight"));
+    out.push(format!("{GLOBAL_PREFIX}usage.served"));
+    out.push(format!("{GLOBAL_PREFIX}errors.store"));
+    out.push(format!("{GLOBAL_PREFIX}errors.cas_exhausted"));
+    for plan in plans {
+        let p = format!("{GLOBAL_PREFIX}plan.{}.", plan.name);
+        out.push(format!("{p}allowed"));
+        for r in PLAN_REASONS {
+            out.push(format!("{p}refused.{}", r.name()));
+        }
+        for r in PLAN_REASONS {
+            out.push(format!("{p}shadowed.{}", r.name()));
+        }
+    }
+    out
+}
+
+/// The counters an event increments: its global one, and its plan's one if it has a plan.
+pub fn indices(event: Event, plan: Option<usize>) -> [Option<usize>; 2] {
+    let (global, per_plan) = match event {
+        Event::Allowed => (0, Some(0)),
+        Event::Refused(r) => (1 + reason_index(r), plan_reason_index(r).map(|i| 1 + i)),
+        Event::Shadowed(r) => (
+            1 + Reason::ALL.len() + reason_index(r),
+            plan_reason_index(r).map(|i| 1 + PLAN_REASONS.len() + i),
+        ),
+        Event::Preflight => (GLOBALS - 4, None),
+        Event::Usage => (GLOBALS - 3, None),
+        Event::StoreFailed => (GLOBALS - 2, None),
+        Event::Contended => (GLOBALS - 1, None),
+    };
+    let plan_counter = match (plan, per_plan) {
+        (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
+        _ => None,
+    };
+    let plan_counter = match event {
+        Event::Refused(r) | Event::Shadowed(r) if !r.has_plan() => None,
+        _ => plan_counter,
+    };
+    [Some(global), plan_counter]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plans() -> Vec<Plan> {
+        ["free", "pro"]
+            .iter()
+            .map(|n| Plan {
+                name: n.to_string(),
+                limits: vec![],
+            })
+            .collect()
+    }
+
+    fn named(event: Event, plan: Option<usize>) -> Vec<String> {
+        let names = names(&plans());
+        indices(event, plan)
+            .iter()
+            .flatten()
+            .map(|i| names[*i].clone())
+            .collect()
+    }
+
+    #[test]
+    fn every_event_maps_to_its_named_counters() {
+        assert_eq!(
+            named(Event::Allowed, Some(1)),
+            ["tollgate.requests.allowed", "tollgate.plan.pro.allowed"]
+        );
+        assert_eq!(
+            named(Event::Refused(Reason::Quota), Some(0)),
+            [
+                "tollgate.requests.refused.quota",
+                "tollgate.plan.free.refused.quota"
+            ]
+        );
+        assert_eq!(
+            named(Event::Shadowed(Reason::Expired), Some(1)),
+            [
+                "tollgate.requests.shadowed.expired",
+                "tollgate.plan.pro.shadowed.expired"
+            ]
+        );
+        assert_eq!(
+            named(Event::Refused(Reason::InvalidCredential), None),
+            ["tollgate.requests.refused.invalid_credential"]
+        );
+        assert_eq!(
+            named(Event::Shadowed(Reason::MissingCredential), Some(0)),
+            ["tollgate.requests.shadowed.missing_credential"]
+        );
+        assert_eq!(
+            named(Event::Preflight, None),
+            ["tollgate.requests.cors_preflight"]
+        );
+        assert_eq!(named(Event::Usage, Some(0)), ["tollgate.usage.served"]);
+        assert_eq!(
+            named(Event::StoreFailed, Some(0)),
+            ["tollgate.errors.store"]
+        );
+        assert_eq!(
+            named(Event::Contended, None),
+            ["tollgate.errors.cas_exhausted"]
+        );
+        assert_eq!(
+            named(Event::Refused(Reason::StoreError), Some(1)),
+            [
+                "tollgate.requests.refused.store_error",
+                "tollgate.plan.pro.refused.store_error"
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_bounded_by_plans() {
+        let names = names(&plans());
+        assert_eq!(names.len(), GLOBALS + 2 * PER_PLAN);
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+    }
+}

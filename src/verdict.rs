@@ -1,0 +1,527 @@
+//! What the filter does with one request, decided without touching the host: forward it
+//! (with identity headers, the credential hidden if asked, RateLimit fields for the response)
+//! or answer it locally. This is where the operating options apply: CORS preflights, the usage
+//! endpoint, shadow mode and the store-error policy.
+//!
+//! The request is read through [`Request`], lazily: a header is fetched only when a rule needs
+//! it (e.g. `content-type` only to shape a refusal for gRPC).
+
+use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
+use crate::credentials::{extract, strip_query_param, Credential};
+use crate::decision::{decide, Caller, Decision, Denial};
+use crate::metrics::Event;
+use crate::quota::peek;
+use crate::response::{rate_limit_headers, refusal, usage, usage_method_not_allowed, Reply};
+use crate::store::Store;
+
+/// Read access to the request headers (`:method`, `:path` included), by lowercase name.
+pub trait Request {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+}
+
+impl<F: FnMut(&str) -> Option<Vec<u8>>> Request for F {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self(name)
+    }
+}
+
+/// Forward upstream, after these changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forward<'c> {
+    /// Request headers to remove (the identity headers, whatever the client sent, and the
+    /// credential header with `hide_credentials`).
+    pub remove: Vec<&'c str>,
+    /// Request headers to set (identity of the caller).
+    pub set: Vec<(&'c str, &'c str)>,
+    /// A new `:path` (the credential parameter removed, with `hide_credentials`).
+    pub path: Option<Vec<u8>>,
+    /// Headers to add to the upstream's response (RateLimit fields).
+    pub response_headers: Vec<(&'static str, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'c> {
+    Forward(Forward<'c>),
+    Reply(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'c> {
+    pub action: Action<'c>,
+    /// What to count: each event with the plan index it concerns.
+    pub events: Vec<(Event, Option<usize>)>,
+}
+
+fn plan_index(caller: &Caller) -> Option<usize> {
+    Some(caller.consumer.plan)
+}
+
+/// Handles one request at `now` (Unix seconds).
+pub fn handle<'c>(
+    config: &'c Config,
+    request: &mut impl Request,
+    now: i64,
+    store: &impl Store,
+) -> Verdict<'c> {
+    let mut forward = Forward {
+        remove: vec![config.consumer_header.as_str(), config.plan_header.as_str()],
+        ..Forward::default()
+    };
+    let method = request.header(":method");
+    let method = method.as_deref().unwrap_or_default();
+
+    if config.cors_preflight == CorsPreflight::Pass
+        && method == b"OPTIONS"
+        && request.header("access-control-request-method").is_some()
+    {
+        log::debug!("pass CORS preflight");
+        return Verdict {
+            action: Action::Forward(forward),
+            events: vec![(Event::Preflight, None)],
+        };
+    }
+
+    let mut path: Option<Option<Vec<u8>>> = None;
+    let mut cached = |name: &str| -> Option<Vec<u8>> {
+        if name == ":path" {
+            return path.get_or_insert_with(|| request.header(":path")).clone();
+        }
+        request.header(name)
+    };
+    let credential = extract(&config.credentials, &mut cached);
+
+    if let Some(usage_path) = &config.usage_path {
+        let full = cached(":path").unwrap_or_default();
+        let only_path = full.split(|c| *c == b'?').next().unwrap_or_default();
+        if only_path == usage_path.as_bytes() {
+            return usage_endpoint(config, credential, method, now, store);
+        }
+    }
+
+    // What to hide if the request goes upstream.
+    if let (true, Credential::Key(presented)) = (config.hide_credentials, &credential) {
+        match config.credentials.get(presented.source) {
+            Some(Source::Header(name)) => forward.remove.push(name),
+            Some(Source::Authorization(_)) => forward.remove.push("authorization"),
+            Some(Source::Query(name)) => {
+                forward.path = cached(":path").and_then(|p| strip_query_param(&p, name));
+            }
+            None => {}
+        }
+    }
+
+    let denial = match decide(config, credential, now, store) {
+        Decision::Allow { caller, usages } => {
+            log::debug!(
+                "allow consumer={} plan={}",
+                caller.consumer.name,
+                caller.plan.name
+            );
+            identify(&mut forward, config, &caller);
+            forward.response_headers = rate_limit_headers(caller.plan, &usages, now);
+            return Verdict {
+                action: Action::Forward(forward),
+                events: vec![(Event::Allowed, plan_index(&caller))],
+            };
+        }
+        Decision::Deny(denial) => denial,
+    };
+
+    let caller = denial.caller();
+    let plan = caller.as_ref().and_then(plan_index);
+    let mut events = Vec::with_capacity(2);
+    if let Denial::StoreUnavailable {
+        contended, reason, ..
+    } = &denial
+    {
+        log::error!("cannot count the request: {reason}");
+        let error = if *contended {
+            Event::Contended
+        } else {
+            Event::StoreFailed
+        };
+        events.push((error, None));
+        if config.on_store_error == OnStoreError::Allow {
+            log::warn!(
+                "on_store_error=allow: forwarding uncounted ({})",
+                denial.describe()
+            );
+            if let Some(caller) = &caller {
+                identify(&mut forward, config, caller);
+            }
+            events.push((Event::Allowed, plan));
+            return Verdict {
+                action: Action::Forward(forward),
+                events,
+            };
+        }
+    }
+
+    if config.mode == Mode::Shadow {
+        log::info!("shadow mode: would refuse {}", denial.describe());
+        if let Some(caller) = &caller {
+            identify(&mut forward, config, caller);
+        }
+        if let Denial::QuotaExceeded { caller, usages } = &denial {
+            forward.response_headers = rate_limit_headers(caller.plan, usages, now);
+        }
+        events.push((Event::Shadowed(denial.reason()), plan));
+        return Verdict {
+            action: Action::Forward(forward),
+            events,
+        };
+    }
+
+    log::debug!("refuse {}", denial.describe());
+    let grpc = request
+        .header("content-type")
+        .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+    events.push((Event::Refused(denial.reason()), plan));
+    Verdict {
+        action: Action::Reply(refusal(config, &denial, now, grpc)),
+        events,
+    }
+}
+
+fn identify<'c>(forward: &mut Forward<'c>, config: &'c Config, caller: &Caller<'c>) {
+    forward
+        .set
+        .push((&config.consumer_header, &caller.consumer.name));
+    forward.set.push((&config.plan_header, &caller.plan.name));
+}
+
+/// `GET <usage_path>`: the caller's own usage, uncounted.
+fn usage_endpoint<'c>(
+    config: &'c Config,
+    credential: Credential,
+    method: &[u8],
+    now: i64,
+    store: &impl Store,
+) -> Verdict<'c> {
+    if method != b"GET" && method != b"HEAD" {
+        return Verdict {
+            action: Action::Reply(usage_method_not_allowed()),
+            events: vec![],
+        };
+    }
+    let refuse = |denial: Denial| Verdict {
+        events: vec![(Event::Refused(denial.reason()), None)],
+        action: Action::Reply(refusal(config, &denial, now, false)),
+    };
+    let consumer = match credential {
+        Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
+            Some(consumer) => consumer,
+            None => return refuse(Denial::UnknownKey),
+        },
+        // Without a key there is nobody to report on (anonymous usage is shared, not the caller's).
+        Credential::Missing => return refuse(Denial::MissingCredential),
+        Credential::Malformed(why) => return refuse(Denial::MalformedCredential(why)),
+    };
+    let Some(plan) = config.plan_of(consumer) else {
+        return refuse(Denial::UnknownKey);
+    };
+    let caller = Caller { consumer, plan };
+    let standing = if consumer.suspended {
+        "suspended"
+    } else if consumer.expires_at.is_some_and(|at| now >= at) {
+        "expired"
+    } else {
+        "active"
+    };
+    match peek(
+        store,
+        &consumer.store_key,
+        &plan.limits,
+        now,
+        config.utc_offset,
+    ) {
+        Ok(usages) => Verdict {
+            action: Action::Reply(usage(&caller, standing, &usages)),
+            events: vec![(Event::Usage, Some(consumer.plan))],
+        },
+        Err(e) => {
+            let denial = Denial::StoreUnavailable {
+                caller,
+                contended: false,
+                reason: e.0,
+            };
+            Verdict {
+                events: vec![(Event::StoreFailed, None)],
+                action: Action::Reply(refusal(config, &denial, now, false)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Reason;
+    use crate::store::{MemoryStore, SetError, StoreError};
+    use std::collections::HashMap;
+
+    const NOW: i64 = 1_795_611_600; // 2026-11-25T13:00:00Z
+
+    fn config(extra: &str) -> Config {
+        Config::from_json(
+            format!(
+                r#"{{
+                  "credentials": [{{"header": "x-api-key"}}, {{"authorization": "Bearer"}}, {{"query": "api_key"}}],
+                  "plans": {{"free": {{"limits": [{{"name": "daily", "requests": 1, "window": "day"}}]}}}},
+                  "consumers": {{
+                    "acme": {{"plan": "free", "keys": ["acme"]}},
+                    "initech": {{"plan": "free", "keys": ["initech"], "status": "suspended"}}
+                  }}
+                  {extra}
+                }}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn req(headers: &[(&str, &str)]) -> impl FnMut(&str) -> Option<Vec<u8>> {
+        let map: HashMap<String, Vec<u8>> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    fn get(headers: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+        let mut h: Vec<(&'static str, String)> =
+            vec![(":method", "GET".into()), (":path", "/".into())];
+        for (k, v) in headers {
+            let k: &'static str = Box::leak(k.to_string().into_boxed_str());
+            h.retain(|(n, _)| *n != k);
+            h.push((k, v.to_string()));
+        }
+        h
+    }
+
+    fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
+        let h = get(headers);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        handle(config, &mut req(&pairs), NOW, store)
+    }
+
+    fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
+        match &v.action {
+            Action::Forward(f) => f,
+            Action::Reply(r) => panic!("expected forward, got {r:?}"),
+        }
+    }
+
+    fn replied(v: &Verdict) -> Reply {
+        match &v.action {
+            Action::Reply(r) => r.clone(),
+            Action::Forward(f) => panic!("expected a reply, got {f:?}"),
+        }
+    }
+
+    #[test]
+    fn admitted_requests_carry_identity_and_client_copies_are_removed() {
+        let c = config("");
+        let store = MemoryStore::new();
+        let v = run(
+            &c,
+            &store,
+            &[("x-api-key", "acme"), ("x-tollgate-consumer", "spoofed")],
+        );
+        let f = forwarded(&v);
+        assert_eq!(f.remove, ["x-tollgate-consumer", "x-tollgate-plan"]);
+        assert_eq!(
+            f.set,
+            [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+        );
+        assert_eq!(f.path, None);
+        assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+        assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));
+    }
+
+    #[test]
+    fn hide_credentials_removes_the_source_that_was_used() {
+        let c = config(r#", "hide_credentials": true"#);
+        let store = MemoryStore::new();
+        let v = run(&c, &store, &[("x-api-key", "acme")]);
+        assert!(forwarded(&v).remove.contains(&"x-api-key"));
+        let v = run(&c, &store, &[("authorization", "Bearer initech")]);
+        assert!(
+            matches!(v.action, Action::Reply(_)),
+            "suspended is still refused"
+        );
+        let c = config(r#", "hide_credentials": true, "mode": "shadow""#);
+        let v = run(&c, &store, &[("authorization", "Bearer acme")]);
+        assert!(forwarded(&v).remove.contains(&"authorization"));
+        let v = run(&c, &store, &[(":path", "/x?a=1&api_key=acme")]);
+        assert_eq!(forwarded(&v).path.as_deref(), Some(&b"/x?a=1"[..]));
+    }
+
+    #[test]
+    fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
+        let c = config(r#", "mode": "shadow""#);
+        let store = MemoryStore::new();
+        assert_eq!(
+            run(&c, &store, &[("x-api-key", "acme")]).events,
+            [(Event::Allowed, Some(0))]
+        );
+        let over = run(&c, &store, &[("x-api-key", "acme")]);
+        assert_eq!(over.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
+        let f = forwarded(&over);
+        assert!(f
+            .response_headers
+            .iter()
+            .any(|(n, v)| *n == "ratelimit" && v.contains("r=0")));
+        assert_eq!(
+            f.set,
+            [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+        );
+        let missing = run(&c, &store, &[]);
+        assert_eq!(
+            missing.events,
+            [(Event::Shadowed(Reason::MissingCredential), None)]
+        );
+        assert!(forwarded(&missing).set.is_empty());
+        let suspended = run(&c, &store, &[("x-api-key", "initech")]);
+        assert_eq!(
+            suspended.events,
+            [(Event::Shadowed(Reason::Suspended), Some(0))]
+        );
+    }
+
+    struct Broken;
+    impl Store for Broken {
+        fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            Err(StoreError("down".into()))
+        }
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), SetError> {
+            Err(SetError::Failed(StoreError("down".into())))
+        }
+    }
+
+    #[test]
+    fn store_errors_deny_with_503_or_allow_by_policy() {
+        let deny = config("");
+        let headers = get(&[("x-api-key", "acme")]);
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let v = handle(&deny, &mut req(&pairs), NOW, &Broken);
+        assert_eq!(replied(&v).status, 503);
+        assert_eq!(
+            v.events,
+            [
+                (Event::StoreFailed, None),
+                (Event::Refused(Reason::StoreError), Some(0))
+            ]
+        );
+        let allow = config(r#", "on_store_error": "allow""#);
+        let v = handle(&allow, &mut req(&pairs), NOW, &Broken);
+        let f = forwarded(&v);
+        assert!(f.response_headers.is_empty());
+        assert_eq!(
+            f.set,
+            [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+        );
+        assert_eq!(
+            v.events,
+            [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
+        );
+    }
+
+    #[test]
+    fn cors_preflights_pass_unless_configured_to_authenticate() {
+        let store = MemoryStore::new();
+        let preflight = [
+            (":method", "OPTIONS"),
+            ("access-control-request-method", "POST"),
+        ];
+        let c = config("");
+        let v = run(&c, &store, &preflight);
+        assert_eq!(v.events, [(Event::Preflight, None)]);
+        assert!(forwarded(&v).set.is_empty());
+        // A plain OPTIONS is not a preflight.
+        assert_eq!(
+            replied(&run(&c, &store, &[(":method", "OPTIONS")])).status,
+            401
+        );
+        let c = config(r#", "cors_preflight": "authenticate""#);
+        assert_eq!(replied(&run(&c, &store, &preflight)).status, 401);
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_statuses() {
+        let c = config("");
+        let store = MemoryStore::new();
+        let grpc = ("content-type", "application/grpc+proto");
+        let r = replied(&run(&c, &store, &[grpc]));
+        assert_eq!(r.grpc_status, Some(16));
+        assert_eq!(r.body, "This API requires an API key.");
+        assert!(r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+        assert!(!r.headers.iter().any(|(n, _)| *n == "content-type"));
+        assert!(matches!(
+            run(&c, &store, &[grpc, ("x-api-key", "acme")]).action,
+            Action::Forward(_)
+        ));
+        let quota = replied(&run(&c, &store, &[grpc, ("x-api-key", "acme")]));
+        assert_eq!(quota.grpc_status, Some(8));
+        assert!(quota.headers.iter().any(|(n, _)| *n == "retry-after"));
+        assert_eq!(
+            replied(&run(&c, &store, &[grpc, ("x-api-key", "initech")])).grpc_status,
+            Some(7)
+        );
+        assert_eq!(
+            replied(&run(&c, &store, &[("x-api-key", "acme")])).grpc_status,
+            None
+        );
+    }
+
+    #[test]
+    fn the_usage_endpoint_reports_without_counting() {
+        let c = config(r#", "usage_path": "/tollgate/usage""#);
+        let store = MemoryStore::new();
+        let usage = [(":path", "/tollgate/usage?x=1"), ("x-api-key", "acme")];
+        for _ in 0..3 {
+            let r = replied(&run(&c, &store, &usage));
+            assert_eq!(r.status, 200);
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["consumer"], "acme");
+            assert_eq!(body["limits"][0]["used"], 0);
+            assert_eq!(body["limits"][0]["remaining"], 1);
+            assert_eq!(body["limits"][0]["reset"], "2026-11-26T00:00:00Z");
+        }
+        assert!(matches!(
+            run(&c, &store, &[("x-api-key", "acme")]).action,
+            Action::Forward(_)
+        ));
+        let r = replied(&run(&c, &store, &usage));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (body["limits"][0]["used"].as_u64(), body["status"].as_str()),
+            (Some(1), Some("active"))
+        );
+        assert_eq!(
+            replied(&run(&c, &store, &[(":path", "/tollgate/usage")])).status,
+            401
+        );
+        assert_eq!(
+            replied(&run(
+                &c,
+                &store,
+                &[(":path", "/tollgate/usage"), ("x-api-key", "nope")]
+            ))
+            .status,
+            401
+        );
+        let post = [
+            (":method", "POST"),
+            (":path", "/tollgate/usage"),
+            ("x-api-key", "acme"),
+        ];
+        assert_eq!(replied(&run(&c, &store, &post)).status, 405);
+        let suspended = replied(&run(
+            &c,
+            &store,
+            &[(":path", "/tollgate/usage"), ("x-api-key", "initech")],
+        ));
+        assert!(suspended.body.contains("\"status\":\"suspended\""));
+    }
+}
