@@ -21,6 +21,8 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const MAX_LIMITS_PER_PLAN: usize = 16;
 /// Longest plan, consumer or limit name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Largest `requests` of a limit: a structured-field integer has at most 15 digits.
+pub const MAX_REQUESTS: u64 = 999_999_999_999_999;
 /// Prefix of every shared-data key tollgate writes.
 pub const STORE_PREFIX: &str = "tollgate:v1:";
 
@@ -296,16 +298,21 @@ impl Config {
 }
 
 /// Formats a serde_json error with its line:column and the offending line with a caret.
+///
+/// The configuration holds API keys, so neither part may show a string value: serde's quoted
+/// values are replaced by `"…"`, backquoted names are kept only when they look like field
+/// names (lowercase letters and `_`) or numbers, and string values in the excerpt become `*`s (object
+/// member names are kept: they say where the error is).
 fn json_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
     let (line, column) = (e.line(), e.column());
-    let mut message = format!("invalid configuration: {e}");
+    let mut message = format!("invalid configuration: {}", redact_message(&e.to_string()));
     if line == 0 {
         return ConfigError(message);
     }
     let text = String::from_utf8_lossy(bytes);
     if let Some(source_line) = text.lines().nth(line - 1) {
         // Show at most 60 characters around the column so one-line configs stay readable.
-        let chars: Vec<char> = source_line.chars().collect();
+        let chars: Vec<char> = redact_values(source_line).chars().collect();
         let start = column.saturating_sub(40);
         let end = (column + 20).min(chars.len());
         let excerpt: String = chars.get(start..end).unwrap_or_default().iter().collect();
@@ -313,6 +320,74 @@ fn json_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
         message.push_str(&format!(" | {excerpt} | {}^", " ".repeat(caret)));
     }
     ConfigError(message)
+}
+
+/// Redacts values quoted in a serde error message (see [`json_error`]).
+fn redact_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let (before, after) = rest.split_at(open);
+        out.push_str(before);
+        let quote = after.chars().next().unwrap_or('"');
+        let inner = &after[1..];
+        let Some(close) = inner.find(quote) else {
+            out.push(quote);
+            out.push('…');
+            return out;
+        };
+        let value = &inner[..close];
+        let field_name = value.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
+        let number = value
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b'-' || c == b'.');
+        let keep = quote == '`' && value.len() <= 24 && (field_name || number);
+        out.push(quote);
+        out.push_str(if keep { value } else { "…" });
+        out.push(quote);
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces the characters of every JSON string value on a line by `*` (member names, i.e.
+/// strings followed by `:`, are kept); lengths are kept so that a caret still lines up.
+fn redact_values(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out: Vec<char> = chars.clone();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        if c != '"' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut j = start;
+        let mut escaped = false;
+        while let Some(&d) = chars.get(j) {
+            if escaped {
+                escaped = false;
+            } else if d == '\\' {
+                escaped = true;
+            } else if d == '"' {
+                break;
+            }
+            j += 1;
+        }
+        let next = chars
+            .get(j + 1..)
+            .unwrap_or_default()
+            .iter()
+            .find(|c| !c.is_whitespace());
+        if next != Some(&':') {
+            for slot in out.iter_mut().take(j).skip(start) {
+                *slot = '*';
+            }
+        }
+        i = j + 1;
+    }
+    out.into_iter().collect()
 }
 
 fn valid_name(name: &str) -> bool {
@@ -409,6 +484,11 @@ fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
             return Err(ConfigError(format!(
                 "{field}.name: limit `{}` is listed twice in plan `{name}`",
                 limit.name
+            )));
+        }
+        if limit.requests > MAX_REQUESTS {
+            return Err(ConfigError(format!(
+                "{field}.requests: at most {MAX_REQUESTS} (RateLimit fields carry at most 15 digits)"
             )));
         }
         if limit.requests == 0 {
@@ -838,7 +918,7 @@ mod tests {
             (format!(r#"{{{plans}, "plan_header": "bad header"}}"#), "plan_header: `bad header` is not a valid header name"),
             (format!(r#"{{{plans}, "plan_header": "X-Tollgate-Consumer"}}"#), "plan_header: `x-tollgate-consumer` is also the consumer_header"),
             (format!(r#"{{{plans}, "calendar_utc_offset": "Asia/Kolkata"}}"#), "calendar_utc_offset: `Asia/Kolkata` is not a fixed UTC offset"),
-            (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "invalid type: string \"yes\", expected a boolean"),
+            (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "invalid type: string \"…\", expected a boolean"),
         ];
         for (json, expected) in cases {
             let message = err(&json);
@@ -856,6 +936,45 @@ mod tests {
         assert!(message.contains("line 3 column 25"), "{message}");
         assert!(message.contains("\"free\": {\"limits\": [}"), "{message}");
         assert!(message.ends_with('^'), "{message}");
+    }
+
+    #[test]
+    fn errors_never_show_a_key() {
+        let plans = r#""plans": {"p": {"limits": []}}"#;
+        for json in [
+            format!(
+                r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "keys": "sk_live_SECRET123"}}}}}}"#
+            ),
+            format!(
+                r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "keys": ["sk_live_SECRET123"],}}}}}}"#
+            ),
+            format!(
+                r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "keys": ["sk_live_SECRET123"], "status": "sk_live_SECRET123"}}}}}}"#
+            ),
+            format!(
+                r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "keys": [1, "sk_live_SECRET123"]}}}}}}"#
+            ),
+        ] {
+            let message = err(&json);
+            assert!(!message.contains("SECRET"), "{message}");
+            assert!(message.contains("line 1 column"), "{message}");
+        }
+        // Field names stay readable.
+        assert!(
+            err(&format!(r#"{{{plans}, "consumer": {{}}}}"#)).contains("unknown field `consumer`")
+        );
+        assert_eq!(
+            redact_values(r#"{"keys": ["a\"b", "c"], "n": 1}"#),
+            r#"{"keys": ["****", "*"], "n": 1}"#
+        );
+    }
+
+    #[test]
+    fn requests_fit_in_a_structured_field_integer() {
+        let ok = r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 999999999999999, "window": "day"}]}}}"#;
+        assert!(Config::from_json(ok.as_bytes()).is_ok());
+        let big = ok.replace("999999999999999", "1000000000000000");
+        assert!(err(&big).contains("plans.p.limits[0].requests: at most 999999999999999"));
     }
 
     #[test]

@@ -219,6 +219,7 @@ mod tests {
     fn decisions() {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
         let cases = [
             (Credential::Missing, NOW, "MissingCredential"),
             (Credential::Malformed("empty"), NOW, "MalformedCredential"),
@@ -235,8 +236,14 @@ mod tests {
             let d = decide(&config, credential.clone(), now, &store);
             assert_eq!(name(&d), want, "{credential:?}");
         }
-        // Suspended, expired and unknown callers consume nothing; the unlimited plan is not stored.
-        assert_eq!(store.len(), 2);
+        // Suspended callers consume nothing; the unlimited plan has no record at all.
+        let record = |name: &str| store.value(&format!("tollgate:v1:consumer:{name}"));
+        assert_eq!(
+            record("initech").as_deref(),
+            Some(crate::quota::empty_record())
+        );
+        assert_eq!(record("hooli"), None);
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
@@ -247,6 +254,7 @@ mod tests {
         );
         let config = Config::from_json(json.as_bytes()).unwrap();
         let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
         assert_eq!(
             name(&decide(&config, Credential::Missing, NOW, &store)),
             "allow anonymous"

@@ -18,7 +18,7 @@
 //! A counter whose stored window is not the current one counts as 0 (its window rolled over),
 //! and names keep counts across plan changes: a limit with the same name and window carries on.
 
-use crate::config::Limit;
+use crate::config::{Config, Limit};
 use crate::store::{SetError, Store, StoreError};
 use crate::window::Bounds;
 
@@ -103,12 +103,23 @@ impl<'a> Record<'a> {
         out.into_bytes()
     }
 
-    /// The count of a limit in the given window (0 if absent or from another window).
-    fn used(&self, name: &str, bounds: Bounds) -> u64 {
-        self.entries
-            .iter()
-            .find(|e| e.name == name && e.start == bounds.start && e.end == bounds.end)
-            .map_or(0, |e| e.count)
+    /// The window and count of a limit, given the window this request's clock puts it in:
+    /// the stored count if it is for that window, 0 if it is for an older one (the window
+    /// rolled over). If another worker already counted in a *later* window (its clock read
+    /// was later than ours), that later window is the current one: counting into ours would
+    /// overwrite it and give its requests away again.
+    fn used(&self, name: &str, bounds: Bounds) -> (Bounds, u64) {
+        match self.entries.iter().find(|e| e.name == name) {
+            Some(e) if e.start == bounds.start && e.end == bounds.end => (bounds, e.count),
+            Some(e) if e.start >= bounds.end => (
+                Bounds {
+                    start: e.start,
+                    end: e.end,
+                },
+                e.count,
+            ),
+            _ => (bounds, 0),
+        }
     }
 }
 
@@ -154,8 +165,7 @@ fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec
     limits
         .iter()
         .map(|limit| {
-            let bounds = limit.window.bounds(now, utc_offset);
-            let used = record.used(&limit.name, bounds);
+            let (bounds, used) = record.used(&limit.name, limit.window.bounds(now, utc_offset));
             Usage {
                 used,
                 requests: limit.requests,
@@ -178,6 +188,21 @@ pub fn ensure_record(store: &impl Store, key: &str) -> Result<bool, StoreError> 
     }
 }
 
+/// Creates the record of every consumer whose plan has limits (at configuration time, before
+/// any request is counted). Returns how many were created.
+pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
+    let mut created = 0;
+    for consumer in &config.consumers {
+        let limited = config
+            .plan_of(consumer)
+            .is_some_and(|p| !p.limits.is_empty());
+        if limited && ensure_record(store, &consumer.store_key)? {
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
 /// Checks every limit and, if all allow it, counts the request in all of them, atomically.
 pub fn check_and_take(
     store: &impl Store,
@@ -189,10 +214,12 @@ pub fn check_and_take(
     let mut replaced_corrupt = false;
     for attempt in 1..=MAX_ATTEMPTS {
         let Some((bytes, cas)) = store.get(key).map_err(CountError::Store)? else {
-            // Not created at configuration time (should not happen): create it empty, then
-            // count through the CAS path like every other request.
-            ensure_record(store, key).map_err(CountError::Store)?;
-            continue;
+            // Records are created when the plugin is configured. Creating one here could race
+            // with another worker (Envoy checks no CAS on creation) and lose its count, so a
+            // missing record is a store error, not something to paper over.
+            return Err(CountError::Store(StoreError(format!(
+                "record {key} is missing (it is created when the plugin is configured)"
+            ))));
         };
         let record = match Record::decode(&bytes) {
             Ok(record) => record,
@@ -276,12 +303,18 @@ mod tests {
     }
 
     const K: &str = "tollgate:v1:consumer:acme";
+
+    /// A store where the consumer's record exists, as after configuration.
+    fn fresh() -> MemoryStore {
+        let store = MemoryStore::new();
+        ensure_record(&store, K).unwrap();
+        store
+    }
     const NOW: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z, a Wednesday
 
     #[test]
     fn admits_exactly_the_quota_then_refuses_without_consuming() {
-        let store = MemoryStore::new();
-        ensure_record(&store, K).unwrap();
+        let store = fresh();
         let limits = [limit("daily", 5, Window::Fixed(86_400))];
         for i in 1..=5 {
             let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
@@ -300,7 +333,7 @@ mod tests {
 
     #[test]
     fn every_limit_must_allow_and_a_refusal_consumes_none_of_them() {
-        let store = MemoryStore::new();
+        let store = fresh();
         let limits = [
             limit("daily", 100, Window::Fixed(86_400)),
             limit("burst", 2, Window::Fixed(1)),
@@ -322,7 +355,7 @@ mod tests {
 
     #[test]
     fn window_rollover_resets_at_the_boundary() {
-        let store = MemoryStore::new();
+        let store = fresh();
         let limits = [limit("m", 1, Window::Fixed(60))];
         let start = NOW - NOW % 60;
         assert!(
@@ -344,7 +377,7 @@ mod tests {
 
     #[test]
     fn counts_follow_limit_names_across_plan_changes() {
-        let store = MemoryStore::new();
+        let store = fresh();
         let free = [
             limit("daily", 3, Window::Fixed(86_400)),
             limit("burst", 10, Window::Fixed(1)),
@@ -394,9 +427,12 @@ mod tests {
 
     #[test]
     fn peek_reports_usage_without_counting() {
-        let store = MemoryStore::new();
+        let store = fresh();
         let limits = [limit("d", 5, Window::Day)];
-        assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[0].used, 0);
+        assert_eq!(
+            peek(&MemoryStore::new(), K, &limits, NOW, 0).unwrap()[0].used,
+            0
+        );
         check_and_take(&store, K, &limits, NOW, 0).unwrap();
         let before = store.value(K);
         let usage = peek(&store, K, &limits, NOW, 0).unwrap();
@@ -488,7 +524,7 @@ mod tests {
 
     #[test]
     fn bounded_retries_under_endless_contention() {
-        let inner = MemoryStore::new();
+        let inner = fresh();
         let limits = [limit("d", u64::MAX, Window::Fixed(86_400))];
         let racing = Interleaved {
             inner: &inner,
@@ -520,11 +556,40 @@ mod tests {
     }
 
     #[test]
-    fn missing_record_is_created_then_counted_through_cas() {
+    fn a_missing_record_is_an_error_not_a_blind_create() {
         let store = MemoryStore::new();
         let limits = [limit("d", 2, Window::Week)];
-        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
-        assert!(c.admitted);
-        assert_eq!((c.usages[0].used, c.attempts), (1, 2));
+        assert!(matches!(
+            check_and_take(&store, K, &limits, NOW, 0),
+            Err(CountError::Store(_))
+        ));
+        assert!(store.is_empty(), "nothing was written");
+    }
+
+    #[test]
+    fn a_worker_with_an_older_clock_never_reopens_a_past_window() {
+        // Quota 1 per 10 s. Worker A counted at t; worker B opened the next window at t+10.
+        // Worker A, whose clock read t+9 just before, must see the later window, not its own.
+        let store = MemoryStore::new();
+        ensure_record(&store, K).unwrap();
+        let limits = [limit("w", 1, Window::Fixed(10))];
+        let t = NOW - NOW % 10;
+        assert!(check_and_take(&store, K, &limits, t, 0).unwrap().admitted);
+        assert!(
+            check_and_take(&store, K, &limits, t + 10, 0)
+                .unwrap()
+                .admitted
+        );
+        let late = check_and_take(&store, K, &limits, t + 9, 0).unwrap();
+        assert!(
+            !late.admitted,
+            "the stale clock must not reopen window [t, t+10)"
+        );
+        assert_eq!(late.usages[0].bounds.start, t + 10);
+        assert!(
+            !check_and_take(&store, K, &limits, t + 10, 0)
+                .unwrap()
+                .admitted
+        );
     }
 }

@@ -357,6 +357,7 @@ mod tests {
     fn allowed_requests_get_ratelimit_fields() {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
         let Decision::Allow { caller, usages } = decide(&config, key("acme"), NOW, &store) else {
             panic!()
         };
@@ -380,6 +381,7 @@ mod tests {
     fn quota_exceeded_is_problem_json_with_the_binding_limit() {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
         assert!(matches!(
             decide(&config, key("acme"), NOW, &store),
             Decision::Allow { .. }
@@ -426,6 +428,7 @@ mod tests {
     fn credential_and_standing_refusals() {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
         let cases = [
             (Credential::Missing, 401, MISSING_CREDENTIAL),
             (Credential::Malformed("x"), 401, INVALID_CREDENTIAL),

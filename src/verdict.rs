@@ -323,6 +323,7 @@ mod tests {
     fn admitted_requests_carry_identity_and_client_copies_are_removed() {
         let c = config("");
         let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
         let v = run(
             &c,
             &store,
@@ -343,6 +344,7 @@ mod tests {
     fn hide_credentials_removes_the_source_that_was_used() {
         let c = config(r#", "hide_credentials": true"#);
         let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
         let v = run(&c, &store, &[("x-api-key", "acme")]);
         assert!(forwarded(&v).remove.contains(&"x-api-key"));
         let v = run(&c, &store, &[("authorization", "Bearer initech")]);
@@ -361,6 +363,7 @@ mod tests {
     fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
         let c = config(r#", "mode": "shadow""#);
         let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
         assert_eq!(
             run(&c, &store, &[("x-api-key", "acme")]).events,
             [(Event::Allowed, Some(0))]
@@ -430,6 +433,7 @@ mod tests {
     #[test]
     fn cors_preflights_pass_unless_configured_to_authenticate() {
         let store = MemoryStore::new();
+        crate::quota::create_records(&config(""), &store).unwrap();
         let preflight = [
             (":method", "OPTIONS"),
             ("access-control-request-method", "POST"),
@@ -451,6 +455,7 @@ mod tests {
     fn grpc_requests_get_grpc_statuses() {
         let c = config("");
         let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
         let grpc = ("content-type", "application/grpc+proto");
         let r = replied(&run(&c, &store, &[grpc]));
         assert_eq!(r.grpc_status, Some(16));
@@ -478,6 +483,7 @@ mod tests {
     fn the_usage_endpoint_reports_without_counting() {
         let c = config(r#", "usage_path": "/tollgate/usage""#);
         let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
         let usage = [(":path", "/tollgate/usage?x=1"), ("x-api-key", "acme")];
         for _ in 0..3 {
             let r = replied(&run(&c, &store, &usage));

@@ -69,6 +69,34 @@ fn bad_configurations_are_refused_with_a_line_naming_the_field() {
 }
 
 #[test]
+fn a_refused_configuration_never_logs_a_key() {
+    // A key where a list was expected, and a trailing comma after one: serde would quote the
+    // value and the excerpt would show the line; both are redacted.
+    for json in [
+        r#"{"plans": {"p": {"limits": []}}, "consumers": {"a": {"plan": "p", "keys": "sk_live_SECRET123"}}}"#,
+        r#"{"plans": {"p": {"limits": []}}, "consumers": {"a": {"plan": "p", "keys": ["sk_live_SECRET123"],}}}"#,
+    ] {
+        let failure = match Envoy::try_start(Options {
+            plugin: Some(json.into()),
+            ..Options::default()
+        }) {
+            Ok(_) => panic!("accepted {json}"),
+            Err(f) => f,
+        };
+        assert!(
+            failure.log.contains("configuration refused"),
+            "{}",
+            failure.log
+        );
+        assert!(
+            !failure.log.contains("SECRET"),
+            "the key was logged:\n{}",
+            failure.log
+        );
+    }
+}
+
+#[test]
 fn the_json_syntax_error_line_shows_the_offending_text_with_a_caret() {
     let line = refused("{\"plans\": {\"free\": {\"limits\": [}}}");
     assert!(line.contains("line 1 column 32"), "{line}");

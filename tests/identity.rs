@@ -192,14 +192,20 @@ fn suspended_and_expired_subscriptions_get_402_with_their_own_type() {
 #[test]
 fn the_anonymous_plan_counts_keyless_requests_together() {
     let envoy = Envoy::start(&config(r#", "anonymous_plan": "anon""#));
-    within_one_window(86_400, 30.0, 1, |_| {
-        assert_eq!(counted_as(&envoy.get("/", &[])), "anon");
-        assert_eq!(envoy.get("/other", &[]).remaining("anon"), 0);
-        let refused = envoy.get("/", &[]);
-        assert_eq!(refused.status, 402);
-        assert_eq!(refused.json()["consumer"], "anonymous");
-        // A wrong key is refused, not downgraded to anonymous; real keys are unaffected.
-        assert_eq!(envoy.get_with_key("wrong").status, 401);
-        assert_eq!(counted_as(&envoy.get_with_key("alpha-key")), "alpha");
+    let responses = within_one_window(86_400, 30.0, 1, |_| {
+        let mut r: Vec<Response> = ["/", "/other", "/"]
+            .iter()
+            .map(|p| envoy.get(p, &[]))
+            .collect();
+        r.push(envoy.get_with_key("wrong"));
+        r.push(envoy.get_with_key("alpha-key"));
+        r
     });
+    assert_eq!(counted_as(&responses[0]), "anon");
+    assert_eq!(responses[1].remaining("anon"), 0);
+    assert_eq!(responses[2].status, 402);
+    assert_eq!(responses[2].json()["consumer"], "anonymous");
+    // A wrong key is refused, not downgraded to anonymous; real keys are unaffected.
+    assert_eq!(responses[3].status, 401);
+    assert_eq!(counted_as(&responses[4]), "alpha");
 }

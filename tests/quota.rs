@@ -22,16 +22,20 @@ fn admits_exactly_the_quota_then_answers_402_problem_json() {
           "consumers": {"acme": {"plan": "small", "keys": ["acme-key"]}}
         }"#,
     ));
-    within_one_window(DAY, 30.0, 1, |_| {
-        for i in 1..=5u64 {
-            let ok = envoy.get_with_key("acme-key");
+    // Requests are sent inside one window; assertions come after the window check.
+    let (before, responses) = within_one_window(DAY, 30.0, 1, |_| {
+        let before = unix_now();
+        let responses: Vec<Response> = (0..8).map(|_| envoy.get_with_key("acme-key")).collect();
+        (before, responses)
+    });
+    let (admitted, refused) = responses.split_at(5);
+    {
+        for (i, ok) in (1..=5u64).zip(admitted) {
             assert_eq!(ok.status, 200, "request {i}: {ok:?}");
             assert_eq!(ok.header("ratelimit-policy"), Some("\"daily\";q=5;w=86400"));
             assert_eq!(ok.remaining("daily"), 5 - i);
         }
-        let before = unix_now();
-        for _ in 0..3 {
-            let refused = envoy.get_with_key("acme-key");
+        for refused in refused {
             assert_eq!(refused.status, 402, "{refused:?}");
             assert_eq!(
                 refused.header("content-type"),
@@ -74,7 +78,7 @@ fn admits_exactly_the_quota_then_answers_402_problem_json() {
                 .unwrap()
                 .contains("all 5 requests of limit \"daily\""));
         }
-    });
+    }
 }
 
 #[test]
@@ -92,28 +96,28 @@ fn each_limit_answers_with_its_own_status_and_refusals_consume_nothing() {
           }
         }"#,
     ));
-    let key = within_one_window(4, 3.5, 3, |attempt| {
+    let (key, responses) = within_one_window(4, 3.5, 3, |attempt| {
         let key = format!("k{attempt}");
-        assert_eq!(envoy.get_with_key(&key).status, 200);
-        assert_eq!(envoy.get_with_key(&key).status, 200);
-        for _ in 0..5 {
-            let burst = envoy.get_with_key(&key);
-            assert_eq!(burst.status, 429, "{burst:?}");
-            assert_eq!(
-                burst.json()["violated-policies"],
-                serde_json::json!(["burst"])
-            );
-            assert_eq!(burst.remaining("burst"), 0);
-            assert_eq!(
-                burst.remaining("daily"),
-                1,
-                "the refusals did not touch the daily count"
-            );
-            let retry_after: u64 = burst.header("retry-after").unwrap().parse().unwrap();
-            assert!((1..=4).contains(&retry_after), "{retry_after}");
-        }
-        key
+        let responses: Vec<Response> = (0..7).map(|_| envoy.get_with_key(&key)).collect();
+        (key, responses)
     });
+    assert_eq!(responses[0].status, 200);
+    assert_eq!(responses[1].status, 200);
+    for burst in &responses[2..] {
+        assert_eq!(burst.status, 429, "{burst:?}");
+        assert_eq!(
+            burst.json()["violated-policies"],
+            serde_json::json!(["burst"])
+        );
+        assert_eq!(burst.remaining("burst"), 0);
+        assert_eq!(
+            burst.remaining("daily"),
+            1,
+            "the refusals did not touch the daily count"
+        );
+        let retry_after: u64 = burst.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=4).contains(&retry_after), "{retry_after}");
+    }
     // Once the burst window rolls over, the one request left of the daily quota goes through.
     let ok = poll(
         std::time::Duration::from_secs(20),
@@ -145,17 +149,18 @@ fn a_short_window_resets_at_its_boundary_and_not_before() {
           }
         }"#,
     ));
-    let (key, refused_at) = within_one_window(2, 1.8, 4, |attempt| {
+    let (key, refused_at, responses) = within_one_window(2, 1.8, 4, |attempt| {
         let key = format!("k{attempt}");
-        assert_eq!(envoy.get_with_key(&key).status, 200);
-        assert_eq!(envoy.get_with_key(&key).status, 200);
+        let mut responses: Vec<Response> = (0..2).map(|_| envoy.get_with_key(&key)).collect();
         let refused_at = unix_now();
-        let refused = envoy.get_with_key(&key);
-        assert_eq!(refused.status, 402, "{refused:?}");
-        let t = refused.ratelimit()[0].2;
-        assert!((1..=2).contains(&t), "reset in {t}s");
-        (key, refused_at)
+        responses.push(envoy.get_with_key(&key));
+        (key, refused_at, responses)
     });
+    assert_eq!((responses[0].status, responses[1].status), (200, 200));
+    let refused = &responses[2];
+    assert_eq!(refused.status, 402, "{refused:?}");
+    let t = refused.ratelimit()[0].2;
+    assert!((1..=2).contains(&t), "reset in {t}s");
     let boundary = window_start(refused_at, 2) + 2.0;
     let (answered, ok) = poll(
         std::time::Duration::from_secs(20),
@@ -192,25 +197,32 @@ fn all_keys_of_a_consumer_share_its_quota_and_consumers_are_counted_apart() {
         )
         .as_str(),
     ));
-    within_one_window(DAY, 30.0, 1, |_| {
-        for (i, key) in ["acme-key-1", "acme-key-2", "acme-key-1", "acme-key-2"]
-            .iter()
-            .enumerate()
-        {
-            let r = envoy.get_with_key(key);
-            assert_eq!(r.status, 200, "{key}: {r:?}");
-            assert_eq!(r.remaining("daily"), 3 - i as u64);
-        }
-        assert_eq!(envoy.get_with_key("acme-key-1").status, 402);
-        assert_eq!(envoy.get_with_key("acme-key-2").status, 402);
-        let other = envoy.get_with_key("globex-key");
-        assert_eq!(other.status, 200);
-        assert_eq!(
-            other.remaining("daily"),
-            3,
-            "another consumer has its own count"
-        );
+    let keys = [
+        "acme-key-1",
+        "acme-key-2",
+        "acme-key-1",
+        "acme-key-2",
+        "acme-key-1",
+        "acme-key-2",
+        "globex-key",
+    ];
+    let responses = within_one_window(DAY, 30.0, 1, |_| {
+        keys.iter()
+            .map(|key| envoy.get_with_key(key))
+            .collect::<Vec<Response>>()
     });
+    for (i, r) in responses[..4].iter().enumerate() {
+        assert_eq!(r.status, 200, "{}: {r:?}", keys[i]);
+        assert_eq!(r.remaining("daily"), 3 - i as u64);
+    }
+    assert_eq!((responses[4].status, responses[5].status), (402, 402));
+    let other = &responses[6];
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        other.remaining("daily"),
+        3,
+        "another consumer has its own count"
+    );
 }
 
 /// SHA-256 hex through the system's `sha256sum`, independent of tollgate's implementation.

@@ -11,7 +11,7 @@ use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
 use crate::config::{Config, Source};
-use crate::quota::ensure_record;
+use crate::quota::create_records;
 
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
@@ -56,15 +56,11 @@ impl RootContext for Root {
         };
         // Create every counted consumer's record now, before any request is counted: Envoy
         // does not check CAS when a key is first created (see quota.rs).
-        for consumer in &config.consumers {
-            let limited = config
-                .plan_of(consumer)
-                .is_some_and(|p| !p.limits.is_empty());
-            if limited {
-                if let Err(e) = ensure_record(&SharedData, &consumer.store_key) {
-                    log::error!("configuration refused: shared data unavailable: {}", e.0);
-                    return false;
-                }
+        match create_records(&config, &SharedData) {
+            Ok(created) => log::debug!("created {created} consumer records"),
+            Err(e) => {
+                log::error!("configuration refused: shared data unavailable: {}", e.0);
+                return false;
             }
         }
         let metrics = Metrics::define(&config);

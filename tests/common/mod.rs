@@ -56,11 +56,6 @@ pub fn envoy_path() -> PathBuf {
     path
 }
 
-/// The shipped demo configuration.
-pub fn envoy_yaml() -> String {
-    std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml")
-}
-
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -105,7 +100,12 @@ pub fn with_plugin_config(yaml: &str, json: &str) -> String {
 
 #[derive(Clone)]
 pub struct Options {
-    /// The plugin configuration; `None` keeps envoy.yaml's own.
+    /// The bootstrap, relative to the repository (default `envoy/envoy.yaml`).
+    pub bootstrap: String,
+    /// Further files of the repository to copy next to the bootstrap (e.g. an LDS file), with
+    /// the same substitutions; `{dir}` in any of them becomes the directory they are in.
+    pub files: Vec<String>,
+    /// The plugin configuration; `None` keeps the file's own.
     pub plugin: Option<String>,
     pub concurrency: u32,
     /// Extra Envoy arguments (e.g. log levels).
@@ -115,6 +115,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            bootstrap: "envoy/envoy.yaml".into(),
+            files: Vec::new(),
             plugin: None,
             concurrency: 2,
             args: Vec::new(),
@@ -125,9 +127,36 @@ impl Default for Options {
 pub struct Envoy {
     child: Child,
     pub port: u16,
+    pub backend: u16,
     pub admin: u16,
     dir: PathBuf,
     log: PathBuf,
+}
+
+/// A configuration file as a test runs it: ports moved, paths made absolute, the plugin
+/// configuration replaced.
+fn render(
+    text: &str,
+    ports: (u16, u16, u16),
+    dir: &std::path::Path,
+    plugin: Option<&str>,
+) -> String {
+    let (port, backend, admin) = ports;
+    let text = text
+        .replace("port_value: 10000", &format!("port_value: {port}"))
+        .replace("port_value: 10001", &format!("port_value: {backend}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace(
+            "filename: target/wasm32-wasip1/release/tollgate.wasm",
+            &format!("filename: {}", wasm_path().display()),
+        )
+        .replace("{dir}", &dir.display().to_string());
+    match plugin {
+        Some(json) if text.contains("# tollgate-configuration-begin") => {
+            with_plugin_config(&text, json)
+        }
+        _ => text,
+    }
 }
 
 /// Envoy exited before it was ready: its exit status and log.
@@ -173,19 +202,23 @@ impl Envoy {
         std::fs::create_dir_all(&dir).unwrap();
         let ports = free_ports(3);
         let (port, backend, admin) = (ports[0], ports[1], ports[2]);
-        let mut yaml = envoy_yaml()
-            .replace("port_value: 10000", &format!("port_value: {port}"))
-            .replace("port_value: 10001", &format!("port_value: {backend}"))
-            .replace("port_value: 9901", &format!("port_value: {admin}"))
-            .replace(
-                "filename: target/wasm32-wasip1/release/tollgate.wasm",
-                &format!("filename: {}", wasm_path().display()),
-            );
-        if let Some(json) = &options.plugin {
-            yaml = with_plugin_config(&yaml, json);
+        let plugin = options.plugin.as_deref();
+        for file in &options.files {
+            let text = std::fs::read_to_string(repo().join(file)).unwrap();
+            let name = std::path::Path::new(file).file_name().unwrap();
+            std::fs::write(
+                dir.join(name),
+                render(&text, (port, backend, admin), &dir, plugin),
+            )
+            .unwrap();
         }
-        let config = dir.join("envoy.yaml");
-        std::fs::write(&config, yaml).unwrap();
+        let bootstrap = std::fs::read_to_string(repo().join(&options.bootstrap)).unwrap();
+        let config = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &config,
+            render(&bootstrap, (port, backend, admin), &dir, plugin),
+        )
+        .unwrap();
         let log = dir.join("envoy.log");
         // A base id of our own per Envoy (the pid keeps parallel test binaries apart).
         let base_id = (std::process::id() % 40_000) * 100 + id;
@@ -195,7 +228,8 @@ impl Envoy {
             .args(["--concurrency", &options.concurrency.to_string()])
             .args(["--base-id", &base_id.to_string()])
             .arg("--disable-hot-restart")
-            .args(["-l", "info"])
+            // wasm at debug: every decision is logged, so tests can check no key ever is.
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
             .args(&options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -206,6 +240,7 @@ impl Envoy {
         let mut envoy = Envoy {
             child,
             port,
+            backend,
             admin,
             dir,
             log,
@@ -235,6 +270,23 @@ impl Envoy {
             return false;
         };
         ready.status == 200 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// Replaces a file next to the bootstrap (rendered like at start, with `plugin` as the
+    /// plugin configuration) by an atomic rename, which is what Envoy's watched directories
+    /// react to.
+    pub fn replace_file(&self, repo_file: &str, plugin: Option<&str>) {
+        let text = std::fs::read_to_string(repo().join(repo_file)).unwrap();
+        let name = std::path::Path::new(repo_file).file_name().unwrap();
+        let rendered = render(
+            &text,
+            (self.port, self.backend, self.admin),
+            &self.dir,
+            plugin,
+        );
+        let tmp = self.dir.join(format!(".{}.tmp", name.to_string_lossy()));
+        std::fs::write(&tmp, rendered).unwrap();
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
     }
 
     pub fn log(&self) -> String {
