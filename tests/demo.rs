@@ -18,6 +18,7 @@ fn the_readme_session_works_against_the_shipped_configuration() {
     // A known key goes through to the demo backend, with RateLimit fields.
     let ok = envoy.get("/hello", &[("x-api-key", "acme-key-1")]);
     assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["path"], "/hello");
     assert!(ok.body.contains("hello from the demo backend"), "{ok:?}");
     assert_eq!(
         ok.header("ratelimit-policy"),
@@ -67,6 +68,26 @@ fn the_readme_session_works_against_the_shipped_configuration() {
         ops.header("ratelimit"),
         None,
         "an unlimited plan has no RateLimit fields"
+    );
+
+    // The usage endpoint answers without counting.
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "acme-key-2")]);
+    assert_eq!(usage.status, 200, "{usage:?}");
+    assert_eq!(usage.json()["limits"][0]["used"], 1);
+    assert_eq!(
+        envoy
+            .get("/tollgate/usage", &[("x-api-key", "acme-key-1")])
+            .json()["limits"][0]["used"],
+        1
+    );
+
+    // The demo backend echoes what it received: tollgate told it who called.
+    let echoed = envoy.get_with_key("acme-key-1").json();
+    assert!(
+        echoed["headers"]
+            .to_string()
+            .contains("[\"x-tollgate-consumer\",\"acme\"]"),
+        "{echoed}"
     );
 
     // tollgate logged its version and configuration summary, never a key.

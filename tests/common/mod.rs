@@ -103,8 +103,11 @@ pub struct Options {
     /// The bootstrap, relative to the repository (default `envoy/envoy.yaml`).
     pub bootstrap: String,
     /// Further files of the repository to copy next to the bootstrap (e.g. an LDS file), with
-    /// the same substitutions; `{dir}` in any of them becomes the directory they are in.
+    /// the same substitutions.
     pub files: Vec<String>,
+    /// A repository directory the files mention (e.g. `envoy/live-reload`): every mention
+    /// becomes the test's own directory, where the copies are.
+    pub relocate: Option<String>,
     /// The plugin configuration; `None` keeps the file's own.
     pub plugin: Option<String>,
     pub concurrency: u32,
@@ -117,6 +120,7 @@ impl Default for Options {
         Options {
             bootstrap: "envoy/envoy.yaml".into(),
             files: Vec::new(),
+            relocate: None,
             plugin: None,
             concurrency: 2,
             args: Vec::new(),
@@ -129,6 +133,7 @@ pub struct Envoy {
     pub port: u16,
     pub backend: u16,
     pub admin: u16,
+    relocate: Option<String>,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -139,18 +144,22 @@ fn render(
     text: &str,
     ports: (u16, u16, u16),
     dir: &std::path::Path,
+    relocate: Option<&str>,
     plugin: Option<&str>,
 ) -> String {
     let (port, backend, admin) = ports;
-    let text = text
+    let relocated = match relocate {
+        Some(from) => text.replace(from, &dir.display().to_string()),
+        None => text.to_string(),
+    };
+    let text = relocated
         .replace("port_value: 10000", &format!("port_value: {port}"))
         .replace("port_value: 10001", &format!("port_value: {backend}"))
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace(
             "filename: target/wasm32-wasip1/release/tollgate.wasm",
             &format!("filename: {}", wasm_path().display()),
-        )
-        .replace("{dir}", &dir.display().to_string());
+        );
     match plugin {
         Some(json) if text.contains("# tollgate-configuration-begin") => {
             with_plugin_config(&text, json)
@@ -208,7 +217,13 @@ impl Envoy {
             let name = std::path::Path::new(file).file_name().unwrap();
             std::fs::write(
                 dir.join(name),
-                render(&text, (port, backend, admin), &dir, plugin),
+                render(
+                    &text,
+                    (port, backend, admin),
+                    &dir,
+                    options.relocate.as_deref(),
+                    plugin,
+                ),
             )
             .unwrap();
         }
@@ -216,7 +231,13 @@ impl Envoy {
         let config = dir.join("bootstrap.yaml");
         std::fs::write(
             &config,
-            render(&bootstrap, (port, backend, admin), &dir, plugin),
+            render(
+                &bootstrap,
+                (port, backend, admin),
+                &dir,
+                options.relocate.as_deref(),
+                plugin,
+            ),
         )
         .unwrap();
         let log = dir.join("envoy.log");
@@ -242,6 +263,7 @@ impl Envoy {
             port,
             backend,
             admin,
+            relocate: options.relocate.clone(),
             dir,
             log,
         };
@@ -282,6 +304,7 @@ impl Envoy {
             &text,
             (self.port, self.backend, self.admin),
             &self.dir,
+            self.relocate.as_deref(),
             plugin,
         );
         let tmp = self.dir.join(format!(".{}.tmp", name.to_string_lossy()));

@@ -1,0 +1,203 @@
+//! Wiring into meshes: every Envoy configuration in envoy/ is valid for Envoy, the per-route
+//! example exempts its health route, and the Istio and Envoy Gateway manifests use the field
+//! names the README documents and carry a valid tollgate configuration.
+
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use tollgate::config::Config;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Envoy bootstraps (not Kubernetes manifests, not LDS resource files).
+fn bootstraps() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    yaml_files(&repo().join("envoy"), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            !text.contains("\napiVersion:") && !text.contains("\nresources:")
+        })
+        .collect()
+}
+
+#[test]
+fn every_envoy_configuration_in_envoy_dir_is_valid() {
+    let files = bootstraps();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let out = std::process::Command::new(envoy_path())
+            .current_dir(repo())
+            .args(["--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("OK"),
+            "{}: {text}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn the_per_route_example_exempts_its_health_route() {
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/per-route.yaml".into(),
+        ..Options::default()
+    });
+    let health = envoy.get("/healthz", &[]);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    assert_eq!(health.header("ratelimit"), None, "not counted");
+    assert_eq!(envoy.get("/v1/things", &[]).status, 401);
+    let ok = envoy.get("/v1/things", &[("x-api-key", "acme-key")]);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.remaining("daily"), 999);
+}
+
+fn manifest(name: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(repo().join("envoy").join(name)).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn keys(value: &serde_yaml::Value) -> Vec<String> {
+    value
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_valid_tollgate_config(value: &serde_yaml::Value) {
+    let json = serde_json::to_string(value).unwrap();
+    if let Err(e) = Config::from_json(json.as_bytes()) {
+        panic!("not a valid tollgate configuration: {e}\n{json}");
+    }
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(repo().join("README.md")).unwrap()
+}
+
+#[test]
+fn the_istio_wasmplugin_manifest() {
+    let m = manifest("istio-wasmplugin.yaml");
+    assert_eq!(m["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(m["kind"], "WasmPlugin");
+    let spec = &m["spec"];
+    // Field names and values of the WasmPlugin API (v1alpha1).
+    let known = [
+        "selector",
+        "targetRefs",
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "imagePullSecret",
+        "phase",
+        "priority",
+        "failStrategy",
+        "pluginName",
+        "pluginConfig",
+        "type",
+        "match",
+        "vmConfig",
+    ];
+    for key in keys(spec) {
+        assert!(
+            known.contains(&key.as_str()),
+            "WasmPlugin has no field {key}"
+        );
+    }
+    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
+    assert!(["AUTHN", "AUTHZ", "STATS"].contains(&spec["phase"].as_str().unwrap()));
+    assert_eq!(spec["type"], "HTTP");
+    assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
+    assert_valid_tollgate_config(&spec["pluginConfig"]);
+    let readme = readme();
+    for key in [
+        "url",
+        "phase",
+        "failStrategy: FAIL_CLOSE",
+        "pluginConfig",
+        "selector",
+    ] {
+        assert!(readme.contains(key), "README's Istio section lacks {key}");
+    }
+}
+
+#[test]
+fn the_envoy_gateway_extension_policy_manifest() {
+    let m = manifest("envoy-gateway-policy.yaml");
+    assert_eq!(m["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    assert_eq!(m["kind"], "EnvoyExtensionPolicy");
+    let spec = &m["spec"];
+    for key in keys(spec) {
+        assert!(
+            [
+                "targetRefs",
+                "targetRef",
+                "targetSelectors",
+                "wasm",
+                "extProc",
+                "lua"
+            ]
+            .contains(&key.as_str()),
+            "no field {key}"
+        );
+    }
+    let target = &spec["targetRefs"][0];
+    assert_eq!(target["group"], "gateway.networking.k8s.io");
+    assert_eq!(target["kind"], "HTTPRoute");
+    let wasm = &spec["wasm"][0];
+    for key in keys(wasm) {
+        assert!(
+            ["name", "rootID", "code", "config", "failOpen", "env", "priority"]
+                .contains(&key.as_str()),
+            "Wasm has no field {key}"
+        );
+    }
+    assert_eq!(wasm["failOpen"], false);
+    assert_eq!(wasm["code"]["type"], "HTTP");
+    assert_eq!(wasm["code"]["http"]["sha256"].as_str().unwrap().len(), 64);
+    assert_valid_tollgate_config(&wasm["config"]);
+    let readme = readme();
+    for key in [
+        "EnvoyExtensionPolicy",
+        "targetRefs",
+        "rootID",
+        "failOpen: false",
+        "config",
+    ] {
+        assert!(
+            readme.contains(key),
+            "README's Envoy Gateway section lacks {key}"
+        );
+    }
+}
