@@ -316,6 +316,11 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The lines tollgate itself logged.
     pub fn tollgate_log(&self) -> Vec<String> {
         self.log()
