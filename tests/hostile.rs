@@ -191,7 +191,8 @@ fn hostile_requests_get_clear_answers_and_the_filter_keeps_serving() {
     }
 
     // Accepted oddities, each counted for the right consumer.
-    let accepted: Vec<(&str, String, Vec<(&str, &[u8])>, &str)> = vec![
+    type Accepted<'a> = (&'a str, String, Vec<(&'a str, &'a [u8])>, &'a str);
+    let accepted: Vec<Accepted> = vec![
         (
             "repeated header, valid first: the first wins",
             "/".into(),
