@@ -28,8 +28,8 @@ impl<F: FnMut(&str) -> Option<Vec<u8>>> Request for F {
 /// Forward upstream, after these changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward<'c> {
-    /// Request headers to remove (the identity headers, whatever the client sent, and the
-    /// credential header with `hide_credentials`).
+    /// Request headers to remove: the identity headers when the caller is not named (whatever
+    /// the client sent), and the credential header with `hide_credentials`.
     pub remove: Vec<&'c str>,
     /// Request headers to set (identity of the caller).
     pub set: Vec<(&'c str, &'c str)>,
@@ -183,7 +183,11 @@ pub fn handle<'c>(
     }
 }
 
+/// Names the caller to the upstream. Setting a header replaces every value a client sent, so
+/// the identity headers need no separate removal (one host call each instead of two).
 fn identify<'c>(forward: &mut Forward<'c>, config: &'c Config, caller: &Caller<'c>) {
+    let identity = [config.consumer_header.as_str(), config.plan_header.as_str()];
+    forward.remove.retain(|name| !identity.contains(name));
     forward
         .set
         .push((&config.consumer_header, &caller.consumer.name));
@@ -330,7 +334,7 @@ mod tests {
             &[("x-api-key", "acme"), ("x-tollgate-consumer", "spoofed")],
         );
         let f = forwarded(&v);
-        assert_eq!(f.remove, ["x-tollgate-consumer", "x-tollgate-plan"]);
+        assert!(f.remove.is_empty(), "set replaces the client's values");
         assert_eq!(
             f.set,
             [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
@@ -442,6 +446,11 @@ mod tests {
         let v = run(&c, &store, &preflight);
         assert_eq!(v.events, [(Event::Preflight, None)]);
         assert!(forwarded(&v).set.is_empty());
+        // Nobody is named, so whatever the client sent as identity is removed.
+        assert_eq!(
+            forwarded(&v).remove,
+            ["x-tollgate-consumer", "x-tollgate-plan"]
+        );
         // A plain OPTIONS is not a preflight.
         assert_eq!(
             replied(&run(&c, &store, &[(":method", "OPTIONS")])).status,

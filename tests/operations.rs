@@ -351,6 +351,7 @@ fn the_upstream_learns_who_called_and_cannot_be_lied_to() {
         &[
             ("x-api-key", "globex-key"),
             ("x-tollgate-consumer", "acme"),
+            ("x-tollgate-consumer", "initech"),
             ("x-tollgate-plan", "enterprise"),
         ],
     );
