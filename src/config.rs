@@ -3,9 +3,10 @@
 //! into a map). Any error is one line that names the field, and the whole configuration is
 //! refused: nothing is half-applied.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -153,10 +154,15 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut seen = HashSet::new();
-                let mut entries = Vec::new();
+                // Hashes of the names seen, not copies of them (100 000 consumers): a hash seen
+                // before is confirmed against the names themselves.
+                let state = RandomState::new();
+                let mut seen: HashSet<u64, BuildHasherDefault<DigestHasher>> = HashSet::default();
+                let mut entries: Vec<(String, V)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
-                    if !seen.insert(name.clone()) {
+                    if !seen.insert(state.hash_one(&name))
+                        && entries.iter().any(|(n, _)| *n == name)
+                    {
                         return Err(serde::de::Error::custom(format!(
                             "`{name}` is listed twice"
                         )));
@@ -232,6 +238,32 @@ impl Hasher for DigestHasher {
 
 type KeyMap = HashMap<Digest, usize, BuildHasherDefault<DigestHasher>>;
 
+/// Every configured key, mapped to its consumer's index: plaintext keys as bytes (in a
+/// SipHash map with a random seed, since lookups are by client-sent bytes), `sha256:` keys by
+/// digest. A request costs one map lookup, plus one SHA-256 only when hashed keys exist and
+/// the plaintext lookup missed; compiling 100 000 plaintext keys costs no hashing at all.
+#[derive(Debug, Default)]
+struct Keys {
+    plain: HashMap<Box<[u8]>, usize>,
+    hashed: KeyMap,
+}
+
+impl Keys {
+    fn lookup(&self, key: &[u8]) -> Option<usize> {
+        if let Some(index) = self.plain.get(key) {
+            return Some(*index);
+        }
+        if self.hashed.is_empty() {
+            return None;
+        }
+        self.hashed.get(&sha256(key)).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.plain.len() + self.hashed.len()
+    }
+}
+
 /// The validated configuration the request path reads.
 #[derive(Debug)]
 pub struct Config {
@@ -254,7 +286,7 @@ pub struct Config {
     pub hide_credentials: bool,
     /// Seconds east of UTC for day/week/month windows.
     pub utc_offset: i64,
-    keys: KeyMap,
+    keys: Keys,
 }
 
 /// A configuration error: one line, naming the field.
@@ -283,8 +315,8 @@ impl Config {
     /// The consumer that owns a presented API key.
     pub fn consumer_for_key(&self, key: &[u8]) -> Option<&Consumer> {
         self.keys
-            .get(&sha256(key))
-            .and_then(|index| self.consumers.get(*index))
+            .lookup(key)
+            .and_then(|index| self.consumers.get(index))
     }
 
     pub fn plan_of(&self, consumer: &Consumer) -> Option<&Plan> {
@@ -528,18 +560,22 @@ fn plan_index(plans: &[Plan], field: &str, name: &str) -> Result<usize, ConfigEr
     })
 }
 
-fn key_digest(field: &str, key: &str) -> Result<Digest, ConfigError> {
+/// A configured key: plaintext, or the digest of a `sha256:` key.
+enum KeyForm {
+    Plain(Vec<u8>),
+    Hashed(Digest),
+}
+
+fn parse_key(key: String) -> Result<KeyForm, &'static str> {
     if let Some(hex) = key.strip_prefix("sha256:") {
-        return from_hex(hex).ok_or_else(|| {
-            ConfigError(format!(
-                "{field}: a hashed key is `sha256:` followed by 64 lowercase hex digits"
-            ))
-        });
+        return from_hex(hex)
+            .map(KeyForm::Hashed)
+            .ok_or("a hashed key is `sha256:` followed by 64 lowercase hex digits");
     }
     if key.is_empty() {
-        return Err(ConfigError(format!("{field}: a key cannot be empty")));
+        return Err("a key cannot be empty");
     }
-    Ok(sha256(key.as_bytes()))
+    Ok(KeyForm::Plain(key.into_bytes()))
 }
 
 fn challenge(sources: &[Source]) -> String {
@@ -676,33 +712,66 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(ConfigError("plans: at least one plan is required".into()));
     }
     let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
-    let mut keys = KeyMap::with_capacity_and_hasher(raw.consumers.0.len(), Default::default());
+    let mut keys = Keys::default();
+    // Digests of the plaintext keys, computed only once a `sha256:` key shows up, to catch a
+    // key listed once in plaintext and once hashed.
+    let mut plain_digests: Option<KeyMap> = None;
     for (name, consumer) in raw.consumers.0 {
-        let field = format!("consumers.{name}");
-        check_name(&field, &name)?;
+        let field = || format!("consumers.{name}");
+        check_name(&field(), &name)?;
         if name == ANONYMOUS {
             return Err(ConfigError(format!(
-                "{field}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)"
+                "{}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)",
+                field()
             )));
         }
-        let plan = plan_index(&plans, &format!("{field}.plan"), &consumer.plan)?;
+        let plan = match plans.iter().position(|p| p.name == consumer.plan) {
+            Some(plan) => plan,
+            None => plan_index(&plans, &format!("{}.plan", field()), &consumer.plan)?,
+        };
         let expires_at = match &consumer.expires_at {
             Some(text) => Some(
-                parse_rfc3339(text).map_err(|e| ConfigError(format!("{field}.expires_at: {e}")))?,
+                parse_rfc3339(text)
+                    .map_err(|e| ConfigError(format!("{}.expires_at: {e}", field())))?,
             ),
             None => None,
         };
         let index = consumers.len();
-        for (k, key) in consumer.keys.iter().enumerate() {
-            let key_field = format!("{field}.keys[{k}]");
-            let digest = key_digest(&key_field, key)?;
-            if let Some(other) = keys.insert(digest, index) {
+        for (k, key) in consumer.keys.into_iter().enumerate() {
+            let key_field = || format!("consumers.{name}.keys[{k}]");
+            let listed_twice = |other: usize| {
                 let owner = consumers
                     .get(other)
                     .map_or(name.as_str(), |c: &Consumer| c.name.as_str());
-                return Err(ConfigError(format!(
-                    "{key_field}: this key is listed twice (also a key of consumer `{owner}`)"
-                )));
+                ConfigError(format!(
+                    "{}: this key is listed twice (also a key of consumer `{owner}`)",
+                    key_field()
+                ))
+            };
+            match parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))? {
+                KeyForm::Plain(bytes) => {
+                    if let Some(digests) = plain_digests.as_mut() {
+                        let digest = sha256(&bytes);
+                        if let Some(other) = keys.hashed.get(&digest) {
+                            return Err(listed_twice(*other));
+                        }
+                        digests.insert(digest, index);
+                    }
+                    if let Some(other) = keys.plain.insert(bytes.into_boxed_slice(), index) {
+                        return Err(listed_twice(other));
+                    }
+                }
+                KeyForm::Hashed(digest) => {
+                    let digests = plain_digests.get_or_insert_with(|| {
+                        keys.plain.iter().map(|(k, i)| (sha256(k), *i)).collect()
+                    });
+                    if let Some(other) = digests.get(&digest) {
+                        return Err(listed_twice(*other));
+                    }
+                    if let Some(other) = keys.hashed.insert(digest, index) {
+                        return Err(listed_twice(other));
+                    }
+                }
             }
         }
         consumers.push(Consumer {
@@ -896,6 +965,8 @@ mod tests {
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["k", "k"]}}}}}}"#), "consumers.a.keys[1]: this key is listed twice (also a key of consumer `a`)"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["foo"]}}, "b": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}}}}}"#), "consumers.b.keys[0]: this key is listed twice (also a key of consumer `a`)"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:ABC"]}}}}}}"#), "consumers.a.keys[0]: a hashed key is"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}, "b": {{"plan": "free", "keys": ["x", "foo"]}}}}}}"#), "consumers.b.keys[1]: this key is listed twice (also a key of consumer `a`)"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}}}}}"#), "consumers.a.keys[1]: this key is listed twice"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": [""]}}}}}}"#), "consumers.a.keys[0]: a key cannot be empty"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "unknown variant `paused`"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "expires_at": "tomorrow"}}}}}}"#), "consumers.a.expires_at: `tomorrow` is not an RFC 3339"),

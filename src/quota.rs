@@ -18,7 +18,8 @@
 //! A counter whose stored window is not the current one counts as 0 (its window rolled over),
 //! and names keep counts across plan changes: a limit with the same name and window carries on.
 
-use crate::config::{Config, Limit};
+use crate::config::{Config, Limit, STORE_PREFIX};
+use crate::sha256::{sha256, to_hex};
 use crate::store::{SetError, Store, StoreError};
 use crate::window::Bounds;
 
@@ -190,17 +191,35 @@ pub fn ensure_record(store: &impl Store, key: &str) -> Result<bool, StoreError> 
 
 /// Creates the record of every consumer whose plan has limits (at configuration time, before
 /// any request is counted). Returns how many were created.
+///
+/// Every VM of a configuration runs this (Envoy's canary on the main thread first, then each
+/// worker). A marker keyed by a digest of the set of counted consumers records that the whole
+/// set exists, so the later VMs skip 100 000 look-ups; a changed set (a consumer added, or
+/// moved onto a plan with limits) has another digest and is checked again.
 pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
+    let counted: Vec<&str> = config
+        .consumers
+        .iter()
+        .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
+        .map(|c| c.store_key.as_str())
+        .collect();
+    let marker = format!(
+        "{STORE_PREFIX}records:{}",
+        to_hex(&sha256(counted.join("\n").as_bytes()))
+    );
+    if store.get(&marker)?.is_some() {
+        return Ok(0);
+    }
     let mut created = 0;
-    for consumer in &config.consumers {
-        let limited = config
-            .plan_of(consumer)
-            .is_some_and(|p| !p.limits.is_empty());
-        if limited && ensure_record(store, &consumer.store_key)? {
+    for key in counted {
+        if ensure_record(store, key)? {
             created += 1;
         }
     }
-    Ok(created)
+    match store.set(&marker, b"1", 0) {
+        Ok(()) | Err(SetError::CasMismatch) => Ok(created),
+        Err(SetError::Failed(e)) => Err(e),
+    }
 }
 
 /// Checks every limit and, if all allow it, counts the request in all of them, atomically.
@@ -461,6 +480,37 @@ mod tests {
         let bytes = r.encode();
         assert_eq!(Record::decode(&bytes), Ok(r));
         assert_eq!(Record::decode(empty_record()), Ok(Record::default()));
+    }
+
+    #[test]
+    fn records_are_created_once_per_set_of_counted_consumers() {
+        let json = |extra: &str| {
+            format!(
+                r#"{{"plans": {{"p": {{"limits": [{{"name": "d", "requests": 5, "window": "day"}}]}},
+                              "free": {{"limits": []}}}},
+                    "consumers": {{"a": {{"plan": "p"}}, "b": {{"plan": "free"}} {extra}}}}}"#
+            )
+        };
+        let store = MemoryStore::new();
+        let first = Config::from_json(json("").as_bytes()).unwrap();
+        assert_eq!(create_records(&first, &store).unwrap(), 1);
+        let a = "tollgate:v1:consumer:a";
+        check_and_take(&store, a, &first.plans[0].limits, NOW, 0).unwrap();
+        let counted = store.value(a);
+        // The same set again (another VM): nothing to do, nothing overwritten.
+        assert_eq!(create_records(&first, &store).unwrap(), 0);
+        assert_eq!(store.value(a), counted);
+        // A new consumer, and b moved onto a plan with limits: both get their record.
+        let second = Config::from_json(
+            json(r#", "c": {"plan": "p"}"#)
+                .replace(r#""b": {"plan": "free"}"#, r#""b": {"plan": "p"}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(create_records(&second, &store).unwrap(), 2);
+        assert_eq!(store.value(a), counted);
+        assert!(store.value("tollgate:v1:consumer:b").is_some());
+        assert!(store.value("tollgate:v1:consumer:c").is_some());
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl RootContext for Root {
             }
         };
         let config = match Config::from_json(&bytes) {
-            Ok(config) => config,
+            Ok(config) => {
+                log::debug!("configuration parsed and validated");
+                config
+            }
             Err(e) => {
                 log::error!("configuration refused: {e}");
                 return false;
