@@ -206,6 +206,29 @@ pub struct Limit {
 pub struct Plan {
     pub name: String,
     pub limits: Vec<Limit>,
+    /// The `RateLimit-Policy` value, built once — unless a limit is monthly, whose window
+    /// length (`w`) changes with the month.
+    pub policy: Option<String>,
+}
+
+/// `"name";q=requests;w=seconds` for each limit, or `None` if a window's length varies.
+fn policy_header(limits: &[Limit]) -> Option<String> {
+    let items: Option<Vec<String>> = limits
+        .iter()
+        .map(|limit| {
+            let seconds = match limit.window {
+                Window::Fixed(seconds) => seconds,
+                Window::Day => crate::time::DAY,
+                Window::Week => 7 * crate::time::DAY,
+                Window::Month => return None,
+            };
+            Some(format!(
+                "\"{}\";q={};w={seconds}",
+                limit.name, limit.requests
+            ))
+        })
+        .collect();
+    items.map(|items| items.join(", "))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,6 +569,7 @@ fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
     }
     Ok(Plan {
         name: name.to_string(),
+        policy: policy_header(&limits),
         limits,
     })
 }
@@ -854,6 +878,11 @@ mod tests {
         assert_eq!(free.limits[0].window, Window::Day);
         assert_eq!(free.limits[0].status, 402);
         assert_eq!(free.limits[1].status, 429);
+        assert_eq!(
+            free.policy.as_deref(),
+            Some("\"daily\";q=1000;w=86400, \"burst\";q=10;w=1")
+        );
+        assert_eq!(c.plans[1].policy, None, "a monthly window's length varies");
         let acme = c.consumer_for_key(b"acme-key-2").unwrap();
         assert_eq!(acme.name, "acme");
         assert_eq!(c.plan_of(acme).unwrap().name, "free");

@@ -243,7 +243,11 @@ mod tests {
             Some(crate::quota::empty_record())
         );
         assert_eq!(record("hooli"), None);
-        assert_eq!(store.len(), 3 + 1, "three records and the marker of their creation");
+        assert_eq!(
+            store.len(),
+            3 + 1,
+            "three records and the marker of their creation"
+        );
     }
 
     #[test]

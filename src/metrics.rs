@@ -141,6 +141,7 @@ mod tests {
         ["free", "pro"]
             .iter()
             .map(|n| Plan {
+                policy: None,
                 name: n.to_string(),
                 limits: vec![],
             })

@@ -40,20 +40,12 @@ pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'sta
     if usages.is_empty() {
         return Vec::new();
     }
-    let mut policy = String::with_capacity(usages.len() * 32);
     let mut state = String::with_capacity(usages.len() * 32);
     for (limit, usage) in plan.limits.iter().zip(usages) {
-        if !policy.is_empty() {
-            policy.push_str(", ");
+        if !state.is_empty() {
             state.push_str(", ");
         }
         // Limit names are validated to [A-Za-z0-9_.-]: safe inside a structured-field string.
-        policy.push_str(&format!(
-            "\"{}\";q={};w={}",
-            limit.name,
-            limit.requests,
-            usage.bounds.seconds()
-        ));
         state.push_str(&format!(
             "\"{}\";r={};t={}",
             limit.name,
@@ -61,6 +53,23 @@ pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'sta
             usage.bounds.seconds_to_reset(now)
         ));
     }
+    let policy = match &plan.policy {
+        Some(policy) => policy.clone(),
+        None => plan
+            .limits
+            .iter()
+            .zip(usages)
+            .map(|(limit, usage)| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    limit.name,
+                    limit.requests,
+                    usage.bounds.seconds()
+                )
+            })
+            .collect::<Vec<String>>()
+            .join(", "),
+    };
     vec![("ratelimit-policy", policy), ("ratelimit", state)]
 }
 

@@ -67,20 +67,6 @@ pub fn handle<'c>(
         remove: vec![config.consumer_header.as_str(), config.plan_header.as_str()],
         ..Forward::default()
     };
-    let method = request.header(":method");
-    let method = method.as_deref().unwrap_or_default();
-
-    if config.cors_preflight == CorsPreflight::Pass
-        && method == b"OPTIONS"
-        && request.header("access-control-request-method").is_some()
-    {
-        log::debug!("pass CORS preflight");
-        return Verdict {
-            action: Action::Forward(forward),
-            events: vec![(Event::Preflight, None)],
-        };
-    }
-
     let mut path: Option<Option<Vec<u8>>> = None;
     let mut cached = |name: &str| -> Option<Vec<u8>> {
         if name == ":path" {
@@ -90,11 +76,26 @@ pub fn handle<'c>(
     };
     let credential = extract(&config.credentials, &mut cached);
 
+    // A CORS preflight carries no credential (browsers never send one), so the method is only
+    // looked at when there is none: requests with a key pay nothing for this rule.
+    if credential == Credential::Missing
+        && config.cors_preflight == CorsPreflight::Pass
+        && cached(":method").as_deref() == Some(b"OPTIONS")
+        && cached("access-control-request-method").is_some()
+    {
+        log::debug!("pass CORS preflight");
+        return Verdict {
+            action: Action::Forward(forward),
+            events: vec![(Event::Preflight, None)],
+        };
+    }
+
     if let Some(usage_path) = &config.usage_path {
         let full = cached(":path").unwrap_or_default();
         let only_path = full.split(|c| *c == b'?').next().unwrap_or_default();
         if only_path == usage_path.as_bytes() {
-            return usage_endpoint(config, credential, method, now, store);
+            let method = cached(":method").unwrap_or_default();
+            return usage_endpoint(config, credential, &method, now, store);
         }
     }
 

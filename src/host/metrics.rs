@@ -1,4 +1,8 @@
-//! Defines tollgate's counters in Envoy (`wasmcustom.<name>`) and increments them by index.
+//! Defines tollgate's counters in Envoy (`wasmcustom.<name>`) and counts into them. Counts are
+//! kept in the VM and flushed to Envoy once a second (on the root context's tick) and when the
+//! VM is done: one host call per changed counter per second instead of two per request.
+
+use std::cell::RefCell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -6,16 +10,18 @@ use proxy_wasm::types::MetricType;
 use crate::config::Config;
 use crate::metrics::{indices, names, Event};
 
-/// Envoy's ids of the counters, in [`names`] order (`None` where defining one failed).
+/// Envoy's ids of the counters, in [`names`] order (`None` where defining one failed), and the
+/// counts not yet flushed.
 pub struct Metrics {
     ids: Vec<Option<u32>>,
+    pending: RefCell<Vec<u64>>,
 }
 
 impl Metrics {
     /// Defines every counter for this configuration (Envoy returns the existing counter when
     /// a name is defined again, so reconfiguration keeps the counts).
     pub fn define(config: &Config) -> Metrics {
-        let ids = names(&config.plans)
+        let ids: Vec<Option<u32>> = names(&config.plans)
             .iter()
             .map(
                 |name| match hostcalls::define_metric(MetricType::Counter, name) {
@@ -27,15 +33,34 @@ impl Metrics {
                 },
             )
             .collect();
-        Metrics { ids }
+        let pending = RefCell::new(vec![0; ids.len()]);
+        Metrics { ids, pending }
     }
 
     pub fn record(&self, events: &[(Event, Option<usize>)]) {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
         for (event, plan) in events {
             for index in indices(*event, *plan).into_iter().flatten() {
-                if let Some(Some(id)) = self.ids.get(index) {
-                    let _ = hostcalls::increment_metric(*id, 1);
+                if let Some(count) = pending.get_mut(index) {
+                    *count += 1;
                 }
+            }
+        }
+    }
+
+    /// Hands the pending counts to Envoy.
+    pub fn flush(&self) {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        for (count, id) in pending.iter_mut().zip(&self.ids) {
+            if let (Some(id), true) = (id, *count > 0) {
+                if let Ok(offset) = i64::try_from(*count) {
+                    let _ = hostcalls::increment_metric(*id, offset);
+                }
+                *count = 0;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! shared-data records, and hands the compiled configuration to each HTTP context.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -24,7 +25,17 @@ pub struct Root {
     runtime: Option<Rc<Runtime>>,
 }
 
-impl Context for Root {}
+/// How often each VM hands its counts to Envoy.
+const METRICS_FLUSH: Duration = Duration::from_secs(1);
+
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        if let Some(runtime) = &self.runtime {
+            runtime.metrics.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -66,10 +77,22 @@ impl RootContext for Root {
                 return false;
             }
         }
+        if let Some(previous) = &self.runtime {
+            previous.metrics.flush();
+        }
         let metrics = Metrics::define(&config);
+        if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
+            log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
+        }
         log::info!("configured: {}", summary(&config));
         self.runtime = Some(Rc::new(Runtime { config, metrics }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(runtime) = &self.runtime {
+            runtime.metrics.flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
