@@ -1,7 +1,10 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use crate::config::{Config, Consumer, Plan};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::config::{Config, Consumer, Limit, Plan};
 use crate::credentials::Credential;
 use crate::metrics::Reason;
 use crate::quota::{check_and_take, CountError, Usage};
@@ -95,12 +98,60 @@ impl<'c> Denial<'c> {
     }
 }
 
+/// Remembers, per consumer, that a limit is exhausted until its window ends. Counts only grow
+/// within a window and a refused request writes nothing, so until then every request of that
+/// consumer is refused: a flood of refused requests needs no shared-data access at all (it
+/// costs less than an admitted request). One per configuration and VM; a new configuration
+/// starts empty, so a raised quota applies at once.
+#[derive(Debug, Default)]
+pub struct Exhausted {
+    consumers: RefCell<HashMap<String, Vec<Usage>>>,
+}
+
+impl Exhausted {
+    /// The usages of a consumer known to be refused at `now`, brought up to date: limits whose
+    /// window has ended since are shown fresh. `None` once no limit is exhausted any more.
+    fn refused(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        now: i64,
+        utc_offset: i64,
+    ) -> Option<Vec<Usage>> {
+        let mut consumers = self.consumers.try_borrow_mut().ok()?;
+        let usages = consumers.get_mut(key)?;
+        for (usage, limit) in usages.iter_mut().zip(limits) {
+            if now >= usage.bounds.end {
+                let bounds = limit.window.bounds(now, utc_offset);
+                *usage = Usage {
+                    used: 0,
+                    requests: limit.requests,
+                    bounds,
+                    violated: false,
+                };
+            }
+        }
+        if usages.iter().any(|u| u.violated) {
+            return Some(usages.clone());
+        }
+        consumers.remove(key);
+        None
+    }
+
+    fn remember(&self, key: &str, usages: &[Usage]) {
+        if let Ok(mut consumers) = self.consumers.try_borrow_mut() {
+            consumers.insert(key.to_string(), usages.to_vec());
+        }
+    }
+}
+
 /// Decides a request. `now` is Unix seconds.
 pub fn decide<'c>(
     config: &'c Config,
     credential: Credential,
     now: i64,
     store: &impl Store,
+    exhausted: &Exhausted,
 ) -> Decision<'c> {
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
@@ -132,6 +183,11 @@ pub fn decide<'c>(
             usages: Vec::new(),
         };
     }
+    if let Some(usages) =
+        exhausted.refused(&consumer.store_key, &plan.limits, now, config.utc_offset)
+    {
+        return Decision::Deny(Denial::QuotaExceeded { caller, usages });
+    }
     match check_and_take(
         store,
         &consumer.store_key,
@@ -152,6 +208,7 @@ pub fn decide<'c>(
                     usages: counted.usages,
                 }
             } else {
+                exhausted.remember(&consumer.store_key, &counted.usages);
                 Decision::Deny(Denial::QuotaExceeded {
                     caller,
                     usages: counted.usages,
@@ -233,7 +290,13 @@ mod tests {
             (key("hooli"), NOW, "allow hooli"),
         ];
         for (credential, now, want) in cases {
-            let d = decide(&config, credential.clone(), now, &store);
+            let d = decide(
+                &config,
+                credential.clone(),
+                now,
+                &store,
+                &Exhausted::default(),
+            );
             assert_eq!(name(&d), want, "{credential:?}");
         }
         // Suspended callers consume nothing; the unlimited plan has no record at all.
@@ -260,21 +323,115 @@ mod tests {
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
         assert_eq!(
-            name(&decide(&config, Credential::Missing, NOW, &store)),
+            name(&decide(
+                &config,
+                Credential::Missing,
+                NOW,
+                &store,
+                &Exhausted::default()
+            )),
             "allow anonymous"
         );
         assert_eq!(
-            name(&decide(&config, Credential::Missing, NOW, &store)),
+            name(&decide(
+                &config,
+                Credential::Missing,
+                NOW,
+                &store,
+                &Exhausted::default()
+            )),
             "allow anonymous"
         );
         assert_eq!(
-            name(&decide(&config, Credential::Missing, NOW, &store)),
+            name(&decide(
+                &config,
+                Credential::Missing,
+                NOW,
+                &store,
+                &Exhausted::default()
+            )),
             "QuotaExceeded"
         );
         // A wrong key is still refused, not downgraded to anonymous.
         assert_eq!(
-            name(&decide(&config, key("nobody"), NOW, &store)),
+            name(&decide(
+                &config,
+                key("nobody"),
+                NOW,
+                &store,
+                &Exhausted::default()
+            )),
             "UnknownKey"
         );
+    }
+
+    /// Counts the reads that reach the store.
+    struct Counting<'a> {
+        inner: &'a MemoryStore,
+        gets: std::cell::Cell<u32>,
+    }
+
+    impl Store for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::SetError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_flood_of_refused_requests_does_not_touch_the_store() {
+        let config = Config::from_json(
+            br#"{"plans": {"p": {"limits": [{"name": "minute", "requests": 2, "window": "minute"},
+                                              {"name": "second", "requests": 100, "window": "second"}]}},
+                 "consumers": {"a": {"plan": "p", "keys": ["a"]}}}"#,
+        )
+        .unwrap();
+        let inner = MemoryStore::new();
+        crate::quota::create_records(&config, &inner).unwrap();
+        let store = Counting {
+            inner: &inner,
+            gets: std::cell::Cell::new(0),
+        };
+        let exhausted = Exhausted::default();
+        let start = NOW - NOW % 60;
+        for _ in 0..2 {
+            assert!(matches!(
+                decide(&config, key("a"), start, &store, &exhausted),
+                Decision::Allow { .. }
+            ));
+        }
+        let first = decide(&config, key("a"), start, &store, &exhausted);
+        assert!(matches!(
+            first,
+            Decision::Deny(Denial::QuotaExceeded { .. })
+        ));
+        let reads = store.gets.get();
+        for now in start..start + 60 {
+            let Decision::Deny(Denial::QuotaExceeded { usages, .. }) =
+                decide(&config, key("a"), now, &store, &exhausted)
+            else {
+                panic!("refused until the minute ends")
+            };
+            // The per-second limit is reported for the current second, untouched.
+            assert_eq!(
+                (usages[1].used, usages[1].bounds.start),
+                (if now == start { 2 } else { 0 }, now)
+            );
+            assert_eq!(usages[0].remaining(), 0);
+        }
+        assert_eq!(
+            store.gets.get(),
+            reads,
+            "no shared-data read while the minute is spent"
+        );
+        // The next minute: the store is asked again and the request is admitted.
+        assert!(matches!(
+            decide(&config, key("a"), start + 60, &store, &exhausted),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(store.gets.get(), reads + 1);
     }
 }

@@ -321,7 +321,7 @@ pub fn usage_method_not_allowed() -> Reply {
 mod tests {
     use super::*;
     use crate::credentials::{Credential, Presented};
-    use crate::decision::{decide, Decision};
+    use crate::decision::{decide, Decision, Exhausted};
     use crate::store::MemoryStore;
     use serde_json::Value;
 
@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn deny(config: &Config, store: &MemoryStore, credential: Credential, now: i64) -> Reply {
-        match decide(config, credential, now, store) {
+        match decide(config, credential, now, store, &Exhausted::default()) {
             Decision::Deny(d) => refusal(config, &d, now, false),
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -367,7 +367,9 @@ mod tests {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
-        let Decision::Allow { caller, usages } = decide(&config, key("acme"), NOW, &store) else {
+        let Decision::Allow { caller, usages } =
+            decide(&config, key("acme"), NOW, &store, &Exhausted::default())
+        else {
             panic!()
         };
         let headers = rate_limit_headers(caller.plan, &usages, NOW);
@@ -392,7 +394,7 @@ mod tests {
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
         assert!(matches!(
-            decide(&config, key("acme"), NOW, &store),
+            decide(&config, key("acme"), NOW, &store, &Exhausted::default()),
             Decision::Allow { .. }
         ));
         // Same second: only the burst limit is exhausted -> its status 429, Retry-After 1.
@@ -414,11 +416,11 @@ mod tests {
         assert_eq!(body["retry-after"], 1);
         // Spend the daily quota: both limits violated, daily resets last -> 402, Retry-After to midnight.
         assert!(matches!(
-            decide(&config, key("acme"), NOW + 1, &store),
+            decide(&config, key("acme"), NOW + 1, &store, &Exhausted::default()),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            decide(&config, key("acme"), NOW + 2, &store),
+            decide(&config, key("acme"), NOW + 2, &store, &Exhausted::default()),
             Decision::Allow { .. }
         ));
         let reply = deny(&config, &store, key("acme"), NOW + 2);

@@ -8,7 +8,7 @@
 
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{decide, Caller, Decision, Denial};
+use crate::decision::{decide, Caller, Decision, Denial, Exhausted};
 use crate::metrics::Event;
 use crate::quota::peek;
 use crate::response::{rate_limit_headers, refusal, usage, usage_method_not_allowed, Reply};
@@ -62,6 +62,7 @@ pub fn handle<'c>(
     request: &mut impl Request,
     now: i64,
     store: &impl Store,
+    exhausted: &Exhausted,
 ) -> Verdict<'c> {
     let mut forward = Forward {
         remove: vec![config.consumer_header.as_str(), config.plan_header.as_str()],
@@ -111,7 +112,7 @@ pub fn handle<'c>(
         }
     }
 
-    let denial = match decide(config, credential, now, store) {
+    let denial = match decide(config, credential, now, store, exhausted) {
         Decision::Allow { caller, usages } => {
             log::debug!(
                 "allow consumer={} plan={}",
@@ -307,7 +308,7 @@ mod tests {
     fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        handle(config, &mut req(&pairs), NOW, store)
+        handle(config, &mut req(&pairs), NOW, store, &Exhausted::default())
     }
 
     fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
@@ -412,7 +413,7 @@ mod tests {
         let deny = config("");
         let headers = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let v = handle(&deny, &mut req(&pairs), NOW, &Broken);
+        let v = handle(&deny, &mut req(&pairs), NOW, &Broken, &Exhausted::default());
         assert_eq!(replied(&v).status, 503);
         assert_eq!(
             v.events,
@@ -422,7 +423,13 @@ mod tests {
             ]
         );
         let allow = config(r#", "on_store_error": "allow""#);
-        let v = handle(&allow, &mut req(&pairs), NOW, &Broken);
+        let v = handle(
+            &allow,
+            &mut req(&pairs),
+            NOW,
+            &Broken,
+            &Exhausted::default(),
+        );
         let f = forwarded(&v);
         assert!(f.response_headers.is_empty());
         assert_eq!(

@@ -97,7 +97,13 @@ impl HttpContext for Filter {
                 .ok()
                 .flatten()
         };
-        let verdict = handle(&runtime.config, &mut request, now, &SharedData);
+        let verdict = handle(
+            &runtime.config,
+            &mut request,
+            now,
+            &SharedData,
+            &runtime.exhausted,
+        );
         runtime.metrics.record(&verdict.events);
         match verdict.action {
             verdict::Action::Reply(reply) => send(&reply),

@@ -12,12 +12,14 @@ use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
 use crate::config::{Config, Source};
+use crate::decision::Exhausted;
 use crate::quota::create_records;
 
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
     pub metrics: Metrics,
+    pub exhausted: Exhausted,
 }
 
 #[derive(Default)]
@@ -85,7 +87,11 @@ impl RootContext for Root {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
         log::info!("configured: {}", summary(&config));
-        self.runtime = Some(Rc::new(Runtime { config, metrics }));
+        self.runtime = Some(Rc::new(Runtime {
+            config,
+            metrics,
+            exhausted: Exhausted::default(),
+        }));
         true
     }
 
