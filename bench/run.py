@@ -476,7 +476,7 @@ def machine(args) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain") else ""
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "-uno") else ""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git("rev-parse", "--short=12", "HEAD") + dirty,
