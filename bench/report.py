@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Turns bench/out/results.json (written by bench/run.py) into bench/results.md, the bar chart
+bench/results.png, and the summary between the `bench-summary` markers in README.md.
+
+Every figure is a median over the rounds; ratios are ratios of those medians.
+Needs matplotlib (installed into .venv by `make bench`).
+"""
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "out" / "results.json"
+MARKDOWN = ROOT / "bench" / "results.md"
+CHART = ROOT / "bench" / "results.png"
+README = ROOT / "README.md"
+
+PROTOCOLS = ["HTTP/1.1", "HTTP/2"]
+ABOUT = {
+    "no-filter": "Envoy alone: the ceiling",
+    "empty-wasm": "a proxy-wasm filter that only returns Continue: the floor for any Wasm filter",
+    "tollgate": "10 000 consumers, two limits each, every request admitted",
+    "native": "Envoy's local_ratelimit, a token bucket per x-api-key, every request admitted",
+    "tollgate-402": "tollgate refusing every request with 402 (quota spent)",
+    "tollgate-Os": 'tollgate built with opt-level = "s"',
+    "tollgate-Oz": 'tollgate built with opt-level = "z"',
+}
+RATIOS = [  # (label, numerator, denominator)
+    ("tollgate / no-filter", "tollgate", "no-filter"),
+    ("tollgate / empty-wasm", "tollgate", "empty-wasm"),
+    ("tollgate / native", "tollgate", "native"),
+    ("tollgate-402 / tollgate (refused / admitted)", "tollgate-402", "tollgate"),
+]
+TARGET_VS_EMPTY = 0.95
+TARGET_SIZE = 250_000
+TARGET_CONFIG_MS = 1000
+
+METHOD = """\
+- Every variant is the same Envoy with one worker (`--concurrency 1`), the same listener and the
+  same `direct_response` route (200, 6-byte body, no upstream hop); only the HTTP filters before
+  the router differ. Each Envoy gets its own `--base-id` and `--disable-hot-restart`.
+- {pinned} (`taskset`). Each round starts every variant once, in an order shifted by one each
+  round, so that drift on a shared machine spreads over all variants.
+- Per variant and round: {warmup_s} s of discarded wrk load, then {duration_s} s of
+  `wrk -t1 -c{wrk_connections} --latency` (HTTP/1.1), then {duration_s} s of
+  `h2load -t1 -c{h2load_connections} -m{h2load_streams}` (HTTP/2 cleartext, after its own
+  {warmup_s} s warm-up): 32 requests in flight either way.
+- Keys: wrk sends `x-api-key: key-0` … `key-9999` round robin (`bench/rotate-keys.lua`), so that
+  tollgate and the native limiter look up another consumer on every request. h2load sends the
+  same headers on every request, so HTTP/2 uses **one key** (`key-0`) for every variant.
+- tollgate's configuration: consumers `c0`…`c9999` with keys `key-0`…`key-9999`, alternating
+  between plans `basic` and `pro`, each with a `month` and a `1s` limit of 10⁹ requests. The
+  refused variant puts every consumer on a plan whose `month` limit is 1; its warm-up sends at
+  least one request per key, so that every measured request is refused with 402.
+- native: `envoy.filters.http.local_ratelimit` with a `request_headers` action on `x-api-key` in
+  the filter's own `rate_limits` (a `direct_response` route has no route action to carry
+  `rate_limits`), one descriptor entry without a value (a dynamic descriptor: one token bucket
+  per key, `max_dynamic_descriptors: 10000`), buckets of 10⁹ tokens per second and
+  `always_consume_default_token_bucket: false`. One bucket per key, since a token bucket cannot
+  express calendar windows.
+- Every run is checked: admitted variants answered every request 2xx, the refused one 402, with
+  no socket errors; the native filter's `ok` counter covers every request.
+- p50/p99 come from wrk's latency distribution, and for h2load from its per-request log
+  (`--log-file`). CPU µs/req is the CPU time (user + system, all threads) Envoy used during a run
+  divided by the requests it served (its `downstream_rq_total`)."""
+
+
+def medians(runs: list) -> dict:
+    """(variant, protocol) -> median req/s, p50, p99, CPU per request, and each round's req/s
+    with Envoy's CPU share."""
+    grouped = {}
+    for run in runs:
+        grouped.setdefault((run["variant"], run["protocol"]), []).append(run)
+    return {
+        key: {
+            "rps": statistics.median(r["rps"] for r in rs),
+            "p50": statistics.median(r["p50_ms"] for r in rs),
+            "p99": statistics.median(r["p99_ms"] for r in rs),
+            "cpu": statistics.median(r["cpu_us"] for r in rs),
+            "rounds": [
+                (r["rps"], r["envoy_cpu_share"]) for r in sorted(rs, key=lambda r: r["round"])
+            ],
+        }
+        for key, rs in grouped.items()
+    }
+
+
+def variants_in(runs: list) -> list:
+    order = list(ABOUT)
+    found = {r["variant"] for r in runs}
+    return sorted(found, key=lambda v: order.index(v) if v in order else len(order))
+
+
+def ratio(m: dict, a: str, b: str, protocol: str, what: str = "rps"):
+    """a's median over b's, of req/s ("rps") or of CPU time per request ("cpu")."""
+    if (a, protocol) in m and (b, protocol) in m:
+        return m[(a, protocol)][what] / m[(b, protocol)][what]
+    return None
+
+
+def config_load(results: dict) -> list:
+    """Per configuration size: (consumers, median ms per main-thread VM, median and worst ms per
+    worker, median s until Envoy was ready, number of Envoy starts)."""
+    samples = [(s["consumers"], s["config_ms"], s["ready_s"]) for s in results["startup"]]
+    # 10 000 consumers: the tollgate variant's own Envoy, once per round.
+    samples += [
+        (10_000, r["config_ms"], r["ready_s"])
+        for r in results["runs"]
+        if r["variant"] == "tollgate" and r["protocol"] == PROTOCOLS[0]
+    ]
+    rows = []
+    for consumers in sorted({c for c, _, _ in samples}):
+        mine = [(times, ready) for c, times, ready in samples if c == consumers]
+        main = [t["ms"] for times, _ in mine for t in times if t["thread"] == "main"]
+        workers = [t["ms"] for times, _ in mine for t in times if t["thread"] == "worker"]
+        ready = statistics.median(ready for _, ready in mine)
+        main, worker = statistics.median(main), statistics.median(workers)
+        rows.append((consumers, main, worker, max(workers), ready, len(mine)))
+    return rows
+
+
+def fmt(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def legend(variants: list) -> list:
+    return [f"- **{v}**: {ABOUT[v]}" for v in variants if v in ABOUT]
+
+
+def main_table(m: dict, variants: list) -> list:
+    head = ["variant"]
+    for p in PROTOCOLS:
+        head += [f"{p} req/s", "p50 ms", "p99 ms", "CPU µs/req"]
+    lines = [row(head), "|---|" + "---:|" * (len(head) - 1)]
+    for v in variants:
+        cells = [v]
+        for p in PROTOCOLS:
+            r = m.get((v, p))
+            numbers = [f"{r['rps']:,.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['cpu']:.1f}"]
+            cells += numbers if r else ["—"] * 4
+        lines.append(row(cells))
+    return lines
+
+
+def ratio_table(m: dict) -> list:
+    head = ["ratio"] + [f"req/s {p}" for p in PROTOCOLS] + [f"CPU/req {p}" for p in PROTOCOLS]
+    lines = [row(head), "|---|" + "---:|" * (len(head) - 1)]
+    for label, a, b in RATIOS:
+        cells = [fmt(ratio(m, a, b, p, what)) for what in ("rps", "cpu") for p in PROTOCOLS]
+        lines.append(row([label] + cells))
+    return lines
+
+
+def by_protocol(values: list) -> str:
+    return ", ".join(f"{p} {fmt(v)}" for p, v in zip(PROTOCOLS, values))
+
+
+def targets(results: dict, m: dict) -> list:
+    vs_empty = [ratio(m, "tollgate", "empty-wasm", p) for p in PROTOCOLS]
+    vs_empty_cpu = [ratio(m, "empty-wasm", "tollgate", p, "cpu") for p in PROTOCOLS]
+    refused = [ratio(m, "tollgate-402", "tollgate", p, "cpu") for p in PROTOCOLS]
+    shipped = results["sizes"].get("tollgate-O3", 0)
+    worst = max((r[3] for r in config_load(results) if r[0] == 100_000), default=None)
+    fast_enough = all(r is not None and r >= TARGET_VS_EMPTY for r in vs_empty)
+    cheap_refusals = all(r is not None and r <= 1.0 for r in refused)
+    return [
+        row(["target", "measured", ""]),
+        "|---|---|---|",
+        row([
+            f"tollgate ≥ {TARGET_VS_EMPTY} × empty-wasm req/s, both protocols",
+            f"req/s ratio {by_protocol(vs_empty)}; the same from CPU per request (empty ÷ "
+            f"tollgate): {by_protocol(vs_empty_cpu)}",
+            verdict(fast_enough),
+        ]),
+        row([
+            f"release .wasm ≤ {TARGET_SIZE // 1000} KB",
+            f"{shipped / 1000:.1f} KB (opt-level 3)",
+            verdict(shipped <= TARGET_SIZE),
+        ]),
+        row([
+            "configuration with 100 000 consumers < 1 s per worker",
+            "—" if worst is None else f"{worst:.0f} ms in the slowest worker",
+            verdict(worst is not None and worst < TARGET_CONFIG_MS),
+        ]),
+        row([
+            "refused requests cost no more than admitted ones",
+            f"CPU per request, 402 ÷ admitted: {by_protocol(refused)}",
+            verdict(cheap_refusals),
+        ]),
+    ]
+
+
+def sizes_table(results: dict, m: dict) -> list:
+    head = ["build", "bytes", "KB"]
+    head += [f"{p} {c}" for p in PROTOCOLS for c in ("req/s", "CPU µs/req")]
+    lines = [row(head), "|---|" + "---:|" * (len(head) - 1)]
+    for label, size in results["sizes"].items():
+        variant = "tollgate" if label == "tollgate-O3" else label
+        cells = [label, f"{size:,}", f"{size / 1000:.1f}"]
+        for p in PROTOCOLS:
+            r = m.get((variant, p))
+            cells += [f"{r['rps']:,.0f}", f"{r['cpu']:.1f}"] if r else ["—", "—"]
+        lines.append(row(cells))
+    return lines
+
+
+def config_table(results: dict) -> list:
+    head = ["consumers", "main thread, per VM (ms)", "per worker, median (ms)",
+            "per worker, worst (ms)", "Envoy ready after (s)", "Envoy starts"]
+    lines = [row(head), "|" + "---:|" * len(head)]
+    for consumers, main, worker, worst, ready, starts in config_load(results):
+        cells = [f"{consumers:,}", f"{main:.1f}", f"{worker:.1f}", f"{worst:.1f}", f"{ready:.2f}"]
+        lines.append(row(cells + [starts]))
+    return lines
+
+
+def rounds_table(m: dict, variants: list, rounds: int) -> list:
+    lines = [row(["variant", "protocol"] + [f"round {i + 1}" for i in range(rounds)])]
+    lines.append("|---|---|" + "---:|" * rounds)
+    for v in variants:
+        for p in PROTOCOLS:
+            if (v, p) in m:
+                cells = [f"{rps:,.0f} ({busy:.0%})" for rps, busy in m[(v, p)]["rounds"]]
+                lines.append(row([v, p] + cells))
+    return lines
+
+
+def markdown(results: dict, m: dict, variants: list) -> str:
+    info = results["machine"]
+    return "\n".join([
+        "# tollgate benchmark",
+        "",
+        f"Produced by `make bench` on {info['date']} from commit `{info['commit']}`: "
+        f"{info['rounds']} alternating rounds, medians; the run took {info['elapsed_s']} s. "
+        "Absolute figures drift between runs and machines; compare the ratios.",
+        "",
+        "## Requests per second, latency, and Envoy's CPU time per request",
+        "",
+        *legend(variants),
+        "",
+        *main_table(m, variants),
+        "",
+        "CPU µs/req: the CPU time Envoy used per request served, which other work on a shared "
+        "machine disturbs much less than requests/s.",
+        "",
+        *ratio_table(m),
+        "",
+        "## Targets",
+        "",
+        *targets(results, m),
+        "",
+        "## Size of the .wasm, by opt-level",
+        "",
+        "Release profile: `lto = true`, `codegen-units = 1`, `panic = \"abort\"`, `strip = true`; "
+        "the s and z builds differ only by `CARGO_PROFILE_RELEASE_OPT_LEVEL` (no wasm-opt).",
+        "",
+        *sizes_table(results, m),
+        "",
+        "## VM start + configuration",
+        "",
+        "From tollgate's own log lines, `version … starting` (on_vm_start) to `configured: …` (end "
+        "of on_configure) on the same Envoy thread, with microsecond log timestamps. Envoy "
+        "configures the plugin on its main thread first, where tollgate also creates every "
+        "consumer's shared-data record, then on each worker. 10 and 100 000 consumers: Envoy with "
+        "2 workers, not pinned; 10 000: the tollgate variant's Envoy above (1 worker).",
+        "",
+        *config_table(results),
+        "",
+        "## Requests per second in each round",
+        "",
+        "In parentheses, the share of its CPU that Envoy used: well below 100 % means that "
+        "something else ran on Envoy's CPU during that run.",
+        "",
+        *rounds_table(m, variants, info["rounds"]),
+        "",
+        "## Method",
+        "",
+        METHOD.format(**info),
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']}, {info['cpus']} CPUs; {info['memory_gib']} GiB RAM; {info['os']}, "
+        f"kernel {info['kernel']}",
+        f"- Envoy {info['envoy']}; {info['wrk']}; {info['h2load']}; {info['rustc']}",
+        "",
+        "![requests per second, CPU per request and p99 latency](results.png)",
+        "",
+    ])
+
+
+def chart(m: dict, variants: list, info: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    width = 0.4
+    for i, p in enumerate(PROTOCOLS):
+        xs = [j + (i - 0.5) * width for j in range(len(variants))]
+        mine = [m.get((v, p)) for v in variants]
+        rps = [r["rps"] if r else 0 for r in mine]
+        low = [x - min(s for s, _ in r["rounds"]) if r else 0 for x, r in zip(rps, mine)]
+        high = [max(s for s, _ in r["rounds"]) - x if r else 0 for x, r in zip(rps, mine)]
+        axes[0].bar(xs, rps, width, yerr=[low, high], capsize=3, label=p)
+        axes[1].bar(xs, [r["cpu"] if r else 0 for r in mine], width, label=p)
+        axes[2].bar(xs, [r["p99"] if r else 0 for r in mine], width, label=p)
+    axes[0].set_title("requests/s (median; whiskers: min–max of rounds)", fontsize=10)
+    axes[1].set_title("Envoy CPU time per request, µs (median)", fontsize=10)
+    axes[2].set_title("p99 latency, ms (median)", fontsize=10)
+    for ax in axes:
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(
+        f"tollgate benchmark: Envoy with 1 worker, {info['rounds']} rounds, {info['date']}, "
+        f"{info['commit']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(CHART, dpi=110)
+
+
+def readme_summary(results: dict, m: dict, variants: list) -> str:
+    main = [v for v in variants if not v.startswith("tollgate-O")]
+    sizes = results["sizes"]
+    other_levels = "".join(
+        f", {label[-1]} {sizes[label] / 1000:.0f} KB"
+        for label in ("tollgate-Os", "tollgate-Oz")
+        if label in sizes
+    )
+    per_worker = ", ".join(
+        f"{consumers:,} consumers {worker:.0f} ms"
+        for consumers, _, worker, *_ in config_load(results)
+    )
+    return "\n".join([
+        f"Measured by `make bench` on {results['machine']['date']} (2-CPU machine, Envoy with one "
+        "worker, medians; the full tables, method and chart are in "
+        "[bench/results.md](bench/results.md)):",
+        "",
+        *legend(main),
+        "",
+        *main_table(m, main),
+        "",
+        *ratio_table(m),
+        "",
+        f"Release `.wasm`: {sizes.get('tollgate-O3', 0) / 1000:.0f} KB at opt-level 3"
+        f"{other_levels} (the empty filter: {sizes.get('empty-wasm', 0) / 1000:.0f} KB). "
+        f"VM start + configuration, per worker (median): {per_worker}.",
+    ])
+
+
+def main():
+    results = json.loads(RESULTS.read_text())
+    m = medians(results["runs"])
+    variants = variants_in(results["runs"])
+    MARKDOWN.write_text(markdown(results, m, variants))
+    chart(m, variants, results["machine"])
+    readme = README.read_text()
+    begin, end = "<!-- bench-summary-begin -->", "<!-- bench-summary-end -->"
+    summary = f"{begin}\n{readme_summary(results, m, variants)}\n{end}"
+    README.write_text(re.sub(f"{begin}.*?{end}", lambda _: summary, readme, flags=re.S))
+    print(f"wrote {MARKDOWN.relative_to(ROOT)}, {CHART.relative_to(ROOT)} and README's summary")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""tollgate's benchmark: what the filter costs per request, in one run on one machine.
+
+Every variant is the same Envoy (one worker, pinned to one CPU) with the same listener and the
+same `direct_response` route (no upstream hop); only the HTTP filters before the router differ:
+
+  no-filter     nothing: the ceiling
+  empty-wasm    bench/empty-filter, a proxy-wasm filter that only returns Continue: the floor
+                for any Wasm filter (what V8 and the ABI cost)
+  tollgate      tollgate with 10 000 consumers on plans of two limits each, every request admitted
+  native        Envoy's own envoy.filters.http.local_ratelimit, one dynamic token bucket per
+                x-api-key value (what users would pick instead), every request admitted
+  tollgate-402  tollgate where every request is refused with 402 (each consumer's quota of 1 is
+                spent during the warm-up)
+  tollgate-Os, tollgate-Oz   tollgate built with opt-level "s" and "z" instead of 3
+
+The load generator runs on the other CPU: wrk (HTTP/1.1; bench/rotate-keys.lua sends key-0 ..
+key-9999 round robin) and h2load (HTTP/2 over cleartext; one key, key-0, as h2load sends the same
+headers on every request). Each result has requests/s, p50 and p99 latency, and Envoy's CPU time
+per request. Rounds alternate the variants (each round starts one variant later), so that drift
+on a shared machine spreads over all of them; bench/report.py takes the medians.
+
+Then VM start + configuration time is read from Envoy's own log (tollgate logs `version ...
+starting` in on_vm_start and `configured: ...` at the end of on_configure) with 10 and with
+100 000 consumers, per thread: Envoy's main thread, then each worker.
+
+Writes bench/out/results.json; bench/report.py turns it into bench/results.md and .png.
+Python 3 standard library only. Sends traffic to 127.0.0.1 only.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+LUA = ROOT / "bench" / "rotate-keys.lua"
+
+CONSUMERS = 10_000  # the realistic configuration's size
+HUGE = 1_000_000_000  # a quota nothing in this bench can spend
+CONNECTIONS = 32  # wrk: HTTP/1.1 connections, one request in flight on each
+H2_CONNECTIONS, H2_STREAMS = 8, 4  # h2load: 8 connections x 4 streams, 32 in flight too
+ENVOY_CPU, LOAD_CPU = 0, 1
+PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+READY_DEADLINE = 180.0  # seconds; 100 000 consumers take a while on a busy machine
+LOG_FORMAT = "[%Y-%m-%d %T.%f][%t][%l][%n] %v"  # microsecond timestamps, thread id
+LOG_LINE = re.compile(r"^\[([\d-]+ [\d:.]+)\]\[(\d+)\]\[\w+\]\[(\w+)\] (.*)$")
+
+HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    },
+}
+
+
+# --- configurations ---------------------------------------------------------------------------
+
+
+def tollgate_plugin(consumers: int, refuse: bool = False) -> str:
+    """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
+    every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
+    one request, everything is refused with 402."""
+    if refuse:
+        plans = {"spent": {"limits": limits(monthly=1)}}
+    else:
+        plans = {"basic": {"limits": limits(HUGE)}, "pro": {"limits": limits(HUGE)}}
+    names = list(plans)
+    config = {
+        "credentials": [{"header": "x-api-key"}],
+        "plans": plans,
+        "consumers": {
+            f"c{i}": {"plan": names[i % len(names)], "keys": [f"key-{i}"]}
+            for i in range(consumers)
+        },
+    }
+    return json.dumps(config, separators=(",", ":"))
+
+
+def limits(monthly: int) -> list:
+    return [
+        {"name": "monthly", "requests": monthly, "window": "month"},
+        {"name": "per-second", "requests": HUGE, "window": "1s"},
+    ]
+
+
+def wasm_filter(name: str, path: Path, configuration: str = "") -> dict:
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(path)}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+            },
+        },
+    }
+
+
+def native_filter(keys: int) -> dict:
+    """local_ratelimit with one token bucket per x-api-key value. The descriptor comes from the
+    filter's own `rate_limits` (a direct_response route has no route action to carry them); the
+    descriptor entry without a value makes a bucket per distinct key (dynamic descriptors)."""
+    bucket = {"max_tokens": HUGE, "tokens_per_fill": HUGE, "fill_interval": "1s"}
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    header = {"header_name": "x-api-key", "descriptor_key": "api_key"}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "status": {"code": 402},
+            "filter_enabled": always,
+            "filter_enforced": always,
+            "token_bucket": bucket,
+            "always_consume_default_token_bucket": False,
+            "rate_limits": [{"actions": [{"request_headers": header}]}],
+            "descriptors": [{"entries": [{"key": "api_key"}], "token_bucket": bucket}],
+            "max_dynamic_descriptors": keys,
+        },
+    }
+
+
+def envoy_config(port: int, admin: int, filters: list) -> dict:
+    def address(p: int) -> dict:
+        return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": "hello\n"}},
+    }
+    hcm = {
+        "@type": f"type.googleapis.com/{HCM}",
+        "stat_prefix": "bench",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "bench",
+            "virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": [route]}],
+        },
+        "http_filters": filters + [ROUTER],
+    }
+    manager = {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+    chains = [{"filters": [manager]}]
+    listener = {"name": "bench", "address": address(port), "filter_chains": chains}
+    return {"admin": {"address": address(admin)}, "static_resources": {"listeners": [listener]}}
+
+
+# --- Envoy ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu) -> list:
+    """A taskset prefix, when the machine has a CPU for Envoy and another for the load."""
+    return ["taskset", "-c", str(cpu)] if PIN and cpu is not None else []
+
+
+class StartFailure(Exception):
+    pass
+
+
+class Envoy:
+    """One Envoy process on free ports with its own --base-id; its log in bench/out/<name>.log."""
+
+    count = 0
+
+    def __init__(self, binary: str, name: str, filters: list, concurrency=1, cpu=ENVOY_CPU):
+        self.binary, self.name, self.filters = str(binary), name, filters
+        self.concurrency, self.cpu = concurrency, cpu
+        self.log_path = OUT / f"{name}.log"
+
+    def __enter__(self):
+        for attempt in range(3):
+            try:
+                self._start()
+                return self
+            except StartFailure:
+                if "Address already in use" not in self.log() or attempt == 2:
+                    raise
+
+    def _start(self):
+        Envoy.count += 1
+        self.port, self.admin = free_port(), free_port()
+        config = OUT / f"{self.name}.json"
+        config.write_text(json.dumps(envoy_config(self.port, self.admin, self.filters)))
+        base_id = (os.getpid() % 20_000) * 100 + Envoy.count % 100
+        command = pinned(self.cpu) + [self.binary, "-c", str(config)]
+        command += ["--concurrency", str(self.concurrency), "--base-id", str(base_id)]
+        command += ["--disable-hot-restart", "-l", "info", "--log-format", LOG_FORMAT]
+        with open(self.log_path, "w") as log:
+            self.started = time.monotonic()
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = self.started + READY_DEADLINE
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StartFailure(self.failure(f"exited with {self.process.returncode}"))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=2):
+                    self.ready_s = time.monotonic() - self.started
+                    return
+            except OSError:  # not listening yet, or 503 while initializing
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise StartFailure(self.failure(f"was not ready after {READY_DEADLINE:.0f} s"))
+
+    def failure(self, what: str) -> str:
+        return f"Envoy {self.name} {what}. Its log ({self.log_path}):\n{self.log()}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stats(self, pattern: str) -> dict:
+        url = f"http://127.0.0.1:{self.admin}/stats?filter={pattern}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        pairs = (line.split(": ", 1) for line in lines)
+        return {name: int(value) for name, value in pairs if value.isdigit()}
+
+    def requests_served(self) -> int:
+        return self.stats("downstream_rq_total")["http.bench.downstream_rq_total"]
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) Envoy has used so far, all threads, in seconds."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def costed(self, load) -> dict:
+        """Runs `load` and adds what Envoy spent on it: CPU time per request, which other work
+        on the machine disturbs much less than requests/s, and the share of its CPU that Envoy
+        used (near 1: Envoy was the bottleneck, as intended; lower: something else ran there)."""
+        requests, cpu, wall = self.requests_served(), self.cpu_s(), time.monotonic()
+        result = load()
+        cpu, wall = self.cpu_s() - cpu, time.monotonic() - wall
+        requests = self.requests_served() - requests
+        result["cpu_us"] = round(cpu / requests * 1e6, 2)
+        result["envoy_cpu_share"] = round(cpu / wall, 2)
+        return result
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def get(port: int, key: str) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/", headers={"x-api-key": key})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def config_times(log: str) -> list:
+    """Per VM, the ms from tollgate's `starting` line to its `configured:` line on the same
+    thread. The main thread is the one that wrote the log's first line; the others are workers."""
+    main, starts, times = None, {}, []
+    for line in log.splitlines():
+        m = LOG_LINE.match(line)
+        if not m:
+            continue
+        stamp, thread, logger, message = m.groups()
+        main = main or thread
+        if logger != "wasm" or "tollgate" not in message:
+            continue
+        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        if re.search(r": version \S+ \(.*\) starting$", message):
+            starts[thread] = at
+        elif ": configured: " in message and thread in starts:
+            role = "main" if thread == main else "worker"
+            times.append({"thread": role, "ms": round((at - starts.pop(thread)) * 1000, 1)})
+    return times
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+def run(command: list, timeout: float) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def wrk(port: int, seconds: int, keys: int) -> dict:
+    command = pinned(LOAD_CPU) + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    command += ["-s", str(LUA), f"http://127.0.0.1:{port}/", "--", str(keys)]
+    out = run(command, timeout=seconds + 60)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99_ms": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+        "requests": requests,
+        "2xx": requests - (int(non_2xx.group(1)) if non_2xx else 0),
+        "errors": errors.group(1) if errors else "",
+    }
+
+
+def percentile(sorted_values: list, p: float) -> float:
+    """Nearest-rank percentile."""
+    rank = max(1, round(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def h2load(port: int, seconds: int, warmup: int) -> dict:
+    log = OUT / "h2load-requests.tsv"
+    log.unlink(missing_ok=True)  # h2load appends to it
+    command = pinned(LOAD_CPU) + ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}"]
+    command += [f"-D{seconds}", f"--warm-up-time={warmup}", "-H", "x-api-key: key-0"]
+    command += [f"--log-file={log}", f"http://127.0.0.1:{port}/"]
+    out = run(command, timeout=seconds + warmup + 60)
+    if "h2" not in re.search(r"Application protocol: (\S+)", out).group(1):
+        raise RuntimeError(f"h2load did not speak HTTP/2:\n{out}")
+    # h2load counts 4xx answers as "failed": only errors and timeouts are failures here.
+    found = re.search(r"requests: (\d+) total.* (\d+) errored, (\d+) timeout", out)
+    requests, errored, timeouts = map(int, found.groups())
+    # One row per measured request: start (us since epoch), status, us until the response ended.
+    rows = [row.split("\t") for row in log.read_text().splitlines()]
+    latencies = sorted(int(row[2]) / 1000 for row in rows)
+    problems = [(errored, "errored"), (timeouts, "timed out")]
+    return {
+        "rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "requests": requests,
+        "2xx": sum(1 for row in rows if row[1].startswith("2")),
+        "statuses": sorted({row[1] for row in rows}),
+        "errors": ", ".join(f"{n} {what}" for n, what in problems if n),
+    }
+
+
+# --- the bench --------------------------------------------------------------------------------
+
+
+def variants(args) -> list:
+    """(name, HTTP filters, the status every request must get)."""
+    admitted = tollgate_plugin(CONSUMERS)
+    shipped = dict(args.tollgate)["3"]
+    found = [
+        ("no-filter", [], 200),
+        ("empty-wasm", [wasm_filter("empty", args.empty)], 200),
+        ("tollgate", [wasm_filter("tollgate", shipped, admitted)], 200),
+        ("native", [native_filter(CONSUMERS)], 200),
+        ("tollgate-402", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, True))], 402),
+    ]
+    found += [
+        (f"tollgate-O{level}", [wasm_filter("tollgate", path, admitted)], 200)
+        for level, path in args.tollgate
+        if level != "3"
+    ]
+    return [v for v in found if not args.only or v[0] in args.only]
+
+
+def measure(args, name: str, filters: list, status: int, round_: int) -> list:
+    """Starts the variant's Envoy, warms it up, runs wrk then h2load, and checks that every
+    request got `status`. Returns one result per protocol."""
+    with Envoy(args.envoy, name, filters) as envoy:
+        warmup = warm_up(envoy, status, args.warmup)
+        probe = get(envoy.port, "key-1")
+        if probe.status != status:
+            raise RuntimeError(envoy.failure(f"answered {probe.status}, expected {status}"))
+        if name.startswith("tollgate") and not probe.getheader("ratelimit"):
+            raise RuntimeError(envoy.failure("sent no RateLimit field: is tollgate running?"))
+        http1 = envoy.costed(lambda: wrk(envoy.port, args.duration, CONSUMERS))
+        http2 = envoy.costed(lambda: h2load(envoy.port, args.duration, args.warmup))
+        results = [{"protocol": "HTTP/1.1", **http1}, {"protocol": "HTTP/2", **http2}]
+        if name == "native":
+            stats = envoy.stats("http_local_rate_limit")
+            admitted = stats.get("bench.http_local_rate_limit.ok", 0)
+            limited = stats.get("bench.http_local_rate_limit.rate_limited", 0)
+            if admitted < http1["requests"] + http2["requests"] or limited:
+                raise RuntimeError(f"local_ratelimit did not admit every request: {stats}")
+        log, ready_s = envoy.log(), envoy.ready_s
+    for r in results:
+        expected = r["requests"] if status == 200 else 0
+        wrong_status = r.get("statuses", [str(status)]) != [str(status)]
+        if r["2xx"] != expected or wrong_status or r["errors"]:
+            raise RuntimeError(
+                f"{name} {r['protocol']}: {r['2xx']} of {r['requests']} requests got 2xx, expected"
+                f" {expected} (statuses {r.get('statuses', '?')}); errors: {r['errors'] or 'none'}"
+            )
+    load = config_times(log) if name.startswith("tollgate") else []
+    for r in results:
+        r.update(variant=name, round=round_, ready_s=round(ready_s, 3), warmup_requests=warmup)
+        r["config_ms"] = load
+        print(
+            f"  {name:14} {r['protocol']:8} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms"
+            f"  p99 {r['p99_ms']:.3f} ms  {r['cpu_us']:6.1f} us CPU/request"
+            f" (Envoy busy {r['envoy_cpu_share']:.0%})",
+            flush=True,
+        )
+    return results
+
+
+def warm_up(envoy: Envoy, status: int, seconds: int) -> int:
+    """A discarded wrk run. For the refused variant it also spends every consumer's quota of 1,
+    so one run must send at least one request per key: on a slow machine, a longer run."""
+    if status == 200:
+        return wrk(envoy.port, seconds, CONSUMERS)["requests"]
+    for seconds in (2, 4, 8):
+        sent = wrk(envoy.port, seconds, CONSUMERS)["requests"]
+        if sent >= CONSUMERS:
+            return sent
+    raise RuntimeError(f"the warm-up sent {sent} requests in {seconds} s for {CONSUMERS} keys")
+
+
+def startup(args, consumers: int, round_: int) -> dict:
+    """VM start + configuration with `consumers` consumers: Envoy with 2 workers, not pinned."""
+    plugin = wasm_filter("tollgate", dict(args.tollgate)["3"], tollgate_plugin(consumers))
+    with Envoy(args.envoy, f"startup-{consumers}", [plugin], concurrency=2, cpu=None) as envoy:
+        ready_s = envoy.ready_s
+        if get(envoy.port, "key-0").status != 200:
+            raise RuntimeError(envoy.failure("did not admit key-0"))
+    times = config_times(envoy.log())
+    if len([t for t in times if t["thread"] == "worker"]) != 2:
+        raise RuntimeError(envoy.failure(f"expected 2 configured workers, found {times}"))
+    print(f"  {consumers:>7} consumers: ready after {ready_s:.2f} s; {times}", flush=True)
+    return {"consumers": consumers, "round": round_, "ready_s": round(ready_s, 3),
+            "config_ms": times}
+
+
+def first_line(command: list) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    return (done.stdout + done.stderr).strip().splitlines()[0]
+
+
+def git(*words) -> str:
+    return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def machine(args) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "-uno") else ""
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short=12", "HEAD") + dirty,
+        "cpu": models[0] if models else platform.processor(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "os": platform.freedesktop_os_release().get("PRETTY_NAME", platform.system()),
+        "envoy": first_line([args.envoy, "--version"]).split("version: ")[-1],
+        "wrk": first_line(["wrk", "-v"]).split(" Copyright")[0],
+        "h2load": first_line(["h2load", "--version"]),
+        "rustc": first_line(["rustc", "--version"]),
+        "pinned": f"Envoy on CPU {ENVOY_CPU}, load generator on CPU {LOAD_CPU}"
+        if PIN
+        else "not pinned (fewer than 2 CPUs, or no taskset)",
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "consumers": CONSUMERS,
+        "wrk_connections": CONNECTIONS,
+        "h2load_connections": H2_CONNECTIONS,
+        "h2load_streams": H2_STREAMS,
+    }
+
+
+def repo_path(text: str) -> Path:
+    return (ROOT / text).resolve()
+
+
+def level_and_path(text: str) -> tuple:
+    level, _, path = text.partition("=")
+    return level, repo_path(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envoy", type=repo_path, required=True)
+    parser.add_argument("--empty", type=repo_path, required=True, help="the empty filter's .wasm")
+    parser.add_argument(
+        "--tollgate", nargs="+", required=True, type=level_and_path, metavar="LEVEL=PATH",
+        help="tollgate.wasm per opt-level; 3 is the shipped build",
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per protocol")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of discarded load first")
+    parser.add_argument("--startup-rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="run only these variants (for development)")
+    args = parser.parse_args()
+    if "3" not in dict(args.tollgate):
+        parser.error("--tollgate needs 3=PATH, the shipped build")
+    for tool in ("wrk", "h2load"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: `make bench` installs it")
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    started = time.monotonic()
+    results = {"machine": machine(args), "sizes": {}, "runs": [], "startup": []}
+    wasms = [("empty-wasm", args.empty)] + [(f"tollgate-O{l}", p) for l, p in args.tollgate]
+    results["sizes"] = {label: path.stat().st_size for label, path in wasms}
+    todo = variants(args)
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1} of {args.rounds}", flush=True)
+        shift = round_ % len(todo)
+        for name, filters, status in todo[shift:] + todo[:shift]:
+            results["runs"] += measure(args, name, filters, status, round_)
+    print("VM start + configuration", flush=True)
+    for round_ in range(args.startup_rounds):
+        for consumers in (10, 100_000):
+            results["startup"].append(startup(args, consumers, round_))
+    results["machine"]["elapsed_s"] = round(time.monotonic() - started)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {OUT / 'results.json'} after {results['machine']['elapsed_s']} s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (StartFailure, RuntimeError, subprocess.TimeoutExpired) as e:
+        sys.exit(f"bench failed: {e}")
