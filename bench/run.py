@@ -12,7 +12,8 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 x-api-key value (what users would pick instead), every request admitted
   tollgate-402  tollgate where every request is refused with 402 (each consumer's quota of 1 is
                 spent during the warm-up)
-  tollgate-Os, tollgate-Oz   tollgate built with opt-level "s" and "z" instead of 3
+  tollgate-O3   tollgate built with opt-level 3 and no wasm-opt, against the shipped build
+                (opt-level "z", then wasm-opt -Oz)
 
 The load generator runs on the other CPU: wrk (HTTP/1.1; bench/rotate-keys.lua sends key-0 ..
 key-9999 round robin) and h2load (HTTP/2 over cleartext; one key, key-0, as h2load sends the same
@@ -381,7 +382,7 @@ def h2load(port: int, seconds: int, warmup: int) -> dict:
 def variants(args) -> list:
     """(name, HTTP filters, the status every request must get)."""
     admitted = tollgate_plugin(CONSUMERS)
-    shipped = dict(args.tollgate)["3"]
+    shipped = dict(args.tollgate)["shipped"]
     found = [
         ("no-filter", [], 200),
         ("empty-wasm", [wasm_filter("empty", args.empty)], 200),
@@ -390,9 +391,9 @@ def variants(args) -> list:
         ("tollgate-402", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, True))], 402),
     ]
     found += [
-        (f"tollgate-O{level}", [wasm_filter("tollgate", path, admitted)], 200)
+        (f"tollgate-{level}", [wasm_filter("tollgate", path, admitted)], 200)
         for level, path in args.tollgate
-        if level != "3"
+        if level != "shipped"
     ]
     return [v for v in found if not args.only or v[0] in args.only]
 
@@ -452,7 +453,7 @@ def warm_up(envoy: Envoy, status: int, seconds: int) -> int:
 
 def startup(args, consumers: int, round_: int) -> dict:
     """VM start + configuration with `consumers` consumers: Envoy with 2 workers, not pinned."""
-    plugin = wasm_filter("tollgate", dict(args.tollgate)["3"], tollgate_plugin(consumers))
+    plugin = wasm_filter("tollgate", dict(args.tollgate)["shipped"], tollgate_plugin(consumers))
     with Envoy(args.envoy, f"startup-{consumers}", [plugin], concurrency=2, cpu=None) as envoy:
         ready_s = envoy.ready_s
         if get(envoy.port, "key-0").status != 200:
@@ -520,8 +521,8 @@ def main():
     parser.add_argument("--envoy", type=repo_path, required=True)
     parser.add_argument("--empty", type=repo_path, required=True, help="the empty filter's .wasm")
     parser.add_argument(
-        "--tollgate", nargs="+", required=True, type=level_and_path, metavar="LEVEL=PATH",
-        help="tollgate.wasm per opt-level; 3 is the shipped build",
+        "--tollgate", nargs="+", required=True, type=level_and_path, metavar="NAME=PATH",
+        help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. O3=PATH",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5, help="seconds of load per protocol")
@@ -529,8 +530,8 @@ def main():
     parser.add_argument("--startup-rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these variants (for development)")
     args = parser.parse_args()
-    if "3" not in dict(args.tollgate):
-        parser.error("--tollgate needs 3=PATH, the shipped build")
+    if "shipped" not in dict(args.tollgate):
+        parser.error("--tollgate needs shipped=PATH, the build tollgate ships")
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: `make bench` installs it")
@@ -538,7 +539,7 @@ def main():
 
     started = time.monotonic()
     results = {"machine": machine(args), "sizes": {}, "runs": [], "startup": []}
-    wasms = [("empty-wasm", args.empty)] + [(f"tollgate-O{l}", p) for l, p in args.tollgate]
+    wasms = [("empty-wasm", args.empty)] + [(f"tollgate-{l}", p) for l, p in args.tollgate]
     results["sizes"] = {label: path.stat().st_size for label, path in wasms}
     todo = variants(args)
     for round_ in range(args.rounds):

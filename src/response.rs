@@ -1,8 +1,6 @@
 //! What callers see: RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) on every
 //! response to a counted consumer, and RFC 9457 `application/problem+json` refusals.
 
-use serde::Serialize;
-
 use crate::config::{Config, Plan};
 use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
@@ -73,24 +71,83 @@ pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'sta
     vec![("ratelimit-policy", policy), ("ratelimit", state)]
 }
 
-#[derive(Serialize)]
+/// A small JSON object writer: the two documents tollgate writes (problems, usage) are flat
+/// and known, and a writer of our own keeps serde's serializer out of the binary.
+struct Json(String);
+
+impl Json {
+    fn object() -> Json {
+        Json(String::from("{"))
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 && !self.0.ends_with(['{', '[']) {
+            self.0.push(',');
+        }
+        push_string(&mut self.0, key);
+        self.0.push(':');
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Json {
+        self.key(key);
+        push_string(&mut self.0, value);
+        self
+    }
+
+    fn num(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Json {
+        self.key(key);
+        self.0.push_str(&value.to_string());
+        self
+    }
+
+    fn raw(&mut self, key: &str, json: &str) -> &mut Json {
+        self.key(key);
+        self.0.push_str(json);
+        self
+    }
+
+    fn end(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Appends `value` as a JSON string (RFC 8259 escaping).
+fn push_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn string_array(items: &[&str]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_string(&mut out, item);
+    }
+    out.push(']');
+    out
+}
+
 struct Problem<'a> {
-    #[serde(rename = "type")]
     kind: &'a str,
     title: &'a str,
     status: u16,
     detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a str>,
-    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
     violated_policies: Option<Vec<&'a str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     reset: Option<String>,
-    #[serde(rename = "retry-after", skip_serializing_if = "Option::is_none")]
     retry_after: Option<i64>,
-    #[serde(rename = "expired-at", skip_serializing_if = "Option::is_none")]
     expired_at: Option<String>,
 }
 
@@ -133,9 +190,30 @@ impl<'a> Problem<'a> {
                 grpc_status: Some(code),
             };
         }
-        let body = serde_json::to_string(&self).unwrap_or_else(|_| {
-            format!(r#"{{"title":"Request refused","status":{}}}"#, self.status)
-        });
+        let mut json = Json::object();
+        json.str("type", self.kind)
+            .str("title", self.title)
+            .num("status", self.status)
+            .str("detail", &self.detail);
+        if let Some(consumer) = self.consumer {
+            json.str("consumer", consumer);
+        }
+        if let Some(plan) = self.plan {
+            json.str("plan", plan);
+        }
+        if let Some(names) = &self.violated_policies {
+            json.raw("violated-policies", &string_array(names));
+        }
+        if let Some(reset) = &self.reset {
+            json.str("reset", reset);
+        }
+        if let Some(seconds) = self.retry_after {
+            json.num("retry-after", seconds);
+        }
+        if let Some(at) = &self.expired_at {
+            json.str("expired-at", at);
+        }
+        let body = json.end();
         headers.push(("content-type", PROBLEM_JSON.to_string()));
         headers.push(("cache-control", "no-store".to_string()));
         Reply {
@@ -254,47 +332,31 @@ fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64, grpc: bool) -> Re
     p.reply(headers, grpc)
 }
 
-#[derive(Serialize)]
-struct UsageDocument<'a> {
-    consumer: &'a str,
-    plan: &'a str,
-    status: &'a str,
-    limits: Vec<LimitUsage<'a>>,
-}
-
-#[derive(Serialize)]
-struct LimitUsage<'a> {
-    name: &'a str,
-    requests: u64,
-    window: &'a str,
-    used: u64,
-    remaining: u64,
-    reset: String,
-}
-
 /// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
 pub fn usage(caller: &Caller, standing: &str, usages: &[Usage]) -> Reply {
-    let limits = caller
+    let limits: Vec<String> = caller
         .plan
         .limits
         .iter()
         .zip(usages)
-        .map(|(limit, usage)| LimitUsage {
-            name: &limit.name,
-            requests: limit.requests,
-            window: &limit.window_text,
-            used: usage.used.min(limit.requests),
-            remaining: usage.remaining(),
-            reset: format_rfc3339(usage.bounds.end),
+        .map(|(limit, usage)| {
+            let mut item = Json::object();
+            item.str("name", &limit.name)
+                .num("requests", limit.requests)
+                .str("window", &limit.window_text)
+                .num("used", usage.used.min(limit.requests))
+                .num("remaining", usage.remaining())
+                .str("reset", &format_rfc3339(usage.bounds.end));
+            item.end()
         })
         .collect();
-    let document = UsageDocument {
-        consumer: &caller.consumer.name,
-        plan: &caller.plan.name,
-        status: standing,
-        limits,
-    };
-    let body = serde_json::to_string(&document).unwrap_or_else(|_| "{}".to_string());
+    let mut document = Json::object();
+    document
+        .str("consumer", &caller.consumer.name)
+        .str("plan", &caller.plan.name)
+        .str("status", standing)
+        .raw("limits", &format!("[{}]", limits.join(",")));
+    let body = document.end();
     Reply {
         status: 200,
         headers: vec![
@@ -433,6 +495,24 @@ mod tests {
         );
         assert_eq!(body["reset"], "2026-11-26T00:00:00Z");
         assert!(body["detail"].as_str().unwrap().contains("\"daily\" (day)"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = String::new();
+        push_string(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(out, r#""a\"b\\c\u000ad\u0001é""#);
+        let parsed: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
+        let mut doc = Json::object();
+        doc.str("k", "v")
+            .num("n", 3)
+            .raw("a", &string_array(&["x", "y"]));
+        let parsed: Value = serde_json::from_str(&doc.end()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"k": "v", "n": 3, "a": ["x", "y"]})
+        );
     }
 
     #[test]
