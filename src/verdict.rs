@@ -70,16 +70,9 @@ pub fn handle<'c>(
     let method = request.header(":method");
     let method = method.as_deref().unwrap_or_default();
 
-    if config.cors_preflight == CorsPreflight::Pass
+    let preflight = config.cors_preflight == CorsPreflight::Pass
         && method == b"OPTIONS"
-        && request.header("access-control-request-method").is_some()
-    {
-        log::debug!("pass CORS preflight");
-        return Verdict {
-            action: Action::Forward(forward),
-            events: vec![(Event::Preflight, None)],
-        };
-    }
+        && request.header("access-control-request-method").is_some();
 
     let mut path: Option<Option<Vec<u8>>> = None;
     let mut cached = |name: &str| -> Option<Vec<u8>> {
@@ -90,7 +83,7 @@ pub fn handle<'c>(
     };
     let credential = extract(&config.credentials, &mut cached);
 
-    if let Some(usage_path) = &config.usage_path {
+    if let (false, Some(usage_path)) = (preflight, &config.usage_path) {
         let full = cached(":path").unwrap_or_default();
         let only_path = full.split(|c| *c == b'?').next().unwrap_or_default();
         if only_path == usage_path.as_bytes() {
@@ -108,6 +101,16 @@ pub fn handle<'c>(
             }
             None => {}
         }
+    }
+
+    // A preflight is forwarded uncounted, but only after its credential (browsers send none,
+    // any other client may) is hidden: with `hide_credentials`, no key goes upstream.
+    if preflight {
+        log::debug!("pass CORS preflight");
+        return Verdict {
+            action: Action::Forward(forward),
+            events: vec![(Event::Preflight, None)],
+        };
     }
 
     let denial = match decide(config, credential, now, store) {
@@ -449,6 +452,53 @@ mod tests {
         );
         let c = config(r#", "cors_preflight": "authenticate""#);
         assert_eq!(replied(&run(&c, &store, &preflight)).status, 401);
+    }
+
+    /// Found by the `request` fuzz target (fuzz/regressions/request/crash-*): a preflight
+    /// carrying a key was forwarded with the key although `hide_credentials` was on.
+    #[test]
+    fn cors_preflights_do_not_forward_a_hidden_credential() {
+        let c = config(r#", "hide_credentials": true, "usage_path": "/usage""#);
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let preflight = [
+            (":method", "OPTIONS"),
+            ("access-control-request-method", "GET"),
+        ];
+        let v = run(
+            &c,
+            &store,
+            &[preflight[0], preflight[1], ("x-api-key", "y")],
+        );
+        assert_eq!(v.events, [(Event::Preflight, None)]);
+        let f = forwarded(&v);
+        assert!(f.remove.contains(&"x-api-key") && f.set.is_empty());
+        let v = run(
+            &c,
+            &store,
+            &[preflight[0], preflight[1], ("authorization", "Bearer acme")],
+        );
+        assert!(forwarded(&v).remove.contains(&"authorization"));
+        let v = run(
+            &c,
+            &store,
+            &[
+                preflight[0],
+                preflight[1],
+                (":path", "/usage?api_key=acme&b=2"),
+            ],
+        );
+        assert_eq!(
+            v.events,
+            [(Event::Preflight, None)],
+            "not the usage endpoint"
+        );
+        assert_eq!(forwarded(&v).path.as_deref(), Some(&b"/usage?b=2"[..]));
+        // Nothing was counted.
+        assert!(matches!(
+            run(&c, &store, &[("x-api-key", "acme")]).action,
+            Action::Forward(_)
+        ));
     }
 
     #[test]
