@@ -19,7 +19,7 @@ OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools clean
+.PHONY: help build wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -93,6 +93,24 @@ bench: build envoy bench-tools ## Benchmark (~8 min): writes bench/results.md an
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --tollgate shipped=$(WASM) \
 		O3=$(call OPT_WASM,3)
 	$(PYTHON) bench/report.py
+
+# Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
+# The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
+FUZZ_SECONDS   ?= 600
+FUZZ_TARGETS   ?= config credentials record window request
+FUZZ_SANITIZER ?= address
+
+fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; not part of `make test`
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@status=0; for target in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$target for $(FUZZ_SECONDS) s"; \
+	  mkdir -p fuzz/corpus/$$target; \
+	  dict=; [ -f fuzz/dict/$$target.dict ] && dict=-dict=$(CURDIR)/fuzz/dict/$$target.dict; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) --debug-assertions $$target \
+	    $(CURDIR)/fuzz/corpus/$$target $(CURDIR)/fuzz/regressions/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 $$dict \
+	    || { status=1; echo "== fuzz $$target FAILED: see fuzz/artifacts/$$target/"; }; \
+	done; exit $$status
 
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean

@@ -469,6 +469,32 @@ mod tests {
     }
 
     #[test]
+    fn a_preflight_that_carries_a_key_is_an_ordinary_request_and_its_key_is_hidden() {
+        // Found by the `request` fuzz target: a preflight used to be forwarded before the
+        // credential was hidden. Browsers send preflights without credentials; one that has a
+        // key is handled like any request, so `hide_credentials` applies and a bad key is a 401.
+        let c = config(r#", "hide_credentials": true"#);
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let preflight = [
+            (":method", "OPTIONS"),
+            ("access-control-request-method", "GET"),
+        ];
+        let with_key = [preflight[0], preflight[1], ("x-api-key", "acme")];
+        let v = run(&c, &store, &with_key);
+        assert!(forwarded(&v).remove.contains(&"x-api-key"));
+        assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+        let bad = [preflight[0], preflight[1], ("authorization", "Bearer nope")];
+        assert_eq!(replied(&run(&c, &store, &bad)).status, 401);
+        let query = [preflight[0], preflight[1], (":path", "/?api_key=acme")];
+        assert_eq!(
+            replied(&run(&c, &store, &query)).status,
+            402,
+            "acme's quota of 1 is spent"
+        );
+    }
+
+    #[test]
     fn grpc_requests_get_grpc_statuses() {
         let c = config("");
         let store = MemoryStore::new();
