@@ -36,6 +36,7 @@ RATIOS = [  # (label, numerator, denominator)
 TARGET_VS_EMPTY = 0.95
 TARGET_SIZE = 250_000
 TARGET_CONFIG_MS = 1000
+BUSY_ENOUGH = 0.9  # below this median share of its CPU, Envoy was not alone on the machine
 
 METHOD = """\
 - Every variant is the same Envoy with one worker (`--concurrency 1`), the same listener and the
@@ -235,6 +236,20 @@ def rounds_table(m: dict, variants: list, rounds: int) -> list:
     return lines
 
 
+def busy_warning(results: dict) -> list:
+    """A warning when Envoy did not have its CPU to itself: the figures then say less."""
+    share = statistics.median(r["envoy_cpu_share"] for r in results["runs"])
+    if share >= BUSY_ENOUGH:
+        return []
+    return [
+        f"**Other work shared the machine during this run:** Envoy had its CPU for "
+        f"{share:.0%} of the time (median over all load runs; near 100% when Envoy is the "
+        "bottleneck, as intended). Requests/s and latency suffer most; CPU time per request "
+        "less. Re-run `make bench` on a quiet machine for figures to quote.",
+        "",
+    ]
+
+
 def markdown(results: dict, m: dict, variants: list) -> str:
     info = results["machine"]
     return "\n".join([
@@ -244,6 +259,7 @@ def markdown(results: dict, m: dict, variants: list) -> str:
         f"{info['rounds']} alternating rounds, medians; the run took {info['elapsed_s']} s. "
         "Absolute figures drift between runs and machines; compare the ratios.",
         "",
+        *busy_warning(results),
         "## Requests per second, latency, and Envoy's CPU time per request",
         "",
         *legend(variants),
@@ -279,7 +295,7 @@ def markdown(results: dict, m: dict, variants: list) -> str:
         "",
         "## Requests per second in each round",
         "",
-        "In parentheses, the share of its CPU that Envoy used: well below 100 % means that "
+        "In parentheses, the share of its CPU that Envoy used: well below 100% means that "
         "something else ran on Envoy's CPU during that run.",
         "",
         *rounds_table(m, variants, info["rounds"]),
@@ -341,7 +357,7 @@ def readme_summary(results: dict, m: dict, variants: list) -> str:
         if label in sizes
     )
     per_worker = ", ".join(
-        f"{consumers:,} consumers {worker:.0f} ms"
+        f"{consumers:,} consumers {worker:.{0 if worker >= 10 else 1}f} ms"
         for consumers, _, worker, *_ in config_load(results)
     )
     return "\n".join([
@@ -358,7 +374,9 @@ def readme_summary(results: dict, m: dict, variants: list) -> str:
         f"Release `.wasm`: {sizes.get('tollgate-shipped', 0) / 1000:.1f} KB (opt-level z + wasm-opt)"
         f"{other_levels} (the empty filter: {sizes.get('empty-wasm', 0) / 1000:.0f} KB). "
         f"VM start + configuration, per worker (median): {per_worker}.",
-    ])
+        "",
+        *busy_warning(results),
+    ]).rstrip()
 
 
 def main():
