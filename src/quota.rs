@@ -589,18 +589,9 @@ mod tests {
 
     #[test]
     fn store_failures_surface_as_errors() {
-        struct Broken;
-        impl Store for Broken {
-            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-                Err(StoreError("down".into()))
-            }
-            fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), SetError> {
-                Err(SetError::Failed(StoreError("down".into())))
-            }
-        }
         let limits = [limit("d", 1, Window::Month)];
         assert_eq!(
-            check_and_take(&Broken, K, &limits, NOW, 0),
+            check_and_take(&crate::store::FailingStore, K, &limits, NOW, 0),
             Err(CountError::Store(StoreError("down".into())))
         );
     }

@@ -68,3 +68,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+/// A store whose every operation fails, for tests of the failure paths.
+#[derive(Debug, Default)]
+pub struct FailingStore;
+
+impl Store for FailingStore {
+    fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Err(StoreError("down".into()))
+    }
+
+    fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), SetError> {
+        Err(SetError::Failed(StoreError("down".into())))
+    }
+}

@@ -263,7 +263,7 @@ fn usage_endpoint<'c>(
 mod tests {
     use super::*;
     use crate::metrics::Reason;
-    use crate::store::{MemoryStore, SetError, StoreError};
+    use crate::store::MemoryStore;
     use std::collections::HashMap;
 
     const NOW: i64 = 1_795_611_600; // 2026-11-25T13:00:00Z
@@ -398,15 +398,7 @@ mod tests {
         );
     }
 
-    struct Broken;
-    impl Store for Broken {
-        fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-            Err(StoreError("down".into()))
-        }
-        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), SetError> {
-            Err(SetError::Failed(StoreError("down".into())))
-        }
-    }
+    use crate::store::FailingStore as Broken;
 
     #[test]
     fn store_errors_deny_with_503_or_allow_by_policy() {
