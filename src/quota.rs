@@ -106,19 +106,21 @@ impl<'a> Record<'a> {
 
     /// The window and count of a limit, given the window this request's clock puts it in:
     /// the stored count if it is for that window, 0 if it is for an older one (the window
-    /// rolled over). If another worker already counted in a *later* window (its clock read
-    /// was later than ours), that later window is the current one: counting into ours would
-    /// overwrite it and give its requests away again.
-    fn used(&self, name: &str, bounds: Bounds) -> (Bounds, u64) {
-        match self.entries.iter().find(|e| e.name == name) {
+    /// rolled over). If another worker already counted in the *next* window (its clock read
+    /// was a moment later than ours), that window is the current one: counting into ours would
+    /// overwrite it and give its requests away again. Only the immediately next, genuine
+    /// window of this limit is taken that way; anything else stored is treated as stale.
+    fn used(&self, limit: &Limit, bounds: Bounds, utc_offset: i64) -> (Bounds, u64) {
+        match self.entries.iter().find(|e| e.name == limit.name) {
             Some(e) if e.start == bounds.start && e.end == bounds.end => (bounds, e.count),
-            Some(e) if e.start >= bounds.end => (
-                Bounds {
-                    start: e.start,
-                    end: e.end,
-                },
-                e.count,
-            ),
+            Some(e) if e.start == bounds.end => {
+                let next = limit.window.bounds(e.start, utc_offset);
+                if next.start == e.start && next.end == e.end {
+                    (next, e.count)
+                } else {
+                    (bounds, 0)
+                }
+            }
             _ => (bounds, 0),
         }
     }
@@ -166,7 +168,8 @@ fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec
     limits
         .iter()
         .map(|limit| {
-            let (bounds, used) = record.used(&limit.name, limit.window.bounds(now, utc_offset));
+            let (bounds, used) =
+                record.used(limit, limit.window.bounds(now, utc_offset), utc_offset);
             Usage {
                 used,
                 requests: limit.requests,
@@ -593,6 +596,36 @@ mod tests {
         assert_eq!(
             check_and_take(&crate::store::FailingStore, K, &limits, NOW, 0),
             Err(CountError::Store(StoreError("down".into())))
+        );
+    }
+
+    #[test]
+    fn a_stored_far_future_window_is_not_trusted() {
+        // Parses as a record, but its window is no window of the limit (found by reasoning
+        // over the `record` fuzz target's inputs): it must not lock the consumer out until
+        // the end of time.
+        let store = MemoryStore::new();
+        let limits = [limit("a", 5, Window::Fixed(10))];
+        let t = NOW - NOW % 10;
+        store
+            .set(
+                K,
+                format!("tg1\na {} 9223372036854775807 5", t + 10).as_bytes(),
+                0,
+            )
+            .unwrap();
+        let c = check_and_take(&store, K, &limits, t, 0).unwrap();
+        assert!(c.admitted);
+        assert_eq!((c.usages[0].bounds.start, c.usages[0].used), (t, 1));
+        // A window two ahead is not "the next one" either.
+        store
+            .set(K, format!("tg1\na {} {} 5", t + 20, t + 30).as_bytes(), 0)
+            .unwrap();
+        assert_eq!(
+            check_and_take(&store, K, &limits, t, 0).unwrap().usages[0]
+                .bounds
+                .start,
+            t
         );
     }
 

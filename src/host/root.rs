@@ -11,7 +11,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
-use crate::config::{Config, Source};
+use crate::config::{Config, Mode, OnStoreError, Source};
 use crate::decision::Exhausted;
 use crate::quota::create_records;
 
@@ -61,10 +61,7 @@ impl RootContext for Root {
             }
         };
         let config = match Config::from_json(&bytes) {
-            Ok(config) => {
-                log::debug!("configuration parsed and validated");
-                config
-            }
+            Ok(config) => config,
             Err(e) => {
                 log::error!("configuration refused: {e}");
                 return false;
@@ -127,8 +124,8 @@ fn summary(config: &Config) -> String {
         })
         .collect();
     format!(
-        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}, mode {:?}, \
-         on_store_error {:?}, usage_path {}, calendar_utc_offset {}s",
+        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}, mode {}, \
+         on_store_error {}, usage_path {}, calendar_utc_offset {}s",
         config.plans.len(),
         plans.join(", "),
         config.consumers.len() - usize::from(config.anonymous.is_some()),
@@ -138,8 +135,14 @@ fn summary(config: &Config) -> String {
             Some(c) => config.plan_of(c).map_or("?", |p| p.name.as_str()),
             None => "off",
         },
-        config.mode,
-        config.on_store_error,
+        match config.mode {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        },
+        match config.on_store_error {
+            OnStoreError::Deny => "deny",
+            OnStoreError::Allow => "allow",
+        },
         config.usage_path.as_deref().unwrap_or("off"),
         config.utc_offset,
     )
