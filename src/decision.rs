@@ -322,36 +322,18 @@ mod tests {
         let config = Config::from_json(json.as_bytes()).unwrap();
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
-        assert_eq!(
+        let keyless = || {
             name(&decide(
                 &config,
                 Credential::Missing,
                 NOW,
                 &store,
-                &Exhausted::default()
-            )),
-            "allow anonymous"
-        );
-        assert_eq!(
-            name(&decide(
-                &config,
-                Credential::Missing,
-                NOW,
-                &store,
-                &Exhausted::default()
-            )),
-            "allow anonymous"
-        );
-        assert_eq!(
-            name(&decide(
-                &config,
-                Credential::Missing,
-                NOW,
-                &store,
-                &Exhausted::default()
-            )),
-            "QuotaExceeded"
-        );
+                &Exhausted::default(),
+            ))
+        };
+        assert_eq!(keyless(), "allow anonymous");
+        assert_eq!(keyless(), "allow anonymous");
+        assert_eq!(keyless(), "QuotaExceeded");
         // A wrong key is still refused, not downgraded to anonymous.
         assert_eq!(
             name(&decide(

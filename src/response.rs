@@ -228,6 +228,9 @@ impl<'a> Problem<'a> {
 /// The refusal a caller gets.
 pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply {
     let challenge = || vec![("www-authenticate", config.challenge.clone())];
+    let invalid = |detail: String| {
+        Problem::new(INVALID_CREDENTIAL, "Invalid API key", 401, detail).reply(challenge(), grpc)
+    };
     match denial {
         Denial::MissingCredential => Problem::new(
             MISSING_CREDENTIAL,
@@ -236,20 +239,10 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             "This API requires an API key.".into(),
         )
         .reply(challenge(), grpc),
-        Denial::MalformedCredential(reason) => Problem::new(
-            INVALID_CREDENTIAL,
-            "Invalid API key",
-            401,
-            format!("The API key is not valid: {reason}."),
-        )
-        .reply(challenge(), grpc),
-        Denial::UnknownKey => Problem::new(
-            INVALID_CREDENTIAL,
-            "Invalid API key",
-            401,
-            "The API key is not valid.".into(),
-        )
-        .reply(challenge(), grpc),
+        Denial::MalformedCredential(reason) => {
+            invalid(format!("The API key is not valid: {reason}."))
+        }
+        Denial::UnknownKey => invalid("The API key is not valid.".into()),
         Denial::Suspended(caller) => Problem::new(
             SUSPENDED,
             "Subscription suspended",
