@@ -36,7 +36,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals
 WASM_RAW      := target/$(WASM_TARGET)/release/deps/tollgate.wasm
 
 build: toolchain wasm-opt ## Build the release filter (opt-level z, then wasm-opt -Oz): target/wasm32-wasip1/release/tollgate.wasm
-	cargo build --release --target $(WASM_TARGET)
+	cargo build --release --target $(WASM_TARGET) -p tollgate
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
@@ -62,18 +62,18 @@ test-tools: # curl (gRPC tests) and h2load (HTTP/2 stress); installed only where
 		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
 
 test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
-	cargo test --no-fail-fast
+	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
-	cargo test --lib
+	cargo test --workspace --lib
 
 e2e: build envoy test-tools ## End-to-end tests only
-	cargo test --test '*' --no-fail-fast
+	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --release --target $(WASM_TARGET) -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) -p tollgate -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -89,7 +89,7 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 bench: build envoy bench-tools ## Benchmark (~8 min): writes bench/results.md and bench/results.png
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) --target-dir target/opt-3
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-3
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --tollgate shipped=$(WASM) \
 		O3=$(call OPT_WASM,3)
 	$(PYTHON) bench/report.py
