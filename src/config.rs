@@ -57,6 +57,14 @@ struct RawConfig {
     hide_credentials: bool,
     #[serde(default)]
     calendar_utc_offset: Option<String>,
+    #[serde(default = "yes")]
+    identity_headers: bool,
+    #[serde(default = "yes")]
+    ratelimit_policy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `enforce` refuses; `shadow` counts, adds headers and metrics, logs what it would refuse,
@@ -206,33 +214,12 @@ pub struct Limit {
 pub struct Plan {
     pub name: String,
     pub limits: Vec<Limit>,
-    /// The `RateLimit-Policy` value, built once — unless a limit is monthly, whose window
-    /// length (`w`) changes with the month.
-    pub policy: Option<String>,
-}
-
-/// `"name";q=requests;w=seconds` for each limit, or `None` if a window's length varies.
-fn policy_header(limits: &[Limit]) -> Option<String> {
-    let items: Option<Vec<String>> = limits
-        .iter()
-        .map(|limit| {
-            let seconds = match limit.window {
-                Window::Fixed(seconds) => seconds,
-                Window::Day => crate::time::DAY,
-                Window::Week => 7 * crate::time::DAY,
-                Window::Month => return None,
-            };
-            Some(format!(
-                "\"{}\";q={};w={seconds}",
-                limit.name, limit.requests
-            ))
-        })
-        .collect();
-    items.map(|items| items.join(", "))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
+    /// Index into [`Config::consumers`].
+    pub id: usize,
     pub name: String,
     /// Index into [`Config::plans`].
     pub plan: usize,
@@ -309,6 +296,10 @@ pub struct Config {
     pub hide_credentials: bool,
     /// Seconds east of UTC for day/week/month windows.
     pub utc_offset: i64,
+    /// Set the consumer and plan headers on forwarded requests (and remove client copies).
+    pub identity_headers: bool,
+    /// Send `RateLimit-Policy` with `RateLimit`.
+    pub ratelimit_policy: bool,
     keys: Keys,
 }
 
@@ -569,7 +560,6 @@ fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
     }
     Ok(Plan {
         name: name.to_string(),
-        policy: policy_header(&limits),
         limits,
     })
 }
@@ -799,6 +789,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
         consumers.push(Consumer {
+            id: index,
             store_key: format!("{STORE_PREFIX}consumer:{name}"),
             name,
             plan,
@@ -810,6 +801,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(plan_name) => {
             let plan = plan_index(&plans, "anonymous_plan", &plan_name)?;
             consumers.push(Consumer {
+                id: consumers.len(),
                 name: ANONYMOUS.to_string(),
                 plan,
                 suspended: false,
@@ -834,6 +826,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         plan_header,
         hide_credentials: raw.hide_credentials,
         utc_offset,
+        identity_headers: raw.identity_headers,
+        ratelimit_policy: raw.ratelimit_policy,
         keys,
     })
 }
@@ -878,11 +872,10 @@ mod tests {
         assert_eq!(free.limits[0].window, Window::Day);
         assert_eq!(free.limits[0].status, 402);
         assert_eq!(free.limits[1].status, 429);
-        assert_eq!(
-            free.policy.as_deref(),
-            Some("\"daily\";q=1000;w=86400, \"burst\";q=10;w=1")
+        assert!(
+            c.identity_headers && c.ratelimit_policy,
+            "both on by default"
         );
-        assert_eq!(c.plans[1].policy, None, "a monthly window's length varies");
         let acme = c.consumer_for_key(b"acme-key-2").unwrap();
         assert_eq!(acme.name, "acme");
         assert_eq!(c.plan_of(acme).unwrap().name, "free");

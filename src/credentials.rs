@@ -37,11 +37,11 @@ pub fn extract(sources: &[Source], mut header: impl FnMut(&str) -> Option<Vec<u8
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             Source::Header(name) => header(name).map(|value| {
-                let key = trim(&value);
+                let key = trimmed(value);
                 if key.is_empty() {
                     Err("the API key header is empty")
                 } else {
-                    Ok(key.to_vec())
+                    Ok(key)
                 }
             }),
             Source::Authorization(scheme) => {
@@ -72,6 +72,16 @@ fn trim(bytes: &[u8]) -> &[u8] {
         .rposition(|c| !is_space(c))
         .map_or(start, |i| i + 1);
     bytes.get(start..end).unwrap_or_default()
+}
+
+/// `value` without surrounding spaces and tabs, copied only when there were some.
+fn trimmed(value: Vec<u8>) -> Vec<u8> {
+    let key = trim(&value);
+    if key.len() == value.len() {
+        value
+    } else {
+        key.to_vec()
+    }
 }
 
 /// `Authorization: <scheme> <key>`: `None` when the scheme differs (the source is absent).

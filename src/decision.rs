@@ -1,11 +1,9 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
-use crate::config::{Config, Consumer, Limit, Plan};
+use crate::config::{Config, Consumer, Plan};
 use crate::credentials::Credential;
+use crate::memo::Memo;
 use crate::metrics::Reason;
 use crate::quota::{check_and_take, CountError, Usage};
 use crate::store::Store;
@@ -98,60 +96,13 @@ impl<'c> Denial<'c> {
     }
 }
 
-/// Remembers, per consumer, that a limit is exhausted until its window ends. Counts only grow
-/// within a window and a refused request writes nothing, so until then every request of that
-/// consumer is refused: a flood of refused requests needs no shared-data access at all (it
-/// costs less than an admitted request). One per configuration and VM; a new configuration
-/// starts empty, so a raised quota applies at once.
-#[derive(Debug, Default)]
-pub struct Exhausted {
-    consumers: RefCell<HashMap<String, Vec<Usage>>>,
-}
-
-impl Exhausted {
-    /// The usages of a consumer known to be refused at `now`, brought up to date: limits whose
-    /// window has ended since are shown fresh. `None` once no limit is exhausted any more.
-    fn refused(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        now: i64,
-        utc_offset: i64,
-    ) -> Option<Vec<Usage>> {
-        let mut consumers = self.consumers.try_borrow_mut().ok()?;
-        let usages = consumers.get_mut(key)?;
-        for (usage, limit) in usages.iter_mut().zip(limits) {
-            if now >= usage.bounds.end {
-                let bounds = limit.window.bounds(now, utc_offset);
-                *usage = Usage {
-                    used: 0,
-                    requests: limit.requests,
-                    bounds,
-                    violated: false,
-                };
-            }
-        }
-        if usages.iter().any(|u| u.violated) {
-            return Some(usages.clone());
-        }
-        consumers.remove(key);
-        None
-    }
-
-    fn remember(&self, key: &str, usages: &[Usage]) {
-        if let Ok(mut consumers) = self.consumers.try_borrow_mut() {
-            consumers.insert(key.to_string(), usages.to_vec());
-        }
-    }
-}
-
 /// Decides a request. `now` is Unix seconds.
 pub fn decide<'c>(
     config: &'c Config,
     credential: Credential,
     now: i64,
     store: &impl Store,
-    exhausted: &Exhausted,
+    memo: &Memo,
 ) -> Decision<'c> {
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
@@ -183,9 +134,7 @@ pub fn decide<'c>(
             usages: Vec::new(),
         };
     }
-    if let Some(usages) =
-        exhausted.refused(&consumer.store_key, &plan.limits, now, config.utc_offset)
-    {
+    if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
         return Decision::Deny(Denial::QuotaExceeded { caller, usages });
     }
     match check_and_take(
@@ -208,7 +157,7 @@ pub fn decide<'c>(
                     usages: counted.usages,
                 }
             } else {
-                exhausted.remember(&consumer.store_key, &counted.usages);
+                memo.remember_refused(consumer.id, &counted.usages);
                 Decision::Deny(Denial::QuotaExceeded {
                     caller,
                     usages: counted.usages,
@@ -290,13 +239,7 @@ mod tests {
             (key("hooli"), NOW, "allow hooli"),
         ];
         for (credential, now, want) in cases {
-            let d = decide(
-                &config,
-                credential.clone(),
-                now,
-                &store,
-                &Exhausted::default(),
-            );
+            let d = decide(&config, credential.clone(), now, &store, &Memo::default());
             assert_eq!(name(&d), want, "{credential:?}");
         }
         // Suspended callers consume nothing; the unlimited plan has no record at all.
@@ -328,7 +271,7 @@ mod tests {
                 Credential::Missing,
                 NOW,
                 &store,
-                &Exhausted::default(),
+                &Memo::default(),
             ))
         };
         assert_eq!(keyless(), "allow anonymous");
@@ -341,7 +284,7 @@ mod tests {
                 key("nobody"),
                 NOW,
                 &store,
-                &Exhausted::default()
+                &Memo::default()
             )),
             "UnknownKey"
         );
@@ -377,15 +320,15 @@ mod tests {
             inner: &inner,
             gets: std::cell::Cell::new(0),
         };
-        let exhausted = Exhausted::default();
+        let memo = Memo::default();
         let start = NOW - NOW % 60;
         for _ in 0..2 {
             assert!(matches!(
-                decide(&config, key("a"), start, &store, &exhausted),
+                decide(&config, key("a"), start, &store, &memo),
                 Decision::Allow { .. }
             ));
         }
-        let first = decide(&config, key("a"), start, &store, &exhausted);
+        let first = decide(&config, key("a"), start, &store, &memo);
         assert!(matches!(
             first,
             Decision::Deny(Denial::QuotaExceeded { .. })
@@ -393,7 +336,7 @@ mod tests {
         let reads = store.gets.get();
         for now in start..start + 60 {
             let Decision::Deny(Denial::QuotaExceeded { usages, .. }) =
-                decide(&config, key("a"), now, &store, &exhausted)
+                decide(&config, key("a"), now, &store, &memo)
             else {
                 panic!("refused until the minute ends")
             };
@@ -411,7 +354,7 @@ mod tests {
         );
         // The next minute: the store is asked again and the request is admitted.
         assert!(matches!(
-            decide(&config, key("a"), start + 60, &store, &exhausted),
+            decide(&config, key("a"), start + 60, &store, &memo),
             Decision::Allow { .. }
         ));
         assert_eq!(store.gets.get(), reads + 1);

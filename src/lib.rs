@@ -4,7 +4,9 @@
 //! - [`config`]: the plugin's JSON configuration, its validation and compiled form.
 //! - [`credentials`]: where the API key comes from (header, Authorization, query).
 //! - [`window`] and [`time`]: quota windows and UTC calendar arithmetic.
-//! - [`quota`]: the per-consumer counter record and the atomic check-and-take.
+//! - [`quota`]: the atomic check-and-take over a consumer's counter record.
+//! - [`record`]: the record's binary format in shared data.
+//! - [`memo`]: what a VM remembers between requests (spent consumers, rendered policies).
 //! - [`store`]: the shared-data trait the counting goes through (and an in-memory fake).
 //! - [`decision`]: who is calling and whether the request may pass.
 //! - [`verdict`]: what the filter does with a request: forward (identity headers, hidden
@@ -17,8 +19,10 @@
 pub mod config;
 pub mod credentials;
 pub mod decision;
+pub mod memo;
 pub mod metrics;
 pub mod quota;
+pub mod record;
 pub mod response;
 pub mod sha256;
 pub mod store;

@@ -141,7 +141,6 @@ mod tests {
         ["free", "pro"]
             .iter()
             .map(|n| Plan {
-                policy: None,
                 name: n.to_string(),
                 limits: vec![],
             })

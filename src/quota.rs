@@ -13,116 +13,42 @@
 //! (Envoy configures a canary VM on the main thread before any worker serves), and a counter is
 //! only ever written by a CAS-checked `set` of an existing entry.
 //!
-//! Record format (UTF-8 text, versioned so that an unknown or corrupt value is detected):
-//! `tg1` then one line per limit: `<limit name> <window start> <window end> <count>`.
-//! A counter whose stored window is not the current one counts as 0 (its window rolled over),
-//! and names keep counts across plan changes: a limit with the same name and window carries on.
+//! The record's format is in [`crate::record`]. A counter whose stored window is not the current
+//! one counts as 0 (its window rolled over), and names keep counts across plan changes: a limit
+//! with the same name and window carries on.
 
 use crate::config::{Config, Limit, STORE_PREFIX};
+use crate::record::{self, Corrupt, Entry, Record};
 use crate::sha256::{sha256, to_hex};
 use crate::store::{SetError, Store, StoreError};
 use crate::window::Bounds;
 
-/// Header line of a record.
-const MAGIC: &str = "tg1";
 /// Attempts of the read-evaluate-write cycle before giving up on a hot record.
 pub const MAX_ATTEMPTS: u32 = 64;
-/// Most lines a record may have (more means it is not ours).
-const MAX_ENTRIES: usize = 64;
 
 /// The value of a record with no counts.
 pub fn empty_record() -> &'static [u8] {
-    MAGIC.as_bytes()
+    record::empty()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry<'a> {
-    name: &'a str,
-    start: i64,
-    end: i64,
-    count: u64,
-}
-
-/// A decoded record; names borrow from the stored bytes.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Record<'a> {
-    entries: Vec<Entry<'a>>,
-}
-
-/// Why a stored value was not a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Corrupt;
-
-impl<'a> Record<'a> {
-    fn decode(bytes: &'a [u8]) -> Result<Record<'a>, Corrupt> {
-        if bytes.is_empty() {
-            // Envoy's remove_shared_data leaves an empty value: a fresh record.
-            return Ok(Record::default());
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| Corrupt)?;
-        let mut lines = text.split('\n');
-        if lines.next() != Some(MAGIC) {
-            return Err(Corrupt);
-        }
-        let mut entries = Vec::new();
-        for line in lines {
-            if entries.len() >= MAX_ENTRIES {
-                return Err(Corrupt);
+/// The window and count of a limit, given the window this request's clock puts it in: the
+/// stored count if it is for that window, 0 if it is for an older one (the window rolled
+/// over). If another worker already counted in the *next* window (its clock read was a moment
+/// later than ours), that window is the current one: counting into ours would overwrite it and
+/// give its requests away again. Only the immediately next, genuine window of this limit is
+/// taken that way; anything else stored is treated as stale.
+fn used(record: &Record, limit: &Limit, bounds: Bounds, utc_offset: i64) -> (Bounds, u64) {
+    match record.entry(&limit.name) {
+        Some(e) if e.start == bounds.start && e.end == bounds.end => (bounds, e.count),
+        Some(e) if e.start == bounds.end => {
+            let next = limit.window.bounds(e.start, utc_offset);
+            if next.start == e.start && next.end == e.end {
+                (next, e.count)
+            } else {
+                (bounds, 0)
             }
-            let mut fields = line.split(' ');
-            let (Some(name), Some(start), Some(end), Some(count), None) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            ) else {
-                return Err(Corrupt);
-            };
-            let entry = Entry {
-                name,
-                start: start.parse().map_err(|_| Corrupt)?,
-                end: end.parse().map_err(|_| Corrupt)?,
-                count: count.parse().map_err(|_| Corrupt)?,
-            };
-            if name.is_empty() || entry.end <= entry.start {
-                return Err(Corrupt);
-            }
-            entries.push(entry);
         }
-        Ok(Record { entries })
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(MAGIC.len() + self.entries.len() * 48);
-        out.push_str(MAGIC);
-        for e in &self.entries {
-            out.push('\n');
-            out.push_str(e.name);
-            out.push_str(&format!(" {} {} {}", e.start, e.end, e.count));
-        }
-        out.into_bytes()
-    }
-
-    /// The window and count of a limit, given the window this request's clock puts it in:
-    /// the stored count if it is for that window, 0 if it is for an older one (the window
-    /// rolled over). If another worker already counted in the *next* window (its clock read
-    /// was a moment later than ours), that window is the current one: counting into ours would
-    /// overwrite it and give its requests away again. Only the immediately next, genuine
-    /// window of this limit is taken that way; anything else stored is treated as stale.
-    fn used(&self, limit: &Limit, bounds: Bounds, utc_offset: i64) -> (Bounds, u64) {
-        match self.entries.iter().find(|e| e.name == limit.name) {
-            Some(e) if e.start == bounds.start && e.end == bounds.end => (bounds, e.count),
-            Some(e) if e.start == bounds.end => {
-                let next = limit.window.bounds(e.start, utc_offset);
-                if next.start == e.start && next.end == e.end {
-                    (next, e.count)
-                } else {
-                    (bounds, 0)
-                }
-            }
-            _ => (bounds, 0),
-        }
+        _ => (bounds, 0),
     }
 }
 
@@ -168,8 +94,12 @@ fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec
     limits
         .iter()
         .map(|limit| {
-            let (bounds, used) =
-                record.used(limit, limit.window.bounds(now, utc_offset), utc_offset);
+            let (bounds, used) = used(
+                record,
+                limit,
+                limit.window.bounds(now, utc_offset),
+                utc_offset,
+            );
             Usage {
                 used,
                 requests: limit.requests,
@@ -259,19 +189,13 @@ pub fn check_and_take(
                 attempts: attempt,
             });
         }
-        let next = Record {
-            entries: limits
-                .iter()
-                .zip(&usages)
-                .map(|(limit, usage)| Entry {
-                    name: &limit.name,
-                    start: usage.bounds.start,
-                    end: usage.bounds.end,
-                    count: usage.used + 1,
-                })
-                .collect(),
-        };
-        match store.set(key, &next.encode(), cas) {
+        let next = record::encode(limits.iter().zip(&usages).map(|(limit, usage)| Entry {
+            name: limit.name.as_bytes(),
+            start: usage.bounds.start,
+            end: usage.bounds.end,
+            count: usage.used + 1,
+        }));
+        match store.set(key, &next, cas) {
             Ok(()) => {
                 let usages = usages
                     .into_iter()
@@ -422,8 +346,9 @@ mod tests {
     #[test]
     fn corrupt_or_foreign_values_become_a_fresh_counter() {
         let limits = [limit("d", 5, Window::Fixed(86_400))];
-        let corrupt: [&[u8]; 7] = [
+        let corrupt: [&[u8]; 8] = [
             b"garbage",
+            b"TG\x02\x01d",
             b"\xff\xfe",
             b"tg1\nd 1 2",
             b"tg1\nd x 2 3",
@@ -443,8 +368,6 @@ mod tests {
         store.set(K, b"", 0).unwrap();
         let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
         assert!(c.admitted && !c.replaced_corrupt);
-        let many = format!("tg1{}", "\nx 1 2 3".repeat(MAX_ENTRIES + 1));
-        assert_eq!(Record::decode(many.as_bytes()), Err(Corrupt));
     }
 
     #[test]
@@ -463,26 +386,21 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trips() {
-        let r = Record {
-            entries: vec![
-                Entry {
-                    name: "daily",
-                    start: 10,
-                    end: 20,
-                    count: 3,
-                },
-                Entry {
-                    name: "b.u-r_st",
-                    start: -5,
-                    end: 1,
-                    count: u64::MAX,
-                },
-            ],
-        };
-        let bytes = r.encode();
-        assert_eq!(Record::decode(&bytes), Ok(r));
-        assert_eq!(Record::decode(empty_record()), Ok(Record::default()));
+    fn a_record_of_the_earlier_text_format_keeps_counting() {
+        // A live upgrade from 0.1 (same vm_id): its records carry on, rewritten in format 2.
+        let store = MemoryStore::new();
+        let limits = [limit("d", 5, Window::Fixed(86_400))];
+        let day = limits[0].window.bounds(NOW, 0);
+        let text = format!("tg1\nd {} {} 3", day.start, day.end);
+        store.set(K, text.as_bytes(), 0).unwrap();
+        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        assert!(c.admitted && !c.replaced_corrupt);
+        assert_eq!(c.usages[0].used, 4);
+        assert!(store.value(K).unwrap().starts_with(b"TG\x02"));
+        assert_eq!(
+            check_and_take(&store, K, &limits, NOW, 0).unwrap().usages[0].used,
+            5
+        );
     }
 
     #[test]
@@ -607,20 +525,20 @@ mod tests {
         let store = MemoryStore::new();
         let limits = [limit("a", 5, Window::Fixed(10))];
         let t = NOW - NOW % 10;
-        store
-            .set(
-                K,
-                format!("tg1\na {} 9223372036854775807 5", t + 10).as_bytes(),
-                0,
-            )
-            .unwrap();
+        let stored = |start: i64, end: i64| {
+            record::encode([Entry {
+                name: b"a",
+                start,
+                end,
+                count: 5,
+            }])
+        };
+        store.set(K, &stored(t + 10, i64::MAX), 0).unwrap();
         let c = check_and_take(&store, K, &limits, t, 0).unwrap();
         assert!(c.admitted);
         assert_eq!((c.usages[0].bounds.start, c.usages[0].used), (t, 1));
         // A window two ahead is not "the next one" either.
-        store
-            .set(K, format!("tg1\na {} {} 5", t + 20, t + 30).as_bytes(), 0)
-            .unwrap();
+        store.set(K, &stored(t + 20, t + 30), 0).unwrap();
         assert_eq!(
             check_and_take(&store, K, &limits, t, 0).unwrap().usages[0]
                 .bounds

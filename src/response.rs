@@ -1,6 +1,10 @@
 //! What callers see: RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) on every
 //! response to a counted consumer, and RFC 9457 `application/problem+json` refusals.
 
+use std::rc::Rc;
+
+use serde::Serialize;
+
 use crate::config::{Config, Plan};
 use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
@@ -33,121 +37,106 @@ pub mod grpc {
     pub const UNAUTHENTICATED: u32 = 16;
 }
 
-/// `RateLimit-Policy` and `RateLimit` for a plan's usages (nothing for an unlimited plan).
-pub fn rate_limit_headers(plan: &Plan, usages: &[Usage], now: i64) -> Vec<(&'static str, String)> {
-    if usages.is_empty() {
-        return Vec::new();
+/// The RateLimit fields of a response to a counted consumer. The policy is the same for every
+/// request of a plan (within a month, for monthly limits), so it is rendered once per VM and
+/// shared ([`crate::memo::Memo::policy`]); the state is this request's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitFields {
+    /// `RateLimit-Policy`, unless the configuration turned it off.
+    pub policy: Option<Rc<str>>,
+    /// `RateLimit`.
+    pub state: String,
+}
+
+impl RateLimitFields {
+    /// As header name/value pairs, for a local reply.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(policy) = &self.policy {
+            headers.push(("ratelimit-policy", policy.to_string()));
+        }
+        headers.push(("ratelimit", self.state.clone()));
+        headers
     }
-    let mut state = String::with_capacity(usages.len() * 32);
+}
+
+/// `RateLimit-Policy`: `"name";q=<requests>;w=<window seconds>` per limit, in plan order. `w` is
+/// the length of the window the usage is in (for `month`, the current month's).
+pub fn rate_limit_policy(plan: &Plan, usages: &[Usage]) -> String {
+    let mut out = String::with_capacity(plan.limits.len() * 40);
     for (limit, usage) in plan.limits.iter().zip(usages) {
-        if !state.is_empty() {
-            state.push_str(", ");
+        if !out.is_empty() {
+            out.push_str(", ");
         }
         // Limit names are validated to [A-Za-z0-9_.-]: safe inside a structured-field string.
-        state.push_str(&format!(
-            "\"{}\";r={};t={}",
-            limit.name,
-            usage.remaining(),
-            usage.bounds.seconds_to_reset(now)
-        ));
+        out.push('"');
+        out.push_str(&limit.name);
+        out.push_str("\";q=");
+        push_decimal(&mut out, limit.requests);
+        out.push_str(";w=");
+        push_decimal(&mut out, positive(usage.bounds.seconds()));
     }
-    let policy = match &plan.policy {
-        Some(policy) => policy.clone(),
-        None => plan
-            .limits
-            .iter()
-            .zip(usages)
-            .map(|(limit, usage)| {
-                format!(
-                    "\"{}\";q={};w={}",
-                    limit.name,
-                    limit.requests,
-                    usage.bounds.seconds()
-                )
-            })
-            .collect::<Vec<String>>()
-            .join(", "),
-    };
-    vec![("ratelimit-policy", policy), ("ratelimit", state)]
-}
-
-/// A small JSON object writer: the two documents tollgate writes (problems, usage) are flat
-/// and known, and a writer of our own keeps serde's serializer out of the binary.
-struct Json(String);
-
-impl Json {
-    fn object() -> Json {
-        Json(String::from("{"))
-    }
-
-    fn key(&mut self, key: &str) {
-        if self.0.len() > 1 && !self.0.ends_with(['{', '[']) {
-            self.0.push(',');
-        }
-        push_string(&mut self.0, key);
-        self.0.push(':');
-    }
-
-    fn str(&mut self, key: &str, value: &str) -> &mut Json {
-        self.key(key);
-        push_string(&mut self.0, value);
-        self
-    }
-
-    fn num(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Json {
-        self.key(key);
-        self.0.push_str(&value.to_string());
-        self
-    }
-
-    fn raw(&mut self, key: &str, json: &str) -> &mut Json {
-        self.key(key);
-        self.0.push_str(json);
-        self
-    }
-
-    fn end(mut self) -> String {
-        self.0.push('}');
-        self.0
-    }
-}
-
-/// Appends `value` as a JSON string (RFC 8259 escaping).
-fn push_string(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn string_array(items: &[&str]) -> String {
-    let mut out = String::from("[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_string(&mut out, item);
-    }
-    out.push(']');
     out
 }
 
+/// `RateLimit`: `"name";r=<remaining>;t=<seconds to reset>` per limit, in plan order.
+pub fn rate_limit_state(plan: &Plan, usages: &[Usage], now: i64) -> String {
+    let mut out = String::with_capacity(plan.limits.len() * 40);
+    for (limit, usage) in plan.limits.iter().zip(usages) {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(&limit.name);
+        out.push_str("\";r=");
+        push_decimal(&mut out, usage.remaining());
+        out.push_str(";t=");
+        push_decimal(&mut out, positive(usage.bounds.seconds_to_reset(now)));
+    }
+    out
+}
+
+fn positive(seconds: i64) -> u64 {
+    u64::try_from(seconds).unwrap_or(0)
+}
+
+/// Appends `n` in decimal: the request path's integers, without `core::fmt` (which costs more
+/// than everything else a request's own code does).
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut first = digits.len();
+    for slot in digits.iter_mut().rev() {
+        // `n % 10` is a single digit.
+        *slot = b'0' + (n % 10) as u8;
+        first -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let text = digits.get(first..).unwrap_or_default();
+    out.push_str(std::str::from_utf8(text).unwrap_or_default());
+}
+
+/// An RFC 9457 problem document; members that do not apply are left out.
+#[derive(Serialize)]
 struct Problem<'a> {
+    #[serde(rename = "type")]
     kind: &'a str,
     title: &'a str,
     status: u16,
     detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a str>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
     violated_policies: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reset: Option<String>,
+    #[serde(rename = "retry-after", skip_serializing_if = "Option::is_none")]
     retry_after: Option<i64>,
+    #[serde(rename = "expired-at", skip_serializing_if = "Option::is_none")]
     expired_at: Option<String>,
 }
 
@@ -190,30 +179,7 @@ impl<'a> Problem<'a> {
                 grpc_status: Some(code),
             };
         }
-        let mut json = Json::object();
-        json.str("type", self.kind)
-            .str("title", self.title)
-            .num("status", self.status)
-            .str("detail", &self.detail);
-        if let Some(consumer) = self.consumer {
-            json.str("consumer", consumer);
-        }
-        if let Some(plan) = self.plan {
-            json.str("plan", plan);
-        }
-        if let Some(names) = &self.violated_policies {
-            json.raw("violated-policies", &string_array(names));
-        }
-        if let Some(reset) = &self.reset {
-            json.str("reset", reset);
-        }
-        if let Some(seconds) = self.retry_after {
-            json.num("retry-after", seconds);
-        }
-        if let Some(at) = &self.expired_at {
-            json.str("expired-at", at);
-        }
-        let body = json.end();
+        let body = to_json(&self);
         headers.push(("content-type", PROBLEM_JSON.to_string()));
         headers.push(("cache-control", "no-store".to_string()));
         Reply {
@@ -269,7 +235,9 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             p.expired_at = Some(format_rfc3339(*expired_at));
             p.reply(Vec::new(), grpc)
         }
-        Denial::QuotaExceeded { caller, usages } => quota_exceeded(caller, usages, now, grpc),
+        Denial::QuotaExceeded { caller, usages } => {
+            quota_exceeded(config, caller, usages, now, grpc)
+        }
         Denial::StoreUnavailable { caller, .. } => {
             let mut p = Problem::new(
                 UNAVAILABLE,
@@ -284,72 +252,180 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
     }
 }
 
-fn quota_exceeded(caller: &Caller, usages: &[Usage], now: i64, grpc: bool) -> Reply {
-    let violated: Vec<(&crate::config::Limit, &Usage)> = caller
-        .plan
-        .limits
-        .iter()
-        .zip(usages)
-        .filter(|(_, u)| u.violated)
-        .collect();
-    // The binding limit is the violated one that resets last: retrying earlier is pointless.
-    let binding = violated.iter().max_by_key(|(_, u)| u.bounds.end);
-    let (status, retry_after, reset, detail) = match binding {
-        Some((limit, usage)) => (
-            limit.status,
-            usage.bounds.seconds_to_reset(now),
-            usage.bounds.end,
-            format!(
-                "Consumer {} has used all {} requests of limit \"{}\" ({}); it resets at {}.",
-                caller.consumer.name,
-                limit.requests,
-                limit.name,
-                limit.window_text,
-                format_rfc3339(usage.bounds.end)
+fn quota_exceeded(
+    config: &Config,
+    caller: &Caller,
+    usages: &[Usage],
+    now: i64,
+    grpc: bool,
+) -> Reply {
+    let policy = config
+        .ratelimit_policy
+        .then(|| rate_limit_policy(caller.plan, usages).into());
+    QuotaRefusal::new(caller, usages, grpc, policy).at(caller.plan, usages, now)
+}
+
+/// A refusal for a spent quota, rendered up to its seconds. While a consumer stays refused
+/// with the same usages, only `Retry-After` and the RateLimit `t` values change from one
+/// request to the next: [`QuotaRefusal::at`] fills them in without rendering the document
+/// again, so that a flood of refused requests costs little (the memo keeps one per consumer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRefusal {
+    status: u16,
+    grpc: bool,
+    /// problem+json: the body up to the value of `retry-after`; gRPC: the `grpc-message`.
+    head: String,
+    /// When the binding limit resets.
+    reset: i64,
+    policy: Option<Rc<str>>,
+}
+
+impl QuotaRefusal {
+    pub fn new(caller: &Caller, usages: &[Usage], grpc: bool, policy: Option<Rc<str>>) -> Self {
+        let violated: Vec<(&crate::config::Limit, &Usage)> = caller
+            .plan
+            .limits
+            .iter()
+            .zip(usages)
+            .filter(|(_, u)| u.violated)
+            .collect();
+        // The binding limit is the violated one that resets last: retrying earlier is pointless.
+        let binding = violated.iter().max_by_key(|(_, u)| u.bounds.end);
+        let (status, reset, detail) = match binding {
+            Some((limit, usage)) => (
+                limit.status,
+                usage.bounds.end,
+                format!(
+                    "Consumer {} has used all {} requests of limit \"{}\" ({}); it resets at {}.",
+                    caller.consumer.name,
+                    limit.requests,
+                    limit.name,
+                    limit.window_text,
+                    format_rfc3339(usage.bounds.end)
+                ),
             ),
-        ),
-        None => (402, 1, now + 1, "The quota is exceeded.".to_string()),
-    };
-    let mut p = Problem::new(
-        QUOTA_EXCEEDED,
-        "Request cannot be satisfied as assigned quota has been exceeded",
-        status,
-        detail,
-    )
-    .of(caller);
-    p.violated_policies = Some(violated.iter().map(|(l, _)| l.name.as_str()).collect());
-    p.reset = Some(format_rfc3339(reset));
-    p.retry_after = Some(retry_after);
-    let mut headers = rate_limit_headers(caller.plan, usages, now);
-    headers.push(("retry-after", retry_after.to_string()));
-    p.reply(headers, grpc)
+            None => (402, i64::MIN, "The quota is exceeded.".to_string()),
+        };
+        let head = if grpc {
+            detail
+        } else {
+            let mut p = Problem::new(
+                QUOTA_EXCEEDED,
+                "Request cannot be satisfied as assigned quota has been exceeded",
+                status,
+                detail,
+            )
+            .of(caller);
+            p.violated_policies = Some(violated.iter().map(|(l, _)| l.name.as_str()).collect());
+            p.reset = (reset != i64::MIN).then(|| format_rfc3339(reset));
+            // `retry-after` is the last member: the document is this one without its closing
+            // brace, then `,"retry-after":<seconds>}` (what serde_json would write).
+            let mut body = to_json(&p);
+            body.pop();
+            body.push_str(",\"retry-after\":");
+            body
+        };
+        QuotaRefusal {
+            status,
+            grpc,
+            head,
+            reset,
+            policy,
+        }
+    }
+
+    /// The reply at `now`, for these usages (the ones it was rendered for).
+    pub fn at(&self, plan: &Plan, usages: &[Usage], now: i64) -> Reply {
+        let retry_after = if self.reset == i64::MIN {
+            1
+        } else {
+            positive(self.reset.saturating_sub(now)).max(1)
+        };
+        let mut seconds = String::with_capacity(8);
+        push_decimal(&mut seconds, retry_after);
+        let fields = RateLimitFields {
+            policy: self.policy.clone(),
+            state: rate_limit_state(plan, usages, now),
+        };
+        let mut headers = fields.headers();
+        if self.grpc {
+            headers.push(("retry-after", seconds));
+            return Reply {
+                status: self.status,
+                headers,
+                body: self.head.clone(),
+                grpc_status: Some(grpc::RESOURCE_EXHAUSTED),
+            };
+        }
+        let mut body = String::with_capacity(self.head.len() + seconds.len() + 1);
+        body.push_str(&self.head);
+        body.push_str(&seconds);
+        body.push('}');
+        headers.push(("retry-after", seconds));
+        headers.push(("content-type", PROBLEM_JSON.to_string()));
+        headers.push(("cache-control", "no-store".to_string()));
+        Reply {
+            status: self.status,
+            headers,
+            body,
+            grpc_status: None,
+        }
+    }
+
+    pub fn grpc(&self) -> bool {
+        self.grpc
+    }
+}
+
+#[derive(Serialize)]
+struct UsageDocument<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    status: &'a str,
+    limits: Vec<LimitUsage<'a>>,
+}
+
+#[derive(Serialize)]
+struct LimitUsage<'a> {
+    name: &'a str,
+    requests: u64,
+    window: &'a str,
+    used: u64,
+    remaining: u64,
+    reset: String,
+}
+
+/// Serializes a document of ours. serde_json fails only on maps with non-string keys and on
+/// a failing `Serialize` implementation, neither of which these documents have.
+fn to_json(document: &impl Serialize) -> String {
+    serde_json::to_string(document).unwrap_or_else(|e| {
+        log::error!("cannot serialize a response document: {e}");
+        String::from("{}")
+    })
 }
 
 /// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
 pub fn usage(caller: &Caller, standing: &str, usages: &[Usage]) -> Reply {
-    let limits: Vec<String> = caller
+    let limits = caller
         .plan
         .limits
         .iter()
         .zip(usages)
-        .map(|(limit, usage)| {
-            let mut item = Json::object();
-            item.str("name", &limit.name)
-                .num("requests", limit.requests)
-                .str("window", &limit.window_text)
-                .num("used", usage.used.min(limit.requests))
-                .num("remaining", usage.remaining())
-                .str("reset", &format_rfc3339(usage.bounds.end));
-            item.end()
+        .map(|(limit, usage)| LimitUsage {
+            name: &limit.name,
+            requests: limit.requests,
+            window: &limit.window_text,
+            used: usage.used.min(limit.requests),
+            remaining: usage.remaining(),
+            reset: format_rfc3339(usage.bounds.end),
         })
         .collect();
-    let mut document = Json::object();
-    document
-        .str("consumer", &caller.consumer.name)
-        .str("plan", &caller.plan.name)
-        .str("status", standing)
-        .raw("limits", &format!("[{}]", limits.join(",")));
-    let body = document.end();
+    let body = to_json(&UsageDocument {
+        consumer: &caller.consumer.name,
+        plan: &caller.plan.name,
+        status: standing,
+        limits,
+    });
     Reply {
         status: 200,
         headers: vec![
@@ -376,7 +452,8 @@ pub fn usage_method_not_allowed() -> Reply {
 mod tests {
     use super::*;
     use crate::credentials::{Credential, Presented};
-    use crate::decision::{decide, Decision, Exhausted};
+    use crate::decision::{decide, Decision};
+    use crate::memo::Memo;
     use crate::store::MemoryStore;
     use serde_json::Value;
 
@@ -411,7 +488,7 @@ mod tests {
     }
 
     fn deny(config: &Config, store: &MemoryStore, credential: Credential, now: i64) -> Reply {
-        match decide(config, credential, now, store, &Exhausted::default()) {
+        match decide(config, credential, now, store, &Memo::default()) {
             Decision::Deny(d) => refusal(config, &d, now, false),
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -423,11 +500,15 @@ mod tests {
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
         let Decision::Allow { caller, usages } =
-            decide(&config, key("acme"), NOW, &store, &Exhausted::default())
+            decide(&config, key("acme"), NOW, &store, &Memo::default())
         else {
             panic!()
         };
-        let headers = rate_limit_headers(caller.plan, &usages, NOW);
+        let headers = RateLimitFields {
+            policy: Some(rate_limit_policy(caller.plan, &usages).into()),
+            state: rate_limit_state(caller.plan, &usages, NOW),
+        }
+        .headers();
         assert_eq!(
             headers,
             vec![
@@ -449,7 +530,7 @@ mod tests {
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
         assert!(matches!(
-            decide(&config, key("acme"), NOW, &store, &Exhausted::default()),
+            decide(&config, key("acme"), NOW, &store, &Memo::default()),
             Decision::Allow { .. }
         ));
         // Same second: only the burst limit is exhausted -> its status 429, Retry-After 1.
@@ -471,11 +552,11 @@ mod tests {
         assert_eq!(body["retry-after"], 1);
         // Spend the daily quota: both limits violated, daily resets last -> 402, Retry-After to midnight.
         assert!(matches!(
-            decide(&config, key("acme"), NOW + 1, &store, &Exhausted::default()),
+            decide(&config, key("acme"), NOW + 1, &store, &Memo::default()),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            decide(&config, key("acme"), NOW + 2, &store, &Exhausted::default()),
+            decide(&config, key("acme"), NOW + 2, &store, &Memo::default()),
             Decision::Allow { .. }
         ));
         let reply = deny(&config, &store, key("acme"), NOW + 2);
@@ -491,21 +572,16 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        let mut out = String::new();
-        push_string(&mut out, "a\"b\\c\nd\u{1}é");
-        assert_eq!(out, r#""a\"b\\c\u000ad\u0001é""#);
-        let parsed: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
-        let mut doc = Json::object();
-        doc.str("k", "v")
-            .num("n", 3)
-            .raw("a", &string_array(&["x", "y"]));
-        let parsed: Value = serde_json::from_str(&doc.end()).unwrap();
+    fn problem_documents_escape_what_they_carry() {
+        let mut p = Problem::new(EXPIRED, "t", 402, "a\"b\\c\nd\u{1}é".into());
+        p.violated_policies = Some(vec!["x", "y"]);
+        let body = to_json(&p);
         assert_eq!(
-            parsed,
-            serde_json::json!({"k": "v", "n": 3, "a": ["x", "y"]})
+            body,
+            r#"{"type":"urn:tollgate:problem:subscription-expired","title":"t","status":402,"detail":"a\"b\\c\nd\u0001é","violated-policies":["x","y"]}"#
         );
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["detail"], "a\"b\\c\nd\u{1}é");
     }
 
     #[test]

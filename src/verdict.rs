@@ -4,14 +4,19 @@
 //! endpoint, shadow mode and the store-error policy.
 //!
 //! The request is read through [`Request`], lazily: a header is fetched only when a rule needs
-//! it (e.g. `content-type` only to shape a refusal for gRPC).
+//! it (e.g. `content-type` only to shape a refusal for gRPC). An admitted request allocates
+//! little: its verdict is plain fields, and the policy field is shared ([`Memo::policy`]).
 
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{decide, Caller, Decision, Denial, Exhausted};
+use crate::decision::{decide, Caller, Decision, Denial};
+use crate::memo::Memo;
 use crate::metrics::Event;
-use crate::quota::peek;
-use crate::response::{rate_limit_headers, refusal, usage, usage_method_not_allowed, Reply};
+use crate::quota::{peek, Usage};
+use crate::response::{
+    rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
+    Reply,
+};
 use crate::store::Store;
 
 /// Read access to the request headers (`:method`, `:path` included), by lowercase name.
@@ -28,15 +33,48 @@ impl<F: FnMut(&str) -> Option<Vec<u8>>> Request for F {
 /// Forward upstream, after these changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward<'c> {
-    /// Request headers to remove: the identity headers when the caller is not named (whatever
-    /// the client sent), and the credential header with `hide_credentials`.
-    pub remove: Vec<&'c str>,
-    /// Request headers to set (identity of the caller).
-    pub set: Vec<(&'c str, &'c str)>,
+    /// The identity headers' names (consumer, plan), unless `identity_headers` is off.
+    pub identity_headers: Option<(&'c str, &'c str)>,
+    /// The names to set in them (consumer, plan). `None`: nobody is named, so whatever a
+    /// client sent in the identity headers is removed. Setting a header replaces every value a
+    /// client sent, so a named caller needs no removal (one host call per header).
+    pub caller: Option<(&'c str, &'c str)>,
+    /// The credential header to remove (with `hide_credentials`).
+    pub hide_header: Option<&'c str>,
     /// A new `:path` (the credential parameter removed, with `hide_credentials`).
     pub path: Option<Vec<u8>>,
-    /// Headers to add to the upstream's response (RateLimit fields).
-    pub response_headers: Vec<(&'static str, String)>,
+    /// The RateLimit fields to add to the upstream's response.
+    pub rate_limit: Option<RateLimitFields>,
+}
+
+impl<'c> Forward<'c> {
+    /// Request headers this forward removes.
+    pub fn removed(&self) -> Vec<&'c str> {
+        let mut removed = Vec::new();
+        if let (Some((consumer, plan)), None) = (self.identity_headers, self.caller) {
+            removed.extend([consumer, plan]);
+        }
+        removed.extend(self.hide_header);
+        removed
+    }
+
+    /// Request headers this forward sets, with their values.
+    pub fn set_headers(&self) -> Vec<(&'c str, &'c str)> {
+        match (self.identity_headers, self.caller) {
+            (Some((consumer_header, plan_header)), Some((consumer, plan))) => {
+                vec![(consumer_header, consumer), (plan_header, plan)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Response headers this forward adds.
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        self.rate_limit
+            .as_ref()
+            .map(RateLimitFields::headers)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +83,37 @@ pub enum Action<'c> {
     Reply(Reply),
 }
 
+/// What to count for one request: at most two events (a store error and what became of the
+/// request), each with the index of the plan it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Events([Option<(Event, Option<usize>)>; 2]);
+
+impl Events {
+    fn one(event: Event, plan: Option<usize>) -> Events {
+        Events([Some((event, plan)), None])
+    }
+
+    fn push(&mut self, event: Event, plan: Option<usize>) {
+        if let Some(slot) = self.0.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some((event, plan));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Event, Option<usize>)> + '_ {
+        self.0.iter().flatten().copied()
+    }
+}
+
+impl<const N: usize> PartialEq<[(Event, Option<usize>); N]> for Events {
+    fn eq(&self, other: &[(Event, Option<usize>); N]) -> bool {
+        self.iter().eq(other.iter().copied())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict<'c> {
     pub action: Action<'c>,
-    /// What to count: each event with the plan index it concerns.
-    pub events: Vec<(Event, Option<usize>)>,
+    pub events: Events,
 }
 
 fn plan_index(caller: &Caller) -> Option<usize> {
@@ -62,10 +126,12 @@ pub fn handle<'c>(
     request: &mut impl Request,
     now: i64,
     store: &impl Store,
-    exhausted: &Exhausted,
+    memo: &Memo,
 ) -> Verdict<'c> {
     let mut forward = Forward {
-        remove: vec![config.consumer_header.as_str(), config.plan_header.as_str()],
+        identity_headers: config
+            .identity_headers
+            .then_some((config.consumer_header.as_str(), config.plan_header.as_str())),
         ..Forward::default()
     };
     let mut path: Option<Option<Vec<u8>>> = None;
@@ -87,7 +153,7 @@ pub fn handle<'c>(
         log::debug!("pass CORS preflight");
         return Verdict {
             action: Action::Forward(forward),
-            events: vec![(Event::Preflight, None)],
+            events: Events::one(Event::Preflight, None),
         };
     }
 
@@ -103,8 +169,8 @@ pub fn handle<'c>(
     // What to hide if the request goes upstream.
     if let (true, Credential::Key(presented)) = (config.hide_credentials, &credential) {
         match config.credentials.get(presented.source) {
-            Some(Source::Header(name)) => forward.remove.push(name),
-            Some(Source::Authorization(_)) => forward.remove.push("authorization"),
+            Some(Source::Header(name)) => forward.hide_header = Some(name),
+            Some(Source::Authorization(_)) => forward.hide_header = Some("authorization"),
             Some(Source::Query(name)) => {
                 forward.path = cached(":path").and_then(|p| strip_query_param(&p, name));
             }
@@ -112,18 +178,18 @@ pub fn handle<'c>(
         }
     }
 
-    let denial = match decide(config, credential, now, store, exhausted) {
+    let denial = match decide(config, credential, now, store, memo) {
         Decision::Allow { caller, usages } => {
             log::debug!(
                 "allow consumer={} plan={}",
                 caller.consumer.name,
                 caller.plan.name
             );
-            identify(&mut forward, config, &caller);
-            forward.response_headers = rate_limit_headers(caller.plan, &usages, now);
+            forward.caller = Some((&caller.consumer.name, &caller.plan.name));
+            forward.rate_limit = rate_limit_fields(config, memo, &caller, &usages, now);
             return Verdict {
                 action: Action::Forward(forward),
-                events: vec![(Event::Allowed, plan_index(&caller))],
+                events: Events::one(Event::Allowed, plan_index(&caller)),
             };
         }
         Decision::Deny(denial) => denial,
@@ -131,7 +197,7 @@ pub fn handle<'c>(
 
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
-    let mut events = Vec::with_capacity(2);
+    let mut events = Events::default();
     if let Denial::StoreUnavailable {
         contended, reason, ..
     } = &denial
@@ -142,16 +208,14 @@ pub fn handle<'c>(
         } else {
             Event::StoreFailed
         };
-        events.push((error, None));
+        events.push(error, None);
         if config.on_store_error == OnStoreError::Allow {
             log::warn!(
                 "on_store_error=allow: forwarding uncounted ({})",
                 denial.describe()
             );
-            if let Some(caller) = &caller {
-                identify(&mut forward, config, caller);
-            }
-            events.push((Event::Allowed, plan));
+            forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
+            events.push(Event::Allowed, plan);
             return Verdict {
                 action: Action::Forward(forward),
                 events,
@@ -161,13 +225,11 @@ pub fn handle<'c>(
 
     if config.mode == Mode::Shadow {
         log::info!("shadow mode: would refuse {}", denial.describe());
-        if let Some(caller) = &caller {
-            identify(&mut forward, config, caller);
-        }
+        forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
         if let Denial::QuotaExceeded { caller, usages } = &denial {
-            forward.response_headers = rate_limit_headers(caller.plan, usages, now);
+            forward.rate_limit = rate_limit_fields(config, memo, caller, usages, now);
         }
-        events.push((Event::Shadowed(denial.reason()), plan));
+        events.push(Event::Shadowed(denial.reason()), plan);
         return Verdict {
             action: Action::Forward(forward),
             events,
@@ -178,22 +240,42 @@ pub fn handle<'c>(
     let grpc = request
         .header("content-type")
         .is_some_and(|ct| ct.starts_with(b"application/grpc"));
-    events.push((Event::Refused(denial.reason()), plan));
+    events.push(Event::Refused(denial.reason()), plan);
+    let reply = match &denial {
+        // Rendered once while the consumer stays refused; only the seconds are filled in.
+        Denial::QuotaExceeded { caller, usages } => memo
+            .quota_refusal(caller.consumer.id, grpc, || {
+                let policy = config
+                    .ratelimit_policy
+                    .then(|| memo.policy(caller.consumer.plan, caller.plan, usages));
+                QuotaRefusal::new(caller, usages, grpc, policy)
+            })
+            .at(caller.plan, usages, now),
+        _ => refusal(config, &denial, now, grpc),
+    };
     Verdict {
-        action: Action::Reply(refusal(config, &denial, now, grpc)),
+        action: Action::Reply(reply),
         events,
     }
 }
 
-/// Names the caller to the upstream. Setting a header replaces every value a client sent, so
-/// the identity headers need no separate removal (one host call each instead of two).
-fn identify<'c>(forward: &mut Forward<'c>, config: &'c Config, caller: &Caller<'c>) {
-    let identity = [config.consumer_header.as_str(), config.plan_header.as_str()];
-    forward.remove.retain(|name| !identity.contains(name));
-    forward
-        .set
-        .push((&config.consumer_header, &caller.consumer.name));
-    forward.set.push((&config.plan_header, &caller.plan.name));
+/// The RateLimit fields for a counted caller (none for an unlimited plan).
+fn rate_limit_fields(
+    config: &Config,
+    memo: &Memo,
+    caller: &Caller,
+    usages: &[Usage],
+    now: i64,
+) -> Option<RateLimitFields> {
+    if usages.is_empty() {
+        return None;
+    }
+    Some(RateLimitFields {
+        policy: config
+            .ratelimit_policy
+            .then(|| memo.policy(caller.consumer.plan, caller.plan, usages)),
+        state: rate_limit_state(caller.plan, usages, now),
+    })
 }
 
 /// `GET <usage_path>`: the caller's own usage, uncounted.
@@ -207,11 +289,11 @@ fn usage_endpoint<'c>(
     if method != b"GET" && method != b"HEAD" {
         return Verdict {
             action: Action::Reply(usage_method_not_allowed()),
-            events: vec![],
+            events: Events::default(),
         };
     }
     let refuse = |denial: Denial| Verdict {
-        events: vec![(Event::Refused(denial.reason()), None)],
+        events: Events::one(Event::Refused(denial.reason()), None),
         action: Action::Reply(refusal(config, &denial, now, false)),
     };
     let consumer = match credential {
@@ -243,7 +325,7 @@ fn usage_endpoint<'c>(
     ) {
         Ok(usages) => Verdict {
             action: Action::Reply(usage(&caller, standing, &usages)),
-            events: vec![(Event::Usage, Some(consumer.plan))],
+            events: Events::one(Event::Usage, Some(consumer.plan)),
         },
         Err(e) => {
             let denial = Denial::StoreUnavailable {
@@ -252,7 +334,7 @@ fn usage_endpoint<'c>(
                 reason: e.0,
             };
             Verdict {
-                events: vec![(Event::StoreFailed, None)],
+                events: Events::one(Event::StoreFailed, None),
                 action: Action::Reply(refusal(config, &denial, now, false)),
             }
         }
@@ -308,7 +390,7 @@ mod tests {
     fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        handle(config, &mut req(&pairs), NOW, store, &Exhausted::default())
+        handle(config, &mut req(&pairs), NOW, store, &Memo::default())
     }
 
     fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
@@ -336,14 +418,14 @@ mod tests {
             &[("x-api-key", "acme"), ("x-tollgate-consumer", "spoofed")],
         );
         let f = forwarded(&v);
-        assert!(f.remove.is_empty(), "set replaces the client's values");
+        assert!(f.removed().is_empty(), "set replaces the client's values");
         assert_eq!(
-            f.set,
+            f.set_headers(),
             [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
         );
         assert_eq!(f.path, None);
         assert_eq!(v.events, [(Event::Allowed, Some(0))]);
-        assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));
+        assert!(f.response_headers().iter().any(|(n, _)| *n == "ratelimit"));
     }
 
     #[test]
@@ -352,7 +434,7 @@ mod tests {
         let store = MemoryStore::new();
         crate::quota::create_records(&c, &store).unwrap();
         let v = run(&c, &store, &[("x-api-key", "acme")]);
-        assert!(forwarded(&v).remove.contains(&"x-api-key"));
+        assert!(forwarded(&v).removed().contains(&"x-api-key"));
         let v = run(&c, &store, &[("authorization", "Bearer initech")]);
         assert!(
             matches!(v.action, Action::Reply(_)),
@@ -360,7 +442,7 @@ mod tests {
         );
         let c = config(r#", "hide_credentials": true, "mode": "shadow""#);
         let v = run(&c, &store, &[("authorization", "Bearer acme")]);
-        assert!(forwarded(&v).remove.contains(&"authorization"));
+        assert!(forwarded(&v).removed().contains(&"authorization"));
         let v = run(&c, &store, &[(":path", "/x?a=1&api_key=acme")]);
         assert_eq!(forwarded(&v).path.as_deref(), Some(&b"/x?a=1"[..]));
     }
@@ -378,11 +460,11 @@ mod tests {
         assert_eq!(over.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
         let f = forwarded(&over);
         assert!(f
-            .response_headers
+            .response_headers()
             .iter()
             .any(|(n, v)| *n == "ratelimit" && v.contains("r=0")));
         assert_eq!(
-            f.set,
+            f.set_headers(),
             [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
         );
         let missing = run(&c, &store, &[]);
@@ -390,7 +472,7 @@ mod tests {
             missing.events,
             [(Event::Shadowed(Reason::MissingCredential), None)]
         );
-        assert!(forwarded(&missing).set.is_empty());
+        assert!(forwarded(&missing).set_headers().is_empty());
         let suspended = run(&c, &store, &[("x-api-key", "initech")]);
         assert_eq!(
             suspended.events,
@@ -405,7 +487,7 @@ mod tests {
         let deny = config("");
         let headers = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let v = handle(&deny, &mut req(&pairs), NOW, &Broken, &Exhausted::default());
+        let v = handle(&deny, &mut req(&pairs), NOW, &Broken, &Memo::default());
         assert_eq!(replied(&v).status, 503);
         assert_eq!(
             v.events,
@@ -415,23 +497,76 @@ mod tests {
             ]
         );
         let allow = config(r#", "on_store_error": "allow""#);
-        let v = handle(
-            &allow,
-            &mut req(&pairs),
-            NOW,
-            &Broken,
-            &Exhausted::default(),
-        );
+        let v = handle(&allow, &mut req(&pairs), NOW, &Broken, &Memo::default());
         let f = forwarded(&v);
-        assert!(f.response_headers.is_empty());
+        assert!(f.response_headers().is_empty());
         assert_eq!(
-            f.set,
+            f.set_headers(),
             [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
         );
         assert_eq!(
             v.events,
             [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
         );
+    }
+
+    #[test]
+    fn a_remembered_refusal_is_the_refusal_rendered_afresh() {
+        // The memo renders a spent consumer's refusal once and fills in the seconds: every
+        // answer must equal the one a VM without memo renders (which reads shared data).
+        let c = config(r#", "calendar_utc_offset": "+05:30""#);
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let memo = Memo::default();
+        let at = |now: i64, memo: &Memo, headers: &[(&str, &str)]| {
+            let h = get(headers);
+            let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            handle(&c, &mut req(&pairs), now, &store, memo)
+        };
+        let http = [("x-api-key", "acme")];
+        let grpc = [("x-api-key", "acme"), ("content-type", "application/grpc")];
+        assert!(matches!(at(NOW, &memo, &http).action, Action::Forward(_)));
+        let mut retry_after = Vec::new();
+        for now in [NOW, NOW, NOW + 7, NOW + 3599] {
+            for headers in [&http[..], &grpc[..]] {
+                let remembered = replied(&at(now, &memo, headers));
+                let fresh = replied(&at(now, &Memo::default(), headers));
+                assert_eq!(remembered, fresh, "at {now}, {headers:?}");
+                if headers.len() == 1 {
+                    let value = remembered.headers.iter().find(|(n, _)| *n == "retry-after");
+                    retry_after.push(value.unwrap().1.clone());
+                }
+            }
+        }
+        // 13:00Z is 18:30 at +05:30: the day resets in 5 h 30 min.
+        assert_eq!(retry_after, ["19800", "19800", "19793", "16201"]);
+    }
+
+    #[test]
+    fn a_remembered_refusal_follows_a_limit_whose_window_ended() {
+        let c = Config::from_json(
+            br#"{"plans": {"p": {"limits": [{"name": "minute", "requests": 1, "window": "minute"},
+                                              {"name": "daily", "requests": 1, "window": "day"}]}},
+                 "consumers": {"a": {"plan": "p", "keys": ["a"]}}}"#,
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let memo = Memo::default();
+        let h = get(&[("x-api-key", "a")]);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let start = NOW - NOW % 60;
+        assert!(matches!(
+            handle(&c, &mut req(&pairs), start, &store, &memo).action,
+            Action::Forward(_)
+        ));
+        let violated = |now: i64| {
+            let r = replied(&handle(&c, &mut req(&pairs), now, &store, &memo));
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            body["violated-policies"].clone()
+        };
+        assert_eq!(violated(start + 1), serde_json::json!(["minute", "daily"]));
+        assert_eq!(violated(start + 61), serde_json::json!(["daily"]));
     }
 
     #[test]
@@ -445,10 +580,10 @@ mod tests {
         let c = config("");
         let v = run(&c, &store, &preflight);
         assert_eq!(v.events, [(Event::Preflight, None)]);
-        assert!(forwarded(&v).set.is_empty());
+        assert!(forwarded(&v).set_headers().is_empty());
         // Nobody is named, so whatever the client sent as identity is removed.
         assert_eq!(
-            forwarded(&v).remove,
+            forwarded(&v).removed(),
             ["x-tollgate-consumer", "x-tollgate-plan"]
         );
         // A plain OPTIONS is not a preflight.
@@ -474,7 +609,7 @@ mod tests {
         ];
         let with_key = [preflight[0], preflight[1], ("x-api-key", "acme")];
         let v = run(&c, &store, &with_key);
-        assert!(forwarded(&v).remove.contains(&"x-api-key"));
+        assert!(forwarded(&v).removed().contains(&"x-api-key"));
         assert_eq!(v.events, [(Event::Allowed, Some(0))]);
         let bad = [preflight[0], preflight[1], ("authorization", "Bearer nope")];
         assert_eq!(replied(&run(&c, &store, &bad)).status, 401);

@@ -370,6 +370,44 @@ fn the_upstream_learns_who_called_and_cannot_be_lied_to() {
 }
 
 #[test]
+fn identity_headers_and_the_policy_field_can_be_turned_off() {
+    // Default: RateLimit-Policy and RateLimit are *added*: an upstream's own RateLimit stays.
+    let envoy = Envoy::start(&config(""));
+    let r = envoy.get("/with-ratelimit/x", &[("x-api-key", "globex-key")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(values(&r.headers, "ratelimit")[0], "\"backend\";r=7;t=30");
+    let ours = values(&r.headers, "ratelimit")[1];
+    assert!(ours.starts_with("\"daily\";r=999;t="), "{r:?}");
+    assert_eq!(values(&r.headers, "ratelimit-policy").len(), 1, "{r:?}");
+    drop(envoy);
+
+    let lean = Envoy::start(&config(
+        r#", "identity_headers": false, "ratelimit_policy": false"#,
+    ));
+    let r = lean.get(
+        "/",
+        &[("x-api-key", "globex-key"), ("x-tollgate-plan", "sent")],
+    );
+    let (_, headers) = upstream_saw(&r);
+    assert!(
+        values(&headers, "x-tollgate-consumer").is_empty(),
+        "{headers:?}"
+    );
+    // Off means untouched: what a client sent goes through (the upstream must not trust it).
+    assert_eq!(values(&headers, "x-tollgate-plan"), ["sent"]);
+    assert_eq!(r.header("ratelimit-policy"), None, "{r:?}");
+    assert_eq!(r.remaining("daily"), 999, "a new Envoy counts afresh");
+    // Refusals leave the policy out too, and still count as before.
+    let spent = lean.get("/", &[("x-api-key", "acme-key")]);
+    assert_eq!(spent.status, 200);
+    lean.get("/", &[("x-api-key", "acme-key")]);
+    let refused = lean.get("/", &[("x-api-key", "acme-key")]);
+    assert_eq!(refused.status, 402, "{refused:?}");
+    assert_eq!(refused.header("ratelimit-policy"), None, "{refused:?}");
+    assert_eq!(refused.remaining("daily"), 0);
+}
+
+#[test]
 fn hide_credentials_removes_the_key_before_the_upstream() {
     let envoy = Envoy::start(&config(r#", "hide_credentials": true"#));
     let (_, headers) =

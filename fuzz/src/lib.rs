@@ -11,9 +11,9 @@ use std::collections::HashMap;
 
 use tollgate::config::{Config, Limit, Plan, Source};
 use tollgate::credentials::{extract, percent_decode, strip_query_param, Credential};
-use tollgate::decision::Exhausted;
+use tollgate::memo::Memo;
 use tollgate::quota::{check_and_take, create_records, peek};
-use tollgate::response::rate_limit_headers;
+use tollgate::response::{rate_limit_policy, rate_limit_state};
 use tollgate::store::{MemoryStore, Store};
 use tollgate::time::{civil_from_days, days_from_civil, days_in_month, format_rfc3339};
 use tollgate::time::{parse_rfc3339, DAY};
@@ -96,13 +96,16 @@ fn check_verdict(config: &Config, verdict: &Verdict) {
             // Identity headers a client sent never survive: each is removed, or set (which
             // replaces every value the client sent).
             for identity in [&config.consumer_header, &config.plan_header] {
-                let set = forward.set.iter().any(|(name, _)| name == identity);
+                let set = forward
+                    .set_headers()
+                    .iter()
+                    .any(|(name, _)| name == identity);
                 assert!(
-                    set || forward.remove.contains(&identity.as_str()),
+                    set || forward.removed().contains(&identity.as_str()),
                     "{identity}"
                 );
             }
-            for (name, value) in &forward.response_headers {
+            for (name, value) in &forward.response_headers() {
                 assert!(name.starts_with("ratelimit"), "{name}");
                 assert!(
                     value.bytes().all(|c| (b' '..0x7f).contains(&c)),
@@ -188,7 +191,7 @@ pub fn config(data: &[u8]) {
         ]);
         check_verdict(
             &config,
-            &handle(&config, &mut anonymous, now, &store, &Exhausted::default()),
+            &handle(&config, &mut anonymous, now, &store, &Memo::default()),
         );
         for (consumer_name, key) in keys.iter().take(8) {
             let Some(first) = config.credentials.first() else {
@@ -219,7 +222,7 @@ pub fn config(data: &[u8]) {
                 &mut fake_request(headers),
                 now,
                 &store,
-                &Exhausted::default(),
+                &Memo::default(),
             );
             check_verdict(&config, &verdict);
             let Some(consumer) = config.consumers.iter().find(|c| c.name == *consumer_name) else {
@@ -237,7 +240,7 @@ pub fn config(data: &[u8]) {
                     panic!("the first request of {consumer_name} was refused: {verdict:?}");
                 };
                 assert!(forward
-                    .set
+                    .set_headers()
                     .contains(&(config.consumer_header.as_str(), consumer.name.as_str())));
                 counted.push(consumer_name.as_str());
             }
@@ -402,7 +405,6 @@ pub fn record(data: &[u8]) {
         let plan = Plan {
             name: "p".into(),
             limits: limits.clone(),
-            policy: None,
         };
         for (now, offset) in [(NOW, 0), (NOW + 40 * DAY, -MAX_UTC_OFFSET)] {
             let store = MemoryStore::new();
@@ -432,7 +434,8 @@ pub fn record(data: &[u8]) {
                     assert_eq!(usage.violated, usage.used >= usage.requests);
                 }
             }
-            let _ = rate_limit_headers(&plan, &counted.usages, now);
+            let _ = rate_limit_policy(&plan, &counted.usages);
+            let _ = rate_limit_state(&plan, &counted.usages, now);
             if counted.admitted {
                 // What was written is a record that reads back the same.
                 let after = peek(&store, KEY, limits, now, offset).expect("peek");
@@ -639,7 +642,7 @@ pub fn request(data: &[u8]) {
     create_records(config, &store).expect("a MemoryStore does not fail");
     for _ in 0..2 {
         let mut lookup = fake_request(headers.clone());
-        let verdict = handle(config, &mut lookup, now, &store, &Exhausted::default());
+        let verdict = handle(config, &mut lookup, now, &store, &Memo::default());
         check_verdict(config, &verdict);
         let Action::Forward(forward) = &verdict.action else {
             continue;
@@ -652,8 +655,8 @@ pub fn request(data: &[u8]) {
             continue;
         };
         match &config.credentials[presented.source] {
-            Source::Header(name) => assert!(forward.remove.contains(&name.as_str())),
-            Source::Authorization(_) => assert!(forward.remove.contains(&"authorization")),
+            Source::Header(name) => assert!(forward.removed().contains(&name.as_str())),
+            Source::Authorization(_) => assert!(forward.removed().contains(&"authorization")),
             Source::Query(name) => {
                 let path = forward.path.as_ref().expect("the parameter is stripped");
                 let source = Source::Query(name.clone());

@@ -10,20 +10,20 @@ use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
 
 use super::root::Runtime;
 use super::shared_data::SharedData;
-use crate::response::Reply;
+use crate::response::{RateLimitFields, Reply};
 use crate::verdict::{self, handle};
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,
     /// RateLimit fields to add to the upstream's response.
-    response_headers: Vec<(&'static str, String)>,
+    rate_limit: Option<RateLimitFields>,
 }
 
 impl Filter {
     pub fn new(runtime: Option<Rc<Runtime>>) -> Self {
         Filter {
             runtime,
-            response_headers: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -102,47 +102,55 @@ impl HttpContext for Filter {
             &mut request,
             now,
             &SharedData,
-            &runtime.exhausted,
+            &runtime.memo,
         );
         runtime.metrics.record(&verdict.events);
         match verdict.action {
             verdict::Action::Reply(reply) => send(&reply),
             verdict::Action::Forward(forward) => {
-                for name in forward.remove {
-                    if let Err(status) =
-                        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
-                    {
+                let headers = MapType::HttpRequestHeaders;
+                if let Some((consumer_header, plan_header)) = forward.identity_headers {
+                    // Setting replaces whatever a client sent; with nobody to name, remove it.
+                    let (consumer, plan) = match forward.caller {
+                        Some((consumer, plan)) => (Some(consumer), Some(plan)),
+                        None => (None, None),
+                    };
+                    for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
+                        if let Err(status) = hostcalls::set_map_value(headers, name, value) {
+                            log_failure("set request header", status);
+                        }
+                    }
+                }
+                if let Some(name) = forward.hide_header {
+                    if let Err(status) = hostcalls::remove_map_value(headers, name) {
                         log_failure("remove request header", status);
                     }
                 }
-                for (name, value) in forward.set {
-                    if let Err(status) =
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-                    {
-                        log_failure("set request header", status);
-                    }
-                }
                 if let Some(path) = forward.path {
-                    if let Err(status) = hostcalls::set_map_value_bytes(
-                        MapType::HttpRequestHeaders,
-                        ":path",
-                        Some(&path),
-                    ) {
+                    if let Err(status) =
+                        hostcalls::set_map_value_bytes(headers, ":path", Some(&path))
+                    {
                         log_failure("set :path", status);
                     }
                 }
-                self.response_headers = forward.response_headers;
+                self.rate_limit = forward.rate_limit;
                 Action::Continue
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            if let Err(status) =
-                hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))
-            {
-                log_failure("set response header", status);
+        // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
+        // field becomes the list of both (see the README); adding is also the cheaper call.
+        if let Some(fields) = self.rate_limit.take() {
+            let headers = MapType::HttpResponseHeaders;
+            if let Some(policy) = &fields.policy {
+                if let Err(status) = hostcalls::add_map_value(headers, "ratelimit-policy", policy) {
+                    log_failure("add response header", status);
+                }
+            }
+            if let Err(status) = hostcalls::add_map_value(headers, "ratelimit", &fields.state) {
+                log_failure("add response header", status);
             }
         }
         Action::Continue

@@ -8,7 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::config::Config;
-use crate::metrics::{indices, names, Event};
+use crate::metrics::{indices, names};
+use crate::verdict::Events;
 
 /// Envoy's ids of the counters, in [`names`] order (`None` where defining one failed), and the
 /// counts not yet flushed.
@@ -37,12 +38,12 @@ impl Metrics {
         Metrics { ids, pending }
     }
 
-    pub fn record(&self, events: &[(Event, Option<usize>)]) {
+    pub fn record(&self, events: &Events) {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
-        for (event, plan) in events {
-            for index in indices(*event, *plan).into_iter().flatten() {
+        for (event, plan) in events.iter() {
+            for index in indices(event, plan).into_iter().flatten() {
                 if let Some(count) = pending.get_mut(index) {
                     *count += 1;
                 }

@@ -12,14 +12,14 @@ use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
 use crate::config::{Config, Mode, OnStoreError, Source};
-use crate::decision::Exhausted;
+use crate::memo::Memo;
 use crate::quota::create_records;
 
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
     pub metrics: Metrics,
-    pub exhausted: Exhausted,
+    pub memo: Memo,
 }
 
 #[derive(Default)]
@@ -87,7 +87,7 @@ impl RootContext for Root {
         self.runtime = Some(Rc::new(Runtime {
             config,
             metrics,
-            exhausted: Exhausted::default(),
+            memo: Memo::default(),
         }));
         true
     }
