@@ -13,6 +13,7 @@ PYTHON        := $(VENV)/bin/python
 MATPLOTLIB    := 3.10.9
 PLOT_STAMP    := $(VENV)/.matplotlib-$(MATPLOTLIB)
 EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
+FLOOR_WASM    := target/floor-filter/$(WASM_TARGET)/release/floor_filter.wasm
 # tollgate built at opt-level 3 by `make bench`, to compare with the shipped build.
 OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
 
@@ -86,11 +87,13 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update && apt-get install -y wrk nghttp2-client; }
 
-bench: build envoy bench-tools ## Benchmark (~8 min): writes bench/results.md and bench/results.png
+bench: build envoy bench-tools ## Benchmark (~14 min): writes bench/results.md and bench/results.png
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor-filter/Cargo.toml \
+		--target-dir target/floor-filter
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-3
-	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --tollgate shipped=$(WASM) \
+	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --tollgate shipped=$(WASM) \
 		O3=$(call OPT_WASM,3)
 	$(PYTHON) bench/report.py
 

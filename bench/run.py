@@ -7,13 +7,22 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
   no-filter     nothing: the ceiling
   empty-wasm    bench/empty-filter, a proxy-wasm filter that only returns Continue: the floor
                 for any Wasm filter (what V8 and the ABI cost)
+  floor         bench/floor-filter, a filter that makes exactly the host calls of an admitted
+                tollgate request, with values of the same sizes, and nothing else: tollgate's
+                CPU above it is tollgate's own code
   tollgate      tollgate with 10 000 consumers on plans of two limits each, every request admitted
+  tollgate-lean the same with `identity_headers` and `ratelimit_policy` off (RateLimit only)
   native        Envoy's own envoy.filters.http.local_ratelimit, one dynamic token bucket per
                 x-api-key value (what users would pick instead), every request admitted
   tollgate-402  tollgate where every request is refused with 402 (each consumer's quota of 1 is
                 spent during the warm-up)
   tollgate-O3   tollgate built with opt-level 3 and no wasm-opt, against the shipped build
                 (opt-level "z", then wasm-opt -Oz)
+  proxied, tollgate-proxied
+                a realistic route: Envoy proxies to an upstream (another Envoy answering with a
+                direct response, pinned to the load generator's CPU) over kept-alive HTTP/1.1
+                connections, without and with tollgate, so that tollgate's cost can be read
+                against a real request's and not only against the cheapest one
 
 The load generator runs on the other CPU: wrk (HTTP/1.1; bench/rotate-keys.lua sends key-0 ..
 key-9999 round robin) and h2load (HTTP/2 over cleartext; one key, key-0, as h2load sends the same
@@ -71,7 +80,7 @@ ROUTER = {
 # --- configurations ---------------------------------------------------------------------------
 
 
-def tollgate_plugin(consumers: int, refuse: bool = False) -> str:
+def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False) -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
     one request, everything is refused with 402."""
@@ -88,6 +97,8 @@ def tollgate_plugin(consumers: int, refuse: bool = False) -> str:
             for i in range(consumers)
         },
     }
+    if lean:
+        config.update(identity_headers=False, ratelimit_policy=False)
     return json.dumps(config, separators=(",", ":"))
 
 
@@ -146,7 +157,10 @@ def native_filter(keys: int) -> dict:
     }
 
 
-def envoy_config(port: int, admin: int, filters: list) -> dict:
+def envoy_config(port: int, admin: int, filters: list, upstream=None) -> dict:
+    """The listener with `filters`, routing to a direct response or, given an upstream port,
+    to that upstream."""
+
     def address(p: int) -> dict:
         return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
 
@@ -154,6 +168,19 @@ def envoy_config(port: int, admin: int, filters: list) -> dict:
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": "hello\n"}},
     }
+    clusters = []
+    if upstream is not None:
+        route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
+        endpoint = {"endpoint": {"address": address(upstream)}}
+        clusters.append({
+            "name": "upstream",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "upstream",
+                "endpoints": [{"lb_endpoints": [endpoint]}],
+            },
+        })
     hcm = {
         "@type": f"type.googleapis.com/{HCM}",
         "stat_prefix": "bench",
@@ -167,7 +194,8 @@ def envoy_config(port: int, admin: int, filters: list) -> dict:
     manager = {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
     chains = [{"filters": [manager]}]
     listener = {"name": "bench", "address": address(port), "filter_chains": chains}
-    return {"admin": {"address": address(admin)}, "static_resources": {"listeners": [listener]}}
+    resources = {"listeners": [listener], "clusters": clusters}
+    return {"admin": {"address": address(admin)}, "static_resources": resources}
 
 
 # --- Envoy ------------------------------------------------------------------------------------
@@ -193,9 +221,10 @@ class Envoy:
 
     count = 0
 
-    def __init__(self, binary: str, name: str, filters: list, concurrency=1, cpu=ENVOY_CPU):
+    def __init__(self, binary: str, name: str, filters: list, concurrency=1, cpu=ENVOY_CPU,
+                 upstream=None):
         self.binary, self.name, self.filters = str(binary), name, filters
-        self.concurrency, self.cpu = concurrency, cpu
+        self.concurrency, self.cpu, self.upstream = concurrency, cpu, upstream
         self.log_path = OUT / f"{name}.log"
 
     def __enter__(self):
@@ -211,7 +240,9 @@ class Envoy:
         Envoy.count += 1
         self.port, self.admin = free_port(), free_port()
         config = OUT / f"{self.name}.json"
-        config.write_text(json.dumps(envoy_config(self.port, self.admin, self.filters)))
+        config.write_text(
+            json.dumps(envoy_config(self.port, self.admin, self.filters, self.upstream))
+        )
         base_id = (os.getpid() % 20_000) * 100 + Envoy.count % 100
         command = pinned(self.cpu) + [self.binary, "-c", str(config)]
         command += ["--concurrency", str(self.concurrency), "--base-id", str(base_id)]
@@ -380,28 +411,35 @@ def h2load(port: int, seconds: int, warmup: int) -> dict:
 
 
 def variants(args) -> list:
-    """(name, HTTP filters, the status every request must get)."""
+    """(name, HTTP filters, the status every request must get, proxied to the upstream)."""
     admitted = tollgate_plugin(CONSUMERS)
     shipped = dict(args.tollgate)["shipped"]
+    tollgate = [wasm_filter("tollgate", shipped, admitted)]
     found = [
-        ("no-filter", [], 200),
-        ("empty-wasm", [wasm_filter("empty", args.empty)], 200),
-        ("tollgate", [wasm_filter("tollgate", shipped, admitted)], 200),
-        ("native", [native_filter(CONSUMERS)], 200),
-        ("tollgate-402", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, True))], 402),
+        ("no-filter", [], 200, False),
+        ("empty-wasm", [wasm_filter("empty", args.empty)], 200, False),
+        ("floor", [wasm_filter("floor", args.floor)], 200, False),
+        ("tollgate", tollgate, 200, False),
+        ("tollgate-lean", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, lean=True))],
+         200, False),
+        ("native", [native_filter(CONSUMERS)], 200, False),
+        ("tollgate-402", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, True))], 402,
+         False),
+        ("proxied", [], 200, True),
+        ("tollgate-proxied", tollgate, 200, True),
     ]
     found += [
-        (f"tollgate-{level}", [wasm_filter("tollgate", path, admitted)], 200)
+        (f"tollgate-{level}", [wasm_filter("tollgate", path, admitted)], 200, False)
         for level, path in args.tollgate
         if level != "shipped"
     ]
     return [v for v in found if not args.only or v[0] in args.only]
 
 
-def measure(args, name: str, filters: list, status: int, round_: int) -> list:
+def measure(args, name: str, filters: list, status: int, upstream, round_: int) -> list:
     """Starts the variant's Envoy, warms it up, runs wrk then h2load, and checks that every
     request got `status`. Returns one result per protocol."""
-    with Envoy(args.envoy, name, filters) as envoy:
+    with Envoy(args.envoy, name, filters, upstream=upstream) as envoy:
         warmup = warm_up(envoy, status, args.warmup)
         probe = get(envoy.port, "key-1")
         if probe.status != status:
@@ -520,6 +558,7 @@ def main():
     )
     parser.add_argument("--envoy", type=repo_path, required=True)
     parser.add_argument("--empty", type=repo_path, required=True, help="the empty filter's .wasm")
+    parser.add_argument("--floor", type=repo_path, required=True, help="the floor filter's .wasm")
     parser.add_argument(
         "--tollgate", nargs="+", required=True, type=level_and_path, metavar="NAME=PATH",
         help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. O3=PATH",
@@ -539,14 +578,17 @@ def main():
 
     started = time.monotonic()
     results = {"machine": machine(args), "sizes": {}, "runs": [], "startup": []}
-    wasms = [("empty-wasm", args.empty)] + [(f"tollgate-{l}", p) for l, p in args.tollgate]
+    wasms = [("empty-wasm", args.empty), ("floor", args.floor)] + [(f"tollgate-{l}", p) for l, p in args.tollgate]
     results["sizes"] = {label: path.stat().st_size for label, path in wasms}
     todo = variants(args)
-    for round_ in range(args.rounds):
-        print(f"round {round_ + 1} of {args.rounds}", flush=True)
-        shift = round_ % len(todo)
-        for name, filters, status in todo[shift:] + todo[:shift]:
-            results["runs"] += measure(args, name, filters, status, round_)
+    # The upstream of the proxied variants: one Envoy answering directly, on the load's CPU.
+    with Envoy(args.envoy, "upstream", [], cpu=LOAD_CPU) as upstream:
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1} of {args.rounds}", flush=True)
+            shift = round_ % len(todo)
+            for name, filters, status, proxied in todo[shift:] + todo[:shift]:
+                port = upstream.port if proxied else None
+                results["runs"] += measure(args, name, filters, status, port, round_)
     print("VM start + configuration", flush=True)
     for round_ in range(args.startup_rounds):
         for consumers in (10, 100_000):
