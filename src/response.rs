@@ -63,37 +63,38 @@ impl RateLimitFields {
 /// `RateLimit-Policy`: `"name";q=<requests>;w=<window seconds>` per limit, in plan order. `w` is
 /// the length of the window the usage is in (for `month`, the current month's).
 pub fn rate_limit_policy(plan: &Plan, usages: &[Usage]) -> String {
-    let mut out = String::with_capacity(plan.limits.len() * 40);
+    let mut out = Vec::with_capacity(plan.limits.len() * 40);
     for (limit, usage) in plan.limits.iter().zip(usages) {
         if !out.is_empty() {
-            out.push_str(", ");
+            out.extend_from_slice(b", ");
         }
         // Limit names are validated to [A-Za-z0-9_.-]: safe inside a structured-field string.
-        out.push('"');
-        out.push_str(&limit.name);
-        out.push_str("\";q=");
+        out.push(b'"');
+        out.extend_from_slice(limit.name.as_bytes());
+        out.extend_from_slice(b"\";q=");
         push_decimal(&mut out, limit.requests);
-        out.push_str(";w=");
+        out.extend_from_slice(b";w=");
         push_decimal(&mut out, positive(usage.bounds.seconds()));
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// `RateLimit`: `"name";r=<remaining>;t=<seconds to reset>` per limit, in plan order.
 pub fn rate_limit_state(plan: &Plan, usages: &[Usage], now: i64) -> String {
-    let mut out = String::with_capacity(plan.limits.len() * 40);
+    let mut out = Vec::with_capacity(plan.limits.len() * 40);
     for (limit, usage) in plan.limits.iter().zip(usages) {
         if !out.is_empty() {
-            out.push_str(", ");
+            out.extend_from_slice(b", ");
         }
-        out.push('"');
-        out.push_str(&limit.name);
-        out.push_str("\";r=");
+        out.push(b'"');
+        out.extend_from_slice(limit.name.as_bytes());
+        out.extend_from_slice(b"\";r=");
         push_decimal(&mut out, usage.remaining());
-        out.push_str(";t=");
+        out.extend_from_slice(b";t=");
         push_decimal(&mut out, positive(usage.bounds.seconds_to_reset(now)));
     }
-    out
+    // Names and digits only: ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn positive(seconds: i64) -> u64 {
@@ -101,21 +102,36 @@ fn positive(seconds: i64) -> u64 {
 }
 
 /// Appends `n` in decimal: the request path's integers, without `core::fmt` (which costs more
-/// than everything else a request's own code does).
-pub fn push_decimal(out: &mut String, mut n: u64) {
+/// than everything else a request's own code does). Two digits per division.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut first = digits.len();
-    for slot in digits.iter_mut().rev() {
-        // `n % 10` is a single digit.
-        *slot = b'0' + (n % 10) as u8;
+    let mut put_pair = |first: usize, pair: u64| {
+        // `pair` is below 100: its two digits are within PAIRS.
+        let at = pair as usize * 2;
+        if let (Some(slot), Some(pair)) = (digits.get_mut(first..first + 2), PAIRS.get(at..at + 2))
+        {
+            slot.copy_from_slice(pair);
+        }
+    };
+    while n >= 100 {
+        first -= 2;
+        put_pair(first, n % 100);
+        n /= 100;
+    }
+    if n >= 10 {
+        first -= 2;
+        put_pair(first, n);
+    } else {
         first -= 1;
-        n /= 10;
-        if n == 0 {
-            break;
+        // `n` is a single digit.
+        let digit = b'0' + n as u8;
+        if let Some(slot) = digits.get_mut(first) {
+            *slot = digit;
         }
     }
-    let text = digits.get(first..).unwrap_or_default();
-    out.push_str(std::str::from_utf8(text).unwrap_or_default());
+    out.extend_from_slice(digits.get(first..).unwrap_or_default());
 }
 
 /// An RFC 9457 problem document; members that do not apply are left out.
@@ -341,8 +357,9 @@ impl QuotaRefusal {
         } else {
             positive(self.reset.saturating_sub(now)).max(1)
         };
-        let mut seconds = String::with_capacity(8);
-        push_decimal(&mut seconds, retry_after);
+        let mut digits = Vec::with_capacity(8);
+        push_decimal(&mut digits, retry_after);
+        let seconds = String::from_utf8(digits).unwrap_or_default();
         let fields = RateLimitFields {
             policy: self.policy.clone(),
             state: rate_limit_state(plan, usages, now),
@@ -569,6 +586,32 @@ mod tests {
         );
         assert_eq!(body["reset"], "2026-11-26T00:00:00Z");
         assert!(body["detail"].as_str().unwrap().contains("\"daily\" (day)"));
+    }
+
+    #[test]
+    fn decimals_are_written_as_core_fmt_writes_them() {
+        let mut cases: Vec<u64> = vec![
+            0,
+            1,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            u64::MAX,
+            u64::MAX - 1,
+        ];
+        cases.extend((0..64).map(|bit| 1u64 << bit));
+        cases.extend((1..20).map(|digits| 10u64.pow(digits) - 1));
+        cases.extend((0..19).map(|digits| 10u64.pow(digits)));
+        for n in cases {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x{n}"));
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! month. Fixed-length windows (`second`, `minute`, `hour`, `<n>s`, `<n>m`, `<n>h`, `<n>d`) are
 //! aligned to multiples of their length since the Unix epoch, whatever the offset.
 
+use std::cell::Cell;
+
 use crate::time::{civil_from_days, days_from_civil, DAY};
 
 /// Longest fixed-length window accepted: 366 days (longer periods are what `month` is for).
@@ -92,18 +94,7 @@ impl Window {
                 let monday = days - (days + 3).rem_euclid(7);
                 (monday, monday + 7)
             }
-            Window::Month => {
-                let date = civil_from_days(days);
-                let (next_year, next_month) = if date.month == 12 {
-                    (date.year + 1, 1)
-                } else {
-                    (date.year, date.month + 1)
-                };
-                (
-                    days_from_civil(date.year, date.month, 1),
-                    days_from_civil(next_year, next_month, 1),
-                )
-            }
+            Window::Month => month_of(days),
             Window::Day | Window::Fixed(_) => (days, days + 1),
         };
         Bounds {
@@ -111,6 +102,34 @@ impl Window {
             end: end_day * DAY - utc_offset,
         }
     }
+}
+
+thread_local! {
+    /// The last day asked for and its month (first day, first day of the next): every request
+    /// of a day asks for the same month, and the calendar arithmetic is the costliest part of
+    /// a monthly limit's evaluation.
+    static LAST_MONTH: Cell<(i64, i64, i64)> = const { Cell::new((i64::MIN, 0, 0)) };
+}
+
+/// The month containing day `days` (days since the epoch): its first day and the next
+/// month's first day.
+fn month_of(days: i64) -> (i64, i64) {
+    let (day, start, end) = LAST_MONTH.with(Cell::get);
+    if day == days {
+        return (start, end);
+    }
+    let date = civil_from_days(days);
+    let (next_year, next_month) = if date.month == 12 {
+        (date.year + 1, 1)
+    } else {
+        (date.year, date.month + 1)
+    };
+    let month = (
+        days_from_civil(date.year, date.month, 1),
+        days_from_civil(next_year, next_month, 1),
+    );
+    LAST_MONTH.with(|last| last.set((days, month.0, month.1)));
+    month
 }
 
 impl Bounds {
