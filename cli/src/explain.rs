@@ -134,12 +134,12 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
         }
         Decision::Deny(denial) => refused(config, denial, now),
     };
-    match config.mode {
-        Mode::Enforce => line("verdict", &verdict),
-        Mode::Shadow => line(
+    match (&decision, config.mode) {
+        (Decision::Deny(_), Mode::Shadow) => line(
             "verdict",
-            &format!("shadow mode: forwarded; the filter logs what it would do: {verdict}"),
+            &format!("forwarded (shadow mode); enforced, it would be {verdict}"),
         ),
+        _ => line("verdict", &verdict),
     }
     if matches!(
         decision,

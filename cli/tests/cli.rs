@@ -392,7 +392,9 @@ fn explain_at_a_calendar_offset_and_in_shadow_mode() {
     let file = dir.write(
         "plugin.json",
         r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day", "status": 429}]}},
-            "consumers": {"a": {"plan": "p", "keys": ["k"]}}, "anonymous_plan": "p",
+            "consumers": {"a": {"plan": "p", "keys": ["k"]},
+                          "b": {"plan": "p", "keys": ["kb"], "status": "suspended"}},
+            "anonymous_plan": "p",
             "calendar_utc_offset": "+05:30", "mode": "shadow"}"#,
     );
     let out = tollgate(
@@ -414,8 +416,15 @@ fn explain_at_a_calendar_offset_and_in_shadow_mode() {
         "{out:?}"
     );
     assert!(
+        out.stdout
+            .contains("verdict   counted; forwarded while every limit"),
+        "{out:?}"
+    );
+    let out = tollgate(&["explain", &file, "--key", "kb"], "");
+    assert!(
         out.stdout.contains(
-            "verdict   shadow mode: forwarded; the filter logs what it would do: counted"
+            "verdict   forwarded (shadow mode); enforced, it would be refused with 402 \
+             Subscription suspended"
         ),
         "{out:?}"
     );
