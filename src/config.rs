@@ -478,10 +478,17 @@ fn json_error(
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof
     );
     // serde_json reports some type errors (a number or null where a word like "shadow"
-    // belongs) as syntax errors; the text is valid JSON, so say what it is.
-    let valid_json = syntax && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
-    if !syntax || valid_json {
-        let words = if valid_json {
+    // belongs) as "expected value" at a character that does start a JSON value: say what it is.
+    // (Cheaper in the .wasm than parsing the text again to see that it is valid JSON.)
+    let at = line
+        .checked_sub(1)
+        .and_then(|l| bytes.split(|b| *b == b'\n').nth(l))
+        .and_then(|l| l.get(column.checked_sub(1)?));
+    let wrong_type = syntax
+        && bare == "expected value"
+        && matches!(at, Some(b'-' | b'0'..=b'9' | b'n' | b't' | b'f' | b'['));
+    if !syntax || wrong_type {
+        let words = if wrong_type {
             "this value has the wrong type (see the configuration reference)".to_string()
         } else {
             user_words(&message)
@@ -1228,6 +1235,10 @@ mod tests {
             (format!(r#"{{{plans}, "credentials": [{{"header": "X-Key"}}, {{"header": "x-key"}}]}}"#), "credentials[1]: the same source is listed twice"),
             (format!(r#"{{{plans}, "mode": "audit"}}"#), "mode: unknown variant `audit`"),
             (format!(r#"{{{plans}, "mode": null}}"#), "mode: this value has the wrong type"),
+            (format!("{{{plans},\n \"mode\": [1]}}"), "mode: this value has the wrong type"),
+            (format!(r#"{{{plans}, "mode": -1}}"#), "mode: this value has the wrong type"),
+            (format!(r#"{{{plans}, "credentials": [true]}}"#), "credentials[0]: this value has the wrong type"),
+            (r#"{"plans": {"p": {"limits": [],}}}"#.into(), "invalid JSON at line 1 column 31 of the plugin configuration: trailing comma"),
             (format!(r#"{{{plans}, "on_store_error": "retry"}}"#), "on_store_error: unknown variant `retry`"),
             (format!(r#"{{{plans}, "usage_path": "usage"}}"#), "usage_path: `usage` must be a path"),
             (format!(r#"{{{plans}, "usage_path": "/u?x=1"}}"#), "usage_path"),
