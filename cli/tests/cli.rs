@@ -435,3 +435,44 @@ fn explain_at_a_calendar_offset_and_in_shadow_mode() {
         "{out:?}"
     );
 }
+
+#[test]
+fn hash_key_from_a_terminal_does_not_echo_the_key() {
+    // A pseudo-terminal from python3's pty module (python3 is needed by `make` anyway): the
+    // key is typed, the terminal shows the prompt and the digest, never the key.
+    let script = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], ["tollgate", "hash-key"])
+out = b""
+def drain(until):
+    global out
+    deadline = time.time() + 20
+    while (until is None or until not in out) and time.time() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out += chunk
+drain(b"(not shown): ")
+os.write(fd, b"sk_live_TYPED\n")
+drain(None)
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_tollgate")])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.starts_with("API key (not shown): "), "{screen:?}");
+    assert!(
+        screen.contains(&format!("sha256:{}", sha256_hex(b"sk_live_TYPED"))),
+        "{screen:?}"
+    );
+    assert!(!screen.contains("TYPED"), "the key was echoed: {screen:?}");
+}
