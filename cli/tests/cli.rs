@@ -441,7 +441,7 @@ fn hash_key_from_a_terminal_does_not_echo_the_key() {
     // A pseudo-terminal from python3's pty module (python3 is needed by `make` anyway): the
     // key is typed, the terminal shows the prompt and the digest, never the key.
     let script = r#"
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], ["tollgate", "hash-key"])
@@ -459,6 +459,11 @@ def drain(until):
                 return
             out += chunk
 drain(b"(not shown): ")
+# Type only once the terminal's echo is off (as a person would, after the prompt): before
+# that, the terminal itself would echo what is typed ahead.
+deadline = time.time() + 20
+while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < deadline:
+    time.sleep(0.01)
 os.write(fd, b"sk_live_TYPED\n")
 drain(None)
 os.waitpid(pid, 0)
