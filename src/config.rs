@@ -316,13 +316,28 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let first = bytes.iter().find(|c| !c.is_ascii_whitespace());
-        if first.is_some_and(|c| *c != b'{') {
-            return Err(ConfigError(
-                "invalid configuration: it must be a JSON object ({\"plans\": ...})".into(),
-            ));
+        match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
+            None => {
+                return Err(ConfigError(
+                    "the configuration is empty: it must be a JSON object ({\"plans\": ...})"
+                        .into(),
+                ))
+            }
+            Some(c) if *c != b'{' => {
+                return Err(ConfigError(
+                    "the configuration must be a JSON object ({\"plans\": ...})".into(),
+                ))
+            }
+            Some(_) => {}
         }
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
+        // serde_path_to_error records where in the document a type error happened, so that
+        // every error names its field (`plans.free.limits[0].requests`), as semantic ones do.
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| json_error(bytes, Some(e.path()), e.inner()))?;
+        deserializer
+            .end()
+            .map_err(|e| json_error(bytes, None, &e))?;
         compile(raw)
     }
 
@@ -341,19 +356,152 @@ impl Config {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+
+    /// One line describing the configuration: plans, consumers, credential sources and
+    /// options, never a key. The filter logs it when configured (`configured: ...`) and
+    /// `tollgate check` prints it.
+    pub fn summary(&self) -> String {
+        let plans: Vec<String> = self
+            .plans
+            .iter()
+            .map(|p| match p.limits.len() {
+                0 => format!("{} (unlimited)", p.name),
+                n => format!("{} ({})", p.name, count(n, "limit")),
+            })
+            .collect();
+        let sources: Vec<String> = self.credentials.iter().map(Source::describe).collect();
+        let consumers = self.consumers.len() - usize::from(self.anonymous.is_some());
+        format!(
+            "{} [{}], {}, {}, credentials [{}], anonymous_plan {}, mode {}, \
+             on_store_error {}, usage_path {}, calendar_utc_offset {}",
+            count(self.plans.len(), "plan"),
+            plans.join(", "),
+            count(consumers, "consumer"),
+            count(self.key_count(), "key"),
+            sources.join(", "),
+            match self.anonymous.and_then(|i| self.consumers.get(i)) {
+                Some(c) => self.plan_of(c).map_or("?", |p| p.name.as_str()),
+                None => "off",
+            },
+            match self.mode {
+                Mode::Enforce => "enforce",
+                Mode::Shadow => "shadow",
+            },
+            match self.on_store_error {
+                OnStoreError::Deny => "deny",
+                OnStoreError::Allow => "allow",
+            },
+            self.usage_path.as_deref().unwrap_or("off"),
+            format_utc_offset(self.utc_offset),
+        ) + match (self.identity_headers, self.ratelimit_policy) {
+            (true, true) => "",
+            (false, true) => ", identity_headers off",
+            (true, false) => ", ratelimit_policy off",
+            (false, false) => ", identity_headers off, ratelimit_policy off",
+        }
+    }
 }
 
-/// Formats a serde_json error with its line:column and the offending line with a caret.
+impl Source {
+    /// `header x-api-key`, `authorization Bearer`, `query api_key`.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Header(name) => format!("header {name}"),
+            Source::Authorization(scheme) => format!("authorization {}", capitalized(scheme)),
+            Source::Query(name) => format!("query {name}"),
+        }
+    }
+}
+
+/// `1 plan`, `2 plans`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// An offset in seconds east of UTC as configured: `Z`, `+05:30`, `-08:00`.
+pub fn format_utc_offset(seconds: i64) -> String {
+    if seconds == 0 {
+        return "Z".to_string();
+    }
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let minutes = seconds.unsigned_abs() / 60;
+    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+/// `bearer` → `Bearer` (schemes are stored lowercase and matched without case).
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
+
+/// Turns a serde_json error at `path` (serde_path_to_error's form, `.` for the top level)
+/// into one line in a user's words.
 ///
-/// The configuration holds API keys, so neither part may show a string value: serde's quoted
+/// - Syntax errors (malformed JSON) keep serde_json's line and column — counted in the plugin
+///   configuration text, which the message says — and show the offending line with a caret.
+/// - Type errors (a string where a number belongs, an unknown field) start with the field path
+///   and say what was expected and what was found, without Rust type names (`u64`).
+///
+/// The configuration holds API keys, so neither form may show a string value: serde's quoted
 /// values are replaced by `"…"`, backquoted names are kept only when they look like field
-/// names (lowercase letters and `_`) or numbers, and string values in the excerpt become `*`s (object
-/// member names are kept: they say where the error is).
-fn json_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
+/// names (lowercase letters and `_`), numbers or JSON punctuation, and string values in the
+/// excerpt become `*`s (object member names are kept: they say where the error is).
+fn json_error(
+    bytes: &[u8],
+    path: Option<&serde_path_to_error::Path>,
+    e: &serde_json::Error,
+) -> ConfigError {
     let (line, column) = (e.line(), e.column());
-    let mut message = format!("invalid configuration: {}", redact_message(&e.to_string()));
+    let full = e.to_string();
+    let position = format!(" at line {line} column {column}");
+    let bare = full.strip_suffix(&position).unwrap_or(&full);
+    let message = redact_message(bare);
+    // An unknown field is the last segment of its path: leave it out, the message names it
+    // (redacted if it does not look like a field name: it could be a misplaced key).
+    let drop_last = message.starts_with("unknown field");
+    let path = path
+        .map(|p| field_path(p, drop_last))
+        .filter(|p| !p.is_empty());
+    let syntax = matches!(
+        e.classify(),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+    );
+    // serde_json reports some type errors (a number or null where a word like "shadow"
+    // belongs) as "expected value" at a character that does start a JSON value: say what it is.
+    // (Cheaper in the .wasm than parsing the text again to see that it is valid JSON.)
+    let at = line
+        .checked_sub(1)
+        .and_then(|l| bytes.split(|b| *b == b'\n').nth(l))
+        .and_then(|l| l.get(column.checked_sub(1)?));
+    let wrong_type = syntax
+        && bare == "expected value"
+        && matches!(at, Some(b'-' | b'0'..=b'9' | b'n' | b't' | b'f' | b'['));
+    if !syntax || wrong_type {
+        let words = if wrong_type {
+            "this value has the wrong type (see the configuration reference)".to_string()
+        } else {
+            user_words(&message)
+        };
+        return ConfigError(match path {
+            Some(path) => format!("{path}: {words}"),
+            None => words,
+        });
+    }
+    let mut out = format!(
+        "invalid JSON at line {line} column {column} of the plugin configuration: {message}"
+    );
+    if let Some(path) = path {
+        out.push_str(&format!(" (in {path})"));
+    }
     if line == 0 {
-        return ConfigError(message);
+        return ConfigError(out);
     }
     let text = String::from_utf8_lossy(bytes);
     if let Some(source_line) = text.lines().nth(line - 1) {
@@ -363,9 +511,79 @@ fn json_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
         let end = (column + 20).min(chars.len());
         let excerpt: String = chars.get(start..end).unwrap_or_default().iter().collect();
         let caret = column.saturating_sub(start).saturating_sub(1);
-        message.push_str(&format!(" | {excerpt} | {}^", " ".repeat(caret)));
+        out.push_str(&format!(" | {excerpt} | {}^", " ".repeat(caret)));
     }
-    ConfigError(message)
+    ConfigError(out)
+}
+
+/// `plans.free.limits[0].requests`: map keys joined by dots, list indexes in brackets.
+fn field_path(path: &serde_path_to_error::Path, drop_last: bool) -> String {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let keep = segments.len() - usize::from(drop_last && !segments.is_empty());
+    let mut out = String::new();
+    for segment in segments.iter().take(keep) {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Rewrites serde's `invalid type: X, expected Y` and `invalid value: X, expected Y` (already
+/// redacted) as `expected Y, found X` in words a user knows; other messages (unknown field,
+/// unknown variant, missing field, tollgate's own) are kept as they are.
+fn user_words(message: &str) -> String {
+    if message.starts_with("invalid length") && message.contains("expected struct") {
+        return "expected an object {...}, found a list".to_string();
+    }
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "));
+    let Some((found, expected)) = rest.and_then(|r| r.split_once(", expected ")) else {
+        return message.to_string();
+    };
+    let whole_number = matches!(expected, "u64" | "u32" | "u16" | "u8" | "i64" | "usize");
+    let expected = match expected {
+        "u64" | "u32" | "i64" | "usize" => "a whole number",
+        "u16" => "a whole number up to 65535",
+        "u8" => "a whole number up to 255",
+        "a boolean" => "true or false",
+        "a sequence" => "a list [...]",
+        "a map" | "an object" => "an object {...}",
+        other if other.starts_with("struct ") => "an object {...}",
+        other if other.starts_with("enum ") => "an object with one member",
+        other => other,
+    };
+    let found = if found.starts_with("string ") {
+        "a string"
+    } else if found == "sequence" {
+        "a list"
+    } else if found == "map" {
+        "an object"
+    } else if found == "unit value" || found == "null" {
+        "null"
+    } else if let Some(value) = ["integer ", "floating point ", "boolean "]
+        .iter()
+        .find_map(|kind| found.strip_prefix(kind))
+    {
+        value.trim_matches('`')
+    } else {
+        found
+    };
+    let hint = match (found, expected) {
+        ("a string", "true or false") => " (write true or false without quotes)",
+        ("a string", _) if whole_number => " (write numbers without quotes)",
+        _ => "",
+    };
+    format!("expected {expected}, found {found}{hint}")
 }
 
 /// Redacts values quoted in a serde error message (see [`json_error`]).
@@ -387,7 +605,9 @@ fn redact_message(message: &str) -> String {
         let number = value
             .bytes()
             .all(|c| c.is_ascii_digit() || c == b'-' || c == b'.');
-        let keep = quote == '`' && value.len() <= 24 && (field_name || number);
+        // serde_json's syntax errors quote the punctuation it expected (`,` or `]`).
+        let punctuation = matches!(value, "," | ":" | "]" | "}");
+        let keep = quote == '`' && value.len() <= 24 && (field_name || number || punctuation);
         out.push(quote);
         out.push_str(if keep { value } else { "…" });
         out.push(quote);
@@ -597,12 +817,7 @@ fn challenge(sources: &[Source]) -> String {
     for source in sources {
         let part = match source {
             Source::Authorization(scheme) => {
-                let mut chars = scheme.chars();
-                let display: String = match chars.next() {
-                    Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
-                    None => String::new(),
-                };
-                format!("{display} realm=\"tollgate\"")
+                format!("{} realm=\"tollgate\"", capitalized(scheme))
             }
             Source::Header(_) | Source::Query(_) => "ApiKey realm=\"tollgate\"".to_string(),
         };
@@ -968,16 +1183,27 @@ mod tests {
         let plans =
             r#""plans": {"free": {"limits": [{"name": "d", "requests": 5, "window": "day"}]}}"#;
         let cases: Vec<(String, &str)> = vec![
-            ("{".into(), "line 1 column 1"),
-            ("[]".into(), "it must be a JSON object"),
-            ("".into(), "EOF while parsing"),
+            ("{".into(), "invalid JSON at line 1 column 1 of the plugin configuration: EOF while parsing an object | { | ^"),
+            ("[]".into(), "the configuration must be a JSON object"),
+            ("  \n".into(), "the configuration is empty"),
+            ("".into(), "the configuration is empty"),
             ("{}".into(), "missing field `plans`"),
-            (format!(r#"{{{plans}, "bogus": 1}}"#), "unknown field `bogus`"),
+            (format!(r#"{{{plans}, "bogus": 1}}"#), "unknown field `bogus`, expected one of `credentials`, `plans`"),
             (r#"{"plans": {}}"#.into(), "plans: at least one plan"),
-            (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "unknown field `x`"),
-            (r#"{"plans": {"p": {"limits": []}, "p": {"limits": []}}}"#.into(), "`p` is listed twice"),
+            (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "plans.p: unknown field `x`, expected `limits`"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requets": 1, "window": "day"}]}}}"#.into(), "plans.p.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `window`, `status`"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "window": "day"}]}}}"#.into(), "plans.p.limits[0]: missing field `requests`"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": "100", "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: expected a whole number, found a string (write numbers without quotes)"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1.5, "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: expected a whole number, found 1.5"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day", "status": 70000}]}}}"#.into(), "plans.p.limits[0].status: expected a whole number up to 65535, found 70000"),
+            (r#"{"plans": {"p": {"limits": {}}}}"#.into(), "plans.p.limits: expected a list [...], found an object"),
+            (r#"{"plans": {"p": {"limits": [[]]}}}"#.into(), "plans.p.limits[0]: expected an object {...}, found a list"),
+            (r#"{"plans": {"p": {"limits": null}}}"#.into(), "plans.p.limits: expected a list [...], found null"),
+            (r#"{"plans": []}"#.into(), "plans: expected an object {...}, found a list"),
+            (r#"{"plans": {"p": {"limits": []}}} x"#.into(), "invalid JSON at line 1 column 34 of the plugin configuration: trailing characters"),
+            (r#"{"plans": {"p": {"limits": []}, "p": {"limits": []}}}"#.into(), "plans: `p` is listed twice"),
             (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 0, "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: must be greater than 0"),
-            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": -1, "window": "day"}]}}}"#.into(), "invalid value: integer `-1`"),
+            (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": -1, "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: expected a whole number, found -1"),
             (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "fortnight"}]}}}"#.into(), "plans.p.limits[0].window: `fortnight` is not a window"),
             (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day", "status": 200}]}}}"#.into(), "plans.p.limits[0].status: 200"),
             (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day"}, {"name": "d", "requests": 1, "window": "1s"}]}}}"#.into(), "plans.p.limits[1].name: limit `d` is listed twice"),
@@ -990,28 +1216,35 @@ mod tests {
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}, "b": {{"plan": "free", "keys": ["x", "foo"]}}}}}}"#), "consumers.b.keys[1]: this key is listed twice (also a key of consumer `a`)"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}}}}}"#), "consumers.a.keys[1]: this key is listed twice"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": [""]}}}}}}"#), "consumers.a.keys[0]: a key cannot be empty"),
-            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "unknown variant `paused`"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "consumers.a.status: unknown variant `paused`, expected `active` or `suspended`"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "expires_at": "tomorrow"}}}}}}"#), "consumers.a.expires_at: `tomorrow` is not an RFC 3339"),
             (format!(r#"{{{plans}, "consumers": {{"anonymous": {{"plan": "free"}}}}}}"#), "consumers.anonymous: the name `anonymous` is reserved"),
-            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free"}}, "a": {{"plan": "free"}}}}}}"#), "`a` is listed twice"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free"}}, "a": {{"plan": "free"}}}}}}"#), "consumers: `a` is listed twice"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": [1]}}}}}}"#), "consumers.a.keys[0]: expected a string, found 1"),
             (format!(r#"{{{plans}, "anonymous_plan": "gold"}}"#), "anonymous_plan: plan `gold` does not exist"),
             (format!(r#"{{{plans}, "credentials": []}}"#), "credentials: the list is empty"),
-            (format!(r#"{{{plans}, "credentials": [{{"cookie": "k"}}]}}"#), "unknown variant `cookie`"),
+            (format!(r#"{{{plans}, "credentials": [{{"cookie": "k"}}]}}"#), "credentials[0]: unknown variant `cookie`, expected one of `header`, `authorization`, `query`"),
+            (format!(r#"{{{plans}, "credentials": [{{"header": 1}}]}}"#), "credentials[0].header: expected a string, found 1"),
             (format!(r#"{{{plans}, "credentials": [{{"header": "bad header"}}]}}"#), "credentials[0].header: `bad header`"),
             (format!(r#"{{{plans}, "credentials": [{{"header": "Authorization"}}]}}"#), "credentials[0].header: use {\"authorization\""),
             (format!(r#"{{{plans}, "credentials": [{{"authorization": ""}}]}}"#), "credentials[0].authorization"),
             (format!(r#"{{{plans}, "credentials": [{{"query": "a=b"}}]}}"#), "credentials[0].query"),
             (format!(r#"{{{plans}, "credentials": [{{"query": "k"}}, {{"query": "k"}}]}}"#), "credentials[1]: the same source is listed twice"),
             (format!(r#"{{{plans}, "credentials": [{{"header": "X-Key"}}, {{"header": "x-key"}}]}}"#), "credentials[1]: the same source is listed twice"),
-            (format!(r#"{{{plans}, "mode": "audit"}}"#), "unknown variant `audit`"),
-            (format!(r#"{{{plans}, "on_store_error": "retry"}}"#), "unknown variant `retry`"),
+            (format!(r#"{{{plans}, "mode": "audit"}}"#), "mode: unknown variant `audit`"),
+            (format!(r#"{{{plans}, "mode": null}}"#), "mode: this value has the wrong type"),
+            (format!("{{{plans},\n \"mode\": [1]}}"), "mode: this value has the wrong type"),
+            (format!(r#"{{{plans}, "mode": -1}}"#), "mode: this value has the wrong type"),
+            (format!(r#"{{{plans}, "credentials": [true]}}"#), "credentials[0]: this value has the wrong type"),
+            (r#"{"plans": {"p": {"limits": [],}}}"#.into(), "invalid JSON at line 1 column 31 of the plugin configuration: trailing comma"),
+            (format!(r#"{{{plans}, "on_store_error": "retry"}}"#), "on_store_error: unknown variant `retry`"),
             (format!(r#"{{{plans}, "usage_path": "usage"}}"#), "usage_path: `usage` must be a path"),
             (format!(r#"{{{plans}, "usage_path": "/u?x=1"}}"#), "usage_path"),
             (format!(r#"{{{plans}, "consumer_header": "x-api-key"}}"#), "consumer_header: `x-api-key` is a credential or reserved header"),
             (format!(r#"{{{plans}, "plan_header": "bad header"}}"#), "plan_header: `bad header` is not a valid header name"),
             (format!(r#"{{{plans}, "plan_header": "X-Tollgate-Consumer"}}"#), "plan_header: `x-tollgate-consumer` is also the consumer_header"),
             (format!(r#"{{{plans}, "calendar_utc_offset": "Asia/Kolkata"}}"#), "calendar_utc_offset: `Asia/Kolkata` is not a fixed UTC offset"),
-            (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "invalid type: string \"…\", expected a boolean"),
+            (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "hide_credentials: expected true or false, found a string (write true or false without quotes)"),
         ];
         for (json, expected) in cases {
             let message = err(&json);
@@ -1029,6 +1262,18 @@ mod tests {
         assert!(message.contains("line 3 column 25"), "{message}");
         assert!(message.contains("\"free\": {\"limits\": [}"), "{message}");
         assert!(message.ends_with('^'), "{message}");
+        assert!(
+            message.starts_with(
+                "invalid JSON at line 3 column 25 of the plugin configuration: expected value \
+                 (in plans.free.limits[0])"
+            ),
+            "{message}"
+        );
+        // serde_json's expected punctuation is shown, not redacted.
+        let message = err(
+            r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day"} {}]}}}"#,
+        );
+        assert!(message.contains("expected `,` or `]`"), "{message}");
     }
 
     #[test]
@@ -1047,10 +1292,18 @@ mod tests {
             format!(
                 r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "keys": [1, "sk_live_SECRET123"]}}}}}}"#
             ),
+            // A key pasted where a field name belongs: the path leaves the unknown field out.
+            format!(
+                r#"{{{plans}, "consumers": {{"a": {{"plan": "p", "sk_live_SECRET123": ["k"]}}}}}}"#
+            ),
+            format!(r#"{{{plans}, "sk_live_SECRET123": 1}}"#),
         ] {
             let message = err(&json);
             assert!(!message.contains("SECRET"), "{message}");
-            assert!(message.contains("line 1 column"), "{message}");
+            assert!(
+                message.contains("consumers.a") || message.starts_with("unknown field `…`"),
+                "{message}"
+            );
         }
         // Field names stay readable.
         assert!(
@@ -1060,6 +1313,40 @@ mod tests {
             redact_values(r#"{"keys": ["a\"b", "c"], "n": 1}"#),
             r#"{"keys": ["****", "*"], "n": 1}"#
         );
+    }
+
+    #[test]
+    fn the_summary_reads_like_the_configuration() {
+        let c = Config::from_json(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            c.summary(),
+            "3 plans [free (2 limits), pro (1 limit), internal (unlimited)], 3 consumers, 4 keys, \
+             credentials [header x-api-key, authorization Bearer, query api_key], \
+             anonymous_plan free, mode enforce, on_store_error deny, usage_path off, \
+             calendar_utc_offset Z"
+        );
+        let one = Config::from_json(
+            br#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "window": "day"}]}},
+                 "consumers": {"a": {"plan": "p", "keys": ["k"]}}, "mode": "shadow",
+                 "on_store_error": "allow", "usage_path": "/u", "calendar_utc_offset": "+05:30"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            one.summary(),
+            "1 plan [p (1 limit)], 1 consumer, 1 key, credentials [header x-api-key], \
+             anonymous_plan off, mode shadow, on_store_error allow, usage_path /u, \
+             calendar_utc_offset +05:30"
+        );
+        for (text, seconds) in [
+            ("Z", 0),
+            ("+05:30", 19_800),
+            ("-08:00", -28_800),
+            ("+14:00", 50_400),
+            ("-00:30", -1_800),
+        ] {
+            assert_eq!(parse_utc_offset(text), Ok(seconds));
+            assert_eq!(format_utc_offset(seconds), text);
+        }
     }
 
     #[test]

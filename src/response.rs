@@ -460,7 +460,7 @@ pub fn usage_method_not_allowed() -> Reply {
         "urn:tollgate:problem:method-not-allowed",
         "Method not allowed",
         405,
-        "The usage endpoint answers GET.".into(),
+        "The usage endpoint answers GET and HEAD.".into(),
     )
     .reply(vec![("allow", "GET, HEAD".into())], false)
 }

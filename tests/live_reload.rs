@@ -38,7 +38,9 @@ fn a_plan_upgrade_and_a_suspension_apply_live_and_counts_survive() {
     let envoy = Envoy::start_with(Options {
         bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
         files: vec![LISTENERS.into()],
-        relocate: Some("envoy/live-reload".into()),
+        // The bootstrap watches a scratch copy in target/live-reload/: the test's directory.
+        relocate: Some("target/live-reload".into()),
+        file_ports: (10200, 10201, 9921),
         plugin: Some(config("free", "active")),
         ..Options::default()
     });

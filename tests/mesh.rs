@@ -70,6 +70,7 @@ fn every_envoy_configuration_in_envoy_dir_is_valid() {
 fn the_per_route_example_exempts_its_health_route() {
     let envoy = Envoy::start_with(Options {
         bootstrap: "envoy/per-route.yaml".into(),
+        file_ports: (10100, 10101, 9911),
         ..Options::default()
     });
     let health = envoy.get("/healthz", &[]);
@@ -200,4 +201,83 @@ fn the_envoy_gateway_extension_policy_manifest() {
             "README's Envoy Gateway section lacks {key}"
         );
     }
+}
+
+/// A one-shot upstream on `port`: answers the first request with 200 and `body`, reporting
+/// the request head it received.
+fn upstream_once(port: u16, body: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(reply.as_bytes()).unwrap();
+        String::from_utf8_lossy(&head).to_string()
+    })
+}
+
+#[test]
+fn the_minimal_gateway_of_the_readme_meters_its_upstream() {
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/minimal.yaml".into(),
+        file_ports: (8080, 8000, 9902),
+        ..Options::default()
+    });
+    let upstream = upstream_once(envoy.backend, "hello from upstream");
+    assert_eq!(envoy.get("/", &[]).status, 401);
+    assert_eq!(envoy.get_with_key("wrong-key").status, 401);
+    // The file's key is the sha256 of `change-me`.
+    let ok = envoy.get_with_key("change-me");
+    assert_eq!(
+        (ok.status, ok.body.as_str()),
+        (200, "hello from upstream"),
+        "{ok:?}"
+    );
+    assert_eq!(ok.remaining("daily"), 999);
+    let seen = upstream.join().unwrap();
+    assert!(seen.contains("x-tollgate-consumer: me"), "{seen}");
+}
+
+#[test]
+fn every_example_has_ports_of_its_own() {
+    // Each runs beside `make run` (10000, 10001, 9901) and beside the others.
+    let mut files = Vec::new();
+    yaml_files(&repo().join("envoy"), &mut files);
+    let mut owner: std::collections::HashMap<String, PathBuf> = Default::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let example = file.parent().unwrap().to_path_buf();
+        let example = if example.ends_with("envoy") {
+            file.clone()
+        } else {
+            example
+        };
+        for port in text.split("port_value: ").skip(1) {
+            let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+            let first = owner.entry(port.clone()).or_insert_with(|| example.clone());
+            assert_eq!(
+                *first,
+                example,
+                "port {port} is used by {} and {}",
+                first.display(),
+                example.display()
+            );
+        }
+    }
+    assert!(owner.len() >= 10, "{owner:?}");
 }

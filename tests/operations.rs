@@ -172,6 +172,11 @@ fn the_usage_endpoint_reports_a_callers_usage_without_counting() {
     );
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(
+        post.json()["detail"],
+        "The usage endpoint answers GET and HEAD.",
+        "the detail names the methods `allow` names"
+    );
     // Other paths are untouched by it.
     let (path, _) = upstream_saw(&envoy.get("/tollgate/usagex", &[("x-api-key", "globex-key")]));
     assert_eq!(path, "/tollgate/usagex");

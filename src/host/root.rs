@@ -11,7 +11,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
-use crate::config::{Config, Mode, OnStoreError, Source};
+use crate::config::Config;
 use crate::memo::Memo;
 use crate::quota::create_records;
 
@@ -83,7 +83,7 @@ impl RootContext for Root {
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
-        log::info!("configured: {}", summary(&config));
+        log::info!("configured: {}", config.summary());
         self.runtime = Some(Rc::new(Runtime {
             config,
             metrics,
@@ -105,45 +105,4 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
-}
-
-/// One line for the log: plans, consumers, credential sources (never keys).
-fn summary(config: &Config) -> String {
-    let plans: Vec<String> = config
-        .plans
-        .iter()
-        .map(|p| format!("{}({} limits)", p.name, p.limits.len()))
-        .collect();
-    let sources: Vec<String> = config
-        .credentials
-        .iter()
-        .map(|s| match s {
-            Source::Header(name) => format!("header {name}"),
-            Source::Authorization(scheme) => format!("authorization {scheme}"),
-            Source::Query(name) => format!("query {name}"),
-        })
-        .collect();
-    format!(
-        "{} plans [{}], {} consumers, {} keys, credentials [{}], anonymous plan {}, mode {}, \
-         on_store_error {}, usage_path {}, calendar_utc_offset {}s",
-        config.plans.len(),
-        plans.join(", "),
-        config.consumers.len() - usize::from(config.anonymous.is_some()),
-        config.key_count(),
-        sources.join(", "),
-        match config.anonymous.and_then(|i| config.consumers.get(i)) {
-            Some(c) => config.plan_of(c).map_or("?", |p| p.name.as_str()),
-            None => "off",
-        },
-        match config.mode {
-            Mode::Enforce => "enforce",
-            Mode::Shadow => "shadow",
-        },
-        match config.on_store_error {
-            OnStoreError::Deny => "deny",
-            OnStoreError::Allow => "allow",
-        },
-        config.usage_path.as_deref().unwrap_or("off"),
-        config.utc_offset,
-    )
 }

@@ -113,6 +113,9 @@ pub struct Options {
     pub concurrency: u32,
     /// Extra Envoy arguments (e.g. log levels).
     pub args: Vec<String>,
+    /// The ports the files listen on and send to — gateway, backend, admin — each replaced
+    /// by a free one (every example in envoy/ has its own).
+    pub file_ports: (u16, u16, u16),
 }
 
 impl Default for Options {
@@ -124,6 +127,7 @@ impl Default for Options {
             plugin: None,
             concurrency: 2,
             args: Vec::new(),
+            file_ports: (10000, 10001, 9901),
         }
     }
 }
@@ -134,6 +138,7 @@ pub struct Envoy {
     pub backend: u16,
     pub admin: u16,
     relocate: Option<String>,
+    file_ports: (u16, u16, u16),
     dir: PathBuf,
     log: PathBuf,
 }
@@ -142,20 +147,30 @@ pub struct Envoy {
 /// configuration replaced.
 fn render(
     text: &str,
-    ports: (u16, u16, u16),
+    (file_ports, ports): ((u16, u16, u16), (u16, u16, u16)),
     dir: &std::path::Path,
     relocate: Option<&str>,
     plugin: Option<&str>,
 ) -> String {
     let (port, backend, admin) = ports;
+    let (file_port, file_backend, file_admin) = file_ports;
     let relocated = match relocate {
         Some(from) => text.replace(from, &dir.display().to_string()),
         None => text.to_string(),
     };
     let text = relocated
-        .replace("port_value: 10000", &format!("port_value: {port}"))
-        .replace("port_value: 10001", &format!("port_value: {backend}"))
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace(
+            &format!("port_value: {file_port}"),
+            &format!("port_value: {port}"),
+        )
+        .replace(
+            &format!("port_value: {file_backend}"),
+            &format!("port_value: {backend}"),
+        )
+        .replace(
+            &format!("port_value: {file_admin}"),
+            &format!("port_value: {admin}"),
+        )
         .replace(
             "filename: target/wasm32-wasip1/release/tollgate.wasm",
             &format!("filename: {}", wasm_path().display()),
@@ -219,7 +234,7 @@ impl Envoy {
                 dir.join(name),
                 render(
                     &text,
-                    (port, backend, admin),
+                    (options.file_ports, (port, backend, admin)),
                     &dir,
                     options.relocate.as_deref(),
                     plugin,
@@ -233,7 +248,7 @@ impl Envoy {
             &config,
             render(
                 &bootstrap,
-                (port, backend, admin),
+                (options.file_ports, (port, backend, admin)),
                 &dir,
                 options.relocate.as_deref(),
                 plugin,
@@ -264,6 +279,7 @@ impl Envoy {
             backend,
             admin,
             relocate: options.relocate.clone(),
+            file_ports: options.file_ports,
             dir,
             log,
         };
@@ -302,7 +318,7 @@ impl Envoy {
         let name = std::path::Path::new(repo_file).file_name().unwrap();
         let rendered = render(
             &text,
-            (self.port, self.backend, self.admin),
+            (self.file_ports, (self.port, self.backend, self.admin)),
             &self.dir,
             self.relocate.as_deref(),
             plugin,

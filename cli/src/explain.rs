@@ -1,0 +1,259 @@
+//! `tollgate explain`: what a request with a given key meets, decided by the filter's own
+//! code (`decision::decide` and `response::refusal`) against a fresh, in-memory count.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use tollgate::config::{Config, Mode, Source};
+use tollgate::credentials::{Credential, Presented};
+use tollgate::decision::{decide, Decision, Denial};
+use tollgate::memo::Memo;
+use tollgate::quota::{create_records, Usage};
+use tollgate::response::refusal;
+use tollgate::store::MemoryStore;
+use tollgate::time::format_rfc3339;
+
+/// Explains `key` (`None`: a request without a credential) at `now` against every
+/// configuration in `file`.
+pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
+    let name = file.display().to_string();
+    let found = match crate::locate::read(file) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(crate::REFUSED);
+        }
+    };
+    let mut refused = false;
+    for config in found {
+        let heading = config.heading(&name);
+        match config.compile() {
+            Ok(compiled) => print!("{}", explain(&heading, &compiled, key, now)),
+            Err(e) => {
+                refused = true;
+                eprintln!("{heading}: configuration refused: {e}");
+            }
+        }
+    }
+    if refused {
+        ExitCode::from(crate::REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The explanation, one `label  text` line per fact.
+fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> String {
+    let mut out = format!("{heading}, at {}:\n", format_rfc3339(now));
+    let mut line = |label: &str, text: &str| {
+        let _ = writeln!(out, "  {label:<9} {text}");
+    };
+    let credential = match key {
+        Some(key) => Credential::Key(Presented {
+            key: key.to_vec(),
+            source: 0,
+        }),
+        None => Credential::Missing,
+    };
+    // The filter's decision against an empty count: the records a configured filter creates,
+    // in memory.
+    let store = MemoryStore::new();
+    let decision = match create_records(config, &store) {
+        Ok(_) => decide(config, credential, now, &store, &Memo::default()),
+        Err(e) => {
+            line("error", &format!("cannot prepare the count: {}", e.0));
+            return out;
+        }
+    };
+    let caller = match &decision {
+        Decision::Allow { caller, .. } => Some(*caller),
+        Decision::Deny(denial) => denial.caller(),
+    };
+    match caller {
+        Some(caller) => {
+            let who = if key.is_some() {
+                caller.consumer.name.clone()
+            } else {
+                "anonymous (no credential; anonymous_plan)".to_string()
+            };
+            line("consumer", &who);
+            line("plan", &caller.plan.name);
+            let consumer = caller.consumer;
+            let standing = match consumer.expires_at {
+                _ if consumer.suspended => "suspended".to_string(),
+                Some(at) if now >= at => format!("expired at {} (expires_at)", format_rfc3339(at)),
+                Some(at) => format!("active until {} (expires_at)", format_rfc3339(at)),
+                None => "active".to_string(),
+            };
+            line("standing", &standing);
+            let limits = &caller.plan.limits;
+            if limits.is_empty() {
+                line(
+                    "limits",
+                    "none: the plan is unlimited, requests are not counted",
+                );
+            }
+            let usages: &[Usage] = match &decision {
+                Decision::Allow { usages, .. } => usages,
+                _ => &[],
+            };
+            for (i, limit) in limits.iter().enumerate() {
+                let mut text = format!(
+                    "{}: {} per {}",
+                    limit.name,
+                    plural(limit.requests, "request"),
+                    limit.window_text
+                );
+                if let Some(usage) = usages.get(i) {
+                    let _ = write!(
+                        text,
+                        ", window {} to {} (resets in {})",
+                        format_rfc3339(usage.bounds.start),
+                        format_rfc3339(usage.bounds.end),
+                        duration(usage.bounds.end - now)
+                    );
+                }
+                let _ = write!(text, "; when spent: {}", limit.status);
+                line(if i == 0 { "limits" } else { "" }, &text);
+            }
+        }
+        None => {
+            let who = match key {
+                Some(_) => "none: no consumer has this key",
+                None => "none: the request has no credential and there is no anonymous_plan",
+            };
+            line("consumer", who);
+        }
+    }
+    let verdict = match &decision {
+        Decision::Allow { usages, .. } if usages.is_empty() => "forwarded, not counted".to_string(),
+        Decision::Allow { .. } => {
+            "counted; forwarded while every limit has requests left in its window, \
+             then refused with the spent limit's status until that window ends"
+                .to_string()
+        }
+        Decision::Deny(denial) => refused(config, denial, now),
+    };
+    match (&decision, config.mode) {
+        (Decision::Deny(_), Mode::Shadow) => line(
+            "verdict",
+            &format!("forwarded (shadow mode); enforced, it would be {verdict}"),
+        ),
+        _ => line("verdict", &verdict),
+    }
+    if matches!(
+        decision,
+        Decision::Deny(Denial::UnknownKey | Denial::MissingCredential)
+    ) {
+        line(
+            "send",
+            &format!("the key as {}", sources(&config.credentials)),
+        );
+        if key.is_some_and(|k| k.starts_with(b"sha256:")) {
+            line(
+                "hint",
+                "this is a hashed key: pass the key itself (`tollgate hash-key` makes the hash)",
+            );
+        } else if key.is_some() {
+            line(
+                "hint",
+                "keys match byte for byte (case counts); hashed entries match the key whose \
+                 SHA-256 they are",
+            );
+        }
+    }
+    if matches!(&decision, Decision::Allow { usages, .. } if !usages.is_empty()) {
+        let counts = match &config.usage_path {
+            Some(path) => format!(
+                "kept by each Envoy process, not in this file: GET {path} with the key shows them"
+            ),
+            None => "kept by each Envoy process, not in this file: each response's RateLimit \
+                     header shows what is left"
+                .to_string(),
+        };
+        line("counts", &counts);
+    }
+    out
+}
+
+/// `refused with 402 Subscription suspended (urn:...): detail`, from the filter's own reply.
+fn refused(config: &Config, denial: &Denial, now: i64) -> String {
+    let reply = refusal(config, denial, now, false);
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+    let field = |name: &str| body.get(name).and_then(|v| v.as_str()).unwrap_or("");
+    let when = match denial {
+        Denial::QuotaExceeded { .. } | Denial::StoreUnavailable { .. } => "",
+        _ => ", before counting (nothing is counted)",
+    };
+    format!(
+        "refused with {} {} ({}){when}: {}",
+        reply.status,
+        field("title"),
+        field("type"),
+        field("detail")
+    )
+}
+
+/// `header x-api-key, Authorization: Bearer <key> or query ?api_key=<key>`.
+fn sources(sources: &[Source]) -> String {
+    let items: Vec<String> = sources
+        .iter()
+        .map(|s| match s {
+            Source::Header(name) => format!("header {name}"),
+            Source::Authorization(_) => {
+                let described = s.describe();
+                let scheme = described
+                    .strip_prefix("authorization ")
+                    .unwrap_or(&described);
+                format!("Authorization: {scheme} <key>")
+            }
+            Source::Query(name) => format!("query ?{name}=<key>"),
+        })
+        .collect();
+    match items.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `5d 10h 13m`, `42s`.
+fn duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let parts: Vec<String> = [(d, "d"), (h, "h"), (m, "m"), (sec, "s")]
+        .iter()
+        .skip_while(|(n, _)| *n == 0)
+        .take(3)
+        .filter(|(n, _)| *n != 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(3600), "1h");
+        assert_eq!(duration(468_776), "5d 10h 12m");
+        assert_eq!(duration(86_401), "1d");
+    }
+}
