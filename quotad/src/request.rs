@@ -87,10 +87,12 @@ pub fn decide(request: &RateLimitRequest, now: i64, margin: i64) -> Result<Decis
             .map_err(|e| format!("descriptor {i}: {e}"))?;
         match &consumer {
             None => consumer = Some(parsed.consumer.clone()),
-            Some(c) if *c != parsed.consumer => return Err(format!(
+            Some(c) if *c != parsed.consumer => {
+                return Err(format!(
                 "descriptor {i}: consumer `{}` differs from `{c}`: one request is one consumer's",
                 parsed.consumer
-            )),
+            ))
+            }
             Some(_) => {}
         }
         if asks.iter().any(|a| a.limit == parsed.limit) {
