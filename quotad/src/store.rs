@@ -125,7 +125,7 @@ impl Store {
         let reply = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+            .map_err(|e| self.error(e))?;
         let (admitted, used) = reply
             .split_first()
             .ok_or_else(|| StoreError::Redis("the script returned nothing".into()))?;
@@ -155,6 +155,15 @@ impl Store {
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
             .map(|_| ())
-            .map_err(|e| StoreError::Redis(e.to_string()))
+            .map_err(|e| self.error(e))
+    }
+
+    /// The client's own response timeout (the same length) is a timeout too.
+    fn error(&self, e: redis::RedisError) -> StoreError {
+        if e.is_timeout() {
+            StoreError::Timeout(self.timeout)
+        } else {
+            StoreError::Redis(e.to_string())
+        }
     }
 }
