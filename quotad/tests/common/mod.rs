@@ -639,3 +639,132 @@ pub async fn ask(
 pub fn key_pattern(consumer: &str, limit: &str) -> String {
     format!("tollgate:v1:{{tollgate:{consumer}}}:{limit}:*")
 }
+
+/// Many concurrent callers over several connections: each of `consumers` is asked `per_consumer`
+/// times (interleaved), each request carrying two limits (`day` of `quota`, `month` of
+/// `2 * quota`). Returns how many were admitted per consumer.
+pub async fn hammer(
+    quotad: &Quotad,
+    consumers: &[String],
+    quota: u64,
+    per_consumer: usize,
+    callers: usize,
+) -> std::collections::HashMap<String, u64> {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(quotad.client().await);
+    }
+    let work: Vec<String> = (0..per_consumer)
+        .flat_map(|_| consumers.iter().cloned())
+        .collect();
+    let work = std::sync::Arc::new(std::sync::Mutex::new(work));
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let mut client = clients[i % clients.len()].clone();
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted: std::collections::HashMap<String, u64> = Default::default();
+            loop {
+                let Some(consumer) = work.lock().unwrap().pop() else {
+                    break;
+                };
+                let r = request(vec![
+                    limit(&consumer, "daily", "day", quota),
+                    limit(&consumer, "monthly", "month", 2 * quota),
+                ]);
+                let answer = ask(&mut client, r).await.expect("decision");
+                if answer.overall_code == Code::Ok as i32 {
+                    *admitted.entry(consumer).or_default() += 1;
+                }
+            }
+            admitted
+        }));
+    }
+    let mut total: std::collections::HashMap<String, u64> = Default::default();
+    for t in tasks {
+        for (c, n) in t.await.unwrap() {
+            *total.entry(c).or_default() += n;
+        }
+    }
+    total
+}
+
+/// A local Redis Cluster of three masters (no replicas), each a `redis-server` of its own.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        wait_for("the cluster is ok on every node", DEADLINE, || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        cluster
+    }
+
+    /// `--redis-cluster` seeds.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every key matching a pattern, with the index of the node holding it.
+    pub fn keys(&self, pattern: &str) -> Vec<(usize, String)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.keys(pattern).into_iter().map(move |k| (i, k)))
+            .collect()
+    }
+
+    pub fn slot(&self, key: &str) -> u64 {
+        self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The value of a key, read on the node holding it.
+    pub fn get(&self, node: usize, key: &str) -> u64 {
+        self.nodes[node].get(key)
+    }
+}

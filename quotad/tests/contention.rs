@@ -1,0 +1,27 @@
+//! Exactness under contention: many concurrent callers on fresh consumers, one Redis node.
+//! Admitted == quota exactly, every round.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_are_admitted_exactly_the_quota_every_time() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&["--redis", &redis.url(), "--redis-timeout-ms", "5000"]);
+    for round in 0..3 {
+        let consumers: Vec<String> = (0..6).map(|i| unique(&format!("r{round}c{i}"))).collect();
+        let admitted = hammer(&quotad, &consumers, 40, 100, 48).await;
+        for c in &consumers {
+            assert_eq!(
+                admitted.get(c).copied().unwrap_or(0),
+                40,
+                "round {round}: {c}"
+            );
+            let daily = redis.keys(&key_pattern(c, "daily"));
+            assert_eq!(redis.get(&daily[0]), 40, "round {round}: {c} daily counter");
+            let monthly = redis.keys(&key_pattern(c, "monthly"));
+            assert_eq!(redis.get(&monthly[0]), 40, "a refusal takes from no limit");
+        }
+    }
+}
