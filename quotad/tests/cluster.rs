@@ -1,5 +1,13 @@
 //! quotad on a local 3-master Redis Cluster: the same exactness, one consumer's keys in one slot.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::*;

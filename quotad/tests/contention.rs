@@ -1,6 +1,14 @@
 //! Exactness under contention: many concurrent callers on fresh consumers, one Redis node.
 //! Admitted == quota exactly, every round.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::*;

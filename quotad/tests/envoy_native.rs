@@ -1,6 +1,14 @@
 //! quotad behind Envoy's own `envoy.filters.http.ratelimit` filter (a client no one here wrote),
 //! running the example `envoy/fleet/envoy.yaml`: real Redis, real quotad, real Envoy.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::*;

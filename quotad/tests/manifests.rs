@@ -2,6 +2,14 @@
 //! is one quotad knows and accepts, its ports are the ones the flags listen on, the Service and
 //! probes name real ports, and the Redis it points at is the one it deploys.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,14 @@
 //! problem and writes nothing; hits_addend is all or nothing; gRPC health, /healthz, /metrics,
 //! and a graceful SIGTERM.
 
+// Tests fail loudly: unwrap, expect, panic and indexing are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::*;
