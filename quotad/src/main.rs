@@ -38,8 +38,25 @@ struct Flags {
     )]
     redis: String,
     /// A Redis Cluster instead: seed nodes, comma-separated (redis://host:port,redis://...).
-    #[arg(long, env = "QUOTAD_REDIS_CLUSTER", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel"
+    )]
     redis_cluster: Vec<String>,
+    /// Redis Sentinel instead: sentinel nodes, comma-separated (redis://host:26379,...); the
+    /// primary is the one they name for --redis-sentinel-primary, asked again after a failover.
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_sentinel_primary"
+    )]
+    redis_sentinel: Vec<String>,
+    /// The name of the primary the sentinels watch (`sentinel monitor <name> ...`).
+    #[arg(long, env = "QUOTAD_REDIS_SENTINEL_PRIMARY")]
+    redis_sentinel_primary: Option<String>,
     /// Longest wait for Redis per decision, in milliseconds; then the answer is UNAVAILABLE.
     #[arg(long, env = "QUOTAD_REDIS_TIMEOUT_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -91,7 +108,19 @@ async fn shutdown_signal() {
 
 async fn run(flags: Flags) -> Result<(), String> {
     let timeout = Duration::from_millis(flags.redis_timeout_ms);
-    let (target, redis_text) = if flags.redis_cluster.is_empty() {
+    let (target, redis_text) = if let (false, Some(primary)) = (
+        flags.redis_sentinel.is_empty(),
+        &flags.redis_sentinel_primary,
+    ) {
+        let nodes: Vec<String> = flags.redis_sentinel.iter().map(|s| redact(s)).collect();
+        (
+            Target::Sentinel {
+                nodes: flags.redis_sentinel.clone(),
+                primary: primary.clone(),
+            },
+            format!("redis sentinels [{}] primary {primary}", nodes.join(", ")),
+        )
+    } else if flags.redis_cluster.is_empty() {
         (
             Target::Node(flags.redis.clone()),
             format!("redis {}", redact(&flags.redis)),

@@ -6,10 +6,13 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::Script;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncConnectionConfig, Script};
 
 use crate::request::{Decision, Outcome};
 
@@ -47,6 +50,36 @@ impl std::fmt::Display for StoreError {
 enum Connection {
     Node(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+/// The primary that Redis Sentinel names: asked for on first use and again after any error
+/// (a failover turns the old primary into a replica, which refuses writes).
+struct SentinelPrimary {
+    client: tokio::sync::Mutex<SentinelClient>,
+    current: tokio::sync::RwLock<Option<MultiplexedConnection>>,
+    config: AsyncConnectionConfig,
+}
+
+impl SentinelPrimary {
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.current.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut client = self.client.lock().await;
+        if let Some(c) = self.current.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = client
+            .get_async_connection_with_config(&self.config)
+            .await?;
+        *self.current.write().await = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self) {
+        *self.current.write().await = None;
+    }
 }
 
 /// The Redis store. Cheap to clone: one multiplexed connection (per node) shared by all requests.
@@ -64,6 +97,8 @@ pub enum Target {
     Node(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
+    /// Redis Sentinel nodes and the name of the primary they watch.
+    Sentinel { nodes: Vec<String>, primary: String },
 }
 
 impl Store {
@@ -101,6 +136,22 @@ impl Store {
                     ),
                 )
             }
+            Target::Sentinel { nodes, primary } => {
+                let client = SentinelClient::build(
+                    nodes.clone(),
+                    primary.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| format!("--redis-sentinel: {e}"))?;
+                Connection::Sentinel(Arc::new(SentinelPrimary {
+                    client: tokio::sync::Mutex::new(client),
+                    current: tokio::sync::RwLock::new(None),
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout)),
+                }))
+            }
         };
         Ok(Store {
             connection,
@@ -120,6 +171,16 @@ impl Store {
             match &self.connection {
                 Connection::Node(c) => invocation.invoke_async::<Vec<u64>>(&mut c.clone()).await,
                 Connection::Cluster(c) => invocation.invoke_async::<Vec<u64>>(&mut c.clone()).await,
+                Connection::Sentinel(s) => {
+                    let result = match s.connection().await {
+                        Ok(mut c) => invocation.invoke_async::<Vec<u64>>(&mut c).await,
+                        Err(e) => Err(e),
+                    };
+                    if result.is_err() {
+                        s.forget().await;
+                    }
+                    result
+                }
             }
         };
         let reply = tokio::time::timeout(self.timeout, call)
@@ -149,6 +210,16 @@ impl Store {
             match &self.connection {
                 Connection::Node(c) => cmd.query_async::<String>(&mut c.clone()).await,
                 Connection::Cluster(c) => cmd.query_async::<String>(&mut c.clone()).await,
+                Connection::Sentinel(s) => {
+                    let result = match s.connection().await {
+                        Ok(mut c) => cmd.query_async::<String>(&mut c).await,
+                        Err(e) => Err(e),
+                    };
+                    if result.is_err() {
+                        s.forget().await;
+                    }
+                    result
+                }
             }
         };
         tokio::time::timeout(self.timeout, call)

@@ -254,7 +254,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
@@ -766,5 +766,96 @@ impl RedisCluster {
     /// The value of a key, read on the node holding it.
     pub fn get(&self, node: usize, key: &str) -> u64 {
         self.nodes[node].get(key)
+    }
+}
+
+/// A Redis primary, one replica, and one Redis Sentinel watching them as `quotad-primary`.
+pub struct RedisSentinel {
+    pub primary: Redis,
+    pub replica: Redis,
+    sentinel: Process,
+    pub sentinel_port: u16,
+    dir: PathBuf,
+}
+
+pub const SENTINEL_PRIMARY: &str = "quotad-primary";
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let primary = Redis::start();
+        let port = primary.port.to_string();
+        let replica = Redis::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+        ]);
+        wait_for("the replica is in sync", DEADLINE, || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        let dir = temp_dir("sentinel");
+        let sentinel_port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {SENTINEL_PRIMARY} 127.0.0.1 {port} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_PRIMARY} 1000\n\
+                 sentinel failover-timeout {SENTINEL_PRIMARY} 5000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new("redis-server");
+        command.arg(&conf).arg("--sentinel");
+        let sentinel = Process::spawn("redis-sentinel", command, dir.join("sentinel.log"));
+        let s = RedisSentinel {
+            primary,
+            replica,
+            sentinel,
+            sentinel_port,
+            dir,
+        };
+        wait_for("the sentinel sees the replica", DEADLINE, || {
+            s.sentinel_cli(&["SENTINEL", "REPLICAS", SENTINEL_PRIMARY])
+                .is_some_and(|out| out.contains(&s.replica.port.to_string()))
+        });
+        s
+    }
+
+    pub fn sentinel_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.sentinel_port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// The port the sentinel names as the primary's.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = self.sentinel_cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_PRIMARY])?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel_port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.sentinel.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
