@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::request::{decide, respond};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub struct Service {
     pub store: Store,
@@ -28,26 +28,23 @@ fn now() -> i64 {
 impl Service {
     async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let decision = decide(request, now(), self.margin).map_err(|e| {
-            self.metrics
-                .decisions
-                .with_label_values(&["invalid_argument"])
-                .inc();
+            self.metrics.invalid_argument.inc();
             Status::invalid_argument(e)
         })?;
         let outcome = self.store.take(&decision).await.map_err(|e| {
-            self.metrics
-                .redis_errors
-                .with_label_values(&[e.kind()])
-                .inc();
-            self.metrics
-                .decisions
-                .with_label_values(&["unavailable"])
-                .inc();
+            match e {
+                StoreError::Timeout(_) => self.metrics.redis_timeout.inc(),
+                StoreError::Redis(_) => self.metrics.redis_error.inc(),
+            }
+            self.metrics.unavailable.inc();
             log::debug!("unavailable: {e}");
             Status::unavailable(e.to_string())
         })?;
-        let code = if outcome.admitted { "ok" } else { "over_limit" };
-        self.metrics.decisions.with_label_values(&[code]).inc();
+        if outcome.admitted {
+            self.metrics.ok.inc();
+        } else {
+            self.metrics.over_limit.inc();
+        }
         Ok(respond(&decision, &outcome))
     }
 }

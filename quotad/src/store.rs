@@ -27,16 +27,6 @@ pub enum StoreError {
     Redis(String),
 }
 
-impl StoreError {
-    /// The metrics label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreError::Timeout(_) => "timeout",
-            StoreError::Redis(_) => "error",
-        }
-    }
-}
-
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
