@@ -14,6 +14,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_cluster_counts_exactly_with_each_consumer_in_one_slot() {
+    clear_of_day_boundary();
     let cluster = RedisCluster::start();
     let quotad = Quotad::start(&[
         "--redis-cluster",

@@ -15,6 +15,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_callers_are_admitted_exactly_the_quota_every_time() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::start(&["--redis", &redis.url(), "--redis-timeout-ms", "5000"]);
     for round in 0..3 {

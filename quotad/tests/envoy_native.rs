@@ -32,6 +32,7 @@ fn month_at(now: i64, offset: i64) -> (i64, i64) {
 
 #[test]
 fn a_day_limit_admits_exactly_its_size() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let envoy = Envoy::start(&quotad);
@@ -70,6 +71,7 @@ fn a_day_limit_admits_exactly_its_size() {
 
 #[test]
 fn two_limits_refuse_together_and_a_refusal_consumes_nothing() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let envoy = Envoy::start(&quotad);
@@ -118,6 +120,7 @@ fn two_limits_refuse_together_and_a_refusal_consumes_nothing() {
 
 #[test]
 fn a_month_limit_follows_the_calendar_at_its_utc_offset() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let envoy = Envoy::start(&quotad);
@@ -165,6 +168,7 @@ fn a_month_limit_follows_the_calendar_at_its_utc_offset() {
 
 #[test]
 fn a_request_without_a_consumer_is_refused_and_never_counted() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let envoy = Envoy::start(&quotad);

@@ -21,6 +21,7 @@ const BOUND: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_is_unavailable_within_the_timeout_and_decisions_resume_when_it_is_back() {
+    clear_of_day_boundary();
     let mut redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let envoy = Envoy::start(&quotad);
@@ -97,6 +98,7 @@ fn futures_lite<F: std::future::Future<Output = bool> + Send + 'static>(f: F) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let mut client = quotad.client().await;
@@ -124,6 +126,7 @@ async fn a_flushed_script_cache_is_reloaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_redis_gets_bounded_answers_and_no_pile_up() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let mut client = quotad.client().await;
@@ -164,6 +167,7 @@ async fn a_frozen_redis_gets_bounded_answers_and_no_pile_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_survive_a_redis_restart_with_aof_and_quotad_restarts() {
+    clear_of_day_boundary();
     let mut redis = Redis::start_aof();
     let mut quotad = Quotad::on(&redis);
     let mut client = quotad.client().await;

@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_by_name_and_writes_nothing() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let mut client = quotad.client().await;
@@ -142,6 +143,7 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_addend_takes_all_or_nothing_and_says_what_is_left() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let quotad = Quotad::on(&redis);
     let mut client = quotad.client().await;
@@ -200,6 +202,7 @@ async fn hits_addend_takes_all_or_nothing_and_says_what_is_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_a_graceful_sigterm() {
+    clear_of_day_boundary();
     let redis = Redis::start();
     let mut quotad = Quotad::on(&redis);
     quotad.wait_healthy();

@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_follow_a_sentinel_failover() {
+    clear_of_day_boundary();
     let redis = RedisSentinel::start();
     let quotad = Quotad::start(&[
         "--redis-sentinel",

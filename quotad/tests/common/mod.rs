@@ -859,3 +859,17 @@ impl Drop for RedisSentinel {
         }
     }
 }
+
+/// Waits out the last 40 s before a calendar day ends at UTC or at +05:30 (the offsets the
+/// tests use; month ends are day ends), so that a test's requests fall in one day and month.
+pub fn clear_of_day_boundary() {
+    for offset in [0, 5 * 3600 + 30 * 60] {
+        loop {
+            let left = 86_400 - (now() + offset).rem_euclid(86_400);
+            if left > 40 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
