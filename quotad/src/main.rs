@@ -259,3 +259,15 @@ async fn run(flags: Flags) -> Result<(), String> {
         Err(e) => Err(format!("gRPC server: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(redact("redis://user:s3cret@redis:6379/2"), "redis://***@redis:6379/2");
+        assert_eq!(redact("redis://:s3cret@redis:6379"), "redis://***@redis:6379");
+        assert_eq!(redact("redis://redis:6379"), "redis://redis:6379");
+    }
+}
