@@ -266,8 +266,14 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_log() {
-        assert_eq!(redact("redis://user:s3cret@redis:6379/2"), "redis://***@redis:6379/2");
-        assert_eq!(redact("redis://:s3cret@redis:6379"), "redis://***@redis:6379");
+        assert_eq!(
+            redact("redis://user:s3cret@redis:6379/2"),
+            "redis://***@redis:6379/2"
+        );
+        assert_eq!(
+            redact("redis://:s3cret@redis:6379"),
+            "redis://***@redis:6379"
+        );
         assert_eq!(redact("redis://redis:6379"), "redis://redis:6379");
     }
 }
