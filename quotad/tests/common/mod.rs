@@ -101,6 +101,7 @@ struct Process {
     child: Option<Child>,
     name: String,
     log: PathBuf,
+    printed: bool,
 }
 
 impl Process {
@@ -116,6 +117,7 @@ impl Process {
             child: Some(child),
             name: name.to_string(),
             log,
+            printed: false,
         }
     }
 
@@ -171,10 +173,12 @@ impl Process {
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
+impl Process {
+    /// Stops the process and, if the test is failing, prints its log (once).
+    fn finish(&mut self) {
         self.stop();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.printed {
+            self.printed = true;
             eprintln!(
                 "\n===== {} log ({}) =====\n{}\n===== end of {} log =====",
                 self.name,
@@ -183,6 +187,12 @@ impl Drop for Process {
                 self.name
             );
         }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -322,10 +332,9 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.process.stop();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // Stopped, and its log printed if the test is failing, before its directory goes.
+        self.process.finish();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -432,10 +441,9 @@ fn parse_start_line(log: &str) -> Option<(u16, u16)> {
 
 impl Drop for Quotad {
     fn drop(&mut self) {
-        self.process.stop();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // Stopped, and its log printed if the test is failing, before its directory goes.
+        self.process.finish();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -511,10 +519,9 @@ impl Envoy {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        self.process.stop();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // Stopped, and its log printed if the test is failing, before its directory goes.
+        self.process.finish();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -853,10 +860,8 @@ impl RedisSentinel {
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        self.sentinel.stop();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        self.sentinel.finish();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
