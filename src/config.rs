@@ -656,7 +656,8 @@ fn redact_values(line: &str) -> String {
     out.into_iter().collect()
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether a plan, consumer or limit name follows the name rules (also used by quotad).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -829,7 +830,7 @@ fn challenge(sources: &[Source]) -> String {
 }
 
 /// Parses `+HH:MM`, `-HH:MM` or `Z` into seconds east of UTC (at most 14 hours either way).
-fn parse_utc_offset(text: &str) -> Result<i64, ConfigError> {
+pub fn parse_utc_offset(text: &str) -> Result<i64, ConfigError> {
     let bad = || {
         ConfigError(format!(
             "calendar_utc_offset: `{text}` is not a fixed UTC offset like \"+05:30\", \"-08:00\" or \"Z\""

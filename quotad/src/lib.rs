@@ -1,0 +1,14 @@
+//! quotad: fleet-wide quota counts on Redis, behind Envoy's rate limit service protocol.
+//!
+//! Where each behaviour lives:
+//! - [`request`]: the descriptor contract: an RLS request becomes a decision (consumer, limits,
+//!   Redis keys and TTLs), and the store's answer becomes the RLS response.
+//! - [`store`]: Redis (one node or a Cluster) and the atomic Lua script (`take.lua`).
+//! - [`service`]: the gRPC service, translating and counting outcomes.
+//! - [`metrics`]: the Prometheus metrics.
+//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`, graceful shutdown.
+
+pub mod metrics;
+pub mod request;
+pub mod service;
+pub mod store;

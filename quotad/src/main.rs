@@ -1,0 +1,279 @@
+//! quotad: flags, start, health checks, `/metrics` and `/healthz`, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Parser;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use tollgate_quotad::metrics::Metrics;
+use tollgate_quotad::service::Service;
+use tollgate_quotad::store::{Store, Target};
+
+const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// quotad: fleet-wide quota counts on Redis, behind Envoy's rate limit service protocol
+/// (envoy.service.ratelimit.v3). It keeps no plans: each request's descriptors carry them.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// gRPC address (RateLimitService and grpc.health.v1.Health).
+    #[arg(long, env = "QUOTAD_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// HTTP address of /metrics and /healthz.
+    #[arg(long, env = "QUOTAD_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+    /// One Redis node: redis://[user:password@]host:port[/db] (rediss:// is not built in).
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS",
+        default_value = "redis://127.0.0.1:6379",
+        conflicts_with = "redis_cluster"
+    )]
+    redis: String,
+    /// A Redis Cluster instead: seed nodes, comma-separated (redis://host:port,redis://...).
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel"
+    )]
+    redis_cluster: Vec<String>,
+    /// Redis Sentinel instead: sentinel nodes, comma-separated (redis://host:26379,...); the
+    /// primary is the one they name for --redis-sentinel-primary, asked again after a failover.
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_sentinel_primary"
+    )]
+    redis_sentinel: Vec<String>,
+    /// The name of the primary the sentinels watch (`sentinel monitor <name> ...`).
+    #[arg(long, env = "QUOTAD_REDIS_SENTINEL_PRIMARY")]
+    redis_sentinel_primary: Option<String>,
+    /// Longest wait for Redis per decision, in milliseconds; then the answer is UNAVAILABLE.
+    #[arg(long, env = "QUOTAD_REDIS_TIMEOUT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    redis_timeout_ms: u64,
+    /// Seconds a counter outlives its window (covers clock differences between replicas).
+    #[arg(long, env = "QUOTAD_TTL_MARGIN_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(0..=86_400))]
+    ttl_margin_seconds: i64,
+}
+
+/// A Redis URL without its password, for the log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!(
+                "{}://***@{}",
+                url.get(..scheme).unwrap_or(""),
+                url.get(at + 1..).unwrap_or("")
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let flags = Flags::parse();
+    if let Err(e) = run(flags).await {
+        log::error!("quotad: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let timeout = Duration::from_millis(flags.redis_timeout_ms);
+    let (target, redis_text) = if let (false, Some(primary)) = (
+        flags.redis_sentinel.is_empty(),
+        &flags.redis_sentinel_primary,
+    ) {
+        let nodes: Vec<String> = flags.redis_sentinel.iter().map(|s| redact(s)).collect();
+        (
+            Target::Sentinel {
+                nodes: flags.redis_sentinel.clone(),
+                primary: primary.clone(),
+            },
+            format!("redis sentinels [{}] primary {primary}", nodes.join(", ")),
+        )
+    } else if flags.redis_cluster.is_empty() {
+        (
+            Target::Node(flags.redis.clone()),
+            format!("redis {}", redact(&flags.redis)),
+        )
+    } else {
+        let seeds: Vec<String> = flags.redis_cluster.iter().map(|s| redact(s)).collect();
+        (
+            Target::Cluster(flags.redis_cluster.clone()),
+            format!("redis cluster seeds [{}]", seeds.join(", ")),
+        )
+    };
+    let store = Store::new(&target, timeout)?;
+    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+
+    let grpc = TcpListener::bind(flags.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
+    let http = TcpListener::bind(flags.http_listen)
+        .await
+        .map_err(|e| format!("--http-listen {}: {e}", flags.http_listen))?;
+    let grpc_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+    let http_addr = http.local_addr().map_err(|e| e.to_string())?;
+    log::info!(
+        "quotad {} started: grpc {grpc_addr}, http {http_addr}, {redis_text}, redis timeout {} ms, \
+         ttl margin {} s",
+        env!("CARGO_PKG_VERSION"),
+        flags.redis_timeout_ms,
+        flags.ttl_margin_seconds
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let redis_up = Arc::new(AtomicBool::new(false));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+
+    // Health: one PING a second; gRPC health, /healthz and quotad_redis_up follow it.
+    let health = {
+        let (store, metrics, redis_up, mut stop) = (
+            store.clone(),
+            metrics.clone(),
+            redis_up.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let result = store.ping().await;
+                let up = result.is_ok();
+                let was = redis_up.swap(up, Ordering::SeqCst);
+                metrics.redis_up.set(i64::from(up));
+                if up != was || first {
+                    let status = if up {
+                        log::info!("Redis answers");
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        if let Err(e) = &result {
+                            log::warn!("Redis is unreachable: {e}");
+                        }
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    reporter.set_service_status(SERVICE_NAME, status).await;
+                    reporter.set_service_status("", status).await;
+                    first = false;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = stop.changed() => break,
+                }
+            }
+            reporter
+                .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        })
+    };
+
+    let app = {
+        let (metrics, redis_up) = (metrics.clone(), redis_up.clone());
+        axum::Router::new()
+            .route("/metrics", get(move || async move { metrics.render() }))
+            .route(
+                "/healthz",
+                get(move || async move {
+                    if redis_up.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
+                    }
+                }),
+            )
+    };
+    let http_server = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
+    };
+
+    let service = Service {
+        store,
+        metrics,
+        margin: flags.ttl_margin_seconds,
+    };
+    let grpc_server = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(RateLimitServiceServer::new(service))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                ),
+        )
+    };
+
+    shutdown_signal().await;
+    log::info!("quotad stopping: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = health.await;
+    let grpc_result = grpc_server.await;
+    let _ = http_server.await;
+    match grpc_result {
+        Ok(Ok(())) => {
+            log::info!("quotad stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("gRPC server: {e}")),
+        Err(e) => Err(format!("gRPC server: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact("redis://user:s3cret@redis:6379/2"),
+            "redis://***@redis:6379/2"
+        );
+        assert_eq!(
+            redact("redis://:s3cret@redis:6379"),
+            "redis://***@redis:6379"
+        );
+        assert_eq!(redact("redis://redis:6379"), "redis://redis:6379");
+    }
+}
