@@ -80,7 +80,7 @@ redis: # redis-server, redis-cli and redis-benchmark (Debian's packages), instal
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
 
-run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080), Envoy with envoy/fleet/envoy.yaml on :10000
+run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080), Envoy with envoy/fleet/envoy.yaml on :10300
 	@dir=$$(mktemp -d); trap 'kill $$redis $$quotad 2>/dev/null; rm -rf $$dir' EXIT; \
 	redis-server --port 6379 --bind 127.0.0.1 --dir $$dir --save "" --appendonly yes & redis=$$!; \
 	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \

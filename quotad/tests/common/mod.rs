@@ -472,9 +472,9 @@ impl Envoy {
         let (port, backend, admin) = (free_port(), free_port(), free_port());
         let yaml = std::fs::read_to_string(repo().join("envoy/fleet/envoy.yaml")).unwrap();
         let rendered = yaml
-            .replace("port_value: 10000", &format!("port_value: {port}"))
-            .replace("port_value: 10001", &format!("port_value: {backend}"))
-            .replace("port_value: 9901", &format!("port_value: {admin}"))
+            .replace("port_value: 10300", &format!("port_value: {port}"))
+            .replace("port_value: 10301", &format!("port_value: {backend}"))
+            .replace("port_value: 9931", &format!("port_value: {admin}"))
             .replace("port_value: 8081", &format!("port_value: {}", quotad.grpc));
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, rendered).unwrap();
