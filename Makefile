@@ -16,15 +16,16 @@ PLOT_STAMP    := $(VENV)/.matplotlib-$(MATPLOTLIB)
 CLI           := target/release/tollgate
 EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
 FLOOR_WASM    := target/floor-filter/$(WASM_TARGET)/release/floor_filter.wasm
-# tollgate built at opt-level 3 by `make bench`, to compare with the shipped build.
-OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
+# tollgate built at opt-level "z" + wasm-opt -Oz (the smallest build) by `make bench`, to
+# compare with the shipped one (opt-level 3 + wasm-opt -O3, see Cargo.toml).
+SMALL_WASM    := target/opt-z/$(WASM_TARGET)/release/tollgate.wasm
 
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
 QUOTAD        := target/quotad/quotad
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-quotad fuzz clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,7 +47,7 @@ build: wasm cli quotad ## Build the release filter, the CLI (target/release/toll
 wasm: toolchain wasm-opt ## Build the release filter only: target/wasm32-wasip1/release/tollgate.wasm
 	cargo build --release --target $(WASM_TARGET) -p tollgate
 	@if command -v wasm-opt >/dev/null; then \
-		wasm-opt -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
+		wasm-opt -O3 $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
@@ -111,16 +112,29 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update && apt-get install -y wrk nghttp2-client; }
 
-bench: wasm envoy bench-tools ## Benchmark (~14 min): writes bench/results.md and bench/results.png
+bench-filters: wasm # The benchmark's other builds: the empty and floor filters, tollgate at opt-level z
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor-filter/Cargo.toml \
 		--target-dir target/floor-filter
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-3
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-z
+	wasm-opt -Oz $(WASM_FEATURES) target/opt-z/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(SMALL_WASM).opt && \
+		mv $(SMALL_WASM).opt $(SMALL_WASM)
+
+bench: wasm envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --tollgate shipped=$(WASM) \
-		O3=$(call OPT_WASM,3)
+		z=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
+
+bench-own: bench-filters ## tollgate's own code in instructions per request (callgrind, Node's V8; ~8 min): bench/out/own.json
+	@command -v valgrind >/dev/null && command -v node >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq valgrind nodejs; }
+	@mkdir -p bench/out
+	python3 -c 'import sys; sys.path.insert(0, "bench"); import run; print(run.tollgate_plugin(10000))' \
+		> bench/out/own-config.json
+	python3 bench/own_code.py --config bench/out/own-config.json empty=$(EMPTY_WASM) \
+		floor=$(FLOOR_WASM) tollgate=$(WASM) tollgate-z=$(SMALL_WASM)
 
 bench-quotad: quotad redis ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
 	python3 bench/quotad.py --quotad $(QUOTAD)

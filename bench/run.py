@@ -16,8 +16,8 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 x-api-key value (what users would pick instead), every request admitted
   tollgate-402  tollgate where every request is refused with 402 (each consumer's quota of 1 is
                 spent during the warm-up)
-  tollgate-O3   tollgate built with opt-level 3 and no wasm-opt, against the shipped build
-                (opt-level "z", then wasm-opt -Oz)
+  tollgate-z    tollgate built for size (opt-level "z", then wasm-opt -Oz), against the shipped
+                build (opt-level 3, then wasm-opt -O3)
   proxied, tollgate-proxied
                 a realistic route: Envoy proxies to an upstream (another Envoy answering with a
                 direct response, pinned to the load generator's CPU) over kept-alive HTTP/1.1
@@ -561,7 +561,7 @@ def main():
     parser.add_argument("--floor", type=repo_path, required=True, help="the floor filter's .wasm")
     parser.add_argument(
         "--tollgate", nargs="+", required=True, type=level_and_path, metavar="NAME=PATH",
-        help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. O3=PATH",
+        help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. z=PATH",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5, help="seconds of load per protocol")
