@@ -228,8 +228,7 @@ pub fn config(data: &[u8]) {
             let Some(consumer) = config.consumers.iter().find(|c| c.name == *consumer_name) else {
                 panic!("consumer {consumer_name} of the JSON is not in the configuration");
             };
-            let in_good_standing =
-                !consumer.suspended && consumer.expires_at.is_none_or(|at| now < at);
+            let in_good_standing = consumer.standing(now).admitted();
             let first_request = !counted.contains(&consumer_name.as_str());
             if exact
                 && in_good_standing
@@ -405,6 +404,7 @@ pub fn record(data: &[u8]) {
         let plan = Plan {
             name: "p".into(),
             limits: limits.clone(),
+            upgrade_url: None,
         };
         for (now, offset) in [(NOW, 0), (NOW + 40 * DAY, -MAX_UTC_OFFSET)] {
             let store = MemoryStore::new();
