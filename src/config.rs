@@ -915,7 +915,10 @@ pub fn compile_https_url(field: &str, url: Option<String>) -> Result<Option<Stri
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
-        return refuse("has user information before its host; give the page's own URL");
+        // Not echoed: user information may be a password.
+        return Err(ConfigError(format!(
+            "{field}: the URL has user information (`user@` before its host); give the page's own URL"
+        )));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
@@ -1428,7 +1431,7 @@ mod tests {
             (format!(r#"{{{plans}, "billing_url": "javascript:alert(1)"}}"#), "billing_url: `javascript:alert(1)` is not an https URL"),
             (format!(r#"{{{plans}, "billing_url": "https://"}}"#), "billing_url: `https://` has no valid host name"),
             (format!(r#"{{{plans}, "billing_url": "https://example.com:x/"}}"#), "billing_url: `https://example.com:x/` has no valid host name"),
-            (format!(r#"{{{plans}, "billing_url": "https://evil.example@example.com/"}}"#), "billing_url: `https://evil.example@example.com/` has user information"),
+            (format!(r#"{{{plans}, "billing_url": "https://evil.example@example.com/"}}"#), "billing_url: the URL has user information"),
             (format!(r#"{{{plans}, "billing_url": 1}}"#), "billing_url: expected a string, found 1"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/a b"}}}}}}"#), "consumers.a.billing_url: `https://example.com/a b` has characters a URL cannot contain"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/>; rel=x"}}}}}}"#), "consumers.a.billing_url: `https://example.com/>; rel=x` has characters"),
