@@ -577,7 +577,8 @@ const REQUEST_CONFIGS: [&str; 2] = [
       "credentials": [{"header": "x-api-key"}, {"authorization": "Bearer"}, {"query": "api_key"}],
       "plans": {
         "free": {"limits": [{"name": "daily", "requests": 3, "window": "day"},
-                            {"name": "burst", "requests": 2, "window": "10s", "status": 429}]},
+                            {"name": "burst", "requests": 2, "window": "10s", "status": 429}],
+                 "upgrade_url": "https://example.com/upgrade?plan=free"},
         "trial": {"limits": [{"name": "monthly", "requests": 1, "window": "month"}]},
         "internal": {"limits": []}
       },
@@ -585,9 +586,12 @@ const REQUEST_CONFIGS: [&str; 2] = [
         "acme": {"plan": "free", "keys": ["acme-key", "k"]},
         "wayne": {"plan": "trial", "keys": ["wayne-key"], "expires_at": "2027-01-01T00:00:00Z"},
         "initech": {"plan": "free", "keys": ["initech-key"], "status": "suspended"},
-        "ops": {"plan": "internal", "keys": ["ops-key"]}
+        "ops": {"plan": "internal", "keys": ["ops-key"]},
+        "stark": {"plan": "free", "keys": ["stark-key"], "status": "past_due",
+                  "grace_until": "2027-01-01T00:00:00Z", "billing_url": "https://example.com/stark"}
       },
       "anonymous_plan": "trial",
+      "billing_url": "https://example.com/billing",
       "usage_path": "/tollgate/usage",
       "hide_credentials": true,
       "calendar_utc_offset": "+05:30"
