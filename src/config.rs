@@ -906,6 +906,15 @@ pub fn compile_https_url(field: &str, url: Option<String>) -> Result<Option<Stri
     if !url.bytes().all(uri_char) {
         return refuse("has characters a URL cannot contain (spaces, quotes, <, >, non-ASCII: percent-encode them)");
     }
+    let bytes = url.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return refuse("has a `%` that is not followed by two hex digits");
+    }
     let Some(rest) = url
         .get(..8)
         .filter(|scheme| scheme.eq_ignore_ascii_case("https://"))
@@ -1436,6 +1445,8 @@ mod tests {
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/a b"}}}}}}"#), "consumers.a.billing_url: `https://example.com/a b` has characters a URL cannot contain"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/>; rel=x"}}}}}}"#), "consumers.a.billing_url: `https://example.com/>; rel=x` has characters"),
             (r#"{"plans": {"p": {"limits": [], "upgrade_url": "ftp://example.com"}}}"#.into(), "plans.p.upgrade_url: `ftp://example.com` is not an https URL"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/100%"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/100%` has a `%` that is not followed by two hex digits"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/%zz"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/%zz` has a `%`"),
             (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/é"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/é` has characters"),
         ];
         for (json, expected) in cases {
