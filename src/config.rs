@@ -61,6 +61,8 @@ struct RawConfig {
     identity_headers: bool,
     #[serde(default = "yes")]
     ratelimit_policy: bool,
+    #[serde(default)]
+    billing_url: Option<String>,
 }
 
 fn yes() -> bool {
@@ -111,6 +113,8 @@ enum RawSource {
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     limits: Vec<RawLimit>,
+    #[serde(default)]
+    upgrade_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,13 +137,18 @@ struct RawConsumer {
     status: Option<RawStatus>,
     #[serde(default)]
     expires_at: Option<String>,
+    #[serde(default)]
+    grace_until: Option<String>,
+    #[serde(default)]
+    billing_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum RawStatus {
     Active,
     Suspended,
+    PastDue,
 }
 
 /// A JSON object kept in document order that refuses duplicate member names (serde's maps
@@ -214,6 +223,64 @@ pub struct Limit {
 pub struct Plan {
     pub name: String,
     pub limits: Vec<Limit>,
+    /// Where a caller whose quota is spent can upgrade or buy more (`https` only).
+    pub upgrade_url: Option<String>,
+}
+
+/// A consumer's configured `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Suspended,
+    /// A payment failed: admitted until `grace_until` (Unix seconds), refused from then on
+    /// (at once without one).
+    PastDue {
+        grace_until: Option<i64>,
+    },
+}
+
+/// Where a consumer stands at an instant: its status and `expires_at` taken together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Active,
+    /// Past due and within its grace period: admitted and counted as usual.
+    Grace {
+        until: i64,
+    },
+    Suspended,
+    Expired {
+        at: i64,
+    },
+    /// Past due after its grace period (or without one): refused, 402 payment required.
+    PaymentRequired {
+        grace_until: Option<i64>,
+    },
+}
+
+impl Standing {
+    /// The standing as the usage endpoint names it: `active`, `past_due`, `suspended`, `expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::Grace { .. } | Standing::PaymentRequired { .. } => "past_due",
+            Standing::Suspended => "suspended",
+            Standing::Expired { .. } => "expired",
+        }
+    }
+
+    /// Whether requests of a consumer standing so are counted (and possibly admitted).
+    pub fn admitted(self) -> bool {
+        matches!(self, Standing::Active | Standing::Grace { .. })
+    }
+
+    /// The end of the grace period of a past-due consumer.
+    pub fn grace_until(self) -> Option<i64> {
+        match self {
+            Standing::Grace { until } => Some(until),
+            Standing::PaymentRequired { grace_until } => grace_until,
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,11 +290,33 @@ pub struct Consumer {
     pub name: String,
     /// Index into [`Config::plans`].
     pub plan: usize,
-    pub suspended: bool,
+    pub status: Status,
     /// Unix seconds after which the subscription has expired.
     pub expires_at: Option<i64>,
+    /// This consumer's billing page (`https` only); [`Config::billing_url`] otherwise.
+    pub billing_url: Option<Box<str>>,
     /// The consumer's shared-data key (by consumer name, never by API key).
     pub store_key: String,
+}
+
+impl Consumer {
+    /// Where the consumer stands at `now`: suspended first, then expired (a subscription that
+    /// ended is not one whose payment is late), then past due.
+    pub fn standing(&self, now: i64) -> Standing {
+        if self.status == Status::Suspended {
+            return Standing::Suspended;
+        }
+        if let Some(at) = self.expires_at.filter(|at| now >= *at) {
+            return Standing::Expired { at };
+        }
+        match self.status {
+            Status::PastDue {
+                grace_until: Some(until),
+            } if now < until => Standing::Grace { until },
+            Status::PastDue { grace_until } => Standing::PaymentRequired { grace_until },
+            Status::Active | Status::Suspended => Standing::Active,
+        }
+    }
 }
 
 /// Hashes a SHA-256 digest map key by its first 8 bytes: digests are already uniform, and the
@@ -300,6 +389,8 @@ pub struct Config {
     pub identity_headers: bool,
     /// Send `RateLimit-Policy` with `RateLimit`.
     pub ratelimit_policy: bool,
+    /// The billing page for consumers without one of their own (`https` only).
+    pub billing_url: Option<String>,
     keys: Keys,
 }
 
@@ -350,6 +441,14 @@ impl Config {
 
     pub fn plan_of(&self, consumer: &Consumer) -> Option<&Plan> {
         self.plans.get(consumer.plan)
+    }
+
+    /// The billing page of a consumer: its own, or the configuration's.
+    pub fn billing_url_of<'a>(&'a self, consumer: &'a Consumer) -> Option<&'a str> {
+        consumer
+            .billing_url
+            .as_deref()
+            .or(self.billing_url.as_deref())
     }
 
     /// Number of configured keys (for the start-up summary).
@@ -779,10 +878,71 @@ fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
             status,
         });
     }
+    let upgrade_url = compile_https_url(&format!("plans.{name}.upgrade_url"), raw.upgrade_url)?;
     Ok(Plan {
         name: name.to_string(),
         limits,
+        upgrade_url,
     })
+}
+
+/// Longest remedy URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Validates a remedy link: an absolute `https` URL with a host, in the characters RFC 3986
+/// allows (so that it can stand between `<` and `>` in a `Link` header as it is), without
+/// user information (a `user@` before the host is a classic way to disguise a link).
+pub fn compile_https_url(field: &str, url: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| Err(ConfigError(format!("{field}: `{url}` {why}")));
+    if url.len() > MAX_URL_LEN {
+        return Err(ConfigError(format!(
+            "{field}: the URL is longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    let uri_char = |c: u8| c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&c);
+    if !url.bytes().all(uri_char) {
+        return refuse("has characters a URL cannot contain (spaces, quotes, <, >, non-ASCII: percent-encode them)");
+    }
+    let bytes = url.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return refuse("has a `%` that is not followed by two hex digits");
+    }
+    let Some(rest) = url
+        .get(..8)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        .and_then(|_| url.get(8..))
+    else {
+        return refuse("is not an https URL (https://...)");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        // Not echoed: user information may be a password.
+        return Err(ConfigError(format!(
+            "{field}: the URL has user information (`user@` before its host); give the page's own URL"
+        )));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    if !host_ok || !port_ok {
+        return refuse("has no valid host name (https://billing.example.com/...)");
+    }
+    Ok(Some(url))
 }
 
 fn plan_index(plans: &[Plan], field: &str, name: &str) -> Result<usize, ConfigError> {
@@ -966,6 +1126,28 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
             None => None,
         };
+        let status = match (consumer.status, &consumer.grace_until) {
+            (Some(RawStatus::PastDue), grace) => Status::PastDue {
+                grace_until: match grace {
+                    Some(text) => Some(
+                        parse_rfc3339(text)
+                            .map_err(|e| ConfigError(format!("{}.grace_until: {e}", field())))?,
+                    ),
+                    None => None,
+                },
+            },
+            (_, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "{}.grace_until: applies only to \"status\": \"past_due\"",
+                    field()
+                )))
+            }
+            (Some(RawStatus::Suspended), None) => Status::Suspended,
+            (Some(RawStatus::Active) | None, None) => Status::Active,
+        };
+        let billing_url =
+            compile_https_url(&format!("{}.billing_url", field()), consumer.billing_url)?
+                .map(String::into_boxed_str);
         let index = consumers.len();
         for (k, key) in consumer.keys.into_iter().enumerate() {
             let key_field = || format!("consumers.{name}.keys[{k}]");
@@ -1009,8 +1191,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             store_key: format!("{STORE_PREFIX}consumer:{name}"),
             name,
             plan,
-            suspended: matches!(consumer.status, Some(RawStatus::Suspended)),
+            status,
             expires_at,
+            billing_url,
         });
     }
     let anonymous = match raw.anonymous_plan {
@@ -1020,8 +1203,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 id: consumers.len(),
                 name: ANONYMOUS.to_string(),
                 plan,
-                suspended: false,
+                status: Status::Active,
                 expires_at: None,
+                billing_url: None,
                 store_key: format!("{STORE_PREFIX}anonymous"),
             });
             Some(consumers.len() - 1)
@@ -1044,6 +1228,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         utc_offset,
         identity_headers: raw.identity_headers,
         ratelimit_policy: raw.ratelimit_policy,
+        billing_url: compile_https_url("billing_url", raw.billing_url)?,
         keys,
     })
 }
@@ -1103,7 +1288,7 @@ mod tests {
         let globex = c.consumer_for_key(b"foo").unwrap();
         assert_eq!(globex.name, "globex");
         assert_eq!(globex.expires_at, Some(1_798_761_600));
-        assert!(c.consumer_for_key(b"initech-key").unwrap().suspended);
+        assert!(c.consumer_for_key(b"initech-key").unwrap().status == Status::Suspended);
         assert!(c.consumer_for_key(b"nobody").is_none());
         let anon = &c.consumers[c.anonymous.unwrap()];
         assert_eq!((anon.name.as_str(), anon.plan), ("anonymous", 0));
@@ -1217,7 +1402,7 @@ mod tests {
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}, "b": {{"plan": "free", "keys": ["x", "foo"]}}}}}}"#), "consumers.b.keys[1]: this key is listed twice (also a key of consumer `a`)"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]}}}}}}"#), "consumers.a.keys[1]: this key is listed twice"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": [""]}}}}}}"#), "consumers.a.keys[0]: a key cannot be empty"),
-            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "consumers.a.status: unknown variant `paused`, expected `active` or `suspended`"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "paused"}}}}}}"#), "consumers.a.status: unknown variant `paused`, expected one of `active`, `suspended`, `past_due`"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "expires_at": "tomorrow"}}}}}}"#), "consumers.a.expires_at: `tomorrow` is not an RFC 3339"),
             (format!(r#"{{{plans}, "consumers": {{"anonymous": {{"plan": "free"}}}}}}"#), "consumers.anonymous: the name `anonymous` is reserved"),
             (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free"}}, "a": {{"plan": "free"}}}}}}"#), "consumers: `a` is listed twice"),
@@ -1246,6 +1431,23 @@ mod tests {
             (format!(r#"{{{plans}, "plan_header": "X-Tollgate-Consumer"}}"#), "plan_header: `x-tollgate-consumer` is also the consumer_header"),
             (format!(r#"{{{plans}, "calendar_utc_offset": "Asia/Kolkata"}}"#), "calendar_utc_offset: `Asia/Kolkata` is not a fixed UTC offset"),
             (format!(r#"{{{plans}, "hide_credentials": "yes"}}"#), "hide_credentials: expected true or false, found a string (write true or false without quotes)"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "suspended", "grace_until": "2027-01-01T00:00:00Z"}}}}}}"#), "consumers.a.grace_until: applies only to \"status\": \"past_due\""),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "grace_until": "2027-01-01T00:00:00Z"}}}}}}"#), "consumers.a.grace_until: applies only to"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "past_due", "grace_until": "soon"}}}}}}"#), "consumers.a.grace_until: `soon` is not an RFC 3339"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "status": "pastdue"}}}}}}"#), "consumers.a.status: unknown variant `pastdue`, expected one of `active`, `suspended`, `past_due`"),
+            (format!(r#"{{{plans}, "billing_url": "http://example.com/billing"}}"#), "billing_url: `http://example.com/billing` is not an https URL"),
+            (format!(r#"{{{plans}, "billing_url": "/billing"}}"#), "billing_url: `/billing` is not an https URL"),
+            (format!(r#"{{{plans}, "billing_url": "javascript:alert(1)"}}"#), "billing_url: `javascript:alert(1)` is not an https URL"),
+            (format!(r#"{{{plans}, "billing_url": "https://"}}"#), "billing_url: `https://` has no valid host name"),
+            (format!(r#"{{{plans}, "billing_url": "https://example.com:x/"}}"#), "billing_url: `https://example.com:x/` has no valid host name"),
+            (format!(r#"{{{plans}, "billing_url": "https://evil.example@example.com/"}}"#), "billing_url: the URL has user information"),
+            (format!(r#"{{{plans}, "billing_url": 1}}"#), "billing_url: expected a string, found 1"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/a b"}}}}}}"#), "consumers.a.billing_url: `https://example.com/a b` has characters a URL cannot contain"),
+            (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://example.com/>; rel=x"}}}}}}"#), "consumers.a.billing_url: `https://example.com/>; rel=x` has characters"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "ftp://example.com"}}}"#.into(), "plans.p.upgrade_url: `ftp://example.com` is not an https URL"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/100%"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/100%` has a `%` that is not followed by two hex digits"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/%zz"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/%zz` has a `%`"),
+            (r#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/é"}}}"#.into(), "plans.p.upgrade_url: `https://example.com/é` has characters"),
         ];
         for (json, expected) in cases {
             let message = err(&json);
@@ -1348,6 +1550,105 @@ mod tests {
             assert_eq!(parse_utc_offset(text), Ok(seconds));
             assert_eq!(format_utc_offset(seconds), text);
         }
+    }
+
+    #[test]
+    fn remedy_urls_that_are_accepted() {
+        for url in [
+            "https://example.com",
+            "HTTPS://Example.COM/billing",
+            "https://billing.example.com:8443/account?tab=payment#card",
+            "https://example.com/a%20b/(x)*;y=1,z",
+            "https://192.0.2.1/pay",
+        ] {
+            assert_eq!(
+                compile_https_url("f", Some(url.to_string())),
+                Ok(Some(url.to_string()))
+            );
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert_eq!(
+            compile_https_url("f", Some(long)),
+            Err(ConfigError(
+                "f: the URL is longer than 2048 characters".into()
+            ))
+        );
+        let c = Config::from_json(
+            br#"{"plans": {"p": {"limits": [], "upgrade_url": "https://example.com/up"}},
+                 "consumers": {"a": {"plan": "p", "billing_url": "https://example.com/a"},
+                               "b": {"plan": "p"}},
+                 "billing_url": "https://example.com/all", "anonymous_plan": "p"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.plans[0].upgrade_url.as_deref(),
+            Some("https://example.com/up")
+        );
+        let billing: Vec<Option<&str>> = c.consumers.iter().map(|x| c.billing_url_of(x)).collect();
+        assert_eq!(
+            billing,
+            [
+                Some("https://example.com/a"),
+                Some("https://example.com/all"),
+                Some("https://example.com/all")
+            ]
+        );
+    }
+
+    #[test]
+    fn standing_follows_status_expiry_and_grace() {
+        let c = Config::from_json(
+            br#"{"plans": {"p": {"limits": []}},
+                 "consumers": {
+                   "active": {"plan": "p"},
+                   "ends": {"plan": "p", "expires_at": "2027-01-01T00:00:00Z"},
+                   "suspended": {"plan": "p", "status": "suspended", "expires_at": "2020-01-01T00:00:00Z"},
+                   "grace": {"plan": "p", "status": "past_due", "grace_until": "2027-01-01T00:00:00+01:00"},
+                   "no_grace": {"plan": "p", "status": "past_due"},
+                   "both": {"plan": "p", "status": "past_due", "grace_until": "2027-02-01T00:00:00Z",
+                            "expires_at": "2027-01-01T00:00:00Z"}}}"#,
+        )
+        .unwrap();
+        let jan = 1_798_761_600; // 2027-01-01T00:00:00Z
+        let grace_end = jan - 3600;
+        let at = |name: &str, now: i64| {
+            c.consumers
+                .iter()
+                .find(|x| x.name == name)
+                .unwrap()
+                .standing(now)
+        };
+        assert_eq!(at("active", jan), Standing::Active);
+        assert_eq!(at("ends", jan - 1), Standing::Active);
+        assert_eq!(at("ends", jan), Standing::Expired { at: jan });
+        assert_eq!(at("suspended", 0), Standing::Suspended);
+        assert_eq!(
+            at("grace", grace_end - 1),
+            Standing::Grace { until: grace_end }
+        );
+        assert_eq!(
+            at("grace", grace_end),
+            Standing::PaymentRequired {
+                grace_until: Some(grace_end)
+            }
+        );
+        assert_eq!(
+            at("no_grace", 0),
+            Standing::PaymentRequired { grace_until: None }
+        );
+        assert_eq!(at("both", jan - 1).name(), "past_due");
+        assert_eq!(at("both", jan), Standing::Expired { at: jan });
+        let admitted: Vec<bool> = [
+            Standing::Active,
+            Standing::Grace { until: 0 },
+            Standing::Suspended,
+            Standing::Expired { at: 0 },
+            Standing::PaymentRequired { grace_until: None },
+        ]
+        .iter()
+        .map(|s| s.admitted())
+        .collect();
+        assert_eq!(admitted, [true, true, false, false, false]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use crate::config::{Config, Consumer, Plan};
+use crate::config::{Config, Consumer, Plan, Standing};
 use crate::credentials::Credential;
 use crate::memo::Memo;
 use crate::metrics::Reason;
@@ -38,6 +38,11 @@ pub enum Denial<'c> {
         caller: Caller<'c>,
         expired_at: i64,
     },
+    /// `past_due` after its `grace_until` (or without one): the payment method needs attention.
+    PaymentRequired {
+        caller: Caller<'c>,
+        grace_until: Option<i64>,
+    },
     /// At least one limit is exhausted; `usages` has one entry per limit, violated ones marked.
     QuotaExceeded {
         caller: Caller<'c>,
@@ -60,6 +65,7 @@ impl<'c> Denial<'c> {
             Denial::MalformedCredential(_) | Denial::UnknownKey => Reason::InvalidCredential,
             Denial::Suspended(_) => Reason::Suspended,
             Denial::Expired { .. } => Reason::Expired,
+            Denial::PaymentRequired { .. } => Reason::PastDue,
             Denial::QuotaExceeded { .. } => Reason::Quota,
             Denial::StoreUnavailable { .. } => Reason::StoreError,
         }
@@ -71,6 +77,7 @@ impl<'c> Denial<'c> {
             Denial::MissingCredential | Denial::MalformedCredential(_) | Denial::UnknownKey => None,
             Denial::Suspended(caller)
             | Denial::Expired { caller, .. }
+            | Denial::PaymentRequired { caller, .. }
             | Denial::QuotaExceeded { caller, .. }
             | Denial::StoreUnavailable { caller, .. } => Some(*caller),
         }
@@ -122,11 +129,21 @@ pub fn decide<'c>(
         return Decision::Deny(Denial::UnknownKey);
     };
     let caller = Caller { consumer, plan };
-    if consumer.suspended {
-        return Decision::Deny(Denial::Suspended(caller));
-    }
-    if let Some(expired_at) = consumer.expires_at.filter(|at| now >= *at) {
-        return Decision::Deny(Denial::Expired { caller, expired_at });
+    match consumer.standing(now) {
+        Standing::Active | Standing::Grace { .. } => {}
+        Standing::Suspended => return Decision::Deny(Denial::Suspended(caller)),
+        Standing::Expired { at } => {
+            return Decision::Deny(Denial::Expired {
+                caller,
+                expired_at: at,
+            })
+        }
+        Standing::PaymentRequired { grace_until } => {
+            return Decision::Deny(Denial::PaymentRequired {
+                caller,
+                grace_until,
+            })
+        }
     }
     if plan.limits.is_empty() {
         return Decision::Allow {
@@ -198,7 +215,11 @@ mod tests {
         "acme":    { "plan": "free", "keys": ["acme-1", "acme-2"] },
         "globex":  { "plan": "free", "keys": ["globex"], "expires_at": "2027-01-01T00:00:00Z" },
         "initech": { "plan": "free", "keys": ["initech"], "status": "suspended" },
-        "hooli":   { "plan": "unlimited", "keys": ["hooli"] }
+        "hooli":   { "plan": "unlimited", "keys": ["hooli"] },
+        "stark":   { "plan": "free", "keys": ["stark"], "status": "past_due", "grace_until": "2026-11-18T11:06:40Z" },
+        "wayne":   { "plan": "free", "keys": ["wayne"], "status": "past_due" },
+        "tyrell":  { "plan": "free", "keys": ["tyrell"], "status": "past_due", "grace_until": "2026-11-18T11:06:40Z",
+                     "expires_at": "2026-11-01T00:00:00Z" }
       }
     }"#;
     const NOW: i64 = 1_795_000_000;
@@ -237,6 +258,14 @@ mod tests {
             (key("acme-2"), NOW, "allow acme"),
             (key("acme-1"), NOW, "QuotaExceeded"),
             (key("hooli"), NOW, "allow hooli"),
+            // NOW is 2026-11-18T11:06:40Z, stark's grace_until: admitted and counted before it.
+            (key("stark"), NOW - 1, "allow stark"),
+            (key("stark"), NOW - 1, "allow stark"),
+            (key("stark"), NOW - 1, "QuotaExceeded"),
+            (key("stark"), NOW, "PaymentRequired"),
+            (key("wayne"), NOW, "PaymentRequired"),
+            // An ended subscription is expired, whatever its payment.
+            (key("tyrell"), NOW - 1, "Expired"),
         ];
         for (credential, now, want) in cases {
             let d = decide(&config, credential.clone(), now, &store, &Memo::default());
@@ -251,8 +280,8 @@ mod tests {
         assert_eq!(record("hooli"), None);
         assert_eq!(
             store.len(),
-            3 + 1,
-            "three records and the marker of their creation"
+            6 + 1,
+            "six records and the marker of their creation"
         );
     }
 

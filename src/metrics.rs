@@ -15,16 +15,19 @@ pub enum Reason {
     InvalidCredential,
     Suspended,
     Expired,
+    /// `past_due` after its grace period.
+    PastDue,
     StoreError,
 }
 
 impl Reason {
-    const ALL: [Reason; 6] = [
+    const ALL: [Reason; 7] = [
         Reason::Quota,
         Reason::MissingCredential,
         Reason::InvalidCredential,
         Reason::Suspended,
         Reason::Expired,
+        Reason::PastDue,
         Reason::StoreError,
     ];
 
@@ -35,6 +38,7 @@ impl Reason {
             Reason::InvalidCredential => "invalid_credential",
             Reason::Suspended => "suspended",
             Reason::Expired => "expired",
+            Reason::PastDue => "past_due",
             Reason::StoreError => "store_error",
         }
     }
@@ -65,10 +69,11 @@ pub enum Event {
 
 const GLOBAL_PREFIX: &str = "tollgate.";
 const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 4;
-const PLAN_REASONS: [Reason; 4] = [
+const PLAN_REASONS: [Reason; 5] = [
     Reason::Quota,
     Reason::Suspended,
     Reason::Expired,
+    Reason::PastDue,
     Reason::StoreError,
 ];
 const PER_PLAN: usize = 1 + 2 * PLAN_REASONS.len();
@@ -143,6 +148,7 @@ mod tests {
             .map(|n| Plan {
                 name: n.to_string(),
                 limits: vec![],
+                upgrade_url: None,
             })
             .collect()
     }
@@ -196,6 +202,20 @@ mod tests {
         assert_eq!(
             named(Event::Contended, None),
             ["tollgate.errors.cas_exhausted"]
+        );
+        assert_eq!(
+            named(Event::Refused(Reason::PastDue), Some(1)),
+            [
+                "tollgate.requests.refused.past_due",
+                "tollgate.plan.pro.refused.past_due"
+            ]
+        );
+        assert_eq!(
+            named(Event::Shadowed(Reason::PastDue), Some(0)),
+            [
+                "tollgate.requests.shadowed.past_due",
+                "tollgate.plan.free.shadowed.past_due"
+            ]
         );
         assert_eq!(
             named(Event::Refused(Reason::StoreError), Some(1)),

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use crate::config::{Config, Plan};
+use crate::config::{Config, Plan, Standing};
 use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
 use crate::time::format_rfc3339;
@@ -16,7 +16,27 @@ pub const MISSING_CREDENTIAL: &str = "urn:tollgate:problem:missing-credential";
 pub const INVALID_CREDENTIAL: &str = "urn:tollgate:problem:invalid-credential";
 pub const SUSPENDED: &str = "urn:tollgate:problem:subscription-suspended";
 pub const EXPIRED: &str = "urn:tollgate:problem:subscription-expired";
+pub const PAYMENT_REQUIRED: &str = "urn:tollgate:problem:payment-required";
 pub const UNAVAILABLE: &str = "urn:tollgate:problem:quota-unavailable";
+
+/// The `Link` relation types of the remedy links (RFC 8288): IANA's registered `payment` ("a
+/// resource where payment is accepted", which both pages are) for generic clients, and an
+/// extension relation type (an absolute URI, as RFC 8288 section 2.1.2 requires) that says
+/// which page it is.
+pub const BILLING_RELATION: &str = "payment urn:tollgate:rel:billing";
+pub const UPGRADE_RELATION: &str = "payment urn:tollgate:rel:upgrade";
+
+/// `<url>; rel="<relation>"`. The URL was validated at configuration time (RFC 3986
+/// characters only, so no `>` or `"`), and never comes from the request.
+pub fn link(url: &str, relation: &str) -> String {
+    let mut out = String::with_capacity(url.len() + relation.len() + 10);
+    out.push('<');
+    out.push_str(url);
+    out.push_str(">; rel=\"");
+    out.push_str(relation);
+    out.push('"');
+    out
+}
 
 /// A local reply: status, headers, body — or, to a gRPC client, a trailers-only gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +174,13 @@ struct Problem<'a> {
     retry_after: Option<i64>,
     #[serde(rename = "expired-at", skip_serializing_if = "Option::is_none")]
     expired_at: Option<String>,
+    #[serde(rename = "grace-until", skip_serializing_if = "Option::is_none")]
+    grace_until: Option<String>,
+    #[serde(rename = "billing-url", skip_serializing_if = "Option::is_none")]
+    billing_url: Option<&'a str>,
+    /// Last of the members a quota refusal has: [`QuotaRefusal`] appends `retry-after`.
+    #[serde(rename = "upgrade-url", skip_serializing_if = "Option::is_none")]
+    upgrade_url: Option<&'a str>,
 }
 
 impl<'a> Problem<'a> {
@@ -169,6 +196,9 @@ impl<'a> Problem<'a> {
             reset: None,
             retry_after: None,
             expired_at: None,
+            grace_until: None,
+            billing_url: None,
+            upgrade_url: None,
         }
     }
 
@@ -176,6 +206,17 @@ impl<'a> Problem<'a> {
         self.consumer = Some(&caller.consumer.name);
         self.plan = Some(&caller.plan.name);
         self
+    }
+
+    /// A refusal for the consumer's standing: its billing page, if one is configured, as a
+    /// member and as a `Link` header.
+    fn standing_reply(mut self, config: &'a Config, caller: &Caller<'a>, grpc: bool) -> Reply {
+        let mut headers = Vec::new();
+        if let Some(url) = config.billing_url_of(caller.consumer) {
+            self.billing_url = Some(url);
+            headers.push(("link", link(url, BILLING_RELATION)));
+        }
+        self.reply(headers, grpc)
     }
 
     /// The reply: problem+json, or for a gRPC client (which cannot read a 402) a trailers-only
@@ -235,7 +276,7 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             ),
         )
         .of(caller)
-        .reply(Vec::new(), grpc),
+        .standing_reply(config, caller, grpc),
         Denial::Expired { caller, expired_at } => {
             let mut p = Problem::new(
                 EXPIRED,
@@ -249,7 +290,29 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             )
             .of(caller);
             p.expired_at = Some(format_rfc3339(*expired_at));
-            p.reply(Vec::new(), grpc)
+            p.standing_reply(config, caller, grpc)
+        }
+        Denial::PaymentRequired {
+            caller,
+            grace_until,
+        } => {
+            let since = match grace_until {
+                Some(at) => format!(" (the grace period ended at {})", format_rfc3339(*at)),
+                None => String::new(),
+            };
+            let mut p = Problem::new(
+                PAYMENT_REQUIRED,
+                "Payment required",
+                402,
+                format!(
+                    "The payment for the subscription of consumer {} is past due{since}; \
+                     the payment method needs attention.",
+                    caller.consumer.name
+                ),
+            )
+            .of(caller);
+            p.grace_until = grace_until.map(format_rfc3339);
+            p.standing_reply(config, caller, grpc)
         }
         Denial::QuotaExceeded { caller, usages } => {
             quota_exceeded(config, caller, usages, now, grpc)
@@ -294,6 +357,8 @@ pub struct QuotaRefusal {
     /// When the binding limit resets.
     reset: i64,
     policy: Option<Rc<str>>,
+    /// The plan's upgrade page as a `Link` header value, rendered with the rest.
+    link: Option<String>,
 }
 
 impl QuotaRefusal {
@@ -334,6 +399,7 @@ impl QuotaRefusal {
             .of(caller);
             p.violated_policies = Some(violated.iter().map(|(l, _)| l.name.as_str()).collect());
             p.reset = (reset != i64::MIN).then(|| format_rfc3339(reset));
+            p.upgrade_url = caller.plan.upgrade_url.as_deref();
             // `retry-after` is the last member: the document is this one without its closing
             // brace, then `,"retry-after":<seconds>}` (what serde_json would write).
             let mut body = to_json(&p);
@@ -341,12 +407,18 @@ impl QuotaRefusal {
             body.push_str(",\"retry-after\":");
             body
         };
+        let link = caller
+            .plan
+            .upgrade_url
+            .as_deref()
+            .map(|url| link(url, UPGRADE_RELATION));
         QuotaRefusal {
             status,
             grpc,
             head,
             reset,
             policy,
+            link,
         }
     }
 
@@ -365,6 +437,9 @@ impl QuotaRefusal {
             state: rate_limit_state(plan, usages, now),
         };
         let mut headers = fields.headers();
+        if let Some(link) = &self.link {
+            headers.push(("link", link.clone()));
+        }
         if self.grpc {
             headers.push(("retry-after", seconds));
             return Reply {
@@ -399,6 +474,8 @@ struct UsageDocument<'a> {
     consumer: &'a str,
     plan: &'a str,
     status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_until: Option<String>,
     limits: Vec<LimitUsage<'a>>,
 }
 
@@ -422,7 +499,7 @@ fn to_json(document: &impl Serialize) -> String {
 }
 
 /// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
-pub fn usage(caller: &Caller, standing: &str, usages: &[Usage]) -> Reply {
+pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
     let limits = caller
         .plan
         .limits
@@ -440,7 +517,8 @@ pub fn usage(caller: &Caller, standing: &str, usages: &[Usage]) -> Reply {
     let body = to_json(&UsageDocument {
         consumer: &caller.consumer.name,
         plan: &caller.plan.name,
-        status: standing,
+        status: standing.name(),
+        grace_until: standing.grace_until().map(format_rfc3339),
         limits,
     });
     Reply {
@@ -663,5 +741,105 @@ mod tests {
         let body: Value = serde_json::from_str(&expired.body).unwrap();
         assert_eq!(body["expired-at"], "2026-01-01T00:00:00Z");
         assert_eq!(body["consumer"], "globex");
+    }
+
+    const REMEDIES: &str = r#"{
+      "plans": {
+        "free": { "limits": [ {"name": "daily", "requests": 1, "window": "day"} ],
+                  "upgrade_url": "https://example.com/upgrade?plan=free" },
+        "bare": { "limits": [ {"name": "daily", "requests": 1, "window": "day"} ] }
+      },
+      "consumers": {
+        "acme":    { "plan": "free", "keys": ["acme"] },
+        "bob":     { "plan": "bare", "keys": ["bob"] },
+        "initech": { "plan": "free", "keys": ["initech"], "status": "suspended" },
+        "globex":  { "plan": "free", "keys": ["globex"], "expires_at": "2026-01-01T00:00:00Z",
+                     "billing_url": "https://billing.example.com/globex" },
+        "stark":   { "plan": "free", "keys": ["stark"], "status": "past_due",
+                     "grace_until": "2026-11-25T12:00:00Z" },
+        "wayne":   { "plan": "free", "keys": ["wayne"], "status": "past_due" }
+      },
+      "billing_url": "https://example.com/billing"
+    }"#;
+
+    #[test]
+    fn standing_refusals_carry_the_billing_page_consumer_first() {
+        let config = Config::from_json(REMEDIES.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        let cases = [
+            ("initech", SUSPENDED, "https://example.com/billing"),
+            ("globex", EXPIRED, "https://billing.example.com/globex"),
+            ("stark", PAYMENT_REQUIRED, "https://example.com/billing"),
+            ("wayne", PAYMENT_REQUIRED, "https://example.com/billing"),
+        ];
+        for (who, kind, url) in cases {
+            let reply = deny(&config, &store, key(who), NOW);
+            let body: Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!((reply.status, body["type"].as_str()), (402, Some(kind)));
+            assert_eq!(body["billing-url"], url, "{who}");
+            assert_eq!(
+                header(&reply, "link"),
+                Some(format!("<{url}>; rel=\"payment urn:tollgate:rel:billing\"").as_str())
+            );
+            assert!(body.get("upgrade-url").is_none(), "not a quota refusal");
+            // gRPC: the same Link as metadata, PERMISSION_DENIED like the other standings.
+            let Decision::Deny(d) = decide(&config, key(who), NOW, &store, &Memo::default()) else {
+                panic!()
+            };
+            let grpc = refusal(&config, &d, NOW, true);
+            assert_eq!(grpc.grpc_status, Some(grpc::PERMISSION_DENIED));
+            assert_eq!(header(&grpc, "link"), header(&reply, "link"));
+        }
+        let stark: Value =
+            serde_json::from_str(&deny(&config, &store, key("stark"), NOW).body).unwrap();
+        assert_eq!(stark["grace-until"], "2026-11-25T12:00:00Z");
+        assert_eq!(
+            stark["detail"],
+            "The payment for the subscription of consumer stark is past due (the grace period \
+             ended at 2026-11-25T12:00:00Z); the payment method needs attention."
+        );
+        let wayne: Value =
+            serde_json::from_str(&deny(&config, &store, key("wayne"), NOW).body).unwrap();
+        assert!(wayne.get("grace-until").is_none());
+        // Without any billing page: no member, no Link.
+        let bare = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let reply = deny(&bare, &store, key("initech"), NOW);
+        assert_eq!(header(&reply, "link"), None);
+        assert!(!reply.body.contains("billing-url"));
+    }
+
+    #[test]
+    fn a_quota_refusal_carries_its_plans_upgrade_page() {
+        let config = Config::from_json(REMEDIES.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        for who in ["acme", "bob"] {
+            assert!(matches!(
+                decide(&config, key(who), NOW, &store, &Memo::default()),
+                Decision::Allow { .. }
+            ));
+        }
+        let reply = deny(&config, &store, key("acme"), NOW);
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["type"], QUOTA_EXCEEDED);
+        assert_eq!(body["upgrade-url"], "https://example.com/upgrade?plan=free");
+        assert_eq!(
+            body["retry-after"], 39_600,
+            "still the last member, filled in"
+        );
+        assert!(
+            body.get("billing-url").is_none(),
+            "a quota refusal is no billing matter"
+        );
+        assert_eq!(
+            header(&reply, "link"),
+            Some(
+                "<https://example.com/upgrade?plan=free>; rel=\"payment urn:tollgate:rel:upgrade\""
+            )
+        );
+        let bob = deny(&config, &store, key("bob"), NOW);
+        assert_eq!(header(&bob, "link"), None);
+        assert!(!bob.body.contains("upgrade-url"));
     }
 }

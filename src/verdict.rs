@@ -309,13 +309,7 @@ fn usage_endpoint<'c>(
         return refuse(Denial::UnknownKey);
     };
     let caller = Caller { consumer, plan };
-    let standing = if consumer.suspended {
-        "suspended"
-    } else if consumer.expires_at.is_some_and(|at| now >= at) {
-        "expired"
-    } else {
-        "active"
-    };
+    let standing = consumer.standing(now);
     match peek(
         store,
         &consumer.store_key,
@@ -699,5 +693,85 @@ mod tests {
             &[(":path", "/tollgate/usage"), ("x-api-key", "initech")],
         ));
         assert!(suspended.body.contains("\"status\":\"suspended\""));
+    }
+
+    #[test]
+    fn past_due_is_counted_in_grace_refused_after_and_reported_by_the_usage_endpoint() {
+        let c = Config::from_json(
+            br#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 5, "window": "day"}],
+                                     "upgrade_url": "https://example.com/upgrade"}},
+                 "consumers": {
+                   "late": {"plan": "free", "keys": ["late"], "status": "past_due",
+                            "grace_until": "2026-11-25T13:00:01Z"}},
+                 "billing_url": "https://example.com/billing", "usage_path": "/u"}"#,
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let memo = Memo::default();
+        let at = |now: i64, path: &str| {
+            let h = get(&[("x-api-key", "late"), (":path", path)]);
+            let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            handle(&c, &mut req(&pairs), now, &store, &memo)
+        };
+        let admitted = at(NOW, "/");
+        assert_eq!(admitted.events, [(Event::Allowed, Some(0))]);
+        let usage: serde_json::Value = serde_json::from_str(&replied(&at(NOW, "/u")).body).unwrap();
+        assert_eq!(
+            (
+                &usage["status"],
+                &usage["grace_until"],
+                &usage["limits"][0]["used"]
+            ),
+            (
+                &serde_json::json!("past_due"),
+                &serde_json::json!("2026-11-25T13:00:01Z"),
+                &serde_json::json!(1)
+            )
+        );
+        let refused = at(NOW + 1, "/");
+        assert_eq!(refused.events, [(Event::Refused(Reason::PastDue), Some(0))]);
+        let reply = replied(&refused);
+        assert_eq!(reply.status, 402);
+        assert!(reply.body.contains("urn:tollgate:problem:payment-required"));
+        assert!(reply.headers.contains(&(
+            "link",
+            "<https://example.com/billing>; rel=\"payment urn:tollgate:rel:billing\"".into()
+        )));
+        let usage: serde_json::Value =
+            serde_json::from_str(&replied(&at(NOW + 1, "/u")).body).unwrap();
+        assert_eq!(usage["status"], "past_due");
+        assert_eq!(usage["limits"][0]["used"], 1, "the refusal counted nothing");
+    }
+
+    #[test]
+    fn a_remembered_refusal_keeps_its_upgrade_link() {
+        let c = Config::from_json(
+            br#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 1, "window": "day"}],
+                                     "upgrade_url": "https://example.com/upgrade"}},
+                 "consumers": {"acme": {"plan": "free", "keys": ["acme"]}}}"#,
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&c, &store).unwrap();
+        let memo = Memo::default();
+        let h = get(&[("x-api-key", "acme")]);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert!(matches!(
+            handle(&c, &mut req(&pairs), NOW, &store, &memo).action,
+            Action::Forward(_)
+        ));
+        for now in [NOW, NOW + 5] {
+            let remembered = replied(&handle(&c, &mut req(&pairs), now, &store, &memo));
+            let fresh = replied(&handle(&c, &mut req(&pairs), now, &store, &Memo::default()));
+            assert_eq!(remembered, fresh);
+            assert!(remembered.headers.contains(&(
+                "link",
+                "<https://example.com/upgrade>; rel=\"payment urn:tollgate:rel:upgrade\"".into()
+            )));
+            assert!(remembered
+                .body
+                .contains("\"upgrade-url\":\"https://example.com/upgrade\""));
+        }
     }
 }

@@ -59,6 +59,10 @@ fn bad_configurations_are_refused_with_a_line_naming_the_field() {
         (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 10, "window": "fortnight"}]}}}"#.to_string(), "plans.p.limits[0].window: `fortnight` is not a window"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 0, "window": "day"}]}}}"#.to_string(), "plans.p.limits[0].requests: must be greater than 0"),
         (format!(r#"{{{plans}, "anonymous_plan": "nope"}}"#), "anonymous_plan: plan `nope` does not exist"),
+        (format!(r#"{{{plans}, "billing_url": "http://example.com/pay"}}"#), "billing_url: `http://example.com/pay` is not an https URL"),
+        (r#"{"plans": {"free": {"limits": [], "upgrade_url": "https://example.com/up grade"}}}"#.to_string(), "plans.free.upgrade_url: `https://example.com/up grade` has characters a URL cannot contain"),
+        (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "billing_url": "https://k1:secret@example.com/"}}}}}}"#), "consumers.a.billing_url: the URL has user information"),
+        (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "grace_until": "2027-01-01T00:00:00Z"}}}}}}"#), "consumers.a.grace_until: applies only to \"status\": \"past_due\""),
     ];
     for (json, expected) in cases {
         let line = refused(&json);

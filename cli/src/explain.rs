@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use tollgate::config::{Config, Mode, Source};
+use tollgate::config::{Config, Mode, Source, Standing};
 use tollgate::credentials::{Credential, Presented};
 use tollgate::decision::{decide, Decision, Denial};
 use tollgate::memo::Memo;
@@ -80,11 +80,31 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
             line("consumer", &who);
             line("plan", &caller.plan.name);
             let consumer = caller.consumer;
-            let standing = match consumer.expires_at {
-                _ if consumer.suspended => "suspended".to_string(),
-                Some(at) if now >= at => format!("expired at {} (expires_at)", format_rfc3339(at)),
-                Some(at) => format!("active until {} (expires_at)", format_rfc3339(at)),
-                None => "active".to_string(),
+            let until = |at: Option<i64>| match at {
+                Some(at) => format!(" until {} (expires_at)", format_rfc3339(at)),
+                None => String::new(),
+            };
+            let standing = match consumer.standing(now) {
+                Standing::Suspended => "suspended".to_string(),
+                Standing::Expired { at } => {
+                    format!("expired at {} (expires_at)", format_rfc3339(at))
+                }
+                Standing::Active => format!("active{}", until(consumer.expires_at)),
+                Standing::Grace { until } => format!(
+                    "past_due: a payment failed; admitted and counted until {} (grace_until), \
+                     in {}, then refused with 402 payment required",
+                    format_rfc3339(until),
+                    duration(until - now)
+                ),
+                Standing::PaymentRequired {
+                    grace_until: Some(at),
+                } => format!(
+                    "past_due: a payment failed; the grace period ended at {} (grace_until)",
+                    format_rfc3339(at)
+                ),
+                Standing::PaymentRequired { grace_until: None } => {
+                    "past_due: a payment failed; no grace period (grace_until)".to_string()
+                }
             };
             line("standing", &standing);
             let limits = &caller.plan.limits;
@@ -142,6 +162,9 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
         ),
         _ => line("verdict", &verdict),
     }
+    if let Some(remedy) = remedy(config, &decision, now) {
+        line("remedy", &remedy);
+    }
     if matches!(
         decision,
         Decision::Deny(Denial::UnknownKey | Denial::MissingCredential)
@@ -193,6 +216,31 @@ fn refused(config: &Config, denial: &Denial, now: i64) -> String {
         field("type"),
         field("detail")
     )
+}
+
+/// The remedy link a refusal carries (`Link: <url>; rel="..."`), or, for a counted consumer,
+/// the one its refusals would carry.
+fn remedy(config: &Config, decision: &Decision, now: i64) -> Option<String> {
+    match decision {
+        Decision::Deny(denial) => refusal(config, denial, now, false)
+            .headers
+            .into_iter()
+            .find(|(name, _)| *name == "link")
+            .map(|(_, value)| format!("Link: {value}")),
+        Decision::Allow { caller, .. } => {
+            let mut out = Vec::new();
+            if let Some(url) = caller.plan.upgrade_url.as_deref() {
+                out.push(format!("{url} when a limit is spent (upgrade_url)"));
+            }
+            if let (Standing::Grace { .. }, Some(url)) = (
+                caller.consumer.standing(now),
+                config.billing_url_of(caller.consumer),
+            ) {
+                out.push(format!("{url} once refused for payment (billing_url)"));
+            }
+            (!out.is_empty()).then(|| out.join("; "))
+        }
+    }
 }
 
 /// `header x-api-key, Authorization: Bearer <key> or query ?api_key=<key>`.

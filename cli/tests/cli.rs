@@ -437,6 +437,72 @@ fn explain_at_a_calendar_offset_and_in_shadow_mode() {
 }
 
 #[test]
+fn explain_shows_payment_standing_and_remedy_links() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "plugin.json",
+        r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 5, "window": "day"}],
+                            "upgrade_url": "https://example.com/upgrade"}},
+            "consumers": {
+              "grace": {"plan": "p", "keys": ["kg"], "status": "past_due", "grace_until": "2026-11-30T00:00:00Z"},
+              "lapsed": {"plan": "p", "keys": ["kl"], "status": "past_due", "grace_until": "2026-11-20T00:00:00Z",
+                         "billing_url": "https://billing.example.com/lapsed"},
+              "never": {"plan": "p", "keys": ["kn"], "status": "past_due"}},
+            "billing_url": "https://example.com/billing"}"#,
+    );
+    let explain = |key: &str| {
+        let out = tollgate(&["explain", &file, "--key", key, "--at", WAYNE_AT], "");
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    let grace = explain("kg");
+    for line in [
+        "  standing  past_due: a payment failed; admitted and counted until 2026-11-30T00:00:00Z \
+         (grace_until), in 4d 10h 13m, then refused with 402 payment required\n",
+        "  verdict   counted; forwarded while every limit has requests left",
+        "  remedy    https://example.com/upgrade when a limit is spent (upgrade_url); \
+         https://example.com/billing once refused for payment (billing_url)\n",
+    ] {
+        assert!(grace.contains(line), "{line}\n{grace}");
+    }
+    let lapsed = explain("kl");
+    for line in [
+        "  standing  past_due: a payment failed; the grace period ended at 2026-11-20T00:00:00Z (grace_until)\n",
+        "  verdict   refused with 402 Payment required (urn:tollgate:problem:payment-required), \
+         before counting (nothing is counted): The payment for the subscription of consumer lapsed \
+         is past due (the grace period ended at 2026-11-20T00:00:00Z); the payment method needs attention.\n",
+        "  remedy    Link: <https://billing.example.com/lapsed>; rel=\"payment urn:tollgate:rel:billing\"\n",
+    ] {
+        assert!(lapsed.contains(line), "{line}\n{lapsed}");
+    }
+    let never = explain("kn");
+    assert!(
+        never.contains("  standing  past_due: a payment failed; no grace period (grace_until)\n"),
+        "{never}"
+    );
+    assert!(
+        never.contains("  remedy    Link: <https://example.com/billing>;"),
+        "{never}"
+    );
+}
+
+#[test]
+fn check_refuses_a_remedy_url_that_is_not_https_naming_the_field() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "plugin.json",
+        r#"{"plans": {"p": {"limits": [], "upgrade_url": "http://example.com/upgrade"}}}"#,
+    );
+    let out = tollgate(&["check", &file], "");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("plans.p.upgrade_url: `http://example.com/upgrade` is not an https URL"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn hash_key_from_a_terminal_does_not_echo_the_key() {
     // A pseudo-terminal from python3's pty module (python3 is needed by `make` anyway): the
     // key is typed, the terminal shows the prompt and the digest, never the key.

@@ -228,8 +228,7 @@ pub fn config(data: &[u8]) {
             let Some(consumer) = config.consumers.iter().find(|c| c.name == *consumer_name) else {
                 panic!("consumer {consumer_name} of the JSON is not in the configuration");
             };
-            let in_good_standing =
-                !consumer.suspended && consumer.expires_at.is_none_or(|at| now < at);
+            let in_good_standing = consumer.standing(now).admitted();
             let first_request = !counted.contains(&consumer_name.as_str());
             if exact
                 && in_good_standing
@@ -405,6 +404,7 @@ pub fn record(data: &[u8]) {
         let plan = Plan {
             name: "p".into(),
             limits: limits.clone(),
+            upgrade_url: None,
         };
         for (now, offset) in [(NOW, 0), (NOW + 40 * DAY, -MAX_UTC_OFFSET)] {
             let store = MemoryStore::new();
@@ -577,7 +577,8 @@ const REQUEST_CONFIGS: [&str; 2] = [
       "credentials": [{"header": "x-api-key"}, {"authorization": "Bearer"}, {"query": "api_key"}],
       "plans": {
         "free": {"limits": [{"name": "daily", "requests": 3, "window": "day"},
-                            {"name": "burst", "requests": 2, "window": "10s", "status": 429}]},
+                            {"name": "burst", "requests": 2, "window": "10s", "status": 429}],
+                 "upgrade_url": "https://example.com/upgrade?plan=free"},
         "trial": {"limits": [{"name": "monthly", "requests": 1, "window": "month"}]},
         "internal": {"limits": []}
       },
@@ -585,9 +586,12 @@ const REQUEST_CONFIGS: [&str; 2] = [
         "acme": {"plan": "free", "keys": ["acme-key", "k"]},
         "wayne": {"plan": "trial", "keys": ["wayne-key"], "expires_at": "2027-01-01T00:00:00Z"},
         "initech": {"plan": "free", "keys": ["initech-key"], "status": "suspended"},
-        "ops": {"plan": "internal", "keys": ["ops-key"]}
+        "ops": {"plan": "internal", "keys": ["ops-key"]},
+        "stark": {"plan": "free", "keys": ["stark-key"], "status": "past_due",
+                  "grace_until": "2027-01-01T00:00:00Z", "billing_url": "https://example.com/stark"}
       },
       "anonymous_plan": "trial",
+      "billing_url": "https://example.com/billing",
       "usage_path": "/tollgate/usage",
       "hide_credentials": true,
       "calendar_utc_offset": "+05:30"
