@@ -16,10 +16,15 @@ EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
 # tollgate built at opt-level 3 by `make bench`, to compare with the shipped build.
 OPT_WASM       = target/opt-$(1)/$(WASM_TARGET)/release/tollgate.wasm
 
+# The same filter with the `fault-injection` feature, for the failure-path tests only; its own
+# target dir, so it never replaces the shipped .wasm.
+FAULT_WASM    := target/fault-injection/$(WASM_TARGET)/release/tollgate.wasm
+
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
+export TOLLGATE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz clean
+.PHONY: help build build-fault wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +47,10 @@ build: toolchain wasm-opt ## Build the release filter (opt-level z, then wasm-op
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
+build-fault: toolchain # The test-only fault-injection build of the filter (never shipped)
+	cargo build --release --target $(WASM_TARGET) -p tollgate --features fault-injection \
+		--target-dir target/fault-injection
+
 wasm-opt: # binaryen's wasm-opt (Debian package), installed where missing
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; } || \
 		echo "warning: could not install binaryen (wasm-opt)"
@@ -61,19 +70,20 @@ test-tools: # curl (gRPC tests) and h2load (HTTP/2 stress); installed only where
 	@command -v curl >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
 
-test: build envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: build build-fault envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --workspace --lib
 
-e2e: build envoy test-tools ## End-to-end tests only
+e2e: build build-fault envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) -p tollgate -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) -p tollgate --features fault-injection -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -226,19 +226,85 @@ fn shadow_mode_counts_and_reports_but_refuses_nothing() {
     );
 }
 
+/// Asks the fault-injection build to make this request's shared-data reads (`get`) or
+/// writes (`set`) fail in Envoy.
+const FAULT: &str = "x-tollgate-fault-injection";
+
 #[test]
-fn on_store_error_is_configurable_and_normal_traffic_is_unaffected() {
-    // Envoy's shared data cannot be made to fail from outside, so the failure paths (503 with
-    // deny, uncounted forward with allow) are proven by the unit tests of verdict.rs with a
-    // failing store; here both settings load and count normally.
+fn on_store_error_deny_answers_503_and_allow_forwards_uncounted_when_shared_data_fails() {
+    // The test-only fault-injection build makes Envoy refuse the shared-data call itself
+    // (InvalidMemoryAccess), so the failure goes through the real ABI and tollgate's handling
+    // of the status. One worker: a trapped VM would refuse every later request (FAIL_CLOSED).
     for policy in ["deny", "allow"] {
-        let envoy = Envoy::start(&config(&format!(r#", "on_store_error": "{policy}""#)));
-        let statuses: Vec<u16> = (0..3)
-            .map(|_| envoy.get_with_key("acme-key").status)
-            .collect();
-        assert_eq!(statuses, [200, 200, 402], "on_store_error={policy}");
-        let log = envoy.tollgate_log().join("\n");
-        assert!(log.contains(&format!("on_store_error {policy}")), "{log}");
+        let envoy = Envoy::start_with(Options {
+            plugin: Some(config(&format!(r#", "on_store_error": "{policy}""#))),
+            wasm: Some(fault_wasm_path()),
+            concurrency: 1,
+            ..Options::default()
+        });
+        assert_eq!(envoy.get_with_key("globex-key").remaining("daily"), 999);
+        for fault in ["get", "set"] {
+            let r = envoy.get("/", &[("x-api-key", "globex-key"), (FAULT, fault)]);
+            let what = format!("on_store_error={policy}, {fault} fails: {r:?}");
+            assert_eq!(r.header("ratelimit"), None, "{what}");
+            assert_eq!(r.header("ratelimit-policy"), None, "{what}");
+            if policy == "deny" {
+                assert_eq!(r.status, 503, "{what}");
+                assert_eq!(
+                    r.header("content-type"),
+                    Some("application/problem+json"),
+                    "{what}"
+                );
+                assert_eq!(r.header("retry-after"), Some("1"), "{what}");
+                assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+                let body = r.json();
+                assert_eq!(
+                    body["type"], "urn:tollgate:problem:quota-unavailable",
+                    "{what}"
+                );
+                assert_eq!(body["status"], 503, "{what}");
+            } else {
+                let (_, headers) = upstream_saw(&r);
+                assert_eq!(
+                    values(&headers, "x-tollgate-consumer"),
+                    ["globex"],
+                    "{what}"
+                );
+                assert_eq!(values(&headers, "x-tollgate-plan"), ["pro"], "{what}");
+            }
+        }
+        let mut failures = 2;
+        if policy == "deny" {
+            // gRPC callers get UNAVAILABLE.
+            let grpc = grpc_call(&envoy, &["x-api-key: globex-key", &format!("{FAULT}: get")]);
+            assert!(grpc.starts_with("http/2 200"), "{grpc}");
+            assert!(grpc.contains("grpc-status: 14"), "UNAVAILABLE: {grpc}");
+            failures += 1;
+        }
+        // The failed requests counted nothing, and the VM still serves (no trap).
+        assert_eq!(envoy.get_with_key("globex-key").remaining("daily"), 998);
+        let (allowed, refused) = if policy == "deny" {
+            (2, failures)
+        } else {
+            (2 + failures, 0)
+        };
+        poll(Duration::from_secs(10), "the store-error counters", || {
+            (counter(&envoy, "tollgate.errors.store") == failures
+                && counter(&envoy, "tollgate.requests.allowed") == allowed
+                && counter(&envoy, "tollgate.requests.refused.store_error") == refused
+                && counter(&envoy, "tollgate.plan.pro.refused.store_error") == refused
+                && counter(&envoy, "tollgate.errors.cas_exhausted") == 0)
+                .then_some(())
+        });
+        let log = envoy.log();
+        for call in ["get_shared_data", "set_shared_data"] {
+            assert!(
+                log.contains(&format!("{call}: InvalidMemoryAccess (6)")),
+                "the host's own status is logged for {call}:\n{log}"
+            );
+        }
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(!log.contains("Uncaught"), "a VM trapped:\n{log}");
     }
 }
 

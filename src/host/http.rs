@@ -101,7 +101,7 @@ impl HttpContext for Filter {
             &runtime.config,
             &mut request,
             now,
-            &SharedData,
+            &SharedData::for_request(),
             &runtime.exhausted,
         );
         runtime.metrics.record(&verdict.events);

@@ -69,7 +69,7 @@ impl RootContext for Root {
         };
         // Create every counted consumer's record now, before any request is counted: Envoy
         // does not check CAS when a key is first created (see quota.rs).
-        match create_records(&config, &SharedData) {
+        match create_records(&config, &SharedData::default()) {
             Ok(created) => log::debug!("created {created} consumer records"),
             Err(e) => {
                 log::error!("configuration refused: shared data unavailable: {}", e.0);

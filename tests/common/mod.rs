@@ -46,6 +46,21 @@ pub fn wasm_path() -> PathBuf {
     path
 }
 
+/// The test-only build with the `fault-injection` feature (`make build-fault`), whose
+/// shared-data calls fail on request (header `x-tollgate-fault-injection: get|set`).
+pub fn fault_wasm_path() -> PathBuf {
+    let path = from_env_or(
+        "TOLLGATE_FAULT_WASM",
+        repo().join("target/fault-injection/wasm32-wasip1/release/tollgate.wasm"),
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test` (it builds the fault-injection .wasm first)",
+        path.display()
+    );
+    path
+}
+
 pub fn envoy_path() -> PathBuf {
     let path = from_env_or("TOLLGATE_ENVOY", repo().join(".venv/bin/envoy"));
     assert!(
@@ -113,6 +128,8 @@ pub struct Options {
     pub concurrency: u32,
     /// Extra Envoy arguments (e.g. log levels).
     pub args: Vec<String>,
+    /// The `.wasm` to load instead of the release build (e.g. [`fault_wasm_path`]).
+    pub wasm: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -124,6 +141,7 @@ impl Default for Options {
             plugin: None,
             concurrency: 2,
             args: Vec::new(),
+            wasm: None,
         }
     }
 }
@@ -134,6 +152,7 @@ pub struct Envoy {
     pub backend: u16,
     pub admin: u16,
     relocate: Option<String>,
+    wasm: PathBuf,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -143,6 +162,7 @@ pub struct Envoy {
 fn render(
     text: &str,
     ports: (u16, u16, u16),
+    wasm: &std::path::Path,
     dir: &std::path::Path,
     relocate: Option<&str>,
     plugin: Option<&str>,
@@ -158,7 +178,7 @@ fn render(
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace(
             "filename: target/wasm32-wasip1/release/tollgate.wasm",
-            &format!("filename: {}", wasm_path().display()),
+            &format!("filename: {}", wasm.display()),
         );
     match plugin {
         Some(json) if text.contains("# tollgate-configuration-begin") => {
@@ -212,6 +232,7 @@ impl Envoy {
         let ports = free_ports(3);
         let (port, backend, admin) = (ports[0], ports[1], ports[2]);
         let plugin = options.plugin.as_deref();
+        let wasm = options.wasm.clone().unwrap_or_else(wasm_path);
         for file in &options.files {
             let text = std::fs::read_to_string(repo().join(file)).unwrap();
             let name = std::path::Path::new(file).file_name().unwrap();
@@ -220,6 +241,7 @@ impl Envoy {
                 render(
                     &text,
                     (port, backend, admin),
+                    &wasm,
                     &dir,
                     options.relocate.as_deref(),
                     plugin,
@@ -234,6 +256,7 @@ impl Envoy {
             render(
                 &bootstrap,
                 (port, backend, admin),
+                &wasm,
                 &dir,
                 options.relocate.as_deref(),
                 plugin,
@@ -264,6 +287,7 @@ impl Envoy {
             backend,
             admin,
             relocate: options.relocate.clone(),
+            wasm,
             dir,
             log,
         };
@@ -303,6 +327,7 @@ impl Envoy {
         let rendered = render(
             &text,
             (self.port, self.backend, self.admin),
+            &self.wasm,
             &self.dir,
             self.relocate.as_deref(),
             plugin,
