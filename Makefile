@@ -24,7 +24,7 @@ export TOLLGATE_WASM := $(CURDIR)/$(WASM)
 export TOLLGATE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
-.PHONY: help build build-fault wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz clean
+.PHONY: help build build-fault wasm-opt run test test-tools unit e2e lint fmt envoy toolchain bench bench-tools fuzz mutants clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -120,6 +120,20 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 	    $(CURDIR)/fuzz/corpus/$$target $(CURDIR)/fuzz/regressions/$$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 $$dict \
 	    || { status=1; echo "== fuzz $$target FAILED: see fuzz/artifacts/$$target/"; }; \
+	done; exit $$status
+
+# Mutation testing (cargo-mutants) of the pure core with its unit tests only (`cargo test --lib`),
+# one job at a time; one file after the other, each with its report in target/mutants/<file>/.
+MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/decision.rs \
+	src/config.rs src/response.rs
+MUTANTS_TIMEOUT ?= 60
+
+mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`
+	@command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
+	@status=0; for file in $(MUTANTS_FILES); do \
+	  echo "== mutants $$file"; \
+	  cargo mutants --package tollgate --file $$file -j 1 --timeout $(MUTANTS_TIMEOUT) \
+	    --output target/mutants/$$(basename $$file .rs) -- --lib || status=1; \
 	done; exit $$status
 
 clean: ## Remove build outputs (keeps .venv)
