@@ -131,9 +131,9 @@ MUTANTS_TIMEOUT ?= 60
 mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`
 	@command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 	@status=0; for file in $(MUTANTS_FILES); do \
-	  echo "== mutants $$file"; \
+	  echo "== mutants $$file"; out=target/mutants/$$(basename $$file .rs); mkdir -p $$out; \
 	  cargo mutants --package tollgate --file $$file -j 1 --timeout $(MUTANTS_TIMEOUT) \
-	    --output target/mutants/$$(basename $$file .rs) -- --lib || status=1; \
+	    --output $$out -- --lib || status=1; \
 	done; exit $$status
 
 clean: ## Remove build outputs (keeps .venv)
