@@ -398,6 +398,107 @@ mod tests {
         );
     }
 
+    /// Counts the reads that reach the store, to tell the memo's answers from the store's.
+    struct Counting<'a> {
+        inner: &'a MemoryStore,
+        gets: std::cell::Cell<u32>,
+    }
+
+    impl Store for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::SetError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    /// Sends `headers` `times` times through one memo, as one VM does; returns the verdicts
+    /// and how many of the requests read the store.
+    fn through_one_memo<'c>(
+        config: &'c Config,
+        headers: &[(&str, &str)],
+        times: usize,
+    ) -> (Vec<Verdict<'c>>, u32) {
+        let inner = MemoryStore::new();
+        crate::quota::create_records(config, &inner).unwrap();
+        let store = Counting {
+            inner: &inner,
+            gets: std::cell::Cell::new(0),
+        };
+        let memo = Exhausted::default();
+        let h = get(headers);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let verdicts = (0..times)
+            .map(|_| handle(config, &mut req(&pairs), NOW, &store, &memo))
+            .collect();
+        (verdicts, store.gets.get())
+    }
+
+    #[test]
+    fn shadow_mode_forwards_with_identity_and_ratelimit_when_the_memo_answers() {
+        let c = config(r#", "mode": "shadow""#);
+        // acme's quota is 1: the first is counted, the second refused by the store (and
+        // remembered), the rest answered by the memo without reading the store.
+        let (verdicts, reads) = through_one_memo(&c, &[("x-api-key", "acme")], 5);
+        assert_eq!(reads, 2, "requests 3 to 5 come from the memo");
+        assert_eq!(verdicts[0].events, [(Event::Allowed, Some(0))]);
+        for v in &verdicts[1..] {
+            assert_eq!(v.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
+            let f = forwarded(v);
+            assert_eq!(
+                f.set,
+                [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+            );
+            assert_eq!(
+                f.response_headers,
+                [
+                    ("ratelimit-policy", "\"daily\";q=1;w=86400".to_string()),
+                    ("ratelimit", "\"daily\";r=0;t=39600".to_string())
+                ]
+            );
+        }
+        assert_eq!(
+            verdicts[1], verdicts[4],
+            "the memo answers as the store did"
+        );
+    }
+
+    #[test]
+    fn hide_credentials_still_hides_the_key_when_the_memo_answers() {
+        for (mode, refused) in [("enforce", true), ("shadow", false)] {
+            let c = config(&format!(r#", "hide_credentials": true, "mode": "{mode}""#));
+            let cases: [(&[(&str, &str)], Option<&str>, Option<&[u8]>); 3] = [
+                (&[("x-api-key", "acme")], Some("x-api-key"), None),
+                (
+                    &[("authorization", "Bearer acme")],
+                    Some("authorization"),
+                    None,
+                ),
+                (&[(":path", "/p?api_key=acme&x=1")], None, Some(b"/p?x=1")),
+            ];
+            for (headers, removed, path) in cases {
+                let (verdicts, reads) = through_one_memo(&c, headers, 4);
+                assert_eq!(
+                    reads, 2,
+                    "{mode} {headers:?}: the last two come from the memo"
+                );
+                for v in &verdicts[2..] {
+                    if refused {
+                        assert_eq!(replied(v).status, 402, "{mode} {headers:?}");
+                        continue;
+                    }
+                    let f = forwarded(v);
+                    if let Some(name) = removed {
+                        assert!(f.remove.contains(&name), "{mode} {headers:?}: {f:?}");
+                    }
+                    assert_eq!(f.path.as_deref(), path, "{mode} {headers:?}");
+                }
+            }
+        }
+    }
+
     use crate::store::FailingStore as Broken;
 
     #[test]
