@@ -12,6 +12,7 @@ use crate::decision::{decide, Caller, Decision, Denial, Exhausted};
 use crate::metrics::Event;
 use crate::quota::peek;
 use crate::response::{rate_limit_headers, refusal, usage, usage_method_not_allowed, Reply};
+use crate::shadow_log::ShadowLog;
 use crate::store::Store;
 
 /// Read access to the request headers (`:method`, `:path` included), by lowercase name.
@@ -56,13 +57,15 @@ fn plan_index(caller: &Caller) -> Option<usize> {
     Some(caller.consumer.plan)
 }
 
-/// Handles one request at `now` (Unix seconds).
+/// Handles one request at `now` (Unix seconds). `exhausted` and `shadow_log` are the VM's
+/// memory for this configuration (consumers known to be refused; shadow lines logged).
 pub fn handle<'c>(
     config: &'c Config,
     request: &mut impl Request,
     now: i64,
     store: &impl Store,
     exhausted: &Exhausted,
+    shadow_log: &ShadowLog,
 ) -> Verdict<'c> {
     let mut forward = Forward {
         remove: vec![config.consumer_header.as_str(), config.plan_header.as_str()],
@@ -160,7 +163,16 @@ pub fn handle<'c>(
     }
 
     if config.mode == Mode::Shadow {
-        log::info!("shadow mode: would refuse {}", denial.describe());
+        let who = caller.as_ref().map_or("", |c| c.consumer.name.as_str());
+        match shadow_log.admit(who, denial.reason(), now) {
+            Some(0) => log::info!("shadow mode: would refuse {}", denial.describe()),
+            Some(held_back) => log::info!(
+                "shadow mode: would refuse {} ({held_back} more like it not logged since the \
+                 last such line)",
+                denial.describe()
+            ),
+            None => events.push((Event::ShadowLogSuppressed, None)),
+        }
         if let Some(caller) = &caller {
             identify(&mut forward, config, caller);
         }
@@ -308,7 +320,14 @@ mod tests {
     fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        handle(config, &mut req(&pairs), NOW, store, &Exhausted::default())
+        handle(
+            config,
+            &mut req(&pairs),
+            NOW,
+            store,
+            &Exhausted::default(),
+            &ShadowLog::default(),
+        )
     }
 
     fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
@@ -428,10 +447,11 @@ mod tests {
             gets: std::cell::Cell::new(0),
         };
         let memo = Exhausted::default();
+        let shadow_log = ShadowLog::default();
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let verdicts = (0..times)
-            .map(|_| handle(config, &mut req(&pairs), NOW, &store, &memo))
+            .map(|_| handle(config, &mut req(&pairs), NOW, &store, &memo, &shadow_log))
             .collect();
         (verdicts, store.gets.get())
     }
@@ -444,8 +464,21 @@ mod tests {
         let (verdicts, reads) = through_one_memo(&c, &[("x-api-key", "acme")], 5);
         assert_eq!(reads, 2, "requests 3 to 5 come from the memo");
         assert_eq!(verdicts[0].events, [(Event::Allowed, Some(0))]);
+        assert_eq!(
+            verdicts[1].events,
+            [(Event::Shadowed(Reason::Quota), Some(0))]
+        );
+        for v in &verdicts[2..] {
+            // Logged once; the same line is then held back (and counted).
+            assert_eq!(
+                v.events,
+                [
+                    (Event::ShadowLogSuppressed, None),
+                    (Event::Shadowed(Reason::Quota), Some(0))
+                ]
+            );
+        }
         for v in &verdicts[1..] {
-            assert_eq!(v.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
             let f = forwarded(v);
             assert_eq!(
                 f.set,
@@ -460,7 +493,7 @@ mod tests {
             );
         }
         assert_eq!(
-            verdicts[1], verdicts[4],
+            verdicts[1].action, verdicts[4].action,
             "the memo answers as the store did"
         );
     }
@@ -469,7 +502,9 @@ mod tests {
     fn hide_credentials_still_hides_the_key_when_the_memo_answers() {
         for (mode, refused) in [("enforce", true), ("shadow", false)] {
             let c = config(&format!(r#", "hide_credentials": true, "mode": "{mode}""#));
-            let cases: [(&[(&str, &str)], Option<&str>, Option<&[u8]>); 3] = [
+            // (request headers, header removed upstream, path sent upstream)
+            type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, Option<&'a [u8]>);
+            let cases: [Case; 3] = [
                 (&[("x-api-key", "acme")], Some("x-api-key"), None),
                 (
                     &[("authorization", "Bearer acme")],
@@ -506,7 +541,14 @@ mod tests {
         let deny = config("");
         let headers = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let v = handle(&deny, &mut req(&pairs), NOW, &Broken, &Exhausted::default());
+        let v = handle(
+            &deny,
+            &mut req(&pairs),
+            NOW,
+            &Broken,
+            &Exhausted::default(),
+            &ShadowLog::default(),
+        );
         assert_eq!(replied(&v).status, 503);
         assert_eq!(
             v.events,
@@ -522,6 +564,7 @@ mod tests {
             NOW,
             &Broken,
             &Exhausted::default(),
+            &ShadowLog::default(),
         );
         let f = forwarded(&v);
         assert!(f.response_headers.is_empty());

@@ -226,6 +226,52 @@ fn shadow_mode_counts_and_reports_but_refuses_nothing() {
     );
 }
 
+#[test]
+fn shadow_mode_logs_a_would_be_refusal_once_a_minute_per_consumer_and_reason() {
+    // One worker, so that one VM sees every request: at most one line per consumer and
+    // reason per minute, the others counted as held back.
+    let envoy = Envoy::start_with(Options {
+        plugin: Some(config(r#", "mode": "shadow""#)),
+        concurrency: 1,
+        ..Options::default()
+    });
+    let started = std::time::Instant::now();
+    let mut conn = Conn::new(envoy.port);
+    for _ in 0..2 {
+        assert_eq!(conn.get("/", &[("x-api-key", b"acme-key")]).status, 200);
+    }
+    let (over, keyless) = (30, 10);
+    for _ in 0..over {
+        let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+        assert_eq!((r.status, r.remaining("daily")), (200, 0), "{r:?}");
+    }
+    for _ in 0..keyless {
+        assert_eq!(conn.get("/", &[]).status, 200);
+    }
+    // Lines allowed: one per minute begun since the first (a slow machine may cross one).
+    let most = 1 + started.elapsed().as_secs() / 60;
+    let lines = |what: &str| {
+        envoy
+            .tollgate_log()
+            .iter()
+            .filter(|l| l.contains(&format!("shadow mode: would refuse {what}")))
+            .count() as u64
+    };
+    let (quota_lines, keyless_lines) = (
+        lines("quota consumer=acme plan=free"),
+        lines("missing_credential"),
+    );
+    assert!((1..=most).contains(&quota_lines), "{quota_lines} lines");
+    assert!((1..=most).contains(&keyless_lines), "{keyless_lines} lines");
+    let held_back = over + keyless - quota_lines - keyless_lines;
+    poll(Duration::from_secs(10), "the shadow counters", || {
+        (counter(&envoy, "tollgate.requests.shadowed.quota") == over
+            && counter(&envoy, "tollgate.requests.shadowed.missing_credential") == keyless
+            && counter(&envoy, "tollgate.logs.shadow_suppressed") == held_back)
+            .then_some(())
+    });
+}
+
 /// Asks the fault-injection build to make this request's shared-data reads (`get`) or
 /// writes (`set`) fail in Envoy.
 const FAULT: &str = "x-tollgate-fault-injection";

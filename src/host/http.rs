@@ -103,6 +103,7 @@ impl HttpContext for Filter {
             now,
             &SharedData::for_request(),
             &runtime.exhausted,
+            &runtime.shadow_log,
         );
         runtime.metrics.record(&verdict.events);
         match verdict.action {

@@ -14,12 +14,14 @@ use super::shared_data::SharedData;
 use crate::config::{Config, Mode, OnStoreError, Source};
 use crate::decision::Exhausted;
 use crate::quota::create_records;
+use crate::shadow_log::ShadowLog;
 
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
     pub metrics: Metrics,
     pub exhausted: Exhausted,
+    pub shadow_log: ShadowLog,
 }
 
 #[derive(Default)]
@@ -88,6 +90,7 @@ impl RootContext for Root {
             config,
             metrics,
             exhausted: Exhausted::default(),
+            shadow_log: ShadowLog::default(),
         }));
         true
     }
