@@ -122,8 +122,9 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 	    || { status=1; echo "== fuzz $$target FAILED: see fuzz/artifacts/$$target/"; }; \
 	done; exit $$status
 
-# Mutation testing (cargo-mutants) of the pure core with its unit tests only (`cargo test --lib`),
-# one job at a time; one file after the other, each with its report in target/mutants/<file>/.
+# Mutation testing (cargo-mutants) of the pure core with its unit tests only (`--lib` for the
+# build and the test run: the e2e tests are neither built nor run), one job at a time; one file
+# after the other, each with its report in target/mutants/<file>/mutants.out/.
 MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/decision.rs \
 	src/config.rs src/response.rs
 MUTANTS_TIMEOUT ?= 60
@@ -133,7 +134,7 @@ mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; 
 	@status=0; for file in $(MUTANTS_FILES); do \
 	  echo "== mutants $$file"; out=target/mutants/$$(basename $$file .rs); mkdir -p $$out; \
 	  cargo mutants --package tollgate --file $$file -j 1 --timeout $(MUTANTS_TIMEOUT) \
-	    --output $$out -- --lib || status=1; \
+	    --cargo-arg=--lib --output $$out || status=1; \
 	done; exit $$status
 
 clean: ## Remove build outputs (keeps .venv)
