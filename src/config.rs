@@ -1146,4 +1146,42 @@ mod tests {
         let b = crate::sha256::sha256(b"b");
         assert_ne!(hash(&a), hash(&b));
     }
+
+    #[test]
+    fn the_bounds_of_limits_offsets_and_header_and_path_rules_are_exact() {
+        let plans = r#""plans": {"p": {"limits": []}}"#;
+        // Exactly 16 limits are allowed (17 are not: see too_many_limits).
+        let limits: Vec<String> = (0..16)
+            .map(|i| format!(r#"{{"name": "l{i}", "requests": 1, "window": "day"}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"plans": {{"p": {{"limits": [{}]}}}}}}"#,
+            limits.join(",")
+        );
+        assert_eq!(
+            Config::from_json(json.as_bytes()).unwrap().plans[0]
+                .limits
+                .len(),
+            16
+        );
+        let offset = |text: &str| {
+            Config::from_json(format!(r#"{{{plans}, "calendar_utc_offset": "{text}"}}"#).as_bytes())
+                .map(|c| c.utc_offset)
+        };
+        assert_eq!(offset("+00:59"), Ok(59 * 60));
+        assert_eq!(offset("-14:00"), Ok(-14 * 3600));
+        assert!(offset("+00:60").is_err());
+        assert!(offset("+14:01").is_err());
+        for name in ["authorization", "Host", "x-api-key"] {
+            let message = err(&format!(r#"{{{plans}, "consumer_header": "{name}"}}"#));
+            assert!(
+                message.contains("is a credential or reserved header"),
+                "{message}"
+            );
+        }
+        for path in ["/u?x", "/u#x", "/u x", "/u\\u0001", "/u\\u007f", "/é"] {
+            let message = err(&format!(r#"{{{plans}, "usage_path": "{path}"}}"#));
+            assert!(message.starts_with("usage_path: "), "{path}: {message}");
+        }
+    }
 }
