@@ -20,12 +20,17 @@ FLOOR_WASM    := target/floor-filter/$(WASM_TARGET)/release/floor_filter.wasm
 # compare with the shipped one (opt-level 3 + wasm-opt -O3, see Cargo.toml).
 SMALL_WASM    := target/opt-z/$(WASM_TARGET)/release/tollgate.wasm
 
+# The same filter with the `fault-injection` feature, for the failure-path tests only; its own
+# target dir, so it never replaces the shipped .wasm.
+FAULT_WASM    := target/fault-injection/$(WASM_TARGET)/release/tollgate.wasm
+
 export TOLLGATE_WASM := $(CURDIR)/$(WASM)
+export TOLLGATE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
 QUOTAD        := target/quotad/quotad
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +63,10 @@ cli: ## Build the command line tool: target/release/tollgate
 quotad: ## Build quotad (profile quotad: opt-level 3, thin LTO): target/quotad/quotad
 	cargo build --profile quotad -p tollgate-quotad
 
+build-fault: toolchain # The test-only fault-injection build of the filter (never shipped)
+	cargo build --release --target $(WASM_TARGET) -p tollgate --features fault-injection \
+		--target-dir target/fault-injection
+
 wasm-opt: # binaryen's wasm-opt (Debian package), installed where missing
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; } || \
 		echo "warning: could not install binaryen (wasm-opt)"
@@ -87,19 +96,20 @@ run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080)
 	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
 	$(ENVOY) -c envoy/fleet/envoy.yaml --concurrency 2 --base-id 7001 -l info
 
-test: wasm envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: wasm build-fault envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --workspace --lib
 
-e2e: wasm envoy test-tools ## End-to-end tests only
+e2e: wasm build-fault envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) -p tollgate -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) -p tollgate --features fault-injection -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -155,6 +165,21 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 	    $(CURDIR)/fuzz/corpus/$$target $(CURDIR)/fuzz/regressions/$$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 $$dict \
 	    || { status=1; echo "== fuzz $$target FAILED: see fuzz/artifacts/$$target/"; }; \
+	done; exit $$status
+
+# Mutation testing (cargo-mutants) of the pure core with its unit tests only (`--lib` for the
+# build and the test run: the e2e tests are neither built nor run), one job at a time; one file
+# after the other, each with its report in target/mutants/<file>/mutants.out/.
+MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/decision.rs \
+	src/config.rs src/response.rs src/record.rs src/memo.rs
+MUTANTS_TIMEOUT ?= 60
+
+mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`
+	@command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
+	@status=0; for file in $(MUTANTS_FILES); do \
+	  echo "== mutants $$file"; out=target/mutants/$$(basename $$file .rs); mkdir -p $$out; \
+	  cargo mutants --package tollgate --file $$file -j 1 --timeout $(MUTANTS_TIMEOUT) \
+	    --cargo-arg=--lib --output $$out || status=1; \
 	done; exit $$status
 
 clean: ## Remove build outputs (keeps .venv)

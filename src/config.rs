@@ -1670,4 +1670,110 @@ mod tests {
         );
         assert!(err(&json).contains("at most 16"));
     }
+
+    #[test]
+    fn error_messages_say_what_was_expected_and_display_as_is() {
+        let message = err(r#"{"plans": []}"#);
+        assert!(message.contains("expected an object"), "{message}");
+        let error = Config::from_json(b"{").unwrap_err();
+        assert_eq!(error.to_string(), error.0);
+        assert!(!error.0.is_empty());
+    }
+
+    #[test]
+    fn a_long_line_is_shown_around_the_error_only() {
+        // An error at column 12 of a 200-character line: the excerpt is cut 20 characters
+        // after the column.
+        let json = format!(r#"{{"plans": x{} }}"#, " ".repeat(190));
+        let message = err(&json);
+        let excerpt = message.split(" | ").nth(1).unwrap();
+        assert_eq!(excerpt, r#"{"plans": x                    "#, "{message}");
+    }
+
+    #[test]
+    fn backquoted_names_are_kept_only_when_lowercase() {
+        let plans = r#""plans": {"p": {"limits": []}}"#;
+        let message = err(&format!(r#"{{{plans}, "sk_Live_KEY": 1}}"#));
+        // (The excerpt after " | " keeps member names: they say where the error is.)
+        let head = message.split(" | ").next().unwrap();
+        assert!(head.contains("unknown field `…`"), "{message}");
+        assert!(!head.contains("KEY"), "{message}");
+        let message = err(&format!(r#"{{{plans}, "anonymous_plans": 1}}"#));
+        assert!(
+            message.contains("unknown field `anonymous_plans`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_weekly_limit_has_a_fixed_policy_of_seven_days() {
+        let c = Config::from_json(
+            br#"{"plans": {"p": {"limits": [{"name": "w", "requests": 5, "window": "week"}]}}}"#,
+        )
+        .unwrap();
+        let bounds = c.plans[0].limits[0].window.bounds(1_795_000_000, 0);
+        let usage = crate::quota::Usage {
+            used: 0,
+            requests: 5,
+            bounds,
+            violated: false,
+        };
+        assert_eq!(
+            crate::response::rate_limit_policy(&c.plans[0], &[usage]),
+            "\"w\";q=5;w=604800"
+        );
+    }
+
+    #[test]
+    fn the_key_hasher_uses_the_first_eight_bytes_of_the_digest() {
+        // Digests are uniform, so their first 8 bytes are the hash: distinct keys spread
+        // over the map instead of colliding (100 000 consumers stay O(1) per lookup).
+        let hash = |digest: &Digest| {
+            let mut h = DigestHasher::default();
+            h.write(digest);
+            h.finish()
+        };
+        let a = crate::sha256::sha256(b"a");
+        assert_eq!(hash(&a), u64::from_be_bytes(a[..8].try_into().unwrap()));
+        let b = crate::sha256::sha256(b"b");
+        assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn the_bounds_of_limits_offsets_and_header_and_path_rules_are_exact() {
+        let plans = r#""plans": {"p": {"limits": []}}"#;
+        // Exactly 16 limits are allowed (17 are not: see too_many_limits).
+        let limits: Vec<String> = (0..16)
+            .map(|i| format!(r#"{{"name": "l{i}", "requests": 1, "window": "day"}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"plans": {{"p": {{"limits": [{}]}}}}}}"#,
+            limits.join(",")
+        );
+        assert_eq!(
+            Config::from_json(json.as_bytes()).unwrap().plans[0]
+                .limits
+                .len(),
+            16
+        );
+        let offset = |text: &str| {
+            Config::from_json(format!(r#"{{{plans}, "calendar_utc_offset": "{text}"}}"#).as_bytes())
+                .map(|c| c.utc_offset)
+        };
+        assert_eq!(offset("+00:59"), Ok(59 * 60));
+        assert_eq!(offset("-14:00"), Ok(-14 * 3600));
+        assert!(offset("+00:60").is_err());
+        assert!(offset("+14:01").is_err());
+        for name in ["authorization", "Host", "x-api-key"] {
+            let message = err(&format!(r#"{{{plans}, "consumer_header": "{name}"}}"#));
+            assert!(
+                message.contains("is a credential or reserved header"),
+                "{message}"
+            );
+        }
+        for path in ["/u?x", "/u#x", "/u x", "/u\\u0001", "/u\\u007f", "/é"] {
+            let message = err(&format!(r#"{{{plans}, "usage_path": "{path}"}}"#));
+            assert!(message.starts_with("usage_path: "), "{path}: {message}");
+        }
+    }
 }

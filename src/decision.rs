@@ -388,4 +388,56 @@ mod tests {
         ));
         assert_eq!(store.gets.get(), reads + 1);
     }
+
+    #[test]
+    fn log_descriptions_name_the_reason_and_consumer_never_the_key() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        let describe = |credential: Credential, now: i64| match decide(
+            &config,
+            credential,
+            now,
+            &store,
+            &Memo::default(),
+        ) {
+            Decision::Deny(denial) => denial.describe(),
+            Decision::Allow { .. } => "allow".into(),
+        };
+        assert_eq!(describe(Credential::Missing, NOW), "missing_credential");
+        assert_eq!(
+            describe(Credential::Malformed("empty key"), NOW),
+            "invalid_credential (empty key)"
+        );
+        assert_eq!(describe(key("nobody"), NOW), "invalid_credential");
+        assert_eq!(
+            describe(key("initech"), NOW),
+            "suspended consumer=initech plan=free"
+        );
+        assert_eq!(
+            describe(key("globex"), 1_798_761_600),
+            "expired consumer=globex plan=free"
+        );
+        for _ in 0..2 {
+            describe(key("acme-1"), NOW);
+        }
+        assert_eq!(
+            describe(key("acme-1"), NOW),
+            "quota consumer=acme plan=free"
+        );
+        let failed = decide(
+            &config,
+            key("acme-2"),
+            NOW,
+            &crate::store::FailingStore,
+            &Memo::default(),
+        );
+        let Decision::Deny(denial) = failed else {
+            panic!("a failing store refuses")
+        };
+        assert_eq!(
+            denial.describe(),
+            "store_error consumer=acme (shared data failed: down)"
+        );
+    }
 }

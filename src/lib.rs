@@ -12,6 +12,7 @@
 //! - [`verdict`]: what the filter does with a request: forward (identity headers, hidden
 //!   credential, RateLimit fields) or reply; shadow mode, store-error policy, CORS preflights
 //!   and the usage endpoint.
+//! - [`shadow_log`]: at most one shadow-mode log line per consumer and reason a minute.
 //! - [`response`]: RateLimit headers, problem+json (or gRPC) refusals, the usage document.
 //! - [`metrics`]: counter names and which ones an event increments.
 //! - `host` (wasm only): the proxy-wasm glue, the only code that calls the host.
@@ -25,6 +26,7 @@ pub mod quota;
 pub mod record;
 pub mod response;
 pub mod sha256;
+pub mod shadow_log;
 pub mod store;
 pub mod time;
 pub mod verdict;

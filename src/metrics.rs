@@ -65,10 +65,12 @@ pub enum Event {
     StoreFailed,
     /// CAS retries were exhausted.
     Contended,
+    /// Shadow mode held back a log line (see [`crate::shadow_log`]).
+    ShadowLogSuppressed,
 }
 
 const GLOBAL_PREFIX: &str = "tollgate.";
-const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 4;
+const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 5;
 const PLAN_REASONS: [Reason; 5] = [
     Reason::Quota,
     Reason::Suspended,
@@ -100,6 +102,7 @@ pub fn names(plans: &[Plan]) -> Vec<String> {
     out.push(format!("{GLOBAL_PREFIX}usage.served"));
     out.push(format!("{GLOBAL_PREFIX}errors.store"));
     out.push(format!("{GLOBAL_PREFIX}errors.cas_exhausted"));
+    out.push(format!("{GLOBAL_PREFIX}logs.shadow_suppressed"));
     for plan in plans {
         let p = format!("{GLOBAL_PREFIX}plan.{}.", plan.name);
         out.push(format!("{p}allowed"));
@@ -122,10 +125,11 @@ pub fn indices(event: Event, plan: Option<usize>) -> [Option<usize>; 2] {
             1 + Reason::ALL.len() + reason_index(r),
             plan_reason_index(r).map(|i| 1 + PLAN_REASONS.len() + i),
         ),
-        Event::Preflight => (GLOBALS - 4, None),
-        Event::Usage => (GLOBALS - 3, None),
-        Event::StoreFailed => (GLOBALS - 2, None),
-        Event::Contended => (GLOBALS - 1, None),
+        Event::Preflight => (GLOBALS - 5, None),
+        Event::Usage => (GLOBALS - 4, None),
+        Event::StoreFailed => (GLOBALS - 3, None),
+        Event::Contended => (GLOBALS - 2, None),
+        Event::ShadowLogSuppressed => (GLOBALS - 1, None),
     };
     let plan_counter = match (plan, per_plan) {
         (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
@@ -216,6 +220,10 @@ mod tests {
                 "tollgate.requests.shadowed.past_due",
                 "tollgate.plan.free.shadowed.past_due"
             ]
+        );
+        assert_eq!(
+            named(Event::ShadowLogSuppressed, Some(0)),
+            ["tollgate.logs.shadow_suppressed"]
         );
         assert_eq!(
             named(Event::Refused(Reason::StoreError), Some(1)),

@@ -584,4 +584,35 @@ mod tests {
                 .admitted
         );
     }
+
+    #[test]
+    fn a_record_created_empty_is_read_as_a_record_not_as_corrupt() {
+        // The empty record is a valid record with no counts: counting into it must not be
+        // taken for replacing a corrupt value (which logs a warning on every first request).
+        let store = fresh();
+        assert_eq!(store.value(K).as_deref(), Some(empty_record()));
+        assert!(!empty_record().is_empty());
+        let limits = [limit("d", 5, Window::Day)];
+        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        assert!(c.admitted && !c.replaced_corrupt, "{c:?}");
+        assert_eq!(c.usages[0].used, 1);
+    }
+
+    #[test]
+    fn a_stored_window_with_the_same_start_but_another_end_is_not_this_window() {
+        // At 00:00 UTC a day window and an hour window begin together: a count stored for
+        // the day must not be taken for the hour's (same name, window changed by a new plan).
+        let midnight = NOW - NOW % 86_400;
+        let store = fresh();
+        let daily = [limit("x", 10, Window::Fixed(86_400))];
+        for _ in 0..3 {
+            check_and_take(&store, K, &daily, midnight, 0).unwrap();
+        }
+        let hourly = [limit("x", 10, Window::Fixed(3_600))];
+        let c = check_and_take(&store, K, &hourly, midnight, 0).unwrap();
+        assert_eq!(
+            (c.usages[0].used, c.usages[0].bounds.end),
+            (1, midnight + 3_600)
+        );
+    }
 }

@@ -842,4 +842,40 @@ mod tests {
         assert_eq!(header(&bob, "link"), None);
         assert!(!bob.body.contains("upgrade-url"));
     }
+
+    #[test]
+    fn bodies_are_compact_json_as_documented() {
+        // The README shows these bodies byte for byte; JSON escaping stops below U+0020.
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        assert_eq!(
+            deny(&config, &store, Credential::Missing, NOW).body,
+            r#"{"type":"urn:tollgate:problem:missing-credential","title":"Missing API key","status":401,"detail":"This API requires an API key."}"#
+        );
+        assert_eq!(
+            deny(&config, &store, key("initech"), NOW).body,
+            r#"{"type":"urn:tollgate:problem:subscription-suspended","title":"Subscription suspended","status":402,"detail":"The subscription of consumer initech is suspended.","consumer":"initech","plan":"free"}"#
+        );
+    }
+
+    #[test]
+    fn a_store_error_is_unavailable_for_grpc_clients() {
+        let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+        let denial = match decide(
+            &config,
+            key("acme"),
+            NOW,
+            &crate::store::FailingStore,
+            &Memo::default(),
+        ) {
+            Decision::Deny(d) => d,
+            other => panic!("a failing store refuses, got {other:?}"),
+        };
+        let grpc = refusal(&config, &denial, NOW, true);
+        assert_eq!(grpc.grpc_status, Some(grpc::UNAVAILABLE));
+        assert_eq!(header(&grpc, "retry-after"), Some("1"));
+        let http = refusal(&config, &denial, NOW, false);
+        assert_eq!((http.status, http.grpc_status), (503, None));
+    }
 }

@@ -17,6 +17,7 @@ use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
     Reply,
 };
+use crate::shadow_log::ShadowLog;
 use crate::store::Store;
 
 /// Read access to the request headers (`:method`, `:path` included), by lowercase name.
@@ -83,14 +84,14 @@ pub enum Action<'c> {
     Reply(Reply),
 }
 
-/// What to count for one request: at most two events (a store error and what became of the
-/// request), each with the index of the plan it concerns.
+/// What to count for one request: at most three events (a store error, what became of the
+/// request, a shadow-mode log line held back), each with the index of the plan it concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Events([Option<(Event, Option<usize>)>; 2]);
+pub struct Events([Option<(Event, Option<usize>)>; 3]);
 
 impl Events {
     fn one(event: Event, plan: Option<usize>) -> Events {
-        Events([Some((event, plan)), None])
+        Events([Some((event, plan)), None, None])
     }
 
     fn push(&mut self, event: Event, plan: Option<usize>) {
@@ -120,13 +121,15 @@ fn plan_index(caller: &Caller) -> Option<usize> {
     Some(caller.consumer.plan)
 }
 
-/// Handles one request at `now` (Unix seconds).
+/// Handles one request at `now` (Unix seconds). `exhausted` and `shadow_log` are the VM's
+/// memory for this configuration (consumers known to be refused; shadow lines logged).
 pub fn handle<'c>(
     config: &'c Config,
     request: &mut impl Request,
     now: i64,
     store: &impl Store,
     memo: &Memo,
+    shadow_log: &ShadowLog,
 ) -> Verdict<'c> {
     let mut forward = Forward {
         identity_headers: config
@@ -224,7 +227,16 @@ pub fn handle<'c>(
     }
 
     if config.mode == Mode::Shadow {
-        log::info!("shadow mode: would refuse {}", denial.describe());
+        let who = caller.as_ref().map_or("", |c| c.consumer.name.as_str());
+        match shadow_log.admit(who, denial.reason(), now) {
+            Some(0) => log::info!("shadow mode: would refuse {}", denial.describe()),
+            Some(held_back) => log::info!(
+                "shadow mode: would refuse {} ({held_back} more like it not logged since the \
+                 last such line)",
+                denial.describe()
+            ),
+            None => events.push(Event::ShadowLogSuppressed, None),
+        }
         forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
         if let Denial::QuotaExceeded { caller, usages } = &denial {
             forward.rate_limit = rate_limit_fields(config, memo, caller, usages, now);
@@ -384,7 +396,14 @@ mod tests {
     fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        handle(config, &mut req(&pairs), NOW, store, &Memo::default())
+        handle(
+            config,
+            &mut req(&pairs),
+            NOW,
+            store,
+            &Memo::default(),
+            &ShadowLog::default(),
+        )
     }
 
     fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
@@ -474,6 +493,123 @@ mod tests {
         );
     }
 
+    /// Counts the reads that reach the store, to tell the memo's answers from the store's.
+    struct Counting<'a> {
+        inner: &'a MemoryStore,
+        gets: std::cell::Cell<u32>,
+    }
+
+    impl Store for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::SetError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    /// Sends `headers` `times` times through one memo, as one VM does; returns the verdicts
+    /// and how many of the requests read the store.
+    fn through_one_memo<'c>(
+        config: &'c Config,
+        headers: &[(&str, &str)],
+        times: usize,
+    ) -> (Vec<Verdict<'c>>, u32) {
+        let inner = MemoryStore::new();
+        crate::quota::create_records(config, &inner).unwrap();
+        let store = Counting {
+            inner: &inner,
+            gets: std::cell::Cell::new(0),
+        };
+        let memo = Memo::default();
+        let shadow_log = ShadowLog::default();
+        let h = get(headers);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let verdicts = (0..times)
+            .map(|_| handle(config, &mut req(&pairs), NOW, &store, &memo, &shadow_log))
+            .collect();
+        (verdicts, store.gets.get())
+    }
+
+    #[test]
+    fn shadow_mode_forwards_with_identity_and_ratelimit_when_the_memo_answers() {
+        let c = config(r#", "mode": "shadow""#);
+        // acme's quota is 1: the first is counted, the second refused by the store (and
+        // remembered), the rest answered by the memo without reading the store.
+        let (verdicts, reads) = through_one_memo(&c, &[("x-api-key", "acme")], 5);
+        assert_eq!(reads, 2, "requests 3 to 5 come from the memo");
+        assert_eq!(verdicts[0].events, [(Event::Allowed, Some(0))]);
+        assert_eq!(
+            verdicts[1].events,
+            [(Event::Shadowed(Reason::Quota), Some(0))]
+        );
+        for v in &verdicts[2..] {
+            // Logged once; the same line is then held back (and counted).
+            assert_eq!(
+                v.events,
+                [
+                    (Event::ShadowLogSuppressed, None),
+                    (Event::Shadowed(Reason::Quota), Some(0))
+                ]
+            );
+        }
+        for v in &verdicts[1..] {
+            let f = forwarded(v);
+            assert_eq!(
+                f.set_headers(),
+                [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+            );
+            assert_eq!(
+                f.response_headers(),
+                [
+                    ("ratelimit-policy", "\"daily\";q=1;w=86400".to_string()),
+                    ("ratelimit", "\"daily\";r=0;t=39600".to_string())
+                ]
+            );
+        }
+        assert_eq!(
+            verdicts[1].action, verdicts[4].action,
+            "the memo answers as the store did"
+        );
+    }
+
+    #[test]
+    fn hide_credentials_still_hides_the_key_when_the_memo_answers() {
+        for (mode, refused) in [("enforce", true), ("shadow", false)] {
+            let c = config(&format!(r#", "hide_credentials": true, "mode": "{mode}""#));
+            // (request headers, header removed upstream, path sent upstream)
+            type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, Option<&'a [u8]>);
+            let cases: [Case; 3] = [
+                (&[("x-api-key", "acme")], Some("x-api-key"), None),
+                (
+                    &[("authorization", "Bearer acme")],
+                    Some("authorization"),
+                    None,
+                ),
+                (&[(":path", "/p?api_key=acme&x=1")], None, Some(b"/p?x=1")),
+            ];
+            for (headers, removed, path) in cases {
+                let (verdicts, reads) = through_one_memo(&c, headers, 4);
+                assert_eq!(
+                    reads, 2,
+                    "{mode} {headers:?}: the last two come from the memo"
+                );
+                for v in &verdicts[2..] {
+                    if refused {
+                        assert_eq!(replied(v).status, 402, "{mode} {headers:?}");
+                        continue;
+                    }
+                    let f = forwarded(v);
+                    if let Some(name) = removed {
+                        assert!(f.removed().contains(&name), "{mode} {headers:?}: {f:?}");
+                    }
+                    assert_eq!(f.path.as_deref(), path, "{mode} {headers:?}");
+                }
+            }
+        }
+    }
+
     use crate::store::FailingStore as Broken;
 
     #[test]
@@ -481,7 +617,14 @@ mod tests {
         let deny = config("");
         let headers = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let v = handle(&deny, &mut req(&pairs), NOW, &Broken, &Memo::default());
+        let v = handle(
+            &deny,
+            &mut req(&pairs),
+            NOW,
+            &Broken,
+            &Memo::default(),
+            &ShadowLog::default(),
+        );
         assert_eq!(replied(&v).status, 503);
         assert_eq!(
             v.events,
@@ -491,7 +634,14 @@ mod tests {
             ]
         );
         let allow = config(r#", "on_store_error": "allow""#);
-        let v = handle(&allow, &mut req(&pairs), NOW, &Broken, &Memo::default());
+        let v = handle(
+            &allow,
+            &mut req(&pairs),
+            NOW,
+            &Broken,
+            &Memo::default(),
+            &ShadowLog::default(),
+        );
         let f = forwarded(&v);
         assert!(f.response_headers().is_empty());
         assert_eq!(
@@ -515,7 +665,14 @@ mod tests {
         let at = |now: i64, memo: &Memo, headers: &[(&str, &str)]| {
             let h = get(headers);
             let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            handle(&c, &mut req(&pairs), now, &store, memo)
+            handle(
+                &c,
+                &mut req(&pairs),
+                now,
+                &store,
+                memo,
+                &ShadowLog::default(),
+            )
         };
         let http = [("x-api-key", "acme")];
         let grpc = [("x-api-key", "acme"), ("content-type", "application/grpc")];
@@ -551,11 +708,26 @@ mod tests {
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let start = NOW - NOW % 60;
         assert!(matches!(
-            handle(&c, &mut req(&pairs), start, &store, &memo).action,
+            handle(
+                &c,
+                &mut req(&pairs),
+                start,
+                &store,
+                &memo,
+                &ShadowLog::default()
+            )
+            .action,
             Action::Forward(_)
         ));
         let violated = |now: i64| {
-            let r = replied(&handle(&c, &mut req(&pairs), now, &store, &memo));
+            let r = replied(&handle(
+                &c,
+                &mut req(&pairs),
+                now,
+                &store,
+                &memo,
+                &ShadowLog::default(),
+            ));
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             body["violated-policies"].clone()
         };
@@ -712,7 +884,14 @@ mod tests {
         let at = |now: i64, path: &str| {
             let h = get(&[("x-api-key", "late"), (":path", path)]);
             let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            handle(&c, &mut req(&pairs), now, &store, &memo)
+            handle(
+                &c,
+                &mut req(&pairs),
+                now,
+                &store,
+                &memo,
+                &ShadowLog::default(),
+            )
         };
         let admitted = at(NOW, "/");
         assert_eq!(admitted.events, [(Event::Allowed, Some(0))]);
@@ -758,12 +937,34 @@ mod tests {
         let h = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert!(matches!(
-            handle(&c, &mut req(&pairs), NOW, &store, &memo).action,
+            handle(
+                &c,
+                &mut req(&pairs),
+                NOW,
+                &store,
+                &memo,
+                &ShadowLog::default()
+            )
+            .action,
             Action::Forward(_)
         ));
         for now in [NOW, NOW + 5] {
-            let remembered = replied(&handle(&c, &mut req(&pairs), now, &store, &memo));
-            let fresh = replied(&handle(&c, &mut req(&pairs), now, &store, &Memo::default()));
+            let remembered = replied(&handle(
+                &c,
+                &mut req(&pairs),
+                now,
+                &store,
+                &memo,
+                &ShadowLog::default(),
+            ));
+            let fresh = replied(&handle(
+                &c,
+                &mut req(&pairs),
+                now,
+                &store,
+                &Memo::default(),
+                &ShadowLog::default(),
+            ));
             assert_eq!(remembered, fresh);
             assert!(remembered.headers.contains(&(
                 "link",

@@ -232,18 +232,135 @@ fn shadow_mode_counts_and_reports_but_refuses_nothing() {
 }
 
 #[test]
-fn on_store_error_is_configurable_and_normal_traffic_is_unaffected() {
-    // Envoy's shared data cannot be made to fail from outside, so the failure paths (503 with
-    // deny, uncounted forward with allow) are proven by the unit tests of verdict.rs with a
-    // failing store; here both settings load and count normally.
+fn shadow_mode_logs_a_would_be_refusal_once_a_minute_per_consumer_and_reason() {
+    // One worker, so that one VM sees every request: at most one line per consumer and
+    // reason per minute, the others counted as held back.
+    let envoy = Envoy::start_with(Options {
+        plugin: Some(config(r#", "mode": "shadow""#)),
+        concurrency: 1,
+        ..Options::default()
+    });
+    let started = std::time::Instant::now();
+    let mut conn = Conn::new(envoy.port);
+    for _ in 0..2 {
+        assert_eq!(conn.get("/", &[("x-api-key", b"acme-key")]).status, 200);
+    }
+    let (over, keyless) = (30, 10);
+    for _ in 0..over {
+        let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+        assert_eq!((r.status, r.remaining("daily")), (200, 0), "{r:?}");
+    }
+    for _ in 0..keyless {
+        assert_eq!(conn.get("/", &[]).status, 200);
+    }
+    // Lines allowed: one per minute begun since the first (a slow machine may cross one).
+    let most = 1 + started.elapsed().as_secs() / 60;
+    let lines = |what: &str| {
+        envoy
+            .tollgate_log()
+            .iter()
+            .filter(|l| l.contains(&format!("shadow mode: would refuse {what}")))
+            .count() as u64
+    };
+    let (quota_lines, keyless_lines) = (
+        lines("quota consumer=acme plan=free"),
+        lines("missing_credential"),
+    );
+    assert!((1..=most).contains(&quota_lines), "{quota_lines} lines");
+    assert!((1..=most).contains(&keyless_lines), "{keyless_lines} lines");
+    let held_back = over + keyless - quota_lines - keyless_lines;
+    poll(Duration::from_secs(10), "the shadow counters", || {
+        (counter(&envoy, "tollgate.requests.shadowed.quota") == over
+            && counter(&envoy, "tollgate.requests.shadowed.missing_credential") == keyless
+            && counter(&envoy, "tollgate.logs.shadow_suppressed") == held_back)
+            .then_some(())
+    });
+}
+
+/// Asks the fault-injection build to make this request's shared-data reads (`get`) or
+/// writes (`set`) fail in Envoy.
+const FAULT: &str = "x-tollgate-fault-injection";
+
+#[test]
+fn on_store_error_deny_answers_503_and_allow_forwards_uncounted_when_shared_data_fails() {
+    // The test-only fault-injection build makes Envoy refuse the shared-data call itself
+    // (InvalidMemoryAccess), so the failure goes through the real ABI and tollgate's handling
+    // of the status. One worker: a trapped VM would refuse every later request (FAIL_CLOSED).
     for policy in ["deny", "allow"] {
-        let envoy = Envoy::start(&config(&format!(r#", "on_store_error": "{policy}""#)));
-        let statuses: Vec<u16> = (0..3)
-            .map(|_| envoy.get_with_key("acme-key").status)
-            .collect();
-        assert_eq!(statuses, [200, 200, 402], "on_store_error={policy}");
-        let log = envoy.tollgate_log().join("\n");
-        assert!(log.contains(&format!("on_store_error {policy}")), "{log}");
+        let envoy = Envoy::start_with(Options {
+            plugin: Some(config(&format!(r#", "on_store_error": "{policy}""#))),
+            wasm: Some(fault_wasm_path()),
+            concurrency: 1,
+            ..Options::default()
+        });
+        assert_eq!(envoy.get_with_key("globex-key").remaining("daily"), 999);
+        for fault in ["get", "set"] {
+            let r = envoy.get("/", &[("x-api-key", "globex-key"), (FAULT, fault)]);
+            let what = format!("on_store_error={policy}, {fault} fails: {r:?}");
+            assert_eq!(r.header("ratelimit"), None, "{what}");
+            assert_eq!(r.header("ratelimit-policy"), None, "{what}");
+            if policy == "deny" {
+                assert_eq!(r.status, 503, "{what}");
+                assert_eq!(
+                    r.header("content-type"),
+                    Some("application/problem+json"),
+                    "{what}"
+                );
+                assert_eq!(r.header("retry-after"), Some("1"), "{what}");
+                assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+                let body = r.json();
+                assert_eq!(
+                    body["type"], "urn:tollgate:problem:quota-unavailable",
+                    "{what}"
+                );
+                assert_eq!(body["status"], 503, "{what}");
+            } else {
+                let (_, headers) = upstream_saw(&r);
+                assert_eq!(
+                    values(&headers, "x-tollgate-consumer"),
+                    ["globex"],
+                    "{what}"
+                );
+                assert_eq!(values(&headers, "x-tollgate-plan"), ["pro"], "{what}");
+            }
+        }
+        let mut failures = 2;
+        if policy == "deny" {
+            // gRPC callers get UNAVAILABLE.
+            let grpc = grpc_call(&envoy, &["x-api-key: globex-key", &format!("{FAULT}: get")]);
+            assert_eq!(grpc.status, 200, "{grpc:?}");
+            assert_eq!(
+                grpc.header("grpc-status"),
+                Some("14"),
+                "UNAVAILABLE: {grpc:?}"
+            );
+            assert_eq!(grpc.header("retry-after"), Some("1"), "{grpc:?}");
+            failures += 1;
+        }
+        // The failed requests counted nothing, and the VM still serves (no trap).
+        assert_eq!(envoy.get_with_key("globex-key").remaining("daily"), 998);
+        let (allowed, refused) = if policy == "deny" {
+            (2, failures)
+        } else {
+            (2 + failures, 0)
+        };
+        poll(Duration::from_secs(10), "the store-error counters", || {
+            (counter(&envoy, "tollgate.errors.store") == failures
+                && counter(&envoy, "tollgate.requests.allowed") == allowed
+                && counter(&envoy, "tollgate.requests.refused.store_error") == refused
+                && counter(&envoy, "tollgate.plan.pro.refused.store_error") == refused
+                && counter(&envoy, "tollgate.errors.cas_exhausted") == 0)
+                .then_some(())
+        });
+        let log = envoy.log();
+        for call in ["get_shared_data", "set_shared_data"] {
+            assert!(
+                log.contains(&format!("{call}: InvalidMemoryAccess (6)")),
+                "the host's own status is logged for {call}:\n{log}"
+            );
+        }
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(!log.contains("Uncaught"), "a VM trapped:\n{log}");
     }
 }
 
@@ -275,8 +392,30 @@ fn cors_preflights_pass_without_a_credential_unless_configured_otherwise() {
     assert_eq!(preflight(&strict).status, 401);
 }
 
-/// An HTTP/2 gRPC call with curl (prior knowledge, no TLS); returns the response head.
-fn grpc_call(envoy: &Envoy, headers: &[&str]) -> String {
+/// A response as curl printed it (`-i`): status, headers (names lowercase), body.
+struct Http2 {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Http2 {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl std::fmt::Debug for Http2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {:?}", self.status, self.headers, self.body)
+    }
+}
+
+/// An HTTP/2 gRPC call with curl (prior knowledge, no TLS).
+fn grpc_call(envoy: &Envoy, headers: &[&str]) -> Http2 {
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST"])
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
@@ -294,52 +433,84 @@ fn grpc_call(envoy: &Envoy, headers: &[&str]) -> String {
         "curl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    assert!(status_line.starts_with("HTTP/2 "), "not HTTP/2: {text}");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Http2 {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Asserts a trailers-only gRPC refusal: HTTP 200, this `grpc-status` and `grpc-message`.
+fn assert_grpc_refusal(r: &Http2, code: &str, message: &str) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("grpc-status"), Some(code), "{r:?}");
+    assert_eq!(r.header("grpc-message"), Some(message), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
+    assert!(r.body.is_empty(), "trailers-only: {r:?}");
 }
 
 #[test]
 fn grpc_clients_get_grpc_statuses_not_402() {
     let envoy = Envoy::start(&config(""));
     let missing = grpc_call(&envoy, &[]);
-    assert!(missing.starts_with("http/2 200"), "{missing}");
-    assert!(
-        missing.contains("grpc-status: 16"),
-        "UNAUTHENTICATED: {missing}"
-    );
-    assert!(
-        missing.contains("grpc-message: this api requires an api key."),
-        "{missing}"
-    );
+    assert_grpc_refusal(&missing, "16", "This API requires an API key.");
+    assert!(missing.header("www-authenticate").is_some(), "{missing:?}");
     let unknown = grpc_call(&envoy, &["x-api-key: nobody"]);
-    assert!(unknown.contains("grpc-status: 16"), "{unknown}");
+    assert_grpc_refusal(&unknown, "16", "The API key is not valid.");
     let suspended = grpc_call(&envoy, &["x-api-key: initech-key"]);
-    assert!(
-        suspended.contains("grpc-status: 7"),
-        "PERMISSION_DENIED: {suspended}"
+    assert_grpc_refusal(
+        &suspended,
+        "7",
+        "The subscription of consumer initech is suspended.",
     );
-    // Spend acme's quota (2), then RESOURCE_EXHAUSTED with the RateLimit metadata.
-    for _ in 0..2 {
+    // Spend acme's quota (2): admitted calls reach the upstream. The demo backend answers
+    // JSON, not gRPC, which Envoy hands to a gRPC client as grpc-status 2 (UNKNOWN) with the
+    // body as the message: the backend's echo shows tollgate named the caller.
+    for remaining in [1, 0] {
         let ok = grpc_call(&envoy, &["x-api-key: acme-key"]);
+        assert_eq!(ok.status, 200, "{ok:?}");
+        assert_eq!(ok.header("grpc-status"), Some("2"), "{ok:?}");
+        let echo = ok.header("grpc-message").unwrap_or_default();
+        assert!(echo.contains("hello from the demo backend"), "{ok:?}");
+        assert!(echo.contains(r#"["x-tollgate-consumer","acme"]"#), "{ok:?}");
         assert!(
-            ok.contains("x-tollgate") || ok.contains("hello from the demo backend"),
-            "{ok}"
+            ok.header("ratelimit")
+                .is_some_and(|v| v.starts_with(&format!("\"daily\";r={remaining};"))),
+            "{ok:?}"
         );
     }
     let exhausted = grpc_call(&envoy, &["x-api-key: acme-key"]);
+    let message = exhausted
+        .header("grpc-message")
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        exhausted.contains("grpc-status: 8"),
-        "RESOURCE_EXHAUSTED: {exhausted}"
+        message.starts_with("Consumer acme has used all 2 requests of limit \"daily\" (day)"),
+        "{exhausted:?}"
     );
+    assert_grpc_refusal(&exhausted, "8", &message);
     assert!(
-        exhausted.contains("grpc-message: consumer acme has used all 2 requests"),
-        "{exhausted}"
+        exhausted
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"daily\";r=0;")),
+        "{exhausted:?}"
     );
-    assert!(
-        exhausted.contains("ratelimit: \"daily\";r=0;"),
-        "{exhausted}"
-    );
-    assert!(exhausted.contains("retry-after: "), "{exhausted}");
-    assert!(!exhausted.contains("problem+json"), "{exhausted}");
+    let retry: u64 = exhausted.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{exhausted:?}");
 }
 
 #[test]

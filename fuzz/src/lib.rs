@@ -14,6 +14,7 @@ use tollgate::credentials::{extract, percent_decode, strip_query_param, Credenti
 use tollgate::memo::Memo;
 use tollgate::quota::{check_and_take, create_records, peek};
 use tollgate::response::{rate_limit_policy, rate_limit_state};
+use tollgate::shadow_log::ShadowLog;
 use tollgate::store::{MemoryStore, Store};
 use tollgate::time::{civil_from_days, days_from_civil, days_in_month, format_rfc3339};
 use tollgate::time::{parse_rfc3339, DAY};
@@ -191,7 +192,14 @@ pub fn config(data: &[u8]) {
         ]);
         check_verdict(
             &config,
-            &handle(&config, &mut anonymous, now, &store, &Memo::default()),
+            &handle(
+                &config,
+                &mut anonymous,
+                now,
+                &store,
+                &Memo::default(),
+                &ShadowLog::default(),
+            ),
         );
         for (consumer_name, key) in keys.iter().take(8) {
             let Some(first) = config.credentials.first() else {
@@ -223,6 +231,7 @@ pub fn config(data: &[u8]) {
                 now,
                 &store,
                 &Memo::default(),
+                &ShadowLog::default(),
             );
             check_verdict(&config, &verdict);
             let Some(consumer) = config.consumers.iter().find(|c| c.name == *consumer_name) else {
@@ -646,7 +655,14 @@ pub fn request(data: &[u8]) {
     create_records(config, &store).expect("a MemoryStore does not fail");
     for _ in 0..2 {
         let mut lookup = fake_request(headers.clone());
-        let verdict = handle(config, &mut lookup, now, &store, &Memo::default());
+        let verdict = handle(
+            config,
+            &mut lookup,
+            now,
+            &store,
+            &Memo::default(),
+            &ShadowLog::default(),
+        );
         check_verdict(config, &verdict);
         let Action::Forward(forward) = &verdict.action else {
             continue;

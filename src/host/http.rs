@@ -101,8 +101,9 @@ impl HttpContext for Filter {
             &runtime.config,
             &mut request,
             now,
-            &SharedData,
+            &SharedData::for_request(),
             &runtime.memo,
+            &runtime.shadow_log,
         );
         runtime.metrics.record(&verdict.events);
         match verdict.action {

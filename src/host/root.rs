@@ -14,12 +14,14 @@ use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::memo::Memo;
 use crate::quota::create_records;
+use crate::shadow_log::ShadowLog;
 
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
     pub metrics: Metrics,
     pub memo: Memo,
+    pub shadow_log: ShadowLog,
 }
 
 #[derive(Default)]
@@ -69,7 +71,7 @@ impl RootContext for Root {
         };
         // Create every counted consumer's record now, before any request is counted: Envoy
         // does not check CAS when a key is first created (see quota.rs).
-        match create_records(&config, &SharedData) {
+        match create_records(&config, &SharedData::default()) {
             Ok(created) => log::debug!("created {created} consumer records"),
             Err(e) => {
                 log::error!("configuration refused: shared data unavailable: {}", e.0);
@@ -88,6 +90,7 @@ impl RootContext for Root {
             config,
             metrics,
             memo: Memo::default(),
+            shadow_log: ShadowLog::default(),
         }));
         true
     }

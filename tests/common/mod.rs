@@ -46,6 +46,21 @@ pub fn wasm_path() -> PathBuf {
     path
 }
 
+/// The test-only build with the `fault-injection` feature (`make build-fault`), whose
+/// shared-data calls fail on request (header `x-tollgate-fault-injection: get|set`).
+pub fn fault_wasm_path() -> PathBuf {
+    let path = from_env_or(
+        "TOLLGATE_FAULT_WASM",
+        repo().join("target/fault-injection/wasm32-wasip1/release/tollgate.wasm"),
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test` (it builds the fault-injection .wasm first)",
+        path.display()
+    );
+    path
+}
+
 pub fn envoy_path() -> PathBuf {
     let path = from_env_or("TOLLGATE_ENVOY", repo().join(".venv/bin/envoy"));
     assert!(
@@ -116,6 +131,8 @@ pub struct Options {
     /// The ports the files listen on and send to — gateway, backend, admin — each replaced
     /// by a free one (every example in envoy/ has its own).
     pub file_ports: (u16, u16, u16),
+    /// The `.wasm` to load instead of the release build (e.g. [`fault_wasm_path`]).
+    pub wasm: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -128,6 +145,7 @@ impl Default for Options {
             concurrency: 2,
             args: Vec::new(),
             file_ports: (10000, 10001, 9901),
+            wasm: None,
         }
     }
 }
@@ -139,6 +157,7 @@ pub struct Envoy {
     pub admin: u16,
     relocate: Option<String>,
     file_ports: (u16, u16, u16),
+    wasm: PathBuf,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -148,6 +167,7 @@ pub struct Envoy {
 fn render(
     text: &str,
     (file_ports, ports): ((u16, u16, u16), (u16, u16, u16)),
+    wasm: &std::path::Path,
     dir: &std::path::Path,
     relocate: Option<&str>,
     plugin: Option<&str>,
@@ -173,7 +193,7 @@ fn render(
         )
         .replace(
             "filename: target/wasm32-wasip1/release/tollgate.wasm",
-            &format!("filename: {}", wasm_path().display()),
+            &format!("filename: {}", wasm.display()),
         );
     match plugin {
         Some(json) if text.contains("# tollgate-configuration-begin") => {
@@ -227,6 +247,7 @@ impl Envoy {
         let ports = free_ports(3);
         let (port, backend, admin) = (ports[0], ports[1], ports[2]);
         let plugin = options.plugin.as_deref();
+        let wasm = options.wasm.clone().unwrap_or_else(wasm_path);
         for file in &options.files {
             let text = std::fs::read_to_string(repo().join(file)).unwrap();
             let name = std::path::Path::new(file).file_name().unwrap();
@@ -235,6 +256,7 @@ impl Envoy {
                 render(
                     &text,
                     (options.file_ports, (port, backend, admin)),
+                    &wasm,
                     &dir,
                     options.relocate.as_deref(),
                     plugin,
@@ -249,6 +271,7 @@ impl Envoy {
             render(
                 &bootstrap,
                 (options.file_ports, (port, backend, admin)),
+                &wasm,
                 &dir,
                 options.relocate.as_deref(),
                 plugin,
@@ -280,6 +303,7 @@ impl Envoy {
             admin,
             relocate: options.relocate.clone(),
             file_ports: options.file_ports,
+            wasm,
             dir,
             log,
         };
@@ -319,6 +343,7 @@ impl Envoy {
         let rendered = render(
             &text,
             (self.file_ports, (self.port, self.backend, self.admin)),
+            &self.wasm,
             &self.dir,
             self.relocate.as_deref(),
             plugin,
