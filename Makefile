@@ -170,7 +170,7 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 # Mutation testing (cargo-mutants) of the pure core with its unit tests only (`--lib` for the
 # build and the test run: the e2e tests are neither built nor run), one job at a time; one file
 # after the other, each with its report in target/mutants/<file>/mutants.out/.
-MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/decision.rs \
+MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/admission.rs \
 	src/config.rs src/response.rs src/record.rs src/memo.rs
 MUTANTS_TIMEOUT ?= 60
 

@@ -297,7 +297,7 @@ def busy_warning(results: dict) -> list:
     ]
 
 
-def own_code() -> list:
+def own_code_table() -> list:
     """The `make bench-own` table: instructions per request in Node's V8, and above the floor."""
     if not OWN.exists():
         return []
@@ -346,7 +346,7 @@ def markdown(results: dict, m: dict, variants: list) -> str:
         "",
         *targets(results, m),
         "",
-        *own_code(),
+        *own_code_table(),
         "## Size of the .wasm, by build",
         "",
         "Release profile: `lto = true`, `codegen-units = 1`, `panic = \"abort\"`, `strip = true`; "

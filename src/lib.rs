@@ -8,7 +8,8 @@
 //! - [`record`]: the record's binary format in shared data.
 //! - [`memo`]: what a VM remembers between requests (spent consumers, rendered policies).
 //! - [`store`]: the shared-data trait the counting goes through (and an in-memory fake).
-//! - [`decision`]: who is calling and whether the request may pass.
+//! - [`admission`]: who is calling, their standing, and whether their limits admit the request
+//!   (a [`admission::Decision`]; [`verdict`] then says what the filter does with it).
 //! - [`verdict`]: what the filter does with a request: forward (identity headers, hidden
 //!   credential, RateLimit fields) or reply; shadow mode, store-error policy, CORS preflights
 //!   and the usage endpoint.
@@ -16,10 +17,17 @@
 //! - [`response`]: RateLimit headers, problem+json (or gRPC) refusals, the usage document.
 //! - [`metrics`]: counter names and which ones an event increments.
 //! - `host` (wasm only): the proxy-wasm glue, the only code that calls the host.
+//!
+//! One crate, two builds. On wasm32 it is the filter: `host` and its proxy-wasm dependency
+//! exist only there. On the host it is a plain library of the pure core, which the CLI
+//! (`cli/`), quotad (`quotad/`, for the window and name rules), the fuzz targets and the tests
+//! link without any proxy-wasm import. A core crate of its own (as Kuadrant's wasm-shim has)
+//! would draw the same line with one more manifest; the `cfg` gate draws it as long as `host`
+//! stays the only module that names `proxy_wasm`.
 
+pub mod admission;
 pub mod config;
 pub mod credentials;
-pub mod decision;
 pub mod memo;
 pub mod metrics;
 pub mod quota;

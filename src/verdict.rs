@@ -7,9 +7,9 @@
 //! it (e.g. `content-type` only to shape a refusal for gRPC). An admitted request allocates
 //! little: its verdict is plain fields, and the policy field is shared ([`Memo::policy`]).
 
+use crate::admission::{decide, Caller, Decision, Denial};
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{decide, Caller, Decision, Denial};
 use crate::memo::Memo;
 use crate::metrics::Event;
 use crate::quota::{peek, Usage};

@@ -1,13 +1,13 @@
 //! `tollgate explain`: what a request with a given key meets, decided by the filter's own
-//! code (`decision::decide` and `response::refusal`) against a fresh, in-memory count.
+//! code (`admission::decide` and `response::refusal`) against a fresh, in-memory count.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
+use tollgate::admission::{decide, Decision, Denial};
 use tollgate::config::{Config, Mode, Source, Standing};
 use tollgate::credentials::{Credential, Presented};
-use tollgate::decision::{decide, Decision, Denial};
 use tollgate::memo::Memo;
 use tollgate::quota::{create_records, Usage};
 use tollgate::response::refusal;

@@ -1,0 +1,466 @@
+//! Stage 2: validation of the JSON model into the compiled [`super::Config`]; every error
+//! names its field.
+
+use super::*;
+
+/// Whether a plan, consumer or limit name follows the name rules (also used by quotad).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{field}: name `{name}` must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
+        )))
+    }
+}
+
+/// RFC 9110 token characters (header names, auth schemes).
+pub(super) fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+pub(super) fn compile_sources(raw: Option<Vec<RawSource>>) -> Result<Vec<Source>, ConfigError> {
+    let raw = raw.unwrap_or_else(|| vec![RawSource::Header("x-api-key".into())]);
+    if raw.is_empty() {
+        return Err(ConfigError(
+            "credentials: the list is empty; omit it to use the default [{\"header\":\"x-api-key\"}]"
+                .into(),
+        ));
+    }
+    let mut out: Vec<Source> = Vec::with_capacity(raw.len());
+    for (i, source) in raw.into_iter().enumerate() {
+        let compiled = match source {
+            RawSource::Header(name) => {
+                if !is_token(&name) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].header: `{name}` is not a valid header name"
+                    )));
+                }
+                let lower = name.to_ascii_lowercase();
+                if lower == "authorization" {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].header: use {{\"authorization\": \"Bearer\"}} to read the Authorization header"
+                    )));
+                }
+                Source::Header(lower)
+            }
+            RawSource::Authorization(scheme) => {
+                if !is_token(&scheme) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].authorization: `{scheme}` is not an authentication scheme (e.g. \"Bearer\")"
+                    )));
+                }
+                Source::Authorization(scheme.to_ascii_lowercase())
+            }
+            RawSource::Query(name) => {
+                if name.is_empty() || name.bytes().any(|c| matches!(c, b'&' | b'=' | b'#')) {
+                    return Err(ConfigError(format!(
+                        "credentials[{i}].query: `{name}` is not a query parameter name"
+                    )));
+                }
+                Source::Query(name)
+            }
+        };
+        if out.contains(&compiled) {
+            return Err(ConfigError(format!(
+                "credentials[{i}]: the same source is listed twice"
+            )));
+        }
+        out.push(compiled);
+    }
+    Ok(out)
+}
+
+pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError> {
+    check_name(&format!("plans.{name}"), name)?;
+    if raw.limits.len() > MAX_LIMITS_PER_PLAN {
+        return Err(ConfigError(format!(
+            "plans.{name}.limits: {} limits; at most {MAX_LIMITS_PER_PLAN} are allowed",
+            raw.limits.len()
+        )));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    for (i, limit) in raw.limits.into_iter().enumerate() {
+        let field = format!("plans.{name}.limits[{i}]");
+        check_name(&format!("{field}.name"), &limit.name)?;
+        if limits.iter().any(|l| l.name == limit.name) {
+            return Err(ConfigError(format!(
+                "{field}.name: limit `{}` is listed twice in plan `{name}`",
+                limit.name
+            )));
+        }
+        if limit.requests > MAX_REQUESTS {
+            return Err(ConfigError(format!(
+                "{field}.requests: at most {MAX_REQUESTS} (RateLimit fields carry at most 15 digits)"
+            )));
+        }
+        if limit.requests == 0 {
+            return Err(ConfigError(format!(
+                "{field}.requests: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"
+            )));
+        }
+        let window = Window::parse(&limit.window)
+            .map_err(|e| ConfigError(format!("{field}.window: {e}")))?;
+        let status = limit.status.unwrap_or(402);
+        if !(400..=599).contains(&status) {
+            return Err(ConfigError(format!(
+                "{field}.status: {status} is not an HTTP error status (400-599)"
+            )));
+        }
+        limits.push(Limit {
+            name: limit.name,
+            requests: limit.requests,
+            window,
+            window_text: limit.window,
+            status,
+        });
+    }
+    let upgrade_url = compile_https_url(&format!("plans.{name}.upgrade_url"), raw.upgrade_url)?;
+    Ok(Plan {
+        name: name.to_string(),
+        limits,
+        upgrade_url,
+    })
+}
+
+/// Longest remedy URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Validates a remedy link: an absolute `https` URL with a host, in the characters RFC 3986
+/// allows (so that it can stand between `<` and `>` in a `Link` header as it is), without
+/// user information (a `user@` before the host is a classic way to disguise a link).
+pub fn compile_https_url(field: &str, url: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| Err(ConfigError(format!("{field}: `{url}` {why}")));
+    if url.len() > MAX_URL_LEN {
+        return Err(ConfigError(format!(
+            "{field}: the URL is longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    let uri_char = |c: u8| c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&c);
+    if !url.bytes().all(uri_char) {
+        return refuse("has characters a URL cannot contain (spaces, quotes, <, >, non-ASCII: percent-encode them)");
+    }
+    let bytes = url.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return refuse("has a `%` that is not followed by two hex digits");
+    }
+    let Some(rest) = url
+        .get(..8)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        .and_then(|_| url.get(8..))
+    else {
+        return refuse("is not an https URL (https://...)");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        // Not echoed: user information may be a password.
+        return Err(ConfigError(format!(
+            "{field}: the URL has user information (`user@` before its host); give the page's own URL"
+        )));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    if !host_ok || !port_ok {
+        return refuse("has no valid host name (https://billing.example.com/...)");
+    }
+    Ok(Some(url))
+}
+
+pub(super) fn plan_index(plans: &[Plan], field: &str, name: &str) -> Result<usize, ConfigError> {
+    plans.iter().position(|p| p.name == name).ok_or_else(|| {
+        let known: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        ConfigError(format!(
+            "{field}: plan `{name}` does not exist (plans: {})",
+            known.join(", ")
+        ))
+    })
+}
+
+/// A configured key: plaintext, or the digest of a `sha256:` key.
+pub(super) enum KeyForm {
+    Plain(Vec<u8>),
+    Hashed(Digest),
+}
+
+pub(super) fn parse_key(key: String) -> Result<KeyForm, &'static str> {
+    if let Some(hex) = key.strip_prefix("sha256:") {
+        return from_hex(hex)
+            .map(KeyForm::Hashed)
+            .ok_or("a hashed key is `sha256:` followed by 64 lowercase hex digits");
+    }
+    if key.is_empty() {
+        return Err("a key cannot be empty");
+    }
+    Ok(KeyForm::Plain(key.into_bytes()))
+}
+
+/// Parses `+HH:MM`, `-HH:MM` or `Z` into seconds east of UTC (at most 14 hours either way).
+pub fn parse_utc_offset(text: &str) -> Result<i64, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "calendar_utc_offset: `{text}` is not a fixed UTC offset like \"+05:30\", \"-08:00\" or \"Z\""
+        ))
+    };
+    if text == "Z" {
+        return Ok(0);
+    }
+    let b = text.as_bytes();
+    let (Some(sign), Some(h1), Some(h2), Some(b':'), Some(m1), Some(m2), None) = (
+        b.first(),
+        b.get(1),
+        b.get(2),
+        b.get(3),
+        b.get(4),
+        b.get(5),
+        b.get(6),
+    ) else {
+        return Err(bad());
+    };
+    let digits = [*h1, *h2, *m1, *m2];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let [h1, h2, m1, m2] = digits.map(|d| i64::from(d - b'0'));
+    let (hours, minutes) = (h1 * 10 + h2, m1 * 10 + m2);
+    if minutes > 59 || hours * 60 + minutes > 14 * 60 {
+        return Err(bad());
+    }
+    let seconds = hours * 3600 + minutes * 60;
+    match sign {
+        b'+' => Ok(seconds),
+        b'-' => Ok(-seconds),
+        _ => Err(bad()),
+    }
+}
+
+pub(super) fn compile_identity_header(
+    field: &str,
+    name: Option<String>,
+    default: &str,
+    sources: &[Source],
+) -> Result<String, ConfigError> {
+    let name = name.unwrap_or_else(|| default.to_string());
+    if !is_token(&name) {
+        return Err(ConfigError(format!(
+            "{field}: `{name}` is not a valid header name"
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    let clashes = lower == "authorization"
+        || lower == "host"
+        || sources
+            .iter()
+            .any(|s| matches!(s, Source::Header(h) if *h == lower));
+    if clashes {
+        return Err(ConfigError(format!(
+            "{field}: `{name}` is a credential or reserved header; tollgate replaces this header on every request"
+        )));
+    }
+    Ok(lower)
+}
+
+pub(super) fn compile_usage_path(path: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|c| matches!(c, b'?' | b'#') || c <= b' ' || c >= 0x7f)
+    {
+        return Err(ConfigError(format!(
+            "usage_path: `{path}` must be a path like \"/tollgate/usage\" (no query, no spaces)"
+        )));
+    }
+    Ok(Some(path))
+}
+
+pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let credentials = compile_sources(raw.credentials)?;
+    let consumer_header = compile_identity_header(
+        "consumer_header",
+        raw.consumer_header,
+        "x-tollgate-consumer",
+        &credentials,
+    )?;
+    let plan_header = compile_identity_header(
+        "plan_header",
+        raw.plan_header,
+        "x-tollgate-plan",
+        &credentials,
+    )?;
+    if consumer_header == plan_header {
+        return Err(ConfigError(format!(
+            "plan_header: `{plan_header}` is also the consumer_header"
+        )));
+    }
+    let usage_path = compile_usage_path(raw.usage_path)?;
+    let utc_offset = match &raw.calendar_utc_offset {
+        Some(text) => parse_utc_offset(text)?,
+        None => 0,
+    };
+    let mut plans = Vec::with_capacity(raw.plans.0.len());
+    for (name, plan) in raw.plans.0 {
+        plans.push(compile_plan(&name, plan)?);
+    }
+    if plans.is_empty() {
+        return Err(ConfigError("plans: at least one plan is required".into()));
+    }
+    let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
+    let mut keys = Keys::default();
+    // Digests of the plaintext keys, computed only once a `sha256:` key shows up, to catch a
+    // key listed once in plaintext and once hashed.
+    let mut plain_digests: Option<KeyMap> = None;
+    for (name, consumer) in raw.consumers.0 {
+        let field = || format!("consumers.{name}");
+        check_name(&field(), &name)?;
+        if name == ANONYMOUS {
+            return Err(ConfigError(format!(
+                "{}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)",
+                field()
+            )));
+        }
+        let plan = match plans.iter().position(|p| p.name == consumer.plan) {
+            Some(plan) => plan,
+            None => plan_index(&plans, &format!("{}.plan", field()), &consumer.plan)?,
+        };
+        let expires_at = match &consumer.expires_at {
+            Some(text) => Some(
+                parse_rfc3339(text)
+                    .map_err(|e| ConfigError(format!("{}.expires_at: {e}", field())))?,
+            ),
+            None => None,
+        };
+        let status = match (consumer.status, &consumer.grace_until) {
+            (Some(RawStatus::PastDue), grace) => Status::PastDue {
+                grace_until: match grace {
+                    Some(text) => Some(
+                        parse_rfc3339(text)
+                            .map_err(|e| ConfigError(format!("{}.grace_until: {e}", field())))?,
+                    ),
+                    None => None,
+                },
+            },
+            (_, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "{}.grace_until: applies only to \"status\": \"past_due\"",
+                    field()
+                )))
+            }
+            (Some(RawStatus::Suspended), None) => Status::Suspended,
+            (Some(RawStatus::Active) | None, None) => Status::Active,
+        };
+        let billing_url =
+            compile_https_url(&format!("{}.billing_url", field()), consumer.billing_url)?
+                .map(String::into_boxed_str);
+        let index = consumers.len();
+        for (k, key) in consumer.keys.into_iter().enumerate() {
+            let key_field = || format!("consumers.{name}.keys[{k}]");
+            let listed_twice = |other: usize| {
+                let owner = consumers
+                    .get(other)
+                    .map_or(name.as_str(), |c: &Consumer| c.name.as_str());
+                ConfigError(format!(
+                    "{}: this key is listed twice (also a key of consumer `{owner}`)",
+                    key_field()
+                ))
+            };
+            match parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))? {
+                KeyForm::Plain(bytes) => {
+                    if let Some(digests) = plain_digests.as_mut() {
+                        let digest = sha256(&bytes);
+                        if let Some(other) = keys.hashed.get(&digest) {
+                            return Err(listed_twice(*other));
+                        }
+                        digests.insert(digest, index);
+                    }
+                    if let Some(other) = keys.plain.insert(bytes.into_boxed_slice(), index) {
+                        return Err(listed_twice(other));
+                    }
+                }
+                KeyForm::Hashed(digest) => {
+                    let digests = plain_digests.get_or_insert_with(|| {
+                        keys.plain.iter().map(|(k, i)| (sha256(k), *i)).collect()
+                    });
+                    if let Some(other) = digests.get(&digest) {
+                        return Err(listed_twice(*other));
+                    }
+                    if let Some(other) = keys.hashed.insert(digest, index) {
+                        return Err(listed_twice(other));
+                    }
+                }
+            }
+        }
+        consumers.push(Consumer {
+            id: index,
+            store_key: format!("{STORE_PREFIX}consumer:{name}"),
+            name,
+            plan,
+            status,
+            expires_at,
+            billing_url,
+        });
+    }
+    let anonymous = match raw.anonymous_plan {
+        Some(plan_name) => {
+            let plan = plan_index(&plans, "anonymous_plan", &plan_name)?;
+            consumers.push(Consumer {
+                id: consumers.len(),
+                name: ANONYMOUS.to_string(),
+                plan,
+                status: Status::Active,
+                expires_at: None,
+                billing_url: None,
+                store_key: format!("{STORE_PREFIX}anonymous"),
+            });
+            Some(consumers.len() - 1)
+        }
+        None => None,
+    };
+    Ok(Config {
+        challenge: crate::response::challenge(&credentials),
+        credentials,
+        plans,
+        consumers,
+        anonymous,
+        mode: raw.mode,
+        on_store_error: raw.on_store_error,
+        usage_path,
+        cors_preflight: raw.cors_preflight,
+        consumer_header,
+        plan_header,
+        hide_credentials: raw.hide_credentials,
+        utc_offset,
+        identity_headers: raw.identity_headers,
+        ratelimit_policy: raw.ratelimit_policy,
+        billing_url: compile_https_url("billing_url", raw.billing_url)?,
+        keys,
+    })
+}

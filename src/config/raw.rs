@@ -1,0 +1,166 @@
+//! Stage 1: the JSON model, as serde reads it (`deny_unknown_fields`, defaults, duplicate
+//! members refused). [`super::compile`] turns it into the compiled [`super::Config`].
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) credentials: Option<Vec<RawSource>>,
+    pub(super) plans: UniqueMap<RawPlan>,
+    #[serde(default)]
+    pub(super) consumers: UniqueMap<RawConsumer>,
+    #[serde(default)]
+    pub(super) anonymous_plan: Option<String>,
+    #[serde(default)]
+    pub(super) mode: Mode,
+    #[serde(default)]
+    pub(super) on_store_error: OnStoreError,
+    #[serde(default)]
+    pub(super) usage_path: Option<String>,
+    #[serde(default)]
+    pub(super) cors_preflight: CorsPreflight,
+    #[serde(default)]
+    pub(super) consumer_header: Option<String>,
+    #[serde(default)]
+    pub(super) plan_header: Option<String>,
+    #[serde(default)]
+    pub(super) hide_credentials: bool,
+    #[serde(default)]
+    pub(super) calendar_utc_offset: Option<String>,
+    #[serde(default = "yes")]
+    pub(super) identity_headers: bool,
+    #[serde(default = "yes")]
+    pub(super) ratelimit_policy: bool,
+    #[serde(default)]
+    pub(super) billing_url: Option<String>,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+/// `enforce` refuses; `shadow` counts, adds headers and metrics, logs what it would refuse,
+/// and refuses nothing.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// What a request gets when shared data fails or CAS retries run out.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// 503 problem+json.
+    #[default]
+    Deny,
+    /// Forward uncounted.
+    Allow,
+}
+
+/// CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) carry no credentials.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CorsPreflight {
+    /// Forward without a credential, uncounted.
+    #[default]
+    Pass,
+    /// Treat like any other request.
+    Authenticate,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawSource {
+    Header(String),
+    Authorization(String),
+    Query(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlan {
+    pub(super) limits: Vec<RawLimit>,
+    #[serde(default)]
+    pub(super) upgrade_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    pub(super) name: String,
+    pub(super) requests: u64,
+    pub(super) window: String,
+    #[serde(default)]
+    pub(super) status: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsumer {
+    pub(super) plan: String,
+    #[serde(default)]
+    pub(super) keys: Vec<String>,
+    #[serde(default)]
+    pub(super) status: Option<RawStatus>,
+    #[serde(default)]
+    pub(super) expires_at: Option<String>,
+    #[serde(default)]
+    pub(super) grace_until: Option<String>,
+    #[serde(default)]
+    pub(super) billing_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawStatus {
+    Active,
+    Suspended,
+    PastDue,
+}
+
+/// A JSON object kept in document order that refuses duplicate member names (serde's maps
+/// would silently keep the last one, hiding a copy-paste mistake in a consumer list).
+#[derive(Debug)]
+pub(super) struct UniqueMap<V>(pub(super) Vec<(String, V)>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // Hashes of the names seen, not copies of them (100 000 consumers): a hash seen
+                // before is confirmed against the names themselves.
+                let state = RandomState::new();
+                let mut seen: HashSet<u64, BuildHasherDefault<DigestHasher>> = HashSet::default();
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(state.hash_one(&name))
+                        && entries.iter().any(|(n, _)| *n == name)
+                    {
+                        return Err(serde::de::Error::custom(format!(
+                            "`{name}` is listed twice"
+                        )));
+                    }
+                    entries.push((name, map.next_value()?));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+        deserializer.deserialize_map(UniqueVisitor(PhantomData))
+    }
+}
