@@ -248,13 +248,23 @@ mod tests {
         for len in MAGIC.len() + 1..good.len() {
             cases.push(good.get(..len).unwrap().to_vec());
         }
-        let mut zero = good.clone();
-        zero[MAGIC.len()] = 0;
-        cases.push(zero);
-        let mut long = b"TG\x02\x41".to_vec();
-        long.extend_from_slice(&[b'a'; 65]);
-        long.extend_from_slice(&[0; 24]);
-        cases.push(long);
+        // A name of 0 or of 65 bytes, each followed by a well-formed window and count: only
+        // the length rule can refuse them.
+        let entry_body = |name: &[u8]| {
+            let mut bytes = b"TG\x02".to_vec();
+            bytes.push(u8::try_from(name.len()).unwrap());
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(&1i64.to_le_bytes());
+            bytes.extend_from_slice(&2i64.to_le_bytes());
+            bytes.extend_from_slice(&3u64.to_le_bytes());
+            bytes
+        };
+        cases.push(entry_body(b""));
+        cases.push(entry_body(&[b'a'; 65]));
+        assert!(
+            Record::decode(&entry_body(&[b'a'; 64])).is_ok(),
+            "64 bytes is the longest"
+        );
         for case in &cases {
             assert_eq!(Record::decode(case), Err(Corrupt), "{case:?}");
         }
