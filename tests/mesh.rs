@@ -31,7 +31,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Envoy bootstraps (not Kubernetes manifests, not LDS resource files).
+/// Envoy bootstraps (not Kubernetes manifests, not LDS resource files, not Prometheus rules).
 fn bootstraps() -> Vec<PathBuf> {
     let mut files = Vec::new();
     yaml_files(&repo().join("envoy"), &mut files);
@@ -40,7 +40,9 @@ fn bootstraps() -> Vec<PathBuf> {
         .into_iter()
         .filter(|f| {
             let text = std::fs::read_to_string(f).unwrap();
-            !text.contains("\napiVersion:") && !text.contains("\nresources:")
+            !text.contains("\napiVersion:")
+                && !text.contains("\nresources:")
+                && !text.contains("\ngroups:")
         })
         .collect()
 }
