@@ -319,21 +319,7 @@ mod tests {
         );
     }
 
-    /// Counts the reads that reach the store.
-    struct Counting<'a> {
-        inner: &'a MemoryStore,
-        gets: std::cell::Cell<u32>,
-    }
-
-    impl Store for Counting<'_> {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
-            self.gets.set(self.gets.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::SetError> {
-            self.inner.set(key, value, cas)
-        }
-    }
+    use crate::store::CountingStore as Counting;
 
     #[test]
     fn a_flood_of_refused_requests_does_not_touch_the_store() {
@@ -345,10 +331,7 @@ mod tests {
         .unwrap();
         let inner = MemoryStore::new();
         crate::quota::create_records(&config, &inner).unwrap();
-        let store = Counting {
-            inner: &inner,
-            gets: std::cell::Cell::new(0),
-        };
+        let store = Counting::new(&inner);
         let memo = Memo::default();
         let start = NOW - NOW % 60;
         for _ in 0..2 {

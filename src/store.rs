@@ -86,3 +86,33 @@ impl Store for FailingStore {
         Err(SetError::Failed(StoreError("down".into())))
     }
 }
+
+/// A store that counts the reads reaching it, for the unit tests that prove the memo answered
+/// (a spent consumer's requests must not read shared data).
+#[cfg(test)]
+pub struct CountingStore<'a> {
+    inner: &'a MemoryStore,
+    pub gets: std::cell::Cell<u32>,
+}
+
+#[cfg(test)]
+impl<'a> CountingStore<'a> {
+    pub fn new(inner: &'a MemoryStore) -> Self {
+        CountingStore {
+            inner,
+            gets: std::cell::Cell::new(0),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Store for CountingStore<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.gets.set(self.gets.get() + 1);
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        self.inner.set(key, value, cas)
+    }
+}

@@ -493,21 +493,7 @@ mod tests {
         );
     }
 
-    /// Counts the reads that reach the store, to tell the memo's answers from the store's.
-    struct Counting<'a> {
-        inner: &'a MemoryStore,
-        gets: std::cell::Cell<u32>,
-    }
-
-    impl Store for Counting<'_> {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
-            self.gets.set(self.gets.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::SetError> {
-            self.inner.set(key, value, cas)
-        }
-    }
+    use crate::store::CountingStore as Counting;
 
     /// Sends `headers` `times` times through one memo, as one VM does; returns the verdicts
     /// and how many of the requests read the store.
@@ -518,10 +504,7 @@ mod tests {
     ) -> (Vec<Verdict<'c>>, u32) {
         let inner = MemoryStore::new();
         crate::quota::create_records(config, &inner).unwrap();
-        let store = Counting {
-            inner: &inner,
-            gets: std::cell::Cell::new(0),
-        };
+        let store = Counting::new(&inner);
         let memo = Memo::default();
         let shadow_log = ShadowLog::default();
         let h = get(headers);
