@@ -12,6 +12,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use tollgate_quotad::metrics::Metrics;
 use tollgate_quotad::service::Service;
 use tollgate_quotad::store::{Store, Target};
