@@ -148,7 +148,7 @@ bench-own: bench-filters ## tollgate's own code in instructions per request (cal
 	python3 bench/own_code.py --config bench/out/own-config.json empty=$(EMPTY_WASM) \
 		floor=$(FLOOR_WASM) tollgate=$(WASM) tollgate-z=$(SMALL_WASM)
 
-bench-quotad: quotad redis ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
+bench-quotad: quotad redis bench-tools ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
 	python3 bench/quotad.py --quotad $(QUOTAD)
 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).

@@ -4,7 +4,17 @@ beside it on this machine, at saturation and at a fixed offered load; and redis-
 running the same script (EVALSHA of quotad/src/take.lua, two limits per call) as the ceiling.
 
 Every call is admitted (limits far above the load), so each does the full check-and-take.
-Writes bench/out/quotad.json and prints a table. Target (issue 10): quotad saturated >= 50% of
+
+The load generator is h2load (C, nghttp2), sending one ShouldRateLimit body (written by
+`quotad-load --write-body`, prost-encoded) over 4 HTTP/2 connections x 16 streams: on a 2-core
+machine the load generator's CPU is taken from quotad and Redis, and h2load costs ~7 us of CPU
+per call where the tonic client `quotad-load` costs ~19 us, so h2load is the like-for-like
+counterpart of redis-benchmark (also C) on the ceiling's side. h2load counts HTTP statuses and a
+gRPC error is an HTTP 200 with a grpc-status trailer, so every run's outcomes are read from
+quotad's own counter (quotad_decisions_total by code) before and after: a run with any outcome
+but `ok` is reported with its errors. h2load's body names one consumer; `quotad-load` (the tonic
+client, 10 000 consumers round-robin) runs once more at saturation to show the spread of keys
+changes nothing but the client's cost. Writes bench/out/quotad.json and prints a table. Target (issue 10): quotad saturated >= 50% of
 the ceiling, p99 < 2 ms at an offered load of half the ceiling.
 """
 
@@ -53,6 +63,78 @@ def cpu_seconds(pid):
 
 
 PIDS = {}
+H2LOAD_CONNECTIONS = 4
+H2LOAD_STREAMS = 16
+
+
+def decisions(http):
+    """quotad_decisions_total by code, from quotad's /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    counts = {}
+    for m in re.finditer(r'^quotad_decisions_total\{code="(\w+)"\} (\d+)', text, re.M):
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    rank = round(p / 100 * (len(sorted_values) - 1))
+    return sorted_values[min(rank, len(sorted_values) - 1)]
+
+
+def h2load(grpc, http, body, seconds, rate=0):
+    """One h2load run (closed loop, or --rps per connection for a fixed offered load)."""
+    before_cpu = {name: cpu_seconds(pid) for name, pid in PIDS.items()}
+    before = decisions(http)
+    log = tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log", delete=False)
+    log.close()
+    cmd = ["h2load", "-t1", f"-c{H2LOAD_CONNECTIONS}", f"-m{H2LOAD_STREAMS}", "-D", str(seconds),
+           "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"--log-file={log.name}"]
+    if rate:
+        cmd.append(f"--rps={max(1, rate // H2LOAD_CONNECTIONS)}")
+    cmd.append(f"http://127.0.0.1:{grpc}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    elapsed = time.monotonic() - started
+    after = decisions(http)
+    times_ms = []
+    with open(log.name) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3:
+                times_ms.append(int(fields[2]) / 1000)
+    os.unlink(log.name)
+    times_ms.sort()
+    m = re.search(r"finished in ([0-9.]+)s", out)
+    measured = float(m.group(1)) if m else elapsed
+    outcome = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+    ok = outcome.get("ok", 0)
+    errors = sum(n for code, n in outcome.items() if code != "ok")
+    failed = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if failed:
+        errors += sum(int(x) for x in failed.groups())
+    result = {
+        "mode": "open" if rate else "closed",
+        "load_generator": f"h2load {H2LOAD_CONNECTIONS} connections x {H2LOAD_STREAMS} streams",
+        "offered_per_s": rate,
+        "concurrency": H2LOAD_CONNECTIONS * H2LOAD_STREAMS,
+        "seconds": round(measured, 2),
+        "completed": len(times_ms),
+        "quotad_outcomes": outcome,
+        "errors": errors,
+        "decisions_per_s": round(len(times_ms) / measured),
+        "p50_ms": percentile(times_ms, 50),
+        "p99_ms": percentile(times_ms, 99),
+        "max_ms": percentile(times_ms, 100),
+    }
+    for name, pid in PIDS.items():
+        result[f"{name}_cpu_s"] = round(cpu_seconds(pid) - before_cpu[name], 2)
+    if result["quotad_cpu_s"] > 0:
+        result["decisions_per_quotad_cpu_s"] = round(ok / result["quotad_cpu_s"])
+    return result
 
 
 def load(binary, grpc, seconds, rate=0, concurrency=64):
@@ -102,7 +184,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench/out/quotad.json"))
     a = parser.parse_args()
     load_bin = a.load or os.path.join(os.path.dirname(a.quotad), "quotad-load")
-    for tool in ("redis-server", "redis-cli", "redis-benchmark"):
+    for tool in ("redis-server", "redis-cli", "redis-benchmark", "h2load"):
         if not shutil.which(tool):
             sys.exit(f"bench-quotad: {tool} is missing (make redis)")
 
@@ -124,24 +206,27 @@ def main():
 
         def started():
             log.seek(0)
-            m = re.search(r"started: grpc [0-9.]+:(\d+)", log.read())
+            m = re.search(r"started: grpc [0-9.]+:(\d+), http [0-9.]+:(\d+)", log.read())
             if m:
-                grpc.append(int(m.group(1)))
+                grpc.extend([int(m.group(1)), int(m.group(2))])
             return bool(m)
         wait_for("quotad start line", started)
         PIDS.update(quotad=procs[1].pid, redis=procs[0].pid)
-        grpc = grpc[0]
+        grpc, http = grpc[0], grpc[1]
+        body = os.path.join(tmp, "call.bin")
+        subprocess.run([load_bin, "--write-body", body], check=True)
 
         with open(os.path.join(ROOT, "quotad/src/take.lua")) as f:
             sha = redis_cli(rport, "SCRIPT", "LOAD", f.read())
 
-        load(load_bin, grpc, 2)  # warm-up: connections, script cache, first keys
+        h2load(grpc, http, body, 2)  # warm-up: connections, script cache, first keys
         ceil = ceiling(rport, sha, 50_000 * a.seconds, 64)
         redis_cli(rport, "FLUSHALL")
-        sat = load(load_bin, grpc, a.seconds)
+        sat = h2load(grpc, http, body, a.seconds)
         half = int(ceil["decisions_per_s"] / 2)
-        fixed = load(load_bin, grpc, a.seconds, rate=half)
-        low = load(load_bin, grpc, a.seconds, rate=1000)
+        fixed = h2load(grpc, http, body, a.seconds, rate=half)
+        low = h2load(grpc, http, body, a.seconds, rate=1000)
+        spread = load(load_bin, grpc, a.seconds)
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -157,6 +242,7 @@ def main():
         "quotad_saturation": sat,
         "quotad_fixed_half_ceiling": fixed,
         "quotad_fixed_1000": low,
+        "quotad_saturation_10000_consumers_tonic_client": spread,
         "saturation_vs_ceiling": sat["decisions_per_s"] / ceil["decisions_per_s"],
         "targets": {
             "saturation_at_least_half_the_ceiling": sat["decisions_per_s"] >= ceil["decisions_per_s"] / 2,
@@ -170,9 +256,10 @@ def main():
     print(f"{'run':<44} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'per quotad CPU-s':>17}")
     rows = [
         ("redis-benchmark EVALSHA, 64 conns (ceiling)", ceil, 0),
-        ("quotad saturated, 64 callers", sat, sat["errors"]),
+        ("quotad saturated, h2load 64 streams", sat, sat["errors"]),
         (f"quotad offered {half}/s (half the ceiling)", fixed, fixed["errors"]),
         ("quotad offered 1000/s", low, low["errors"]),
+        ("quotad saturated, quotad-load, 10k consumers", spread, spread["errors"]),
     ]
     for name, r, errors in rows:
         per_cpu = r.get("decisions_per_quotad_cpu_s", "")

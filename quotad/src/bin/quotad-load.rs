@@ -41,6 +41,10 @@ struct Flags {
     /// Consumers to cycle through.
     #[arg(long, default_value_t = 10_000)]
     consumers: u64,
+    /// Write one call's gRPC request body (length-prefixed message) to this file and exit:
+    /// the body bench/quotad.py gives h2load, a load generator that costs less CPU than this one.
+    #[arg(long)]
+    write_body: Option<std::path::PathBuf>,
 }
 
 fn entry(key: &str, value: &str) -> Entry {
@@ -79,6 +83,15 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flags = Flags::parse();
+    if let Some(path) = &flags.write_body {
+        let message = prost::Message::encode_to_vec(&call(0, 1));
+        // gRPC framing: not compressed (0), then the message length as a big-endian u32.
+        let mut body = vec![0u8];
+        body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        body.extend_from_slice(&message);
+        std::fs::write(path, body)?;
+        return Ok(());
+    }
     let mut clients = Vec::new();
     for _ in 0..flags.connections.max(1) {
         let channel = Channel::from_shared(flags.target.clone())?
