@@ -11,8 +11,9 @@ use std::sync::Arc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Script};
+use redis::io::tcp::TcpSettings;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, Script};
 
 use crate::request::{Decision, Outcome};
 
@@ -91,14 +92,27 @@ pub enum Target {
     Sentinel { nodes: Vec<String>, primary: String },
 }
 
+/// redis-rs leaves Nagle's algorithm on by default. With many decisions in flight on one
+/// multiplexed connection, a small write then waits for the ACK of the previous one.
+fn tcp() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
+fn connection_info(url: &str, flag: &str) -> Result<ConnectionInfo, String> {
+    Ok(url
+        .into_connection_info()
+        .map_err(|e| format!("{flag}: {e}"))?
+        .set_tcp_settings(tcp()))
+}
+
 impl Store {
     /// Connects lazily: quotad starts (and answers `UNAVAILABLE`) while Redis is still down, and
     /// reconnects by itself whenever the connection is lost.
     pub fn new(target: &Target, timeout: Duration) -> Result<Store, String> {
         let connection = match target {
             Target::Node(url) => {
-                let client =
-                    redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?;
+                let client = redis::Client::open(connection_info(url, "--redis")?)
+                    .map_err(|e| format!("--redis: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -112,7 +126,11 @@ impl Store {
                 )
             }
             Target::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.clone())
+                let nodes = nodes
+                    .iter()
+                    .map(|n| connection_info(n, "--redis-cluster"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(2)
@@ -130,7 +148,11 @@ impl Store {
                 let client = SentinelClient::build(
                     nodes.clone(),
                     primary.clone(),
-                    None,
+                    Some(
+                        <&SentinelNodeConnectionInfo>::default()
+                            .clone()
+                            .set_tcp_settings(tcp()),
+                    ),
                     SentinelServerType::Master,
                 )
                 .map_err(|e| format!("--redis-sentinel: {e}"))?;
