@@ -444,6 +444,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let events = crate::events::compile(raw.events, &plans)?;
     Ok(Config {
         challenge: crate::response::challenge(&credentials),
         credentials,
@@ -461,6 +462,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         identity_headers: raw.identity_headers,
         ratelimit_policy: raw.ratelimit_policy,
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
+        events,
         keys,
     })
 }

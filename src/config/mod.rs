@@ -202,6 +202,8 @@ pub struct Config {
     pub ratelimit_policy: bool,
     /// The billing page for consumers without one of their own (`https` only).
     pub billing_url: Option<String>,
+    /// Usage events, threshold alerts and reminders, when configured.
+    pub events: Option<crate::events::EventsConfig>,
     keys: Keys,
 }
 

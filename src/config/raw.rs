@@ -35,6 +35,9 @@ pub(super) struct RawConfig {
     pub(super) ratelimit_policy: bool,
     #[serde(default)]
     pub(super) billing_url: Option<String>,
+    /// Usage events, threshold alerts and reminders (see [`crate::events`]).
+    #[serde(default)]
+    pub(super) events: Option<crate::events::RawEvents>,
 }
 
 pub(super) fn yes() -> bool {
