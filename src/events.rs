@@ -13,16 +13,15 @@
 //! - [`Outbox`]: the bounded buffer of unsent events, batches, retries with backoff, drops.
 //! - The event documents themselves (CloudEvents 1.0, JSON) and their deterministic ids.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::config::{Config, ConfigError, Plan};
 use crate::metrics::{Event, Reason};
 use crate::quota::Usage;
 use crate::sha256::{sha256, to_hex};
+use crate::store::{SetError, Store, StoreError};
 use crate::time::format_rfc3339;
 
 /// `Content-Type` of a batch (CloudEvents JSON batch format).
@@ -37,8 +36,9 @@ pub const DEFAULT_INTERVAL: i64 = 10;
 pub const MAX_INTERVAL: i64 = 3600;
 pub const DEFAULT_BUFFER: usize = 10_000;
 pub const MAX_BUFFER: usize = 1_000_000;
+/// Events per batch (a batch of 100 usage events is ~45 KB of JSON).
 pub const DEFAULT_BATCH: usize = 100;
-pub const MAX_BATCH: usize = 10_000;
+/// How long the sink has to answer a batch before it counts as failed (and is resent).
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait between two attempts while the sink fails, in seconds.
 pub const MAX_BACKOFF: i64 = 30;
@@ -61,28 +61,23 @@ fn reason_slot(reason: Reason) -> Option<usize> {
 #[serde(deny_unknown_fields)]
 pub struct RawEvents {
     pub cluster: String,
-    #[serde(default)]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub authority: Option<String>,
+    /// `http://host[:port]/path` (or `https://`): the `:authority` and `:path` of the calls;
+    /// the connection itself (TLS, address) is the cluster's.
+    pub url: String,
     #[serde(default)]
     pub authorization: Option<String>,
     #[serde(default)]
     pub interval: Option<String>,
-    #[serde(default)]
-    pub timeout: Option<String>,
-    #[serde(default)]
-    pub instance: Option<String>,
-    #[serde(default)]
-    pub buffer: Option<usize>,
-    #[serde(default)]
-    pub batch: Option<usize>,
+    #[serde(default = "default_buffer")]
+    pub buffer: u64,
     #[serde(default)]
     pub alerts: Option<Vec<u64>>,
     #[serde(default)]
-    pub plan_alerts: Option<BTreeMap<String, Vec<u64>>>,
-    #[serde(default)]
-    pub reminders: Option<Vec<String>>,
+    pub reminders: Vec<String>,
+}
+
+fn default_buffer() -> u64 {
+    DEFAULT_BUFFER as u64
 }
 
 /// A value that must never be printed (the sink's authorization).
@@ -106,8 +101,6 @@ pub struct EventsConfig {
     /// Seconds per usage interval (epoch-aligned).
     pub interval: i64,
     pub timeout_ms: u64,
-    /// The Envoy instance's name in event ids and `source` (default: the node id).
-    pub instance: Option<String>,
     /// Most events a VM keeps unsent.
     pub buffer: usize,
     /// Most events per batch.
@@ -138,29 +131,35 @@ pub fn parse_duration(text: &str) -> Option<i64> {
 fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
     let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     for (i, t) in raw.iter().enumerate() {
-        let t = u8::try_from(*t)
+        let Some(t) = u8::try_from(*t)
             .ok()
-            .filter(|t| (1..=100).contains(t))
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "{field}[{i}]: {t} is not a percentage of a limit (1 to 100)"
-                ))
-            })?;
-        if out.contains(&t) {
-            return Err(ConfigError(format!("{field}[{i}]: {t} is listed twice")));
-        }
-        out.push(t);
+            .filter(|t| (1..=100).contains(t) && !out.contains(t))
+        else {
+            return Err(ConfigError(format!(
+                "{field}[{i}]: {t} is not a percentage of a limit (1 to 100, each once)"
+            )));
+        };
+        // Kept ascending (a handful of values: no sort routine in the .wasm for this).
+        let at = out.iter().position(|x| *x > t).unwrap_or(out.len());
+        out.insert(at, t);
     }
-    out.sort_unstable();
     Ok(out)
 }
 
 /// Validates the `events` block against the compiled plans.
+/// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order.
 pub fn compile(
     raw: Option<RawEvents>,
     plans: &[Plan],
+    plan_alerts: Vec<Option<Vec<u64>>>,
 ) -> Result<Option<EventsConfig>, ConfigError> {
     let Some(raw) = raw else {
+        if let Some((plan, _)) = plans.iter().zip(&plan_alerts).find(|(_, a)| a.is_some()) {
+            return Err(ConfigError(format!(
+                "plans.{}.alerts: alerts are sent to the events sink: configure `events` too",
+                plan.name
+            )));
+        }
         return Ok(None);
     };
     let err = |field: &str, why: String| Err(ConfigError(format!("events.{field}: {why}")));
@@ -176,14 +175,29 @@ pub fn compile(
             format!("`{}` is not an Envoy cluster name", raw.cluster),
         );
     }
-    let path = raw.path.unwrap_or_else(|| "/".into());
-    if !path.starts_with('/') || !header_safe(&path) || path.contains(' ') {
-        return err("path", format!("`{path}` must be a path like \"/events\""));
-    }
-    let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
-    if !header_safe(&authority) || authority.contains(' ') {
-        return err("authority", format!("`{authority}` is not a host name"));
-    }
+    let url_parts = raw
+        .url
+        .strip_prefix("http://")
+        .or_else(|| raw.url.strip_prefix("https://"))
+        .filter(|rest| header_safe(rest) && !rest.contains(' '))
+        .map(|rest| match rest.find('/') {
+            Some(at) => (
+                rest.get(..at).unwrap_or(rest),
+                rest.get(at..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        })
+        .filter(|(host, _)| !host.is_empty());
+    let Some((authority, path)) = url_parts else {
+        return err(
+            "url",
+            format!(
+                "`{}` must be an http(s) URL like \"http://sink.example.com/events\"",
+                raw.url
+            ),
+        );
+    };
+    let (authority, path) = (authority.to_string(), path.to_string());
     if let Some(auth) = &raw.authorization {
         if !header_safe(auth) {
             // Not echoed: it is a credential.
@@ -205,84 +219,49 @@ pub fn compile(
             }
         },
     };
-    let timeout_ms = match &raw.timeout {
-        None => DEFAULT_TIMEOUT_MS,
-        Some(text) => match parse_duration(text) {
-            Some(s) if (1..=60).contains(&s) => s.unsigned_abs() * 1000,
-            _ => {
-                return err(
-                    "timeout",
-                    format!("`{text}` must be a duration from 1s to 60s"),
-                )
-            }
-        },
-    };
-    if let Some(instance) = &raw.instance {
-        if !crate::config::valid_name(instance) {
-            return err(
-                "instance",
-                format!("`{instance}` must be 1-64 characters of A-Z a-z 0-9 _ - ."),
-            );
-        }
-    }
-    let buffer = raw.buffer.unwrap_or(DEFAULT_BUFFER);
+    let buffer = usize::try_from(raw.buffer).unwrap_or(usize::MAX);
     if !(1..=MAX_BUFFER).contains(&buffer) {
         return err(
             "buffer",
             format!("{buffer}: must be from 1 to {MAX_BUFFER} events"),
         );
     }
-    let batch = raw.batch.unwrap_or(DEFAULT_BATCH);
-    if !(1..=MAX_BATCH).contains(&batch) {
-        return err(
-            "batch",
-            format!("{batch}: must be from 1 to {MAX_BATCH} events"),
-        );
-    }
     let global = thresholds("events.alerts", raw.alerts.as_deref().unwrap_or_default())?;
-    let mut alerts: Vec<Vec<u8>> = vec![global; plans.len()];
-    for (plan, raw) in raw.plan_alerts.unwrap_or_default() {
-        let field = format!("events.plan_alerts.{plan}");
-        let Some(index) = plans.iter().position(|p| p.name == plan) else {
-            return Err(ConfigError(format!(
-                "{field}: plan `{plan}` does not exist"
-            )));
-        };
-        if let Some(slot) = alerts.get_mut(index) {
-            *slot = thresholds(&field, &raw)?;
-        }
+    let mut alerts: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
+    for (plan, own) in plans.iter().zip(plan_alerts) {
+        alerts.push(match own {
+            Some(own) => thresholds(&format!("plans.{}.alerts", plan.name), &own)?,
+            None => global.clone(),
+        });
     }
     let mut reminders: Vec<i64> = Vec::new();
-    for (i, text) in raw.reminders.unwrap_or_default().iter().enumerate() {
+    for (i, text) in raw.reminders.iter().enumerate() {
         match parse_duration(text) {
             Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
-                reminders.push(s)
-            }
-            Some(s) if reminders.contains(&s) => {
-                return err(
-                    &format!("reminders[{i}]"),
-                    format!("`{text}` is listed twice"),
-                )
+                // Kept descending.
+                let at = reminders
+                    .iter()
+                    .position(|x| *x < s)
+                    .unwrap_or(reminders.len());
+                reminders.insert(at, s);
             }
             _ => {
                 return err(
                     &format!("reminders[{i}]"),
-                    format!("`{text}` must be a duration up to 366d (e.g. \"7d\", \"1h\")"),
+                    format!("`{text}` must be a duration up to 366d (e.g. \"7d\"), each once"),
                 )
             }
         }
     }
-    reminders.sort_unstable_by(|a, b| b.cmp(a));
     Ok(Some(EventsConfig {
         cluster: raw.cluster,
         path,
         authority,
         authorization: raw.authorization.map(Secret),
         interval,
-        timeout_ms,
-        instance: raw.instance,
+        timeout_ms: DEFAULT_TIMEOUT_MS,
         buffer,
-        batch,
+        batch: DEFAULT_BATCH,
         alerts,
         reminders,
     }))
@@ -417,7 +396,6 @@ impl Tally {
                 });
             }
         }
-        out.sort_by_key(|c| (c.start, c.consumer));
         out
     }
 }
@@ -484,7 +462,9 @@ pub struct Reminder {
 /// The reminders of a configuration, by due time, and how far the timer has got.
 #[derive(Debug, Default)]
 pub struct Reminders {
-    queue: VecDeque<Reminder>,
+    /// In no particular order: the timer scans them (a compare per reminder, once per tick)
+    /// rather than the .wasm carrying a sort routine.
+    queue: Vec<Reminder>,
 }
 
 impl Reminders {
@@ -514,29 +494,33 @@ impl Reminders {
             }
             all.extend(due_now);
         }
-        all.sort_by_key(|r| (r.due, r.consumer));
-        Reminders { queue: all.into() }
+        Reminders { queue: all }
     }
 
     /// The reminders due at `now` that are not past their expiry.
     pub fn due(&mut self, now: i64) -> Vec<Reminder> {
         let mut out = Vec::new();
-        while self.queue.front().is_some_and(|r| r.due <= now) {
-            if let Some(r) = self.queue.pop_front() {
+        let mut i = 0;
+        while let Some(r) = self.queue.get(i).copied() {
+            if r.due <= now {
+                self.queue.swap_remove(i);
                 if r.expires_at > now {
                     out.push(r);
                 }
+            } else {
+                i += 1;
             }
         }
         out
     }
 
+    /// Reminders still to come.
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 }
 
@@ -548,6 +532,80 @@ pub fn reminder_key(consumer: &str) -> String {
 /// The line a claimed reminder adds to its consumer's key.
 pub fn reminder_mark(r: &Reminder) -> String {
     format!("{} {}\n", r.expires_at, r.before)
+}
+
+/// Creates `key` with `initial` if it does not exist (at configuration time, before any
+/// worker races on it: Envoy checks no CAS when a key is created). Never overwrites.
+pub fn ensure_key(store: &impl Store, key: &str, initial: &[u8]) -> Result<(), StoreError> {
+    if store.get(key)?.is_some() {
+        return Ok(());
+    }
+    match store.set(key, initial, 0) {
+        Ok(()) | Err(SetError::CasMismatch) => Ok(()),
+        Err(SetError::Failed(e)) => Err(e),
+    }
+}
+
+/// Attempts of a claim's read-modify-write before giving up.
+const CLAIM_ATTEMPTS: u32 = 16;
+
+/// Claims `mark` in an existing key with a CAS write: `true` for exactly one caller, whichever
+/// worker it runs in; `false` if it was claimed already.
+pub fn claim(store: &impl Store, key: &str, mark: &str) -> Result<bool, StoreError> {
+    for _ in 0..CLAIM_ATTEMPTS {
+        let Some((value, cas)) = store.get(key)? else {
+            return Err(StoreError(format!(
+                "{key} is missing (created at configuration)"
+            )));
+        };
+        let claimed = value
+            .split(|c| *c == b'\n')
+            .any(|line| line == mark.trim_end().as_bytes());
+        if claimed {
+            return Ok(false);
+        }
+        let mut next = value;
+        next.extend_from_slice(mark.as_bytes());
+        match store.set(key, &next, cas) {
+            Ok(()) => return Ok(true),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(StoreError(format!(
+        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
+    )))
+}
+
+/// The shared-data key holding this Envoy process's incarnation and the next worker slot.
+pub fn workers_key() -> String {
+    format!("{}events:workers", crate::config::STORE_PREFIX)
+}
+
+/// Takes the next worker slot from the (existing) workers key: `(incarnation, slot)`.
+pub fn take_worker_slot(store: &impl Store) -> Result<(String, u64), StoreError> {
+    let key = workers_key();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let Some((value, cas)) = store.get(&key)? else {
+            return Err(StoreError(format!(
+                "{key} is missing (created at configuration)"
+            )));
+        };
+        let text = String::from_utf8_lossy(&value);
+        let (incarnation, next) = text
+            .split_once(' ')
+            .and_then(|(i, n)| Some((i.to_string(), n.trim().parse::<u64>().ok()?)))
+            .ok_or_else(|| StoreError(format!("{key} holds no worker counter")))?;
+        let written = format!("{incarnation} {}", next.saturating_add(1));
+        match store.set(&key, written.as_bytes(), cas) {
+            Ok(()) => return Ok((incarnation, next)),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(StoreError(format!(
+        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
+    )))
 }
 
 /// An event ready to send: its id (kept across resends) and its JSON.
@@ -577,21 +635,44 @@ impl Origin {
     }
 }
 
-fn reasons_object(counts: &[u64; 5]) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    for (reason, count) in REASONS.iter().zip(counts) {
-        map.insert(reason.name().into(), json!(count));
-    }
-    serde_json::Value::Object(map)
+/// A JSON string literal.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn plan_name<'c>(config: &'c Config, consumer: usize) -> (&'c str, &'c str) {
+fn reasons_object(counts: &[u64; 5]) -> String {
+    let mut out = String::from("{");
+    for (reason, count) in REASONS.iter().zip(counts) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(reason.name());
+        out.push_str("\":");
+        out.push_str(&count.to_string());
+    }
+    out.push('}');
+    out
+}
+
+fn plan_name(config: &Config, consumer: usize) -> (&str, &str) {
     let Some(c) = config.consumers.get(consumer) else {
         return ("", "");
     };
     (
         c.name.as_str(),
         config.plan_of(c).map_or("", |p| p.name.as_str()),
+    )
+}
+
+/// The CloudEvents envelope around `data` (a JSON object).
+fn envelope(id: &str, origin: &Origin, kind: &str, subject: &str, time: i64, data: &str) -> String {
+    format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":{},\"type\":\"{kind}\",\"subject\":{},\
+         \"time\":\"{}\",\"datacontenttype\":\"application/json\",\"data\":{data}}}",
+        js(&origin.source()),
+        js(subject),
+        format_rfc3339(time),
     )
 }
 
@@ -608,29 +689,20 @@ pub fn usage_event(config: &Config, origin: &Origin, closed: &Closed) -> Pending
         &closed.start.to_string(),
     ]);
     let c = &closed.counts;
-    let json = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": origin.source(),
-        "type": USAGE_TYPE,
-        "subject": consumer,
-        "time": format_rfc3339(closed.end),
-        "datacontenttype": "application/json",
-        "data": {
-            "consumer": consumer,
-            "plan": plan,
-            "interval_start": format_rfc3339(closed.start),
-            "interval_end": format_rfc3339(closed.end),
-            "requests": c.total(),
-            "admitted": c.admitted,
-            "refused": reasons_object(&c.refused),
-            "shadowed": reasons_object(&c.shadowed),
-        }
-    });
-    Pending {
-        id,
-        json: json.to_string(),
-    }
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"interval_start\":\"{}\",\"interval_end\":\"{}\",\
+         \"requests\":{},\"admitted\":{},\"refused\":{},\"shadowed\":{}}}",
+        js(consumer),
+        js(plan),
+        format_rfc3339(closed.start),
+        format_rfc3339(closed.end),
+        c.total(),
+        c.admitted,
+        reasons_object(&c.refused),
+        reasons_object(&c.shadowed),
+    );
+    let json = envelope(&id, origin, USAGE_TYPE, consumer, closed.end, &data);
+    Pending { id, json }
 }
 
 /// The alert for a threshold crossed. Its id names the instance, consumer, limit, window and
@@ -651,29 +723,20 @@ pub fn threshold_event(config: &Config, origin: &Origin, x: &Crossing) -> Pendin
         &x.window_start.to_string(),
         &x.threshold.to_string(),
     ]);
-    let json = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": origin.source(),
-        "type": THRESHOLD_TYPE,
-        "subject": consumer,
-        "time": format_rfc3339(x.at),
-        "datacontenttype": "application/json",
-        "data": {
-            "consumer": consumer,
-            "plan": plan,
-            "limit": limit,
-            "threshold": x.threshold,
-            "used": x.used,
-            "requests": x.requests,
-            "window_start": format_rfc3339(x.window_start),
-            "reset": format_rfc3339(x.window_end),
-        }
-    });
-    Pending {
-        id,
-        json: json.to_string(),
-    }
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"limit\":{},\"threshold\":{},\"used\":{},\
+         \"requests\":{},\"window_start\":\"{}\",\"reset\":\"{}\"}}",
+        js(consumer),
+        js(plan),
+        js(limit),
+        x.threshold,
+        x.used,
+        x.requests,
+        format_rfc3339(x.window_start),
+        format_rfc3339(x.window_end),
+    );
+    let json = envelope(&id, origin, THRESHOLD_TYPE, consumer, x.at, &data);
+    Pending { id, json }
 }
 
 /// A subscription reminder. Its id names only the consumer, its `expires_at` and the lead
@@ -686,25 +749,15 @@ pub fn reminder_event(config: &Config, origin: &Origin, r: &Reminder, now: i64) 
         &r.expires_at.to_string(),
         &r.before.to_string(),
     ]);
-    let json = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": origin.source(),
-        "type": REMINDER_TYPE,
-        "subject": consumer,
-        "time": format_rfc3339(now),
-        "datacontenttype": "application/json",
-        "data": {
-            "consumer": consumer,
-            "plan": plan,
-            "expires_at": format_rfc3339(r.expires_at),
-            "before_seconds": r.before,
-        }
-    });
-    Pending {
-        id,
-        json: json.to_string(),
-    }
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"expires_at\":\"{}\",\"before_seconds\":{}}}",
+        js(consumer),
+        js(plan),
+        format_rfc3339(r.expires_at),
+        r.before,
+    );
+    let json = envelope(&id, origin, REMINDER_TYPE, consumer, now, &data);
+    Pending { id, json }
 }
 
 /// Unsent events: bounded, sent in batches, one batch in flight at a time, retried with
@@ -712,7 +765,7 @@ pub fn reminder_event(config: &Config, origin: &Origin, r: &Reminder, now: i64) 
 /// the caller): what is already buffered — the oldest usage — is kept and sent first.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<Pending>,
+    queue: Vec<Pending>,
     capacity: usize,
     /// Events at the front of `queue` in the batch in flight.
     in_flight: usize,
@@ -723,7 +776,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(capacity: usize) -> Outbox {
         Outbox {
-            queue: VecDeque::new(),
+            queue: Vec::new(),
             capacity: capacity.max(1),
             in_flight: 0,
             failures: 0,
@@ -752,7 +805,7 @@ impl Outbox {
         if self.queue.len() >= self.capacity {
             return false;
         }
-        self.queue.push_back(event);
+        self.queue.push(event);
         true
     }
 
@@ -810,10 +863,14 @@ mod tests {
     use crate::window::Bounds;
 
     fn config(events: &str) -> Result<Config, ConfigError> {
+        config_with(events, "")
+    }
+
+    fn config_with(events: &str, pro: &str) -> Result<Config, ConfigError> {
         Config::from_json(
             format!(
                 r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": 10, "window": "day"}}]}},
-                               "pro": {{"limits": [{{"name": "monthly", "requests": 1000, "window": "month"}}]}}}},
+                               "pro": {{"limits": [{{"name": "monthly", "requests": 1000, "window": "month"}}] {pro}}}}},
                     "consumers": {{"acme": {{"plan": "free", "keys": ["k1"], "expires_at": "2026-12-31T00:00:00Z"}},
                                    "wayne": {{"plan": "pro", "keys": ["k2"]}}}}
                     {events}}}"#
@@ -829,9 +886,21 @@ mod tests {
 
     #[test]
     fn the_events_block_compiles_with_defaults() {
-        let c = config(r#", "events": {"cluster": "sink", "alerts": [100, 80], "plan_alerts": {"pro": [50]}, "reminders": ["1d", "7d"]}"#).unwrap();
+        let c = config_with(
+            r#", "events": {"cluster": "sink", "url": "http://sink", "alerts": [100, 80], "reminders": ["1d", "7d"]}"#,
+            r#", "alerts": [50]"#,
+        )
+        .unwrap();
         let e = c.events.unwrap();
         assert_eq!((e.path.as_str(), e.authority.as_str()), ("/", "sink"));
+        let o = config(r#", "events": {"cluster": "c", "url": "https://om.example.com:8443/api/v1/events?x=1"}"#)
+            .unwrap()
+            .events
+            .unwrap();
+        assert_eq!(
+            (o.authority.as_str(), o.path.as_str()),
+            ("om.example.com:8443", "/api/v1/events?x=1")
+        );
         assert_eq!(
             (e.interval, e.buffer, e.batch),
             (10, DEFAULT_BUFFER, DEFAULT_BATCH)
@@ -843,40 +912,49 @@ mod tests {
     #[test]
     fn bad_events_fields_are_named() {
         for (block, field) in [
-            (r#"{"cluster": ""}"#, "events.cluster"),
-            (r#"{"cluster": "s", "path": "events"}"#, "events.path"),
-            (r#"{"cluster": "s", "interval": "0s"}"#, "events.interval"),
-            (r#"{"cluster": "s", "interval": "2h"}"#, "events.interval"),
-            (r#"{"cluster": "s", "timeout": "5"}"#, "events.timeout"),
-            (r#"{"cluster": "s", "buffer": 0}"#, "events.buffer"),
-            (r#"{"cluster": "s", "batch": 0}"#, "events.batch"),
-            (r#"{"cluster": "s", "alerts": [0]}"#, "events.alerts[0]"),
+            (r#"{"cluster": "", "url": "http://s"}"#, "events.cluster"),
+            (r#"{"cluster": "s", "url": "sink/events"}"#, "events.url"),
+            (r#"{"cluster": "s", "url": "http:///events"}"#, "events.url"),
             (
-                r#"{"cluster": "s", "alerts": [80, 101]}"#,
+                r#"{"cluster": "s", "url": "http://s/", "interval": "0s"}"#,
+                "events.interval",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "interval": "2h"}"#,
+                "events.interval",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "buffer": 0}"#,
+                "events.buffer",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [0]}"#,
+                "events.alerts[0]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [80, 101]}"#,
                 "events.alerts[1]",
             ),
             (
-                r#"{"cluster": "s", "alerts": [80, 80]}"#,
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [80, 80]}"#,
                 "events.alerts[1]",
             ),
             (
-                r#"{"cluster": "s", "plan_alerts": {"gold": [80]}}"#,
-                "events.plan_alerts.gold",
-            ),
-            (
-                r#"{"cluster": "s", "reminders": ["soon"]}"#,
+                r#"{"cluster": "s", "url": "http://s/", "reminders": ["soon"]}"#,
                 "events.reminders[0]",
             ),
             (
-                r#"{"cluster": "s", "reminders": ["1d", "24h"]}"#,
+                r#"{"cluster": "s", "url": "http://s/", "reminders": ["1d", "24h"]}"#,
                 "events.reminders[1]",
             ),
-            (r#"{"cluster": "s", "instance": "a b"}"#, "events.instance"),
             (
-                r#"{"cluster": "s", "authorization": "x\ny"}"#,
+                r#"{"cluster": "s", "url": "http://s/", "authorization": "x\ny"}"#,
                 "events.authorization",
             ),
-            (r#"{"cluster": "s", "unknown": 1}"#, "events"),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "unknown": 1}"#,
+                "events",
+            ),
         ] {
             let e = config(&format!(r#", "events": {block}"#)).unwrap_err();
             assert!(e.0.starts_with(field), "{block}: {e}");
@@ -884,12 +962,26 @@ mod tests {
     }
 
     #[test]
+    fn plan_alerts_are_checked_and_need_an_events_block() {
+        let e = config_with(
+            r#", "events": {"cluster": "s", "url": "http://s/"}"#,
+            r#", "alerts": [120]"#,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("plans.pro.alerts[0]"), "{e}");
+        let e = config_with("", r#", "alerts": [80]"#).unwrap_err();
+        assert!(e.0.starts_with("plans.pro.alerts: "), "{e}");
+    }
+
+    #[test]
     fn the_authorization_is_never_printed() {
         let c =
-            config(r#", "events": {"cluster": "s", "authorization": "Bearer hunter2"}"#).unwrap();
+            config(r#", "events": {"cluster": "s", "url": "http://s/", "authorization": "Bearer hunter2"}"#).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        let e = config(r#", "events": {"cluster": "s", "authorization": "hunter2\u0001"}"#)
-            .unwrap_err();
+        let e = config(
+            r#", "events": {"cluster": "s", "url": "http://s/", "authorization": "hunter2\u0001"}"#,
+        )
+        .unwrap_err();
         assert!(!e.0.contains("hunter2"), "{e}");
     }
 
@@ -905,7 +997,8 @@ mod tests {
             t.close(109, false).is_empty(),
             "interval 100-110 is still open"
         );
-        let closed = t.close(110, false);
+        let mut closed = t.close(110, false);
+        closed.sort_by_key(|c| c.consumer);
         assert_eq!(closed.len(), 2);
         assert_eq!(
             (closed[0].consumer, closed[0].start, closed[0].end),
@@ -1035,6 +1128,28 @@ mod tests {
             1,
             "no backoff after a success"
         );
+    }
+
+    #[test]
+    fn a_claim_is_won_once_and_worker_slots_are_unique() {
+        let store = crate::store::MemoryStore::new();
+        let key = reminder_key("acme");
+        assert!(
+            claim(&store, &key, "1 2\n").is_err(),
+            "the key must exist first"
+        );
+        ensure_key(&store, &key, b"\n").unwrap();
+        assert!(claim(&store, &key, "1 2\n").unwrap());
+        assert!(!claim(&store, &key, "1 2\n").unwrap());
+        assert!(claim(&store, &key, "1 3\n").unwrap());
+        ensure_key(&store, &key, b"\n").unwrap();
+        assert!(
+            !claim(&store, &key, "1 3\n").unwrap(),
+            "ensure never overwrites"
+        );
+        ensure_key(&store, &workers_key(), b"77 0").unwrap();
+        assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 0));
+        assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 1));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use raw::*;
 
 pub use compile::{compile_https_url, parse_utc_offset, valid_name, MAX_URL_LEN};
 pub use keys::DigestHasher;
-pub use raw::{CorsPreflight, Mode, OnStoreError};
+pub use raw::{CorsPreflight, Mode, OnStoreError, UniqueMap};
 pub use summary::{capitalized, format_utc_offset};
 
 /// Name of the consumer that counts requests without a credential (with `anonymous_plan`).
