@@ -116,9 +116,11 @@ pub struct Sender {
     dropped_unlogged: usize,
 }
 
-/// The node id Envoy was started with, if any.
+/// The node id Envoy was started with (`node.id`, `--service-node`), if any.
 fn node_id() -> Option<String> {
-    let bytes = hostcalls::get_property(vec!["node", "id"]).ok().flatten()?;
+    let bytes = hostcalls::get_property(vec!["xds", "node", "id"])
+        .ok()
+        .flatten()?;
     let id = String::from_utf8(bytes).ok()?;
     (!id.is_empty()).then_some(id)
 }
