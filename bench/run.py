@@ -16,6 +16,10 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 x-api-key value (what users would pick instead), every request admitted
   tollgate-402  tollgate where every request is refused with 402 (each consumer's quota of 1 is
                 spent during the warm-up)
+  tollgate-sink-hang
+                tollgate with usage events and threshold alerts (interval 1 s) sent to a sink
+                that accepts connections and never answers: every batch times out, the buffer
+                fills and drops; requests must not notice (compare with tollgate)
   tollgate-z    tollgate built for size (opt-level "z", then wasm-opt -Oz), against the shipped
                 build (opt-level 3, then wasm-opt -O3)
   proxied, tollgate-proxied
@@ -65,6 +69,21 @@ ENVOY_CPU, LOAD_CPU = 0, 1
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_DEADLINE = 180.0  # seconds; 100 000 consumers take a while on a busy machine
+SINK_CLUSTER = "tollgate_sink"
+_HANGING_SINK = []
+
+
+def hanging_sink() -> int:
+    """The port of a socket that listens (the kernel completes connections) and never accepts
+    or answers, so that every batch of tollgate-sink-hang times out after 5 s."""
+    if not _HANGING_SINK:
+        sink = socket.socket()
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(4096)
+        _HANGING_SINK.append(sink)
+    return _HANGING_SINK[0].getsockname()[1]
+
+
 LOG_FORMAT = "[%Y-%m-%d %T.%f][%t][%l][%n] %v"  # microsecond timestamps, thread id
 LOG_LINE = re.compile(r"^\[([\d-]+ [\d:.]+)\]\[(\d+)\]\[\w+\]\[(\w+)\] (.*)$")
 
@@ -80,7 +99,8 @@ ROUTER = {
 # --- configurations ---------------------------------------------------------------------------
 
 
-def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False) -> str:
+def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
+                    events: bool = False) -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
     one request, everything is refused with 402."""
@@ -99,6 +119,9 @@ def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False) ->
     }
     if lean:
         config.update(identity_headers=False, ratelimit_policy=False)
+    if events:
+        config["events"] = {"cluster": SINK_CLUSTER, "url": "http://sink.bench/events",
+                            "interval": "1s", "alerts": [80, 100]}
     return json.dumps(config, separators=(",", ":"))
 
 
@@ -157,9 +180,9 @@ def native_filter(keys: int) -> dict:
     }
 
 
-def envoy_config(port: int, admin: int, filters: list, upstream=None) -> dict:
+def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None) -> dict:
     """The listener with `filters`, routing to a direct response or, given an upstream port,
-    to that upstream."""
+    to that upstream; given a sink port, a cluster for tollgate's usage events."""
 
     def address(p: int) -> dict:
         return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
@@ -179,6 +202,16 @@ def envoy_config(port: int, admin: int, filters: list, upstream=None) -> dict:
             "load_assignment": {
                 "cluster_name": "upstream",
                 "endpoints": [{"lb_endpoints": [endpoint]}],
+            },
+        })
+    if sink is not None:
+        clusters.append({
+            "name": SINK_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": SINK_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(sink)}}]}],
             },
         })
     hcm = {
@@ -222,9 +255,9 @@ class Envoy:
     count = 0
 
     def __init__(self, binary: str, name: str, filters: list, concurrency=1, cpu=ENVOY_CPU,
-                 upstream=None):
+                 upstream=None, sink=None):
         self.binary, self.name, self.filters = str(binary), name, filters
-        self.concurrency, self.cpu, self.upstream = concurrency, cpu, upstream
+        self.concurrency, self.cpu, self.upstream, self.sink = concurrency, cpu, upstream, sink
         self.log_path = OUT / f"{name}.log"
 
     def __enter__(self):
@@ -241,7 +274,7 @@ class Envoy:
         self.port, self.admin = free_port(), free_port()
         config = OUT / f"{self.name}.json"
         config.write_text(
-            json.dumps(envoy_config(self.port, self.admin, self.filters, self.upstream))
+            json.dumps(envoy_config(self.port, self.admin, self.filters, self.upstream, self.sink))
         )
         base_id = (os.getpid() % 20_000) * 100 + Envoy.count % 100
         command = pinned(self.cpu) + [self.binary, "-c", str(config)]
@@ -425,6 +458,8 @@ def variants(args) -> list:
         ("native", [native_filter(CONSUMERS)], 200, False),
         ("tollgate-402", [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, True))], 402,
          False),
+        ("tollgate-sink-hang",
+         [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, events=True))], 200, False),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),
     ]
@@ -439,7 +474,8 @@ def variants(args) -> list:
 def measure(args, name: str, filters: list, status: int, upstream, round_: int) -> list:
     """Starts the variant's Envoy, warms it up, runs wrk then h2load, and checks that every
     request got `status`. Returns one result per protocol."""
-    with Envoy(args.envoy, name, filters, upstream=upstream) as envoy:
+    sink = hanging_sink() if name == "tollgate-sink-hang" else None
+    with Envoy(args.envoy, name, filters, upstream=upstream, sink=sink) as envoy:
         warmup = warm_up(envoy, status, args.warmup)
         probe = get(envoy.port, "key-1")
         if probe.status != status:
@@ -455,6 +491,10 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
             limited = stats.get("bench.http_local_rate_limit.rate_limited", 0)
             if admitted < http1["requests"] + http2["requests"] or limited:
                 raise RuntimeError(f"local_ratelimit did not admit every request: {stats}")
+        if sink is not None:
+            events = envoy.stats("tollgate.events")
+            if not any(events.get(f"wasmcustom.tollgate.events.{n}") for n in ("failed_batches", "dropped")):
+                raise RuntimeError(envoy.failure(f"the sink never failed a batch: {events}"))
         log, ready_s = envoy.log(), envoy.ready_s
     for r in results:
         expected = r["requests"] if status == 200 else 0

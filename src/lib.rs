@@ -15,6 +15,7 @@
 //!   and the usage endpoint.
 //! - [`shadow_log`]: at most one shadow-mode log line per consumer and reason a minute.
 //! - [`response`]: RateLimit headers, problem+json (or gRPC) refusals, the usage document.
+//! - [`events`]: usage events, threshold alerts and reminders (CloudEvents to an HTTP sink).
 //! - [`metrics`]: counter names and which ones an event increments.
 //! - `host` (wasm only): the proxy-wasm glue, the only code that calls the host.
 //!
@@ -28,6 +29,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod events;
 pub mod memo;
 pub mod metrics;
 pub mod quota;

@@ -10,6 +10,7 @@
 use crate::admission::{decide, Caller, Decision, Denial};
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
 use crate::credentials::{extract, strip_query_param, Credential};
+use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::Event;
 use crate::quota::{peek, Usage};
@@ -115,6 +116,26 @@ impl<const N: usize> PartialEq<[(Event, Option<usize>); N]> for Events {
 pub struct Verdict<'c> {
     pub action: Action<'c>,
     pub events: Events,
+    /// Whose request this was and the alert thresholds it reached (for usage events).
+    pub metered: Metered,
+}
+
+/// What usage events need from a request: the consumer it counts for (`None` when nobody
+/// is known, or for the usage endpoint), and the thresholds its count reached (empty, and so
+/// without allocation, unless `events.alerts` are configured and one is reached).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metered {
+    pub consumer: Option<usize>,
+    pub crossings: Vec<Crossing>,
+}
+
+impl Metered {
+    fn of(caller: Option<&Caller>) -> Metered {
+        Metered {
+            consumer: caller.map(|c| c.consumer.id),
+            crossings: Vec::new(),
+        }
+    }
 }
 
 fn plan_index(caller: &Caller) -> Option<usize> {
@@ -157,6 +178,7 @@ pub fn handle<'c>(
         return Verdict {
             action: Action::Forward(forward),
             events: Events::one(Event::Preflight, None),
+            metered: Metered::default(),
         };
     }
 
@@ -190,9 +212,24 @@ pub fn handle<'c>(
             );
             forward.caller = Some((&caller.consumer.name, &caller.plan.name));
             forward.rate_limit = rate_limit_fields(config, memo, &caller, &usages, now);
+            let mut metered = Metered::of(Some(&caller));
+            if let Some(thresholds) = config
+                .events
+                .as_ref()
+                .and_then(|e| e.alerts.get(caller.consumer.plan))
+            {
+                crossings(
+                    thresholds,
+                    caller.consumer.id,
+                    &usages,
+                    now,
+                    &mut metered.crossings,
+                );
+            }
             return Verdict {
                 action: Action::Forward(forward),
                 events: Events::one(Event::Allowed, plan_index(&caller)),
+                metered,
             };
         }
         Decision::Deny(denial) => denial,
@@ -222,6 +259,7 @@ pub fn handle<'c>(
             return Verdict {
                 action: Action::Forward(forward),
                 events,
+                metered: Metered::of(caller.as_ref()),
             };
         }
     }
@@ -245,6 +283,7 @@ pub fn handle<'c>(
         return Verdict {
             action: Action::Forward(forward),
             events,
+            metered: Metered::of(caller.as_ref()),
         };
     }
 
@@ -268,6 +307,7 @@ pub fn handle<'c>(
     Verdict {
         action: Action::Reply(reply),
         events,
+        metered: Metered::of(caller.as_ref()),
     }
 }
 
@@ -302,11 +342,13 @@ fn usage_endpoint<'c>(
         return Verdict {
             action: Action::Reply(usage_method_not_allowed()),
             events: Events::default(),
+            metered: Metered::default(),
         };
     }
     let refuse = |denial: Denial| Verdict {
         events: Events::one(Event::Refused(denial.reason()), None),
         action: Action::Reply(refusal(config, &denial, now, false)),
+        metered: Metered::default(),
     };
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
@@ -332,6 +374,7 @@ fn usage_endpoint<'c>(
         Ok(usages) => Verdict {
             action: Action::Reply(usage(&caller, standing, &usages)),
             events: Events::one(Event::Usage, Some(consumer.plan)),
+            metered: Metered::default(),
         },
         Err(e) => {
             let denial = Denial::StoreUnavailable {
@@ -342,6 +385,7 @@ fn usage_endpoint<'c>(
             Verdict {
                 events: Events::one(Event::StoreFailed, None),
                 action: Action::Reply(refusal(config, &denial, now, false)),
+                metered: Metered::default(),
             }
         }
     }

@@ -82,7 +82,8 @@ fn rules_and_dashboard_name_only_metrics_envoy_exports() {
     let envoy = Envoy::start(&plugin(
         r#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 5, "window": "day"}]},
                       "pro": {"limits": [{"name": "monthly", "requests": 50, "window": "month"}]}},
-            "consumers": {"acme": {"plan": "free", "keys": ["acme-key"]}}}"#,
+            "consumers": {"acme": {"plan": "free", "keys": ["acme-key"]}},
+            "events": {"cluster": "nowhere", "url": "http://nowhere/"}}"#,
     ));
     let exported: BTreeSet<String> = request(envoy.admin, "GET", "/stats/prometheus", &[])
         .body
@@ -124,5 +125,5 @@ fn the_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
 }

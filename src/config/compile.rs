@@ -327,7 +327,9 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         None => 0,
     };
     let mut plans = Vec::with_capacity(raw.plans.0.len());
-    for (name, plan) in raw.plans.0 {
+    let mut plan_alerts = Vec::with_capacity(raw.plans.0.len());
+    for (name, mut plan) in raw.plans.0 {
+        plan_alerts.push(plan.alerts.take());
         plans.push(compile_plan(&name, plan)?);
     }
     if plans.is_empty() {
@@ -444,6 +446,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let events = crate::events::compile(raw.events, &plans, plan_alerts)?;
     Ok(Config {
         challenge: crate::response::challenge(&credentials),
         credentials,
@@ -461,6 +464,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         identity_headers: raw.identity_headers,
         ratelimit_policy: raw.ratelimit_policy,
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
+        events,
         keys,
     })
 }

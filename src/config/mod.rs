@@ -38,7 +38,7 @@ use raw::*;
 
 pub use compile::{compile_https_url, parse_utc_offset, valid_name, MAX_URL_LEN};
 pub use keys::DigestHasher;
-pub use raw::{CorsPreflight, Mode, OnStoreError};
+pub use raw::{CorsPreflight, Mode, OnStoreError, UniqueMap};
 pub use summary::{capitalized, format_utc_offset};
 
 /// Name of the consumer that counts requests without a credential (with `anonymous_plan`).
@@ -202,6 +202,8 @@ pub struct Config {
     pub ratelimit_policy: bool,
     /// The billing page for consumers without one of their own (`https` only).
     pub billing_url: Option<String>,
+    /// Usage events, threshold alerts and reminders, when configured.
+    pub events: Option<crate::events::EventsConfig>,
     keys: Keys,
 }
 

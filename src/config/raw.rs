@@ -35,6 +35,9 @@ pub(super) struct RawConfig {
     pub(super) ratelimit_policy: bool,
     #[serde(default)]
     pub(super) billing_url: Option<String>,
+    /// Usage events, threshold alerts and reminders (see [`crate::events`]).
+    #[serde(default)]
+    pub(super) events: Option<crate::events::RawEvents>,
 }
 
 pub(super) fn yes() -> bool {
@@ -87,6 +90,9 @@ pub(super) struct RawPlan {
     pub(super) limits: Vec<RawLimit>,
     #[serde(default)]
     pub(super) upgrade_url: Option<String>,
+    /// This plan's alert thresholds, instead of `events.alerts` (see [`crate::events`]).
+    #[serde(default)]
+    pub(super) alerts: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +132,7 @@ pub(super) enum RawStatus {
 /// A JSON object kept in document order that refuses duplicate member names (serde's maps
 /// would silently keep the last one, hiding a copy-paste mistake in a consumer list).
 #[derive(Debug)]
-pub(super) struct UniqueMap<V>(pub(super) Vec<(String, V)>);
+pub struct UniqueMap<V>(pub Vec<(String, V)>);
 
 impl<V> Default for UniqueMap<V> {
     fn default() -> Self {

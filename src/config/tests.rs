@@ -138,7 +138,7 @@ fn refuses_bad_configurations_naming_the_field() {
         ("{}".into(), "missing field `plans`"),
         (format!(r#"{{{plans}, "bogus": 1}}"#), "unknown field `bogus`, expected one of `credentials`, `plans`"),
         (r#"{"plans": {}}"#.into(), "plans: at least one plan"),
-        (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "plans.p: unknown field `x`, expected `limits`"),
+        (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "plans.p: unknown field `x`, expected one of `limits`, `upgrade_url`, `alerts`"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "requets": 1, "window": "day"}]}}}"#.into(), "plans.p.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `window`, `status`"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "window": "day"}]}}}"#.into(), "plans.p.limits[0]: missing field `requests`"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": "100", "window": "day"}]}}}"#.into(), "plans.p.limits[0].requests: expected a whole number, found a string (write numbers without quotes)"),

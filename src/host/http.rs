@@ -97,7 +97,7 @@ impl HttpContext for Filter {
                 .ok()
                 .flatten()
         };
-        let verdict = handle(
+        let mut verdict = handle(
             &runtime.config,
             &mut request,
             now,
@@ -106,6 +106,9 @@ impl HttpContext for Filter {
             &runtime.shadow_log,
         );
         runtime.metrics.record(&verdict.events);
+        if let Some(meter) = &runtime.meter {
+            meter.record(now, &mut verdict);
+        }
         match verdict.action {
             verdict::Action::Reply(reply) => send(&reply),
             verdict::Action::Forward(forward) => {

@@ -8,6 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use super::events;
 use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
@@ -22,11 +23,15 @@ pub struct Runtime {
     pub metrics: Metrics,
     pub memo: Memo,
     pub shadow_log: ShadowLog,
+    /// Usage counts and crossings for events (`None` without an `events` block).
+    pub meter: Option<events::Meter>,
 }
 
 #[derive(Default)]
 pub struct Root {
     runtime: Option<Rc<Runtime>>,
+    /// Usage events and alerts: buffer, call in flight (with an `events` block).
+    events: Option<events::Sender>,
 }
 
 /// How often each VM hands its counts to Envoy.
@@ -36,8 +41,19 @@ impl Context for Root {
     fn on_done(&mut self) -> bool {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
+            if let (Some(sender), Some(now)) = (&mut self.events, super::now()) {
+                sender.done(runtime, now);
+            }
         }
         true
+    }
+
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, _: usize, _: usize) {
+        if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
+            if sender.owns(token_id) {
+                sender.response(runtime, super::now().unwrap_or_default());
+            }
+        }
     }
 }
 
@@ -78,19 +94,31 @@ impl RootContext for Root {
                 return false;
             }
         }
+        if let Err(e) = events::prepare(&config) {
+            log::error!("configuration refused: shared data unavailable for events: {e}");
+            return false;
+        }
         if let Some(previous) = &self.runtime {
             previous.metrics.flush();
         }
+        self.events = events::Sender::configure(
+            self.events.take(),
+            self.runtime.as_deref(),
+            &config,
+            super::now().unwrap_or_default(),
+        );
         let metrics = Metrics::define(&config);
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
         log::info!("configured: {}", config.summary());
+        let meter = events::Meter::new(&config);
         self.runtime = Some(Rc::new(Runtime {
             config,
             metrics,
             memo: Memo::default(),
             shadow_log: ShadowLog::default(),
+            meter,
         }));
         true
     }
@@ -98,6 +126,9 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
+            if let (Some(sender), Some(now)) = (&mut self.events, super::now()) {
+                sender.tick(runtime, now);
+            }
         }
     }
 

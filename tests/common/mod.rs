@@ -133,6 +133,9 @@ pub struct Options {
     pub file_ports: (u16, u16, u16),
     /// The `.wasm` to load instead of the release build (e.g. [`fault_wasm_path`]).
     pub wasm: Option<PathBuf>,
+    /// Clusters added to the bootstrap (name, port on 127.0.0.1), e.g. a test [`Sink`]. The
+    /// bootstrap's cluster list must be its last section (as in envoy/envoy.yaml).
+    pub clusters: Vec<(String, u16)>,
 }
 
 impl Default for Options {
@@ -146,6 +149,7 @@ impl Default for Options {
             args: Vec::new(),
             file_ports: (10000, 10001, 9901),
             wasm: None,
+            clusters: Vec::new(),
         }
     }
 }
@@ -266,18 +270,20 @@ impl Envoy {
         }
         let bootstrap = std::fs::read_to_string(repo().join(&options.bootstrap)).unwrap();
         let config = dir.join("bootstrap.yaml");
-        std::fs::write(
-            &config,
-            render(
-                &bootstrap,
-                (options.file_ports, (port, backend, admin)),
-                &wasm,
-                &dir,
-                options.relocate.as_deref(),
-                plugin,
-            ),
-        )
-        .unwrap();
+        let mut rendered = render(
+            &bootstrap,
+            (options.file_ports, (port, backend, admin)),
+            &wasm,
+            &dir,
+            options.relocate.as_deref(),
+            plugin,
+        );
+        for (name, cluster_port) in &options.clusters {
+            rendered.push_str(&format!(
+                "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {cluster_port} }}\n"
+            ));
+        }
+        std::fs::write(&config, rendered).unwrap();
         let log = dir.join("envoy.log");
         // A base id of our own per Envoy (the pid keeps parallel test binaries apart).
         let base_id = (std::process::id() % 40_000) * 100 + id;
@@ -673,4 +679,224 @@ pub fn plugin(json: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(json)
         .unwrap_or_else(|e| panic!("test configuration is not JSON: {e}\n{json}"));
     serde_json::to_string_pretty(&value).unwrap()
+}
+
+/// What a [`Sink`] does with the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    /// 200.
+    Accept,
+    /// Answer with this status.
+    Fail(u16),
+    /// Never answer (until the client gives up or the sink stops).
+    Hang,
+    /// Answer 200 after this long.
+    Slow(Duration),
+}
+
+/// One request a [`Sink`] received, and how it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mode: SinkMode,
+    pub path: String,
+    /// Names lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The CloudEvents of a batch body.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        match serde_json::from_str::<serde_json::Value>(&self.body) {
+            Ok(serde_json::Value::Array(events)) => events,
+            other => panic!(
+                "a batch is a JSON array, got {other:?} from {:?}",
+                self.body
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Modes for the next requests, in order; then `default`.
+    script: std::collections::VecDeque<SinkMode>,
+    default: Option<SinkMode>,
+    received: Vec<Received>,
+}
+
+/// A test HTTP/1.1 server that records every request (usage event batches) and answers as
+/// told: accept, fail with a status, hang, or answer slowly. Stopped when dropped.
+pub struct Sink {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<SinkState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(SinkState::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (s, st) = (s.clone(), st.clone());
+                std::thread::spawn(move || serve_sink(stream, s, st));
+            }
+        });
+        Sink {
+            port,
+            state,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// The next requests get these answers, then the default one.
+    pub fn script(&self, modes: &[SinkMode]) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(modes.iter().copied());
+    }
+
+    /// What every request gets once the script is used up (initially [`SinkMode::Accept`]).
+    pub fn set_default(&self, mode: SinkMode) {
+        self.state.lock().unwrap().default = Some(mode);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Every event of every batch answered 200, in arrival order (duplicates included).
+    pub fn accepted(&self) -> Vec<serde_json::Value> {
+        self.received()
+            .iter()
+            .filter(|r| matches!(r.mode, SinkMode::Accept | SinkMode::Slow(_)))
+            .flat_map(|r| r.events())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+fn serve_sink(
+    mut stream: TcpStream,
+    state: std::sync::Arc<std::sync::Mutex<SinkState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        // One request: headers, then a content-length body.
+        let request = loop {
+            if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..split]).to_string();
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= split + 4 + length {
+                    let body =
+                        String::from_utf8_lossy(&buf[split + 4..split + 4 + length]).to_string();
+                    buf.drain(..split + 4 + length);
+                    break Some((head, body));
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                break None;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => break None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break None,
+            }
+        };
+        let Some((head, body)) = request else { return };
+        let mut lines = head.split("\r\n");
+        let path = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or_default()
+            .to_string();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mode = {
+            let mut st = state.lock().unwrap();
+            let mode = st
+                .script
+                .pop_front()
+                .unwrap_or(st.default.unwrap_or(SinkMode::Accept));
+            st.received.push(Received {
+                mode,
+                path,
+                headers,
+                body,
+            });
+            mode
+        };
+        let status = match mode {
+            SinkMode::Accept => 200,
+            SinkMode::Fail(status) => status,
+            SinkMode::Hang => {
+                let end = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < end && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return;
+            }
+            SinkMode::Slow(delay) => {
+                std::thread::sleep(delay);
+                200
+            }
+        };
+        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A counter's value in Envoy's admin `/stats` (0 when absent).
+pub fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .stats()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

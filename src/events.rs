@@ -1,0 +1,1219 @@
+//! Usage events, threshold alerts and subscription reminders (the pure part; the host glue is
+//! `host/events.rs`). Everything here runs natively in unit tests.
+//!
+//! - [`EventsConfig`]: the `events` configuration block, validated (every error names its field).
+//! - [`Tally`]: what a VM counts per consumer and interval on the request path: a few array
+//!   increments, no host call, no allocation once a consumer has been seen in a slot.
+//! - [`crossings`]: which alert thresholds a counted request reached. The count is decided by
+//!   the CAS of the consumer's record, so each count value of a window is written by exactly
+//!   one request of one worker: the request whose count *equals* a threshold's request number
+//!   is the only one that crosses it — once per (consumer, limit, window, threshold) per Envoy,
+//!   with no extra bookkeeping in the record.
+//! - [`Reminders`]: when each consumer's `expires_at` reminder is due.
+//! - [`Outbox`]: the bounded buffer of unsent events, batches, retries with backoff, drops.
+//! - The event documents themselves (CloudEvents 1.0, JSON) and their deterministic ids.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::config::{Config, ConfigError, Plan};
+use crate::metrics::{Event, Reason};
+use crate::quota::Usage;
+use crate::sha256::{sha256, to_hex};
+use crate::store::{SetError, Store, StoreError};
+use crate::time::format_rfc3339;
+
+/// `Content-Type` of a batch (CloudEvents JSON batch format).
+pub const CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+pub const USAGE_TYPE: &str = "io.tollgate.usage";
+pub const THRESHOLD_TYPE: &str = "io.tollgate.quota.threshold";
+pub const REMINDER_TYPE: &str = "io.tollgate.subscription.reminder";
+
+/// Default interval of usage events, in seconds.
+pub const DEFAULT_INTERVAL: i64 = 10;
+/// Longest interval accepted (one hour).
+pub const MAX_INTERVAL: i64 = 3600;
+pub const DEFAULT_BUFFER: usize = 10_000;
+pub const MAX_BUFFER: usize = 1_000_000;
+/// Events per batch (a batch of 100 usage events is ~45 KB of JSON).
+pub const DEFAULT_BATCH: usize = 100;
+/// How long the sink has to answer a batch before it counts as failed (and is resent).
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Longest wait between two attempts while the sink fails, in seconds.
+pub const MAX_BACKOFF: i64 = 30;
+
+/// The refusal reasons a usage event counts per consumer (those that concern a known consumer).
+pub const REASONS: [Reason; 5] = [
+    Reason::Quota,
+    Reason::Suspended,
+    Reason::Expired,
+    Reason::PastDue,
+    Reason::StoreError,
+];
+
+fn reason_slot(reason: Reason) -> Option<usize> {
+    REASONS.iter().position(|r| *r == reason)
+}
+
+/// The `events` block as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub cluster: String,
+    /// `http://host[:port]/path` (or `https://`): the `:authority` and `:path` of the calls;
+    /// the connection itself (TLS, address) is the cluster's.
+    pub url: String,
+    #[serde(default)]
+    pub authorization: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default = "default_buffer")]
+    pub buffer: u64,
+    #[serde(default)]
+    pub alerts: Option<Vec<u64>>,
+    #[serde(default)]
+    pub reminders: Vec<String>,
+}
+
+fn default_buffer() -> u64 {
+    DEFAULT_BUFFER as u64
+}
+
+/// A value that must never be printed (the sink's authorization).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The validated `events` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The Envoy cluster the batches go to.
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub authorization: Option<Secret>,
+    /// Seconds per usage interval (epoch-aligned).
+    pub interval: i64,
+    pub timeout_ms: u64,
+    /// Most events a VM keeps unsent.
+    pub buffer: usize,
+    /// Most events per batch.
+    pub batch: usize,
+    /// Alert thresholds (percent, ascending) per plan, in [`Config::plans`] order.
+    pub alerts: Vec<Vec<u8>>,
+    /// Reminder lead times in seconds, descending.
+    pub reminders: Vec<i64>,
+}
+
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d` in seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let split = text.len().checked_sub(1)?;
+    let (count, unit) = (text.get(..split)?, text.get(split..)?);
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    if count.is_empty() || !count.bytes().all(|c| c.is_ascii_digit()) || count.len() > 9 {
+        return None;
+    }
+    count.parse::<i64>().ok()?.checked_mul(unit)
+}
+
+fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let Some(t) = u8::try_from(*t)
+            .ok()
+            .filter(|t| (1..=100).contains(t) && !out.contains(t))
+        else {
+            return Err(ConfigError(format!(
+                "{field}[{i}]: {t} is not a percentage of a limit (1 to 100, each once)"
+            )));
+        };
+        // Kept ascending (a handful of values: no sort routine in the .wasm for this).
+        let at = out.iter().position(|x| *x > t).unwrap_or(out.len());
+        out.insert(at, t);
+    }
+    Ok(out)
+}
+
+/// Validates the `events` block against the compiled plans.
+/// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order.
+pub fn compile(
+    raw: Option<RawEvents>,
+    plans: &[Plan],
+    plan_alerts: Vec<Option<Vec<u64>>>,
+) -> Result<Option<EventsConfig>, ConfigError> {
+    let Some(raw) = raw else {
+        if let Some((plan, _)) = plans.iter().zip(&plan_alerts).find(|(_, a)| a.is_some()) {
+            return Err(ConfigError(format!(
+                "plans.{}.alerts: alerts are sent to the events sink: configure `events` too",
+                plan.name
+            )));
+        }
+        return Ok(None);
+    };
+    let err = |field: &str, why: String| Err(ConfigError(format!("events.{field}: {why}")));
+    let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
+    if raw.cluster.is_empty()
+        || !raw
+            .cluster
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-.:".contains(&c))
+    {
+        return err(
+            "cluster",
+            format!("`{}` is not an Envoy cluster name", raw.cluster),
+        );
+    }
+    let url_parts = raw
+        .url
+        .strip_prefix("http://")
+        .or_else(|| raw.url.strip_prefix("https://"))
+        .filter(|rest| header_safe(rest) && !rest.contains(' '))
+        .map(|rest| match rest.find('/') {
+            Some(at) => (
+                rest.get(..at).unwrap_or(rest),
+                rest.get(at..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        })
+        .filter(|(host, _)| !host.is_empty());
+    let Some((authority, path)) = url_parts else {
+        return err(
+            "url",
+            format!(
+                "`{}` must be an http(s) URL like \"http://sink.example.com/events\"",
+                raw.url
+            ),
+        );
+    };
+    let (authority, path) = (authority.to_string(), path.to_string());
+    if let Some(auth) = &raw.authorization {
+        if !header_safe(auth) {
+            // Not echoed: it is a credential.
+            return err(
+                "authorization",
+                "must be a non-empty header value of printable ASCII".into(),
+            );
+        }
+    }
+    let interval = match &raw.interval {
+        None => DEFAULT_INTERVAL,
+        Some(text) => match parse_duration(text) {
+            Some(s) if (1..=MAX_INTERVAL).contains(&s) => s,
+            _ => {
+                return err(
+                    "interval",
+                    format!("`{text}` must be a duration from 1s to 1h (e.g. \"10s\", \"1m\")"),
+                )
+            }
+        },
+    };
+    let buffer = usize::try_from(raw.buffer).unwrap_or(usize::MAX);
+    if !(1..=MAX_BUFFER).contains(&buffer) {
+        return err(
+            "buffer",
+            format!("{buffer}: must be from 1 to {MAX_BUFFER} events"),
+        );
+    }
+    let global = thresholds("events.alerts", raw.alerts.as_deref().unwrap_or_default())?;
+    let mut alerts: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
+    for (plan, own) in plans.iter().zip(plan_alerts) {
+        alerts.push(match own {
+            Some(own) => thresholds(&format!("plans.{}.alerts", plan.name), &own)?,
+            None => global.clone(),
+        });
+    }
+    let mut reminders: Vec<i64> = Vec::new();
+    for (i, text) in raw.reminders.iter().enumerate() {
+        match parse_duration(text) {
+            Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
+                // Kept descending.
+                let at = reminders
+                    .iter()
+                    .position(|x| *x < s)
+                    .unwrap_or(reminders.len());
+                reminders.insert(at, s);
+            }
+            _ => {
+                return err(
+                    &format!("reminders[{i}]"),
+                    format!("`{text}` must be a duration up to 366d (e.g. \"7d\"), each once"),
+                )
+            }
+        }
+    }
+    Ok(Some(EventsConfig {
+        cluster: raw.cluster,
+        path,
+        authority,
+        authorization: raw.authorization.map(Secret),
+        interval,
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        buffer,
+        batch: DEFAULT_BATCH,
+        alerts,
+        reminders,
+    }))
+}
+
+/// One consumer's requests in one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Forwarded upstream (counted, on an unlimited plan, or uncounted with on_store_error allow).
+    pub admitted: u64,
+    /// Refused, by [`REASONS`].
+    pub refused: [u64; 5],
+    /// Shadow mode: forwarded, but enforcing would have refused it, by [`REASONS`].
+    pub shadowed: [u64; 5],
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.admitted + self.refused.iter().sum::<u64>() + self.shadowed.iter().sum::<u64>()
+    }
+}
+
+/// Slots of the tally: interval `k` counts into slot `k % SLOTS`, so a timer that runs late by
+/// up to `SLOTS - 1` intervals still closes every interval exactly.
+const SLOTS: usize = 4;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The interval (index: start / interval length) this slot counts.
+    interval: i64,
+    /// Consumer id → position in `dense` (a sparse set: valid when `dense` agrees).
+    sparse: Vec<u32>,
+    dense: Vec<(u32, Counts)>,
+}
+
+impl Slot {
+    fn counts(&mut self, consumer: usize) -> Option<&mut Counts> {
+        let id = u32::try_from(consumer).ok()?;
+        let pos = *self.sparse.get(consumer)?;
+        let found = self
+            .dense
+            .get(pos as usize)
+            .is_some_and(|(owner, _)| *owner == id);
+        if !found {
+            let pos = u32::try_from(self.dense.len()).ok()?;
+            *self.sparse.get_mut(consumer)? = pos;
+            self.dense.push((id, Counts::default()));
+        }
+        let pos = *self.sparse.get(consumer)?;
+        self.dense.get_mut(pos as usize).map(|(_, c)| c)
+    }
+}
+
+/// A closed interval of one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub consumer: usize,
+    /// Interval start and end, Unix seconds.
+    pub start: i64,
+    pub end: i64,
+    pub counts: Counts,
+}
+
+/// What a VM counts for usage events (see the module documentation).
+#[derive(Debug)]
+pub struct Tally {
+    interval: i64,
+    slots: [Slot; SLOTS],
+}
+
+impl Tally {
+    pub fn new(consumers: usize, interval: i64) -> Tally {
+        let slot = || Slot {
+            interval: i64::MIN,
+            sparse: vec![0; consumers],
+            dense: Vec::new(),
+        };
+        Tally {
+            interval: interval.max(1),
+            slots: [slot(), slot(), slot(), slot()],
+        }
+    }
+
+    /// Counts one request of `consumer` at `now` from the verdict's events.
+    pub fn record(&mut self, consumer: usize, now: i64, events: impl Iterator<Item = Event>) {
+        let k = now.div_euclid(self.interval);
+        let index = usize::try_from(k.rem_euclid(SLOTS as i64)).unwrap_or(0);
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if slot.interval != k && slot.dense.is_empty() {
+            slot.interval = k;
+        }
+        // A slot still holding an older interval means the timer stalled for SLOTS intervals:
+        // the request is reported with that older interval rather than lost.
+        let Some(counts) = slot.counts(consumer) else {
+            return;
+        };
+        for event in events {
+            match event {
+                Event::Allowed => counts.admitted += 1,
+                Event::Refused(r) => {
+                    if let Some(c) = reason_slot(r).and_then(|i| counts.refused.get_mut(i)) {
+                        *c += 1;
+                    }
+                }
+                Event::Shadowed(r) => {
+                    if let Some(c) = reason_slot(r).and_then(|i| counts.shadowed.get_mut(i)) {
+                        *c += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes every interval that ended at or before `now` (all of them with `everything`).
+    pub fn close(&mut self, now: i64, everything: bool) -> Vec<Closed> {
+        let current = now.div_euclid(self.interval);
+        let mut out = Vec::new();
+        for slot in &mut self.slots {
+            if slot.dense.is_empty() || (!everything && slot.interval >= current) {
+                continue;
+            }
+            let start = slot.interval.saturating_mul(self.interval);
+            for (consumer, counts) in slot.dense.drain(..) {
+                out.push(Closed {
+                    consumer: consumer as usize,
+                    start,
+                    end: start.saturating_add(self.interval),
+                    counts,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A threshold a counted request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    pub consumer: usize,
+    /// Index of the limit in its plan.
+    pub limit: usize,
+    pub threshold: u8,
+    pub used: u64,
+    pub requests: u64,
+    pub window_start: i64,
+    pub window_end: i64,
+    /// When the request was counted.
+    pub at: i64,
+}
+
+/// The request number at which `threshold` percent of `requests` is reached.
+pub fn threshold_count(requests: u64, threshold: u8) -> u64 {
+    let product = u128::from(requests) * u128::from(threshold);
+    u64::try_from(product.div_ceil(100))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The thresholds an admitted request's counts reached: those whose request number *is* the
+/// count this request was given (each count value of a window belongs to one request).
+pub fn crossings(
+    thresholds: &[u8],
+    consumer: usize,
+    usages: &[Usage],
+    at: i64,
+    out: &mut Vec<Crossing>,
+) {
+    for (limit, usage) in usages.iter().enumerate() {
+        for threshold in thresholds {
+            if usage.used == threshold_count(usage.requests, *threshold) {
+                out.push(Crossing {
+                    consumer,
+                    limit,
+                    threshold: *threshold,
+                    used: usage.used,
+                    requests: usage.requests,
+                    window_start: usage.bounds.start,
+                    window_end: usage.bounds.end,
+                    at,
+                });
+            }
+        }
+    }
+}
+
+/// A reminder due: `before` seconds ahead of the consumer's `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reminder {
+    pub due: i64,
+    pub consumer: usize,
+    pub expires_at: i64,
+    pub before: i64,
+}
+
+/// The reminders of a configuration, by due time, and how far the timer has got.
+#[derive(Debug, Default)]
+pub struct Reminders {
+    /// In no particular order: the timer scans them (a compare per reminder, once per tick)
+    /// rather than the .wasm carrying a sort routine.
+    queue: Vec<Reminder>,
+}
+
+impl Reminders {
+    /// Every reminder still to come at `now`. Of the reminders already due when the
+    /// configuration arrives (a consumer added 3 days before expiring, with a 7-day
+    /// reminder), only the nearest one is kept: one reminder, not a burst of stale ones.
+    pub fn new(config: &Config, lead_times: &[i64], now: i64) -> Reminders {
+        let mut all: Vec<Reminder> = Vec::new();
+        for consumer in &config.consumers {
+            let Some(expires_at) = consumer.expires_at.filter(|at| *at > now) else {
+                continue;
+            };
+            // `lead_times` is descending: the last one already due is the nearest.
+            let mut due_now: Option<Reminder> = None;
+            for before in lead_times {
+                let reminder = Reminder {
+                    due: expires_at.saturating_sub(*before),
+                    consumer: consumer.id,
+                    expires_at,
+                    before: *before,
+                };
+                if reminder.due <= now {
+                    due_now = Some(reminder);
+                } else {
+                    all.push(reminder);
+                }
+            }
+            all.extend(due_now);
+        }
+        Reminders { queue: all }
+    }
+
+    /// The reminders due at `now` that are not past their expiry.
+    pub fn due(&mut self, now: i64) -> Vec<Reminder> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(r) = self.queue.get(i).copied() {
+            if r.due <= now {
+                self.queue.swap_remove(i);
+                if r.expires_at > now {
+                    out.push(r);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Reminders still to come.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The shared-data key through which one VM of an Envoy claims a consumer's reminders.
+pub fn reminder_key(consumer: &str) -> String {
+    format!("{}events:reminded:{consumer}", crate::config::STORE_PREFIX)
+}
+
+/// The line a claimed reminder adds to its consumer's key.
+pub fn reminder_mark(r: &Reminder) -> String {
+    format!("{} {}\n", r.expires_at, r.before)
+}
+
+/// Creates `key` with `initial` if it does not exist (at configuration time, before any
+/// worker races on it: Envoy checks no CAS when a key is created). Never overwrites.
+pub fn ensure_key(store: &impl Store, key: &str, initial: &[u8]) -> Result<(), StoreError> {
+    if store.get(key)?.is_some() {
+        return Ok(());
+    }
+    match store.set(key, initial, 0) {
+        Ok(()) | Err(SetError::CasMismatch) => Ok(()),
+        Err(SetError::Failed(e)) => Err(e),
+    }
+}
+
+/// Attempts of a claim's read-modify-write before giving up.
+const CLAIM_ATTEMPTS: u32 = 16;
+
+/// Claims `mark` in an existing key with a CAS write: `true` for exactly one caller, whichever
+/// worker it runs in; `false` if it was claimed already.
+pub fn claim(store: &impl Store, key: &str, mark: &str) -> Result<bool, StoreError> {
+    for _ in 0..CLAIM_ATTEMPTS {
+        let Some((value, cas)) = store.get(key)? else {
+            return Err(StoreError(format!(
+                "{key} is missing (created at configuration)"
+            )));
+        };
+        let claimed = value
+            .split(|c| *c == b'\n')
+            .any(|line| line == mark.trim_end().as_bytes());
+        if claimed {
+            return Ok(false);
+        }
+        let mut next = value;
+        next.extend_from_slice(mark.as_bytes());
+        match store.set(key, &next, cas) {
+            Ok(()) => return Ok(true),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(StoreError(format!(
+        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
+    )))
+}
+
+/// The shared-data key holding this Envoy process's incarnation and the next worker slot.
+pub fn workers_key() -> String {
+    format!("{}events:workers", crate::config::STORE_PREFIX)
+}
+
+/// Takes the next worker slot from the (existing) workers key: `(incarnation, slot)`.
+pub fn take_worker_slot(store: &impl Store) -> Result<(String, u64), StoreError> {
+    let key = workers_key();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let Some((value, cas)) = store.get(&key)? else {
+            return Err(StoreError(format!(
+                "{key} is missing (created at configuration)"
+            )));
+        };
+        let text = String::from_utf8_lossy(&value);
+        let (incarnation, next) = text
+            .split_once(' ')
+            .and_then(|(i, n)| Some((i.to_string(), n.trim().parse::<u64>().ok()?)))
+            .ok_or_else(|| StoreError(format!("{key} holds no worker counter")))?;
+        let written = format!("{incarnation} {}", next.saturating_add(1));
+        match store.set(&key, written.as_bytes(), cas) {
+            Ok(()) => return Ok((incarnation, next)),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(StoreError(format!(
+        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
+    )))
+}
+
+/// An event ready to send: its id (kept across resends) and its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    pub json: String,
+}
+
+fn event_id(parts: &[&str]) -> String {
+    let digest = to_hex(&sha256(parts.join("\n").as_bytes()));
+    digest.get(..32).unwrap_or(&digest).to_string()
+}
+
+/// Where this VM's events come from: the instance (node id or configured name), the Envoy
+/// process's incarnation and the VM's worker slot (both from shared data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub instance: String,
+    pub incarnation: String,
+    pub worker: u64,
+}
+
+impl Origin {
+    fn source(&self) -> String {
+        format!("tollgate/{}", self.instance)
+    }
+}
+
+/// A JSON string literal.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn reasons_object(counts: &[u64; 5]) -> String {
+    let mut out = String::from("{");
+    for (reason, count) in REASONS.iter().zip(counts) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(reason.name());
+        out.push_str("\":");
+        out.push_str(&count.to_string());
+    }
+    out.push('}');
+    out
+}
+
+fn plan_name(config: &Config, consumer: usize) -> (&str, &str) {
+    let Some(c) = config.consumers.get(consumer) else {
+        return ("", "");
+    };
+    (
+        c.name.as_str(),
+        config.plan_of(c).map_or("", |p| p.name.as_str()),
+    )
+}
+
+/// The CloudEvents envelope around `data` (a JSON object).
+fn envelope(id: &str, origin: &Origin, kind: &str, subject: &str, time: i64, data: &str) -> String {
+    format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":{},\"type\":\"{kind}\",\"subject\":{},\
+         \"time\":\"{}\",\"datacontenttype\":\"application/json\",\"data\":{data}}}",
+        js(&origin.source()),
+        js(subject),
+        format_rfc3339(time),
+    )
+}
+
+/// The usage event of one consumer's closed interval. Its id names the instance, the Envoy
+/// process, the worker, the consumer and the interval: a resend is the same event.
+pub fn usage_event(config: &Config, origin: &Origin, closed: &Closed) -> Pending {
+    let (consumer, plan) = plan_name(config, closed.consumer);
+    let id = event_id(&[
+        "usage",
+        &origin.instance,
+        &origin.incarnation,
+        &origin.worker.to_string(),
+        consumer,
+        &closed.start.to_string(),
+    ]);
+    let c = &closed.counts;
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"interval_start\":\"{}\",\"interval_end\":\"{}\",\
+         \"requests\":{},\"admitted\":{},\"refused\":{},\"shadowed\":{}}}",
+        js(consumer),
+        js(plan),
+        format_rfc3339(closed.start),
+        format_rfc3339(closed.end),
+        c.total(),
+        c.admitted,
+        reasons_object(&c.refused),
+        reasons_object(&c.shadowed),
+    );
+    let json = envelope(&id, origin, USAGE_TYPE, consumer, closed.end, &data);
+    Pending { id, json }
+}
+
+/// The alert for a threshold crossed. Its id names the instance, consumer, limit, window and
+/// threshold (not the worker: one per Envoy, whichever worker counted the request).
+pub fn threshold_event(config: &Config, origin: &Origin, x: &Crossing) -> Pending {
+    let (consumer, plan) = plan_name(config, x.consumer);
+    let limit = config
+        .consumers
+        .get(x.consumer)
+        .and_then(|c| config.plan_of(c))
+        .and_then(|p| p.limits.get(x.limit))
+        .map_or("", |l| l.name.as_str());
+    let id = event_id(&[
+        "threshold",
+        &origin.instance,
+        consumer,
+        limit,
+        &x.window_start.to_string(),
+        &x.threshold.to_string(),
+    ]);
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"limit\":{},\"threshold\":{},\"used\":{},\
+         \"requests\":{},\"window_start\":\"{}\",\"reset\":\"{}\"}}",
+        js(consumer),
+        js(plan),
+        js(limit),
+        x.threshold,
+        x.used,
+        x.requests,
+        format_rfc3339(x.window_start),
+        format_rfc3339(x.window_end),
+    );
+    let json = envelope(&id, origin, THRESHOLD_TYPE, consumer, x.at, &data);
+    Pending { id, json }
+}
+
+/// A subscription reminder. Its id names only the consumer, its `expires_at` and the lead
+/// time, so that a sink can deduplicate the copies several Envoys send.
+pub fn reminder_event(config: &Config, origin: &Origin, r: &Reminder, now: i64) -> Pending {
+    let (consumer, plan) = plan_name(config, r.consumer);
+    let id = event_id(&[
+        "reminder",
+        consumer,
+        &r.expires_at.to_string(),
+        &r.before.to_string(),
+    ]);
+    let data = format!(
+        "{{\"consumer\":{},\"plan\":{},\"expires_at\":\"{}\",\"before_seconds\":{}}}",
+        js(consumer),
+        js(plan),
+        format_rfc3339(r.expires_at),
+        r.before,
+    );
+    let json = envelope(&id, origin, REMINDER_TYPE, consumer, now, &data);
+    Pending { id, json }
+}
+
+/// Unsent events: bounded, sent in batches, one batch in flight at a time, retried with
+/// exponential backoff while the sink fails. When full, new events are dropped (counted by
+/// the caller): what is already buffered — the oldest usage — is kept and sent first.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Vec<Pending>,
+    capacity: usize,
+    /// Events at the front of `queue` in the batch in flight.
+    in_flight: usize,
+    failures: u32,
+    retry_at: i64,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            queue: Vec::new(),
+            capacity: capacity.max(1),
+            in_flight: 0,
+            failures: 0,
+            retry_at: i64::MIN,
+        }
+    }
+
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// Buffers an event; `false` if the buffer is full and it was dropped.
+    pub fn push(&mut self, event: Pending) -> bool {
+        if self.queue.len() >= self.capacity {
+            return false;
+        }
+        self.queue.push(event);
+        true
+    }
+
+    /// The next batch to send at `now` (a JSON array of at most `max` events) and its size,
+    /// if nothing is in flight, the backoff has passed and something is buffered.
+    pub fn next_batch(&mut self, now: i64, max: usize) -> Option<(String, usize)> {
+        if self.in_flight > 0 || now < self.retry_at || self.queue.is_empty() {
+            return None;
+        }
+        let n = self.queue.len().min(max.max(1));
+        let mut body = String::from("[");
+        for (i, event) in self.queue.iter().take(n).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&event.json);
+        }
+        body.push(']');
+        self.in_flight = n;
+        Some((body, n))
+    }
+
+    /// The batch in flight was accepted: its events are gone. Returns how many.
+    pub fn delivered(&mut self) -> usize {
+        let n = self.in_flight.min(self.queue.len());
+        self.queue.drain(..n);
+        self.in_flight = 0;
+        self.failures = 0;
+        self.retry_at = i64::MIN;
+        n
+    }
+
+    /// The batch in flight failed (error status, timeout, no connection): its events stay,
+    /// first in line, and the next attempt waits 1, 2, 4 … up to [`MAX_BACKOFF`] seconds.
+    pub fn failed(&mut self, now: i64) -> i64 {
+        self.in_flight = 0;
+        self.failures = self.failures.saturating_add(1);
+        let wait = 1_i64
+            .checked_shl(self.failures.saturating_sub(1).min(10))
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF);
+        self.retry_at = now.saturating_add(wait);
+        wait
+    }
+
+    /// The ids buffered, in order (tests and logs).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.queue.iter().map(|p| p.id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Bounds;
+
+    fn config(events: &str) -> Result<Config, ConfigError> {
+        config_with(events, "")
+    }
+
+    fn config_with(events: &str, pro: &str) -> Result<Config, ConfigError> {
+        Config::from_json(
+            format!(
+                r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": 10, "window": "day"}}]}},
+                               "pro": {{"limits": [{{"name": "monthly", "requests": 1000, "window": "month"}}] {pro}}}}},
+                    "consumers": {{"acme": {{"plan": "free", "keys": ["k1"], "expires_at": "2026-12-31T00:00:00Z"}},
+                                   "wayne": {{"plan": "pro", "keys": ["k2"]}}}}
+                    {events}}}"#
+            )
+            .as_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_configuration_without_events_has_none() {
+        assert!(config("").unwrap().events.is_none());
+    }
+
+    #[test]
+    fn the_events_block_compiles_with_defaults() {
+        let c = config_with(
+            r#", "events": {"cluster": "sink", "url": "http://sink", "alerts": [100, 80], "reminders": ["1d", "7d"]}"#,
+            r#", "alerts": [50]"#,
+        )
+        .unwrap();
+        let e = c.events.unwrap();
+        assert_eq!((e.path.as_str(), e.authority.as_str()), ("/", "sink"));
+        let o = config(r#", "events": {"cluster": "c", "url": "https://om.example.com:8443/api/v1/events?x=1"}"#)
+            .unwrap()
+            .events
+            .unwrap();
+        assert_eq!(
+            (o.authority.as_str(), o.path.as_str()),
+            ("om.example.com:8443", "/api/v1/events?x=1")
+        );
+        assert_eq!(
+            (e.interval, e.buffer, e.batch),
+            (10, DEFAULT_BUFFER, DEFAULT_BATCH)
+        );
+        assert_eq!(e.alerts, vec![vec![80, 100], vec![50]]);
+        assert_eq!(e.reminders, vec![7 * 86_400, 86_400]);
+    }
+
+    #[test]
+    fn bad_events_fields_are_named() {
+        for (block, field) in [
+            (r#"{"cluster": "", "url": "http://s"}"#, "events.cluster"),
+            (r#"{"cluster": "s", "url": "sink/events"}"#, "events.url"),
+            (r#"{"cluster": "s", "url": "http:///events"}"#, "events.url"),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "interval": "0s"}"#,
+                "events.interval",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "interval": "2h"}"#,
+                "events.interval",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "buffer": 0}"#,
+                "events.buffer",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [0]}"#,
+                "events.alerts[0]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [80, 101]}"#,
+                "events.alerts[1]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "alerts": [80, 80]}"#,
+                "events.alerts[1]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "reminders": ["soon"]}"#,
+                "events.reminders[0]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "reminders": ["1d", "24h"]}"#,
+                "events.reminders[1]",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "authorization": "x\ny"}"#,
+                "events.authorization",
+            ),
+            (
+                r#"{"cluster": "s", "url": "http://s/", "unknown": 1}"#,
+                "events",
+            ),
+        ] {
+            let e = config(&format!(r#", "events": {block}"#)).unwrap_err();
+            assert!(e.0.starts_with(field), "{block}: {e}");
+        }
+    }
+
+    #[test]
+    fn plan_alerts_are_checked_and_need_an_events_block() {
+        let e = config_with(
+            r#", "events": {"cluster": "s", "url": "http://s/"}"#,
+            r#", "alerts": [120]"#,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("plans.pro.alerts[0]"), "{e}");
+        let e = config_with("", r#", "alerts": [80]"#).unwrap_err();
+        assert!(e.0.starts_with("plans.pro.alerts: "), "{e}");
+    }
+
+    #[test]
+    fn the_authorization_is_never_printed() {
+        let c =
+            config(r#", "events": {"cluster": "s", "url": "http://s/", "authorization": "Bearer hunter2"}"#).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = config(
+            r#", "events": {"cluster": "s", "url": "http://s/", "authorization": "hunter2\u0001"}"#,
+        )
+        .unwrap_err();
+        assert!(!e.0.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_tally_closes_each_interval_exactly_once() {
+        let mut t = Tally::new(3, 10);
+        let allowed = || [Event::Allowed].into_iter();
+        t.record(0, 100, allowed());
+        t.record(0, 109, allowed());
+        t.record(2, 105, [Event::Refused(Reason::Quota)].into_iter());
+        t.record(0, 110, allowed());
+        assert!(
+            t.close(109, false).is_empty(),
+            "interval 100-110 is still open"
+        );
+        let mut closed = t.close(110, false);
+        closed.sort_by_key(|c| c.consumer);
+        assert_eq!(closed.len(), 2);
+        assert_eq!(
+            (closed[0].consumer, closed[0].start, closed[0].end),
+            (0, 100, 110)
+        );
+        assert_eq!(closed[0].counts.admitted, 2);
+        assert_eq!(closed[1].counts.refused, [1, 0, 0, 0, 0]);
+        assert!(t.close(111, false).is_empty(), "closed once");
+        let last = t.close(125, false);
+        assert_eq!(
+            (last.len(), last[0].start, last[0].counts.admitted),
+            (1, 110, 1)
+        );
+    }
+
+    #[test]
+    fn a_late_timer_still_closes_intervals_apart() {
+        let mut t = Tally::new(1, 1);
+        for now in 0..3 {
+            t.record(0, now, [Event::Allowed, Event::StoreFailed].into_iter());
+        }
+        let closed = t.close(3, false);
+        assert_eq!(
+            closed.iter().map(|c| c.start).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(closed.iter().all(|c| c.counts.total() == 1));
+        // Shadowed and closing everything (reconfiguration).
+        t.record(0, 3, [Event::Shadowed(Reason::Expired)].into_iter());
+        let all = t.close(3, true);
+        assert_eq!(all[0].counts.shadowed, [0, 0, 1, 0, 0]);
+    }
+
+    fn usage(used: u64, requests: u64) -> Usage {
+        Usage {
+            used,
+            requests,
+            bounds: Bounds {
+                start: 0,
+                end: 86_400,
+            },
+            violated: false,
+        }
+    }
+
+    #[test]
+    fn each_threshold_is_crossed_by_exactly_one_count() {
+        assert_eq!(threshold_count(10, 80), 8);
+        assert_eq!(threshold_count(3, 50), 2);
+        assert_eq!(threshold_count(1, 1), 1);
+        assert_eq!(
+            threshold_count(999_999_999_999_999, 100),
+            999_999_999_999_999
+        );
+        let mut hits = Vec::new();
+        for used in 1..=10 {
+            crossings(&[50, 80, 100], 7, &[usage(used, 10)], 5, &mut hits);
+        }
+        let seen: Vec<(u8, u64)> = hits.iter().map(|c| (c.threshold, c.used)).collect();
+        assert_eq!(seen, [(50, 5), (80, 8), (100, 10)]);
+        let mut tiny = Vec::new();
+        crossings(&[80, 100], 0, &[usage(1, 1)], 0, &mut tiny);
+        assert_eq!(
+            tiny.len(),
+            2,
+            "both thresholds are reached by the only request"
+        );
+    }
+
+    #[test]
+    fn reminders_are_due_once_and_stale_ones_collapse_to_the_nearest() {
+        let c = config("").unwrap();
+        let expires = c.consumers[0].expires_at.unwrap();
+        let day = 86_400;
+        let mut r = Reminders::new(&c, &[7 * day, day], expires - 30 * day);
+        assert_eq!(r.len(), 2);
+        assert!(r.due(expires - 8 * day).is_empty());
+        assert_eq!(r.due(expires - 7 * day)[0].before, 7 * day);
+        assert!(r.due(expires - 6 * day).is_empty());
+        assert_eq!(r.due(expires - 1).len(), 1);
+        assert!(r.is_empty());
+        // Configured 3 days before expiry: the 7-day reminder is stale, only... nothing is
+        // due yet but the 1-day one (the 7-day one is the nearest due: sent now).
+        let mut late = Reminders::new(&c, &[7 * day, day], expires - 3 * day);
+        assert_eq!(late.due(expires - 3 * day)[0].before, 7 * day);
+        assert_eq!(late.due(expires - day)[0].before, day);
+        // Configured 12 hours before expiry: only the 1-day reminder.
+        let mut last = Reminders::new(&c, &[7 * day, day], expires - day / 2);
+        let due = last.due(expires - day / 2);
+        assert_eq!((due.len(), due[0].before), (1, day));
+        assert!(
+            Reminders::new(&c, &[day], expires).is_empty(),
+            "already expired"
+        );
+    }
+
+    fn pending(n: usize) -> Pending {
+        Pending {
+            id: format!("id{n}"),
+            json: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    #[test]
+    fn the_outbox_keeps_a_failed_batch_and_backs_off() {
+        let mut o = Outbox::new(3);
+        assert!(o.push(pending(1)) && o.push(pending(2)) && o.push(pending(3)));
+        assert!(!o.push(pending(4)), "full: dropped");
+        let (body, n) = o.next_batch(0, 2).unwrap();
+        assert_eq!((body.as_str(), n), ("[{\"n\":1},{\"n\":2}]", 2));
+        assert!(o.next_batch(0, 2).is_none(), "one batch in flight");
+        assert_eq!(o.failed(0), 1);
+        assert!(o.next_batch(0, 2).is_none(), "backing off");
+        let (again, _) = o.next_batch(1, 2).unwrap();
+        assert_eq!(again, body, "the same events again, same ids");
+        assert_eq!(o.failed(1), 2);
+        assert_eq!(o.failed(3), 4);
+        for _ in 0..10 {
+            o.failed(0);
+        }
+        assert_eq!(o.failed(0), MAX_BACKOFF);
+        o.next_batch(100, 2).unwrap();
+        assert_eq!(o.delivered(), 2);
+        assert_eq!(o.ids().collect::<Vec<_>>(), ["id3"]);
+        assert_eq!(
+            o.next_batch(100, 2).unwrap().1,
+            1,
+            "no backoff after a success"
+        );
+    }
+
+    #[test]
+    fn a_claim_is_won_once_and_worker_slots_are_unique() {
+        let store = crate::store::MemoryStore::new();
+        let key = reminder_key("acme");
+        assert!(
+            claim(&store, &key, "1 2\n").is_err(),
+            "the key must exist first"
+        );
+        ensure_key(&store, &key, b"\n").unwrap();
+        assert!(claim(&store, &key, "1 2\n").unwrap());
+        assert!(!claim(&store, &key, "1 2\n").unwrap());
+        assert!(claim(&store, &key, "1 3\n").unwrap());
+        ensure_key(&store, &key, b"\n").unwrap();
+        assert!(
+            !claim(&store, &key, "1 3\n").unwrap(),
+            "ensure never overwrites"
+        );
+        ensure_key(&store, &workers_key(), b"77 0").unwrap();
+        assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 0));
+        assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 1));
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_name_what_they_describe() {
+        let c = config("").unwrap();
+        let origin = Origin {
+            instance: "e1".into(),
+            incarnation: "42".into(),
+            worker: 1,
+        };
+        let closed = Closed {
+            consumer: 0,
+            start: 100,
+            end: 110,
+            counts: Counts {
+                admitted: 3,
+                refused: [1, 0, 0, 0, 0],
+                shadowed: [0; 5],
+            },
+        };
+        let a = usage_event(&c, &origin, &closed);
+        assert_eq!(a, usage_event(&c, &origin, &closed));
+        let other_worker = Origin {
+            worker: 2,
+            ..origin.clone()
+        };
+        assert_ne!(a.id, usage_event(&c, &other_worker, &closed).id);
+        let later = Closed {
+            start: 110,
+            end: 120,
+            ..closed
+        };
+        assert_ne!(a.id, usage_event(&c, &origin, &later).id);
+        let v: serde_json::Value = serde_json::from_str(&a.json).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], USAGE_TYPE);
+        assert_eq!(v["subject"], "acme");
+        assert_eq!(v["source"], "tollgate/e1");
+        assert_eq!(v["data"]["plan"], "free");
+        assert_eq!(v["data"]["requests"], 4);
+        assert_eq!(v["data"]["admitted"], 3);
+        assert_eq!(v["data"]["refused"]["quota"], 1);
+        assert_eq!(v["data"]["interval_start"], "1970-01-01T00:01:40Z");
+        let x = Crossing {
+            consumer: 0,
+            limit: 0,
+            threshold: 80,
+            used: 8,
+            requests: 10,
+            window_start: 0,
+            window_end: 86_400,
+            at: 5,
+        };
+        let t = threshold_event(&c, &origin, &x);
+        assert_eq!(
+            t.id,
+            threshold_event(&c, &other_worker, &x).id,
+            "not per worker"
+        );
+        let v: serde_json::Value = serde_json::from_str(&t.json).unwrap();
+        assert_eq!(
+            (v["data"]["limit"].as_str(), v["data"]["threshold"].as_u64()),
+            (Some("daily"), Some(80))
+        );
+        assert_eq!(v["data"]["reset"], "1970-01-02T00:00:00Z");
+    }
+}

@@ -1,0 +1,392 @@
+//! Usage events and alerts, host side: the request path's [`Meter`] (in the [`Runtime`]) and
+//! the root context's [`Sender`], which closes intervals, builds events and sends batches with
+//! `dispatch_http_call` from the timer, never from a request. The logic is in [`crate::events`].
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MapType, MetricType};
+
+use super::root::Runtime;
+use super::shared_data::SharedData;
+use crate::config::Config;
+use crate::events::{
+    claim, ensure_key, reminder_event, reminder_key, reminder_mark, take_worker_slot,
+    threshold_event, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders, Tally,
+    CONTENT_TYPE,
+};
+use crate::verdict::Verdict;
+
+/// What the request path counts for events (one per VM and configuration).
+pub struct Meter {
+    tally: RefCell<Tally>,
+    crossings: RefCell<Vec<Crossing>>,
+    /// Most crossings kept between two ticks.
+    max_crossings: usize,
+}
+
+impl Meter {
+    /// `None` without an `events` block: the request path then does nothing more than today.
+    pub fn new(config: &Config) -> Option<Meter> {
+        let events = config.events.as_ref()?;
+        Some(Meter {
+            tally: RefCell::new(Tally::new(config.consumers.len(), events.interval)),
+            crossings: RefCell::new(Vec::new()),
+            max_crossings: events.buffer,
+        })
+    }
+
+    /// Counts one request (no host call; allocates only the first time a consumer is seen in
+    /// a slot, or when a threshold is crossed).
+    pub fn record(&self, now: i64, verdict: &mut Verdict) {
+        let Some(consumer) = verdict.metered.consumer else {
+            return;
+        };
+        if let Ok(mut tally) = self.tally.try_borrow_mut() {
+            tally.record(consumer, now, verdict.events.iter().map(|(e, _)| e));
+        }
+        if !verdict.metered.crossings.is_empty() {
+            if let Ok(mut crossings) = self.crossings.try_borrow_mut() {
+                let room = self.max_crossings.saturating_sub(crossings.len());
+                let n = verdict.metered.crossings.len().min(room);
+                crossings.extend(verdict.metered.crossings.drain(..n));
+            }
+        }
+    }
+}
+
+/// tollgate's event counters in Envoy (`wasmcustom.tollgate.events.*`, per plan `near_limit`),
+/// defined only when events are configured.
+struct Counters {
+    sent: Option<u32>,
+    dropped: Option<u32>,
+    failed: Option<u32>,
+    thresholds: Option<u32>,
+    reminders: Option<u32>,
+    near_limit: Vec<Option<u32>>,
+}
+
+#[inline(never)]
+fn define(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+#[inline(never)]
+fn bump(id: Option<u32>, by: usize) {
+    if let (Some(id), Ok(by)) = (id, i64::try_from(by)) {
+        if by > 0 {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+}
+
+impl Counters {
+    fn define(config: &Config) -> Counters {
+        Counters {
+            sent: define("tollgate.events.sent"),
+            dropped: define("tollgate.events.dropped"),
+            failed: define("tollgate.events.failed_batches"),
+            thresholds: define("tollgate.events.threshold"),
+            reminders: define("tollgate.events.reminder"),
+            near_limit: config
+                .plans
+                .iter()
+                .map(|p| define(&format!("tollgate.plan.{}.near_limit", p.name)))
+                .collect(),
+        }
+    }
+}
+
+/// The root context's side: the buffer, the call in flight, the reminders to come.
+pub struct Sender {
+    outbox: Outbox,
+    /// The token of the call in flight (responses with other tokens are not ours).
+    token: Option<u32>,
+    origin: Origin,
+    reminders: Reminders,
+    counters: Counters,
+    /// Dropped since the last log line about drops.
+    dropped_unlogged: usize,
+}
+
+/// The node id Envoy was started with (`node.id`, `--service-node`), if any.
+fn node_id() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["xds", "node", "id"])
+        .ok()
+        .flatten()?;
+    let id = String::from_utf8(bytes).ok()?;
+    (!id.is_empty()).then_some(id)
+}
+
+fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(d.subsec_nanos()))
+        })
+}
+
+/// Prepares shared data at configuration time (the canary VM on the main thread does it
+/// before any worker serves): the worker counter and each expiring consumer's reminder key.
+pub fn prepare(config: &Config) -> Result<(), String> {
+    let Some(events) = &config.events else {
+        return Ok(());
+    };
+    let store = SharedData::default();
+    let incarnation = format!("{} 0", now_nanos());
+    ensure_key(&store, &workers_key(), incarnation.as_bytes()).map_err(|e| e.0)?;
+    if !events.reminders.is_empty() {
+        for consumer in config.consumers.iter().filter(|c| c.expires_at.is_some()) {
+            ensure_key(&store, &reminder_key(&consumer.name), b"\n").map_err(|e| e.0)?;
+        }
+    }
+    Ok(())
+}
+
+impl Sender {
+    /// The sender for a new configuration. The previous one's buffer carries over (its
+    /// events keep their ids); its runtime's open intervals are closed into it first.
+    pub fn configure(
+        previous: Option<Sender>,
+        old: Option<&Runtime>,
+        config: &Config,
+        now: i64,
+    ) -> Option<Sender> {
+        let mut previous = previous;
+        if let (Some(sender), Some(old)) = (previous.as_mut(), old) {
+            sender.close_intervals(old, now, true);
+        }
+        let Some(events) = &config.events else {
+            if let Some(sender) = previous {
+                if !sender.outbox.is_empty() {
+                    log::warn!(
+                        "events: the new configuration has no events block; {} unsent events dropped",
+                        sender.outbox.len()
+                    );
+                    bump(sender.counters.dropped, sender.outbox.len());
+                }
+            }
+            return None;
+        };
+        // A worker slot per configuration: ids of this VM's intervals never collide with the
+        // ones an earlier configuration of it (or another worker) reported.
+        let store = SharedData::default();
+        let (incarnation, worker) = match take_worker_slot(&store) {
+            Ok(slot) => slot,
+            Err(e) => {
+                log::warn!(
+                    "events: no worker slot from shared data ({}); using the clock",
+                    e.0
+                );
+                ("clock".to_string(), now_nanos() % 1_000_000_007)
+            }
+        };
+        let origin = Origin {
+            instance: node_id().unwrap_or_else(|| "envoy".into()),
+            incarnation,
+            worker,
+        };
+        let reminders = Reminders::new(config, &events.reminders, now);
+        let (outbox, token, dropped_unlogged) = match previous {
+            Some(mut sender) => {
+                sender.outbox.set_capacity(events.buffer);
+                (sender.outbox, sender.token, sender.dropped_unlogged)
+            }
+            None => (Outbox::new(events.buffer), None, 0),
+        };
+        log::debug!(
+            "events: worker slot {} sends to cluster {}",
+            origin.worker,
+            events.cluster
+        );
+        Some(Sender {
+            outbox,
+            token,
+            origin,
+            reminders,
+            counters: Counters::define(config),
+            dropped_unlogged,
+        })
+    }
+
+    #[inline(never)]
+    fn push(&mut self, event: Pending) {
+        if !self.outbox.push(event) {
+            self.dropped_unlogged += 1;
+            bump(self.counters.dropped, 1);
+        }
+    }
+
+    /// Closes the runtime's ended intervals (all of them with `everything`) and its threshold
+    /// crossings into events.
+    fn close_intervals(&mut self, runtime: &Runtime, now: i64, everything: bool) {
+        let Some(meter) = &runtime.meter else {
+            return;
+        };
+        let closed = match meter.tally.try_borrow_mut() {
+            Ok(mut tally) => tally.close(now, everything),
+            Err(_) => return,
+        };
+        for interval in &closed {
+            self.push(usage_event(&runtime.config, &self.origin, interval));
+        }
+        let crossings: Vec<Crossing> = match meter.crossings.try_borrow_mut() {
+            Ok(mut c) => std::mem::take(&mut *c),
+            Err(_) => Vec::new(),
+        };
+        for crossing in &crossings {
+            let plan = runtime
+                .config
+                .consumers
+                .get(crossing.consumer)
+                .map(|c| c.plan);
+            if let Some(id) = plan.and_then(|p| self.counters.near_limit.get(p)) {
+                bump(*id, 1);
+            }
+            self.push(threshold_event(&runtime.config, &self.origin, crossing));
+        }
+        bump(self.counters.thresholds, crossings.len());
+    }
+
+    /// Claims and queues the reminders due at `now` (one VM of the Envoy wins each).
+    fn remind(&mut self, runtime: &Runtime, now: i64) {
+        let store = SharedData::default();
+        for reminder in self.reminders.due(now) {
+            let Some(consumer) = runtime.config.consumers.get(reminder.consumer) else {
+                continue;
+            };
+            match claim(
+                &store,
+                &reminder_key(&consumer.name),
+                &reminder_mark(&reminder),
+            ) {
+                Ok(true) => {
+                    bump(self.counters.reminders, 1);
+                    self.push(reminder_event(
+                        &runtime.config,
+                        &self.origin,
+                        &reminder,
+                        now,
+                    ));
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!(
+                    "events: reminder for consumer {} not claimed: {}",
+                    consumer.name,
+                    e.0
+                ),
+            }
+        }
+    }
+
+    /// The timer: close intervals, queue reminders, send a batch if none is in flight.
+    pub fn tick(&mut self, runtime: &Runtime, now: i64) {
+        self.close_intervals(runtime, now, false);
+        if !self.reminders.is_empty() {
+            self.remind(runtime, now);
+        }
+        if self.dropped_unlogged > 0 {
+            log::warn!(
+                "events: buffer full ({} events unsent): {} events dropped (tollgate.events.dropped)",
+                self.outbox.len(),
+                self.dropped_unlogged
+            );
+            self.dropped_unlogged = 0;
+        }
+        self.send(runtime, now);
+    }
+
+    fn send(&mut self, runtime: &Runtime, now: i64) {
+        let Some(events) = &runtime.config.events else {
+            return;
+        };
+        if self.token.is_some() {
+            return;
+        }
+        let Some((body, n)) = self.outbox.next_batch(now, events.batch) else {
+            return;
+        };
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &events.path),
+            (":authority", &events.authority),
+            ("content-type", CONTENT_TYPE),
+        ];
+        if let Some(auth) = &events.authorization {
+            headers.push(("authorization", &auth.0));
+        }
+        let timeout = Duration::from_millis(events.timeout_ms);
+        match hostcalls::dispatch_http_call(
+            &events.cluster,
+            headers,
+            Some(body.as_bytes()),
+            vec![],
+            timeout,
+        ) {
+            Ok(token) => {
+                log::debug!("events: sending {n} events to {}", events.cluster);
+                self.token = Some(token);
+            }
+            Err(status) => self.failed(now, &format!("cannot be called ({status:?})")),
+        }
+    }
+
+    /// A batch failed: back off, keep its events, say so.
+    #[inline(never)]
+    fn failed(&mut self, now: i64, what: &str) {
+        let wait = self.outbox.failed(now);
+        bump(self.counters.failed, 1);
+        log::warn!(
+            "events: the sink answered {what}; {} events kept, next try in {wait} s",
+            self.outbox.len()
+        );
+    }
+
+    /// Whether a call's response is this sender's.
+    pub fn owns(&self, token: u32) -> bool {
+        self.token == Some(token)
+    }
+
+    /// The sink answered (or the call failed: no `:status`).
+    pub fn response(&mut self, runtime: &Runtime, now: i64) {
+        self.token = None;
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let ok = status
+            .as_deref()
+            .and_then(|s| s.parse::<u16>().ok())
+            .is_some_and(|s| (200..300).contains(&s));
+        if ok {
+            bump(self.counters.sent, self.outbox.delivered());
+            // More waiting: keep going without waiting for the next tick.
+            self.send(runtime, now);
+        } else {
+            let answer = status
+                .as_deref()
+                .unwrap_or("nothing (timeout, reset, no host)");
+            self.failed(now, answer);
+        }
+    }
+
+    /// The VM is going away: what is still unsent is lost (said in the log).
+    pub fn done(&mut self, runtime: &Runtime, now: i64) {
+        self.close_intervals(runtime, now, true);
+        if !self.outbox.is_empty() {
+            log::warn!(
+                "events: VM stopping with {} unsent events; they are lost",
+                self.outbox.len()
+            );
+        }
+    }
+}
