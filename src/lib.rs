@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod quota;
 pub mod record;
 pub mod response;
+pub mod rls;
 pub mod sha256;
 pub mod shadow_log;
 pub mod store;

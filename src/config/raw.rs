@@ -35,6 +35,29 @@ pub(super) struct RawConfig {
     pub(super) ratelimit_policy: bool,
     #[serde(default)]
     pub(super) billing_url: Option<String>,
+    /// Fleet mode: where counts are kept instead of this Envoy's shared data.
+    #[serde(default)]
+    pub(super) store: Option<RawStore>,
+}
+
+/// `"store": {"rls": {...}}`: the only store kind so far.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) rls: RawRls,
+}
+
+/// A rate limit service (Envoy's RLS protocol, e.g. quotad) reached through an Envoy cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRls {
+    pub(super) cluster: String,
+    #[serde(default)]
+    pub(super) domain: Option<String>,
+    #[serde(default)]
+    pub(super) timeout: Option<String>,
+    #[serde(default)]
+    pub(super) lease: Option<u64>,
 }
 
 pub(super) fn yes() -> bool {
