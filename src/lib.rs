@@ -28,6 +28,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod lease;
 pub mod memo;
 pub mod metrics;
 pub mod quota;

@@ -67,8 +67,8 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 }
 
 /// Encodes a `RateLimitRequest`: `domain`, one descriptor per slice of (key, value) entries,
-/// and the request-wide `hits_addend` (0 is not sent: proto3's default, which services read
-/// as 1).
+/// and the request-wide `hits_addend`. Hits 0 (only look) cannot be said request-wide (proto3's
+/// default, which services read as 1): each descriptor then carries `hits_addend: {value: 0}`.
 pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 96 * descriptors.len());
     put_bytes(&mut out, 1, domain.as_bytes());
@@ -81,6 +81,10 @@ pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: u32
             put_bytes(&mut entry, 1, key.as_bytes());
             put_bytes(&mut entry, 2, value.as_bytes());
             put_bytes(&mut descriptor, 1, &entry);
+        }
+        if hits == 0 {
+            // google.protobuf.UInt64Value { value: 0 }: an empty message.
+            put_bytes(&mut descriptor, 3, &[]);
         }
         put_bytes(&mut out, 2, &descriptor);
     }
@@ -105,10 +109,8 @@ enum Value<'a> {
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, RlsError> {
         let mut value: u64 = 0;
-        for shift in (0..70).step_by(7) {
-            let Some((&byte, rest)) = self.bytes.split_first() else {
-                return Err(RlsError("truncated varint"));
-            };
+        let mut shift = 0;
+        while let Some((&byte, rest)) = self.bytes.split_first() {
             self.bytes = rest;
             if shift == 63 && byte > 1 {
                 return Err(RlsError("varint overflows 64 bits"));
@@ -117,8 +119,12 @@ impl<'a> Reader<'a> {
             if byte & 0x80 == 0 {
                 return Ok(value);
             }
+            shift += 7;
+            if shift > 63 {
+                return Err(RlsError("varint longer than 10 bytes"));
+            }
         }
-        Err(RlsError("varint longer than 10 bytes"))
+        Err(RlsError("truncated varint"))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], RlsError> {
@@ -230,9 +236,12 @@ mod tests {
             5,
         );
         assert_eq!(bytes, REQUEST);
-        // hits 0 is proto3's default: not on the wire.
+        // hits 0: on each descriptor, as an empty UInt64Value.
         let bytes = encode_request("d", &[vec![("k", "v")]], 0);
-        assert_eq!(bytes, b"\x0a\x01d\x12\x08\x0a\x06\x0a\x01k\x12\x01v");
+        assert_eq!(
+            bytes,
+            b"\x0a\x01d\x12\x0a\x0a\x06\x0a\x01k\x12\x01v\x1a\x00"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
         }
     };
     let caller = match &decision {
-        Decision::Allow { caller, .. } => Some(*caller),
+        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => Some(*caller),
         Decision::Deny(denial) => denial.caller(),
     };
     match caller {
@@ -154,6 +154,13 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
                 .to_string()
         }
         Decision::Deny(denial) => refused(config, denial, now),
+        // Fleet mode against a fresh count: the lease is empty, the store would be asked.
+        Decision::Wait { .. } => {
+            "counted by the fleet store (store.rls); forwarded while every limit has requests \
+             left in its window across the fleet, then refused with the spent limit's status \
+             until that window ends"
+                .to_string()
+        }
     };
     match (&decision, config.mode) {
         (Decision::Deny(_), Mode::Shadow) => line(
@@ -185,6 +192,15 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
                  SHA-256 they are",
             );
         }
+    }
+    if let (Decision::Wait { .. }, Some(rls)) = (&decision, &config.store) {
+        line(
+            "counts",
+            &format!(
+                "kept by the rate limit service behind cluster {} (domain {}), shared by the fleet",
+                rls.cluster, rls.domain
+            ),
+        );
     }
     if matches!(&decision, Decision::Allow { usages, .. } if !usages.is_empty()) {
         let counts = match &config.usage_path {
@@ -227,7 +243,7 @@ fn remedy(config: &Config, decision: &Decision, now: i64) -> Option<String> {
             .into_iter()
             .find(|(name, _)| *name == "link")
             .map(|(_, value)| format!("Link: {value}")),
-        Decision::Allow { caller, .. } => {
+        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => {
             let mut out = Vec::new();
             if let Some(url) = caller.plan.upgrade_url.as_deref() {
                 out.push(format!("{url} when a limit is spent (upgrade_url)"));

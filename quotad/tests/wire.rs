@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
 use prost::Message;
 use tollgate::rls;
 
@@ -20,10 +20,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
 }
 
+type Descriptors<'a> = Vec<Vec<(&'a str, &'a str)>>;
+
 #[test]
 fn requests_encode_byte_for_byte_as_prost() {
     let long = "v".repeat(300);
-    let cases: Vec<(&str, Vec<Vec<(&str, &str)>>, u32)> = vec![
+    let cases: Vec<(&str, Descriptors, u32)> = vec![
         (
             "tollgate",
             vec![vec![
@@ -69,6 +71,7 @@ fn requests_encode_byte_for_byte_as_prost() {
                             value: v.to_string(),
                         })
                         .collect(),
+                    hits_addend: (hits == 0).then_some(UInt64Value { value: 0 }),
                     ..Default::default()
                 })
                 .collect(),

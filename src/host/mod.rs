@@ -1,6 +1,7 @@
 //! The proxy-wasm glue: the only code that calls the host. It gathers inputs (configuration
 //! bytes, request headers, the clock), calls the pure core, and acts on its decisions.
 
+mod fleet;
 mod http;
 mod logger;
 mod metrics;
@@ -11,14 +12,14 @@ use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id)));
 }}
 
-/// Current time in Unix seconds; `None` only if the host cannot tell.
-fn now() -> Option<i64> {
+/// Current time in Unix milliseconds; `None` only if the host cannot tell.
+fn now_ms() -> Option<i64> {
     let time = proxy_wasm::hostcalls::get_current_time().ok()?;
     let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(since.as_secs()).ok()
+    i64::try_from(since.as_millis()).ok()
 }
 
 // The SDK's `hostcalls::log` panics when the host answers anything but Ok; the panic hook and

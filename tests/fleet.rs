@@ -1,0 +1,188 @@
+//! Fleet mode end to end, one Envoy: real Redis, the built quotad, real Envoy with the release
+//! `.wasm` and `store.rls` pointing at quotad. Counts live in Redis; the filter spends leases.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(on_store_error: &str, timeout: &str, lease: u64, quota: u64) -> String {
+    plugin(&format!(
+        r#"{{
+          "store": {{"rls": {{"cluster": "tollgate_quotad", "timeout": "{timeout}", "lease": {lease}}}}},
+          "on_store_error": "{on_store_error}",
+          "plans": {{
+            "small": {{"limits": [{{"name": "daily", "requests": {quota}, "window": "day"}},
+                                 {{"name": "monthly", "requests": 100000, "window": "month"}}]}},
+            "big": {{"limits": [{{"name": "daily", "requests": 1000000, "window": "day"}}]}},
+            "unlimited": {{"limits": []}}
+          }},
+          "consumers": {{
+            "acme": {{"plan": "small", "keys": ["acme-key"]}},
+            "hooli": {{"plan": "big", "keys": ["hooli-key"]}},
+            "initech": {{"plan": "small", "keys": ["initech-key"], "status": "suspended"}},
+            "ops": {{"plan": "unlimited", "keys": ["ops-key"]}}
+          }},
+          "usage_path": "/tollgate/usage"
+        }}"#
+    ))
+}
+
+/// Sends `n` requests with `key` from `threads` connections at once; returns the statuses.
+fn burst(port: u16, key: &str, n: usize, threads: usize) -> Vec<u16> {
+    let per = n.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let key = key.to_string();
+            let count = per.min(n.saturating_sub(t * per));
+            std::thread::spawn(move || {
+                let mut conn = Conn::new(port);
+                (0..count)
+                    .map(|_| conn.get("/", &[("x-api-key", key.as_bytes())]).status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[test]
+fn one_envoy_admits_exactly_the_quota_counted_in_redis_in_few_store_calls() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("deny", "1s", 100, 37), 2);
+
+    // 60 requests from 6 connections over both workers: 37 admitted, the rest refused.
+    let statuses = burst(envoy.port, "acme-key", 60, 6);
+    assert_eq!(count(&statuses, 200), 37, "{statuses:?}");
+    assert_eq!(count(&statuses, 402), 23, "{statuses:?}");
+    assert_eq!(redis.counted("tollgate", "acme", "daily"), 37);
+    assert_eq!(redis.counted("tollgate", "acme", "monthly"), 37);
+
+    // Refused from the lease and the memo: more refusals make no store call.
+    let calls = quotad.decisions();
+    assert!(
+        calls < 37,
+        "leases: fewer store calls than requests ({calls})"
+    );
+    let r = envoy.get_with_key("acme-key");
+    assert_eq!(r.status, 402);
+    assert_eq!(r.json()["violated-policies"][0], "daily");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        quotad.decisions(),
+        calls,
+        "a spent consumer costs no store call"
+    );
+
+    // Unknown, suspended and unlimited consumers never cost a store call.
+    assert_eq!(envoy.get_with_key("nobody").status, 401);
+    assert_eq!(envoy.get_with_key("initech-key").status, 402);
+    assert_eq!(envoy.get_with_key("ops-key").status, 200);
+    assert_eq!(quotad.decisions(), calls);
+
+    // A consumer with traffic: RateLimit from the store's figures, never more than is left.
+    let first = envoy.get_with_key("hooli-key");
+    assert_eq!(first.status, 200);
+    let r = first.remaining("daily");
+    assert!((1_000_000 - 200..1_000_000).contains(&r), "r={r}");
+    let statuses = burst(envoy.port, "hooli-key", 200, 4);
+    assert_eq!(count(&statuses, 200), 200);
+    let used = redis.counted("tollgate", "hooli", "daily");
+    assert!(
+        (201..=201 + 2 * 100).contains(&used),
+        "taken in leases: {used}"
+    );
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "hooli-key")]);
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    let remaining = usage.json()["limits"][0]["remaining"].as_u64().unwrap();
+    assert!(
+        remaining <= 1_000_000 - 201,
+        "usage never overstates what is left: {remaining}"
+    );
+    // No key ever reaches the log.
+    assert!(!envoy.log().contains("acme-key"));
+}
+
+#[test]
+fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
+    let redis = Redis::start();
+    let mut quotad = Quotad::start(&redis);
+    let deny = fleet_envoy(&quotad, &config("deny", "500ms", 100, 1000), 2);
+    let allow = fleet_envoy(&quotad, &config("allow", "500ms", 100, 1000), 2);
+    assert_eq!(deny.get_with_key("acme-key").status, 200);
+
+    quotad.stop();
+    // A fresh consumer (no lease yet) needs the store.
+    let started = Instant::now();
+    let r = deny.get_with_key("hooli-key");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["type"], "urn:tollgate:problem:quota-unavailable");
+    let grpc = deny.get(
+        "/",
+        &[
+            ("x-api-key", "hooli-key"),
+            ("content-type", "application/grpc"),
+        ],
+    );
+    assert_eq!(grpc.header("grpc-status"), Some("14"), "{grpc:?}");
+    let r = allow.get_with_key("hooli-key");
+    assert_eq!(r.status, 200, "on_store_error allow: forwarded uncounted");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "each within the timeout"
+    );
+    assert_eq!(redis.counted("tollgate", "hooli", "daily"), 0);
+
+    quotad.restart();
+    // Counting resumes without restarting Envoy (its connection to quotad comes back).
+    poll(Duration::from_secs(30), "counting to resume", || {
+        (deny.get_with_key("hooli-key").status == 200).then_some(())
+    });
+    assert!(redis.counted("tollgate", "hooli", "daily") >= 1);
+}
+
+#[test]
+fn a_frozen_quotad_holds_no_request_past_the_timeout() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("deny", "200ms", 100, 1000), 2);
+    assert_eq!(envoy.get_with_key("acme-key").status, 200);
+
+    quotad.freeze();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let port = envoy.port;
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = Conn::new(port).get("/", &[("x-api-key", b"hooli-key")]);
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, took) = h.join().unwrap();
+        assert_eq!(status, 503, "after {took:?}");
+        // 200 ms timeout; the margin is for a loaded 2-core machine.
+        assert!(took < Duration::from_millis(200 + 800), "took {took:?}");
+    }
+    quotad.thaw();
+    poll(Duration::from_secs(30), "counting to resume", || {
+        (envoy.get_with_key("hooli-key").status == 200).then_some(())
+    });
+}
