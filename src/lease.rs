@@ -16,6 +16,7 @@
 //! ```text
 //! "TL" 0x01                                magic and version
 //! u64 units                                requests this Envoy may still admit
+//! i64 answered_at_ms                       when the store last answered (figures updated)
 //! i64 claim_until_ms                       a refill is in flight until then (0: none)
 //! i64 failed_at_ms                         when the last refill failed (0: it did not)
 //! u64 granted, i64 granted_at_ms           size and time of the last grant (sizing)
@@ -33,7 +34,7 @@ use crate::store::{SetError, Store, StoreError};
 use crate::window::Bounds;
 
 const MAGIC: &[u8] = b"TL\x01";
-const HEAD: usize = 3 + 8 * 5 + 1;
+const HEAD: usize = 3 + 8 * 6 + 1;
 const PER_LIMIT: usize = 8 * 4;
 /// Prefix of the lease keys (one per consumer).
 pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
@@ -63,6 +64,8 @@ pub struct Figure {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lease {
     pub units: u64,
+    /// When the store last answered (figures updated).
+    pub answered_at_ms: i64,
     pub claim_until_ms: i64,
     pub failed_at_ms: i64,
     pub granted: u64,
@@ -84,6 +87,7 @@ impl Lease {
         let mut out = Vec::with_capacity(HEAD + PER_LIMIT * self.figures.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.units.to_le_bytes());
+        out.extend_from_slice(&self.answered_at_ms.to_le_bytes());
         out.extend_from_slice(&self.claim_until_ms.to_le_bytes());
         out.extend_from_slice(&self.failed_at_ms.to_le_bytes());
         out.extend_from_slice(&self.granted.to_le_bytes());
@@ -120,10 +124,11 @@ impl Lease {
             .collect::<Option<Vec<Figure>>>()?;
         Some(Lease {
             units: read_u64(bytes, 3)?,
-            claim_until_ms: read_i64(bytes, 11)?,
-            failed_at_ms: read_i64(bytes, 19)?,
-            granted: read_u64(bytes, 27)?,
-            granted_at_ms: read_i64(bytes, 35)?,
+            answered_at_ms: read_i64(bytes, 11)?,
+            claim_until_ms: read_i64(bytes, 19)?,
+            failed_at_ms: read_i64(bytes, 27)?,
+            granted: read_u64(bytes, 35)?,
+            granted_at_ms: read_i64(bytes, 43)?,
             figures,
         })
     }
@@ -271,8 +276,9 @@ pub fn take(
     take_or_look(store, key, limits, clock, terms, waiting_since_ms, true)
 }
 
-/// The usage endpoint's figures: [`take`] without spending. `Admitted` carries the lease's
-/// figures; without figures for the current windows, a `Refill` asks the store for 0 hits.
+/// The usage endpoint's figures: [`take`] without spending. A `Refill` asks the store for 0
+/// hits (or a `Wait`, for the refill in flight); decided again after it, `Admitted` carries the
+/// figures of that answer and this Envoy's unspent lease.
 pub fn look(
     store: &impl Store,
     key: &str,
@@ -298,10 +304,12 @@ fn take_or_look(
     for _ in 0..MAX_ATTEMPTS {
         let (mut lease, cas) = read(store, key)?;
         let valid = lease.valid(&windows);
-        if valid && !spend {
+        // The usage endpoint asks the store each time (other Envoys spend too); figures
+        // written since it started waiting are that answer (or a refill's, as fresh).
+        if valid && !spend && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since) {
             return Ok(Take::Admitted(lease.usages(false)));
         }
-        if valid && lease.units > 0 {
+        if spend && valid && lease.units > 0 {
             lease.units -= 1;
             match store.set(key, &lease.encode(), cas) {
                 Ok(()) => return Ok(Take::Admitted(lease.usages(false))),
@@ -405,6 +413,7 @@ pub fn apply(
                     ask.hits
                 };
                 lease.figures = figures(left);
+                lease.answered_at_ms = now_ms;
                 if ask.hits > 0 {
                     lease.granted = ask.hits;
                     lease.granted_at_ms = now_ms;
@@ -417,6 +426,7 @@ pub fn apply(
                     lease.units = 0;
                 }
                 lease.figures = figures(left);
+                lease.answered_at_ms = now_ms;
                 lease.failed_at_ms = 0;
                 match left.iter().min() {
                     Some(&room) if room > 0 && room < ask.hits => {
@@ -578,6 +588,7 @@ mod tests {
     fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
         let lease = Lease {
             units: 7,
+            answered_at_ms: 11,
             claim_until_ms: 123,
             failed_at_ms: -5,
             granted: 9,
@@ -788,6 +799,37 @@ mod tests {
         assert_eq!(
             usages.iter().map(Usage::remaining).collect::<Vec<_>>(),
             [2, 8]
+        );
+    }
+
+    #[test]
+    fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
+        let store = fresh();
+        let limits = limits(&[(100, Window::Day)]);
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        let answer = Answer::Granted { left: vec![88] };
+        apply(&store, K, &ask, &answer, at(1).now_ms, &TERMS).unwrap();
+        // A valid lease with units: still a store call, for 0 hits.
+        let Take::Refill(look_ask) = look(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
+            panic!("the usage endpoint asks the store")
+        };
+        assert_eq!(look_ask.hits, 0);
+        let answer = Answer::Granted { left: vec![80] };
+        apply(&store, K, &look_ask, &answer, at(3).now_ms, &TERMS).unwrap();
+        let Take::Admitted(usages) =
+            look(&store, K, &limits, at(4), &TERMS, Some(at(2).now_ms)).unwrap()
+        else {
+            panic!()
+        };
+        // 80 left in the store (another Envoy took 8), and this Envoy's 12 unspent units.
+        assert_eq!(usages[0].remaining(), 92);
+        let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+        assert_eq!(
+            (lease.units, lease.granted),
+            (12, 12),
+            "nothing spent, sizing kept"
         );
     }
 
