@@ -186,3 +186,50 @@ fn a_frozen_quotad_holds_no_request_past_the_timeout() {
         (envoy.get_with_key("hooli-key").status == 200).then_some(())
     });
 }
+
+#[test]
+fn live_reconfiguration_keeps_the_fleet_count() {
+    const LISTENERS: &str = "envoy/live-reload/listeners.yaml";
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
+        files: vec![LISTENERS.into()],
+        relocate: Some("target/live-reload".into()),
+        file_ports: (10200, 10201, 9921),
+        plugin: Some(config("deny", "1s", 100, 12)),
+        replace: vec![(
+            "port_value: 8081".to_string(),
+            format!("port_value: {}", quotad.grpc),
+        )],
+        ..Options::default()
+    });
+    within_one_window(86_400, 120.0, 1, |_| {
+        let before = burst(envoy.port, "acme-key", 5, 1);
+        assert_eq!(count(&before, 200), 5);
+        // The daily quota goes from 12 to 20, live.
+        envoy.replace_file(LISTENERS, Some(&config("deny", "1s", 100, 20)));
+        let mut admitted = 5;
+        poll(Duration::from_secs(60), "the new configuration", || {
+            let r = envoy.get_with_key("acme-key");
+            admitted += u64::from(r.status == 200);
+            r.header("ratelimit-policy")
+                .unwrap_or_default()
+                .contains("q=20")
+                .then_some(())
+        });
+        // Drain: the count went on from the store, under the new size.
+        loop {
+            let r = envoy.get_with_key("acme-key");
+            match r.status {
+                200 => admitted += 1,
+                402 => break,
+                other => panic!("status {other}"),
+            }
+            assert!(admitted <= 20, "more than the new quota");
+        }
+        assert_eq!(redis.counted("tollgate", "acme", "daily"), 20);
+        // A lease taken under the old size is dropped by the new one (at most one lease, here 1).
+        assert!(20 - admitted <= 1, "admitted {admitted} of 20");
+    });
+}
