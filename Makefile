@@ -146,8 +146,8 @@ bench-filters: wasm # The benchmark's other builds: the empty and floor filters,
 	wasm-opt -Oz $(WASM_FEATURES) target/opt-z/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(SMALL_WASM).opt && \
 		mv $(SMALL_WASM).opt $(SMALL_WASM)
 
-bench: wasm envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
-	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --tollgate shipped=$(WASM) \
+bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
+	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --quotad $(QUOTAD) --tollgate shipped=$(WASM) \
 		z=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
