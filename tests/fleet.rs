@@ -233,3 +233,105 @@ fn live_reconfiguration_keeps_the_fleet_count() {
         assert!(20 - admitted <= 1, "admitted {admitted} of 20");
     });
 }
+
+fn manifest(path: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn fleet_config(value: &serde_yaml::Value) -> tollgate::config::Config {
+    let json = serde_json::to_string(value).unwrap();
+    let config = tollgate::config::Config::from_json(json.as_bytes())
+        .unwrap_or_else(|e| panic!("not a valid tollgate configuration: {e}\n{json}"));
+    assert!(config.store.is_some(), "a fleet variant sets store.rls");
+    config
+}
+
+/// The quotad Service of envoy/fleet/quotad-k8s.yaml: (name, namespace, gRPC port).
+fn quotad_service() -> (String, String, u64) {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/quotad-k8s.yaml"),
+    )
+    .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+        if doc["kind"] == "Service" && doc["metadata"]["name"] == "quotad" {
+            let port = doc["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "grpc")
+                .unwrap();
+            assert_eq!(port["appProtocol"], "grpc", "HTTP/2 to quotad");
+            return (
+                "quotad".into(),
+                doc["metadata"]["namespace"].as_str().unwrap().into(),
+                port["port"].as_u64().unwrap(),
+            );
+        }
+    }
+    panic!("no quotad Service in quotad-k8s.yaml");
+}
+
+use serde::Deserialize;
+
+#[test]
+fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
+    let (service, namespace, port) = quotad_service();
+    let fqdn = format!("{service}.{namespace}.svc.cluster.local");
+
+    // Istio: the cluster Istio gives the quotad Service.
+    let istio = manifest("envoy/fleet/istio-wasmplugin.yaml");
+    assert_eq!(istio["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(istio["kind"], "WasmPlugin");
+    assert_eq!(istio["spec"]["failStrategy"], "FAIL_CLOSE");
+    let config = fleet_config(&istio["spec"]["pluginConfig"]);
+    assert_eq!(
+        config.store.unwrap().cluster,
+        format!("outbound|{port}||{fqdn}")
+    );
+
+    // Envoy Gateway: the policy's cluster is the one the patch adds, HTTP/2 to the Service.
+    let policy = manifest("envoy/fleet/envoy-gateway-policy.yaml");
+    assert_eq!(policy["kind"], "EnvoyExtensionPolicy");
+    assert_eq!(policy["spec"]["wasm"][0]["failOpen"], false);
+    let cluster_name = fleet_config(&policy["spec"]["wasm"][0]["config"])
+        .store
+        .unwrap()
+        .cluster;
+    let patch = manifest("envoy/fleet/envoy-gateway-quotad-cluster.yaml");
+    assert_eq!(patch["kind"], "EnvoyPatchPolicy");
+    assert_eq!(patch["spec"]["type"], "JSONPatch");
+    let op = &patch["spec"]["jsonPatches"][0];
+    assert_eq!(
+        op["type"],
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    );
+    assert_eq!(op["name"].as_str(), Some(cluster_name.as_str()));
+    let cluster = &op["operation"]["value"];
+    assert_eq!(cluster["name"].as_str(), Some(cluster_name.as_str()));
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    assert_eq!(address["address"].as_str(), Some(fqdn.as_str()));
+    assert_eq!(address["port_value"].as_u64(), Some(port));
+    // The cluster is one Envoy accepts: validated inside a bootstrap by Envoy itself.
+    let bootstrap = serde_json::json!({
+        "static_resources": {"clusters": [serde_json::to_value(cluster).unwrap()]}
+    });
+    let dir = std::env::temp_dir().join(format!("tollgate-fleet-patch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, bootstrap.to_string()).unwrap();
+    let out = std::process::Command::new(envoy_path())
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
