@@ -199,7 +199,7 @@ fn live_reconfiguration_keeps_the_fleet_count() {
         file_ports: (10200, 10201, 9921),
         plugin: Some(config("deny", "1s", 100, 12)),
         replace: vec![(
-            "port_value: 8081".to_string(),
+            "port_value: 10202".to_string(),
             format!("port_value: {}", quotad.grpc),
         )],
         ..Options::default()
