@@ -342,3 +342,25 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_cluster_envoy_does_not_know_is_a_store_error_naming_it() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let plugin = config("deny", "1s", 100, 10).replace("tollgate_quotad", "no_such_cluster");
+    let envoy = fleet_envoy(&quotad, &plugin, 1);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = envoy.get_with_key("acme-key");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains("cannot call the rate limit service (cluster no_such_cluster)"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "the VM did not trap");
+    // Consumers without limits are unaffected.
+    assert_eq!(envoy.get_with_key("ops-key").status, 200);
+}
