@@ -50,9 +50,6 @@ pub enum Step {
 
 /// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.
-// Not inlined: the request path and fleet mode's resume share one copy of it (the .wasm has a
-// size budget).
-#[inline(never)]
 pub fn run(runtime: &Runtime, fleet: &FleetInput, now_ms: i64) -> Step {
     let now = now_ms.div_euclid(1000);
     let mut request = |name: &str| {

@@ -19,7 +19,10 @@ proxy_wasm::main! {{
 fn now_ms() -> Option<i64> {
     let time = proxy_wasm::hostcalls::get_current_time().ok()?;
     let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(since.as_millis()).ok()
+    // Whole seconds and milliseconds apart: 64-bit arithmetic (`as_millis` is 128-bit, which
+    // wasm32 emulates, on every request).
+    let seconds = i64::try_from(since.as_secs()).ok()?;
+    Some(seconds * 1000 + i64::from(since.subsec_millis()))
 }
 
 // The SDK's `hostcalls::log` panics when the host answers anything but Ok; the panic hook and
