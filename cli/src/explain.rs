@@ -59,7 +59,12 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
     // The filter's decision against an empty count: the records a configured filter creates,
     // in memory.
     let store = MemoryStore::new();
-    let decision = match create_records(config, &store) {
+    // Fleet mode: empty leases (the decision then says the store would be asked).
+    let created = match config.store {
+        None => create_records(config, &store),
+        Some(_) => tollgate::lease::create_leases(config, &store),
+    };
+    let decision = match created {
         Ok(_) => decide(config, credential, now, &store, &Memo::default()),
         Err(e) => {
             line("error", &format!("cannot prepare the count: {}", e.0));
