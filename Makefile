@@ -29,8 +29,10 @@ export TOLLGATE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export TOLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 
 QUOTAD        := target/quotad/quotad
+# The fleet-mode tests (tests/fleet*.rs) start the built quotad.
+export TOLLGATE_QUOTAD := $(CURDIR)/$(QUOTAD)
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz mutants build-fault clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -98,13 +100,24 @@ run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080)
 	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
 	$(ENVOY) -c envoy/fleet/envoy.yaml --concurrency 2 --base-id 7001 -l info
 
-test: wasm build-fault envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+# Fleet mode for a newcomer: Redis and quotad as in run-fleet, and two Envoys running tollgate with
+# store.rls (envoy/fleet/tollgate.yaml): gateways on :10310 and :10320 share every count.
+fleet: wasm quotad envoy redis ## Redis, quotad and two Envoys in fleet mode: gateways :10310 and :10320, one count
+	@dir=$$(mktemp -d); trap 'kill $$redis $$quotad $$envoy 2>/dev/null; rm -rf $$dir' EXIT; \
+	redis-server --port 6379 --bind 127.0.0.1 --dir $$dir --save "" --appendonly yes >$$dir/redis.log & redis=$$!; \
+	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
+	sed -e 's/port_value: 10310/port_value: 10320/' -e 's/port_value: 10311/port_value: 10321/' \
+	    -e 's/port_value: 9941/port_value: 9942/' envoy/fleet/tollgate.yaml > $$dir/second.yaml; \
+	$(ENVOY) -c $$dir/second.yaml --concurrency 2 --base-id 7011 -l warn & envoy=$$!; \
+	$(ENVOY) -c envoy/fleet/tollgate.yaml --concurrency 2 --base-id 7010 -l info
+
+test: wasm build-fault quotad envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
 	cargo test --workspace --lib
 
-e2e: wasm build-fault envoy test-tools ## End-to-end tests only
+e2e: wasm build-fault quotad envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
 lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
@@ -133,8 +146,8 @@ bench-filters: wasm # The benchmark's other builds: the empty and floor filters,
 	wasm-opt -Oz $(WASM_FEATURES) target/opt-z/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(SMALL_WASM).opt && \
 		mv $(SMALL_WASM).opt $(SMALL_WASM)
 
-bench: wasm envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
-	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --tollgate shipped=$(WASM) \
+bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
+	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --quotad $(QUOTAD) --tollgate shipped=$(WASM) \
 		z=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
@@ -173,7 +186,7 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 # build and the test run: the e2e tests are neither built nor run), one job at a time; one file
 # after the other, each with its report in target/mutants/<file>/mutants.out/.
 MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/admission.rs \
-	src/config.rs src/response.rs src/record.rs src/memo.rs
+	src/config.rs src/response.rs src/record.rs src/memo.rs src/lease.rs src/rls.rs
 MUTANTS_TIMEOUT ?= 60
 
 mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`

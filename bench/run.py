@@ -22,6 +22,11 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 fills and drops; requests must not notice (compare with tollgate)
   tollgate-z    tollgate built for size (opt-level "z", then wasm-opt -Oz), against the shipped
                 build (opt-level 3, then wasm-opt -O3)
+  tollgate-fleet, tollgate-fleet-lease1
+                tollgate in fleet mode (`store.rls`) against quotad and Redis on the same machine
+                (pinned to the load generator's CPU), with leases of up to 100 and with `lease: 1`
+                (one store call per request); each result also has the store calls per 1 000
+                requests (quotad's decision count). Only with --quotad.
   proxied, tollgate-proxied
                 a realistic route: Envoy proxies to an upstream (another Envoy answering with a
                 direct response, pinned to the load generator's CPU) over kept-alive HTTP/1.1
@@ -43,6 +48,7 @@ Python 3 standard library only. Sends traffic to 127.0.0.1 only.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -52,6 +58,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -66,6 +73,9 @@ HUGE = 1_000_000_000  # a quota nothing in this bench can spend
 CONNECTIONS = 32  # wrk: HTTP/1.1 connections, one request in flight on each
 H2_CONNECTIONS, H2_STREAMS = 8, 4  # h2load: 8 connections x 4 streams, 32 in flight too
 ENVOY_CPU, LOAD_CPU = 0, 1
+# quotad's gRPC and HTTP ports while the fleet variants run (--quotad), else 0.
+QUOTAD_PORT = 0
+QUOTAD_HTTP = 0
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_DEADLINE = 180.0  # seconds; 100 000 consumers take a while on a busy machine
@@ -100,7 +110,7 @@ ROUTER = {
 
 
 def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
-                    events: bool = False) -> str:
+                    events: bool = False, lease: int = 0) -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
     one request, everything is refused with 402."""
@@ -122,6 +132,8 @@ def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
     if events:
         config["events"] = {"cluster": SINK_CLUSTER, "url": "http://sink.bench/events",
                             "interval": "1s", "alerts": [80, 100]}
+    if lease:
+        config["store"] = {"rls": {"cluster": "tollgate_quotad", "timeout": "1s", "lease": lease}}
     return json.dumps(config, separators=(",", ":"))
 
 
@@ -192,6 +204,23 @@ def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None)
         "direct_response": {"status": 200, "body": {"inline_string": "hello\n"}},
     }
     clusters = []
+    if QUOTAD_PORT:
+        # Fleet mode's store (unused by the other variants): quotad over HTTP/2.
+        clusters.append({
+            "name": "tollgate_quotad",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            },
+            "load_assignment": {
+                "cluster_name": "tollgate_quotad",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(QUOTAD_PORT)}}]}],
+            },
+        })
     if upstream is not None:
         route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
         endpoint = {"endpoint": {"address": address(upstream)}}
@@ -460,6 +489,12 @@ def variants(args) -> list:
          False),
         ("tollgate-sink-hang",
          [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, events=True))], 200, False),
+        *([
+            ("tollgate-fleet",
+             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, lease=100))], 200, False),
+            ("tollgate-fleet-lease1",
+             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, lease=1))], 200, False),
+        ] if args.quotad else []),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),
     ]
@@ -482,8 +517,8 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
             raise RuntimeError(envoy.failure(f"answered {probe.status}, expected {status}"))
         if name.startswith("tollgate") and not probe.getheader("ratelimit"):
             raise RuntimeError(envoy.failure("sent no RateLimit field: is tollgate running?"))
-        http1 = envoy.costed(lambda: wrk(envoy.port, args.duration, CONSUMERS))
-        http2 = envoy.costed(lambda: h2load(envoy.port, args.duration, args.warmup))
+        http1 = store_calls(name, lambda: envoy.costed(lambda: wrk(envoy.port, args.duration, CONSUMERS)))
+        http2 = store_calls(name, lambda: envoy.costed(lambda: h2load(envoy.port, args.duration, args.warmup)))
         results = [{"protocol": "HTTP/1.1", **http1}, {"protocol": "HTTP/2", **http2}]
         if name == "native":
             stats = envoy.stats("http_local_rate_limit")
@@ -515,6 +550,71 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
             flush=True,
         )
     return results
+
+
+def quotad_decisions() -> float:
+    """quotad's decisions so far (every store call is one), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{QUOTAD_HTTP}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("quotad_decisions_total{"))
+
+
+def store_calls(name: str, load) -> dict:
+    """Runs `load`; for the fleet variants adds the store calls per 1 000 requests."""
+    if not name.startswith("tollgate-fleet"):
+        return load()
+    before = quotad_decisions()
+    result = load()
+    calls = quotad_decisions() - before
+    result["store_calls_per_1000"] = round(calls * 1000 / max(result["requests"], 1), 2)
+    return result
+
+
+class FleetStore:
+    """Redis (no persistence) and quotad on free ports, pinned to the load generator's CPU,
+    for the fleet variants; stopped by PID."""
+
+    def __init__(self, quotad: Path):
+        self.quotad, self.procs = quotad, []
+
+    def __enter__(self):
+        global QUOTAD_PORT, QUOTAD_HTTP
+        self.dir = tempfile.mkdtemp(prefix="tollgate-bench-redis-")
+        redis_port, QUOTAD_PORT, QUOTAD_HTTP = free_port(), free_port(), free_port()
+        log = open(OUT / "fleet-store.log", "w")
+        self.procs.append(subprocess.Popen(
+            pinned(LOAD_CPU) + ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                "--dir", self.dir, "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=log))
+        self.procs.append(subprocess.Popen(
+            pinned(LOAD_CPU) + [str(self.quotad), "--listen", f"127.0.0.1:{QUOTAD_PORT}",
+                                "--http-listen", f"127.0.0.1:{QUOTAD_HTTP}",
+                                "--redis", f"redis://127.0.0.1:{redis_port}"],
+            stdout=log, stderr=log))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{QUOTAD_HTTP}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"quotad not healthy within 60 s: see {OUT / 'fleet-store.log'}")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        global QUOTAD_PORT, QUOTAD_HTTP
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        QUOTAD_PORT = QUOTAD_HTTP = 0
 
 
 def warm_up(envoy: Envoy, status: int, seconds: int) -> int:
@@ -608,6 +708,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="seconds of discarded load first")
     parser.add_argument("--startup-rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="run only these variants (for development)")
+    parser.add_argument("--quotad", type=repo_path,
+                        help="the quotad binary: adds the fleet-mode variants (Redis beside it)")
     args = parser.parse_args()
     if "shipped" not in dict(args.tollgate):
         parser.error("--tollgate needs shipped=PATH, the build tollgate ships")
@@ -621,8 +723,9 @@ def main():
     wasms = [("empty-wasm", args.empty), ("floor", args.floor)] + [(f"tollgate-{l}", p) for l, p in args.tollgate]
     results["sizes"] = {label: path.stat().st_size for label, path in wasms}
     todo = variants(args)
+    store = FleetStore(args.quotad) if args.quotad else contextlib.nullcontext()
     # The upstream of the proxied variants: one Envoy answering directly, on the load's CPU.
-    with Envoy(args.envoy, "upstream", [], cpu=LOAD_CPU) as upstream:
+    with store, Envoy(args.envoy, "upstream", [], cpu=LOAD_CPU) as upstream:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds}", flush=True)
             shift = round_ % len(todo)

@@ -1,8 +1,9 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use crate::config::{Config, Consumer, Plan, Standing};
+use crate::config::{Config, Consumer, Plan, Rls, Standing};
 use crate::credentials::Credential;
+use crate::lease::{self, Ask, Clock, Take, Terms};
 use crate::memo::Memo;
 use crate::metrics::Reason;
 use crate::quota::{check_and_take, CountError, Usage};
@@ -23,6 +24,24 @@ pub enum Decision<'c> {
         usages: Vec<Usage>,
     },
     Deny(Denial<'c>),
+    /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
+    /// refill and must ask the store; without, another request of this Envoy is refilling.
+    /// Either way the request waits, then is decided again.
+    Wait {
+        caller: Caller<'c>,
+        refill: Option<Ask>,
+    },
+}
+
+/// What fleet mode's request path needs beyond the local one's inputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetInput {
+    /// The time in milliseconds (refill claims, lease sizing).
+    pub now_ms: i64,
+    /// Set when the request already waited for a refill, since then (ms).
+    pub waiting_since_ms: Option<i64>,
+    /// The refill this request waited for failed, so: a store error.
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +130,22 @@ pub fn decide<'c>(
     store: &impl Store,
     memo: &Memo,
 ) -> Decision<'c> {
+    let fleet = FleetInput {
+        now_ms: now.saturating_mul(1000),
+        ..FleetInput::default()
+    };
+    decide_with(config, credential, now, store, memo, &fleet)
+}
+
+/// [`decide`], with fleet mode's inputs.
+pub fn decide_with<'c>(
+    config: &'c Config,
+    credential: Credential,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    fleet: &FleetInput,
+) -> Decision<'c> {
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
             Some(consumer) => consumer,
@@ -153,6 +188,9 @@ pub fn decide<'c>(
     }
     if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
         return Decision::Deny(Denial::QuotaExceeded { caller, usages });
+    }
+    if let Some(rls) = &config.store {
+        return from_lease(config, rls, caller, now, store, memo, fleet);
     }
     match check_and_take(
         store,
@@ -200,6 +238,64 @@ pub fn decide<'c>(
     }
 }
 
+/// Fleet mode: spend a unit of the consumer's lease, or wait for its refill.
+fn from_lease<'c>(
+    config: &'c Config,
+    rls: &Rls,
+    caller: Caller<'c>,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    fleet: &FleetInput,
+) -> Decision<'c> {
+    let store_error = |contended: bool, reason: String| {
+        Decision::Deny(Denial::StoreUnavailable {
+            caller,
+            contended,
+            reason,
+        })
+    };
+    if let Some(reason) = &fleet.failed {
+        return store_error(false, reason.clone());
+    }
+    let terms = Terms {
+        lease: rls.lease,
+        timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
+        utc_offset: config.utc_offset,
+    };
+    let clock = Clock {
+        now,
+        now_ms: fleet.now_ms,
+    };
+    match lease::take(
+        store,
+        &lease::key(&caller.consumer.name),
+        &caller.plan.limits,
+        clock,
+        &terms,
+        fleet.waiting_since_ms,
+    ) {
+        Ok(Take::Admitted(usages)) => Decision::Allow { caller, usages },
+        Ok(Take::Refused(usages)) => {
+            memo.remember_refused(caller.consumer.id, &usages);
+            Decision::Deny(Denial::QuotaExceeded { caller, usages })
+        }
+        Ok(Take::Refill(ask)) => Decision::Wait {
+            caller,
+            refill: Some(ask),
+        },
+        Ok(Take::Wait { .. }) => Decision::Wait {
+            caller,
+            refill: None,
+        },
+        Err(CountError::Store(e)) => store_error(false, format!("fleet store: {}", e.0)),
+        Err(CountError::Contended) => store_error(
+            true,
+            "the lease in shared data stayed contended; CAS retries exhausted".into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +330,7 @@ mod tests {
     fn name(d: &Decision) -> String {
         match d {
             Decision::Allow { caller, .. } => format!("allow {}", caller.consumer.name),
+            Decision::Wait { .. } => "wait".into(),
             Decision::Deny(denial) => format!("{denial:?}")
                 .split([' ', '('])
                 .next()
@@ -385,7 +482,7 @@ mod tests {
             &Memo::default(),
         ) {
             Decision::Deny(denial) => denial.describe(),
-            Decision::Allow { .. } => "allow".into(),
+            Decision::Allow { .. } | Decision::Wait { .. } => "allow".into(),
         };
         assert_eq!(describe(Credential::Missing, NOW), "missing_credential");
         assert_eq!(

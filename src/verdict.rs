@@ -7,7 +7,7 @@
 //! it (e.g. `content-type` only to shape a refusal for gRPC). An admitted request allocates
 //! little: its verdict is plain fields, and the policy field is shared ([`Memo::policy`]).
 
-use crate::admission::{decide, Caller, Decision, Denial};
+use crate::admission::{decide_with, Caller, Decision, Denial, FleetInput};
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
 use crate::credentials::{extract, strip_query_param, Credential};
 use crate::events::{crossings, Crossing};
@@ -83,6 +83,18 @@ impl<'c> Forward<'c> {
 pub enum Action<'c> {
     Forward(Forward<'c>),
     Reply(Reply),
+    /// Fleet mode: hold the request until the consumer's lease is refilled (by this request's
+    /// own store call, `refill`, or another's), then handle it again.
+    Wait(Wait),
+}
+
+/// A request held for a lease refill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    /// The consumer's index in the configuration.
+    pub consumer: usize,
+    /// The store call this request must make (it claimed the refill).
+    pub refill: Option<crate::lease::Ask>,
 }
 
 /// What to count for one request: at most three events (a store error, what became of the
@@ -152,6 +164,24 @@ pub fn handle<'c>(
     memo: &Memo,
     shadow_log: &ShadowLog,
 ) -> Verdict<'c> {
+    let fleet = FleetInput {
+        now_ms: now.saturating_mul(1000),
+        ..FleetInput::default()
+    };
+    handle_with(config, request, now, store, memo, shadow_log, &fleet)
+}
+
+/// [`handle`], with fleet mode's inputs (the host's millisecond clock, and whether the request
+/// already waited for a refill).
+pub fn handle_with<'c>(
+    config: &'c Config,
+    request: &mut impl Request,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    shadow_log: &ShadowLog,
+    fleet: &FleetInput,
+) -> Verdict<'c> {
     let mut forward = Forward {
         identity_headers: config
             .identity_headers
@@ -187,7 +217,7 @@ pub fn handle<'c>(
         let only_path = full.split(|c| *c == b'?').next().unwrap_or_default();
         if only_path == usage_path.as_bytes() {
             let method = cached(":method").unwrap_or_default();
-            return usage_endpoint(config, credential, &method, now, store);
+            return usage_endpoint(config, credential, &method, now, store, fleet);
         }
     }
 
@@ -203,7 +233,7 @@ pub fn handle<'c>(
         }
     }
 
-    let denial = match decide(config, credential, now, store, memo) {
+    let denial = match decide_with(config, credential, now, store, memo, fleet) {
         Decision::Allow { caller, usages } => {
             log::debug!(
                 "allow consumer={} plan={}",
@@ -233,6 +263,16 @@ pub fn handle<'c>(
             };
         }
         Decision::Deny(denial) => denial,
+        Decision::Wait { caller, refill } => {
+            return Verdict {
+                action: Action::Wait(Wait {
+                    consumer: caller.consumer.id,
+                    refill,
+                }),
+                events: Events::default(),
+                metered: Metered::default(),
+            }
+        }
     };
 
     let caller = denial.caller();
@@ -337,6 +377,7 @@ fn usage_endpoint<'c>(
     method: &[u8],
     now: i64,
     store: &impl Store,
+    fleet: &FleetInput,
 ) -> Verdict<'c> {
     if method != b"GET" && method != b"HEAD" {
         return Verdict {
@@ -364,13 +405,24 @@ fn usage_endpoint<'c>(
     };
     let caller = Caller { consumer, plan };
     let standing = consumer.standing(now);
-    match peek(
-        store,
-        &consumer.store_key,
-        &plan.limits,
-        now,
-        config.utc_offset,
-    ) {
+    let counts = match &config.store {
+        Some(rls) if !plan.limits.is_empty() => {
+            match look_at_lease(config, rls, consumer, plan, now, store, fleet) {
+                Ok(Take::Admitted(usages) | Take::Refused(usages)) => Ok(usages),
+                Ok(Take::Refill(ask)) => return wait(consumer.id, Some(ask)),
+                Ok(Take::Wait { .. }) => return wait(consumer.id, None),
+                Err(e) => Err(e),
+            }
+        }
+        _ => peek(
+            store,
+            &consumer.store_key,
+            &plan.limits,
+            now,
+            config.utc_offset,
+        ),
+    };
+    match counts {
         Ok(usages) => Verdict {
             action: Action::Reply(usage(&caller, standing, &usages)),
             events: Events::one(Event::Usage, Some(consumer.plan)),
@@ -390,6 +442,54 @@ fn usage_endpoint<'c>(
         }
     }
 }
+
+fn wait<'c>(consumer: usize, refill: Option<crate::lease::Ask>) -> Verdict<'c> {
+    Verdict {
+        action: Action::Wait(Wait { consumer, refill }),
+        events: Events::default(),
+        metered: Metered::default(),
+    }
+}
+
+/// Fleet mode's usage figures: the lease's, or a store call that takes nothing to get them.
+fn look_at_lease(
+    config: &Config,
+    rls: &crate::config::Rls,
+    consumer: &crate::config::Consumer,
+    plan: &crate::config::Plan,
+    now: i64,
+    store: &impl Store,
+    fleet: &FleetInput,
+) -> Result<Take, crate::store::StoreError> {
+    if let Some(reason) = &fleet.failed {
+        return Err(crate::store::StoreError(reason.clone()));
+    }
+    let terms = crate::lease::Terms {
+        lease: rls.lease,
+        timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
+        utc_offset: config.utc_offset,
+    };
+    let clock = crate::lease::Clock {
+        now,
+        now_ms: fleet.now_ms,
+    };
+    crate::lease::look(
+        store,
+        &crate::lease::key(&consumer.name),
+        &plan.limits,
+        clock,
+        &terms,
+        fleet.waiting_since_ms,
+    )
+    .map_err(|e| match e {
+        crate::quota::CountError::Store(e) => e,
+        crate::quota::CountError::Contended => {
+            crate::store::StoreError("the lease stayed contended".into())
+        }
+    })
+}
+
+use crate::lease::Take;
 
 #[cfg(test)]
 mod tests {
@@ -453,14 +553,14 @@ mod tests {
     fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
         match &v.action {
             Action::Forward(f) => f,
-            Action::Reply(r) => panic!("expected forward, got {r:?}"),
+            other => panic!("expected forward, got {other:?}"),
         }
     }
 
     fn replied(v: &Verdict) -> Reply {
         match &v.action {
             Action::Reply(r) => r.clone(),
-            Action::Forward(f) => panic!("expected a reply, got {f:?}"),
+            other => panic!("expected a reply, got {other:?}"),
         }
     }
 

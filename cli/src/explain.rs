@@ -59,7 +59,12 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
     // The filter's decision against an empty count: the records a configured filter creates,
     // in memory.
     let store = MemoryStore::new();
-    let decision = match create_records(config, &store) {
+    // Fleet mode: empty leases (the decision then says the store would be asked).
+    let created = match config.store {
+        None => create_records(config, &store),
+        Some(_) => tollgate::lease::create_leases(config, &store),
+    };
+    let decision = match created {
         Ok(_) => decide(config, credential, now, &store, &Memo::default()),
         Err(e) => {
             line("error", &format!("cannot prepare the count: {}", e.0));
@@ -67,7 +72,7 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
         }
     };
     let caller = match &decision {
-        Decision::Allow { caller, .. } => Some(*caller),
+        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => Some(*caller),
         Decision::Deny(denial) => denial.caller(),
     };
     match caller {
@@ -154,6 +159,13 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
                 .to_string()
         }
         Decision::Deny(denial) => refused(config, denial, now),
+        // Fleet mode against a fresh count: the lease is empty, the store would be asked.
+        Decision::Wait { .. } => {
+            "counted by the fleet store (store.rls); forwarded while every limit has requests \
+             left in its window across the fleet, then refused with the spent limit's status \
+             until that window ends"
+                .to_string()
+        }
     };
     match (&decision, config.mode) {
         (Decision::Deny(_), Mode::Shadow) => line(
@@ -185,6 +197,15 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
                  SHA-256 they are",
             );
         }
+    }
+    if let (Decision::Wait { .. }, Some(rls)) = (&decision, &config.store) {
+        line(
+            "counts",
+            &format!(
+                "kept by the rate limit service behind cluster {} (domain {}), shared by the fleet",
+                rls.cluster, rls.domain
+            ),
+        );
     }
     if matches!(&decision, Decision::Allow { usages, .. } if !usages.is_empty()) {
         let counts = match &config.usage_path {
@@ -227,7 +248,7 @@ fn remedy(config: &Config, decision: &Decision, now: i64) -> Option<String> {
             .into_iter()
             .find(|(name, _)| *name == "link")
             .map(|(_, value)| format!("Link: {value}")),
-        Decision::Allow { caller, .. } => {
+        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => {
             let mut out = Vec::new();
             if let Some(url) = caller.plan.upgrade_url.as_deref() {
                 out.push(format!("{url} when a limit is spent (upgrade_url)"));

@@ -547,3 +547,49 @@ sys.stdout.write(out.decode())
     );
     assert!(!screen.contains("TYPED"), "the key was echoed: {screen:?}");
 }
+
+#[test]
+fn check_and_explain_a_fleet_mode_configuration() {
+    let files = [
+        "envoy/fleet/tollgate.yaml",
+        "envoy/fleet/istio-wasmplugin.yaml",
+        "envoy/fleet/envoy-gateway-policy.yaml",
+    ];
+    let out = tollgate(&[&["check"], &files[..]].concat(), "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.matches(": accepted\n").count(),
+        files.len(),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(
+            ", store rls (cluster tollgate_quotad, domain tollgate, timeout 100ms, lease 100)\n"
+        ),
+        "{out:?}"
+    );
+    let out = tollgate(
+        &[
+            "explain",
+            "envoy/fleet/tollgate.yaml",
+            "--key",
+            "acme-key",
+            "--at",
+            "2026-12-02T00:00:00Z",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("  verdict   counted by the fleet store (store.rls)"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "  counts    kept by the rate limit service behind cluster tollgate_quotad (domain \
+             tollgate), shared by the fleet"
+        ),
+        "{out:?}"
+    );
+}

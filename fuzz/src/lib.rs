@@ -114,6 +114,8 @@ fn check_verdict(config: &Config, verdict: &Verdict) {
                 );
             }
         }
+        // Fleet mode only (the fuzzed configurations have no store).
+        Action::Wait(_) => {}
         Action::Reply(reply) => {
             if reply.grpc_status.is_some() {
                 return;

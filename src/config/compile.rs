@@ -302,6 +302,58 @@ pub(super) fn compile_usage_path(path: Option<String>) -> Result<Option<String>,
     Ok(Some(path))
 }
 
+/// Validates `store.rls` (fleet mode); every error names its field.
+pub(super) fn compile_rls(raw: RawRls) -> Result<Rls, ConfigError> {
+    let cluster = raw.cluster;
+    if cluster.is_empty() || cluster.len() > 255 || cluster.bytes().any(|c| c <= b' ' || c >= 0x7f)
+    {
+        return Err(ConfigError(
+            "store.rls.cluster: must be the name of an Envoy cluster (1-255 characters, no spaces)"
+                .into(),
+        ));
+    }
+    let domain = raw.domain.unwrap_or_else(|| DEFAULT_RLS_DOMAIN.to_string());
+    if !valid_name(&domain) {
+        return Err(ConfigError(format!(
+            "store.rls.domain: `{domain}` must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
+        )));
+    }
+    let timeout_ms = match raw.timeout {
+        None => DEFAULT_RLS_TIMEOUT_MS,
+        Some(text) => parse_timeout(&text).ok_or_else(|| {
+            ConfigError(format!(
+                "store.rls.timeout: `{text}` must be a duration like \"50ms\" or \"1s\", \
+                 from 1ms to {MAX_RLS_TIMEOUT_MS}ms"
+            ))
+        })?,
+    };
+    let lease = raw.lease.unwrap_or(DEFAULT_LEASE);
+    if lease == 0 || lease > MAX_LEASE {
+        return Err(ConfigError(format!(
+            "store.rls.lease: {lease} must be from 1 (one store call per request) to {MAX_LEASE}"
+        )));
+    }
+    Ok(Rls {
+        cluster,
+        domain,
+        timeout_ms,
+        lease,
+    })
+}
+
+/// `50ms`, `1s`: milliseconds, from 1 to [`MAX_RLS_TIMEOUT_MS`].
+fn parse_timeout(text: &str) -> Option<u64> {
+    let (digits, scale) = match text.strip_suffix("ms") {
+        Some(digits) => (digits, 1),
+        None => (text.strip_suffix('s')?, 1000),
+    };
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let ms = digits.parse::<u64>().ok()?.checked_mul(scale)?;
+    (1..=MAX_RLS_TIMEOUT_MS).contains(&ms).then_some(ms)
+}
+
 pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let credentials = compile_sources(raw.credentials)?;
     let consumer_header = compile_identity_header(
@@ -447,6 +499,23 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let events = crate::events::compile(raw.events, &plans, plan_alerts)?;
+    let store = match raw.store {
+        Some(store) => Some(compile_rls(store.rls)?),
+        None => None,
+    };
+    // A threshold is crossed by the one request whose count equals it, which only this Envoy's
+    // own CAS can tell; in fleet mode the count is quotad's (see the README).
+    if store.is_some()
+        && events
+            .as_ref()
+            .is_some_and(|e| e.alerts.iter().any(|a| !a.is_empty()))
+    {
+        return Err(ConfigError(
+            "events.alerts (and plans.<plan>.alerts): threshold alerts are not available with \
+             store.rls yet; usage events and reminders are"
+                .into(),
+        ));
+    }
     Ok(Config {
         challenge: crate::response::challenge(&credentials),
         credentials,
@@ -465,6 +534,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ratelimit_policy: raw.ratelimit_policy,
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
         events,
+        store,
         keys,
     })
 }

@@ -204,7 +204,33 @@ pub struct Config {
     pub billing_url: Option<String>,
     /// Usage events, threshold alerts and reminders, when configured.
     pub events: Option<crate::events::EventsConfig>,
+    /// Fleet mode (`store.rls`): counts live in a rate limit service, taken in leases. `None`:
+    /// this Envoy's shared data, as always.
+    pub store: Option<Rls>,
     keys: Keys,
+}
+
+/// Default `store.rls.domain`.
+pub const DEFAULT_RLS_DOMAIN: &str = "tollgate";
+/// Default `store.rls.timeout`, in milliseconds.
+pub const DEFAULT_RLS_TIMEOUT_MS: u64 = 100;
+/// Longest `store.rls.timeout`, in milliseconds: requests wait at most this (plus a margin).
+pub const MAX_RLS_TIMEOUT_MS: u64 = 10_000;
+/// Default and largest `store.rls.lease`.
+pub const DEFAULT_LEASE: u64 = 100;
+pub const MAX_LEASE: u64 = 100_000;
+
+/// The rate limit service of fleet mode, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rls {
+    /// The Envoy cluster (HTTP/2) that reaches the service.
+    pub cluster: String,
+    /// The RLS domain of every request.
+    pub domain: String,
+    /// The gRPC call's timeout, in milliseconds.
+    pub timeout_ms: u64,
+    /// The most requests taken from the service in one call (1: one call per request).
+    pub lease: u64,
 }
 
 /// A configuration error: one line, naming the field.

@@ -38,6 +38,29 @@ pub(super) struct RawConfig {
     /// Usage events, threshold alerts and reminders (see [`crate::events`]).
     #[serde(default)]
     pub(super) events: Option<crate::events::RawEvents>,
+    /// Fleet mode: where counts are kept instead of this Envoy's shared data.
+    #[serde(default)]
+    pub(super) store: Option<RawStore>,
+}
+
+/// `"store": {"rls": {...}}`: the only store kind so far.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) rls: RawRls,
+}
+
+/// A rate limit service (Envoy's RLS protocol, e.g. quotad) reached through an Envoy cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRls {
+    pub(super) cluster: String,
+    #[serde(default)]
+    pub(super) domain: Option<String>,
+    #[serde(default)]
+    pub(super) timeout: Option<String>,
+    #[serde(default)]
+    pub(super) lease: Option<u64>,
 }
 
 pub(super) fn yes() -> bool {

@@ -45,6 +45,12 @@ impl Config {
             (false, true) => ", identity_headers off",
             (true, false) => ", ratelimit_policy off",
             (false, false) => ", identity_headers off, ratelimit_policy off",
+        } + &match &self.store {
+            None => String::new(),
+            Some(rls) => format!(
+                ", store rls (cluster {}, domain {}, timeout {}ms, lease {})",
+                rls.cluster, rls.domain, rls.timeout_ms, rls.lease
+            ),
         }
     }
 }

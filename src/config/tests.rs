@@ -535,3 +535,94 @@ fn the_bounds_of_limits_offsets_and_header_and_path_rules_are_exact() {
         assert!(message.starts_with("usage_path: "), "{path}: {message}");
     }
 }
+
+fn with_store(store: &str) -> String {
+    format!(r#"{{"plans": {{"p": {{"limits": []}}}}, "store": {store}}}"#)
+}
+
+#[test]
+fn store_rls_defaults_and_validation_name_the_field() {
+    let config = Config::from_json(
+        with_store(r#"{"rls": {"cluster": "outbound|8081||quotad.tollgate.svc.cluster.local"}}"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.store,
+        Some(Rls {
+            cluster: "outbound|8081||quotad.tollgate.svc.cluster.local".into(),
+            domain: "tollgate".into(),
+            timeout_ms: 100,
+            lease: 100,
+        })
+    );
+    assert!(config.summary().ends_with(
+        ", store rls (cluster outbound|8081||quotad.tollgate.svc.cluster.local, domain tollgate, timeout 100ms, lease 100)"
+    ));
+    let full = Config::from_json(
+        with_store(r#"{"rls": {"cluster": "q", "domain": "d-1", "timeout": "2s", "lease": 1}}"#)
+            .as_bytes(),
+    )
+    .unwrap()
+    .store
+    .unwrap();
+    assert_eq!(
+        (full.timeout_ms, full.lease, full.domain.as_str()),
+        (2000, 1, "d-1")
+    );
+    assert_eq!(
+        Config::from_json(
+            with_store(r#"{"rls": {"cluster": "q", "timeout": "10000ms"}}"#).as_bytes()
+        )
+        .unwrap()
+        .store
+        .unwrap()
+        .timeout_ms,
+        10_000
+    );
+    // Without `store`, local mode, as before.
+    assert_eq!(
+        Config::from_json(br#"{"plans": {"p": {"limits": []}}}"#)
+            .unwrap()
+            .store,
+        None
+    );
+    for (store, field) in [
+        (r#"{"rls": {"cluster": ""}}"#, "store.rls.cluster"),
+        (r#"{"rls": {"cluster": "a b"}}"#, "store.rls.cluster"),
+        (
+            r#"{"rls": {"cluster": "q", "domain": "a:b"}}"#,
+            "store.rls.domain",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "timeout": "0ms"}}"#,
+            "store.rls.timeout",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "timeout": "11s"}}"#,
+            "store.rls.timeout",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "timeout": "50"}}"#,
+            "store.rls.timeout",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "timeout": "-5ms"}}"#,
+            "store.rls.timeout",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "lease": 0}}"#,
+            "store.rls.lease",
+        ),
+        (
+            r#"{"rls": {"cluster": "q", "lease": 100001}}"#,
+            "store.rls.lease",
+        ),
+        (r#"{"rls": {"cluster": "q", "leases": 5}}"#, "store.rls"),
+        (r#"{"redis": {}}"#, "store"),
+        (r#"{"rls": {}}"#, "store.rls"),
+    ] {
+        let e = err(&with_store(store));
+        assert!(e.starts_with(field), "{store}: {e}");
+    }
+}

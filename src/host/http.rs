@@ -1,6 +1,8 @@
 //! The HTTP context: hands the request's headers and the time to the core
 //! ([`crate::verdict::handle`]), then carries out the verdict — forward with header changes,
-//! or send the local reply — and adds the RateLimit fields to the upstream's response.
+//! or send the local reply — and adds the RateLimit fields to the upstream's response. In
+//! fleet mode a request may also be held (paused) while its consumer's lease is refilled
+//! ([`super::fleet`]), and is then decided again by [`run`] in its own context.
 
 use std::rc::Rc;
 
@@ -8,22 +10,97 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
 
+use super::fleet;
 use super::root::Runtime;
 use super::shared_data::SharedData;
+use crate::admission::FleetInput;
 use crate::response::{RateLimitFields, Reply};
-use crate::verdict::{self, handle};
+use crate::verdict::{self, handle_with, Wait};
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,
     /// RateLimit fields to add to the upstream's response.
     rate_limit: Option<RateLimitFields>,
+    context_id: u32,
+    /// Fleet mode: the request was held for a lease refill (it was then decided, and its
+    /// RateLimit fields kept, by [`fleet`]).
+    held: bool,
 }
 
 impl Filter {
-    pub fn new(runtime: Option<Rc<Runtime>>) -> Self {
+    pub fn new(runtime: Option<Rc<Runtime>>, context_id: u32) -> Self {
         Filter {
             runtime,
             rate_limit: None,
+            context_id,
+            held: false,
+        }
+    }
+}
+
+/// What became of a request.
+pub enum Step {
+    /// Forward it (its request headers already changed), with these RateLimit fields.
+    Continue(Option<RateLimitFields>),
+    /// A local reply was sent.
+    Replied,
+    /// Fleet mode: hold it for a lease refill.
+    Wait(Wait),
+}
+
+/// Decides the request of the effective context and carries the verdict out (headers set, or
+/// the reply sent); `now_ms` is the host's clock.
+pub fn run(runtime: &Runtime, fleet: &FleetInput, now_ms: i64) -> Step {
+    let now = now_ms.div_euclid(1000);
+    let mut request = |name: &str| {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let mut verdict = handle_with(
+        &runtime.config,
+        &mut request,
+        now,
+        &SharedData::for_request(),
+        &runtime.memo,
+        &runtime.shadow_log,
+        fleet,
+    );
+    runtime.metrics.record(&verdict.events);
+    if let Some(meter) = &runtime.meter {
+        meter.record(now, &mut verdict);
+    }
+    match verdict.action {
+        verdict::Action::Reply(reply) => {
+            send(&reply);
+            Step::Replied
+        }
+        verdict::Action::Wait(wait) => Step::Wait(wait),
+        verdict::Action::Forward(forward) => {
+            let headers = MapType::HttpRequestHeaders;
+            if let Some((consumer_header, plan_header)) = forward.identity_headers {
+                // Setting replaces whatever a client sent; with nobody to name, remove it.
+                let (consumer, plan) = match forward.caller {
+                    Some((consumer, plan)) => (Some(consumer), Some(plan)),
+                    None => (None, None),
+                };
+                for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
+                    if let Err(status) = hostcalls::set_map_value(headers, name, value) {
+                        log_failure("set request header", status);
+                    }
+                }
+            }
+            if let Some(name) = forward.hide_header {
+                if let Err(status) = hostcalls::remove_map_value(headers, name) {
+                    log_failure("remove request header", status);
+                }
+            }
+            if let Some(path) = forward.path {
+                if let Err(status) = hostcalls::set_map_value_bytes(headers, ":path", Some(&path)) {
+                    log_failure("set :path", status);
+                }
+            }
+            Step::Continue(forward.rate_limit)
         }
     }
 }
@@ -80,7 +157,19 @@ fn unavailable(body: &str) -> Action {
     })
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let now_ms = super::now_ms().unwrap_or(0);
+        fleet::on_response(token_id, status_code, response_size, now_ms);
+    }
+
+    fn on_done(&mut self) -> bool {
+        if self.held {
+            fleet::forget(self.context_id, super::now_ms().unwrap_or(0));
+        }
+        true
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -88,57 +177,24 @@ impl HttpContext for Filter {
             log::error!("request refused: the plugin has no valid configuration");
             return unavailable("tollgate is not configured\n");
         };
-        let Some(now) = super::now() else {
+        let Some(now_ms) = super::now_ms() else {
             log::error!("request refused: the host clock is unavailable");
             return unavailable("tollgate cannot read the clock\n");
         };
-        let mut request = |name: &str| {
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten()
+        let fleet_input = FleetInput {
+            now_ms,
+            ..FleetInput::default()
         };
-        let mut verdict = handle(
-            &runtime.config,
-            &mut request,
-            now,
-            &SharedData::for_request(),
-            &runtime.memo,
-            &runtime.shadow_log,
-        );
-        runtime.metrics.record(&verdict.events);
-        if let Some(meter) = &runtime.meter {
-            meter.record(now, &mut verdict);
-        }
-        match verdict.action {
-            verdict::Action::Reply(reply) => send(&reply),
-            verdict::Action::Forward(forward) => {
-                let headers = MapType::HttpRequestHeaders;
-                if let Some((consumer_header, plan_header)) = forward.identity_headers {
-                    // Setting replaces whatever a client sent; with nobody to name, remove it.
-                    let (consumer, plan) = match forward.caller {
-                        Some((consumer, plan)) => (Some(consumer), Some(plan)),
-                        None => (None, None),
-                    };
-                    for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
-                        if let Err(status) = hostcalls::set_map_value(headers, name, value) {
-                            log_failure("set request header", status);
-                        }
-                    }
-                }
-                if let Some(name) = forward.hide_header {
-                    if let Err(status) = hostcalls::remove_map_value(headers, name) {
-                        log_failure("remove request header", status);
-                    }
-                }
-                if let Some(path) = forward.path {
-                    if let Err(status) =
-                        hostcalls::set_map_value_bytes(headers, ":path", Some(&path))
-                    {
-                        log_failure("set :path", status);
-                    }
-                }
-                self.rate_limit = forward.rate_limit;
+        match run(&runtime, &fleet_input, now_ms) {
+            Step::Continue(fields) => {
+                self.rate_limit = fields;
                 Action::Continue
+            }
+            Step::Replied => Action::Pause,
+            Step::Wait(wait) => {
+                self.held = true;
+                fleet::hold(self.context_id, &runtime, wait, now_ms, now_ms);
+                Action::Pause
             }
         }
     }
@@ -146,7 +202,12 @@ impl HttpContext for Filter {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
         // field becomes the list of both (see the README); adding is also the cheaper call.
-        if let Some(fields) = self.rate_limit.take() {
+        let fields = match self.rate_limit.take() {
+            Some(fields) => Some(fields),
+            None if self.held => fleet::fields_of(self.context_id),
+            None => None,
+        };
+        if let Some(fields) = fields {
             let headers = MapType::HttpResponseHeaders;
             if let Some(policy) = &fields.policy {
                 if let Err(status) = hostcalls::add_map_value(headers, "ratelimit-policy", policy) {

@@ -2,6 +2,7 @@
 //! bytes, request headers, the clock), calls the pure core, and acts on its decisions.
 
 mod events;
+mod fleet;
 mod http;
 mod logger;
 mod metrics;
@@ -12,14 +13,22 @@ use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id)));
 }}
 
 /// Current time in Unix seconds; `None` only if the host cannot tell.
 fn now() -> Option<i64> {
+    now_ms().map(|ms| ms.div_euclid(1000))
+}
+
+/// Current time in Unix milliseconds; `None` only if the host cannot tell.
+fn now_ms() -> Option<i64> {
     let time = proxy_wasm::hostcalls::get_current_time().ok()?;
     let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(since.as_secs()).ok()
+    // Whole seconds and milliseconds apart: 64-bit arithmetic (`as_millis` is 128-bit, which
+    // wasm32 emulates, on every request).
+    let seconds = i64::try_from(since.as_secs()).ok()?;
+    Some(seconds * 1000 + i64::from(since.subsec_millis()))
 }
 
 // The SDK's `hostcalls::log` panics when the host answers anything but Ok; the panic hook and

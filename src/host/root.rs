@@ -34,10 +34,23 @@ pub struct Root {
     events: Option<events::Sender>,
 }
 
+impl Root {
+    pub fn new(context_id: u32) -> Root {
+        super::fleet::set_root(context_id, METRICS_FLUSH);
+        Root::default()
+    }
+}
+
 /// How often each VM hands its counts to Envoy.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
 impl Context for Root {
+    // Fleet mode: answers to calls made while the tick decided held requests again.
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let now_ms = super::now_ms().unwrap_or(0);
+        super::fleet::on_response(token_id, status_code, response_size, now_ms);
+    }
+
     fn on_done(&mut self) -> bool {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
@@ -87,7 +100,12 @@ impl RootContext for Root {
         };
         // Create every counted consumer's record now, before any request is counted: Envoy
         // does not check CAS when a key is first created (see quota.rs).
-        match create_records(&config, &SharedData::default()) {
+        // Fleet mode counts in leases (created the same way, for the same reason).
+        let created = match config.store {
+            None => create_records(&config, &SharedData::default()),
+            Some(_) => crate::lease::create_leases(&config, &SharedData::default()),
+        };
+        match created {
             Ok(created) => log::debug!("created {created} consumer records"),
             Err(e) => {
                 log::error!("configuration refused: shared data unavailable: {}", e.0);
@@ -130,10 +148,12 @@ impl RootContext for Root {
                 sender.tick(runtime, now);
             }
         }
+        // Fleet mode's held requests (the tick is faster while there are any).
+        super::fleet::on_tick();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter::new(self.runtime.clone())))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter::new(self.runtime.clone(), context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,0 +1,889 @@
+//! Fleet mode's per-consumer lease: requests' worth of quota taken from the rate limit
+//! service (quotad) in one call, held in this Envoy's shared data, and spent by every worker
+//! with compare-and-swap — so the request path stays one shared-data get and one CAS set, as
+//! in local mode, and the store is asked once per lease.
+//!
+//! A lease is valid while every limit's window (and size) is the one it was taken for; units
+//! left when a window ends are lost (the store has no way to take them back: RLS has no
+//! negative hits and quotad refuses them). The record also holds the store's last figures
+//! (remaining per limit after the last call) for the RateLimit fields, a refill claim with a
+//! deadline (at most one refill per consumer in flight per Envoy; a crashed or timed-out
+//! refiller blocks nobody past its deadline), and when the last refill failed (so that the
+//! requests waiting on it fail with it instead of starting calls of their own).
+//!
+//! The record, own key prefix `tollgate:v1:lease:`, little-endian, fixed layout:
+//!
+//! ```text
+//! "TL" 0x01                                magic and version
+//! u64 units                                requests this Envoy may still admit
+//! i64 answered_at_ms                       when the store last answered (figures updated)
+//! i64 claim_until_ms                       a refill is in flight until then (0: none)
+//! i64 failed_at_ms                         when the last refill failed (0: it did not)
+//! u64 granted, i64 granted_at_ms           size and time of the last grant (sizing)
+//! u8 n, then n × (i64 start, i64 end,      the windows the lease is for, each limit's size,
+//!                 u64 requests, u64 left)  and what the store said was left after its call
+//! ```
+//!
+//! Anything else stored under the key (another version, a truncated value) reads as an empty
+//! lease: units are never invented from bytes that are not ours.
+
+use crate::config::{Config, Limit, STORE_PREFIX};
+use crate::quota::{CountError, Usage, MAX_ATTEMPTS};
+use crate::sha256::{sha256, to_hex};
+use crate::store::{SetError, Store, StoreError};
+use crate::window::Bounds;
+
+const MAGIC: &[u8] = b"TL\x01";
+const HEAD: usize = 3 + 8 * 6 + 1;
+const PER_LIMIT: usize = 8 * 4;
+/// Prefix of the lease keys (one per consumer).
+pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
+/// Of what the store says is left, at most this fraction is taken in one lease (the other
+/// Envoys of the fleet need theirs): 1/8 — so the last units of a quota go one by one.
+pub const SHARE: u64 = 8;
+/// A lease is sized to last about this long at the consumer's recent rate.
+pub const LEASE_LIFETIME_MS: i64 = 1_000;
+/// Margin added to the call's timeout for a refill claim's deadline.
+pub const CLAIM_MARGIN_MS: i64 = 250;
+
+/// The shared-data key of a consumer's lease.
+pub fn key(consumer: &str) -> String {
+    format!("{LEASE_PREFIX}{consumer}")
+}
+
+/// One limit as the lease knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Figure {
+    pub start: i64,
+    pub end: i64,
+    pub requests: u64,
+    /// Left in the store after its last answer (other Envoys' leases count as used).
+    pub left: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lease {
+    pub units: u64,
+    /// When the store last answered (figures updated).
+    pub answered_at_ms: i64,
+    pub claim_until_ms: i64,
+    pub failed_at_ms: i64,
+    pub granted: u64,
+    pub granted_at_ms: i64,
+    pub figures: Vec<Figure>,
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+fn read_i64(bytes: &[u8], at: usize) -> Option<i64> {
+    read_u64(bytes, at).map(|v| v as i64)
+}
+
+impl Lease {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD + PER_LIMIT * self.figures.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.units.to_le_bytes());
+        out.extend_from_slice(&self.answered_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.claim_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.failed_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.granted.to_le_bytes());
+        out.extend_from_slice(&self.granted_at_ms.to_le_bytes());
+        out.push(u8::try_from(self.figures.len()).unwrap_or(u8::MAX));
+        for f in self.figures.iter().take(usize::from(u8::MAX)) {
+            out.extend_from_slice(&f.start.to_le_bytes());
+            out.extend_from_slice(&f.end.to_le_bytes());
+            out.extend_from_slice(&f.requests.to_le_bytes());
+            out.extend_from_slice(&f.left.to_le_bytes());
+        }
+        out
+    }
+
+    /// The lease in `bytes`; `None` if they are not one (read as an empty lease).
+    pub fn decode(bytes: &[u8]) -> Option<Lease> {
+        if !bytes.starts_with(MAGIC) {
+            return None;
+        }
+        let n = usize::from(*bytes.get(HEAD - 1)?);
+        if bytes.len() != HEAD + n * PER_LIMIT {
+            return None;
+        }
+        let figures = (0..n)
+            .map(|i| {
+                let at = HEAD + i * PER_LIMIT;
+                Some(Figure {
+                    start: read_i64(bytes, at)?,
+                    end: read_i64(bytes, at + 8)?,
+                    requests: read_u64(bytes, at + 16)?,
+                    left: read_u64(bytes, at + 24)?,
+                })
+            })
+            .collect::<Option<Vec<Figure>>>()?;
+        Some(Lease {
+            units: read_u64(bytes, 3)?,
+            answered_at_ms: read_i64(bytes, 11)?,
+            claim_until_ms: read_i64(bytes, 19)?,
+            failed_at_ms: read_i64(bytes, 27)?,
+            granted: read_u64(bytes, 35)?,
+            granted_at_ms: read_i64(bytes, 43)?,
+            figures,
+        })
+    }
+
+    /// Whether the lease is for these limits' current windows and sizes.
+    fn valid(&self, current: &[(Bounds, u64)]) -> bool {
+        self.figures.len() == current.len()
+            && self.figures.iter().zip(current).all(|(f, (b, requests))| {
+                f.start == b.start && f.end == b.end && f.requests == *requests
+            })
+    }
+
+    fn usages(&self, violated: bool) -> Vec<Usage> {
+        self.figures
+            .iter()
+            .map(|f| {
+                let remaining = f.left.saturating_add(self.units).min(f.requests);
+                Usage {
+                    used: f.requests - remaining,
+                    requests: f.requests,
+                    bounds: Bounds {
+                        start: f.start,
+                        end: f.end,
+                    },
+                    violated: violated && f.left == 0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The time of a request: Unix seconds (windows) and milliseconds (claims, sizing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    pub now: i64,
+    pub now_ms: i64,
+}
+
+/// The fleet settings a take needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// Largest lease (`store.rls.lease`).
+    pub lease: u64,
+    pub timeout_ms: i64,
+    pub utc_offset: i64,
+}
+
+/// A store call to make: take `hits` from every limit, in these windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub hits: u64,
+    pub windows: Vec<(Bounds, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// A unit was spent: admit. Usages from the store's last figures and the lease left.
+    Admitted(Vec<Usage>),
+    /// The store said a limit is spent in its current window, and the lease is empty.
+    Refused(Vec<Usage>),
+    /// The lease is empty and this request claimed its refill: ask the store.
+    Refill(Ask),
+    /// Another request of this Envoy is refilling until `until_ms` at the latest: wait.
+    Wait { until_ms: i64 },
+}
+
+fn current(limits: &[Limit], now: i64, utc_offset: i64) -> Vec<(Bounds, u64)> {
+    limits
+        .iter()
+        .map(|l| (l.window.bounds(now, utc_offset), l.requests))
+        .collect()
+}
+
+/// How much to ask for: at most the lease, a [`SHARE`] of what the store last said was
+/// left (of the limit sizes, for the first call of a window), and about a
+/// [`LEASE_LIFETIME_MS`]'s worth at the consumer's recent rate; at least 1.
+pub fn size(
+    lease: &Lease,
+    valid: bool,
+    current: &[(Bounds, u64)],
+    terms: &Terms,
+    now_ms: i64,
+) -> u64 {
+    let left = if valid {
+        lease.figures.iter().map(|f| f.left).min()
+    } else {
+        current.iter().map(|(_, requests)| *requests).min()
+    }
+    .unwrap_or(1);
+    let share = left / SHARE;
+    let rate = if lease.granted > 0 && lease.granted_at_ms > 0 {
+        let lasted = now_ms.saturating_sub(lease.granted_at_ms).max(1);
+        if lasted <= LEASE_LIFETIME_MS {
+            lease.granted.saturating_mul(2)
+        } else {
+            let per_lifetime = u128::from(lease.granted) * LEASE_LIFETIME_MS as u128
+                / lasted.unsigned_abs() as u128;
+            u64::try_from(per_lifetime).unwrap_or(u64::MAX)
+        }
+    } else {
+        u64::MAX
+    };
+    terms.lease.min(share).min(rate).max(1)
+}
+
+fn read(store: &impl Store, key: &str) -> Result<(Lease, u32), CountError> {
+    match store.get(key).map_err(CountError::Store)? {
+        Some((bytes, cas)) => Ok((Lease::decode(&bytes).unwrap_or_default(), cas)),
+        None => Err(CountError::Store(StoreError(format!(
+            "lease {key} is missing (it is created when the plugin is configured)"
+        )))),
+    }
+}
+
+/// Why a request that needs a refill fails without one: the refill it waited for failed, or
+/// one failed less than a timeout ago (so that while the store is down every request is
+/// answered within the timeout, and the store is not called by every request meanwhile).
+fn failed(
+    lease: &Lease,
+    now_ms: i64,
+    terms: &Terms,
+    waiting_since_ms: Option<i64>,
+) -> Option<&'static str> {
+    if lease.failed_at_ms <= 0 {
+        return None;
+    }
+    if waiting_since_ms.is_some_and(|since| lease.failed_at_ms >= since) {
+        return Some("the rate limit service did not answer the refill this request waited for");
+    }
+    (now_ms - lease.failed_at_ms < terms.timeout_ms)
+        .then_some("the rate limit service failed to answer less than a timeout ago")
+}
+
+/// Spends one unit of a consumer's lease, or says what to do instead. `waiting_since_ms` is
+/// set when the request already waited for a refill (since then): a refill that failed since
+/// fails it too.
+pub fn take(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    clock: Clock,
+    terms: &Terms,
+    waiting_since_ms: Option<i64>,
+) -> Result<Take, CountError> {
+    take_or_look(store, key, limits, clock, terms, waiting_since_ms, true)
+}
+
+/// The usage endpoint's figures: [`take`] without spending. A `Refill` asks the store for 0
+/// hits (or a `Wait`, for the refill in flight); decided again after it, `Admitted` carries the
+/// figures of that answer and this Envoy's unspent lease.
+pub fn look(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    clock: Clock,
+    terms: &Terms,
+    waiting_since_ms: Option<i64>,
+) -> Result<Take, CountError> {
+    take_or_look(store, key, limits, clock, terms, waiting_since_ms, false)
+}
+
+#[inline(never)] // one copy for requests and the usage endpoint (the .wasm's size budget)
+fn take_or_look(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    clock: Clock,
+    terms: &Terms,
+    waiting_since_ms: Option<i64>,
+    spend: bool,
+) -> Result<Take, CountError> {
+    let windows = current(limits, clock.now, terms.utc_offset);
+    for _ in 0..MAX_ATTEMPTS {
+        let (mut lease, cas) = read(store, key)?;
+        let valid = lease.valid(&windows);
+        // The usage endpoint asks the store each time (other Envoys spend too); figures
+        // written since it started waiting are that answer (or a refill's, as fresh).
+        if valid && !spend && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since) {
+            return Ok(Take::Admitted(lease.usages(false)));
+        }
+        if spend && valid && lease.units > 0 {
+            lease.units -= 1;
+            match store.set(key, &lease.encode(), cas) {
+                Ok(()) => return Ok(Take::Admitted(lease.usages(false))),
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
+            }
+        }
+        if valid && lease.figures.iter().any(|f| f.left == 0) {
+            return Ok(Take::Refused(lease.usages(true)));
+        }
+        if let Some(why) = failed(&lease, clock.now_ms, terms, waiting_since_ms) {
+            return Err(CountError::Store(StoreError(why.into())));
+        }
+        if lease.claim_until_ms > clock.now_ms {
+            return Ok(Take::Wait {
+                until_ms: lease.claim_until_ms,
+            });
+        }
+        let hits = if spend {
+            size(&lease, valid, &windows, terms, clock.now_ms)
+        } else {
+            0
+        };
+        if !valid {
+            // A new window (or a changed plan): what was left of the old lease is gone.
+            lease.units = 0;
+            lease.figures.clear();
+        }
+        lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
+        match store.set(key, &lease.encode(), cas) {
+            Ok(()) => {
+                return Ok(Take::Refill(Ask {
+                    hits,
+                    windows: windows.clone(),
+                }))
+            }
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
+        }
+    }
+    Err(CountError::Contended)
+}
+
+/// What the store answered a refill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Every limit had room: `hits` taken; what is left of each limit after it.
+    Granted { left: Vec<u64> },
+    /// At least one limit had no room for `hits`; nothing taken; what is left of each.
+    Over { left: Vec<u64> },
+    /// No usable answer (unreachable, timeout, error status, a reply that breaks the
+    /// protocol).
+    Failed,
+    /// The call was given up (its request went away): release the claim, so that another
+    /// request refills at once.
+    Abandoned,
+}
+
+/// What follows from an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The lease holds the answer; the waiting requests take from it again.
+    Done,
+    /// Every limit has some room, less than was asked: ask again for this much (the claim is
+    /// kept).
+    AskAgain(Ask),
+}
+
+/// Records the store's answer to `ask` in the lease, and releases the claim (unless asking
+/// again).
+#[inline(never)] // one copy for the answer and the abandoned call (the .wasm's size budget)
+pub fn apply(
+    store: &impl Store,
+    key: &str,
+    ask: &Ask,
+    answer: &Answer,
+    now_ms: i64,
+    terms: &Terms,
+) -> Result<Applied, CountError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let (mut lease, cas) = read(store, key)?;
+        let figures = |left: &[u64]| -> Vec<Figure> {
+            ask.windows
+                .iter()
+                .zip(left)
+                .map(|((bounds, requests), left)| Figure {
+                    start: bounds.start,
+                    end: bounds.end,
+                    requests: *requests,
+                    left: (*left).min(*requests),
+                })
+                .collect()
+        };
+        let same_windows = lease.valid(&ask.windows);
+        let mut applied = Applied::Done;
+        match answer {
+            Answer::Granted { left } if left.len() == ask.windows.len() => {
+                lease.units = if same_windows {
+                    lease.units.saturating_add(ask.hits)
+                } else {
+                    ask.hits
+                };
+                lease.figures = figures(left);
+                lease.answered_at_ms = now_ms;
+                if ask.hits > 0 {
+                    lease.granted = ask.hits;
+                    lease.granted_at_ms = now_ms;
+                }
+                lease.claim_until_ms = 0;
+                lease.failed_at_ms = 0;
+            }
+            Answer::Over { left } if left.len() == ask.windows.len() => {
+                if !same_windows {
+                    lease.units = 0;
+                }
+                lease.figures = figures(left);
+                lease.answered_at_ms = now_ms;
+                lease.failed_at_ms = 0;
+                match left.iter().min() {
+                    Some(&room) if room > 0 && room < ask.hits => {
+                        lease.claim_until_ms = now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
+                        applied = Applied::AskAgain(Ask {
+                            hits: room,
+                            windows: ask.windows.clone(),
+                        });
+                    }
+                    _ => lease.claim_until_ms = 0,
+                }
+            }
+            Answer::Abandoned => lease.claim_until_ms = 0,
+            _ => {
+                lease.claim_until_ms = 0;
+                lease.failed_at_ms = now_ms.max(1);
+            }
+        }
+        match store.set(key, &lease.encode(), cas) {
+            Ok(()) => return Ok(applied),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
+        }
+    }
+    Err(CountError::Contended)
+}
+
+/// Creates the (empty) lease of every consumer whose plan has limits, at configuration time —
+/// as [`crate::quota::create_records`] does for local records, and for the same reason: Envoy
+/// checks no CAS when a key is created. Returns how many were created.
+pub fn create_leases(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
+    let counted: Vec<String> = config
+        .consumers
+        .iter()
+        .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
+        .map(|c| key(&c.name))
+        .collect();
+    let marker = format!(
+        "{STORE_PREFIX}leases:{}",
+        to_hex(&sha256(counted.join("\n").as_bytes()))
+    );
+    if store.get(&marker)?.is_some() {
+        return Ok(0);
+    }
+    let empty = Lease::default().encode();
+    let mut created = 0;
+    for key in &counted {
+        if store.get(key)?.is_some() {
+            continue;
+        }
+        match store.set(key, &empty, 0) {
+            Ok(()) => created += 1,
+            Err(SetError::CasMismatch) => {}
+            Err(SetError::Failed(e)) => return Err(e),
+        }
+    }
+    match store.set(&marker, b"1", 0) {
+        Ok(()) | Err(SetError::CasMismatch) => Ok(created),
+        Err(SetError::Failed(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::window::Window;
+
+    const K: &str = "tollgate:v1:lease:acme";
+    const NOW: i64 = 1_795_000_000;
+    const TERMS: Terms = Terms {
+        lease: 100,
+        timeout_ms: 50,
+        utc_offset: 0,
+    };
+
+    fn limits(sizes: &[(u64, Window)]) -> Vec<Limit> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, (requests, window))| Limit {
+                name: format!("l{i}"),
+                requests: *requests,
+                window: *window,
+                window_text: String::new(),
+                status: 402,
+            })
+            .collect()
+    }
+
+    fn fresh() -> MemoryStore {
+        let store = MemoryStore::new();
+        store.set(K, &Lease::default().encode(), 0).unwrap();
+        store
+    }
+
+    fn at(ms: i64) -> Clock {
+        Clock {
+            now: NOW + ms / 1000,
+            now_ms: NOW * 1000 + ms,
+        }
+    }
+
+    /// A store that grants what is asked while it has room (one fleet-wide count per limit).
+    struct Service {
+        used: Vec<u64>,
+    }
+
+    impl Service {
+        fn answer(&mut self, ask: &Ask) -> Answer {
+            let fits = ask
+                .windows
+                .iter()
+                .zip(&self.used)
+                .all(|((_, requests), used)| used + ask.hits <= *requests);
+            if fits {
+                for u in &mut self.used {
+                    *u += ask.hits;
+                }
+            }
+            let left = ask
+                .windows
+                .iter()
+                .zip(&self.used)
+                .map(|((_, requests), used)| requests - used)
+                .collect();
+            if fits {
+                Answer::Granted { left }
+            } else {
+                Answer::Over { left }
+            }
+        }
+    }
+
+    /// Takes until refused, refilling from `service` as asked; returns the admitted count.
+    fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Clock) -> u64 {
+        let mut admitted = 0;
+        for _ in 0..100_000 {
+            match take(store, K, limits, clock, &TERMS, None).unwrap() {
+                Take::Admitted(_) => admitted += 1,
+                Take::Refused(usages) => {
+                    assert!(usages.iter().any(|u| u.violated && u.remaining() == 0));
+                    return admitted;
+                }
+                Take::Refill(mut ask) => loop {
+                    let answer = service.answer(&ask);
+                    match apply(store, K, &ask, &answer, clock.now_ms, &TERMS).unwrap() {
+                        Applied::Done => break,
+                        Applied::AskAgain(again) => ask = again,
+                    }
+                },
+                Take::Wait { .. } => panic!("nobody else is refilling"),
+            }
+        }
+        panic!("never refused")
+    }
+
+    #[test]
+    fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
+        let lease = Lease {
+            units: 7,
+            answered_at_ms: 11,
+            claim_until_ms: 123,
+            failed_at_ms: -5,
+            granted: 9,
+            granted_at_ms: 99,
+            figures: vec![
+                Figure {
+                    start: 1,
+                    end: 2,
+                    requests: 3,
+                    left: 4,
+                },
+                Figure::default(),
+            ],
+        };
+        let bytes = lease.encode();
+        assert_eq!(bytes.len(), HEAD + 2 * PER_LIMIT);
+        assert_eq!(Lease::decode(&bytes), Some(lease));
+        for cut in 0..bytes.len() {
+            assert_eq!(Lease::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(Lease::decode(b"TG\x02"), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Lease::decode(&longer), None);
+    }
+
+    #[test]
+    fn a_drained_lease_admits_exactly_the_quota_then_refuses_without_a_call() {
+        for quota in [1, 2, 7, 8, 9, 63, 100, 500, 1001] {
+            let store = fresh();
+            let limits = limits(&[(quota, Window::Day), (quota * 3, Window::Month)]);
+            let mut service = Service { used: vec![0, 0] };
+            assert_eq!(
+                drain(&store, &limits, &mut service, at(0)),
+                quota,
+                "{quota}"
+            );
+            assert_eq!(
+                service.used,
+                [quota, quota],
+                "nothing lost or double-counted"
+            );
+            // Refused again from the lease alone.
+            assert!(matches!(
+                take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+                Take::Refused(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn two_envoys_sharing_one_service_admit_exactly_the_quota() {
+        for quota in [1, 5, 17, 250] {
+            let (a, b) = (fresh(), fresh());
+            let limits = limits(&[(quota, Window::Day)]);
+            let mut service = Service { used: vec![0] };
+            // Alternate between the two Envoys' leases, one request at a time.
+            let mut admitted = 0;
+            let mut refused = [false, false];
+            let mut turn = 0;
+            while !(refused[0] && refused[1]) {
+                let store = if turn % 2 == 0 { &a } else { &b };
+                turn += 1;
+                match take(store, K, &limits, at(0), &TERMS, None).unwrap() {
+                    Take::Admitted(_) => admitted += 1,
+                    Take::Refused(_) => refused[turn % 2] = true,
+                    Take::Refill(mut ask) => loop {
+                        let answer = service.answer(&ask);
+                        match apply(store, K, &ask, &answer, 0, &TERMS).unwrap() {
+                            Applied::Done => break,
+                            Applied::AskAgain(again) => ask = again,
+                        }
+                    },
+                    Take::Wait { .. } => unreachable!(),
+                }
+                assert!(turn < 100_000);
+            }
+            assert_eq!(admitted, quota);
+        }
+    }
+
+    #[test]
+    fn lease_sizes_shrink_to_one_near_the_end() {
+        let store = fresh();
+        let limits = limits(&[(1000, Window::Day)]);
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ask.hits, 100, "the lease, below 1000/8");
+        let small = Terms { lease: 1, ..TERMS };
+        let store = fresh();
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &small, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ask.hits, 1, "lease 1: one call per request");
+        let lease = |left: u64| Lease {
+            granted: 10,
+            granted_at_ms: NOW * 1000,
+            figures: vec![Figure {
+                start: 0,
+                end: 0,
+                requests: 1000,
+                left,
+            }],
+            ..Lease::default()
+        };
+        let windows = current(&limits, NOW, 0);
+        assert_eq!(
+            size(&lease(80), true, &windows, &TERMS, NOW * 1000 + 10),
+            10
+        );
+        assert_eq!(size(&lease(7), true, &windows, &TERMS, NOW * 1000 + 10), 1);
+        assert_eq!(
+            size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 10),
+            20,
+            "doubles"
+        );
+        assert_eq!(
+            size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 5000),
+            2,
+            "10 in 5 s: 2 a second"
+        );
+        assert_eq!(
+            size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 60_000),
+            1
+        );
+    }
+
+    #[test]
+    fn one_refill_at_a_time_and_a_dead_refiller_blocks_only_until_its_deadline() {
+        let store = fresh();
+        let limits = limits(&[(100, Window::Day)]);
+        assert!(matches!(
+            take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+            Take::Refill(_)
+        ));
+        let until = NOW * 1000 + 50 + CLAIM_MARGIN_MS;
+        assert_eq!(
+            take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+            Take::Wait { until_ms: until }
+        );
+        // The claimer never answers: once its deadline passes, the next request claims.
+        assert!(matches!(
+            take(&store, K, &limits, at(50 + CLAIM_MARGIN_MS), &TERMS, None).unwrap(),
+            Take::Refill(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_refill_fails_its_waiters_and_not_the_next_request() {
+        let store = fresh();
+        let limits = limits(&[(100, Window::Day)]);
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        let waiting_since = Some(NOW * 1000 + 5);
+        assert!(matches!(
+            take(&store, K, &limits, at(5), &TERMS, waiting_since).unwrap(),
+            Take::Wait { .. }
+        ));
+        assert_eq!(
+            apply(&store, K, &ask, &Answer::Failed, NOW * 1000 + 50, &TERMS).unwrap(),
+            Applied::Done
+        );
+        assert!(matches!(
+            take(&store, K, &limits, at(60), &TERMS, waiting_since),
+            Err(CountError::Store(_))
+        ));
+        // Within a timeout of the failure, new requests fail at once too; then they call.
+        assert!(matches!(
+            take(&store, K, &limits, at(99), &TERMS, None),
+            Err(CountError::Store(_))
+        ));
+        assert!(matches!(
+            take(&store, K, &limits, at(100), &TERMS, None).unwrap(),
+            Take::Refill(_)
+        ));
+    }
+
+    #[test]
+    fn over_limit_with_room_asks_again_for_the_room() {
+        let store = fresh();
+        let limits = limits(&[(100, Window::Day), (100, Window::Month)]);
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        let answer = Answer::Over { left: vec![3, 9] };
+        let Applied::AskAgain(again) =
+            apply(&store, K, &ask, &answer, at(0).now_ms, &TERMS).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(again.hits, 3);
+        // Still claimed while asking again.
+        assert!(matches!(
+            take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+            Take::Wait { .. }
+        ));
+        let answer = Answer::Granted { left: vec![0, 6] };
+        assert_eq!(
+            apply(&store, K, &again, &answer, at(1).now_ms, &TERMS).unwrap(),
+            Applied::Done
+        );
+        let Take::Admitted(usages) = take(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        // Left: the store's figure plus this Envoy's unspent lease (2 of 3).
+        assert_eq!(
+            usages.iter().map(Usage::remaining).collect::<Vec<_>>(),
+            [2, 8]
+        );
+    }
+
+    #[test]
+    fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
+        let store = fresh();
+        let limits = limits(&[(100, Window::Day)]);
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        let answer = Answer::Granted { left: vec![88] };
+        apply(&store, K, &ask, &answer, at(1).now_ms, &TERMS).unwrap();
+        // A valid lease with units: still a store call, for 0 hits.
+        let Take::Refill(look_ask) = look(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
+            panic!("the usage endpoint asks the store")
+        };
+        assert_eq!(look_ask.hits, 0);
+        let answer = Answer::Granted { left: vec![80] };
+        apply(&store, K, &look_ask, &answer, at(3).now_ms, &TERMS).unwrap();
+        let Take::Admitted(usages) =
+            look(&store, K, &limits, at(4), &TERMS, Some(at(2).now_ms)).unwrap()
+        else {
+            panic!()
+        };
+        // 80 left in the store (another Envoy took 8), and this Envoy's 12 unspent units.
+        assert_eq!(usages[0].remaining(), 92);
+        let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+        assert_eq!(
+            (lease.units, lease.granted),
+            (12, 12),
+            "nothing spent, sizing kept"
+        );
+    }
+
+    #[test]
+    fn a_new_window_drops_the_old_lease() {
+        let store = fresh();
+        let limits = limits(&[(1000, Window::Fixed(60))]);
+        let start = NOW - NOW % 60;
+        let clock = |s: i64| Clock {
+            now: s,
+            now_ms: s * 1000,
+        };
+        let Take::Refill(ask) = take(&store, K, &limits, clock(start), &TERMS, None).unwrap()
+        else {
+            panic!()
+        };
+        let answer = Answer::Granted { left: vec![900] };
+        apply(&store, K, &ask, &answer, start * 1000, &TERMS).unwrap();
+        assert!(matches!(
+            take(&store, K, &limits, clock(start + 59), &TERMS, None).unwrap(),
+            Take::Admitted(_)
+        ));
+        let Take::Refill(next) = take(&store, K, &limits, clock(start + 60), &TERMS, None).unwrap()
+        else {
+            panic!("the next minute needs a new lease")
+        };
+        assert_eq!(next.windows[0].0.start, start + 60);
+        let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+        assert_eq!(lease.units, 0, "98 units of the last minute are gone");
+    }
+
+    #[test]
+    fn a_missing_lease_is_a_store_error_and_leases_are_created_once() {
+        let store = MemoryStore::new();
+        let limits = limits(&[(10, Window::Day)]);
+        assert!(matches!(
+            take(&store, K, &limits, at(0), &TERMS, None),
+            Err(CountError::Store(_))
+        ));
+        let config = Config::from_json(
+            br#"{"plans": {"p": {"limits": [{"name": "d", "requests": 5, "window": "day"}]},
+                           "u": {"limits": []}},
+                 "consumers": {"acme": {"plan": "p", "keys": ["a"]}, "ops": {"plan": "u", "keys": ["o"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(create_leases(&config, &store).unwrap(), 1);
+        assert_eq!(create_leases(&config, &store).unwrap(), 0);
+        assert!(
+            store.value("tollgate:v1:lease:ops").is_none(),
+            "unlimited: no lease"
+        );
+        assert!(matches!(
+            take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+            Take::Refill(_)
+        ));
+    }
+}

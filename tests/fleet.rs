@@ -1,0 +1,366 @@
+//! Fleet mode end to end, one Envoy: real Redis, the built quotad, real Envoy with the release
+//! `.wasm` and `store.rls` pointing at quotad. Counts live in Redis; the filter spends leases.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(on_store_error: &str, timeout: &str, lease: u64, quota: u64) -> String {
+    plugin(&format!(
+        r#"{{
+          "store": {{"rls": {{"cluster": "tollgate_quotad", "timeout": "{timeout}", "lease": {lease}}}}},
+          "on_store_error": "{on_store_error}",
+          "plans": {{
+            "small": {{"limits": [{{"name": "daily", "requests": {quota}, "window": "day"}},
+                                 {{"name": "monthly", "requests": 100000, "window": "month"}}]}},
+            "big": {{"limits": [{{"name": "daily", "requests": 1000000, "window": "day"}}]}},
+            "unlimited": {{"limits": []}}
+          }},
+          "consumers": {{
+            "acme": {{"plan": "small", "keys": ["acme-key"]}},
+            "hooli": {{"plan": "big", "keys": ["hooli-key"]}},
+            "initech": {{"plan": "small", "keys": ["initech-key"], "status": "suspended"}},
+            "ops": {{"plan": "unlimited", "keys": ["ops-key"]}}
+          }},
+          "usage_path": "/tollgate/usage"
+        }}"#
+    ))
+}
+
+/// Sends `n` requests with `key` from `threads` connections at once; returns the statuses.
+fn burst(port: u16, key: &str, n: usize, threads: usize) -> Vec<u16> {
+    let per = n.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let key = key.to_string();
+            let count = per.min(n.saturating_sub(t * per));
+            std::thread::spawn(move || {
+                let mut conn = Conn::new(port);
+                (0..count)
+                    .map(|_| conn.get("/", &[("x-api-key", key.as_bytes())]).status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[test]
+fn one_envoy_admits_exactly_the_quota_counted_in_redis_in_few_store_calls() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("deny", "1s", 100, 37), 2);
+
+    // 60 requests from 6 connections over both workers: 37 admitted, the rest refused.
+    let statuses = burst(envoy.port, "acme-key", 60, 6);
+    assert_eq!(count(&statuses, 200), 37, "{statuses:?}");
+    assert_eq!(count(&statuses, 402), 23, "{statuses:?}");
+    assert_eq!(redis.counted("tollgate", "acme", "daily"), 37);
+    assert_eq!(redis.counted("tollgate", "acme", "monthly"), 37);
+
+    // Refused from the lease and the memo: more refusals make no store call.
+    let calls = quotad.decisions();
+    assert!(
+        calls < 37,
+        "leases: fewer store calls than requests ({calls})"
+    );
+    let r = envoy.get_with_key("acme-key");
+    assert_eq!(r.status, 402);
+    assert_eq!(r.json()["violated-policies"][0], "daily");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        quotad.decisions(),
+        calls,
+        "a spent consumer costs no store call"
+    );
+
+    // Unknown, suspended and unlimited consumers never cost a store call.
+    assert_eq!(envoy.get_with_key("nobody").status, 401);
+    assert_eq!(envoy.get_with_key("initech-key").status, 402);
+    assert_eq!(envoy.get_with_key("ops-key").status, 200);
+    assert_eq!(quotad.decisions(), calls);
+
+    // A consumer with traffic: RateLimit from the store's figures, never more than is left.
+    let first = envoy.get_with_key("hooli-key");
+    assert_eq!(first.status, 200);
+    let r = first.remaining("daily");
+    assert!((1_000_000 - 200..1_000_000).contains(&r), "r={r}");
+    let statuses = burst(envoy.port, "hooli-key", 200, 4);
+    assert_eq!(count(&statuses, 200), 200);
+    let used = redis.counted("tollgate", "hooli", "daily");
+    assert!(
+        (201..=201 + 2 * 100).contains(&used),
+        "taken in leases: {used}"
+    );
+    let calls = quotad.decisions();
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "hooli-key")]);
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    assert_eq!(
+        quotad.decisions(),
+        calls + 1,
+        "the usage endpoint asks the store (other Envoys spend too)"
+    );
+    let remaining = usage.json()["limits"][0]["remaining"].as_u64().unwrap();
+    assert!(
+        remaining <= 1_000_000 - 201,
+        "usage never overstates what is left: {remaining}"
+    );
+    // No key ever reaches the log.
+    assert!(!envoy.log().contains("acme-key"));
+}
+
+#[test]
+fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
+    let redis = Redis::start();
+    let mut quotad = Quotad::start(&redis);
+    let deny = fleet_envoy(&quotad, &config("deny", "500ms", 100, 1000), 2);
+    let allow = fleet_envoy(&quotad, &config("allow", "500ms", 100, 1000), 2);
+    assert_eq!(deny.get_with_key("acme-key").status, 200);
+
+    quotad.stop();
+    // A fresh consumer (no lease yet) needs the store.
+    let started = Instant::now();
+    let r = deny.get_with_key("hooli-key");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["type"], "urn:tollgate:problem:quota-unavailable");
+    let grpc = deny.get(
+        "/",
+        &[
+            ("x-api-key", "hooli-key"),
+            ("content-type", "application/grpc"),
+        ],
+    );
+    assert_eq!(grpc.header("grpc-status"), Some("14"), "{grpc:?}");
+    let r = allow.get_with_key("hooli-key");
+    assert_eq!(r.status, 200, "on_store_error allow: forwarded uncounted");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "each within the timeout"
+    );
+    assert_eq!(redis.counted("tollgate", "hooli", "daily"), 0);
+
+    quotad.restart();
+    // Counting resumes without restarting Envoy (its connection to quotad comes back).
+    poll(Duration::from_secs(30), "counting to resume", || {
+        (deny.get_with_key("hooli-key").status == 200).then_some(())
+    });
+    assert!(redis.counted("tollgate", "hooli", "daily") >= 1);
+}
+
+#[test]
+fn a_frozen_quotad_holds_no_request_past_the_timeout() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("deny", "200ms", 100, 1000), 2);
+    assert_eq!(envoy.get_with_key("acme-key").status, 200);
+
+    quotad.freeze();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let port = envoy.port;
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = Conn::new(port).get("/", &[("x-api-key", b"hooli-key")]);
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, took) = h.join().unwrap();
+        eprintln!("frozen: {status} after {took:?}");
+        assert_eq!(status, 503, "after {took:?}");
+        // 200 ms timeout; the margin is for a loaded 2-core machine.
+        assert!(took < Duration::from_millis(200 + 400), "took {took:?}");
+    }
+    quotad.thaw();
+    poll(Duration::from_secs(30), "counting to resume", || {
+        (envoy.get_with_key("hooli-key").status == 200).then_some(())
+    });
+}
+
+#[test]
+fn live_reconfiguration_keeps_the_fleet_count() {
+    const LISTENERS: &str = "envoy/live-reload/listeners.yaml";
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
+        files: vec![LISTENERS.into()],
+        relocate: Some("target/live-reload".into()),
+        file_ports: (10200, 10201, 9921),
+        plugin: Some(config("deny", "1s", 100, 12)),
+        replace: vec![(
+            "port_value: 10202".to_string(),
+            format!("port_value: {}", quotad.grpc),
+        )],
+        ..Options::default()
+    });
+    within_one_window(86_400, 120.0, 1, |_| {
+        let before = burst(envoy.port, "acme-key", 5, 1);
+        assert_eq!(count(&before, 200), 5);
+        // The daily quota goes from 12 to 20, live.
+        envoy.replace_file(LISTENERS, Some(&config("deny", "1s", 100, 20)));
+        let mut admitted = 5;
+        poll(Duration::from_secs(60), "the new configuration", || {
+            let r = envoy.get_with_key("acme-key");
+            admitted += u64::from(r.status == 200);
+            r.header("ratelimit-policy")
+                .unwrap_or_default()
+                .contains("q=20")
+                .then_some(())
+        });
+        // Drain: the count went on from the store, under the new size.
+        loop {
+            let r = envoy.get_with_key("acme-key");
+            match r.status {
+                200 => admitted += 1,
+                402 => break,
+                other => panic!("status {other}"),
+            }
+            assert!(admitted <= 20, "more than the new quota");
+        }
+        assert_eq!(redis.counted("tollgate", "acme", "daily"), 20);
+        // A lease taken under the old size is dropped by the new one (at most one lease, here 1).
+        assert!(20 - admitted <= 1, "admitted {admitted} of 20");
+    });
+}
+
+fn manifest(path: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn fleet_config(value: &serde_yaml::Value) -> tollgate::config::Config {
+    let json = serde_json::to_string(value).unwrap();
+    let config = tollgate::config::Config::from_json(json.as_bytes())
+        .unwrap_or_else(|e| panic!("not a valid tollgate configuration: {e}\n{json}"));
+    assert!(config.store.is_some(), "a fleet variant sets store.rls");
+    config
+}
+
+/// The quotad Service of envoy/fleet/quotad-k8s.yaml: (name, namespace, gRPC port).
+fn quotad_service() -> (String, String, u64) {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/quotad-k8s.yaml"),
+    )
+    .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+        if doc["kind"] == "Service" && doc["metadata"]["name"] == "quotad" {
+            let port = doc["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "grpc")
+                .unwrap();
+            assert_eq!(port["appProtocol"], "grpc", "HTTP/2 to quotad");
+            return (
+                "quotad".into(),
+                doc["metadata"]["namespace"].as_str().unwrap().into(),
+                port["port"].as_u64().unwrap(),
+            );
+        }
+    }
+    panic!("no quotad Service in quotad-k8s.yaml");
+}
+
+use serde::Deserialize;
+
+#[test]
+fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
+    let (service, namespace, port) = quotad_service();
+    let fqdn = format!("{service}.{namespace}.svc.cluster.local");
+
+    // Istio: the cluster Istio gives the quotad Service.
+    let istio = manifest("envoy/fleet/istio-wasmplugin.yaml");
+    assert_eq!(istio["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(istio["kind"], "WasmPlugin");
+    assert_eq!(istio["spec"]["failStrategy"], "FAIL_CLOSE");
+    let config = fleet_config(&istio["spec"]["pluginConfig"]);
+    assert_eq!(
+        config.store.unwrap().cluster,
+        format!("outbound|{port}||{fqdn}")
+    );
+
+    // Envoy Gateway: the policy's cluster is the one the patch adds, HTTP/2 to the Service.
+    let policy = manifest("envoy/fleet/envoy-gateway-policy.yaml");
+    assert_eq!(policy["kind"], "EnvoyExtensionPolicy");
+    assert_eq!(policy["spec"]["wasm"][0]["failOpen"], false);
+    let cluster_name = fleet_config(&policy["spec"]["wasm"][0]["config"])
+        .store
+        .unwrap()
+        .cluster;
+    let patch = manifest("envoy/fleet/envoy-gateway-quotad-cluster.yaml");
+    assert_eq!(patch["kind"], "EnvoyPatchPolicy");
+    assert_eq!(patch["spec"]["type"], "JSONPatch");
+    let op = &patch["spec"]["jsonPatches"][0];
+    assert_eq!(
+        op["type"],
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    );
+    assert_eq!(op["name"].as_str(), Some(cluster_name.as_str()));
+    let cluster = &op["operation"]["value"];
+    assert_eq!(cluster["name"].as_str(), Some(cluster_name.as_str()));
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    assert_eq!(address["address"].as_str(), Some(fqdn.as_str()));
+    assert_eq!(address["port_value"].as_u64(), Some(port));
+    // The cluster is one Envoy accepts: validated inside a bootstrap by Envoy itself.
+    let bootstrap = serde_json::json!({
+        "static_resources": {"clusters": [serde_json::to_value(cluster).unwrap()]}
+    });
+    let dir = std::env::temp_dir().join(format!("tollgate-fleet-patch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, bootstrap.to_string()).unwrap();
+    let out = std::process::Command::new(envoy_path())
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_cluster_envoy_does_not_know_is_a_store_error_naming_it() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let plugin = config("deny", "1s", 100, 10).replace("tollgate_quotad", "no_such_cluster");
+    let envoy = fleet_envoy(&quotad, &plugin, 1);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = envoy.get_with_key("acme-key");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains("cannot call the rate limit service (cluster no_such_cluster)"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "the VM did not trap");
+    // Consumers without limits are unaffected.
+    assert_eq!(envoy.get_with_key("ops-key").status, 200);
+}
