@@ -461,6 +461,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         identity_headers: raw.identity_headers,
         ratelimit_policy: raw.ratelimit_policy,
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
+        entitlements: raw
+            .entitlements
+            .map(crate::entitlements::compile_settings)
+            .transpose()?,
         keys,
     })
 }

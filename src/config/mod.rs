@@ -27,6 +27,7 @@ mod compile;
 mod errors;
 mod keys;
 mod raw;
+mod snapshot;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -202,6 +203,8 @@ pub struct Config {
     pub ratelimit_policy: bool,
     /// The billing page for consumers without one of their own (`https` only).
     pub billing_url: Option<String>,
+    /// Where live consumers are pulled from (`entitlements`), if anywhere.
+    pub entitlements: Option<crate::entitlements::Settings>,
     keys: Keys,
 }
 

@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) ratelimit_policy: bool,
     #[serde(default)]
     pub(super) billing_url: Option<String>,
+    #[serde(default)]
+    pub(super) entitlements: Option<crate::entitlements::RawSettings>,
 }
 
 pub(super) fn yes() -> bool {
