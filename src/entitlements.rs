@@ -108,13 +108,13 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
             "path",
             format!(
                 "`{}` must be a request path like \"/v1/consumers\" (visible ASCII, no spaces)",
-                raw.path.escape_default()
+                raw.path
             ),
         );
     }
     if let Some(value) = &raw.authorization {
         // Not echoed: it is a secret.
-        if value.is_empty() || value.bytes().any(|c| c < b' ' || c >= 0x7f) {
+        if value.is_empty() || value.bytes().any(|c| !(b' '..0x7f).contains(&c)) {
             return err(
                 "authorization",
                 "must be a non-empty header value of visible ASCII (e.g. \"Bearer …\")".into(),
@@ -130,7 +130,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
                     "refresh",
                     format!(
                         "`{}` must be a duration from 1s to 24h, like \"10s\" or \"5m\"",
-                        text.escape_default()
+                        text
                     ),
                 )
             }
@@ -149,10 +149,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
             _ => {
                 return err(
                     "timeout",
-                    format!(
-                        "`{}` must be a duration like \"500ms\" or \"5s\"",
-                        text.escape_default()
-                    ),
+                    format!("`{}` must be a duration like \"500ms\" or \"5s\"", text),
                 )
             }
         },
@@ -201,9 +198,13 @@ pub fn decode_schedule(bytes: &[u8]) -> i64 {
 }
 
 /// Whether a VM that read `due_ms` at `now_ms` should claim the fetch; if so, the schedule it
-/// writes (with the CAS token it read) to become the fetcher.
+/// writes (with the CAS token it read) to become the fetcher. A due instant more than one
+/// refresh ahead (the refresh was shortened by a reconfiguration, or the clock stepped back)
+/// counts as due, so that no fetch waits longer than one refresh.
 pub fn claim(due_ms: i64, now_ms: i64, refresh_ms: u64) -> Option<i64> {
-    (now_ms >= due_ms).then(|| now_ms.saturating_add(i64::try_from(refresh_ms).unwrap_or(0)))
+    let refresh = i64::try_from(refresh_ms).unwrap_or(i64::MAX);
+    let next = now_ms.saturating_add(refresh);
+    (now_ms >= due_ms || due_ms > next).then_some(next)
 }
 
 /// The head record: the current snapshot's version and the control plane's ETag for it.
@@ -270,7 +271,7 @@ pub fn classify(status: Option<&[u8]>, etag: Option<&[u8]>) -> Answer {
         Some(b"304") => Answer::NotModified,
         Some(other) => Answer::Failed(format!(
             "the control plane answered {}",
-            String::from_utf8_lossy(other).escape_default()
+            String::from_utf8_lossy(other)
         )),
     }
 }
@@ -337,6 +338,12 @@ mod tests {
         assert_eq!(claim(1_000, 999, 10_000), None, "not due yet");
         assert_eq!(claim(1_000, 1_000, 10_000), Some(11_000));
         assert_eq!(claim(decode_schedule(b"junk"), 5, 1_000), Some(1_005));
+        assert_eq!(
+            claim(60_000, 0, 1_000),
+            Some(1_000),
+            "due beyond one refresh: due now"
+        );
+        assert_eq!(claim(1_000, 0, 1_000), None);
         assert_eq!(decode_schedule(&encode_schedule(42)), 42);
     }
 

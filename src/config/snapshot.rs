@@ -41,14 +41,25 @@ impl Config {
         plugin_configuration: &[u8],
         snapshot: &[u8],
     ) -> Result<Config, ConfigError> {
-        let mut raw: RawConfig = parse(plugin_configuration, "the plugin configuration")?;
+        build(plugin_configuration, Some(snapshot))
+    }
+}
+
+/// Both loads in one function, so that stage 1 and stage 2 keep one call site each (the
+/// optimizer would otherwise inline each of them twice into the `.wasm`).
+pub(super) fn build(
+    plugin_configuration: &[u8],
+    snapshot: Option<&[u8]>,
+) -> Result<Config, ConfigError> {
+    let mut raw = parse_raw(plugin_configuration)?;
+    if let Some(snapshot) = snapshot {
         let document: RawSnapshot = parse(snapshot, "the entitlements document")?;
         raw.consumers = document.consumers;
         if let Some(plans) = document.plans {
             raw.plans = plans;
         }
-        compile(raw)
     }
+    compile(raw)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use super::entitlements::Entitlements;
 use super::http::Filter;
 use super::metrics::Metrics;
 use super::shared_data::SharedData;
@@ -24,9 +25,32 @@ pub struct Runtime {
     pub shadow_log: ShadowLog,
 }
 
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        Runtime {
+            metrics: Metrics::define(&config),
+            config,
+            memo: Memo::default(),
+            shadow_log: ShadowLog::default(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Root {
     runtime: Option<Rc<Runtime>>,
+    /// Live entitlements (`entitlements` configured): pulls and switches snapshots.
+    entitlements: Option<Entitlements>,
+}
+
+impl Root {
+    /// Serves `config` from the next request on (requests in flight keep theirs).
+    fn switch(&mut self, config: Config) {
+        if let Some(previous) = &self.runtime {
+            previous.metrics.flush();
+        }
+        self.runtime = Some(Rc::new(Runtime::new(config)));
+    }
 }
 
 /// How often each VM hands its counts to Envoy.
@@ -38,6 +62,21 @@ impl Context for Root {
             runtime.metrics.flush();
         }
         true
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let entitlements = self.entitlements.as_mut();
+        if let Some(Some(config)) =
+            entitlements.and_then(|e| e.on_http_call_response(token_id, body_size))
+        {
+            self.switch(config);
+        }
     }
 }
 
@@ -81,23 +120,28 @@ impl RootContext for Root {
         if let Some(previous) = &self.runtime {
             previous.metrics.flush();
         }
-        let metrics = Metrics::define(&config);
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
         log::info!("configured: {}", config.summary());
-        self.runtime = Some(Rc::new(Runtime {
-            config,
-            metrics,
-            memo: Memo::default(),
-            shadow_log: ShadowLog::default(),
-        }));
+        let (entitlements, current) = match Entitlements::configure(&config, &bytes) {
+            Some((entitlements, current)) => (Some(entitlements), current),
+            None => (None, None),
+        };
+        self.entitlements = entitlements;
+        self.runtime = Some(Rc::new(Runtime::new(config)));
+        if let Some(current) = current {
+            self.switch(current);
+        }
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
+        }
+        if let Some(config) = self.entitlements.as_mut().and_then(Entitlements::on_tick) {
+            self.switch(config);
         }
     }
 
