@@ -269,8 +269,11 @@ pub fn classify(status: Option<&[u8]>, etag: Option<&[u8]>) -> Answer {
                 .unwrap_or_default(),
         },
         Some(b"304") => Answer::NotModified,
+        Some(b"504") => {
+            Answer::Failed("504: no answer within the timeout (Envoy's own reply)".into())
+        }
         Some(other) => Answer::Failed(format!(
-            "the control plane answered {}",
+            "the control plane answered {} (Envoy answers 503 itself when it cannot connect)",
             String::from_utf8_lossy(other)
         )),
     }
@@ -386,5 +389,6 @@ mod tests {
         assert_eq!(classify(Some(b"304"), None), Answer::NotModified);
         assert!(matches!(classify(Some(b"503"), None), Answer::Failed(m) if m.contains("503")));
         assert!(matches!(classify(None, None), Answer::Failed(_)));
+        assert!(matches!(classify(Some(b"504"), None), Answer::Failed(m) if m.contains("timeout")));
     }
 }

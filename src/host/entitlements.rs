@@ -63,6 +63,10 @@ pub struct Entitlements {
     version: u64,
     /// The token of this VM's fetch in flight.
     pending: Option<u32>,
+    /// The ETag of the last snapshot this VM refused: sent in `If-None-Match` with the good
+    /// one's, so that a bad snapshot costs one download and one log line per VM, not one per
+    /// refresh, until the control plane changes it.
+    refused_etag: Option<String>,
     counters: Counters,
 }
 
@@ -94,6 +98,7 @@ impl Entitlements {
             plugin_configuration: plugin_configuration.to_vec(),
             version: 0,
             pending: None,
+            refused_etag: None,
             counters: Counters {
                 updated: counter("fetch.updated"),
                 not_modified: counter("fetch.not_modified"),
@@ -208,11 +213,17 @@ impl Entitlements {
                 return;
             }
         }
-        let etag = self
+        let good = self
             .head(&store)
             .map(|(head, _)| head.etag)
             .filter(|etag| !etag.is_empty())
             .and_then(|etag| String::from_utf8(etag).ok());
+        // RFC 9110 §13.1.2: a list of entity tags; a 304 if the current one is any of them.
+        let etag = match (good, &self.refused_etag) {
+            (Some(good), Some(refused)) => Some(format!("{good}, {refused}")),
+            (Some(good), None) => Some(good),
+            (None, refused) => refused.clone(),
+        };
         let s = &self.settings;
         let mut headers = vec![
             (":method", "GET"),
@@ -302,6 +313,7 @@ impl Entitlements {
                     "entitlements: snapshot refused, version {} keeps serving: {e}",
                     self.version
                 );
+                self.refused_etag = String::from_utf8(etag).ok().filter(|e| !e.is_empty());
                 return None;
             }
         };
