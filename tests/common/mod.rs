@@ -877,7 +877,12 @@ fn serve_one(mut stream: TcpStream, state: &std::sync::Mutex<PlaneState>, starte
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\ndown\n"
                 .to_vec(),
         ),
-        Answering::Serve | Answering::Slow(_) if if_none_match.as_deref() == Some(&etag) => (
+        // RFC 9110 §13.1.2: If-None-Match is a list of entity tags.
+        Answering::Serve | Answering::Slow(_)
+            if if_none_match
+                .as_deref()
+                .is_some_and(|list| list.split(',').any(|t| t.trim() == etag)) =>
+        (
             304,
             format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\nconnection: close\r\n\r\n")
                 .into_bytes(),
