@@ -503,3 +503,45 @@ fn a_hundred_thousand_consumers_apply_and_requests_during_the_switch_are_answere
         "{applied:?}"
     );
 }
+
+#[test]
+fn a_reconfigured_envoy_serves_the_stored_snapshot_at_once_even_with_the_control_plane_down() {
+    const LISTENERS: &str = "envoy/live-reload/listeners.yaml";
+    let with_pro = |requests: u32| {
+        config("1s", "500ms").replace(r#""requests": 100"#, &format!(r#""requests": {requests}"#))
+    };
+    let plane = ControlPlane::start(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]}"#));
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
+        files: vec![LISTENERS.into()],
+        relocate: Some("target/live-reload".into()),
+        file_ports: (10200, 10201, 9921),
+        plugin: Some(with_pro(100)),
+        clusters: vec![(CLUSTER.to_string(), plane.port)],
+        ..Options::default()
+    });
+    until(&envoy, "acme-key", 200, "acme from the snapshot");
+    plane.answer(Answering::Down);
+    // A new listener configuration (pro: 200 a day): its new VMs must serve the snapshot
+    // stored in shared data from their first request, not the static consumers until the
+    // control plane is back.
+    envoy.replace_file(LISTENERS, Some(&with_pro(200)));
+    let mut seen = Vec::new();
+    poll(Duration::from_secs(60), "the new configuration", || {
+        let r = envoy.get_with_key("acme-key");
+        seen.push(r.status);
+        assert_eq!(r.status, 200, "acme during the reconfiguration: {r:?}");
+        r.header("ratelimit-policy")
+            .is_some_and(|p| p.contains("q=200"))
+            .then_some(())
+    });
+    assert_eq!(
+        usage_status(&envoy, "boot-key"),
+        401,
+        "the static set is not back"
+    );
+    assert!(plane
+        .fetches()
+        .iter()
+        .all(|f| f.status != 200 || f.etag == "\"v1\""));
+}
