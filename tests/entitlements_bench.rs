@@ -4,7 +4,12 @@
 //! are compared under the same load. In Envoy (V8), `tests/entitlements.rs` logs each VM's
 //! `applied in N ms` and the slowest request during the switch.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 use tollgate::config::Config;
