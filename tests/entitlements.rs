@@ -545,3 +545,31 @@ fn a_reconfigured_envoy_serves_the_stored_snapshot_at_once_even_with_the_control
         .iter()
         .all(|f| f.status != 200 || f.etag == "\"v1\""));
 }
+
+#[test]
+fn plans_from_a_snapshot_replace_the_configurations_plans() {
+    let mut plane = ControlPlane::start(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]}"#));
+    let envoy = start(&plane, &config("1s", "500ms"));
+    until(&envoy, "acme-key", 200, "acme from the first snapshot");
+    // A plan launched on the control plane, with a consumer on it: no Envoy push.
+    plane.publish(
+        r#"{"plans": {"gold": {"limits": [{"name": "hourly", "requests": 2, "window": "hour"}]}},
+            "consumers": {"midas": {"plan": "gold", "keys": ["midas-key"]}}}"#,
+    );
+    until(&envoy, "midas-key", 200, "midas on the new plan");
+    within_one_window(3600, 60.0, 1, |_| {
+        let first = envoy.get_with_key("midas-key");
+        assert_eq!(plan_told(&first), "gold", "{first:?}");
+        assert_eq!(first.remaining("hourly"), 1);
+        assert_eq!(envoy.get_with_key("midas-key").status, 200);
+        assert_eq!(envoy.get_with_key("midas-key").status, 402);
+    });
+    assert_eq!(
+        usage_status(&envoy, "acme-key"),
+        401,
+        "consumers replaced whole"
+    );
+    poll(SWITCH, "the new plan's counters", || {
+        (envoy.counter("tollgate.plan.gold.allowed") == 2).then_some(())
+    });
+}
