@@ -89,6 +89,13 @@ mod tests {
             "counted by name"
         );
         assert_eq!(config.entitlements.as_ref().unwrap().refresh_ms, 1_000);
+        assert!(
+            config
+                .summary()
+                .ends_with(", entitlements from cluster cp path /consumers every 1000 ms"),
+            "{}",
+            config.summary()
+        );
     }
 
     #[test]

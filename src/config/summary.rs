@@ -45,7 +45,12 @@ impl Config {
             (false, true) => ", identity_headers off",
             (true, false) => ", ratelimit_policy off",
             (false, false) => ", identity_headers off, ratelimit_policy off",
-        }
+        } + &self.entitlements.as_ref().map_or(String::new(), |e| {
+            format!(
+                ", entitlements from cluster {} path {} every {} ms",
+                e.cluster, e.path, e.refresh_ms
+            )
+        })
     }
 }
 
