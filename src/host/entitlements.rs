@@ -356,6 +356,7 @@ impl Entitlements {
         }
         bump(self.counters.updated);
         self.version = version;
+        self.refused_etag = None;
         log::info!(
             "entitlements: fetched version {version} (ETag {}, {} bytes)",
             String::from_utf8_lossy(&etag),

@@ -20,7 +20,10 @@ use crate::shadow_log::ShadowLog;
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
-    pub metrics: Metrics,
+    /// Shared with the next runtime when a snapshot switch keeps the plans' names (the
+    /// counter ids depend on nothing else): a request that started on the previous runtime
+    /// then still counts into the counters that are flushed.
+    pub metrics: Rc<Metrics>,
     pub memo: Memo,
     pub shadow_log: ShadowLog,
 }
@@ -28,7 +31,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config) -> Runtime {
         Runtime {
-            metrics: Metrics::define(&config),
+            metrics: Rc::new(Metrics::define(&config)),
             config,
             memo: Memo::default(),
             shadow_log: ShadowLog::default(),
@@ -46,10 +49,24 @@ pub struct Root {
 impl Root {
     /// Serves `config` from the next request on (requests in flight keep theirs).
     fn switch(&mut self, config: Config) {
-        if let Some(previous) = &self.runtime {
-            previous.metrics.flush();
-        }
-        self.runtime = Some(Rc::new(Runtime::new(config)));
+        let same_plans = |previous: &Runtime| {
+            let names = |c: &Config| c.plans.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+            names(&previous.config) == names(&config)
+        };
+        let runtime = match &self.runtime {
+            Some(previous) if same_plans(previous) => Runtime {
+                metrics: Rc::clone(&previous.metrics),
+                config,
+                memo: Memo::default(),
+                shadow_log: ShadowLog::default(),
+            },
+            Some(previous) => {
+                previous.metrics.flush();
+                Runtime::new(config)
+            }
+            None => Runtime::new(config),
+        };
+        self.runtime = Some(Rc::new(runtime));
     }
 }
 
