@@ -734,6 +734,8 @@ pub struct Fetch {
 }
 
 struct PlaneState {
+    /// When the current document was published (seconds since start).
+    published_at: f64,
     body: Vec<u8>,
     etag: String,
     answering: Answering,
@@ -761,6 +763,7 @@ impl ControlPlane {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(PlaneState {
+            published_at: 0.0,
             body: document.as_bytes().to_vec(),
             etag: "\"v1\"".into(),
             answering: Answering::Serve,
@@ -800,17 +803,27 @@ impl ControlPlane {
         self.published += 1;
         let etag = format!("\"v{}\"", self.published);
         let mut state = self.state.lock().unwrap();
+        state.published_at = self.started.elapsed().as_secs_f64();
         state.body = document.as_bytes().to_vec();
         state.etag = etag.clone();
         etag
+    }
+
+    /// When the current document was published: every request recorded at or after this
+    /// instant was answered from it (both are taken under one lock).
+    pub fn published_at(&self) -> f64 {
+        self.state.lock().unwrap().published_at
     }
 
     pub fn answer(&self, answering: Answering) {
         self.state.lock().unwrap().answering = answering;
     }
 
+    /// Every request received, in the order they were answered from the state (`at`).
     pub fn fetches(&self) -> Vec<Fetch> {
-        self.state.lock().unwrap().fetches.clone()
+        let mut fetches = self.state.lock().unwrap().fetches.clone();
+        fetches.sort_by(|a, b| a.at.total_cmp(&b.at));
+        fetches
     }
 
     /// Seconds since the control plane started (the clock of [`Fetch::at`]).
@@ -866,9 +879,13 @@ fn serve_one(mut stream: TcpStream, state: &std::sync::Mutex<PlaneState>, starte
     if let Answering::Slow(delay) = answering {
         std::thread::sleep(delay);
     }
-    let (body, etag) = {
+    let (body, etag, at) = {
         let s = state.lock().unwrap();
-        (s.body.clone(), s.etag.clone())
+        (
+            s.body.clone(),
+            s.etag.clone(),
+            started.elapsed().as_secs_f64(),
+        )
     };
     let (status, reply): (u16, Vec<u8>) = match answering {
         Answering::Refuse => (0, Vec::new()),
@@ -899,7 +916,7 @@ fn serve_one(mut stream: TcpStream, state: &std::sync::Mutex<PlaneState>, starte
         }
     };
     state.lock().unwrap().fetches.push(Fetch {
-        at: started.elapsed().as_secs_f64(),
+        at,
         path,
         if_none_match,
         authorization,
