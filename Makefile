@@ -32,7 +32,7 @@ QUOTAD        := target/quotad/quotad
 # The fleet-mode tests (tests/fleet*.rs) start the built quotad.
 export TOLLGATE_QUOTAD := $(CURDIR)/$(QUOTAD)
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad fuzz mutants build-fault clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -151,6 +151,7 @@ bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~15 min):
 		z=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
+	$(MAKE) bench-entitlements
 
 bench-own: bench-filters ## tollgate's own code in instructions per request (callgrind, Node's V8; ~8 min): bench/out/own.json
 	@command -v valgrind >/dev/null && command -v node >/dev/null || \
@@ -163,6 +164,11 @@ bench-own: bench-filters ## tollgate's own code in instructions per request (cal
 
 bench-quotad: quotad redis bench-tools ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
 	python3 bench/quotad.py --quotad $(QUOTAD)
+
+bench-entitlements: ## Compile time of a 100 000-consumer entitlements snapshot vs a configuration load (native): bench/out/entitlements.json
+	@mkdir -p bench/out
+	cargo test --release -p tollgate --test entitlements_bench -- --ignored --nocapture --test-threads 1 \
+		| grep -o '{"consumers".*}' | tee bench/out/entitlements.json
 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.

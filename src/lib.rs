@@ -3,6 +3,7 @@
 //! Where each behaviour lives:
 //! - [`config`]: the plugin's JSON configuration, its validation and compiled form.
 //! - [`credentials`]: where the API key comes from (header, Authorization, query).
+//! - [`entitlements`]: live consumers pulled from a control plane (settings, shared records).
 //! - [`window`] and [`time`]: quota windows and UTC calendar arithmetic.
 //! - [`quota`]: the atomic check-and-take over a consumer's counter record.
 //! - [`record`]: the record's binary format in shared data.
@@ -29,6 +30,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod entitlements;
 pub mod events;
 pub mod lease;
 pub mod memo;

@@ -47,6 +47,10 @@ enum Command {
     Check {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Also check this entitlements document (what the control plane of `entitlements`
+        /// serves) against each configuration, as the filter checks a pulled snapshot.
+        #[arg(long, value_name = "DOCUMENT")]
+        entitlements: Option<PathBuf>,
     },
     /// Print `sha256:<hex>` for each key read from stdin (one key per line).
     ///
@@ -86,7 +90,16 @@ fn parse_time(text: &str) -> Result<i64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { files } => check(&files),
+        Command::Check {
+            files,
+            entitlements,
+        } => {
+            let document = match entitlements.as_deref().map(std::fs::read).transpose() {
+                Ok(document) => document,
+                Err(e) => return usage(&format!("--entitlements: {e}")),
+            };
+            check(&files, document.as_deref())
+        }
         Command::HashKey => hash_key(),
         Command::Explain {
             file,
@@ -120,8 +133,9 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// `tollgate check`: every configuration in every file; 1 if any is refused.
-fn check(files: &[PathBuf]) -> ExitCode {
+/// `tollgate check`: every configuration in every file (with the entitlements document, if
+/// one is given); 1 if any is refused.
+fn check(files: &[PathBuf], document: Option<&[u8]>) -> ExitCode {
     let mut refused = false;
     for file in files {
         let name = file.display();
@@ -135,7 +149,15 @@ fn check(files: &[PathBuf]) -> ExitCode {
         };
         for config in found {
             let heading = config.heading(&name.to_string());
-            match config.compile() {
+            let compiled = match (document, &config.text) {
+                (Some(document), Ok(text)) => {
+                    tollgate::config::Config::with_snapshot(text.as_bytes(), document).map_err(
+                        |e| tollgate::config::ConfigError(format!("entitlements document: {e}")),
+                    )
+                }
+                _ => config.compile(),
+            };
+            match compiled {
                 Ok(compiled) => println!("{heading}: accepted\n  {}", compiled.summary()),
                 Err(e) => {
                     refused = true;

@@ -98,6 +98,42 @@ fn a_plugin_json_file_is_checked_as_the_filter_checks_it() {
 }
 
 #[test]
+fn check_with_an_entitlements_document_checks_it_as_the_filter_checks_a_snapshot() {
+    let dir = TempDir::new();
+    let config = dir.write(
+        "plugin.json",
+        r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 5, "window": "day"}]}},
+            "entitlements": {"cluster": "cp", "path": "/v1/consumers"}}"#,
+    );
+    let good = dir.write(
+        "good.json",
+        r#"{"consumers": {"a": {"plan": "p", "keys": ["k1"]}, "b": {"plan": "p", "keys": ["k2"]}}}"#,
+    );
+    let out = tollgate(&["check", "--entitlements", &good, &config], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("accepted\n  1 plan [p (1 limit)], 2 consumers, 2 keys"),
+        "{out:?}"
+    );
+    assert!(out
+        .stdout
+        .contains("entitlements from cluster cp path /v1/consumers every 10000 ms"));
+    let bad = dir.write(
+        "bad.json",
+        r#"{"consumers": {"a": {"plan": "gold", "keys": ["k1"]}}}"#,
+    );
+    let out = tollgate(&["check", "--entitlements", &bad, &config], "");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "configuration refused: entitlements document: consumers.a.plan: plan `gold` does not exist (plans: p)"
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_refusal_inside_an_envoy_file_names_the_field_and_a_syntax_error_its_line_in_the_file() {
     let dir = TempDir::new();
     let shipped = read_repo("envoy/envoy.yaml");

@@ -535,6 +535,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
         events,
         store,
+        entitlements: raw
+            .entitlements
+            .map(crate::entitlements::compile_settings)
+            .transpose()?,
         keys,
     })
 }

@@ -27,6 +27,7 @@ mod compile;
 mod errors;
 mod keys;
 mod raw;
+mod snapshot;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use compile::*;
 use errors::*;
 use keys::*;
 use raw::*;
+use snapshot::build;
 
 pub use compile::{compile_https_url, parse_utc_offset, valid_name, MAX_URL_LEN};
 pub use keys::DigestHasher;
@@ -207,6 +209,8 @@ pub struct Config {
     /// Fleet mode (`store.rls`): counts live in a rate limit service, taken in leases. `None`:
     /// this Envoy's shared data, as always.
     pub store: Option<Rls>,
+    /// Where live consumers are pulled from (`entitlements`), if anywhere.
+    pub entitlements: Option<crate::entitlements::Settings>,
     keys: Keys,
 }
 
@@ -246,31 +250,37 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
-            None => {
-                return Err(ConfigError(
-                    "the configuration is empty: it must be a JSON object ({\"plans\": ...})"
-                        .into(),
-                ))
-            }
-            Some(c) if *c != b'{' => {
-                return Err(ConfigError(
-                    "the configuration must be a JSON object ({\"plans\": ...})".into(),
-                ))
-            }
-            Some(_) => {}
-        }
-        // serde_path_to_error records where in the document a type error happened, so that
-        // every error names its field (`plans.free.limits[0].requests`), as semantic ones do.
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| json_error(bytes, Some(e.path()), e.inner()))?;
-        deserializer
-            .end()
-            .map_err(|e| json_error(bytes, None, &e))?;
-        compile(raw)
+        build(bytes, None)
     }
+}
 
+/// Stage 1 alone (also for [`Config::with_snapshot`], which replaces the consumers).
+fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
+        None => {
+            return Err(ConfigError(
+                "the configuration is empty: it must be a JSON object ({\"plans\": ...})".into(),
+            ))
+        }
+        Some(c) if *c != b'{' => {
+            return Err(ConfigError(
+                "the configuration must be a JSON object ({\"plans\": ...})".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    // serde_path_to_error records where in the document a type error happened, so that
+    // every error names its field (`plans.free.limits[0].requests`), as semantic ones do.
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| json_error(bytes, Some(e.path()), e.inner()))?;
+    deserializer
+        .end()
+        .map_err(|e| json_error(bytes, None, &e))?;
+    Ok(raw)
+}
+
+impl Config {
     /// The consumer that owns a presented API key.
     pub fn consumer_for_key(&self, key: &[u8]) -> Option<&Consumer> {
         self.keys

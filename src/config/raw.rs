@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     /// Fleet mode: where counts are kept instead of this Envoy's shared data.
     #[serde(default)]
     pub(super) store: Option<RawStore>,
+    #[serde(default)]
+    pub(super) entitlements: Option<crate::entitlements::RawSettings>,
 }
 
 /// `"store": {"rls": {...}}`: the only store kind so far.

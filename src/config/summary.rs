@@ -51,7 +51,12 @@ impl Config {
                 ", store rls (cluster {}, domain {}, timeout {}ms, lease {})",
                 rls.cluster, rls.domain, rls.timeout_ms, rls.lease
             ),
-        }
+        } + &self.entitlements.as_ref().map_or(String::new(), |e| {
+            format!(
+                ", entitlements from cluster {} path {} every {} ms",
+                e.cluster, e.path, e.refresh_ms
+            )
+        })
     }
 }
 

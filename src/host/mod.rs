@@ -1,6 +1,7 @@
 //! The proxy-wasm glue: the only code that calls the host. It gathers inputs (configuration
 //! bytes, request headers, the clock), calls the pure core, and acts on its decisions.
 
+mod entitlements;
 mod events;
 mod fleet;
 mod http;

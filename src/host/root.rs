@@ -8,6 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use super::entitlements::Entitlements;
 use super::events;
 use super::http::Filter;
 use super::metrics::Metrics;
@@ -20,11 +21,41 @@ use crate::shadow_log::ShadowLog;
 /// What every HTTP context of this configuration shares.
 pub struct Runtime {
     pub config: Config,
-    pub metrics: Metrics,
+    /// Shared with the next runtime when a snapshot switch keeps the plans' names (the
+    /// counter ids depend on nothing else): a request that started on the previous runtime
+    /// then still counts into the counters that are flushed.
+    pub metrics: Rc<Metrics>,
     pub memo: Memo,
     pub shadow_log: ShadowLog,
     /// Usage counts and crossings for events (`None` without an `events` block).
     pub meter: Option<events::Meter>,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        let metrics = Rc::new(Metrics::define(&config));
+        Runtime::with_metrics(config, metrics)
+    }
+
+    fn with_metrics(config: Config, metrics: Rc<Metrics>) -> Runtime {
+        Runtime {
+            meter: events::Meter::new(&config),
+            metrics,
+            config,
+            memo: Memo::default(),
+            shadow_log: ShadowLog::default(),
+        }
+    }
+}
+
+/// Creates every counted consumer's record (local mode) or lease (fleet mode) that does not
+/// exist yet, before any request counts it: Envoy does not check CAS when a key is first
+/// created (see quota.rs). Returns how many were created.
+pub fn create_counters(config: &Config) -> Result<usize, crate::store::StoreError> {
+    match config.store {
+        None => create_records(config, &SharedData::default()),
+        Some(_) => crate::lease::create_leases(config, &SharedData::default()),
+    }
 }
 
 #[derive(Default)]
@@ -32,12 +63,44 @@ pub struct Root {
     runtime: Option<Rc<Runtime>>,
     /// Usage events and alerts: buffer, call in flight (with an `events` block).
     events: Option<events::Sender>,
+    /// Live entitlements (`entitlements` configured): pulls and switches snapshots.
+    entitlements: Option<Entitlements>,
 }
 
 impl Root {
     pub fn new(context_id: u32) -> Root {
         super::fleet::set_root(context_id, METRICS_FLUSH);
         Root::default()
+    }
+
+    /// Serves `config` from the next request on (requests in flight keep theirs).
+    fn switch(&mut self, config: Config) {
+        // Usage events: the previous runtime's intervals go to the buffer as they are, and new
+        // consumers' reminders get their claim records.
+        if let Err(e) = events::prepare(&config) {
+            log::warn!("events: shared data unavailable for the new consumers' reminders: {e}");
+        }
+        self.events = events::Sender::configure(
+            self.events.take(),
+            self.runtime.as_deref(),
+            &config,
+            super::now().unwrap_or_default(),
+        );
+        let same_plans = |previous: &Runtime| {
+            let names = |c: &Config| c.plans.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+            names(&previous.config) == names(&config)
+        };
+        let runtime = match &self.runtime {
+            Some(previous) if same_plans(previous) => {
+                Runtime::with_metrics(config, Rc::clone(&previous.metrics))
+            }
+            Some(previous) => {
+                previous.metrics.flush();
+                Runtime::new(config)
+            }
+            None => Runtime::new(config),
+        };
+        self.runtime = Some(Rc::new(runtime));
     }
 }
 
@@ -61,11 +124,24 @@ impl Context for Root {
         true
     }
 
-    fn on_http_call_response(&mut self, token_id: u32, _: usize, _: usize, _: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
             if sender.owns(token_id) {
                 sender.response(runtime, super::now().unwrap_or_default());
+                return;
             }
+        }
+        let entitlements = self.entitlements.as_mut();
+        if let Some(Some(config)) =
+            entitlements.and_then(|e| e.on_http_call_response(token_id, body_size))
+        {
+            self.switch(config);
         }
     }
 }
@@ -98,14 +174,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // Create every counted consumer's record now, before any request is counted: Envoy
-        // does not check CAS when a key is first created (see quota.rs).
-        // Fleet mode counts in leases (created the same way, for the same reason).
-        let created = match config.store {
-            None => create_records(&config, &SharedData::default()),
-            Some(_) => crate::lease::create_leases(&config, &SharedData::default()),
-        };
-        match created {
+        match create_counters(&config) {
             Ok(created) => log::debug!("created {created} consumer records"),
             Err(e) => {
                 log::error!("configuration refused: shared data unavailable: {}", e.0);
@@ -125,19 +194,19 @@ impl RootContext for Root {
             &config,
             super::now().unwrap_or_default(),
         );
-        let metrics = Metrics::define(&config);
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
         log::info!("configured: {}", config.summary());
-        let meter = events::Meter::new(&config);
-        self.runtime = Some(Rc::new(Runtime {
-            config,
-            metrics,
-            memo: Memo::default(),
-            shadow_log: ShadowLog::default(),
-            meter,
-        }));
+        let (entitlements, current) = match Entitlements::configure(&config, &bytes) {
+            Some((entitlements, current)) => (Some(entitlements), current),
+            None => (None, None),
+        };
+        self.entitlements = entitlements;
+        self.runtime = Some(Rc::new(Runtime::new(config)));
+        if let Some(current) = current {
+            self.switch(current);
+        }
         true
     }
 
@@ -150,6 +219,9 @@ impl RootContext for Root {
         }
         // Fleet mode's held requests (the tick is faster while there are any).
         super::fleet::on_tick();
+        if let Some(config) = self.entitlements.as_mut().and_then(Entitlements::on_tick) {
+            self.switch(config);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -133,8 +133,8 @@ pub struct Options {
     pub file_ports: (u16, u16, u16),
     /// The `.wasm` to load instead of the release build (e.g. [`fault_wasm_path`]).
     pub wasm: Option<PathBuf>,
-    /// Clusters added to the bootstrap (name, port on 127.0.0.1), e.g. a test [`Sink`]. The
-    /// bootstrap's cluster list must be its last section (as in envoy/envoy.yaml).
+    /// Extra clusters for the bootstrap's `clusters:` (name, port on 127.0.0.1), e.g. a test
+    /// [`Sink`] or the [`ControlPlane`] of live entitlements.
     pub clusters: Vec<(String, u16)>,
     /// Further text substitutions in the files (e.g. quotad's port in envoy/fleet/).
     pub replace: Vec<(String, String)>,
@@ -217,6 +217,27 @@ fn render(
     }
 }
 
+/// Adds STATIC HTTP/1.1 clusters on 127.0.0.1 under the bootstrap's top-level `clusters:`.
+fn with_clusters(yaml: &str, clusters: &[(String, u16)]) -> String {
+    if clusters.is_empty() {
+        return yaml.to_string();
+    }
+    let mut added = String::new();
+    for (name, port) in clusters {
+        added.push_str(&format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    \
+             load_assignment:\n      cluster_name: {name}\n      endpoints:\n      \
+             - lb_endpoints:\n        - endpoint:\n            address:\n              \
+             socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        ));
+    }
+    let at = yaml
+        .find("\n  clusters:\n")
+        .expect("the bootstrap has a top-level static_resources.clusters list")
+        + "\n  clusters:\n".len();
+    format!("{}{added}{}", &yaml[..at], &yaml[at..])
+}
+
 /// Envoy exited before it was ready: its exit status and log.
 pub struct StartFailure {
     pub status: String,
@@ -281,7 +302,7 @@ impl Envoy {
         }
         let bootstrap = std::fs::read_to_string(repo().join(&options.bootstrap)).unwrap();
         let config = dir.join("bootstrap.yaml");
-        let mut rendered = render(
+        let rendered = render(
             &bootstrap,
             (options.file_ports, (port, backend, admin)),
             &wasm,
@@ -290,12 +311,7 @@ impl Envoy {
             plugin,
             &options.replace,
         );
-        for (name, cluster_port) in &options.clusters {
-            rendered.push_str(&format!(
-                "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {cluster_port} }}\n"
-            ));
-        }
-        std::fs::write(&config, rendered).unwrap();
+        std::fs::write(&config, with_clusters(&rendered, &options.clusters)).unwrap();
         let log = dir.join("envoy.log");
         // A base id of our own per Envoy (the pid keeps parallel test binaries apart).
         let base_id = (std::process::id() % 40_000) * 100 + id;
@@ -405,6 +421,15 @@ impl Envoy {
     /// Envoy's admin `/stats` output.
     pub fn stats(&self) -> String {
         request(self.admin, "GET", "/stats", &[]).body
+    }
+
+    /// A custom counter from `/stats` (`wasmcustom.<name>`); 0 if Envoy has none yet.
+    pub fn counter(&self, name: &str) -> u64 {
+        let prefix = format!("wasmcustom.{name}: ");
+        self.stats()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 
     fn cleanup(&mut self) {
@@ -1238,4 +1263,225 @@ pub fn h2load(port: u16, key: &str, n: u64, connections: u32, streams: u32) -> [
     // "A 2xx, B 3xx, C 4xx, D 5xx": the numbers come as A, 2, B, 3, C, 4, D, 5.
     let counts: Vec<u64> = numbers.chunks(2).map(|c| c[0]).collect();
     [counts[0], counts[1], counts[2], counts[3]]
+}
+
+/// How the test control plane answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answering {
+    /// The current document with its ETag; 304 when `If-None-Match` matches it.
+    Serve,
+    /// 503 to every request.
+    Down,
+    /// Closes every connection without answering.
+    Refuse,
+    /// Waits this long before answering as `Serve` would.
+    Slow(Duration),
+}
+
+/// A request the control plane received.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// Seconds since the control plane started.
+    pub at: f64,
+    pub path: String,
+    pub if_none_match: Option<String>,
+    pub authorization: Option<String>,
+    /// What it answered (0: nothing).
+    pub status: u16,
+    /// The ETag of the document it was answered with (200 and 304).
+    pub etag: String,
+}
+
+struct PlaneState {
+    /// When the current document was published (seconds since start).
+    published_at: f64,
+    body: Vec<u8>,
+    etag: String,
+    answering: Answering,
+    fetches: Vec<Fetch>,
+}
+
+/// A control plane of live entitlements in the test process: serves one JSON document with
+/// an ETag (`"v1"`, `"v2"`, ... one per [`ControlPlane::publish`]), answers 304 to a matching
+/// `If-None-Match`, can go down, refuse or be slow, and records every request. Stopped (and
+/// its thread joined) when dropped.
+pub struct ControlPlane {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<PlaneState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    published: u32,
+    started: Instant,
+}
+
+impl ControlPlane {
+    pub fn start(document: &str) -> ControlPlane {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(PlaneState {
+            published_at: 0.0,
+            body: document.as_bytes().to_vec(),
+            etag: "\"v1\"".into(),
+            answering: Answering::Serve,
+            fetches: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let thread = {
+            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let state = Arc::clone(&state);
+                            std::thread::spawn(move || serve_one(stream, &state, started));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        ControlPlane {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+            published: 1,
+            started,
+        }
+    }
+
+    /// Serves `document` from now on, with a new ETag (returned).
+    pub fn publish(&mut self, document: &str) -> String {
+        self.published += 1;
+        let etag = format!("\"v{}\"", self.published);
+        let mut state = self.state.lock().unwrap();
+        state.published_at = self.started.elapsed().as_secs_f64();
+        state.body = document.as_bytes().to_vec();
+        state.etag = etag.clone();
+        etag
+    }
+
+    /// When the current document was published: every request recorded at or after this
+    /// instant was answered from it (both are taken under one lock).
+    pub fn published_at(&self) -> f64 {
+        self.state.lock().unwrap().published_at
+    }
+
+    pub fn answer(&self, answering: Answering) {
+        self.state.lock().unwrap().answering = answering;
+    }
+
+    /// Every request received, in the order they were answered from the state (`at`).
+    pub fn fetches(&self) -> Vec<Fetch> {
+        let mut fetches = self.state.lock().unwrap().fetches.clone();
+        fetches.sort_by(|a, b| a.at.total_cmp(&b.at));
+        fetches
+    }
+
+    /// Seconds since the control plane started (the clock of [`Fetch::at`]).
+    pub fn clock(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The requests received at or after `at` (see [`ControlPlane::clock`]).
+    pub fn fetches_since(&self, at: f64) -> Vec<Fetch> {
+        self.fetches().into_iter().filter(|f| f.at >= at).collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if std::thread::panicking() {
+            eprintln!("control plane requests: {:#?}", self.fetches());
+        }
+    }
+}
+
+fn serve_one(mut stream: TcpStream, state: &std::sync::Mutex<PlaneState>, started: Instant) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).to_string();
+    let mut lines = head.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let (if_none_match, authorization) = (header("if-none-match"), header("authorization"));
+    let answering = state.lock().unwrap().answering;
+    if let Answering::Slow(delay) = answering {
+        std::thread::sleep(delay);
+    }
+    let (body, etag, at) = {
+        let s = state.lock().unwrap();
+        (
+            s.body.clone(),
+            s.etag.clone(),
+            started.elapsed().as_secs_f64(),
+        )
+    };
+    let (status, reply): (u16, Vec<u8>) = match answering {
+        Answering::Refuse => (0, Vec::new()),
+        Answering::Down => (
+            503,
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\ndown\n"
+                .to_vec(),
+        ),
+        // RFC 9110 §13.1.2: If-None-Match is a list of entity tags.
+        Answering::Serve | Answering::Slow(_)
+            if if_none_match
+                .as_deref()
+                .is_some_and(|list| list.split(',').any(|t| t.trim() == etag)) =>
+        (
+            304,
+            format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\nconnection: close\r\n\r\n")
+                .into_bytes(),
+        ),
+        Answering::Serve | Answering::Slow(_) => {
+            let mut reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: {etag}\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            reply.extend_from_slice(&body);
+            (200, reply)
+        }
+    };
+    state.lock().unwrap().fetches.push(Fetch {
+        at,
+        path,
+        if_none_match,
+        authorization,
+        status,
+        etag,
+    });
+    let _ = stream.write_all(&reply);
+    let _ = stream.flush();
 }

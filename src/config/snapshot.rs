@@ -1,0 +1,152 @@
+//! A snapshot of live entitlements (see [`crate::entitlements`]): the consumers — and, if it
+//! has them, the plans — pulled from the control plane, compiled together with the rest of
+//! the plugin configuration exactly as a configuration load would compile them, so that a
+//! snapshot gets the same schema, the same validation and the same error messages.
+
+use super::*;
+
+/// The entitlements document: `consumers` (required, so that an empty answer cannot wipe
+/// every consumer by accident: an empty set is `{}`) and, optionally, `plans`, which then
+/// replace the configuration's plans whole.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    consumers: UniqueMap<RawConsumer>,
+    #[serde(default)]
+    plans: Option<UniqueMap<RawPlan>>,
+}
+
+/// One JSON document into `T`, every error naming its field (as [`Config::from_json`] does).
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, ConfigError> {
+    if bytes.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConfigError(format!(
+            "the {what} must be a JSON object ({{\"consumers\": ...}})"
+        )));
+    }
+    let rename = |e: ConfigError| ConfigError(e.0.replace("the plugin configuration", what));
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let raw: T = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| rename(json_error(bytes, Some(e.path()), e.inner())))?;
+    deserializer
+        .end()
+        .map_err(|e| rename(json_error(bytes, None, &e)))?;
+    Ok(raw)
+}
+
+impl Config {
+    /// The configuration `plugin_configuration` with its consumers (and plans, if the
+    /// snapshot has them) replaced by the snapshot's. Refused whole on any error, which names
+    /// the snapshot's field (`consumers.acme.plan: plan `gold` does not exist (...)`).
+    pub fn with_snapshot(
+        plugin_configuration: &[u8],
+        snapshot: &[u8],
+    ) -> Result<Config, ConfigError> {
+        build(plugin_configuration, Some(snapshot))
+    }
+}
+
+/// Both loads in one function, so that stage 1 and stage 2 keep one call site each (the
+/// optimizer would otherwise inline each of them twice into the `.wasm`).
+pub(super) fn build(
+    plugin_configuration: &[u8],
+    snapshot: Option<&[u8]>,
+) -> Result<Config, ConfigError> {
+    let mut raw = parse_raw(plugin_configuration)?;
+    if let Some(snapshot) = snapshot {
+        let document: RawSnapshot = parse(snapshot, "the entitlements document")?;
+        raw.consumers = document.consumers;
+        if let Some(plans) = document.plans {
+            raw.plans = plans;
+        }
+    }
+    compile(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATIC: &[u8] = br#"{
+      "plans": {"free": {"limits": [{"name": "daily", "requests": 3, "window": "day"}]},
+                "pro":  {"limits": [{"name": "daily", "requests": 100, "window": "day"}]}},
+      "consumers": {"boot": {"plan": "free", "keys": ["boot-key"]}},
+      "entitlements": {"cluster": "cp", "path": "/consumers", "refresh": "1s"}
+    }"#;
+
+    #[test]
+    fn the_snapshot_replaces_the_static_consumers() {
+        let config = Config::with_snapshot(
+            STATIC,
+            br#"{"consumers": {"acme": {"plan": "pro", "keys": ["acme-key"]}}}"#,
+        )
+        .unwrap();
+        assert!(config.consumer_for_key(b"boot-key").is_none());
+        let acme = config.consumer_for_key(b"acme-key").unwrap();
+        assert_eq!(acme.name, "acme");
+        assert_eq!(config.plan_of(acme).unwrap().name, "pro");
+        assert_eq!(
+            acme.store_key, "tollgate:v1:consumer:acme",
+            "counted by name"
+        );
+        assert_eq!(config.entitlements.as_ref().unwrap().refresh_ms, 1_000);
+        assert!(
+            config
+                .summary()
+                .ends_with(", entitlements from cluster cp path /consumers every 1000 ms"),
+            "{}",
+            config.summary()
+        );
+    }
+
+    #[test]
+    fn plans_in_the_snapshot_replace_the_static_ones() {
+        let config = Config::with_snapshot(
+            STATIC,
+            br#"{"plans": {"gold": {"limits": []}},
+                 "consumers": {"acme": {"plan": "gold", "keys": ["k"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.plans.len(), 1);
+        let e = Config::with_snapshot(
+            STATIC,
+            br#"{"plans": {"gold": {"limits": []}},
+                 "consumers": {"acme": {"plan": "free", "keys": ["k"]}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("consumers.acme.plan: plan `free` does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_snapshot_is_refused_naming_the_field() {
+        let refused = |doc: &[u8]| Config::with_snapshot(STATIC, doc).unwrap_err().0;
+        let e = refused(br#"{"consumers": {"a": {"plan": "gold"}}}"#);
+        assert!(
+            e.starts_with("consumers.a.plan: plan `gold` does not exist"),
+            "{e}"
+        );
+        let e = refused(
+            br#"{"consumers": {"a": {"plan": "free", "keys": ["k"]},
+                               "b": {"plan": "free", "keys": ["k"]}}}"#,
+        );
+        assert!(
+            e.starts_with("consumers.b.keys[0]: this key is listed twice"),
+            "{e}"
+        );
+        assert!(!e.contains("\"k\""), "no key in the message: {e}");
+        let e = refused(br#"{"consumers": {"a": {"plan": "free"}, "a": {"plan": "free"}}}"#);
+        assert!(e.contains("`a` is listed twice"), "{e}");
+        let e = refused(b"{\"consumers\": {\"a\": ");
+        assert!(e.contains("of the entitlements document"), "{e}");
+        let e = refused(br#"{"consumers": {"a": {"plan": "free", "grace_until": "x"}}}"#);
+        assert!(e.starts_with("consumers.a.grace_until: "), "{e}");
+        let e = refused(br#"{"plans": {}}"#);
+        assert!(e.contains("consumers"), "consumers is required: {e}");
+        let e = refused(br#"{"consumers": {}, "mode": "shadow"}"#);
+        assert!(e.contains("unknown field"), "{e}");
+        let e = refused(b"[]");
+        assert!(e.contains("must be a JSON object"), "{e}");
+    }
+}

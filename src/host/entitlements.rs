@@ -1,0 +1,368 @@
+//! Live entitlements, the host glue (the algorithm is in [`crate::entitlements`]): on the root
+//! context's timer, switch to a newer snapshot if shared data has one, and — when the schedule
+//! says a fetch is due and this VM wins the claim — ask the control plane with
+//! `If-None-Match`. A 200 is validated whole, its new consumers' records are created, and the
+//! snapshot is published for every VM of this Envoy.
+//!
+//! The root context routes to [`Entitlements::on_http_call_response`] every call response;
+//! tokens that are not this module's are answered `None` and left to others.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+
+use super::shared_data::SharedData;
+use crate::config::Config;
+use crate::entitlements::{
+    claim, classify, decode_document, decode_schedule, encode_document, encode_schedule, Answer,
+    Head, Keys, Settings,
+};
+use crate::store::{SetError, Store};
+
+/// This module's counters (`wasmcustom.tollgate.entitlements.*`); rare events, so each is
+/// incremented in Envoy at once rather than batched like the request counters.
+struct Counters {
+    updated: Option<u32>,
+    not_modified: Option<u32>,
+    refused: Option<u32>,
+    failed: Option<u32>,
+    applied: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    let name = format!("tollgate.entitlements.{name}");
+    match hostcalls::define_metric(MetricType::Counter, &name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// Unix milliseconds now (`None` if the host cannot tell).
+fn now_ms() -> Option<i64> {
+    let time = hostcalls::get_current_time().ok()?;
+    i64::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
+pub struct Entitlements {
+    settings: Settings,
+    keys: Keys,
+    /// The plugin configuration as loaded: every snapshot is compiled with it.
+    plugin_configuration: Vec<u8>,
+    /// The snapshot version this VM serves (0: the configuration's own consumers).
+    version: u64,
+    /// The token of this VM's fetch in flight.
+    pending: Option<u32>,
+    /// The ETag of the last snapshot this VM refused: sent in `If-None-Match` with the good
+    /// one's, so that a bad snapshot costs one download and one log line per VM, not one per
+    /// refresh, until the control plane changes it.
+    refused_etag: Option<String>,
+    counters: Counters,
+}
+
+impl Entitlements {
+    /// For a configuration with `entitlements`: creates the schedule record if this is the
+    /// first VM (Envoy's canary VM is configured before any worker, and a record must exist
+    /// before its CAS means anything), and returns the state plus the newest published
+    /// snapshot compiled, if there is one (a reconfigured or new VM serves it at once).
+    pub fn configure(
+        config: &Config,
+        plugin_configuration: &[u8],
+    ) -> Option<(Entitlements, Option<Config>)> {
+        let settings = config.entitlements.clone()?;
+        let keys = Keys::new(&settings);
+        let store = SharedData::default();
+        match store.get(&keys.schedule) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(SetError::Failed(e)) = store.set(&keys.schedule, &encode_schedule(0), 0)
+                {
+                    log::warn!("entitlements: cannot create the schedule record: {}", e.0);
+                }
+            }
+            Err(e) => log::warn!("entitlements: cannot read the schedule record: {}", e.0),
+        }
+        let mut entitlements = Entitlements {
+            settings,
+            keys,
+            plugin_configuration: plugin_configuration.to_vec(),
+            version: 0,
+            pending: None,
+            refused_etag: None,
+            counters: Counters {
+                updated: counter("fetch.updated"),
+                not_modified: counter("fetch.not_modified"),
+                refused: counter("fetch.refused"),
+                failed: counter("fetch.failed"),
+                applied: counter("applied"),
+            },
+        };
+        let current = entitlements.newer_snapshot();
+        Some((entitlements, current))
+    }
+
+    /// On each tick: the newer snapshot to switch to, if any; then a fetch, if one is due and
+    /// this VM claims it.
+    pub fn on_tick(&mut self) -> Option<Config> {
+        let newer = self.newer_snapshot();
+        if self.pending.is_none() {
+            if let Some(now) = now_ms() {
+                self.maybe_fetch(now);
+            }
+        }
+        newer
+    }
+
+    fn head(&self, store: &SharedData) -> Option<(Head, u32)> {
+        match store.get(&self.keys.head) {
+            Ok(Some((bytes, cas))) => Some((Head::decode(&bytes).unwrap_or_default(), cas)),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("entitlements: cannot read the snapshot head: {}", e.0);
+                None
+            }
+        }
+    }
+
+    /// The published snapshot compiled, if it is newer than the one this VM serves.
+    fn newer_snapshot(&mut self) -> Option<Config> {
+        let store = SharedData::default();
+        let (head, _) = self.head(&store)?;
+        if head.version <= self.version {
+            return None;
+        }
+        let bytes = match store.get(&self.keys.document) {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("entitlements: cannot read the snapshot: {}", e.0);
+                return None;
+            }
+        };
+        // The document is written before the head: it is at least the head's version.
+        let (version, body) = decode_document(&bytes)?;
+        if version <= self.version {
+            return None;
+        }
+        let started = now_ms();
+        // Whatever the outcome, this version is done with: a snapshot this VM cannot compile
+        // (the fetcher could) is not compiled again on every tick.
+        self.version = version;
+        match Config::with_snapshot(&self.plugin_configuration, body) {
+            Ok(config) => {
+                self.applied(&config, started);
+                Some(config)
+            }
+            Err(e) => {
+                log::error!(
+                    "entitlements: snapshot version {version} refused by this VM, the previous one keeps serving: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    fn applied(&self, config: &Config, started: Option<i64>) {
+        bump(self.counters.applied);
+        let took = match (started, now_ms()) {
+            (Some(a), Some(b)) => b - a,
+            _ => -1,
+        };
+        log::info!(
+            "entitlements: version {} applied in {took} ms: {} consumers, {} keys, {} plans",
+            self.version,
+            config.consumers.len() - usize::from(config.anonymous.is_some()),
+            config.key_count(),
+            config.plans.len()
+        );
+    }
+
+    fn maybe_fetch(&mut self, now: i64) {
+        let store = SharedData::default();
+        let (due, cas) = match store.get(&self.keys.schedule) {
+            Ok(Some((bytes, cas))) => (decode_schedule(&bytes), cas),
+            Ok(None) => {
+                // Created when configured; only a lost record gets here. Due at once.
+                let _ = store.set(&self.keys.schedule, &encode_schedule(0), 0);
+                return;
+            }
+            Err(e) => {
+                log::warn!("entitlements: cannot read the schedule record: {}", e.0);
+                return;
+            }
+        };
+        let Some(next) = claim(due, now, self.settings.refresh_ms) else {
+            return;
+        };
+        match store.set(&self.keys.schedule, &encode_schedule(next), cas) {
+            Ok(()) => {}
+            // Another VM claimed this fetch.
+            Err(SetError::CasMismatch) => return,
+            Err(SetError::Failed(e)) => {
+                log::warn!("entitlements: cannot claim the fetch: {}", e.0);
+                return;
+            }
+        }
+        let good = self
+            .head(&store)
+            .map(|(head, _)| head.etag)
+            .filter(|etag| !etag.is_empty())
+            .and_then(|etag| String::from_utf8(etag).ok());
+        // RFC 9110 §13.1.2: a list of entity tags; a 304 if the current one is any of them.
+        let etag = match (good, &self.refused_etag) {
+            (Some(good), Some(refused)) => Some(format!("{good}, {refused}")),
+            (Some(good), None) => Some(good),
+            (None, refused) => refused.clone(),
+        };
+        let s = &self.settings;
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", s.path.as_str()),
+            (":authority", s.cluster.as_str()),
+            ("accept", "application/json"),
+        ];
+        if let Some(etag) = &etag {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        if let Some(value) = &s.authorization {
+            headers.push(("authorization", value.as_str()));
+        }
+        let timeout = Duration::from_millis(s.timeout_ms);
+        match hostcalls::dispatch_http_call(&s.cluster, headers, None, vec![], timeout) {
+            Ok(token) => self.pending = Some(token),
+            Err(status) => {
+                bump(self.counters.failed);
+                log::warn!(
+                    "entitlements: cannot call cluster `{}` ({status:?}: is it defined?); version {} keeps serving",
+                    s.cluster,
+                    self.version
+                );
+            }
+        }
+    }
+
+    /// A call response: `None` if the token is not this module's; otherwise the new
+    /// configuration to switch to, if the answer brought a valid, new snapshot.
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        body_size: usize,
+    ) -> Option<Option<Config>> {
+        if self.pending != Some(token) {
+            return None;
+        }
+        self.pending = None;
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let (status, etag) = (header(":status"), header("etag"));
+        Some(match classify(status.as_deref(), etag.as_deref()) {
+            Answer::NotModified => {
+                bump(self.counters.not_modified);
+                log::debug!("entitlements: not modified (version {})", self.version);
+                None
+            }
+            Answer::Failed(why) => {
+                bump(self.counters.failed);
+                log::warn!(
+                    "entitlements: fetch from cluster `{}` failed: {why}; version {} keeps serving",
+                    self.settings.cluster,
+                    self.version
+                );
+                None
+            }
+            Answer::Snapshot { etag } => self.publish(etag, body_size),
+        })
+    }
+
+    /// Validates a 200's body, creates its new consumers' records, and publishes it.
+    fn publish(&mut self, etag: Vec<u8>, body_size: usize) -> Option<Config> {
+        let store = SharedData::default();
+        let (head, head_cas) = self.head(&store).unwrap_or_default();
+        if !etag.is_empty() && etag == head.etag && head.version > 0 {
+            // A control plane that ignores If-None-Match: same ETag, same snapshot.
+            bump(self.counters.not_modified);
+            return None;
+        }
+        let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(status) => {
+                bump(self.counters.failed);
+                log::warn!("entitlements: cannot read the answer's body: {status:?}");
+                return None;
+            }
+        };
+        let started = now_ms();
+        let config = match Config::with_snapshot(&self.plugin_configuration, &body) {
+            Ok(config) => config,
+            Err(e) => {
+                bump(self.counters.refused);
+                log::error!(
+                    "entitlements: snapshot refused, version {} keeps serving: {e}",
+                    self.version
+                );
+                self.refused_etag = String::from_utf8(etag).ok().filter(|e| !e.is_empty());
+                return None;
+            }
+        };
+        // New consumers' records (leases in fleet mode) must exist before any VM counts them
+        // (see quota.rs).
+        if let Err(e) = super::root::create_counters(&config) {
+            bump(self.counters.failed);
+            log::error!(
+                "entitlements: cannot create the snapshot's records, version {} keeps serving: {}",
+                self.version,
+                e.0
+            );
+            return None;
+        }
+        let version = head.version.max(self.version) + 1;
+        let document = encode_document(version, &body);
+        let published = store.set(&self.keys.document, &document, 0).and_then(|()| {
+            store.set(
+                &self.keys.head,
+                &Head {
+                    version,
+                    etag: etag.clone(),
+                }
+                .encode(),
+                head_cas,
+            )
+        });
+        if let Err(e) = published {
+            bump(self.counters.failed);
+            match e {
+                SetError::CasMismatch => log::warn!(
+                    "entitlements: another VM published a snapshot at the same time; its version is taken on the next tick"
+                ),
+                SetError::Failed(e) => log::error!(
+                    "entitlements: cannot publish the snapshot, version {} keeps serving: {}",
+                    self.version,
+                    e.0
+                ),
+            }
+            return None;
+        }
+        bump(self.counters.updated);
+        self.version = version;
+        self.refused_etag = None;
+        log::info!(
+            "entitlements: fetched version {version} (ETag {}, {} bytes)",
+            String::from_utf8_lossy(&etag),
+            body.len()
+        );
+        self.applied(&config, started);
+        Some(config)
+    }
+}
