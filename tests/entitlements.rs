@@ -65,8 +65,10 @@ fn usage_status(envoy: &Envoy, key: &str) -> u16 {
     envoy.get("/tollgate/usage", &[("x-api-key", key)]).status
 }
 
-/// Waits until the usage endpoint answers `want` for `key` ten times in a row (fresh
-/// connections, so both workers answer some of them: each has switched). Counts nothing.
+/// Waits until the usage endpoint answers `want` for `key` ten times in a row, then until every
+/// VM has applied the newest snapshot any VM applied ([`applied_everywhere`]): ten answers on
+/// fresh connections may all come from one worker while the other switches a tick later.
+/// Counts nothing.
 fn until(envoy: &Envoy, key: &str, want: u16, what: &str) -> Duration {
     let started = Instant::now();
     poll(SWITCH, what, || {
@@ -74,7 +76,42 @@ fn until(envoy: &Envoy, key: &str, want: u16, what: &str) -> Duration {
             .all(|_| usage_status(envoy, key) == want)
             .then_some(())
     });
+    applied_everywhere(envoy);
     started.elapsed()
+}
+
+/// Waits until each VM — the main thread's and every worker's, told apart by the thread id in
+/// Envoy's log prefix (`[time][thread][level]...`) — has logged that it applied the newest
+/// snapshot version logged by any of them. Nothing to wait for before the first snapshot.
+fn applied_everywhere(envoy: &Envoy) {
+    let thread = |l: &str| {
+        l.split('[')
+            .nth(2)
+            .and_then(|t| t.split(']').next())
+            .map(str::to_string)
+    };
+    let version = |l: &str| -> Option<u64> {
+        let rest = l.split("entitlements: version ").nth(1)?;
+        rest.contains(" applied in ")
+            .then(|| rest.split(' ').next()?.parse().ok())?
+    };
+    poll(SWITCH, "every VM on the newest snapshot", || {
+        let log = envoy.tollgate_log();
+        let vms: std::collections::BTreeSet<String> = log
+            .iter()
+            .filter(|l| l.ends_with(" starting"))
+            .filter_map(|l| thread(l))
+            .collect();
+        let Some(newest) = log.iter().filter_map(|l| version(l)).max() else {
+            return Some(());
+        };
+        let on_newest: std::collections::BTreeSet<String> = log
+            .iter()
+            .filter(|l| version(l) == Some(newest))
+            .filter_map(|l| thread(l))
+            .collect();
+        (on_newest == vms).then_some(())
+    });
 }
 
 /// The plan the backend was told (`x-tollgate-plan`, echoed in the demo backend's body).
