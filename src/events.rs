@@ -801,6 +801,11 @@ impl Outbox {
     }
 
     /// Buffers an event; `false` if the buffer is full and it was dropped.
+    /// Whether the next [`Outbox::push`] would be dropped.
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.capacity
+    }
+
     pub fn push(&mut self, event: Pending) -> bool {
         if self.queue.len() >= self.capacity {
             return false;

@@ -227,6 +227,19 @@ impl Sender {
         }
     }
 
+    /// Renders and queues an event, unless the buffer is full: then it is counted as dropped
+    /// without being rendered (a sink that is down must not cost the worker the JSON of every
+    /// event it will drop).
+    fn push_with(&mut self, render: impl FnOnce(&Origin) -> Pending) {
+        if self.outbox.is_full() {
+            self.dropped_unlogged += 1;
+            bump(self.counters.dropped, 1);
+            return;
+        }
+        let event = render(&self.origin);
+        self.push(event);
+    }
+
     /// Closes the runtime's ended intervals (all of them with `everything`) and its threshold
     /// crossings into events.
     fn close_intervals(&mut self, runtime: &Runtime, now: i64, everything: bool) {
@@ -238,7 +251,7 @@ impl Sender {
             Err(_) => return,
         };
         for interval in &closed {
-            self.push(usage_event(&runtime.config, &self.origin, interval));
+            self.push_with(|origin| usage_event(&runtime.config, origin, interval));
         }
         let crossings: Vec<Crossing> = match meter.crossings.try_borrow_mut() {
             Ok(mut c) => std::mem::take(&mut *c),
@@ -253,7 +266,7 @@ impl Sender {
             if let Some(id) = plan.and_then(|p| self.counters.near_limit.get(p)) {
                 bump(*id, 1);
             }
-            self.push(threshold_event(&runtime.config, &self.origin, crossing));
+            self.push_with(|origin| threshold_event(&runtime.config, origin, crossing));
         }
         bump(self.counters.thresholds, crossings.len());
     }
