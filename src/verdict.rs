@@ -537,6 +537,13 @@ mod tests {
         h
     }
 
+    /// A store with every counted consumer's record created, as a configuration load leaves it.
+    fn counted(config: &Config) -> MemoryStore {
+        let store = MemoryStore::new();
+        crate::quota::create_records(config, &store).unwrap();
+        store
+    }
+
     fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
         let h = get(headers);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -567,8 +574,7 @@ mod tests {
     #[test]
     fn admitted_requests_carry_identity_and_client_copies_are_removed() {
         let c = config("");
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let v = run(
             &c,
             &store,
@@ -588,8 +594,7 @@ mod tests {
     #[test]
     fn hide_credentials_removes_the_source_that_was_used() {
         let c = config(r#", "hide_credentials": true"#);
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let v = run(&c, &store, &[("x-api-key", "acme")]);
         assert!(forwarded(&v).removed().contains(&"x-api-key"));
         let v = run(&c, &store, &[("authorization", "Bearer initech")]);
@@ -607,8 +612,7 @@ mod tests {
     #[test]
     fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
         let c = config(r#", "mode": "shadow""#);
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         assert_eq!(
             run(&c, &store, &[("x-api-key", "acme")]).events,
             [(Event::Allowed, Some(0))]
@@ -786,8 +790,7 @@ mod tests {
         // The memo renders a spent consumer's refusal once and fills in the seconds: every
         // answer must equal the one a VM without memo renders (which reads shared data).
         let c = config(r#", "calendar_utc_offset": "+05:30""#);
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let memo = Memo::default();
         let at = |now: i64, memo: &Memo, headers: &[(&str, &str)]| {
             let h = get(headers);
@@ -828,8 +831,7 @@ mod tests {
                  "consumers": {"a": {"plan": "p", "keys": ["a"]}}}"#,
         )
         .unwrap();
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let memo = Memo::default();
         let h = get(&[("x-api-key", "a")]);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -894,8 +896,7 @@ mod tests {
         // credential was hidden. Browsers send preflights without credentials; one that has a
         // key is handled like any request, so `hide_credentials` applies and a bad key is a 401.
         let c = config(r#", "hide_credentials": true"#);
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let preflight = [
             (":method", "OPTIONS"),
             ("access-control-request-method", "GET"),
@@ -917,8 +918,7 @@ mod tests {
     #[test]
     fn grpc_requests_get_grpc_statuses() {
         let c = config("");
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let grpc = ("content-type", "application/grpc+proto");
         let r = replied(&run(&c, &store, &[grpc]));
         assert_eq!(r.grpc_status, Some(16));
@@ -945,8 +945,7 @@ mod tests {
     #[test]
     fn the_usage_endpoint_reports_without_counting() {
         let c = config(r#", "usage_path": "/tollgate/usage""#);
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let usage = [(":path", "/tollgate/usage?x=1"), ("x-api-key", "acme")];
         for _ in 0..3 {
             let r = replied(&run(&c, &store, &usage));
@@ -1005,8 +1004,7 @@ mod tests {
                  "billing_url": "https://example.com/billing", "usage_path": "/u"}"#,
         )
         .unwrap();
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let memo = Memo::default();
         let at = |now: i64, path: &str| {
             let h = get(&[("x-api-key", "late"), (":path", path)]);
@@ -1058,8 +1056,7 @@ mod tests {
                  "consumers": {"acme": {"plan": "free", "keys": ["acme"]}}}"#,
         )
         .unwrap();
-        let store = MemoryStore::new();
-        crate::quota::create_records(&c, &store).unwrap();
+        let store = counted(&c);
         let memo = Memo::default();
         let h = get(&[("x-api-key", "acme")]);
         let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
