@@ -290,29 +290,3 @@ pub fn fleet_options(quotad: &Quotad, plugin: &str, concurrency: u32) -> Options
         ..Options::default()
     }
 }
-
-/// h2load (HTTP/2) with `key`: `n` requests over `connections` connections of `streams`
-/// concurrent streams each; returns the counts of 2xx, 3xx, 4xx and 5xx responses.
-pub fn h2load(port: u16, key: &str, n: u64, connections: u32, streams: u32) -> [u64; 4] {
-    let connections = connections.min(n.max(1) as u32);
-    let out = Command::new("h2load")
-        .args(["-n", &n.to_string(), "-c", &connections.to_string()])
-        .args(["-m", &streams.to_string(), "-t", "1"])
-        .args(["-H", &format!("x-api-key: {key}")])
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .output()
-        .expect("h2load (installed by `make test`)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("status codes:"))
-        .unwrap_or_else(|| panic!("no status line from h2load:\n{text}"));
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    // "A 2xx, B 3xx, C 4xx, D 5xx": the numbers come as A, 2, B, 3, C, 4, D, 5.
-    let counts: Vec<u64> = numbers.chunks(2).map(|c| c[0]).collect();
-    [counts[0], counts[1], counts[2], counts[3]]
-}
