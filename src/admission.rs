@@ -19,9 +19,12 @@ pub struct Caller<'c> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<'c> {
     /// Forward upstream; `usages` (one per limit of the plan) feed the RateLimit headers.
+    /// Fleet mode: with `refill`, the consumer's lease ran low and this request claimed its
+    /// refill ahead of time (the store call is made without holding the request).
     Allow {
         caller: Caller<'c>,
         usages: Vec<Usage>,
+        refill: Option<Ask>,
     },
     Deny(Denial<'c>),
     /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
@@ -184,6 +187,7 @@ pub fn decide_with<'c>(
         return Decision::Allow {
             caller,
             usages: Vec::new(),
+            refill: None,
         };
     }
     if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
@@ -210,6 +214,7 @@ pub fn decide_with<'c>(
                 Decision::Allow {
                     caller,
                     usages: counted.usages,
+                    refill: None,
                 }
             } else {
                 memo.remember_refused(consumer.id, &counted.usages);
@@ -275,7 +280,11 @@ fn from_lease<'c>(
         &terms,
         fleet.waiting_since_ms,
     ) {
-        Ok(Take::Admitted(usages)) => Decision::Allow { caller, usages },
+        Ok(Take::Admitted(usages, refill)) => Decision::Allow {
+            caller,
+            usages,
+            refill,
+        },
         Ok(Take::Refused(usages)) => {
             memo.remember_refused(caller.consumer.id, &usages);
             Decision::Deny(Denial::QuotaExceeded { caller, usages })

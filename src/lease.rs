@@ -186,7 +186,9 @@ pub struct Ask {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
     /// A unit was spent: admit. Usages from the store's last figures and the lease left.
-    Admitted(Vec<Usage>),
+    /// With an [`Ask`], the lease ran low and this request claimed its refill ahead of time:
+    /// make the call without holding the request (see [`ahead`]).
+    Admitted(Vec<Usage>, Option<Ask>),
     /// The store said a limit is spent in its current window, and the lease is empty.
     Refused(Vec<Usage>),
     /// The lease is empty and this request claimed its refill: ask the store.
@@ -232,6 +234,29 @@ pub fn size(
         u64::MAX
     };
     terms.lease.min(share).min(rate).max(1)
+}
+
+/// Refill ahead: how much to ask for now, without holding anyone, from a (valid) lease that
+/// just spent a unit — 0 for nothing. The lease is sized as a refill would be ([`size`]: the
+/// consumer's rate, a share of what is left, at most `lease`); once it is down to half of that,
+/// it is topped up to it while it still admits, so that a consumer with steady traffic never
+/// finds it empty (requests that would wait for the refill, on every worker, go on spending what
+/// is left). Not while a refill is in flight or one failed less than a timeout ago, not once the
+/// store said a limit is spent, not when the size is one (the last units of a quota go one call
+/// each, with the request they are for). Never more than `lease` units held: what an Envoy can
+/// lose stays one lease per consumer.
+pub fn ahead(lease: &Lease, now_ms: i64, terms: &Terms) -> u64 {
+    if lease.claim_until_ms > now_ms
+        || failed(lease, now_ms, terms, None).is_some()
+        || lease.figures.iter().any(|f| f.left == 0)
+    {
+        return 0;
+    }
+    let target = size(lease, true, &[], terms, now_ms);
+    if target < 2 || lease.units > target / 2 {
+        return 0;
+    }
+    target - lease.units
 }
 
 fn read(store: &impl Store, key: &str) -> Result<(Lease, u32), CountError> {
@@ -307,12 +332,22 @@ fn take_or_look(
         // The usage endpoint asks the store each time (other Envoys spend too); figures
         // written since it started waiting are that answer (or a refill's, as fresh).
         if valid && !spend && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since) {
-            return Ok(Take::Admitted(lease.usages(false)));
+            return Ok(Take::Admitted(lease.usages(false), None));
         }
         if spend && valid && lease.units > 0 {
             lease.units -= 1;
+            let hits = ahead(&lease, clock.now_ms, terms);
+            if hits > 0 {
+                lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
+            }
             match store.set(key, &lease.encode(), cas) {
-                Ok(()) => return Ok(Take::Admitted(lease.usages(false))),
+                Ok(()) => {
+                    let ask = (hits > 0).then(|| Ask {
+                        hits,
+                        windows: windows.clone(),
+                    });
+                    return Ok(Take::Admitted(lease.usages(false), ask));
+                }
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
             }
@@ -561,23 +596,34 @@ mod tests {
         }
     }
 
-    /// Takes until refused, refilling from `service` as asked; returns the admitted count.
+    /// Makes the store call `ask` (and its asks again) and applies the answers.
+    fn fill(store: &MemoryStore, service: &mut Service, mut ask: Ask, now_ms: i64) {
+        loop {
+            let answer = service.answer(&ask);
+            match apply(store, K, &ask, &answer, now_ms, &TERMS).unwrap() {
+                Applied::Done => return,
+                Applied::AskAgain(again) => ask = again,
+            }
+        }
+    }
+
+    /// Takes until refused, refilling from `service` as asked (ahead of time too); returns the
+    /// admitted count.
     fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Clock) -> u64 {
         let mut admitted = 0;
         for _ in 0..100_000 {
             match take(store, K, limits, clock, &TERMS, None).unwrap() {
-                Take::Admitted(_) => admitted += 1,
+                Take::Admitted(_, ahead) => {
+                    admitted += 1;
+                    if let Some(ask) = ahead {
+                        fill(store, service, ask, clock.now_ms);
+                    }
+                }
                 Take::Refused(usages) => {
                     assert!(usages.iter().any(|u| u.violated && u.remaining() == 0));
                     return admitted;
                 }
-                Take::Refill(mut ask) => loop {
-                    let answer = service.answer(&ask);
-                    match apply(store, K, &ask, &answer, clock.now_ms, &TERMS).unwrap() {
-                        Applied::Done => break,
-                        Applied::AskAgain(again) => ask = again,
-                    }
-                },
+                Take::Refill(ask) => fill(store, service, ask, clock.now_ms),
                 Take::Wait { .. } => panic!("nobody else is refilling"),
             }
         }
@@ -653,15 +699,14 @@ mod tests {
                 let store = if turn % 2 == 0 { &a } else { &b };
                 turn += 1;
                 match take(store, K, &limits, at(0), &TERMS, None).unwrap() {
-                    Take::Admitted(_) => admitted += 1,
-                    Take::Refused(_) => refused[turn % 2] = true,
-                    Take::Refill(mut ask) => loop {
-                        let answer = service.answer(&ask);
-                        match apply(store, K, &ask, &answer, 0, &TERMS).unwrap() {
-                            Applied::Done => break,
-                            Applied::AskAgain(again) => ask = again,
+                    Take::Admitted(_, ahead) => {
+                        admitted += 1;
+                        if let Some(ask) = ahead {
+                            fill(store, &mut service, ask, 0);
                         }
-                    },
+                    }
+                    Take::Refused(_) => refused[turn % 2] = true,
+                    Take::Refill(ask) => fill(store, &mut service, ask, 0),
                     Take::Wait { .. } => unreachable!(),
                 }
                 assert!(turn < 100_000);
@@ -715,6 +760,79 @@ mod tests {
             size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 60_000),
             1
         );
+    }
+
+    #[test]
+    fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
+        let store = fresh();
+        let limits = limits(&[(10_000, Window::Day)]);
+        let mut service = Service { used: vec![0] };
+        let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ask.hits, 100);
+        fill(&store, &mut service, ask, at(0).now_ms);
+        // 100 granted: the first 49 requests leave more than half; the 50th claims the refill.
+        for i in 1..50 {
+            assert!(
+                matches!(
+                    take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+                    Take::Admitted(_, None)
+                ),
+                "request {i}"
+            );
+        }
+        let Take::Admitted(_, Some(early)) = take(&store, K, &limits, at(1), &TERMS, None).unwrap()
+        else {
+            panic!("down to 50 of 100: refill ahead")
+        };
+        assert_eq!(
+            early.hits, 50,
+            "200 by the rate, capped at the lease: 50 held + 50"
+        );
+        // While it is in flight, requests spend and nobody else calls.
+        for _ in 0..50 {
+            assert!(matches!(
+                take(&store, K, &limits, at(2), &TERMS, None).unwrap(),
+                Take::Admitted(_, None)
+            ));
+        }
+        assert!(matches!(
+            take(&store, K, &limits, at(3), &TERMS, None).unwrap(),
+            Take::Wait { .. }
+        ));
+        fill(&store, &mut service, early, at(3).now_ms);
+        let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+        assert_eq!((lease.units, lease.claim_until_ms), (50, 0));
+        assert_eq!(service.used, [150]);
+
+        // Topped up to the size a refill would have; none after a failure less than a timeout
+        // ago, once a limit is spent, or when the size is one (a quota's last units).
+        let cases = [
+            (
+                0,
+                500,
+                15,
+                "20 by the rate (10 in 10 ms, doubled), less the 5 held",
+            ),
+            (at(0).now_ms, 500, 0, "failed"),
+            (0, 0, 0, "spent"),
+            (0, 15, 0, "15 left: an eighth is 1"),
+        ];
+        for (failed_at_ms, left, hits, why) in cases {
+            let lease = Lease {
+                units: 5,
+                granted: 10,
+                granted_at_ms: at(0).now_ms,
+                failed_at_ms,
+                figures: vec![Figure {
+                    left,
+                    ..lease.figures[0]
+                }],
+                ..Lease::default()
+            };
+            assert_eq!(ahead(&lease, at(10).now_ms, &TERMS), hits, "{why}");
+        }
     }
 
     #[test]
@@ -792,7 +910,8 @@ mod tests {
             apply(&store, K, &again, &answer, at(1).now_ms, &TERMS).unwrap(),
             Applied::Done
         );
-        let Take::Admitted(usages) = take(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
+        let Take::Admitted(usages, None) = take(&store, K, &limits, at(2), &TERMS, None).unwrap()
+        else {
             panic!()
         };
         // Left: the store's figure plus this Envoy's unspent lease (2 of 3).
@@ -818,7 +937,7 @@ mod tests {
         assert_eq!(look_ask.hits, 0);
         let answer = Answer::Granted { left: vec![80] };
         apply(&store, K, &look_ask, &answer, at(3).now_ms, &TERMS).unwrap();
-        let Take::Admitted(usages) =
+        let Take::Admitted(usages, None) =
             look(&store, K, &limits, at(4), &TERMS, Some(at(2).now_ms)).unwrap()
         else {
             panic!()
@@ -850,7 +969,7 @@ mod tests {
         apply(&store, K, &ask, &answer, start * 1000, &TERMS).unwrap();
         assert!(matches!(
             take(&store, K, &limits, clock(start + 59), &TERMS, None).unwrap(),
-            Take::Admitted(_)
+            Take::Admitted(..)
         ));
         let Take::Refill(next) = take(&store, K, &limits, clock(start + 60), &TERMS, None).unwrap()
         else {

@@ -613,7 +613,7 @@ mod tests {
         let config = Config::from_json(CONFIG.as_bytes()).unwrap();
         let store = MemoryStore::new();
         crate::quota::create_records(&config, &store).unwrap();
-        let Decision::Allow { caller, usages } =
+        let Decision::Allow { caller, usages, .. } =
             decide(&config, key("acme"), NOW, &store, &Memo::default())
         else {
             panic!()

@@ -47,6 +47,9 @@ pub struct Forward<'c> {
     pub path: Option<Vec<u8>>,
     /// The RateLimit fields to add to the upstream's response.
     pub rate_limit: Option<RateLimitFields>,
+    /// Fleet mode: the consumer's lease (by index) to refill ahead of time, while this
+    /// request goes on.
+    pub refill: Option<(usize, crate::lease::Ask)>,
 }
 
 impl<'c> Forward<'c> {
@@ -234,7 +237,11 @@ pub fn handle_with<'c>(
     }
 
     let denial = match decide_with(config, credential, now, store, memo, fleet) {
-        Decision::Allow { caller, usages } => {
+        Decision::Allow {
+            caller,
+            usages,
+            refill,
+        } => {
             log::debug!(
                 "allow consumer={} plan={}",
                 caller.consumer.name,
@@ -242,6 +249,7 @@ pub fn handle_with<'c>(
             );
             forward.caller = Some((&caller.consumer.name, &caller.plan.name));
             forward.rate_limit = rate_limit_fields(config, memo, &caller, &usages, now);
+            forward.refill = refill.map(|ask| (caller.consumer.id, ask));
             let mut metered = Metered::of(Some(&caller));
             if let Some(thresholds) = config
                 .events
@@ -408,7 +416,7 @@ fn usage_endpoint<'c>(
     let counts = match &config.store {
         Some(rls) if !plan.limits.is_empty() => {
             match look_at_lease(config, rls, consumer, plan, now, store, fleet) {
-                Ok(Take::Admitted(usages) | Take::Refused(usages)) => Ok(usages),
+                Ok(Take::Admitted(usages, _) | Take::Refused(usages)) => Ok(usages),
                 Ok(Take::Refill(ask)) => return wait(consumer.id, Some(ask)),
                 Ok(Take::Wait { .. }) => return wait(consumer.id, None),
                 Err(e) => Err(e),

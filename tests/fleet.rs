@@ -126,6 +126,38 @@ fn one_envoy_admits_exactly_the_quota_counted_in_redis_in_few_store_calls() {
 }
 
 #[test]
+fn a_lease_running_low_is_refilled_while_its_requests_go_on() {
+    let redis = Redis::start();
+    let quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("deny", "1s", 10, 37), 2);
+
+    // One connection, one request at a time. The first waits for a lease of 10; the next four
+    // spend it down to half, and the fifth claims the refill ahead of time, answered at once.
+    let mut conn = Conn::new(envoy.port);
+    for i in 1..=5 {
+        let r = conn.get("/", &[("x-api-key", b"hooli-key")]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    poll(Duration::from_secs(20), "the refill ahead reaches the store", || {
+        (quotad.decisions() == 2).then_some(())
+    });
+    // 10, then topped up by 5 back to 10, all in Redis; only the first request was held.
+    poll(Duration::from_secs(20), "the refill ahead is applied", || {
+        (redis.counted("tollgate", "hooli", "daily") == 15).then_some(())
+    });
+    poll(Duration::from_secs(20), "the fleet counters are flushed", || {
+        (envoy.counter("tollgate.fleet.store_calls") == 2).then_some(())
+    });
+    assert_eq!(envoy.counter("tollgate.fleet.refills_ahead"), 1);
+    assert_eq!(envoy.counter("tollgate.fleet.held"), 1);
+    // `r`: what the store has left plus this Envoy's unspent lease, whether the top-up was
+    // applied yet or not — 6 spent.
+    let r = conn.get("/", &[("x-api-key", b"hooli-key")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.remaining("daily"), 1_000_000 - 6, "{:?}", r.header("ratelimit"));
+}
+
+#[test]
 fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
     let redis = Redis::start();
     let mut quotad = Quotad::start(&redis);

@@ -11,6 +11,10 @@
 //!   held (and at the metrics period otherwise): a refill that failed fails them too, and a
 //!   claim past its deadline (the refiller died) is taken over.
 //! - No request is held past its deadline: then it gets `on_store_error`.
+//! - A lease that runs low is refilled ahead of time ([`crate::lease::ahead`]): the request
+//!   that claimed it goes on, and the call is made from the root context.
+//! - Counters `wasmcustom.tollgate.fleet.{store_calls,refills_ahead,held}`: calls made, of
+//!   them ahead of time, and requests held (defined on first use, so only in fleet mode).
 //!
 //! State is per VM (one thread): a `thread_local`.
 
@@ -19,7 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::BufferType;
+use proxy_wasm::types::{BufferType, MetricType};
 
 use super::http::{run, Step};
 use super::root::Runtime;
@@ -97,6 +101,38 @@ struct State {
     current: Option<u32>,
     /// The tick period outside of polling (the metrics flush).
     idle_tick: Duration,
+    /// Envoy's ids of the [`Count`] counters, once defined (`Some(None)`: defining failed).
+    counters: [Option<Option<u32>>; 3],
+}
+
+/// What fleet mode counts (rare next to requests: incremented in Envoy at once).
+#[derive(Clone, Copy)]
+enum Count {
+    StoreCalls,
+    RefillsAhead,
+    Held,
+}
+
+const COUNTER_NAMES: [&str; 3] = [
+    "tollgate.fleet.store_calls",
+    "tollgate.fleet.refills_ahead",
+    "tollgate.fleet.held",
+];
+
+#[inline(never)]
+fn count(which: Count) {
+    let index = which as usize;
+    let id = with(|s| {
+        let slot = s.counters.get_mut(index)?;
+        *slot.get_or_insert_with(|| {
+            let name = COUNTER_NAMES.get(index)?;
+            hostcalls::define_metric(MetricType::Counter, name).ok()
+        })
+    })
+    .flatten();
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
 }
 
 impl State {
@@ -109,6 +145,7 @@ impl State {
             polling: false,
             current: None,
             idle_tick: Duration::from_secs(1),
+            counters: [None; 3],
         }
     }
 }
@@ -152,6 +189,7 @@ pub fn hold(context: u32, runtime: &Rc<Runtime>, wait: Wait, since_ms: i64, now_
         return;
     };
     let deadline_ms = since_ms + 2 * (terms.timeout_ms + CLAIM_MARGIN_MS);
+    count(Count::Held);
     with(|s| {
         s.held.push(Held {
             context,
@@ -169,6 +207,20 @@ pub fn hold(context: u32, runtime: &Rc<Runtime>, wait: Wait, since_ms: i64, now_
     if let Some(ask) = wait.refill {
         dispatch(context, runtime, wait.consumer, ask, now_ms);
     }
+}
+
+/// Refills a consumer's lease ahead of time, for the request of `context` that claimed it and
+/// goes on: the call is made from the root context (a call made from the request's context
+/// would be cancelled when the request ends, and its answer lost with the units), then the
+/// host is pointed back at the request.
+#[inline(never)]
+pub fn refill_ahead(context: u32, runtime: &Rc<Runtime>, consumer: usize, ask: Ask, now_ms: i64) {
+    let Some(root) = with(|s| s.root) else {
+        return;
+    };
+    count(Count::RefillsAhead);
+    dispatch(root, runtime, consumer, ask, now_ms);
+    set_effective_context(context);
 }
 
 /// Calls the rate limit service for `ask` from `context` (the context the host is running).
@@ -217,6 +269,7 @@ fn dispatch(context: u32, runtime: &Rc<Runtime>, consumer: usize, ask: Ask, now_
         Duration::from_millis(rls.timeout_ms),
     ) {
         Ok(token) => {
+            count(Count::StoreCalls);
             log::debug!("fleet: asking for {} of consumer {}", ask.hits, who.name);
             with(|s| {
                 s.calls.push((
@@ -389,7 +442,7 @@ fn resume(held: Held, failed: Option<String>, now_ms: i64) {
         waiting_since_ms: Some(held.since_ms),
         failed,
     };
-    match run(&held.runtime, &input, now_ms) {
+    match run(held.context, &held.runtime, &input, now_ms) {
         Step::Continue(fields) => {
             if let Some(fields) = fields {
                 with(|s| s.fields.push((held.context, fields)));
