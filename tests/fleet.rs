@@ -138,23 +138,34 @@ fn a_lease_running_low_is_refilled_while_its_requests_go_on() {
         let r = conn.get("/", &[("x-api-key", b"hooli-key")]);
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
     }
-    poll(Duration::from_secs(20), "the refill ahead reaches the store", || {
-        (quotad.decisions() == 2).then_some(())
-    });
+    poll(
+        Duration::from_secs(20),
+        "the refill ahead reaches the store",
+        || (quotad.decisions() == 2).then_some(()),
+    );
     // 10, then topped up by 5 back to 10, all in Redis; only the first request was held.
-    poll(Duration::from_secs(20), "the refill ahead is applied", || {
-        (redis.counted("tollgate", "hooli", "daily") == 15).then_some(())
-    });
-    poll(Duration::from_secs(20), "the fleet counters are flushed", || {
-        (envoy.counter("tollgate.fleet.store_calls") == 2).then_some(())
-    });
+    poll(
+        Duration::from_secs(20),
+        "the refill ahead is applied",
+        || (redis.counted("tollgate", "hooli", "daily") == 15).then_some(()),
+    );
+    poll(
+        Duration::from_secs(20),
+        "the fleet counters are flushed",
+        || (envoy.counter("tollgate.fleet.store_calls") == 2).then_some(()),
+    );
     assert_eq!(envoy.counter("tollgate.fleet.refills_ahead"), 1);
     assert_eq!(envoy.counter("tollgate.fleet.held"), 1);
     // `r`: what the store has left plus this Envoy's unspent lease, whether the top-up was
     // applied yet or not — 6 spent.
     let r = conn.get("/", &[("x-api-key", b"hooli-key")]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.remaining("daily"), 1_000_000 - 6, "{:?}", r.header("ratelimit"));
+    assert_eq!(
+        r.remaining("daily"),
+        1_000_000 - 6,
+        "{:?}",
+        r.header("ratelimit")
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //!   claim past its deadline (the refiller died) is taken over.
 //! - No request is held past its deadline: then it gets `on_store_error`.
 //! - A lease that runs low is refilled ahead of time ([`crate::lease::ahead`]): the request
-//!   that claimed it goes on, and the call is made from the root context.
+//!   that claimed it goes on, and the call is made on the root context's next tick, [`SOON`]
+//!   later (the SDK files a call under the context it is running, and drops the answer of a
+//!   context that is gone: only a call made from the root context outlives its request).
 //! - Counters `wasmcustom.tollgate.fleet.{store_calls,refills_ahead,held}`: calls made, of
 //!   them ahead of time, and requests held (defined on first use, so only in fleet mode).
 //!
@@ -37,6 +39,8 @@ use crate::verdict::Wait;
 
 /// How often held requests look at their lease again (the root context's tick meanwhile).
 pub const POLL: Duration = Duration::from_millis(10);
+/// The root context's tick while a refill ahead waits to be made.
+pub const SOON: Duration = Duration::from_millis(1);
 
 // The SDK's versions of these panic on any status but Ok (a context that went away meanwhile
 // must not trap the VM): the ABI functions, statuses as integers.
@@ -95,7 +99,10 @@ struct State {
     calls: Calls,
     /// RateLimit fields of requests resumed from another context, for their responses.
     fields: Vec<(u32, RateLimitFields)>,
-    polling: bool,
+    /// Refills ahead of time to make on the next tick.
+    ahead: Vec<(Rc<Runtime>, usize, Ask)>,
+    /// The tick period asked for last.
+    tick: Duration,
     /// The context the host is running while held requests are decided again from a callback
     /// (calls made then are filed under it).
     current: Option<u32>,
@@ -142,7 +149,8 @@ impl State {
             held: Vec::new(),
             calls: Vec::new(),
             fields: Vec::new(),
-            polling: false,
+            ahead: Vec::new(),
+            tick: Duration::from_secs(1),
             current: None,
             idle_tick: Duration::from_secs(1),
             counters: [None; 3],
@@ -167,6 +175,13 @@ pub fn set_root(context: u32, idle_tick: Duration) {
         s.root = context;
         s.idle_tick = idle_tick;
     });
+}
+
+/// The root context has just set its tick to the idle period (on configuration): set it again
+/// to what fleet mode needs, if that is faster.
+pub fn retick() {
+    with(|s| s.tick = s.idle_tick);
+    settle();
 }
 
 fn terms(runtime: &Runtime) -> Option<(Terms, &crate::config::Rls)> {
@@ -199,28 +214,21 @@ pub fn hold(context: u32, runtime: &Rc<Runtime>, wait: Wait, since_ms: i64, now_
             deadline_ms,
             pending: None,
         });
-        if !s.polling {
-            s.polling = true;
-            set_tick(POLL);
-        }
     });
+    settle();
     if let Some(ask) = wait.refill {
         dispatch(context, runtime, wait.consumer, ask, now_ms);
     }
 }
 
-/// Refills a consumer's lease ahead of time, for the request of `context` that claimed it and
-/// goes on: the call is made from the root context (a call made from the request's context
-/// would be cancelled when the request ends, and its answer lost with the units), then the
-/// host is pointed back at the request.
+/// Refills a consumer's lease ahead of time, for a request that claimed it and goes on: the
+/// call is made on the root context's next tick (a call made from the request's context would
+/// have its answer dropped once the request is done, and the units with it).
 #[inline(never)]
-pub fn refill_ahead(context: u32, runtime: &Rc<Runtime>, consumer: usize, ask: Ask, now_ms: i64) {
-    let Some(root) = with(|s| s.root) else {
-        return;
-    };
+pub fn refill_ahead(runtime: &Rc<Runtime>, consumer: usize, ask: Ask) {
     count(Count::RefillsAhead);
-    dispatch(root, runtime, consumer, ask, now_ms);
-    set_effective_context(context);
+    with(|s| s.ahead.push((Rc::clone(runtime), consumer, ask)));
+    settle();
 }
 
 /// Calls the rate limit service for `ask` from `context` (the context the host is running).
@@ -442,7 +450,7 @@ fn resume(held: Held, failed: Option<String>, now_ms: i64) {
         waiting_since_ms: Some(held.since_ms),
         failed,
     };
-    match run(held.context, &held.runtime, &input, now_ms) {
+    match run(&held.runtime, &input, now_ms) {
         Step::Continue(fields) => {
             if let Some(fields) = fields {
                 with(|s| s.fields.push((held.context, fields)));
@@ -474,12 +482,20 @@ fn resume(held: Held, failed: Option<String>, now_ms: i64) {
     }
 }
 
-/// Back to the idle tick once nothing is held.
+/// The tick this VM needs: [`SOON`] for refills ahead, [`POLL`] while requests are held, else
+/// the idle one.
 fn settle() {
     with(|s| {
-        if s.polling && s.held.is_empty() {
-            s.polling = false;
-            set_tick(s.idle_tick);
+        let want = if !s.ahead.is_empty() {
+            SOON
+        } else if !s.held.is_empty() {
+            POLL
+        } else {
+            s.idle_tick
+        };
+        if s.tick != want {
+            s.tick = want;
+            set_tick(want);
         }
     });
 }
@@ -488,17 +504,24 @@ fn settle() {
 /// have filled the lease, failed, or died).
 #[inline(never)]
 pub fn on_tick() {
-    if with(|s| s.held.is_empty()).unwrap_or(true) {
+    if with(|s| s.held.is_empty() && s.ahead.is_empty()).unwrap_or(true) {
         return;
     }
     let Some(now_ms) = super::now_ms() else {
         return;
     };
-    let (root, held) = with(|s| {
+    let (root, ahead, held) = with(|s| {
         s.current = Some(s.root);
-        (s.root, std::mem::take(&mut s.held))
+        (
+            s.root,
+            std::mem::take(&mut s.ahead),
+            std::mem::take(&mut s.held),
+        )
     })
     .unwrap_or_default();
+    for (runtime, consumer, ask) in ahead {
+        dispatch(root, &runtime, consumer, ask, now_ms);
+    }
     for mut h in held {
         match h.pending.take() {
             Some(ask) => {

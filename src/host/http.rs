@@ -48,9 +48,9 @@ pub enum Step {
     Wait(Wait),
 }
 
-/// Decides the request of the effective context (`context`) and carries the verdict out (headers set, or
+/// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.
-pub fn run(context: u32, runtime: &Rc<Runtime>, fleet: &FleetInput, now_ms: i64) -> Step {
+pub fn run(runtime: &Rc<Runtime>, fleet: &FleetInput, now_ms: i64) -> Step {
     let now = now_ms.div_euclid(1000);
     let mut request = |name: &str| {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
@@ -101,7 +101,7 @@ pub fn run(context: u32, runtime: &Rc<Runtime>, fleet: &FleetInput, now_ms: i64)
                 }
             }
             if let Some((consumer, ask)) = forward.refill {
-                fleet::refill_ahead(context, runtime, consumer, ask, now_ms);
+                fleet::refill_ahead(runtime, consumer, ask);
             }
             Step::Continue(forward.rate_limit)
         }
@@ -188,7 +188,7 @@ impl HttpContext for Filter {
             now_ms,
             ..FleetInput::default()
         };
-        match run(self.context_id, &runtime, &fleet_input, now_ms) {
+        match run(&runtime, &fleet_input, now_ms) {
             Step::Continue(fields) => {
                 self.rate_limit = fields;
                 Action::Continue

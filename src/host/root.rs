@@ -197,6 +197,7 @@ impl RootContext for Root {
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
+        super::fleet::retick();
         log::info!("configured: {}", config.summary());
         let (entitlements, current) = match Entitlements::configure(&config, &bytes) {
             Some((entitlements, current)) => (Some(entitlements), current),
