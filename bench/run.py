@@ -24,7 +24,7 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 budget), against the shipped build (opt-level "z", then wasm-opt -O3)
   tollgate-fleet, tollgate-fleet-lease1
                 tollgate in fleet mode (`store.rls`) against quotad and Redis on the same machine
-                (pinned to the load generator's CPU), with leases of up to 100 and with `lease: 1`
+                (pinned to the load generator's CPU), with the default `lease` (1000) and with `lease: 1`
                 (one store call per request); each result also has the store calls per 1 000
                 requests (quotad's decision count). Only with --quotad.
   proxied, tollgate-proxied
@@ -110,7 +110,7 @@ ROUTER = {
 
 
 def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
-                    events: bool = False, lease: int = 0) -> str:
+                    events: bool = False, fleet: bool = False, lease: int = 0) -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
     one request, everything is refused with 402."""
@@ -132,8 +132,10 @@ def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
     if events:
         config["events"] = {"cluster": SINK_CLUSTER, "url": "http://sink.bench/events",
                             "interval": "1s", "alerts": [80, 100]}
-    if lease:
-        config["store"] = {"rls": {"cluster": "tollgate_quotad", "timeout": "1s", "lease": lease}}
+    if fleet:
+        config["store"] = {"rls": {"cluster": "tollgate_quotad", "timeout": "1s"}}
+        if lease:
+            config["store"]["rls"]["lease"] = lease
     return json.dumps(config, separators=(",", ":"))
 
 
@@ -491,9 +493,9 @@ def variants(args) -> list:
          [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, events=True))], 200, False),
         *([
             ("tollgate-fleet",
-             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, lease=100))], 200, False),
+             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, fleet=True))], 200, False),
             ("tollgate-fleet-lease1",
-             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, lease=1))], 200, False),
+             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, fleet=True, lease=1))], 200, False),
         ] if args.quotad else []),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),

@@ -553,11 +553,11 @@ fn store_rls_defaults_and_validation_name_the_field() {
             cluster: "outbound|8081||quotad.tollgate.svc.cluster.local".into(),
             domain: "tollgate".into(),
             timeout_ms: 100,
-            lease: 100,
+            lease: 1000,
         })
     );
     assert!(config.summary().ends_with(
-        ", store rls (cluster outbound|8081||quotad.tollgate.svc.cluster.local, domain tollgate, timeout 100ms, lease 100)"
+        ", store rls (cluster outbound|8081||quotad.tollgate.svc.cluster.local, domain tollgate, timeout 100ms, lease 1000)"
     ));
     let full = Config::from_json(
         with_store(r#"{"rls": {"cluster": "q", "domain": "d-1", "timeout": "2s", "lease": 1}}"#)
