@@ -181,6 +181,8 @@ def main():
     parser.add_argument("--quotad", default=os.path.join(ROOT, "target/quotad/quotad"))
     parser.add_argument("--load", default=None, help="quotad-load (default: beside --quotad)")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--worker-threads", type=int, default=1,
+                        help="quotad's --worker-threads (1: quotad shares 2 cores with Redis and h2load)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench/out/quotad.json"))
     a = parser.parse_args()
     load_bin = a.load or os.path.join(os.path.dirname(a.quotad), "quotad-load")
@@ -200,7 +202,8 @@ def main():
         log = open(os.path.join(tmp, "quotad.log"), "w+")
         procs.append(subprocess.Popen(
             [a.quotad, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-             "--redis", f"redis://127.0.0.1:{rport}", "--redis-timeout-ms", "1000"],
+             "--redis", f"redis://127.0.0.1:{rport}", "--redis-timeout-ms", "1000",
+             "--worker-threads", str(a.worker_threads)],
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,quotad=info"}))
         grpc = []
 

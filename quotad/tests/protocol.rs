@@ -204,7 +204,8 @@ async fn hits_addend_takes_all_or_nothing_and_says_what_is_left() {
 async fn health_metrics_and_a_graceful_sigterm() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let mut quotad = Quotad::on(&redis);
+    // One worker thread (the bench's setting) serves gRPC, health and metrics alike.
+    let mut quotad = Quotad::start(&["--redis", &redis.url(), "--worker-threads", "1"]);
     quotad.wait_healthy();
     assert_eq!(quotad.http_get("/healthz"), (200, "ok\n".to_string()));
 
@@ -250,6 +251,7 @@ async fn health_metrics_and_a_graceful_sigterm() {
         "{log}"
     );
     assert!(log.contains("redis timeout 300 ms"), "{log}");
+    assert!(log.contains("worker threads 1"), "{log}");
     assert!(!log.contains("acme"), "no per-request logs at info: {log}");
 
     let status = quotad.terminate();
