@@ -1,0 +1,479 @@
+//! Unit tests of [`crate::lease`] (kept apart so that the module itself reads in one go).
+
+use super::*;
+use crate::store::MemoryStore;
+use crate::window::Window;
+
+const K: &str = "tollgate:v1:lease:acme";
+const NOW: i64 = 1_795_000_000;
+const TERMS: Terms = Terms {
+    lease: 100,
+    timeout_ms: 50,
+    utc_offset: 0,
+};
+
+fn limits(sizes: &[(u64, Window)]) -> Vec<Limit> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, (requests, window))| Limit {
+            name: format!("l{i}"),
+            requests: *requests,
+            window: *window,
+            window_text: String::new(),
+            status: 402,
+        })
+        .collect()
+}
+
+fn fresh() -> MemoryStore {
+    let store = MemoryStore::new();
+    store.set(K, &Lease::default().encode(), 0).unwrap();
+    store
+}
+
+fn at(ms: i64) -> Clock {
+    Clock {
+        now: NOW + ms / 1000,
+        now_ms: NOW * 1000 + ms,
+    }
+}
+
+/// A store that grants what is asked while it has room (one fleet-wide count per limit).
+struct Service {
+    used: Vec<u64>,
+}
+
+impl Service {
+    fn answer(&mut self, ask: &Ask) -> Answer {
+        let fits = ask
+            .windows
+            .iter()
+            .zip(&self.used)
+            .all(|((_, requests), used)| used + ask.hits <= *requests);
+        if fits {
+            for u in &mut self.used {
+                *u += ask.hits;
+            }
+        }
+        let left = ask
+            .windows
+            .iter()
+            .zip(&self.used)
+            .map(|((_, requests), used)| requests - used)
+            .collect();
+        if fits {
+            Answer::Granted { left }
+        } else {
+            Answer::Over { left }
+        }
+    }
+}
+
+/// Makes the store call `ask` (and its asks again) and applies the answers.
+fn fill(store: &MemoryStore, service: &mut Service, mut ask: Ask, now_ms: i64) {
+    loop {
+        let answer = service.answer(&ask);
+        match apply(store, K, &ask, &answer, now_ms, &TERMS).unwrap() {
+            Applied::Done => return,
+            Applied::AskAgain(again) => ask = again,
+        }
+    }
+}
+
+/// Takes until refused, refilling from `service` as asked (ahead of time too); returns the
+/// admitted count.
+fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Clock) -> u64 {
+    let mut admitted = 0;
+    for _ in 0..100_000 {
+        match take(store, K, limits, clock, &TERMS, None).unwrap() {
+            Take::Admitted(_, ahead) => {
+                admitted += 1;
+                if let Some(ask) = ahead {
+                    fill(store, service, ask, clock.now_ms);
+                }
+            }
+            Take::Refused(usages) => {
+                assert!(usages.iter().any(|u| u.violated && u.remaining() == 0));
+                return admitted;
+            }
+            Take::Refill(ask) => fill(store, service, ask, clock.now_ms),
+            Take::Wait { .. } => panic!("nobody else is refilling"),
+        }
+    }
+    panic!("never refused")
+}
+
+#[test]
+fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
+    let lease = Lease {
+        units: 7,
+        answered_at_ms: 11,
+        claim_until_ms: 123,
+        failed_at_ms: -5,
+        granted: 9,
+        granted_at_ms: 99,
+        figures: vec![
+            Figure {
+                start: 1,
+                end: 2,
+                requests: 3,
+                left: 4,
+            },
+            Figure::default(),
+        ],
+    };
+    let bytes = lease.encode();
+    assert_eq!(bytes.len(), HEAD + 2 * PER_LIMIT);
+    assert_eq!(Lease::decode(&bytes), Some(lease));
+    for cut in 0..bytes.len() {
+        assert_eq!(Lease::decode(&bytes[..cut]), None, "cut at {cut}");
+    }
+    assert_eq!(Lease::decode(b"TG\x02"), None);
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(Lease::decode(&longer), None);
+}
+
+#[test]
+fn a_drained_lease_admits_exactly_the_quota_then_refuses_without_a_call() {
+    for quota in [1, 2, 7, 8, 9, 63, 100, 500, 1001] {
+        let store = fresh();
+        let limits = limits(&[(quota, Window::Day), (quota * 3, Window::Month)]);
+        let mut service = Service { used: vec![0, 0] };
+        assert_eq!(
+            drain(&store, &limits, &mut service, at(0)),
+            quota,
+            "{quota}"
+        );
+        assert_eq!(
+            service.used,
+            [quota, quota],
+            "nothing lost or double-counted"
+        );
+        // Refused again from the lease alone.
+        assert!(matches!(
+            take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+            Take::Refused(_)
+        ));
+    }
+}
+
+#[test]
+fn two_envoys_sharing_one_service_admit_exactly_the_quota() {
+    for quota in [1, 5, 17, 250] {
+        let (a, b) = (fresh(), fresh());
+        let limits = limits(&[(quota, Window::Day)]);
+        let mut service = Service { used: vec![0] };
+        // Alternate between the two Envoys' leases, one request at a time.
+        let mut admitted = 0;
+        let mut refused = [false, false];
+        let mut turn = 0;
+        while !(refused[0] && refused[1]) {
+            let store = if turn % 2 == 0 { &a } else { &b };
+            turn += 1;
+            match take(store, K, &limits, at(0), &TERMS, None).unwrap() {
+                Take::Admitted(_, ahead) => {
+                    admitted += 1;
+                    if let Some(ask) = ahead {
+                        fill(store, &mut service, ask, 0);
+                    }
+                }
+                Take::Refused(_) => refused[turn % 2] = true,
+                Take::Refill(ask) => fill(store, &mut service, ask, 0),
+                Take::Wait { .. } => unreachable!(),
+            }
+            assert!(turn < 100_000);
+        }
+        assert_eq!(admitted, quota);
+    }
+}
+
+#[test]
+fn lease_sizes_shrink_to_one_near_the_end() {
+    let store = fresh();
+    let limits = limits(&[(1000, Window::Day)]);
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ask.hits, 100, "the lease, below 1000/8");
+    let small = Terms { lease: 1, ..TERMS };
+    let store = fresh();
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &small, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ask.hits, 1, "lease 1: one call per request");
+    let lease = |left: u64| Lease {
+        granted: 10,
+        granted_at_ms: NOW * 1000,
+        figures: vec![Figure {
+            start: 0,
+            end: 0,
+            requests: 1000,
+            left,
+        }],
+        ..Lease::default()
+    };
+    let windows = current(&limits, NOW, 0);
+    assert_eq!(
+        size(&lease(80), true, &windows, &TERMS, NOW * 1000 + 10),
+        10
+    );
+    assert_eq!(size(&lease(7), true, &windows, &TERMS, NOW * 1000 + 10), 1);
+    assert_eq!(
+        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 10),
+        20,
+        "doubles"
+    );
+    assert_eq!(
+        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 5000),
+        2,
+        "10 in 5 s: 2 a second"
+    );
+    assert_eq!(
+        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 60_000),
+        1
+    );
+}
+
+#[test]
+fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
+    let store = fresh();
+    let limits = limits(&[(10_000, Window::Day)]);
+    let mut service = Service { used: vec![0] };
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ask.hits, 100);
+    fill(&store, &mut service, ask, at(0).now_ms);
+    // 100 granted: the first 49 requests leave more than half; the 50th claims the refill.
+    for i in 1..50 {
+        assert!(
+            matches!(
+                take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+                Take::Admitted(_, None)
+            ),
+            "request {i}"
+        );
+    }
+    let Take::Admitted(_, Some(early)) = take(&store, K, &limits, at(1), &TERMS, None).unwrap()
+    else {
+        panic!("down to 50 of 100: refill ahead")
+    };
+    assert_eq!(
+        early.hits, 50,
+        "200 by the rate, capped at the lease: 50 held + 50"
+    );
+    // While it is in flight, requests spend and nobody else calls.
+    for _ in 0..50 {
+        assert!(matches!(
+            take(&store, K, &limits, at(2), &TERMS, None).unwrap(),
+            Take::Admitted(_, None)
+        ));
+    }
+    assert!(matches!(
+        take(&store, K, &limits, at(3), &TERMS, None).unwrap(),
+        Take::Wait { .. }
+    ));
+    fill(&store, &mut service, early, at(3).now_ms);
+    let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+    assert_eq!((lease.units, lease.claim_until_ms), (50, 0));
+    assert_eq!(service.used, [150]);
+
+    // Topped up to the size a refill would have; none after a failure less than a timeout
+    // ago, once a limit is spent, or when the size is one (a quota's last units).
+    let cases = [
+        (
+            0,
+            500,
+            15,
+            "20 by the rate (10 in 10 ms, doubled), less the 5 held",
+        ),
+        (at(0).now_ms, 500, 0, "failed"),
+        (0, 0, 0, "spent"),
+        (0, 15, 0, "15 left: an eighth is 1"),
+    ];
+    for (failed_at_ms, left, hits, why) in cases {
+        let lease = Lease {
+            units: 5,
+            granted: 10,
+            granted_at_ms: at(0).now_ms,
+            failed_at_ms,
+            figures: vec![Figure {
+                left,
+                ..lease.figures[0]
+            }],
+            ..Lease::default()
+        };
+        assert_eq!(ahead(&lease, at(10).now_ms, &TERMS), hits, "{why}");
+    }
+}
+
+#[test]
+fn one_refill_at_a_time_and_a_dead_refiller_blocks_only_until_its_deadline() {
+    let store = fresh();
+    let limits = limits(&[(100, Window::Day)]);
+    assert!(matches!(
+        take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+        Take::Refill(_)
+    ));
+    let until = NOW * 1000 + 50 + CLAIM_MARGIN_MS;
+    assert_eq!(
+        take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+        Take::Wait { until_ms: until }
+    );
+    // The claimer never answers: once its deadline passes, the next request claims.
+    assert!(matches!(
+        take(&store, K, &limits, at(50 + CLAIM_MARGIN_MS), &TERMS, None).unwrap(),
+        Take::Refill(_)
+    ));
+}
+
+#[test]
+fn a_failed_refill_fails_its_waiters_and_not_the_next_request() {
+    let store = fresh();
+    let limits = limits(&[(100, Window::Day)]);
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    let waiting_since = Some(NOW * 1000 + 5);
+    assert!(matches!(
+        take(&store, K, &limits, at(5), &TERMS, waiting_since).unwrap(),
+        Take::Wait { .. }
+    ));
+    assert_eq!(
+        apply(&store, K, &ask, &Answer::Failed, NOW * 1000 + 50, &TERMS).unwrap(),
+        Applied::Done
+    );
+    assert!(matches!(
+        take(&store, K, &limits, at(60), &TERMS, waiting_since),
+        Err(CountError::Store(_))
+    ));
+    // Within a timeout of the failure, new requests fail at once too; then they call.
+    assert!(matches!(
+        take(&store, K, &limits, at(99), &TERMS, None),
+        Err(CountError::Store(_))
+    ));
+    assert!(matches!(
+        take(&store, K, &limits, at(100), &TERMS, None).unwrap(),
+        Take::Refill(_)
+    ));
+}
+
+#[test]
+fn over_limit_with_room_asks_again_for_the_room() {
+    let store = fresh();
+    let limits = limits(&[(100, Window::Day), (100, Window::Month)]);
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    let answer = Answer::Over { left: vec![3, 9] };
+    let Applied::AskAgain(again) = apply(&store, K, &ask, &answer, at(0).now_ms, &TERMS).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again.hits, 3);
+    // Still claimed while asking again.
+    assert!(matches!(
+        take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+        Take::Wait { .. }
+    ));
+    let answer = Answer::Granted { left: vec![0, 6] };
+    assert_eq!(
+        apply(&store, K, &again, &answer, at(1).now_ms, &TERMS).unwrap(),
+        Applied::Done
+    );
+    let Take::Admitted(usages, None) = take(&store, K, &limits, at(2), &TERMS, None).unwrap()
+    else {
+        panic!()
+    };
+    // Left: the store's figure plus this Envoy's unspent lease (2 of 3).
+    assert_eq!(
+        usages.iter().map(Usage::remaining).collect::<Vec<_>>(),
+        [2, 8]
+    );
+}
+
+#[test]
+fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
+    let store = fresh();
+    let limits = limits(&[(100, Window::Day)]);
+    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    let answer = Answer::Granted { left: vec![88] };
+    apply(&store, K, &ask, &answer, at(1).now_ms, &TERMS).unwrap();
+    // A valid lease with units: still a store call, for 0 hits.
+    let Take::Refill(look_ask) = look(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
+        panic!("the usage endpoint asks the store")
+    };
+    assert_eq!(look_ask.hits, 0);
+    let answer = Answer::Granted { left: vec![80] };
+    apply(&store, K, &look_ask, &answer, at(3).now_ms, &TERMS).unwrap();
+    let Take::Admitted(usages, None) =
+        look(&store, K, &limits, at(4), &TERMS, Some(at(2).now_ms)).unwrap()
+    else {
+        panic!()
+    };
+    // 80 left in the store (another Envoy took 8), and this Envoy's 12 unspent units.
+    assert_eq!(usages[0].remaining(), 92);
+    let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+    assert_eq!(
+        (lease.units, lease.granted),
+        (12, 12),
+        "nothing spent, sizing kept"
+    );
+}
+
+#[test]
+fn a_new_window_drops_the_old_lease() {
+    let store = fresh();
+    let limits = limits(&[(1000, Window::Fixed(60))]);
+    let start = NOW - NOW % 60;
+    let clock = |s: i64| Clock {
+        now: s,
+        now_ms: s * 1000,
+    };
+    let Take::Refill(ask) = take(&store, K, &limits, clock(start), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    let answer = Answer::Granted { left: vec![900] };
+    apply(&store, K, &ask, &answer, start * 1000, &TERMS).unwrap();
+    assert!(matches!(
+        take(&store, K, &limits, clock(start + 59), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+    let Take::Refill(next) = take(&store, K, &limits, clock(start + 60), &TERMS, None).unwrap()
+    else {
+        panic!("the next minute needs a new lease")
+    };
+    assert_eq!(next.windows[0].0.start, start + 60);
+    let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
+    assert_eq!(lease.units, 0, "98 units of the last minute are gone");
+}
+
+#[test]
+fn a_missing_lease_is_a_store_error_and_leases_are_created_once() {
+    let store = MemoryStore::new();
+    let limits = limits(&[(10, Window::Day)]);
+    assert!(matches!(
+        take(&store, K, &limits, at(0), &TERMS, None),
+        Err(CountError::Store(_))
+    ));
+    let config = Config::from_json(
+        br#"{"plans": {"p": {"limits": [{"name": "d", "requests": 5, "window": "day"}]},
+                       "u": {"limits": []}},
+             "consumers": {"acme": {"plan": "p", "keys": ["a"]}, "ops": {"plan": "u", "keys": ["o"]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(create_leases(&config, &store).unwrap(), 1);
+    assert_eq!(create_leases(&config, &store).unwrap(), 0);
+    assert!(
+        store.value("tollgate:v1:lease:ops").is_none(),
+        "unlimited: no lease"
+    );
+    assert!(matches!(
+        take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+        Take::Refill(_)
+    ));
+}

@@ -1,0 +1,606 @@
+//! Unit tests of [`crate::verdict`] (kept apart so that the module itself reads in one go).
+
+use super::*;
+use crate::metrics::Reason;
+use crate::store::MemoryStore;
+use std::collections::HashMap;
+
+const NOW: i64 = 1_795_611_600; // 2026-11-25T13:00:00Z
+
+fn config(extra: &str) -> Config {
+    Config::from_json(
+        format!(
+            r#"{{
+              "credentials": [{{"header": "x-api-key"}}, {{"authorization": "Bearer"}}, {{"query": "api_key"}}],
+              "plans": {{"free": {{"limits": [{{"name": "daily", "requests": 1, "window": "day"}}]}}}},
+              "consumers": {{
+                "acme": {{"plan": "free", "keys": ["acme"]}},
+                "initech": {{"plan": "free", "keys": ["initech"], "status": "suspended"}}
+              }}
+              {extra}
+            }}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn req(headers: &[(&str, &str)]) -> impl FnMut(&str) -> Option<Vec<u8>> {
+    let map: HashMap<String, Vec<u8>> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    move |name: &str| map.get(name).cloned()
+}
+
+fn get(headers: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+    let mut h: Vec<(&'static str, String)> = vec![(":method", "GET".into()), (":path", "/".into())];
+    for (k, v) in headers {
+        let k: &'static str = Box::leak(k.to_string().into_boxed_str());
+        h.retain(|(n, _)| *n != k);
+        h.push((k, v.to_string()));
+    }
+    h
+}
+
+/// A store with every counted consumer's record created, as a configuration load leaves it.
+fn counted(config: &Config) -> MemoryStore {
+    let store = MemoryStore::new();
+    crate::quota::create_records(config, &store).unwrap();
+    store
+}
+
+fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) -> Verdict<'c> {
+    let h = get(headers);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    handle(
+        config,
+        &mut req(&pairs),
+        NOW,
+        store,
+        &Memo::default(),
+        &ShadowLog::default(),
+    )
+}
+
+fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
+    match &v.action {
+        Action::Forward(f) => f,
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+fn replied(v: &Verdict) -> Reply {
+    match &v.action {
+        Action::Reply(r) => r.clone(),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn admitted_requests_carry_identity_and_client_copies_are_removed() {
+    let c = config("");
+    let store = counted(&c);
+    let v = run(
+        &c,
+        &store,
+        &[("x-api-key", "acme"), ("x-tollgate-consumer", "spoofed")],
+    );
+    let f = forwarded(&v);
+    assert!(f.removed().is_empty(), "set replaces the client's values");
+    assert_eq!(
+        f.set_headers(),
+        [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+    );
+    assert_eq!(f.path, None);
+    assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+    assert!(f.response_headers().iter().any(|(n, _)| *n == "ratelimit"));
+}
+
+#[test]
+fn hide_credentials_removes_the_source_that_was_used() {
+    let c = config(r#", "hide_credentials": true"#);
+    let store = counted(&c);
+    let v = run(&c, &store, &[("x-api-key", "acme")]);
+    assert!(forwarded(&v).removed().contains(&"x-api-key"));
+    let v = run(&c, &store, &[("authorization", "Bearer initech")]);
+    assert!(
+        matches!(v.action, Action::Reply(_)),
+        "suspended is still refused"
+    );
+    let c = config(r#", "hide_credentials": true, "mode": "shadow""#);
+    let v = run(&c, &store, &[("authorization", "Bearer acme")]);
+    assert!(forwarded(&v).removed().contains(&"authorization"));
+    let v = run(&c, &store, &[(":path", "/x?a=1&api_key=acme")]);
+    assert_eq!(forwarded(&v).path.as_deref(), Some(&b"/x?a=1"[..]));
+}
+
+#[test]
+fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
+    let c = config(r#", "mode": "shadow""#);
+    let store = counted(&c);
+    assert_eq!(
+        run(&c, &store, &[("x-api-key", "acme")]).events,
+        [(Event::Allowed, Some(0))]
+    );
+    let over = run(&c, &store, &[("x-api-key", "acme")]);
+    assert_eq!(over.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
+    let f = forwarded(&over);
+    assert!(f
+        .response_headers()
+        .iter()
+        .any(|(n, v)| *n == "ratelimit" && v.contains("r=0")));
+    assert_eq!(
+        f.set_headers(),
+        [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+    );
+    let missing = run(&c, &store, &[]);
+    assert_eq!(
+        missing.events,
+        [(Event::Shadowed(Reason::MissingCredential), None)]
+    );
+    assert!(forwarded(&missing).set_headers().is_empty());
+    let suspended = run(&c, &store, &[("x-api-key", "initech")]);
+    assert_eq!(
+        suspended.events,
+        [(Event::Shadowed(Reason::Suspended), Some(0))]
+    );
+}
+
+use crate::store::CountingStore as Counting;
+
+/// Sends `headers` `times` times through one memo, as one VM does; returns the verdicts
+/// and how many of the requests read the store.
+fn through_one_memo<'c>(
+    config: &'c Config,
+    headers: &[(&str, &str)],
+    times: usize,
+) -> (Vec<Verdict<'c>>, u32) {
+    let inner = MemoryStore::new();
+    crate::quota::create_records(config, &inner).unwrap();
+    let store = Counting::new(&inner);
+    let memo = Memo::default();
+    let shadow_log = ShadowLog::default();
+    let h = get(headers);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let verdicts = (0..times)
+        .map(|_| handle(config, &mut req(&pairs), NOW, &store, &memo, &shadow_log))
+        .collect();
+    (verdicts, store.gets.get())
+}
+
+#[test]
+fn shadow_mode_forwards_with_identity_and_ratelimit_when_the_memo_answers() {
+    let c = config(r#", "mode": "shadow""#);
+    // acme's quota is 1: the first is counted, the second refused by the store (and
+    // remembered), the rest answered by the memo without reading the store.
+    let (verdicts, reads) = through_one_memo(&c, &[("x-api-key", "acme")], 5);
+    assert_eq!(reads, 2, "requests 3 to 5 come from the memo");
+    assert_eq!(verdicts[0].events, [(Event::Allowed, Some(0))]);
+    assert_eq!(
+        verdicts[1].events,
+        [(Event::Shadowed(Reason::Quota), Some(0))]
+    );
+    for v in &verdicts[2..] {
+        // Logged once; the same line is then held back (and counted).
+        assert_eq!(
+            v.events,
+            [
+                (Event::ShadowLogSuppressed, None),
+                (Event::Shadowed(Reason::Quota), Some(0))
+            ]
+        );
+    }
+    for v in &verdicts[1..] {
+        let f = forwarded(v);
+        assert_eq!(
+            f.set_headers(),
+            [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+        );
+        assert_eq!(
+            f.response_headers(),
+            [
+                ("ratelimit-policy", "\"daily\";q=1;w=86400".to_string()),
+                ("ratelimit", "\"daily\";r=0;t=39600".to_string())
+            ]
+        );
+    }
+    assert_eq!(
+        verdicts[1].action, verdicts[4].action,
+        "the memo answers as the store did"
+    );
+}
+
+#[test]
+fn hide_credentials_still_hides_the_key_when_the_memo_answers() {
+    for (mode, refused) in [("enforce", true), ("shadow", false)] {
+        let c = config(&format!(r#", "hide_credentials": true, "mode": "{mode}""#));
+        // (request headers, header removed upstream, path sent upstream)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, Option<&'a [u8]>);
+        let cases: [Case; 3] = [
+            (&[("x-api-key", "acme")], Some("x-api-key"), None),
+            (
+                &[("authorization", "Bearer acme")],
+                Some("authorization"),
+                None,
+            ),
+            (&[(":path", "/p?api_key=acme&x=1")], None, Some(b"/p?x=1")),
+        ];
+        for (headers, removed, path) in cases {
+            let (verdicts, reads) = through_one_memo(&c, headers, 4);
+            assert_eq!(
+                reads, 2,
+                "{mode} {headers:?}: the last two come from the memo"
+            );
+            for v in &verdicts[2..] {
+                if refused {
+                    assert_eq!(replied(v).status, 402, "{mode} {headers:?}");
+                    continue;
+                }
+                let f = forwarded(v);
+                if let Some(name) = removed {
+                    assert!(f.removed().contains(&name), "{mode} {headers:?}: {f:?}");
+                }
+                assert_eq!(f.path.as_deref(), path, "{mode} {headers:?}");
+            }
+        }
+    }
+}
+
+use crate::store::FailingStore as Broken;
+
+#[test]
+fn store_errors_deny_with_503_or_allow_by_policy() {
+    let deny = config("");
+    let headers = get(&[("x-api-key", "acme")]);
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let v = handle(
+        &deny,
+        &mut req(&pairs),
+        NOW,
+        &Broken,
+        &Memo::default(),
+        &ShadowLog::default(),
+    );
+    assert_eq!(replied(&v).status, 503);
+    assert_eq!(
+        v.events,
+        [
+            (Event::StoreFailed, None),
+            (Event::Refused(Reason::StoreError), Some(0))
+        ]
+    );
+    let allow = config(r#", "on_store_error": "allow""#);
+    let v = handle(
+        &allow,
+        &mut req(&pairs),
+        NOW,
+        &Broken,
+        &Memo::default(),
+        &ShadowLog::default(),
+    );
+    let f = forwarded(&v);
+    assert!(f.response_headers().is_empty());
+    assert_eq!(
+        f.set_headers(),
+        [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
+    );
+    assert_eq!(
+        v.events,
+        [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
+    );
+}
+
+#[test]
+fn a_remembered_refusal_is_the_refusal_rendered_afresh() {
+    // The memo renders a spent consumer's refusal once and fills in the seconds: every
+    // answer must equal the one a VM without memo renders (which reads shared data).
+    let c = config(r#", "calendar_utc_offset": "+05:30""#);
+    let store = counted(&c);
+    let memo = Memo::default();
+    let at = |now: i64, memo: &Memo, headers: &[(&str, &str)]| {
+        let h = get(headers);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        handle(
+            &c,
+            &mut req(&pairs),
+            now,
+            &store,
+            memo,
+            &ShadowLog::default(),
+        )
+    };
+    let http = [("x-api-key", "acme")];
+    let grpc = [("x-api-key", "acme"), ("content-type", "application/grpc")];
+    assert!(matches!(at(NOW, &memo, &http).action, Action::Forward(_)));
+    let mut retry_after = Vec::new();
+    for now in [NOW, NOW, NOW + 7, NOW + 3599] {
+        for headers in [&http[..], &grpc[..]] {
+            let remembered = replied(&at(now, &memo, headers));
+            let fresh = replied(&at(now, &Memo::default(), headers));
+            assert_eq!(remembered, fresh, "at {now}, {headers:?}");
+            if headers.len() == 1 {
+                let value = remembered.headers.iter().find(|(n, _)| *n == "retry-after");
+                retry_after.push(value.unwrap().1.clone());
+            }
+        }
+    }
+    // 13:00Z is 18:30 at +05:30: the day resets in 5 h 30 min.
+    assert_eq!(retry_after, ["19800", "19800", "19793", "16201"]);
+}
+
+#[test]
+fn a_remembered_refusal_follows_a_limit_whose_window_ended() {
+    let c = Config::from_json(
+        br#"{"plans": {"p": {"limits": [{"name": "minute", "requests": 1, "window": "minute"},
+                                          {"name": "daily", "requests": 1, "window": "day"}]}},
+             "consumers": {"a": {"plan": "p", "keys": ["a"]}}}"#,
+    )
+    .unwrap();
+    let store = counted(&c);
+    let memo = Memo::default();
+    let h = get(&[("x-api-key", "a")]);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start = NOW - NOW % 60;
+    assert!(matches!(
+        handle(
+            &c,
+            &mut req(&pairs),
+            start,
+            &store,
+            &memo,
+            &ShadowLog::default()
+        )
+        .action,
+        Action::Forward(_)
+    ));
+    let violated = |now: i64| {
+        let r = replied(&handle(
+            &c,
+            &mut req(&pairs),
+            now,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+        ));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        body["violated-policies"].clone()
+    };
+    assert_eq!(violated(start + 1), serde_json::json!(["minute", "daily"]));
+    assert_eq!(violated(start + 61), serde_json::json!(["daily"]));
+}
+
+#[test]
+fn cors_preflights_pass_unless_configured_to_authenticate() {
+    let store = MemoryStore::new();
+    crate::quota::create_records(&config(""), &store).unwrap();
+    let preflight = [
+        (":method", "OPTIONS"),
+        ("access-control-request-method", "POST"),
+    ];
+    let c = config("");
+    let v = run(&c, &store, &preflight);
+    assert_eq!(v.events, [(Event::Preflight, None)]);
+    assert!(forwarded(&v).set_headers().is_empty());
+    // Nobody is named, so whatever the client sent as identity is removed.
+    assert_eq!(
+        forwarded(&v).removed(),
+        ["x-tollgate-consumer", "x-tollgate-plan"]
+    );
+    // A plain OPTIONS is not a preflight.
+    assert_eq!(
+        replied(&run(&c, &store, &[(":method", "OPTIONS")])).status,
+        401
+    );
+    let c = config(r#", "cors_preflight": "authenticate""#);
+    assert_eq!(replied(&run(&c, &store, &preflight)).status, 401);
+}
+
+#[test]
+fn a_preflight_that_carries_a_key_is_an_ordinary_request_and_its_key_is_hidden() {
+    // Found by the `request` fuzz target: a preflight used to be forwarded before the
+    // credential was hidden. Browsers send preflights without credentials; one that has a
+    // key is handled like any request, so `hide_credentials` applies and a bad key is a 401.
+    let c = config(r#", "hide_credentials": true"#);
+    let store = counted(&c);
+    let preflight = [
+        (":method", "OPTIONS"),
+        ("access-control-request-method", "GET"),
+    ];
+    let with_key = [preflight[0], preflight[1], ("x-api-key", "acme")];
+    let v = run(&c, &store, &with_key);
+    assert!(forwarded(&v).removed().contains(&"x-api-key"));
+    assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+    let bad = [preflight[0], preflight[1], ("authorization", "Bearer nope")];
+    assert_eq!(replied(&run(&c, &store, &bad)).status, 401);
+    let query = [preflight[0], preflight[1], (":path", "/?api_key=acme")];
+    assert_eq!(
+        replied(&run(&c, &store, &query)).status,
+        402,
+        "acme's quota of 1 is spent"
+    );
+}
+
+#[test]
+fn grpc_requests_get_grpc_statuses() {
+    let c = config("");
+    let store = counted(&c);
+    let grpc = ("content-type", "application/grpc+proto");
+    let r = replied(&run(&c, &store, &[grpc]));
+    assert_eq!(r.grpc_status, Some(16));
+    assert_eq!(r.body, "This API requires an API key.");
+    assert!(r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+    assert!(!r.headers.iter().any(|(n, _)| *n == "content-type"));
+    assert!(matches!(
+        run(&c, &store, &[grpc, ("x-api-key", "acme")]).action,
+        Action::Forward(_)
+    ));
+    let quota = replied(&run(&c, &store, &[grpc, ("x-api-key", "acme")]));
+    assert_eq!(quota.grpc_status, Some(8));
+    assert!(quota.headers.iter().any(|(n, _)| *n == "retry-after"));
+    assert_eq!(
+        replied(&run(&c, &store, &[grpc, ("x-api-key", "initech")])).grpc_status,
+        Some(7)
+    );
+    assert_eq!(
+        replied(&run(&c, &store, &[("x-api-key", "acme")])).grpc_status,
+        None
+    );
+}
+
+#[test]
+fn the_usage_endpoint_reports_without_counting() {
+    let c = config(r#", "usage_path": "/tollgate/usage""#);
+    let store = counted(&c);
+    let usage = [(":path", "/tollgate/usage?x=1"), ("x-api-key", "acme")];
+    for _ in 0..3 {
+        let r = replied(&run(&c, &store, &usage));
+        assert_eq!(r.status, 200);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["consumer"], "acme");
+        assert_eq!(body["limits"][0]["used"], 0);
+        assert_eq!(body["limits"][0]["remaining"], 1);
+        assert_eq!(body["limits"][0]["reset"], "2026-11-26T00:00:00Z");
+    }
+    assert!(matches!(
+        run(&c, &store, &[("x-api-key", "acme")]).action,
+        Action::Forward(_)
+    ));
+    let r = replied(&run(&c, &store, &usage));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (body["limits"][0]["used"].as_u64(), body["status"].as_str()),
+        (Some(1), Some("active"))
+    );
+    assert_eq!(
+        replied(&run(&c, &store, &[(":path", "/tollgate/usage")])).status,
+        401
+    );
+    assert_eq!(
+        replied(&run(
+            &c,
+            &store,
+            &[(":path", "/tollgate/usage"), ("x-api-key", "nope")]
+        ))
+        .status,
+        401
+    );
+    let post = [
+        (":method", "POST"),
+        (":path", "/tollgate/usage"),
+        ("x-api-key", "acme"),
+    ];
+    assert_eq!(replied(&run(&c, &store, &post)).status, 405);
+    let suspended = replied(&run(
+        &c,
+        &store,
+        &[(":path", "/tollgate/usage"), ("x-api-key", "initech")],
+    ));
+    assert!(suspended.body.contains("\"status\":\"suspended\""));
+}
+
+#[test]
+fn past_due_is_counted_in_grace_refused_after_and_reported_by_the_usage_endpoint() {
+    let c = Config::from_json(
+        br#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 5, "window": "day"}],
+                                 "upgrade_url": "https://example.com/upgrade"}},
+             "consumers": {
+               "late": {"plan": "free", "keys": ["late"], "status": "past_due",
+                        "grace_until": "2026-11-25T13:00:01Z"}},
+             "billing_url": "https://example.com/billing", "usage_path": "/u"}"#,
+    )
+    .unwrap();
+    let store = counted(&c);
+    let memo = Memo::default();
+    let at = |now: i64, path: &str| {
+        let h = get(&[("x-api-key", "late"), (":path", path)]);
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        handle(
+            &c,
+            &mut req(&pairs),
+            now,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+        )
+    };
+    let admitted = at(NOW, "/");
+    assert_eq!(admitted.events, [(Event::Allowed, Some(0))]);
+    let usage: serde_json::Value = serde_json::from_str(&replied(&at(NOW, "/u")).body).unwrap();
+    assert_eq!(
+        (
+            &usage["status"],
+            &usage["grace_until"],
+            &usage["limits"][0]["used"]
+        ),
+        (
+            &serde_json::json!("past_due"),
+            &serde_json::json!("2026-11-25T13:00:01Z"),
+            &serde_json::json!(1)
+        )
+    );
+    let refused = at(NOW + 1, "/");
+    assert_eq!(refused.events, [(Event::Refused(Reason::PastDue), Some(0))]);
+    let reply = replied(&refused);
+    assert_eq!(reply.status, 402);
+    assert!(reply.body.contains("urn:tollgate:problem:payment-required"));
+    assert!(reply.headers.contains(&(
+        "link",
+        "<https://example.com/billing>; rel=\"payment urn:tollgate:rel:billing\"".into()
+    )));
+    let usage: serde_json::Value = serde_json::from_str(&replied(&at(NOW + 1, "/u")).body).unwrap();
+    assert_eq!(usage["status"], "past_due");
+    assert_eq!(usage["limits"][0]["used"], 1, "the refusal counted nothing");
+}
+
+#[test]
+fn a_remembered_refusal_keeps_its_upgrade_link() {
+    let c = Config::from_json(
+        br#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 1, "window": "day"}],
+                                 "upgrade_url": "https://example.com/upgrade"}},
+             "consumers": {"acme": {"plan": "free", "keys": ["acme"]}}}"#,
+    )
+    .unwrap();
+    let store = counted(&c);
+    let memo = Memo::default();
+    let h = get(&[("x-api-key", "acme")]);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert!(matches!(
+        handle(
+            &c,
+            &mut req(&pairs),
+            NOW,
+            &store,
+            &memo,
+            &ShadowLog::default()
+        )
+        .action,
+        Action::Forward(_)
+    ));
+    for now in [NOW, NOW + 5] {
+        let remembered = replied(&handle(
+            &c,
+            &mut req(&pairs),
+            now,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+        ));
+        let fresh = replied(&handle(
+            &c,
+            &mut req(&pairs),
+            now,
+            &store,
+            &Memo::default(),
+            &ShadowLog::default(),
+        ));
+        assert_eq!(remembered, fresh);
+        assert!(remembered.headers.contains(&(
+            "link",
+            "<https://example.com/upgrade>; rel=\"payment urn:tollgate:rel:upgrade\"".into()
+        )));
+        assert!(remembered
+            .body
+            .contains("\"upgrade-url\":\"https://example.com/upgrade\""));
+    }
+}
