@@ -600,7 +600,7 @@ fn check_and_explain_a_fleet_mode_configuration() {
     );
     assert!(
         out.stdout.contains(
-            ", store rls (cluster tollgate_quotad, domain tollgate, timeout 100ms, lease 100)\n"
+            ", store rls (cluster tollgate_quotad, domain tollgate, timeout 100ms, lease 1000)\n"
         ),
         "{out:?}"
     );
