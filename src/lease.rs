@@ -43,6 +43,9 @@ pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
 pub const SHARE: u64 = 8;
 /// A lease is sized to last about this long at the consumer's recent rate.
 pub const LEASE_LIFETIME_MS: i64 = 1_000;
+/// The smallest last grant a lease is refilled ahead of: below, the consumer is slow (or at the
+/// end of a quota) and a refill when the lease is empty costs the same number of calls.
+pub const AHEAD_MIN_GRANT: u64 = 4;
 /// Margin added to the call's timeout for a refill claim's deadline.
 pub const CLAIM_MARGIN_MS: i64 = 250;
 
@@ -237,28 +240,27 @@ pub fn size(
 }
 
 /// Refill ahead: how much to ask for now, without holding anyone, from a (valid) lease that
-/// just spent a unit — 0 for nothing. The lease is sized as a refill would be ([`size`]: the
-/// consumer's rate, a share of what is left, at most `lease`); once it is down to half of that,
-/// it is topped up to it while it still admits, so that a consumer with steady traffic never
-/// finds it empty (requests that would wait for the refill, on every worker, go on spending what
-/// is left). Not while a refill is in flight or one failed less than a timeout ago, not once the
-/// store said a limit is spent, not when the size is one (the last units of a quota go one call
-/// each, with the request they are for). Never more than `lease` units held: what an Envoy can
-/// lose stays one lease per consumer.
+/// just spent a unit — 0 for nothing. Once at least half of the last grant is spent (and the
+/// grant was of [`AHEAD_MIN_GRANT`] or more: the consumer's traffic is real evidence, not one
+/// request), the lease is topped up to the size a refill would take now ([`size`]: the
+/// consumer's rate, a share of what is left, at most `lease`) while it still admits, so that a
+/// consumer with steady traffic never finds it empty (requests that would wait for the refill,
+/// on every worker, go on spending what is left). Not while a refill is in flight or one failed
+/// less than a timeout ago, not once the store said a limit is spent, not when the size is one
+/// (the last units of a quota go one call each, with the request they are for). Never more
+/// than `lease` units held: what an Envoy can lose stays one lease per consumer.
 pub fn ahead(lease: &Lease, now_ms: i64, terms: &Terms) -> u64 {
-    // Most requests stop here: the size is never above `lease`.
+    // Most requests stop at the first test: a grant is never above `lease`.
     if lease.units > terms.lease / 2
+        || lease.units > lease.granted / 2
+        || lease.granted < AHEAD_MIN_GRANT
         || lease.claim_until_ms > now_ms
         || failed(lease, now_ms, terms, None).is_some()
         || lease.figures.iter().any(|f| f.left == 0)
     {
         return 0;
     }
-    let target = size(lease, true, &[], terms, now_ms);
-    if target < 2 || lease.units > target / 2 {
-        return 0;
-    }
-    target - lease.units
+    size(lease, true, &[], terms, now_ms).saturating_sub(lease.units)
 }
 
 fn read(store: &impl Store, key: &str) -> Result<(Lease, u32), CountError> {

@@ -284,19 +284,23 @@ fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
     // ago, once a limit is spent, or when the size is one (a quota's last units).
     let cases = [
         (
+            5,
+            10,
             0,
             500,
             15,
             "20 by the rate (10 in 10 ms, doubled), less the 5 held",
         ),
-        (at(0).now_ms, 500, 0, "failed"),
-        (0, 0, 0, "spent"),
-        (0, 15, 0, "15 left: an eighth is 1"),
+        (6, 10, 0, 500, 0, "less than half of the last grant spent"),
+        (1, 3, 0, 500, 0, "a grant of 3: too little traffic to go by"),
+        (5, 10, at(0).now_ms, 500, 0, "failed"),
+        (5, 10, 0, 0, 0, "spent"),
+        (5, 10, 0, 15, 0, "15 left: an eighth is 1"),
     ];
-    for (failed_at_ms, left, hits, why) in cases {
+    for (units, granted, failed_at_ms, left, hits, why) in cases {
         let lease = Lease {
-            units: 5,
-            granted: 10,
+            units,
+            granted,
             granted_at_ms: at(0).now_ms,
             failed_at_ms,
             figures: vec![Figure {
