@@ -1,0 +1,215 @@
+//! The `events` configuration block: its JSON model and its validation (every error names its
+//! field).
+
+use super::*;
+
+/// The `events` block as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub cluster: String,
+    /// `http://host[:port]/path` (or `https://`): the `:authority` and `:path` of the calls;
+    /// the connection itself (TLS, address) is the cluster's.
+    pub url: String,
+    #[serde(default)]
+    pub authorization: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default = "default_buffer")]
+    pub buffer: u64,
+    #[serde(default)]
+    pub alerts: Option<Vec<u64>>,
+    #[serde(default)]
+    pub reminders: Vec<String>,
+}
+
+fn default_buffer() -> u64 {
+    DEFAULT_BUFFER as u64
+}
+
+/// A value that must never be printed (the sink's authorization).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The validated `events` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The Envoy cluster the batches go to.
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub authorization: Option<Secret>,
+    /// Seconds per usage interval (epoch-aligned).
+    pub interval: i64,
+    pub timeout_ms: u64,
+    /// Most events a VM keeps unsent.
+    pub buffer: usize,
+    /// Most events per batch.
+    pub batch: usize,
+    /// Alert thresholds (percent, ascending) per plan, in [`Config::plans`] order.
+    pub alerts: Vec<Vec<u8>>,
+    /// Reminder lead times in seconds, descending.
+    pub reminders: Vec<i64>,
+}
+
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d` in seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let split = text.len().checked_sub(1)?;
+    let (count, unit) = (text.get(..split)?, text.get(split..)?);
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    if count.is_empty() || !count.bytes().all(|c| c.is_ascii_digit()) || count.len() > 9 {
+        return None;
+    }
+    count.parse::<i64>().ok()?.checked_mul(unit)
+}
+
+fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let Some(t) = u8::try_from(*t)
+            .ok()
+            .filter(|t| (1..=100).contains(t) && !out.contains(t))
+        else {
+            return Err(ConfigError(format!(
+                "{field}[{i}]: {t} is not a percentage of a limit (1 to 100, each once)"
+            )));
+        };
+        // Kept ascending (a handful of values: no sort routine in the .wasm for this).
+        let at = out.iter().position(|x| *x > t).unwrap_or(out.len());
+        out.insert(at, t);
+    }
+    Ok(out)
+}
+
+/// Validates the `events` block against the compiled plans.
+/// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order.
+pub fn compile(
+    raw: Option<RawEvents>,
+    plans: &[Plan],
+    plan_alerts: Vec<Option<Vec<u64>>>,
+) -> Result<Option<EventsConfig>, ConfigError> {
+    let Some(raw) = raw else {
+        if let Some((plan, _)) = plans.iter().zip(&plan_alerts).find(|(_, a)| a.is_some()) {
+            return Err(ConfigError(format!(
+                "plans.{}.alerts: alerts are sent to the events sink: configure `events` too",
+                plan.name
+            )));
+        }
+        return Ok(None);
+    };
+    let err = |field: &str, why: String| Err(ConfigError(format!("events.{field}: {why}")));
+    let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
+    if raw.cluster.is_empty()
+        || !raw
+            .cluster
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-.:".contains(&c))
+    {
+        return err(
+            "cluster",
+            format!("`{}` is not an Envoy cluster name", raw.cluster),
+        );
+    }
+    let url_parts = raw
+        .url
+        .strip_prefix("http://")
+        .or_else(|| raw.url.strip_prefix("https://"))
+        .filter(|rest| header_safe(rest) && !rest.contains(' '))
+        .map(|rest| match rest.find('/') {
+            Some(at) => (
+                rest.get(..at).unwrap_or(rest),
+                rest.get(at..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        })
+        .filter(|(host, _)| !host.is_empty());
+    let Some((authority, path)) = url_parts else {
+        return err(
+            "url",
+            format!(
+                "`{}` must be an http(s) URL like \"http://sink.example.com/events\"",
+                raw.url
+            ),
+        );
+    };
+    let (authority, path) = (authority.to_string(), path.to_string());
+    if let Some(auth) = &raw.authorization {
+        if !header_safe(auth) {
+            // Not echoed: it is a credential.
+            return err(
+                "authorization",
+                "must be a non-empty header value of printable ASCII".into(),
+            );
+        }
+    }
+    let interval = match &raw.interval {
+        None => DEFAULT_INTERVAL,
+        Some(text) => match parse_duration(text) {
+            Some(s) if (1..=MAX_INTERVAL).contains(&s) => s,
+            _ => {
+                return err(
+                    "interval",
+                    format!("`{text}` must be a duration from 1s to 1h (e.g. \"10s\", \"1m\")"),
+                )
+            }
+        },
+    };
+    let buffer = usize::try_from(raw.buffer).unwrap_or(usize::MAX);
+    if !(1..=MAX_BUFFER).contains(&buffer) {
+        return err(
+            "buffer",
+            format!("{buffer}: must be from 1 to {MAX_BUFFER} events"),
+        );
+    }
+    let global = thresholds("events.alerts", raw.alerts.as_deref().unwrap_or_default())?;
+    let mut alerts: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
+    for (plan, own) in plans.iter().zip(plan_alerts) {
+        alerts.push(match own {
+            Some(own) => thresholds(&format!("plans.{}.alerts", plan.name), &own)?,
+            None => global.clone(),
+        });
+    }
+    let mut reminders: Vec<i64> = Vec::new();
+    for (i, text) in raw.reminders.iter().enumerate() {
+        match parse_duration(text) {
+            Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
+                // Kept descending.
+                let at = reminders
+                    .iter()
+                    .position(|x| *x < s)
+                    .unwrap_or(reminders.len());
+                reminders.insert(at, s);
+            }
+            _ => {
+                return err(
+                    &format!("reminders[{i}]"),
+                    format!("`{text}` must be a duration up to 366d (e.g. \"7d\"), each once"),
+                )
+            }
+        }
+    }
+    Ok(Some(EventsConfig {
+        cluster: raw.cluster,
+        path,
+        authority,
+        authorization: raw.authorization.map(Secret),
+        interval,
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        buffer,
+        batch: DEFAULT_BATCH,
+        alerts,
+        reminders,
+    }))
+}
