@@ -13,7 +13,7 @@ use crate::credentials::{extract, strip_query_param, Credential};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::Event;
-use crate::quota::{peek, Usage};
+use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
     Reply,
@@ -283,9 +283,11 @@ pub fn handle_with<'c>(
         }
     };
 
+    let mut denial = denial;
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
     let mut events = Events::default();
+    let mut fallback = None;
     if let Denial::StoreUnavailable {
         contended, reason, ..
     } = &denial
@@ -310,6 +312,39 @@ pub fn handle_with<'c>(
                 metered: Metered::of(caller.as_ref()),
             };
         }
+        // Fleet mode's local fallback: this Envoy's own record, as in local mode (a refusal is
+        // not remembered: the fleet may have room once its store is back).
+        if let (OnStoreError::Local, Some(c)) = (config.on_store_error, caller) {
+            let limits = &c.plan.limits;
+            match check_and_take(store, &c.consumer.store_key, limits, now, config.utc_offset) {
+                Ok(counted) if counted.admitted => {
+                    log::warn!(
+                        "on_store_error=local: counted in this Envoy ({})",
+                        denial.describe()
+                    );
+                    forward.caller = Some((&c.consumer.name, &c.plan.name));
+                    forward.rate_limit = rate_limit_fields(config, memo, &c, &counted.usages, now);
+                    events.push(Event::Allowed, plan);
+                    return Verdict {
+                        action: Action::Forward(forward),
+                        events,
+                        metered: Metered::of(Some(&c)),
+                    };
+                }
+                Ok(counted) => {
+                    fallback = Some(Denial::QuotaExceeded {
+                        caller: c,
+                        usages: counted.usages,
+                    })
+                }
+                Err(e) => {
+                    log::error!("on_store_error=local: this Envoy's record failed too: {e:?}")
+                }
+            }
+        }
+    }
+    if let Some(local) = fallback {
+        denial = local;
     }
 
     if config.mode == Mode::Shadow {

@@ -210,6 +210,38 @@ fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
 }
 
 #[test]
+fn on_store_error_local_counts_in_the_envoy_while_quotad_is_down_then_the_store_again() {
+    let redis = Redis::start();
+    let mut quotad = Quotad::start(&redis);
+    let envoy = fleet_envoy(&quotad, &config("local", "300ms", 100, 3), 2);
+    // acme may make 3 requests a day; the store counts the first (leases of 1 near the end).
+    assert_eq!(envoy.get_with_key("acme-key").status, 200);
+    assert_eq!(redis.counted("tollgate", "acme", "daily"), 1);
+
+    quotad.stop();
+    // The store is gone: this Envoy counts on its own, against the whole plan (3), from 0.
+    let mut conn = Conn::new(envoy.port);
+    for remaining in [2, 1, 0] {
+        let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.remaining("daily"), remaining);
+    }
+    let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+    assert_eq!(r.status, 402, "{}", r.body);
+    assert_eq!(r.json()["violated-policies"][0], "daily");
+    assert_eq!(redis.counted("tollgate", "acme", "daily"), 1);
+    assert!(envoy.counter("tollgate.errors.store") >= 4);
+
+    // The store is back: it decides again (the local refusal was not remembered) and counts
+    // from its own figure: 2 more.
+    quotad.restart();
+    poll(Duration::from_secs(30), "the store to count again", || {
+        let status = conn.get("/", &[("x-api-key", b"acme-key")]).status;
+        (status == 200 && redis.counted("tollgate", "acme", "daily") == 2).then_some(())
+    });
+}
+
+#[test]
 fn a_frozen_quotad_holds_no_request_past_the_timeout() {
     let redis = Redis::start();
     let quotad = Quotad::start(&redis);

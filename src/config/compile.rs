@@ -503,6 +503,13 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(store) => Some(compile_rls(store.rls)?),
         None => None,
     };
+    if store.is_none() && raw.on_store_error == OnStoreError::Local {
+        return Err(ConfigError(
+            "on_store_error: `local` counts in this Envoy's shared data when the fleet store \
+             (store.rls) fails; without store.rls counts are always local: use deny or allow"
+                .into(),
+        ));
+    }
     // A threshold is crossed by the one request whose count equals it, which only this Envoy's
     // own CAS can tell; in fleet mode the count is quotad's (see the README).
     if store.is_some()

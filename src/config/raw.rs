@@ -88,6 +88,9 @@ pub enum OnStoreError {
     Deny,
     /// Forward uncounted.
     Allow,
+    /// Fleet mode only: when the rate limit service fails, count in this Envoy's shared data
+    /// against the plan's limits, as local mode does (each Envoy on its own until it is back).
+    Local,
 }
 
 /// CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) carry no credentials.

@@ -37,6 +37,7 @@ impl Config {
             match self.on_store_error {
                 OnStoreError::Deny => "deny",
                 OnStoreError::Allow => "allow",
+                OnStoreError::Local => "local",
             },
             self.usage_path.as_deref().unwrap_or("off"),
             format_utc_offset(self.utc_offset),

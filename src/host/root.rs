@@ -54,7 +54,14 @@ impl Runtime {
 pub fn create_counters(config: &Config) -> Result<usize, crate::store::StoreError> {
     match config.store {
         None => create_records(config, &SharedData::default()),
-        Some(_) => crate::lease::create_leases(config, &SharedData::default()),
+        Some(_) => {
+            let leases = crate::lease::create_leases(config, &SharedData::default())?;
+            // `on_store_error: local` falls back to local mode's records.
+            if config.on_store_error == crate::config::OnStoreError::Local {
+                create_records(config, &SharedData::default())?;
+            }
+            Ok(leases)
+        }
     }
 }
 

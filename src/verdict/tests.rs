@@ -604,3 +604,63 @@ fn a_remembered_refusal_keeps_its_upgrade_link() {
             .contains("\"upgrade-url\":\"https://example.com/upgrade\""));
     }
 }
+
+#[test]
+fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails() {
+    let config = config(r#", "store": {"rls": {"cluster": "q"}}, "on_store_error": "local""#);
+    let store = counted(&config);
+    crate::lease::create_leases(&config, &store).unwrap();
+    let memo = Memo::default();
+    let down = FleetInput {
+        now_ms: NOW * 1000,
+        waiting_since_ms: Some(NOW * 1000),
+        failed: Some("the rate limit service did not answer".into()),
+    };
+    let h = get(&[("x-api-key", "acme")]);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut decide = || {
+        handle_with(
+            &config,
+            &mut req(&pairs),
+            NOW,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+            &down,
+        )
+    };
+    // The plan allows 1 a day: counted in this Envoy's record, with its RateLimit fields.
+    let v = decide();
+    let forward = forwarded(&v);
+    assert_eq!(forward.caller, Some(("acme", "free")));
+    assert_eq!(
+        forward.rate_limit.as_ref().map(|f| f.state.as_str()),
+        Some("\"daily\";r=0;t=39600")
+    );
+    assert_eq!(
+        v.events,
+        [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
+    );
+    // Then refused for quota, from the local count — and not remembered, so that the fleet's
+    // store decides again once it answers.
+    let v = decide();
+    assert_eq!(replied(&v).status, 402);
+    assert_eq!(
+        v.events,
+        [
+            (Event::StoreFailed, None),
+            (Event::Refused(Reason::Quota), Some(0))
+        ]
+    );
+    let acme = &config.consumers[0];
+    let plan = config.plan_of(acme).unwrap();
+    assert_eq!(memo.refused(acme.id, &plan.limits, NOW, 0), None);
+
+    // Without a fleet store, counts are always local: `local` is refused, naming the field.
+    let err = Config::from_json(
+        br#"{"credentials": [{"header": "k"}], "plans": {"p": {"limits": []}},
+             "consumers": {"c": {"plan": "p", "keys": ["x"]}}, "on_store_error": "local"}"#,
+    )
+    .unwrap_err();
+    assert!(err.0.starts_with("on_store_error: `local`"), "{err:?}");
+}
