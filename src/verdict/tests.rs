@@ -618,7 +618,7 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
     };
     let h = get(&[("x-api-key", "acme")]);
     let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut decide = || {
+    let decide = || {
         handle_with(
             &config,
             &mut req(&pairs),
