@@ -250,9 +250,8 @@ pub fn size(
 /// (the last units of a quota go one call each, with the request they are for). Never more
 /// than `lease` units held: what an Envoy can lose stays one lease per consumer.
 pub fn ahead(lease: &Lease, now_ms: i64, terms: &Terms) -> u64 {
-    // Most requests stop at the first test: a grant is never above `lease`.
-    if lease.units > terms.lease / 2
-        || lease.units > lease.granted / 2
+    // Most requests stop at the first test.
+    if lease.units > lease.granted / 2
         || lease.granted < AHEAD_MIN_GRANT
         || lease.claim_until_ms > now_ms
         || failed(lease, now_ms, terms, None).is_some()

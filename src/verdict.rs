@@ -247,28 +247,9 @@ pub fn handle_with<'c>(
                 caller.consumer.name,
                 caller.plan.name
             );
-            forward.caller = Some((&caller.consumer.name, &caller.plan.name));
-            forward.rate_limit = rate_limit_fields(config, memo, &caller, &usages, now);
             forward.refill = refill.map(|ask| (caller.consumer.id, ask));
-            let mut metered = Metered::of(Some(&caller));
-            if let Some(thresholds) = config
-                .events
-                .as_ref()
-                .and_then(|e| e.alerts.get(caller.consumer.plan))
-            {
-                crossings(
-                    thresholds,
-                    caller.consumer.id,
-                    &usages,
-                    now,
-                    &mut metered.crossings,
-                );
-            }
-            return Verdict {
-                action: Action::Forward(forward),
-                events: Events::one(Event::Allowed, plan_index(&caller)),
-                metered,
-            };
+            let events = Events::one(Event::Allowed, plan_index(&caller));
+            return admit(config, memo, forward, caller, &usages, now, events);
         }
         Decision::Deny(denial) => denial,
         Decision::Wait { caller, refill } => {
@@ -322,14 +303,8 @@ pub fn handle_with<'c>(
                         "on_store_error=local: counted in this Envoy ({})",
                         denial.describe()
                     );
-                    forward.caller = Some((&c.consumer.name, &c.plan.name));
-                    forward.rate_limit = rate_limit_fields(config, memo, &c, &counted.usages, now);
                     events.push(Event::Allowed, plan);
-                    return Verdict {
-                        action: Action::Forward(forward),
-                        events,
-                        metered: Metered::of(Some(&c)),
-                    };
+                    return admit(config, memo, forward, c, &counted.usages, now, events);
                 }
                 Ok(counted) => {
                     fallback = Some(Denial::QuotaExceeded {
@@ -395,6 +370,40 @@ pub fn handle_with<'c>(
 }
 
 /// The RateLimit fields for a counted caller (none for an unlimited plan).
+/// Forward a counted request: its caller named, its RateLimit fields, and the alert thresholds
+/// its count reached.
+fn admit<'c>(
+    config: &'c Config,
+    memo: &Memo,
+    mut forward: Forward<'c>,
+    caller: Caller<'c>,
+    usages: &[Usage],
+    now: i64,
+    events: Events,
+) -> Verdict<'c> {
+    forward.caller = Some((&caller.consumer.name, &caller.plan.name));
+    forward.rate_limit = rate_limit_fields(config, memo, &caller, usages, now);
+    let mut metered = Metered::of(Some(&caller));
+    if let Some(thresholds) = config
+        .events
+        .as_ref()
+        .and_then(|e| e.alerts.get(caller.consumer.plan))
+    {
+        crossings(
+            thresholds,
+            caller.consumer.id,
+            usages,
+            now,
+            &mut metered.crossings,
+        );
+    }
+    Verdict {
+        action: Action::Forward(forward),
+        events,
+        metered,
+    }
+}
+
 fn rate_limit_fields(
     config: &Config,
     memo: &Memo,

@@ -10,8 +10,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use proxy_wasm::types::{BufferType, MapType};
 
+use super::metrics::{bump, define_counter};
 use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::entitlements::{
@@ -31,20 +32,7 @@ struct Counters {
 }
 
 fn counter(name: &str) -> Option<u32> {
-    let name = format!("tollgate.entitlements.{name}");
-    match hostcalls::define_metric(MetricType::Counter, &name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-fn bump(id: Option<u32>) {
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+    define_counter(&format!("tollgate.entitlements.{name}"))
 }
 
 /// Unix milliseconds now (`None` if the host cannot tell).
@@ -172,7 +160,7 @@ impl Entitlements {
     }
 
     fn applied(&self, config: &Config, started: Option<i64>) {
-        bump(self.counters.applied);
+        bump(self.counters.applied, 1);
         let took = match (started, now_ms()) {
             (Some(a), Some(b)) => b - a,
             _ => -1,
@@ -240,7 +228,7 @@ impl Entitlements {
         match hostcalls::dispatch_http_call(&s.cluster, headers, None, vec![], timeout) {
             Ok(token) => self.pending = Some(token),
             Err(status) => {
-                bump(self.counters.failed);
+                bump(self.counters.failed, 1);
                 log::warn!(
                     "entitlements: cannot call cluster `{}` ({status:?}: is it defined?); version {} keeps serving",
                     s.cluster,
@@ -269,12 +257,12 @@ impl Entitlements {
         let (status, etag) = (header(":status"), header("etag"));
         Some(match classify(status.as_deref(), etag.as_deref()) {
             Answer::NotModified => {
-                bump(self.counters.not_modified);
+                bump(self.counters.not_modified, 1);
                 log::debug!("entitlements: not modified (version {})", self.version);
                 None
             }
             Answer::Failed(why) => {
-                bump(self.counters.failed);
+                bump(self.counters.failed, 1);
                 log::warn!(
                     "entitlements: fetch from cluster `{}` failed: {why}; version {} keeps serving",
                     self.settings.cluster,
@@ -292,13 +280,13 @@ impl Entitlements {
         let (head, head_cas) = self.head(&store).unwrap_or_default();
         if !etag.is_empty() && etag == head.etag && head.version > 0 {
             // A control plane that ignores If-None-Match: same ETag, same snapshot.
-            bump(self.counters.not_modified);
+            bump(self.counters.not_modified, 1);
             return None;
         }
         let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
             Ok(body) => body.unwrap_or_default(),
             Err(status) => {
-                bump(self.counters.failed);
+                bump(self.counters.failed, 1);
                 log::warn!("entitlements: cannot read the answer's body: {status:?}");
                 return None;
             }
@@ -307,7 +295,7 @@ impl Entitlements {
         let config = match Config::with_snapshot(&self.plugin_configuration, &body) {
             Ok(config) => config,
             Err(e) => {
-                bump(self.counters.refused);
+                bump(self.counters.refused, 1);
                 log::error!(
                     "entitlements: snapshot refused, version {} keeps serving: {e}",
                     self.version
@@ -319,7 +307,7 @@ impl Entitlements {
         // New consumers' records (leases in fleet mode) must exist before any VM counts them
         // (see quota.rs).
         if let Err(e) = super::root::create_counters(&config) {
-            bump(self.counters.failed);
+            bump(self.counters.failed, 1);
             log::error!(
                 "entitlements: cannot create the snapshot's records, version {} keeps serving: {}",
                 self.version,
@@ -341,7 +329,7 @@ impl Entitlements {
             )
         });
         if let Err(e) = published {
-            bump(self.counters.failed);
+            bump(self.counters.failed, 1);
             match e {
                 SetError::CasMismatch => log::warn!(
                     "entitlements: another VM published a snapshot at the same time; its version is taken on the next tick"
@@ -354,7 +342,7 @@ impl Entitlements {
             }
             return None;
         }
-        bump(self.counters.updated);
+        bump(self.counters.updated, 1);
         self.version = version;
         self.refused_etag = None;
         log::info!(

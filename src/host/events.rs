@@ -6,8 +6,9 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, MetricType};
+use proxy_wasm::types::MapType;
 
+use super::metrics::{bump, define_counter};
 use super::root::Runtime;
 use super::shared_data::SharedData;
 use crate::config::Config;
@@ -67,38 +68,18 @@ struct Counters {
     near_limit: Vec<Option<u32>>,
 }
 
-#[inline(never)]
-fn define(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-#[inline(never)]
-fn bump(id: Option<u32>, by: usize) {
-    if let (Some(id), Ok(by)) = (id, i64::try_from(by)) {
-        if by > 0 {
-            let _ = hostcalls::increment_metric(id, by);
-        }
-    }
-}
-
 impl Counters {
     fn define(config: &Config) -> Counters {
         Counters {
-            sent: define("tollgate.events.sent"),
-            dropped: define("tollgate.events.dropped"),
-            failed: define("tollgate.events.failed_batches"),
-            thresholds: define("tollgate.events.threshold"),
-            reminders: define("tollgate.events.reminder"),
+            sent: define_counter("tollgate.events.sent"),
+            dropped: define_counter("tollgate.events.dropped"),
+            failed: define_counter("tollgate.events.failed_batches"),
+            thresholds: define_counter("tollgate.events.threshold"),
+            reminders: define_counter("tollgate.events.reminder"),
             near_limit: config
                 .plans
                 .iter()
-                .map(|p| define(&format!("tollgate.plan.{}.near_limit", p.name)))
+                .map(|p| define_counter(&format!("tollgate.plan.{}.near_limit", p.name)))
                 .collect(),
         }
     }

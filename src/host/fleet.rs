@@ -25,9 +25,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MetricType};
+use proxy_wasm::types::BufferType;
 
 use super::http::{run, Step};
+use super::metrics::{bump, define_counter};
 use super::root::Runtime;
 use super::shared_data::SharedData;
 use crate::admission::FleetInput;
@@ -131,15 +132,10 @@ fn count(which: Count) {
     let index = which as usize;
     let id = with(|s| {
         let slot = s.counters.get_mut(index)?;
-        *slot.get_or_insert_with(|| {
-            let name = COUNTER_NAMES.get(index)?;
-            hostcalls::define_metric(MetricType::Counter, name).ok()
-        })
+        *slot.get_or_insert_with(|| define_counter(COUNTER_NAMES.get(index)?))
     })
     .flatten();
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+    bump(id, 1);
 }
 
 impl State {

@@ -18,21 +18,35 @@ pub struct Metrics {
     pending: RefCell<Vec<u64>>,
 }
 
+/// Defines the counter `name` in Envoy (or finds it: Envoy returns the existing counter when a
+/// name is defined again, so reconfiguration keeps the counts); `None`, logged, if it cannot.
+#[inline(never)]
+pub fn define_counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Adds `by` to a counter at once (for rare events; request counters go through [`Metrics`]).
+#[inline(never)]
+pub fn bump(id: Option<u32>, by: usize) {
+    if let (Some(id), Ok(by)) = (id, i64::try_from(by)) {
+        if by > 0 {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+}
+
 impl Metrics {
-    /// Defines every counter for this configuration (Envoy returns the existing counter when
-    /// a name is defined again, so reconfiguration keeps the counts).
+    /// Defines every counter for this configuration.
     pub fn define(config: &Config) -> Metrics {
         let ids: Vec<Option<u32>> = names(&config.plans)
             .iter()
-            .map(
-                |name| match hostcalls::define_metric(MetricType::Counter, name) {
-                    Ok(id) => Some(id),
-                    Err(status) => {
-                        log::warn!("cannot define metric {name}: {status:?}");
-                        None
-                    }
-                },
-            )
+            .map(|name| define_counter(name))
             .collect();
         let pending = RefCell::new(vec![0; ids.len()]);
         Metrics { ids, pending }

@@ -40,27 +40,14 @@ impl Service {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
-    /// SIGSTOP, then waits until every thread of the process is stopped: `kill` returns once
-    /// the signal is sent, and on a busy machine a thread stops only when it is next scheduled —
-    /// meanwhile it can still answer (seen: a "frozen" quotad granted a lease 5 ms later).
+    /// SIGSTOP, then waits until every thread of the process is stopped.
     fn freeze(&self) {
         self.signal("STOP");
-        let tasks = format!("/proc/{}/task", self.pid());
-        let stopped = || {
-            let Ok(entries) = std::fs::read_dir(&tasks) else {
-                return false;
-            };
-            entries.flatten().all(|task| {
-                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                    stat.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                })
-            })
-        };
+        let pid = self.pid();
         poll(
             Duration::from_secs(20),
             "the process to stop (SIGSTOP)",
-            || stopped().then_some(()),
+            || super::stopped::all_threads_stopped(pid).then_some(()),
         );
     }
 

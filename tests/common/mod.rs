@@ -24,6 +24,7 @@ mod control_plane;
 mod fleet;
 mod server;
 mod sink;
+mod stopped;
 pub use control_plane::*;
 pub use fleet::*;
 pub use server::*;

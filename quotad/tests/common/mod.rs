@@ -43,6 +43,9 @@ pub fn temp_dir(kind: &str) -> PathBuf {
     dir
 }
 
+#[path = "../../../tests/common/stopped.rs"]
+mod stopped;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -138,24 +141,13 @@ impl Process {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
-    /// SIGSTOP, then waits until every thread of the process is stopped: `kill` returns once
-    /// the signal is sent, and on a busy machine a thread stops only when it is next scheduled —
-    /// meanwhile it can still answer (seen: a "frozen" quotad granted a lease 5 ms later).
+    /// SIGSTOP, then waits until every thread of the process is stopped.
     fn freeze(&self) {
         self.signal("STOP");
-        let tasks = format!("/proc/{}/task", self.pid());
-        let stopped = || {
-            let Ok(entries) = std::fs::read_dir(&tasks) else {
-                return false;
-            };
-            entries.flatten().all(|task| {
-                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                    stat.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                })
-            })
-        };
-        wait_for("the process to stop (SIGSTOP)", DEADLINE, stopped);
+        let pid = self.pid();
+        wait_for("the process to stop (SIGSTOP)", DEADLINE, || {
+            stopped::all_threads_stopped(pid)
+        });
     }
 
     fn stop(&mut self) {
