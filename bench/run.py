@@ -592,7 +592,9 @@ class FleetStore:
         self.procs.append(subprocess.Popen(
             pinned(LOAD_CPU) + [str(self.quotad), "--listen", f"127.0.0.1:{QUOTAD_PORT}",
                                 "--http-listen", f"127.0.0.1:{QUOTAD_HTTP}",
-                                "--redis", f"redis://127.0.0.1:{redis_port}"],
+                                "--redis", f"redis://127.0.0.1:{redis_port}",
+                                # Pinned to one CPU: one thread (tokio's current-thread runtime).
+                                "--worker-threads", "1"],
             stdout=log, stderr=log))
         deadline = time.monotonic() + 60
         while True:

@@ -252,6 +252,11 @@ async fn health_metrics_and_a_graceful_sigterm() {
     );
     assert!(log.contains("redis timeout 300 ms"), "{log}");
     assert!(log.contains("worker threads 1"), "{log}");
+    // ... and that one thread is the only one: no runtime worker beside the main thread.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", quotad.pid()))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "quotad --worker-threads 1 runs on one thread");
     assert!(!log.contains("acme"), "no per-request logs at info: {log}");
 
     let status = quotad.terminate();
