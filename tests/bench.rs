@@ -64,4 +64,9 @@ fn the_floor_filter_sends_values_of_tollgates_sizes() {
         quoted("STATE").len(),
         rate_limit_state(plan, &usages, now).len()
     );
+    // The floor writes a changing remaining count over the first limit's nine digits.
+    let at: usize = constant(&source, "REMAINING_AT").parse().unwrap();
+    let state = quoted("STATE");
+    assert_eq!(state.get(at - 2..at), Some("r="));
+    assert!(state[at..at + 9].bytes().all(|b| b.is_ascii_digit()), "{state}");
 }
