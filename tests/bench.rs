@@ -68,5 +68,8 @@ fn the_floor_filter_sends_values_of_tollgates_sizes() {
     let at: usize = constant(&source, "REMAINING_AT").parse().unwrap();
     let state = quoted("STATE");
     assert_eq!(state.get(at - 2..at), Some("r="));
-    assert!(state[at..at + 9].bytes().all(|b| b.is_ascii_digit()), "{state}");
+    assert!(
+        state[at..at + 9].bytes().all(|b| b.is_ascii_digit()),
+        "{state}"
+    );
 }
