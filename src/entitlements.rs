@@ -71,23 +71,6 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// `500ms`, `10s`, `5m`, `1h` → milliseconds.
-pub fn parse_duration_ms(text: &str) -> Option<u64> {
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    if digits.is_empty() || digits.len() > 9 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(scale)
-}
-
 /// Validates the `entitlements` member; every error names its field.
 pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     let err = |field: &str, why: String| Err(ConfigError(format!("entitlements.{field}: {why}")));
@@ -123,7 +106,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     }
     let refresh_ms = match &raw.refresh {
         None => DEFAULT_REFRESH_MS,
-        Some(text) => match parse_duration_ms(text) {
+        Some(text) => match crate::duration::parse_ms(text) {
             Some(ms) if (1000..=MAX_REFRESH_MS).contains(&ms) => ms,
             _ => {
                 return err(
@@ -138,7 +121,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     };
     let timeout_ms = match &raw.timeout {
         None => DEFAULT_TIMEOUT_MS.min(refresh_ms),
-        Some(text) => match parse_duration_ms(text) {
+        Some(text) => match crate::duration::parse_ms(text) {
             Some(ms) if ms >= 1 && ms <= refresh_ms => ms,
             Some(ms) if ms > refresh_ms => {
                 return err(
@@ -295,12 +278,14 @@ mod tests {
 
     #[test]
     fn durations_and_defaults() {
-        assert_eq!(parse_duration_ms("500ms"), Some(500));
-        assert_eq!(parse_duration_ms("10s"), Some(10_000));
-        assert_eq!(parse_duration_ms("5m"), Some(300_000));
-        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "10d", "9999999999s"] {
-            assert_eq!(parse_duration_ms(bad), None, "{bad}");
+        // The grammar is crate::duration's; the fields keep their ranges.
+        assert_eq!(
+            compile_settings(raw(Some("1d"), None)).unwrap().refresh_ms,
+            86_400_000
+        );
+        for bad in ["500ms", "25h", "10 s", "10"] {
+            let e = compile_settings(raw(Some(bad), None)).unwrap_err();
+            assert!(e.0.starts_with("entitlements.refresh:"), "{bad}: {e:?}");
         }
         let s = compile_settings(raw(None, None)).unwrap();
         assert_eq!((s.refresh_ms, s.timeout_ms), (10_000, 5_000));

@@ -30,6 +30,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod duration;
 pub mod entitlements;
 pub mod events;
 pub mod lease;

@@ -50,20 +50,9 @@ impl Window {
                  or <n>s, <n>m, <n>h, <n>d with n > 0"
             )
         };
-        let split = text.len().checked_sub(1).ok_or_else(bad)?;
-        let (count, unit) = (text.get(..split).ok_or_else(bad)?, text.get(split..));
-        let unit_seconds = match unit {
-            Some("s") => 1,
-            Some("m") => 60,
-            Some("h") => 3600,
-            Some("d") => DAY,
-            _ => return Err(bad()),
-        };
-        if count.is_empty() || !count.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let count: i64 = count.parse().map_err(|_| bad())?;
-        let seconds = count.checked_mul(unit_seconds).ok_or_else(bad)?;
+        let seconds = crate::duration::parse_seconds(text)
+            .and_then(|s| i64::try_from(s).ok())
+            .ok_or_else(bad)?;
         if seconds <= 0 {
             return Err(bad());
         }

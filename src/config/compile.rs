@@ -341,17 +341,9 @@ pub(super) fn compile_rls(raw: RawRls) -> Result<Rls, ConfigError> {
     })
 }
 
-/// `50ms`, `1s`: milliseconds, from 1 to [`MAX_RLS_TIMEOUT_MS`].
+/// `50ms`, `1s` ([`crate::duration`]): milliseconds, from 1 to [`MAX_RLS_TIMEOUT_MS`].
 fn parse_timeout(text: &str) -> Option<u64> {
-    let (digits, scale) = match text.strip_suffix("ms") {
-        Some(digits) => (digits, 1),
-        None => (text.strip_suffix('s')?, 1000),
-    };
-    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let ms = digits.parse::<u64>().ok()?.checked_mul(scale)?;
-    (1..=MAX_RLS_TIMEOUT_MS).contains(&ms).then_some(ms)
+    crate::duration::parse_ms(text).filter(|ms| (1..=MAX_RLS_TIMEOUT_MS).contains(ms))
 }
 
 pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {

@@ -58,21 +58,9 @@ pub struct EventsConfig {
     pub reminders: Vec<i64>,
 }
 
-/// `<n>s`, `<n>m`, `<n>h` or `<n>d` in seconds.
-pub fn parse_duration(text: &str) -> Option<i64> {
-    let split = text.len().checked_sub(1)?;
-    let (count, unit) = (text.get(..split)?, text.get(split..)?);
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    if count.is_empty() || !count.bytes().all(|c| c.is_ascii_digit()) || count.len() > 9 {
-        return None;
-    }
-    count.parse::<i64>().ok()?.checked_mul(unit)
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d` in seconds ([`crate::duration`]).
+fn parse_duration(text: &str) -> Option<i64> {
+    crate::duration::parse_seconds(text).and_then(|s| i64::try_from(s).ok())
 }
 
 fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
