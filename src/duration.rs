@@ -3,6 +3,8 @@
 //! (windows, `store.rls.timeout`, `events.interval`, `events.reminders`,
 //! `entitlements.refresh` and `.timeout`); each field then checks its own range.
 
+use crate::time::DAY;
+
 /// The count and the unit of `<n><unit>`: `None` when the text does not start with 1 to 9
 /// ASCII digits followed by a unit.
 fn count_and_unit(text: &str) -> Option<(u64, &str)> {
@@ -14,24 +16,24 @@ fn count_and_unit(text: &str) -> Option<(u64, &str)> {
     Some((digits.parse().ok()?, unit))
 }
 
-/// `<n>s`, `<n>m`, `<n>h` or `<n>d`, in seconds.
-pub fn parse_seconds(text: &str) -> Option<u64> {
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d`, in seconds (the unit of windows and of the clock).
+pub fn parse_seconds(text: &str) -> Option<i64> {
     let (count, unit) = count_and_unit(text)?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
-        "d" => 86_400,
+        "d" => DAY,
         _ => return None,
     };
-    count.checked_mul(scale)
+    i64::try_from(count).ok()?.checked_mul(scale)
 }
 
 /// `<n>ms`, or any form [`parse_seconds`] reads, in milliseconds.
 pub fn parse_ms(text: &str) -> Option<u64> {
     match count_and_unit(text)? {
         (count, "ms") => Some(count),
-        _ => parse_seconds(text)?.checked_mul(1000),
+        _ => u64::try_from(parse_seconds(text)?).ok()?.checked_mul(1000),
     }
 }
 

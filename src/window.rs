@@ -50,9 +50,7 @@ impl Window {
                  or <n>s, <n>m, <n>h, <n>d with n > 0"
             )
         };
-        let seconds = crate::duration::parse_seconds(text)
-            .and_then(|s| i64::try_from(s).ok())
-            .ok_or_else(bad)?;
+        let seconds = crate::duration::parse_seconds(text).ok_or_else(bad)?;
         if seconds <= 0 {
             return Err(bad());
         }

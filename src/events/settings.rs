@@ -2,6 +2,7 @@
 //! field).
 
 use super::*;
+use crate::duration::parse_seconds;
 
 /// The `events` block as serde reads it.
 #[derive(Debug, Deserialize)]
@@ -56,11 +57,6 @@ pub struct EventsConfig {
     pub alerts: Vec<Vec<u8>>,
     /// Reminder lead times in seconds, descending.
     pub reminders: Vec<i64>,
-}
-
-/// `<n>s`, `<n>m`, `<n>h` or `<n>d` in seconds ([`crate::duration`]).
-fn parse_duration(text: &str) -> Option<i64> {
-    crate::duration::parse_seconds(text).and_then(|s| i64::try_from(s).ok())
 }
 
 fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
@@ -144,7 +140,7 @@ pub fn compile(
     }
     let interval = match &raw.interval {
         None => DEFAULT_INTERVAL,
-        Some(text) => match parse_duration(text) {
+        Some(text) => match parse_seconds(text) {
             Some(s) if (1..=MAX_INTERVAL).contains(&s) => s,
             _ => {
                 return err(
@@ -171,7 +167,7 @@ pub fn compile(
     }
     let mut reminders: Vec<i64> = Vec::new();
     for (i, text) in raw.reminders.iter().enumerate() {
-        match parse_duration(text) {
+        match parse_seconds(text) {
             Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
                 // Kept descending.
                 let at = reminders
