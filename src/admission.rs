@@ -1,129 +1,13 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use crate::config::{Config, Consumer, Plan, Rls, Standing};
+use crate::config::{Config, Rls, Standing};
 use crate::credentials::Credential;
-use crate::lease::{self, Ask, Clock, Take, Terms};
+use crate::decision::{Attempt, Caller, Decision, Denial};
+use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
-use crate::metrics::Reason;
-use crate::quota::{check_and_take, CountError, Usage};
+use crate::quota::{check_and_take, CountError};
 use crate::store::Store;
-
-/// A consumer and its plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller<'c> {
-    pub consumer: &'c Consumer,
-    pub plan: &'c Plan,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision<'c> {
-    /// Forward upstream; `usages` (one per limit of the plan) feed the RateLimit headers.
-    /// Fleet mode: with `refill`, the consumer's lease ran low and this request claimed its
-    /// refill ahead of time (the store call is made without holding the request).
-    Allow {
-        caller: Caller<'c>,
-        usages: Vec<Usage>,
-        refill: Option<Ask>,
-    },
-    Deny(Denial<'c>),
-    /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
-    /// refill and must ask the store; without, another request of this Envoy is refilling.
-    /// Either way the request waits, then is decided again.
-    Wait {
-        caller: Caller<'c>,
-        refill: Option<Ask>,
-    },
-}
-
-/// What fleet mode's request path needs beyond the local one's inputs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FleetInput {
-    /// The time in milliseconds (refill claims, lease sizing).
-    pub now_ms: i64,
-    /// Set when the request already waited for a refill, since then (ms).
-    pub waiting_since_ms: Option<i64>,
-    /// The refill this request waited for failed, so: a store error.
-    pub failed: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Denial<'c> {
-    /// No configured credential source is present, and there is no anonymous plan.
-    MissingCredential,
-    /// A source is present but unusable (empty key, broken encoding).
-    MalformedCredential(&'static str),
-    /// No consumer owns the key.
-    UnknownKey,
-    Suspended(Caller<'c>),
-    Expired {
-        caller: Caller<'c>,
-        expired_at: i64,
-    },
-    /// `past_due` after its `grace_until` (or without one): the payment method needs attention.
-    PaymentRequired {
-        caller: Caller<'c>,
-        grace_until: Option<i64>,
-    },
-    /// At least one limit is exhausted; `usages` has one entry per limit, violated ones marked.
-    QuotaExceeded {
-        caller: Caller<'c>,
-        usages: Vec<Usage>,
-    },
-    /// Shared data failed (or, with `contended`, every CAS attempt lost its race): the
-    /// request cannot be counted.
-    StoreUnavailable {
-        caller: Caller<'c>,
-        contended: bool,
-        reason: String,
-    },
-}
-
-impl<'c> Denial<'c> {
-    /// The metrics reason.
-    pub fn reason(&self) -> Reason {
-        match self {
-            Denial::MissingCredential => Reason::MissingCredential,
-            Denial::MalformedCredential(_) | Denial::UnknownKey => Reason::InvalidCredential,
-            Denial::Suspended(_) => Reason::Suspended,
-            Denial::Expired { .. } => Reason::Expired,
-            Denial::PaymentRequired { .. } => Reason::PastDue,
-            Denial::QuotaExceeded { .. } => Reason::Quota,
-            Denial::StoreUnavailable { .. } => Reason::StoreError,
-        }
-    }
-
-    /// The consumer, when the refusal concerns a known one.
-    pub fn caller(&self) -> Option<Caller<'c>> {
-        match self {
-            Denial::MissingCredential | Denial::MalformedCredential(_) | Denial::UnknownKey => None,
-            Denial::Suspended(caller)
-            | Denial::Expired { caller, .. }
-            | Denial::PaymentRequired { caller, .. }
-            | Denial::QuotaExceeded { caller, .. }
-            | Denial::StoreUnavailable { caller, .. } => Some(*caller),
-        }
-    }
-
-    /// For logs: the reason and the consumer, never the key.
-    pub fn describe(&self) -> String {
-        match self {
-            Denial::MalformedCredential(why) => format!("invalid_credential ({why})"),
-            Denial::StoreUnavailable { caller, reason, .. } => {
-                format!("store_error consumer={} ({reason})", caller.consumer.name)
-            }
-            other => match other.caller() {
-                Some(c) => format!(
-                    "{} consumer={} plan={}",
-                    other.reason().name(),
-                    c.consumer.name,
-                    c.plan.name
-                ),
-                None => other.reason().name().to_string(),
-            },
-        }
-    }
-}
 
 /// Decides a request. `now` is Unix seconds.
 pub fn decide<'c>(
@@ -133,9 +17,9 @@ pub fn decide<'c>(
     store: &impl Store,
     memo: &Memo,
 ) -> Decision<'c> {
-    let fleet = FleetInput {
+    let fleet = Attempt {
         now_ms: now.saturating_mul(1000),
-        ..FleetInput::default()
+        ..Attempt::default()
     };
     decide_with(config, credential, now, store, memo, &fleet)
 }
@@ -147,7 +31,7 @@ pub fn decide_with<'c>(
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    fleet: &FleetInput,
+    fleet: &Attempt,
 ) -> Decision<'c> {
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
@@ -251,7 +135,7 @@ fn from_lease<'c>(
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    fleet: &FleetInput,
+    fleet: &Attempt,
 ) -> Decision<'c> {
     let store_error = |contended: bool, reason: String| {
         Decision::Deny(Denial::StoreUnavailable {

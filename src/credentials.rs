@@ -10,7 +10,55 @@
 //!   fall through to the anonymous plan).
 //! - `query`: the first parameter with that name counts; `%XX` is decoded, `+` is kept as-is.
 
-use crate::config::Source;
+/// Where an API key may come from, tried in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A request header (name stored lowercase).
+    Header(String),
+    /// `Authorization: <scheme> <key>`; the scheme is stored lowercase and matched without case.
+    Authorization(String),
+    /// A URL query parameter (percent-decoded).
+    Query(String),
+}
+
+impl Source {
+    /// `header x-api-key`, `authorization Bearer`, `query api_key`.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Header(name) => format!("header {name}"),
+            Source::Authorization(scheme) => format!("authorization {}", capitalized(scheme)),
+            Source::Query(name) => format!("query {name}"),
+        }
+    }
+}
+
+/// The `WWW-Authenticate` challenge of every 401: one scheme per kind of configured source
+/// (`ApiKey realm="tollgate"` for headers and query parameters, the scheme itself for
+/// `Authorization`). Rendered once, when the configuration is compiled.
+pub fn challenge(sources: &[Source]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for source in sources {
+        let part = match source {
+            Source::Authorization(scheme) => {
+                format!("{} realm=\"tollgate\"", capitalized(scheme))
+            }
+            Source::Header(_) | Source::Query(_) => "ApiKey realm=\"tollgate\"".to_string(),
+        };
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(", ")
+}
+
+/// `bearer` → `Bearer` (schemes are stored lowercase and matched without case).
+pub fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
 
 /// An API key found in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

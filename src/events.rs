@@ -14,12 +14,9 @@
 //! - The event documents themselves (CloudEvents 1.0, JSON) and their deterministic ids:
 //!   `events/cloudevents.rs`; the configuration block: `events/settings.rs`.
 
-use std::fmt;
-
-use serde::Deserialize;
-
-use crate::config::{Config, ConfigError, Plan};
-use crate::metrics::{Event, Reason};
+use crate::config::Config;
+use crate::decision::Reason;
+use crate::metrics::Metric;
 use crate::quota::Usage;
 use crate::sha256::{sha256, to_hex};
 use crate::store::{SetError, Store, StoreError};
@@ -31,16 +28,6 @@ pub const USAGE_TYPE: &str = "io.tollgate.usage";
 pub const THRESHOLD_TYPE: &str = "io.tollgate.quota.threshold";
 pub const REMINDER_TYPE: &str = "io.tollgate.subscription.reminder";
 
-/// Default interval of usage events, in seconds.
-pub const DEFAULT_INTERVAL: i64 = 10;
-/// Longest interval accepted (one hour).
-pub const MAX_INTERVAL: i64 = 3600;
-pub const DEFAULT_BUFFER: usize = 10_000;
-pub const MAX_BUFFER: usize = 1_000_000;
-/// Events per batch (a batch of 100 usage events is ~45 KB of JSON).
-pub const DEFAULT_BATCH: usize = 100;
-/// How long the sink has to answer a batch before it counts as failed (and is resent).
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait between two attempts while the sink fails, in seconds.
 pub const MAX_BACKOFF: i64 = 30;
 
@@ -54,10 +41,8 @@ pub const REASONS: [Reason; 5] = [
 ];
 
 mod cloudevents;
-mod settings;
 
 pub use cloudevents::*;
-pub use settings::*;
 
 fn reason_slot(reason: Reason) -> Option<usize> {
     REASONS.iter().position(|r| *r == reason)
@@ -142,7 +127,7 @@ impl Tally {
     }
 
     /// Counts one request of `consumer` at `now` from the verdict's events.
-    pub fn record(&mut self, consumer: usize, now: i64, events: impl Iterator<Item = Event>) {
+    pub fn record(&mut self, consumer: usize, now: i64, events: impl Iterator<Item = Metric>) {
         let k = now.div_euclid(self.interval);
         let index = usize::try_from(k.rem_euclid(SLOTS as i64)).unwrap_or(0);
         let Some(slot) = self.slots.get_mut(index) else {
@@ -158,13 +143,13 @@ impl Tally {
         };
         for event in events {
             match event {
-                Event::Allowed => counts.admitted += 1,
-                Event::Refused(r) => {
+                Metric::Allowed => counts.admitted += 1,
+                Metric::Refused(r) => {
                     if let Some(c) = reason_slot(r).and_then(|i| counts.refused.get_mut(i)) {
                         *c += 1;
                     }
                 }
-                Event::Shadowed(r) => {
+                Metric::Shadowed(r) => {
                     if let Some(c) = reason_slot(r).and_then(|i| counts.shadowed.get_mut(i)) {
                         *c += 1;
                     }

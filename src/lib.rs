@@ -30,12 +30,14 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod decision;
 pub mod duration;
 pub mod entitlements;
 pub mod events;
 pub mod lease;
 pub mod memo;
 pub mod metrics;
+pub mod names;
 pub mod quota;
 pub mod record;
 pub mod response;

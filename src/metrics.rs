@@ -6,52 +6,11 @@
 //! increments them by index, so the request path does no string work.
 
 use crate::config::Plan;
-
-/// Why a request was (or in shadow mode, would have been) refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Quota,
-    MissingCredential,
-    InvalidCredential,
-    Suspended,
-    Expired,
-    /// `past_due` after its grace period.
-    PastDue,
-    StoreError,
-}
-
-impl Reason {
-    const ALL: [Reason; 7] = [
-        Reason::Quota,
-        Reason::MissingCredential,
-        Reason::InvalidCredential,
-        Reason::Suspended,
-        Reason::Expired,
-        Reason::PastDue,
-        Reason::StoreError,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::Quota => "quota",
-            Reason::MissingCredential => "missing_credential",
-            Reason::InvalidCredential => "invalid_credential",
-            Reason::Suspended => "suspended",
-            Reason::Expired => "expired",
-            Reason::PastDue => "past_due",
-            Reason::StoreError => "store_error",
-        }
-    }
-
-    /// Reasons that concern a known consumer, and so also have a per-plan counter.
-    fn has_plan(self) -> bool {
-        !matches!(self, Reason::MissingCredential | Reason::InvalidCredential)
-    }
-}
+use crate::decision::Reason;
 
 /// Something worth counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum Metric {
     /// Forwarded upstream after counting (or uncounted, on an unlimited plan).
     Allowed,
     Refused(Reason),
@@ -67,6 +26,33 @@ pub enum Event {
     Contended,
     /// Shadow mode held back a log line (see [`crate::shadow_log`]).
     ShadowLogSuppressed,
+}
+
+/// What to count for one request: at most three metric increments (a store error, what became of the
+/// request, a shadow-mode log line held back), each with the index of the plan it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Increments([Option<(Metric, Option<usize>)>; 3]);
+
+impl Increments {
+    pub fn one(metric: Metric, plan: Option<usize>) -> Increments {
+        Increments([Some((metric, plan)), None, None])
+    }
+
+    pub fn push(&mut self, metric: Metric, plan: Option<usize>) {
+        if let Some(slot) = self.0.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some((metric, plan));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Metric, Option<usize>)> + '_ {
+        self.0.iter().flatten().copied()
+    }
+}
+
+impl<const N: usize> PartialEq<[(Metric, Option<usize>); N]> for Increments {
+    fn eq(&self, other: &[(Metric, Option<usize>); N]) -> bool {
+        self.iter().eq(other.iter().copied())
+    }
 }
 
 const GLOBAL_PREFIX: &str = "tollgate.";
@@ -117,26 +103,26 @@ pub fn names(plans: &[Plan]) -> Vec<String> {
 }
 
 /// The counters an event increments: its global one, and its plan's one if it has a plan.
-pub fn indices(event: Event, plan: Option<usize>) -> [Option<usize>; 2] {
+pub fn indices(event: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
     let (global, per_plan) = match event {
-        Event::Allowed => (0, Some(0)),
-        Event::Refused(r) => (1 + reason_index(r), plan_reason_index(r).map(|i| 1 + i)),
-        Event::Shadowed(r) => (
+        Metric::Allowed => (0, Some(0)),
+        Metric::Refused(r) => (1 + reason_index(r), plan_reason_index(r).map(|i| 1 + i)),
+        Metric::Shadowed(r) => (
             1 + Reason::ALL.len() + reason_index(r),
             plan_reason_index(r).map(|i| 1 + PLAN_REASONS.len() + i),
         ),
-        Event::Preflight => (GLOBALS - 5, None),
-        Event::Usage => (GLOBALS - 4, None),
-        Event::StoreFailed => (GLOBALS - 3, None),
-        Event::Contended => (GLOBALS - 2, None),
-        Event::ShadowLogSuppressed => (GLOBALS - 1, None),
+        Metric::Preflight => (GLOBALS - 5, None),
+        Metric::Usage => (GLOBALS - 4, None),
+        Metric::StoreFailed => (GLOBALS - 3, None),
+        Metric::Contended => (GLOBALS - 2, None),
+        Metric::ShadowLogSuppressed => (GLOBALS - 1, None),
     };
     let plan_counter = match (plan, per_plan) {
         (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
         _ => None,
     };
     let plan_counter = match event {
-        Event::Refused(r) | Event::Shadowed(r) if !r.has_plan() => None,
+        Metric::Refused(r) | Metric::Shadowed(r) if !r.has_plan() => None,
         _ => plan_counter,
     };
     [Some(global), plan_counter]
@@ -157,7 +143,7 @@ mod tests {
             .collect()
     }
 
-    fn named(event: Event, plan: Option<usize>) -> Vec<String> {
+    fn named(event: Metric, plan: Option<usize>) -> Vec<String> {
         let names = names(&plans());
         indices(event, plan)
             .iter()
@@ -169,64 +155,64 @@ mod tests {
     #[test]
     fn every_event_maps_to_its_named_counters() {
         assert_eq!(
-            named(Event::Allowed, Some(1)),
+            named(Metric::Allowed, Some(1)),
             ["tollgate.requests.allowed", "tollgate.plan.pro.allowed"]
         );
         assert_eq!(
-            named(Event::Refused(Reason::Quota), Some(0)),
+            named(Metric::Refused(Reason::Quota), Some(0)),
             [
                 "tollgate.requests.refused.quota",
                 "tollgate.plan.free.refused.quota"
             ]
         );
         assert_eq!(
-            named(Event::Shadowed(Reason::Expired), Some(1)),
+            named(Metric::Shadowed(Reason::Expired), Some(1)),
             [
                 "tollgate.requests.shadowed.expired",
                 "tollgate.plan.pro.shadowed.expired"
             ]
         );
         assert_eq!(
-            named(Event::Refused(Reason::InvalidCredential), None),
+            named(Metric::Refused(Reason::InvalidCredential), None),
             ["tollgate.requests.refused.invalid_credential"]
         );
         assert_eq!(
-            named(Event::Shadowed(Reason::MissingCredential), Some(0)),
+            named(Metric::Shadowed(Reason::MissingCredential), Some(0)),
             ["tollgate.requests.shadowed.missing_credential"]
         );
         assert_eq!(
-            named(Event::Preflight, None),
+            named(Metric::Preflight, None),
             ["tollgate.requests.cors_preflight"]
         );
-        assert_eq!(named(Event::Usage, Some(0)), ["tollgate.usage.served"]);
+        assert_eq!(named(Metric::Usage, Some(0)), ["tollgate.usage.served"]);
         assert_eq!(
-            named(Event::StoreFailed, Some(0)),
+            named(Metric::StoreFailed, Some(0)),
             ["tollgate.errors.store"]
         );
         assert_eq!(
-            named(Event::Contended, None),
+            named(Metric::Contended, None),
             ["tollgate.errors.cas_exhausted"]
         );
         assert_eq!(
-            named(Event::Refused(Reason::PastDue), Some(1)),
+            named(Metric::Refused(Reason::PastDue), Some(1)),
             [
                 "tollgate.requests.refused.past_due",
                 "tollgate.plan.pro.refused.past_due"
             ]
         );
         assert_eq!(
-            named(Event::Shadowed(Reason::PastDue), Some(0)),
+            named(Metric::Shadowed(Reason::PastDue), Some(0)),
             [
                 "tollgate.requests.shadowed.past_due",
                 "tollgate.plan.free.shadowed.past_due"
             ]
         );
         assert_eq!(
-            named(Event::ShadowLogSuppressed, Some(0)),
+            named(Metric::ShadowLogSuppressed, Some(0)),
             ["tollgate.logs.shadow_suppressed"]
         );
         assert_eq!(
-            named(Event::Refused(Reason::StoreError), Some(1)),
+            named(Metric::Refused(Reason::StoreError), Some(1)),
             [
                 "tollgate.requests.refused.store_error",
                 "tollgate.plan.pro.refused.store_error"

@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use crate::admission::{Caller, Denial};
-use crate::config::{Config, Plan, Source, Standing};
+use crate::config::{Config, Plan, Standing};
+use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
 use crate::time::format_rfc3339;
 
@@ -246,25 +246,6 @@ impl<'a> Problem<'a> {
             grpc_status: None,
         }
     }
-}
-
-/// The `WWW-Authenticate` challenge of every 401: one scheme per kind of configured source
-/// (`ApiKey realm="tollgate"` for headers and query parameters, the scheme itself for
-/// `Authorization`). Rendered once, when the configuration is compiled.
-pub fn challenge(sources: &[Source]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for source in sources {
-        let part = match source {
-            Source::Authorization(scheme) => {
-                format!("{} realm=\"tollgate\"", crate::config::capitalized(scheme))
-            }
-            Source::Header(_) | Source::Query(_) => "ApiKey realm=\"tollgate\"".to_string(),
-        };
-        if !parts.contains(&part) {
-            parts.push(part);
-        }
-    }
-    parts.join(", ")
 }
 
 /// The refusal a caller gets.

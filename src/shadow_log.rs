@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::metrics::Reason;
+use crate::decision::Reason;
 
 /// At most one line per consumer and reason in this many seconds, per VM.
 pub const INTERVAL: i64 = 60;

@@ -7,12 +7,14 @@
 //! it (e.g. `content-type` only to shape a refusal for gRPC). An admitted request allocates
 //! little: its verdict is plain fields, and the policy field is shared ([`Memo::policy`]).
 
-use crate::admission::{decide_with, Caller, Decision, Denial, FleetInput};
-use crate::config::{Config, CorsPreflight, Mode, OnStoreError, Source};
+use crate::admission::decide_with;
+use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
+use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
+use crate::decision::{Attempt, Caller, Decision, Denial};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
-use crate::metrics::Event;
+use crate::metrics::{Increments, Metric};
 use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
@@ -100,37 +102,11 @@ pub struct Wait {
     pub refill: Option<crate::lease::Ask>,
 }
 
-/// What to count for one request: at most three events (a store error, what became of the
-/// request, a shadow-mode log line held back), each with the index of the plan it concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Events([Option<(Event, Option<usize>)>; 3]);
-
-impl Events {
-    fn one(event: Event, plan: Option<usize>) -> Events {
-        Events([Some((event, plan)), None, None])
-    }
-
-    fn push(&mut self, event: Event, plan: Option<usize>) {
-        if let Some(slot) = self.0.iter_mut().find(|slot| slot.is_none()) {
-            *slot = Some((event, plan));
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (Event, Option<usize>)> + '_ {
-        self.0.iter().flatten().copied()
-    }
-}
-
-impl<const N: usize> PartialEq<[(Event, Option<usize>); N]> for Events {
-    fn eq(&self, other: &[(Event, Option<usize>); N]) -> bool {
-        self.iter().eq(other.iter().copied())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict<'c> {
     pub action: Action<'c>,
-    pub events: Events,
+    /// The metrics this request increments.
+    pub metrics: Increments,
     /// Whose request this was and the alert thresholds it reached (for usage events).
     pub metered: Metered,
 }
@@ -167,9 +143,9 @@ pub fn handle<'c>(
     memo: &Memo,
     shadow_log: &ShadowLog,
 ) -> Verdict<'c> {
-    let fleet = FleetInput {
+    let fleet = Attempt {
         now_ms: now.saturating_mul(1000),
-        ..FleetInput::default()
+        ..Attempt::default()
     };
     handle_with(config, request, now, store, memo, shadow_log, &fleet)
 }
@@ -183,7 +159,7 @@ pub fn handle_with<'c>(
     store: &impl Store,
     memo: &Memo,
     shadow_log: &ShadowLog,
-    fleet: &FleetInput,
+    fleet: &Attempt,
 ) -> Verdict<'c> {
     let mut forward = Forward {
         identity_headers: config
@@ -210,7 +186,7 @@ pub fn handle_with<'c>(
         log::debug!("pass CORS preflight");
         return Verdict {
             action: Action::Forward(forward),
-            events: Events::one(Event::Preflight, None),
+            metrics: Increments::one(Metric::Preflight, None),
             metered: Metered::default(),
         };
     }
@@ -248,8 +224,8 @@ pub fn handle_with<'c>(
                 caller.plan.name
             );
             forward.refill = refill.map(|ask| (caller.consumer.id, ask));
-            let events = Events::one(Event::Allowed, plan_index(&caller));
-            return admit(config, memo, forward, caller, &usages, now, events);
+            let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
+            return admit(config, memo, forward, caller, &usages, now, metrics);
         }
         Decision::Deny(denial) => denial,
         Decision::Wait { caller, refill } => {
@@ -258,7 +234,7 @@ pub fn handle_with<'c>(
                     consumer: caller.consumer.id,
                     refill,
                 }),
-                events: Events::default(),
+                metrics: Increments::default(),
                 metered: Metered::default(),
             }
         }
@@ -267,7 +243,7 @@ pub fn handle_with<'c>(
     let mut denial = denial;
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
-    let mut events = Events::default();
+    let mut metrics = Increments::default();
     let mut fallback = None;
     if let Denial::StoreUnavailable {
         contended, reason, ..
@@ -275,21 +251,21 @@ pub fn handle_with<'c>(
     {
         log::error!("cannot count the request: {reason}");
         let error = if *contended {
-            Event::Contended
+            Metric::Contended
         } else {
-            Event::StoreFailed
+            Metric::StoreFailed
         };
-        events.push(error, None);
+        metrics.push(error, None);
         if config.on_store_error == OnStoreError::Allow {
             log::warn!(
                 "on_store_error=allow: forwarding uncounted ({})",
                 denial.describe()
             );
             forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
-            events.push(Event::Allowed, plan);
+            metrics.push(Metric::Allowed, plan);
             return Verdict {
                 action: Action::Forward(forward),
-                events,
+                metrics,
                 metered: Metered::of(caller.as_ref()),
             };
         }
@@ -303,8 +279,8 @@ pub fn handle_with<'c>(
                         "on_store_error=local: counted in this Envoy ({})",
                         denial.describe()
                     );
-                    events.push(Event::Allowed, plan);
-                    return admit(config, memo, forward, c, &counted.usages, now, events);
+                    metrics.push(Metric::Allowed, plan);
+                    return admit(config, memo, forward, c, &counted.usages, now, metrics);
                 }
                 Ok(counted) => {
                     fallback = Some(Denial::QuotaExceeded {
@@ -331,16 +307,16 @@ pub fn handle_with<'c>(
                  last such line)",
                 denial.describe()
             ),
-            None => events.push(Event::ShadowLogSuppressed, None),
+            None => metrics.push(Metric::ShadowLogSuppressed, None),
         }
         forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
         if let Denial::QuotaExceeded { caller, usages } = &denial {
             forward.rate_limit = rate_limit_fields(config, memo, caller, usages, now);
         }
-        events.push(Event::Shadowed(denial.reason()), plan);
+        metrics.push(Metric::Shadowed(denial.reason()), plan);
         return Verdict {
             action: Action::Forward(forward),
-            events,
+            metrics,
             metered: Metered::of(caller.as_ref()),
         };
     }
@@ -349,7 +325,7 @@ pub fn handle_with<'c>(
     let grpc = request
         .header("content-type")
         .is_some_and(|ct| ct.starts_with(b"application/grpc"));
-    events.push(Event::Refused(denial.reason()), plan);
+    metrics.push(Metric::Refused(denial.reason()), plan);
     let reply = match &denial {
         // Rendered once while the consumer stays refused; only the seconds are filled in.
         Denial::QuotaExceeded { caller, usages } => memo
@@ -364,7 +340,7 @@ pub fn handle_with<'c>(
     };
     Verdict {
         action: Action::Reply(reply),
-        events,
+        metrics,
         metered: Metered::of(caller.as_ref()),
     }
 }
@@ -379,7 +355,7 @@ fn admit<'c>(
     caller: Caller<'c>,
     usages: &[Usage],
     now: i64,
-    events: Events,
+    metrics: Increments,
 ) -> Verdict<'c> {
     forward.caller = Some((&caller.consumer.name, &caller.plan.name));
     forward.rate_limit = rate_limit_fields(config, memo, &caller, usages, now);
@@ -399,7 +375,7 @@ fn admit<'c>(
     }
     Verdict {
         action: Action::Forward(forward),
-        events,
+        metrics,
         metered,
     }
 }
@@ -429,17 +405,17 @@ fn usage_endpoint<'c>(
     method: &[u8],
     now: i64,
     store: &impl Store,
-    fleet: &FleetInput,
+    fleet: &Attempt,
 ) -> Verdict<'c> {
     if method != b"GET" && method != b"HEAD" {
         return Verdict {
             action: Action::Reply(usage_method_not_allowed()),
-            events: Events::default(),
+            metrics: Increments::default(),
             metered: Metered::default(),
         };
     }
     let refuse = |denial: Denial| Verdict {
-        events: Events::one(Event::Refused(denial.reason()), None),
+        metrics: Increments::one(Metric::Refused(denial.reason()), None),
         action: Action::Reply(refusal(config, &denial, now, false)),
         metered: Metered::default(),
     };
@@ -477,7 +453,7 @@ fn usage_endpoint<'c>(
     match counts {
         Ok(usages) => Verdict {
             action: Action::Reply(usage(&caller, standing, &usages)),
-            events: Events::one(Event::Usage, Some(consumer.plan)),
+            metrics: Increments::one(Metric::Usage, Some(consumer.plan)),
             metered: Metered::default(),
         },
         Err(e) => {
@@ -487,7 +463,7 @@ fn usage_endpoint<'c>(
                 reason: e.0,
             };
             Verdict {
-                events: Events::one(Event::StoreFailed, None),
+                metrics: Increments::one(Metric::StoreFailed, None),
                 action: Action::Reply(refusal(config, &denial, now, false)),
                 metered: Metered::default(),
             }
@@ -498,7 +474,7 @@ fn usage_endpoint<'c>(
 fn wait<'c>(consumer: usize, refill: Option<crate::lease::Ask>) -> Verdict<'c> {
     Verdict {
         action: Action::Wait(Wait { consumer, refill }),
-        events: Events::default(),
+        metrics: Increments::default(),
         metered: Metered::default(),
     }
 }
@@ -511,7 +487,7 @@ fn look_at_lease(
     plan: &crate::config::Plan,
     now: i64,
     store: &impl Store,
-    fleet: &FleetInput,
+    fleet: &Attempt,
 ) -> Result<Take, crate::store::StoreError> {
     if let Some(reason) = &fleet.failed {
         return Err(crate::store::StoreError(reason.clone()));

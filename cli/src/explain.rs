@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use tollgate::admission::{decide, Decision, Denial};
-use tollgate::config::{Config, Mode, Source, Standing};
+use tollgate::admission::decide;
+use tollgate::config::{Config, Mode, Standing};
+use tollgate::credentials::Source;
 use tollgate::credentials::{Credential, Presented};
+use tollgate::decision::{Decision, Denial};
 use tollgate::memo::Memo;
 use tollgate::quota::{create_records, Usage};
 use tollgate::response::refusal;

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use tollgate::config::{Config, Limit, Plan, Source};
+use tollgate::config::{Config, Limit, Plan};
+use tollgate::credentials::Source;
 use tollgate::credentials::{extract, percent_decode, strip_query_param, Credential};
 use tollgate::memo::Memo;
 use tollgate::quota::{check_and_take, create_records, peek};

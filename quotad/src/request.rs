@@ -11,7 +11,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use tollgate::config::{parse_utc_offset, valid_name, MAX_NAME_LEN, MAX_REQUESTS, STORE_PREFIX};
+use tollgate::config::{parse_utc_offset, MAX_REQUESTS, STORE_PREFIX};
+use tollgate::names::{valid_name, MAX_NAME_LEN};
 use tollgate::window::{Bounds, Window};
 
 /// Most descriptors (limits) in one request.

@@ -1,16 +1,20 @@
 //! Stage 2: validation of the JSON model into the compiled [`super::Config`]; every error
 //! names its field.
 
-use super::*;
+use crate::credentials::{challenge, Source};
+use crate::duration::parse_ms;
+use crate::names::{is_token, valid_cluster, valid_name, CLUSTER_RULE, MAX_NAME_LEN};
+use crate::sha256::{from_hex, sha256, Digest};
+use crate::time::parse_rfc3339;
+use crate::window::Window;
 
-/// Whether a plan, consumer or limit name follows the name rules (also used by quotad).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}
+use super::entitlements::compile_settings;
+use super::errors::ConfigError;
+use super::events::compile as compile_events;
+use super::keys::{KeyMap, Keys};
+use super::model::*;
+use super::plan::*;
+use super::raw::*;
 
 pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if valid_name(name) {
@@ -20,14 +24,6 @@ pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
             "{field}: name `{name}` must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
         )))
     }
-}
-
-/// RFC 9110 token characters (header names, auth schemes).
-pub(super) fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 pub(super) fn compile_sources(raw: Option<Vec<RawSource>>) -> Result<Vec<Source>, ConfigError> {
@@ -305,12 +301,8 @@ pub(super) fn compile_usage_path(path: Option<String>) -> Result<Option<String>,
 /// Validates `store.rls` (fleet mode); every error names its field.
 pub(super) fn compile_rls(raw: RawRls) -> Result<Rls, ConfigError> {
     let cluster = raw.cluster;
-    if cluster.is_empty() || cluster.len() > 255 || cluster.bytes().any(|c| c <= b' ' || c >= 0x7f)
-    {
-        return Err(ConfigError(
-            "store.rls.cluster: must be the name of an Envoy cluster (1-255 characters, no spaces)"
-                .into(),
-        ));
+    if !valid_cluster(&cluster) {
+        return Err(ConfigError(format!("store.rls.cluster: {CLUSTER_RULE}")));
     }
     let domain = raw.domain.unwrap_or_else(|| DEFAULT_RLS_DOMAIN.to_string());
     if !valid_name(&domain) {
@@ -343,7 +335,7 @@ pub(super) fn compile_rls(raw: RawRls) -> Result<Rls, ConfigError> {
 
 /// `50ms`, `1s` ([`crate::duration`]): milliseconds, from 1 to [`MAX_RLS_TIMEOUT_MS`].
 fn parse_timeout(text: &str) -> Option<u64> {
-    crate::duration::parse_ms(text).filter(|ms| (1..=MAX_RLS_TIMEOUT_MS).contains(ms))
+    parse_ms(text).filter(|ms| (1..=MAX_RLS_TIMEOUT_MS).contains(ms))
 }
 
 pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -490,7 +482,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
-    let events = crate::events::compile(raw.events, &plans, plan_alerts)?;
+    let events = compile_events(raw.events, &plans, plan_alerts)?;
     let store = match raw.store {
         Some(store) => Some(compile_rls(store.rls)?),
         None => None,
@@ -516,7 +508,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     Ok(Config {
-        challenge: crate::response::challenge(&credentials),
+        challenge: challenge(&credentials),
         credentials,
         plans,
         consumers,
@@ -534,10 +526,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
         events,
         store,
-        entitlements: raw
-            .entitlements
-            .map(crate::entitlements::compile_settings)
-            .transpose()?,
+        entitlements: raw.entitlements.map(compile_settings).transpose()?,
         keys,
     })
 }

@@ -1,7 +1,17 @@
 //! Configuration errors in a user's words: the field path, line and column with a caret for
 //! syntax errors, and never a key (values are redacted).
 
-use super::*;
+use std::fmt;
+
+/// A configuration error: one line, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Turns a serde_json error at `path` (serde_path_to_error's form, `.` for the top level)
 /// into one line in a user's words.

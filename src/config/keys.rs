@@ -1,7 +1,10 @@
 //! The configured keys, mapped to their consumers: plaintext keys by their bytes, `sha256:`
 //! keys by digest.
 
-use super::*;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::sha256::{sha256, Digest};
 
 /// Hashes a SHA-256 digest map key by its first 8 bytes: digests are already uniform, and the
 /// keys come from the operator, not from clients, so SipHash's flood resistance buys nothing.

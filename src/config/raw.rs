@@ -1,7 +1,18 @@
 //! Stage 1: the JSON model, as serde reads it (`deny_unknown_fields`, defaults, duplicate
 //! members refused). [`super::compile`] turns it into the compiled [`super::Config`].
 
-use super::*;
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::entitlements::RawSettings;
+use super::events::RawEvents;
+use super::keys::DigestHasher;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,12 +48,12 @@ pub(super) struct RawConfig {
     pub(super) billing_url: Option<String>,
     /// Usage events, threshold alerts and reminders (see [`crate::events`]).
     #[serde(default)]
-    pub(super) events: Option<crate::events::RawEvents>,
+    pub(super) events: Option<RawEvents>,
     /// Fleet mode: where counts are kept instead of this Envoy's shared data.
     #[serde(default)]
     pub(super) store: Option<RawStore>,
     #[serde(default)]
-    pub(super) entitlements: Option<crate::entitlements::RawSettings>,
+    pub(super) entitlements: Option<RawSettings>,
 }
 
 /// `"store": {"rls": {...}}`: the only store kind so far.

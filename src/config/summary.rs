@@ -1,7 +1,10 @@
 //! The one-line description of a configuration: logged by the filter when configured and
 //! printed by `tollgate check`. Never a key.
 
-use super::*;
+use crate::credentials::Source;
+
+use super::model::Config;
+use super::raw::{Mode, OnStoreError};
 
 impl Config {
     /// One line describing the configuration: plans, consumers, credential sources and
@@ -61,17 +64,6 @@ impl Config {
     }
 }
 
-impl Source {
-    /// `header x-api-key`, `authorization Bearer`, `query api_key`.
-    pub fn describe(&self) -> String {
-        match self {
-            Source::Header(name) => format!("header {name}"),
-            Source::Authorization(scheme) => format!("authorization {}", capitalized(scheme)),
-            Source::Query(name) => format!("query {name}"),
-        }
-    }
-}
-
 /// `1 plan`, `2 plans`.
 pub(super) fn count(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -89,13 +81,4 @@ pub fn format_utc_offset(seconds: i64) -> String {
     let sign = if seconds < 0 { '-' } else { '+' };
     let minutes = seconds.unsigned_abs() / 60;
     format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
-}
-
-/// `bearer` → `Bearer` (schemes are stored lowercase and matched without case).
-pub fn capitalized(word: &str) -> String {
-    let mut chars = word.chars();
-    match chars.next() {
-        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
-        None => String::new(),
-    }
 }

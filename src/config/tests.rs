@@ -1,4 +1,10 @@
+use std::hash::Hasher;
+
+use super::errors::redact_values;
 use super::*;
+use crate::credentials::Source;
+use crate::sha256::Digest;
+use crate::window::Window;
 
 const EXAMPLE: &str = r#"{
   "credentials": [ {"header": "X-Api-Key"}, {"authorization": "Bearer"}, {"query": "api_key"} ],

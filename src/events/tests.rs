@@ -1,6 +1,8 @@
 //! Unit tests of [`crate::events`] (kept apart so that the module itself reads in one go).
 
 use super::*;
+use crate::config::events::{DEFAULT_BATCH, DEFAULT_BUFFER};
+use crate::config::ConfigError;
 use crate::window::Bounds;
 
 fn config(events: &str) -> Result<Config, ConfigError> {
@@ -133,10 +135,10 @@ fn the_authorization_is_never_printed() {
 #[test]
 fn the_tally_closes_each_interval_exactly_once() {
     let mut t = Tally::new(3, 10);
-    let allowed = || [Event::Allowed].into_iter();
+    let allowed = || [Metric::Allowed].into_iter();
     t.record(0, 100, allowed());
     t.record(0, 109, allowed());
-    t.record(2, 105, [Event::Refused(Reason::Quota)].into_iter());
+    t.record(2, 105, [Metric::Refused(Reason::Quota)].into_iter());
     t.record(0, 110, allowed());
     assert!(
         t.close(109, false).is_empty(),
@@ -163,7 +165,7 @@ fn the_tally_closes_each_interval_exactly_once() {
 fn a_late_timer_still_closes_intervals_apart() {
     let mut t = Tally::new(1, 1);
     for now in 0..3 {
-        t.record(0, now, [Event::Allowed, Event::StoreFailed].into_iter());
+        t.record(0, now, [Metric::Allowed, Metric::StoreFailed].into_iter());
     }
     let closed = t.close(3, false);
     assert_eq!(
@@ -172,7 +174,7 @@ fn a_late_timer_still_closes_intervals_apart() {
     );
     assert!(closed.iter().all(|c| c.counts.total() == 1));
     // Shadowed and closing everything (reconfiguration).
-    t.record(0, 3, [Event::Shadowed(Reason::Expired)].into_iter());
+    t.record(0, 3, [Metric::Shadowed(Reason::Expired)].into_iter());
     let all = t.close(3, true);
     assert_eq!(all[0].counts.shadowed, [0, 0, 1, 0, 0]);
 }

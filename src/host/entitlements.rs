@@ -14,10 +14,10 @@ use proxy_wasm::types::{BufferType, MapType};
 
 use super::metrics::{bump, define_counter};
 use super::shared_data::SharedData;
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::entitlements::{
     claim, classify, decode_document, decode_schedule, encode_document, encode_schedule, Answer,
-    Head, Keys, Settings,
+    Head, Keys,
 };
 use crate::store::{SetError, Store};
 

@@ -45,7 +45,7 @@ impl Meter {
             return;
         };
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
-            tally.record(consumer, now, verdict.events.iter().map(|(e, _)| e));
+            tally.record(consumer, now, verdict.metrics.iter().map(|(e, _)| e));
         }
         if !verdict.metered.crossings.is_empty() {
             if let Ok(mut crossings) = self.crossings.try_borrow_mut() {

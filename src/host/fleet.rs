@@ -31,8 +31,8 @@ use super::http::{run, Step};
 use super::metrics::{bump, define_counter};
 use super::root::Runtime;
 use super::shared_data::SharedData;
-use crate::admission::FleetInput;
 use crate::config::format_utc_offset;
+use crate::decision::Attempt;
 use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
 use crate::response::RateLimitFields;
 use crate::rls::{self, Code};
@@ -441,7 +441,7 @@ fn resume(held: Held, failed: Option<String>, now_ms: i64) {
         (now_ms >= held.deadline_ms)
             .then(|| "no lease from the rate limit service within the timeout".to_string())
     });
-    let input = FleetInput {
+    let input = Attempt {
         now_ms,
         waiting_since_ms: Some(held.since_ms),
         failed,

@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
 use super::fleet;
 use super::root::Runtime;
 use super::shared_data::SharedData;
-use crate::admission::FleetInput;
+use crate::decision::Attempt;
 use crate::response::{RateLimitFields, Reply};
 use crate::verdict::{self, handle_with, Wait};
 
@@ -50,7 +50,7 @@ pub enum Step {
 
 /// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.
-pub fn run(runtime: &Rc<Runtime>, fleet: &FleetInput, now_ms: i64) -> Step {
+pub fn run(runtime: &Rc<Runtime>, fleet: &Attempt, now_ms: i64) -> Step {
     let now = now_ms.div_euclid(1000);
     let mut request = |name: &str| {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
@@ -66,7 +66,7 @@ pub fn run(runtime: &Rc<Runtime>, fleet: &FleetInput, now_ms: i64) -> Step {
         &runtime.shadow_log,
         fleet,
     );
-    runtime.metrics.record(&verdict.events);
+    runtime.metrics.record(&verdict.metrics);
     if let Some(meter) = &runtime.meter {
         meter.record(now, &mut verdict);
     }
@@ -184,9 +184,9 @@ impl HttpContext for Filter {
             log::error!("request refused: the host clock is unavailable");
             return unavailable("tollgate cannot read the clock\n");
         };
-        let fleet_input = FleetInput {
+        let fleet_input = Attempt {
             now_ms,
-            ..FleetInput::default()
+            ..Attempt::default()
         };
         match run(&runtime, &fleet_input, now_ms) {
             Step::Continue(fields) => {

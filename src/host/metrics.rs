@@ -8,8 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::config::Config;
-use crate::metrics::{indices, names};
-use crate::verdict::Events;
+use crate::metrics::{indices, names, Increments};
 
 /// Envoy's ids of the counters, in [`names`] order (`None` where defining one failed), and the
 /// counts not yet flushed.
@@ -52,12 +51,12 @@ impl Metrics {
         Metrics { ids, pending }
     }
 
-    pub fn record(&self, events: &Events) {
+    pub fn record(&self, increments: &Increments) {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
-        for (event, plan) in events.iter() {
-            for index in indices(event, plan).into_iter().flatten() {
+        for (metric, plan) in increments.iter() {
+            for index in indices(metric, plan).into_iter().flatten() {
                 if let Some(count) = pending.get_mut(index) {
                     *count += 1;
                 }

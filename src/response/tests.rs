@@ -1,8 +1,9 @@
 //! Unit tests of [`crate::response`] (kept apart so that the module itself reads in one go).
 
 use super::*;
-use crate::admission::{decide, Decision};
+use crate::admission::decide;
 use crate::credentials::{Credential, Presented};
+use crate::decision::Decision;
 use crate::memo::Memo;
 use crate::store::MemoryStore;
 use serde_json::Value;

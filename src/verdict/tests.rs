@@ -1,7 +1,7 @@
 //! Unit tests of [`crate::verdict`] (kept apart so that the module itself reads in one go).
 
 use super::*;
-use crate::metrics::Reason;
+use crate::decision::Reason;
 use crate::store::MemoryStore;
 use std::collections::HashMap;
 
@@ -93,7 +93,7 @@ fn admitted_requests_carry_identity_and_client_copies_are_removed() {
         [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
     );
     assert_eq!(f.path, None);
-    assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+    assert_eq!(v.metrics, [(Metric::Allowed, Some(0))]);
     assert!(f.response_headers().iter().any(|(n, _)| *n == "ratelimit"));
 }
 
@@ -120,11 +120,11 @@ fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
     let c = config(r#", "mode": "shadow""#);
     let store = counted(&c);
     assert_eq!(
-        run(&c, &store, &[("x-api-key", "acme")]).events,
-        [(Event::Allowed, Some(0))]
+        run(&c, &store, &[("x-api-key", "acme")]).metrics,
+        [(Metric::Allowed, Some(0))]
     );
     let over = run(&c, &store, &[("x-api-key", "acme")]);
-    assert_eq!(over.events, [(Event::Shadowed(Reason::Quota), Some(0))]);
+    assert_eq!(over.metrics, [(Metric::Shadowed(Reason::Quota), Some(0))]);
     let f = forwarded(&over);
     assert!(f
         .response_headers()
@@ -136,14 +136,14 @@ fn shadow_mode_forwards_what_it_would_refuse_and_says_so() {
     );
     let missing = run(&c, &store, &[]);
     assert_eq!(
-        missing.events,
-        [(Event::Shadowed(Reason::MissingCredential), None)]
+        missing.metrics,
+        [(Metric::Shadowed(Reason::MissingCredential), None)]
     );
     assert!(forwarded(&missing).set_headers().is_empty());
     let suspended = run(&c, &store, &[("x-api-key", "initech")]);
     assert_eq!(
-        suspended.events,
-        [(Event::Shadowed(Reason::Suspended), Some(0))]
+        suspended.metrics,
+        [(Metric::Shadowed(Reason::Suspended), Some(0))]
     );
 }
 
@@ -176,18 +176,18 @@ fn shadow_mode_forwards_with_identity_and_ratelimit_when_the_memo_answers() {
     // remembered), the rest answered by the memo without reading the store.
     let (verdicts, reads) = through_one_memo(&c, &[("x-api-key", "acme")], 5);
     assert_eq!(reads, 2, "requests 3 to 5 come from the memo");
-    assert_eq!(verdicts[0].events, [(Event::Allowed, Some(0))]);
+    assert_eq!(verdicts[0].metrics, [(Metric::Allowed, Some(0))]);
     assert_eq!(
-        verdicts[1].events,
-        [(Event::Shadowed(Reason::Quota), Some(0))]
+        verdicts[1].metrics,
+        [(Metric::Shadowed(Reason::Quota), Some(0))]
     );
     for v in &verdicts[2..] {
         // Logged once; the same line is then held back (and counted).
         assert_eq!(
-            v.events,
+            v.metrics,
             [
-                (Event::ShadowLogSuppressed, None),
-                (Event::Shadowed(Reason::Quota), Some(0))
+                (Metric::ShadowLogSuppressed, None),
+                (Metric::Shadowed(Reason::Quota), Some(0))
             ]
         );
     }
@@ -264,10 +264,10 @@ fn store_errors_deny_with_503_or_allow_by_policy() {
     );
     assert_eq!(replied(&v).status, 503);
     assert_eq!(
-        v.events,
+        v.metrics,
         [
-            (Event::StoreFailed, None),
-            (Event::Refused(Reason::StoreError), Some(0))
+            (Metric::StoreFailed, None),
+            (Metric::Refused(Reason::StoreError), Some(0))
         ]
     );
     let allow = config(r#", "on_store_error": "allow""#);
@@ -286,8 +286,8 @@ fn store_errors_deny_with_503_or_allow_by_policy() {
         [("x-tollgate-consumer", "acme"), ("x-tollgate-plan", "free")]
     );
     assert_eq!(
-        v.events,
-        [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
+        v.metrics,
+        [(Metric::StoreFailed, None), (Metric::Allowed, Some(0))]
     );
 }
 
@@ -380,7 +380,7 @@ fn cors_preflights_pass_unless_configured_to_authenticate() {
     ];
     let c = config("");
     let v = run(&c, &store, &preflight);
-    assert_eq!(v.events, [(Event::Preflight, None)]);
+    assert_eq!(v.metrics, [(Metric::Preflight, None)]);
     assert!(forwarded(&v).set_headers().is_empty());
     // Nobody is named, so whatever the client sent as identity is removed.
     assert_eq!(
@@ -410,7 +410,7 @@ fn a_preflight_that_carries_a_key_is_an_ordinary_request_and_its_key_is_hidden()
     let with_key = [preflight[0], preflight[1], ("x-api-key", "acme")];
     let v = run(&c, &store, &with_key);
     assert!(forwarded(&v).removed().contains(&"x-api-key"));
-    assert_eq!(v.events, [(Event::Allowed, Some(0))]);
+    assert_eq!(v.metrics, [(Metric::Allowed, Some(0))]);
     let bad = [preflight[0], preflight[1], ("authorization", "Bearer nope")];
     assert_eq!(replied(&run(&c, &store, &bad)).status, 401);
     let query = [preflight[0], preflight[1], (":path", "/?api_key=acme")];
@@ -525,7 +525,7 @@ fn past_due_is_counted_in_grace_refused_after_and_reported_by_the_usage_endpoint
         )
     };
     let admitted = at(NOW, "/");
-    assert_eq!(admitted.events, [(Event::Allowed, Some(0))]);
+    assert_eq!(admitted.metrics, [(Metric::Allowed, Some(0))]);
     let usage: serde_json::Value = serde_json::from_str(&replied(&at(NOW, "/u")).body).unwrap();
     assert_eq!(
         (
@@ -540,7 +540,10 @@ fn past_due_is_counted_in_grace_refused_after_and_reported_by_the_usage_endpoint
         )
     );
     let refused = at(NOW + 1, "/");
-    assert_eq!(refused.events, [(Event::Refused(Reason::PastDue), Some(0))]);
+    assert_eq!(
+        refused.metrics,
+        [(Metric::Refused(Reason::PastDue), Some(0))]
+    );
     let reply = replied(&refused);
     assert_eq!(reply.status, 402);
     assert!(reply.body.contains("urn:tollgate:problem:payment-required"));
@@ -611,7 +614,7 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
     let store = counted(&config);
     crate::lease::create_leases(&config, &store).unwrap();
     let memo = Memo::default();
-    let down = FleetInput {
+    let down = Attempt {
         now_ms: NOW * 1000,
         waiting_since_ms: Some(NOW * 1000),
         failed: Some("the rate limit service did not answer".into()),
@@ -638,18 +641,18 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
         Some("\"daily\";r=0;t=39600")
     );
     assert_eq!(
-        v.events,
-        [(Event::StoreFailed, None), (Event::Allowed, Some(0))]
+        v.metrics,
+        [(Metric::StoreFailed, None), (Metric::Allowed, Some(0))]
     );
     // Then refused for quota, from the local count — and not remembered, so that the fleet's
     // store decides again once it answers.
     let v = decide();
     assert_eq!(replied(&v).status, 402);
     assert_eq!(
-        v.events,
+        v.metrics,
         [
-            (Event::StoreFailed, None),
-            (Event::Refused(Reason::Quota), Some(0))
+            (Metric::StoreFailed, None),
+            (Metric::Refused(Reason::Quota), Some(0))
         ]
     );
     let acme = &config.consumers[0];

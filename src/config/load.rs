@@ -1,9 +1,48 @@
-//! A snapshot of live entitlements (see [`crate::entitlements`]): the consumers — and, if it
-//! has them, the plans — pulled from the control plane, compiled together with the rest of
-//! the plugin configuration exactly as a configuration load would compile them, so that a
-//! snapshot gets the same schema, the same validation and the same error messages.
+//! The two loads: the plugin configuration alone ([`Config::from_json`]), and with a snapshot
+//! of live entitlements ([`Config::with_snapshot`]): the consumers — and, if it has them, the
+//! plans — pulled from the control plane, compiled together with the rest of the plugin
+//! configuration exactly as a configuration load would compile them, so that a snapshot gets
+//! the same schema, the same validation and the same error messages.
 
-use super::*;
+use serde::Deserialize;
+
+use super::compile::compile;
+use super::errors::{json_error, ConfigError};
+use super::model::Config;
+use super::raw::{RawConfig, RawConsumer, RawPlan, UniqueMap};
+
+impl Config {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        build(bytes, None)
+    }
+}
+
+/// Stage 1 alone (also for [`Config::with_snapshot`], which replaces the consumers).
+fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
+        None => {
+            return Err(ConfigError(
+                "the configuration is empty: it must be a JSON object ({\"plans\": ...})".into(),
+            ))
+        }
+        Some(c) if *c != b'{' => {
+            return Err(ConfigError(
+                "the configuration must be a JSON object ({\"plans\": ...})".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    // serde_path_to_error records where in the document a type error happened, so that
+    // every error names its field (`plans.free.limits[0].requests`), as semantic ones do.
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| json_error(bytes, Some(e.path()), e.inner()))?;
+    deserializer
+        .end()
+        .map_err(|e| json_error(bytes, None, &e))?;
+    Ok(raw)
+}
 
 /// The entitlements document: `consumers` (required, so that an empty answer cannot wipe
 /// every consumer by accident: an empty set is `{}`) and, optionally, `plans`, which then

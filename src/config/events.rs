@@ -1,8 +1,27 @@
-//! The `events` configuration block: its JSON model and its validation (every error names its
-//! field).
+//! The `events` section: usage events, threshold alerts and reminders sent to an HTTP sink
+//! (the feature is `crate::events`); its JSON model and its validation (every error names
+//! its field).
 
-use super::*;
+use std::fmt;
+
+use serde::Deserialize;
+
 use crate::duration::parse_seconds;
+use crate::names::{valid_cluster, CLUSTER_RULE};
+
+use super::errors::ConfigError;
+use super::plan::Plan;
+
+/// Default interval of usage events, in seconds.
+pub const DEFAULT_INTERVAL: i64 = 10;
+/// Longest interval accepted (one hour).
+pub const MAX_INTERVAL: i64 = 3600;
+pub const DEFAULT_BUFFER: usize = 10_000;
+pub const MAX_BUFFER: usize = 1_000_000;
+/// Events per batch (a batch of 100 usage events is ~45 KB of JSON).
+pub const DEFAULT_BATCH: usize = 100;
+/// How long the sink has to answer a batch before it counts as failed (and is resent).
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// The `events` block as serde reads it.
 #[derive(Debug, Deserialize)]
@@ -95,16 +114,8 @@ pub fn compile(
     };
     let err = |field: &str, why: String| Err(ConfigError(format!("events.{field}: {why}")));
     let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
-    if raw.cluster.is_empty()
-        || !raw
-            .cluster
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"_-.:".contains(&c))
-    {
-        return err(
-            "cluster",
-            format!("`{}` is not an Envoy cluster name", raw.cluster),
-        );
+    if !valid_cluster(&raw.cluster) {
+        return err("cluster", CLUSTER_RULE.into());
     }
     let url_parts = raw
         .url

@@ -1,0 +1,122 @@
+//! Plans, their limits, and consumers with their standing: the part of the compiled
+//! configuration that the counting and every feature section read.
+
+use crate::window::Window;
+
+/// Name of the consumer that counts requests without a credential (with `anonymous_plan`).
+pub const ANONYMOUS: &str = "anonymous";
+/// Most limits one plan may have (each one is a counter in the consumer's shared-data record).
+pub const MAX_LIMITS_PER_PLAN: usize = 16;
+/// Largest `requests` of a limit: a structured-field integer has at most 15 digits.
+pub const MAX_REQUESTS: u64 = 999_999_999_999_999;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub name: String,
+    pub requests: u64,
+    pub window: Window,
+    /// The window as configured (`day`, `15m`), for messages.
+    pub window_text: String,
+    /// HTTP status sent when this limit is exhausted.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub limits: Vec<Limit>,
+    /// Where a caller whose quota is spent can upgrade or buy more (`https` only).
+    pub upgrade_url: Option<String>,
+}
+
+/// A consumer's configured `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Suspended,
+    /// A payment failed: admitted until `grace_until` (Unix seconds), refused from then on
+    /// (at once without one).
+    PastDue {
+        grace_until: Option<i64>,
+    },
+}
+
+/// Where a consumer stands at an instant: its status and `expires_at` taken together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Active,
+    /// Past due and within its grace period: admitted and counted as usual.
+    Grace {
+        until: i64,
+    },
+    Suspended,
+    Expired {
+        at: i64,
+    },
+    /// Past due after its grace period (or without one): refused, 402 payment required.
+    PaymentRequired {
+        grace_until: Option<i64>,
+    },
+}
+
+impl Standing {
+    /// The standing as the usage endpoint names it: `active`, `past_due`, `suspended`, `expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::Grace { .. } | Standing::PaymentRequired { .. } => "past_due",
+            Standing::Suspended => "suspended",
+            Standing::Expired { .. } => "expired",
+        }
+    }
+
+    /// Whether requests of a consumer standing so are counted (and possibly admitted).
+    pub fn admitted(self) -> bool {
+        matches!(self, Standing::Active | Standing::Grace { .. })
+    }
+
+    /// The end of the grace period of a past-due consumer.
+    pub fn grace_until(self) -> Option<i64> {
+        match self {
+            Standing::Grace { until } => Some(until),
+            Standing::PaymentRequired { grace_until } => grace_until,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Index into [`Config::consumers`].
+    pub id: usize,
+    pub name: String,
+    /// Index into [`Config::plans`].
+    pub plan: usize,
+    pub status: Status,
+    /// Unix seconds after which the subscription has expired.
+    pub expires_at: Option<i64>,
+    /// This consumer's billing page (`https` only); [`Config::billing_url`] otherwise.
+    pub billing_url: Option<Box<str>>,
+    /// The consumer's shared-data key (by consumer name, never by API key).
+    pub store_key: String,
+}
+
+impl Consumer {
+    /// Where the consumer stands at `now`: suspended first, then expired (a subscription that
+    /// ended is not one whose payment is late), then past due.
+    pub fn standing(&self, now: i64) -> Standing {
+        if self.status == Status::Suspended {
+            return Standing::Suspended;
+        }
+        if let Some(at) = self.expires_at.filter(|at| now >= *at) {
+            return Standing::Expired { at };
+        }
+        match self.status {
+            Status::PastDue {
+                grace_until: Some(until),
+            } if now < until => Standing::Grace { until },
+            Status::PastDue { grace_until } => Standing::PaymentRequired { grace_until },
+            Status::Active | Status::Suspended => Standing::Active,
+        }
+    }
+}

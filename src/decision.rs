@@ -1,0 +1,166 @@
+//! The decision types: who called, what was decided, and why a request was refused. Rendering
+//! (`response`), metrics, memos and usage events import these without importing the algorithm
+//! that decides (`admission`).
+
+use crate::config::{Consumer, Plan};
+use crate::lease::Ask;
+use crate::quota::Usage;
+
+/// Why a request was (or in shadow mode, would have been) refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Quota,
+    MissingCredential,
+    InvalidCredential,
+    Suspended,
+    Expired,
+    /// `past_due` after its grace period.
+    PastDue,
+    StoreError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Quota,
+        Reason::MissingCredential,
+        Reason::InvalidCredential,
+        Reason::Suspended,
+        Reason::Expired,
+        Reason::PastDue,
+        Reason::StoreError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Quota => "quota",
+            Reason::MissingCredential => "missing_credential",
+            Reason::InvalidCredential => "invalid_credential",
+            Reason::Suspended => "suspended",
+            Reason::Expired => "expired",
+            Reason::PastDue => "past_due",
+            Reason::StoreError => "store_error",
+        }
+    }
+
+    /// Reasons that concern a known consumer, and so also have a per-plan counter.
+    pub fn has_plan(self) -> bool {
+        !matches!(self, Reason::MissingCredential | Reason::InvalidCredential)
+    }
+}
+
+/// A consumer and its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller<'c> {
+    pub consumer: &'c Consumer,
+    pub plan: &'c Plan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'c> {
+    /// Forward upstream; `usages` (one per limit of the plan) feed the RateLimit headers.
+    /// Fleet mode: with `refill`, the consumer's lease ran low and this request claimed its
+    /// refill ahead of time (the store call is made without holding the request).
+    Allow {
+        caller: Caller<'c>,
+        usages: Vec<Usage>,
+        refill: Option<Ask>,
+    },
+    Deny(Denial<'c>),
+    /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
+    /// refill and must ask the store; without, another request of this Envoy is refilling.
+    /// Either way the request waits, then is decided again.
+    Wait {
+        caller: Caller<'c>,
+        refill: Option<Ask>,
+    },
+}
+
+/// One attempt at deciding a request: the first, or (fleet mode) another after the request
+/// waited for its consumer's lease to be refilled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// The time in milliseconds (refill claims, lease sizing).
+    pub now_ms: i64,
+    /// Set when the request already waited for a refill, since then (ms).
+    pub waiting_since_ms: Option<i64>,
+    /// The refill this request waited for failed, so: a store error.
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial<'c> {
+    /// No configured credential source is present, and there is no anonymous plan.
+    MissingCredential,
+    /// A source is present but unusable (empty key, broken encoding).
+    MalformedCredential(&'static str),
+    /// No consumer owns the key.
+    UnknownKey,
+    Suspended(Caller<'c>),
+    Expired {
+        caller: Caller<'c>,
+        expired_at: i64,
+    },
+    /// `past_due` after its `grace_until` (or without one): the payment method needs attention.
+    PaymentRequired {
+        caller: Caller<'c>,
+        grace_until: Option<i64>,
+    },
+    /// At least one limit is exhausted; `usages` has one entry per limit, violated ones marked.
+    QuotaExceeded {
+        caller: Caller<'c>,
+        usages: Vec<Usage>,
+    },
+    /// Shared data failed (or, with `contended`, every CAS attempt lost its race): the
+    /// request cannot be counted.
+    StoreUnavailable {
+        caller: Caller<'c>,
+        contended: bool,
+        reason: String,
+    },
+}
+
+impl<'c> Denial<'c> {
+    /// The metrics reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Denial::MissingCredential => Reason::MissingCredential,
+            Denial::MalformedCredential(_) | Denial::UnknownKey => Reason::InvalidCredential,
+            Denial::Suspended(_) => Reason::Suspended,
+            Denial::Expired { .. } => Reason::Expired,
+            Denial::PaymentRequired { .. } => Reason::PastDue,
+            Denial::QuotaExceeded { .. } => Reason::Quota,
+            Denial::StoreUnavailable { .. } => Reason::StoreError,
+        }
+    }
+
+    /// The consumer, when the refusal concerns a known one.
+    pub fn caller(&self) -> Option<Caller<'c>> {
+        match self {
+            Denial::MissingCredential | Denial::MalformedCredential(_) | Denial::UnknownKey => None,
+            Denial::Suspended(caller)
+            | Denial::Expired { caller, .. }
+            | Denial::PaymentRequired { caller, .. }
+            | Denial::QuotaExceeded { caller, .. }
+            | Denial::StoreUnavailable { caller, .. } => Some(*caller),
+        }
+    }
+
+    /// For logs: the reason and the consumer, never the key.
+    pub fn describe(&self) -> String {
+        match self {
+            Denial::MalformedCredential(why) => format!("invalid_credential ({why})"),
+            Denial::StoreUnavailable { caller, reason, .. } => {
+                format!("store_error consumer={} ({reason})", caller.consumer.name)
+            }
+            other => match other.caller() {
+                Some(c) => format!(
+                    "{} consumer={} plan={}",
+                    other.reason().name(),
+                    c.consumer.name,
+                    c.plan.name
+                ),
+                None => other.reason().name().to_string(),
+            },
+        }
+    }
+}
