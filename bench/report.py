@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Turns bench/out/results.json (written by bench/run.py) into bench/results.md, the bar chart
-bench/results.png, and the summary between the `bench-summary` markers in README.md.
+bench/results.png, and the summary between the `bench-summary` markers in docs/benchmarks.md.
 
 Every figure is a median over the rounds; ratios are ratios of those medians.
 Needs matplotlib (installed into .venv by `make bench`).
 """
 
 import json
+import os
 import re
 import statistics
 from pathlib import Path
@@ -16,7 +17,8 @@ RESULTS = ROOT / "bench" / "out" / "results.json"
 OWN = ROOT / "bench" / "out" / "own.json"  # from `make bench-own`, if it was run
 MARKDOWN = ROOT / "bench" / "results.md"
 CHART = ROOT / "bench" / "results.png"
-README = ROOT / "README.md"
+# The doc that holds the `bench-summary` markers; its links are written relative to it.
+SUMMARY_DOC = ROOT / "docs" / "benchmarks.md"
 
 PROTOCOLS = ["HTTP/1.1", "HTTP/2"]
 ABOUT = {
@@ -434,7 +436,7 @@ def speed_build(m: dict) -> list:
             + ", ".join(cells) + " (shipped)."]
 
 
-def readme_summary(results: dict, m: dict, variants: list) -> str:
+def summary_section(results: dict, m: dict, variants: list) -> str:
     main = [v for v in variants if v != "tollgate-o3"]
     sizes = results["sizes"]
     other_levels = "".join(
@@ -449,7 +451,7 @@ def readme_summary(results: dict, m: dict, variants: list) -> str:
     return "\n".join([
         f"Measured by `make bench` on {results['machine']['date']} (2-CPU machine, Envoy with one "
         "worker, medians; the full tables, method and chart are in "
-        "[bench/results.md](bench/results.md)):",
+        f"[bench/results.md]({os.path.relpath(MARKDOWN, SUMMARY_DOC.parent)}):",
         "",
         *legend(main),
         "",
@@ -474,11 +476,14 @@ def main():
     variants = variants_in(results["runs"])
     MARKDOWN.write_text(markdown(results, m, variants))
     chart(m, variants, results["machine"])
-    readme = README.read_text()
+    doc = SUMMARY_DOC.read_text()
     begin, end = "<!-- bench-summary-begin -->", "<!-- bench-summary-end -->"
-    summary = f"{begin}\n{readme_summary(results, m, variants)}\n{end}"
-    README.write_text(re.sub(f"{begin}.*?{end}", lambda _: summary, readme, flags=re.S))
-    print(f"wrote {MARKDOWN.relative_to(ROOT)}, {CHART.relative_to(ROOT)} and README's summary")
+    if not re.search(f"{begin}.*?{end}", doc, flags=re.S):
+        raise SystemExit(f"{SUMMARY_DOC.relative_to(ROOT)} has no {begin} ... {end} markers")
+    summary = f"{begin}\n{summary_section(results, m, variants)}\n{end}"
+    SUMMARY_DOC.write_text(re.sub(f"{begin}.*?{end}", lambda _: summary, doc, flags=re.S))
+    print(f"wrote {MARKDOWN.relative_to(ROOT)}, {CHART.relative_to(ROOT)} and the summary in "
+          f"{SUMMARY_DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 //! Wiring into meshes: every Envoy configuration in envoy/ is valid for Envoy, the per-route
 //! example exempts its health route, and the Istio and Envoy Gateway manifests use the field
-//! names the README documents and carry a valid tollgate configuration.
+//! names docs/deploying.md documents and carry a valid tollgate configuration.
 
 // Tests fail loudly: unwrap, expect, panic and indexing are how they report.
 #![allow(
@@ -105,8 +105,11 @@ fn assert_valid_tollgate_config(value: &serde_yaml::Value) {
     }
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(repo().join("README.md")).unwrap()
+/// The doc with the Istio and Envoy Gateway sections.
+const MESH_DOC: &str = "docs/deploying.md";
+
+fn mesh_doc() -> String {
+    std::fs::read_to_string(repo().join(MESH_DOC)).unwrap()
 }
 
 #[test]
@@ -143,7 +146,7 @@ fn the_istio_wasmplugin_manifest() {
     assert_eq!(spec["type"], "HTTP");
     assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
     assert_valid_tollgate_config(&spec["pluginConfig"]);
-    let readme = readme();
+    let doc = mesh_doc();
     for key in [
         "url",
         "phase",
@@ -151,7 +154,7 @@ fn the_istio_wasmplugin_manifest() {
         "pluginConfig",
         "selector",
     ] {
-        assert!(readme.contains(key), "README's Istio section lacks {key}");
+        assert!(doc.contains(key), "{MESH_DOC}'s Istio section lacks {key}");
     }
 }
 
@@ -190,7 +193,7 @@ fn the_envoy_gateway_extension_policy_manifest() {
     assert_eq!(wasm["code"]["type"], "HTTP");
     assert_eq!(wasm["code"]["http"]["sha256"].as_str().unwrap().len(), 64);
     assert_valid_tollgate_config(&wasm["config"]);
-    let readme = readme();
+    let doc = mesh_doc();
     for key in [
         "EnvoyExtensionPolicy",
         "targetRefs",
@@ -199,8 +202,8 @@ fn the_envoy_gateway_extension_policy_manifest() {
         "config",
     ] {
         assert!(
-            readme.contains(key),
-            "README's Envoy Gateway section lacks {key}"
+            doc.contains(key),
+            "{MESH_DOC}'s Envoy Gateway section lacks {key}"
         );
     }
 }

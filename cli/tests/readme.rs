@@ -1,5 +1,5 @@
-//! The README's `tollgate` sessions still hold: every ```console block that runs the CLI is
-//! replayed command by command (bash, in a temporary directory that sees the repository's
+//! The docs' `tollgate` sessions still hold: every ```console block of README.md and docs/*.md
+//! that runs the CLI is replayed command by command (bash, in a temporary directory that sees the repository's
 //! envoy/ files, with the built binary first on PATH), and each command's output (stdout and
 //! stderr together) must be exactly the lines the README shows under it.
 
@@ -76,22 +76,40 @@ fn run(dir: &Path, command: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// README.md and the pages of docs/, as (path, text), sorted by path.
+fn docs() -> Vec<(String, String)> {
+    let mut docs = vec![("README.md".to_string(), read_repo("README.md"))];
+    for entry in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = format!("docs/{}", path.file_name().unwrap().to_string_lossy());
+            let text = read_repo(&name);
+            docs.push((name, text));
+        }
+    }
+    docs.sort();
+    docs
+}
+
 #[test]
 fn the_documented_tollgate_sessions_give_the_documented_output() {
-    let sessions = sessions(&read_repo("README.md"));
-    let commands: usize = sessions.iter().map(Vec::len).sum();
+    let sessions: Vec<(String, Vec<Step>)> = docs()
+        .into_iter()
+        .flat_map(|(doc, text)| sessions(&text).into_iter().map(move |s| (doc.clone(), s)))
+        .collect();
+    let commands: usize = sessions.iter().map(|(_, steps)| steps.len()).sum();
     assert!(
         !sessions.is_empty() && commands >= 5,
-        "the README's CLI session was not found"
+        "no CLI session found in README.md or docs/*.md"
     );
-    for steps in sessions {
+    for (doc, steps) in sessions {
         let dir = TempDir::new();
         std::os::unix::fs::symlink(repo().join("envoy"), dir.0.join("envoy")).unwrap();
         for step in steps {
             let got = run(&dir.0, &step.command);
             assert_eq!(
                 got, step.output,
-                "README: `$ {}` printed something else",
+                "{doc}: `$ {}` printed something else",
                 step.command
             );
         }
