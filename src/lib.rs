@@ -29,11 +29,13 @@
 
 pub mod admission;
 pub mod config;
+pub mod counters;
 pub mod credentials;
 pub mod decision;
 pub mod duration;
 pub mod entitlements;
 pub mod events;
+pub mod fleet;
 pub mod lease;
 pub mod memo;
 pub mod metrics;

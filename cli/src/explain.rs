@@ -5,13 +5,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::exit::REFUSED;
+use crate::locate::read;
 use tollgate::admission::decide;
 use tollgate::config::{Config, Mode, Standing};
+use tollgate::counters::create_counters;
 use tollgate::credentials::Source;
 use tollgate::credentials::{Credential, Presented};
 use tollgate::decision::{Decision, Denial};
 use tollgate::memo::Memo;
-use tollgate::quota::{create_records, Usage};
+use tollgate::quota::Usage;
 use tollgate::response::refusal;
 use tollgate::store::MemoryStore;
 use tollgate::time::format_rfc3339;
@@ -20,11 +23,11 @@ use tollgate::time::format_rfc3339;
 /// configuration in `file`.
 pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
     let name = file.display().to_string();
-    let found = match crate::locate::read(file) {
+    let found = match read(file) {
         Ok(found) => found,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return ExitCode::from(crate::REFUSED);
+            return ExitCode::from(REFUSED);
         }
     };
     let mut refused = false;
@@ -39,7 +42,7 @@ pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
         }
     }
     if refused {
-        ExitCode::from(crate::REFUSED)
+        ExitCode::from(REFUSED)
     } else {
         ExitCode::SUCCESS
     }
@@ -62,10 +65,7 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
     // in memory.
     let store = MemoryStore::new();
     // Fleet mode: empty leases (the decision then says the store would be asked).
-    let created = match config.store {
-        None => create_records(config, &store),
-        Some(_) => tollgate::lease::create_leases(config, &store),
-    };
+    let created = create_counters(config, &store);
     let decision = match created {
         Ok(_) => decide(config, credential, now, &store, &Memo::default()),
         Err(e) => {

@@ -15,11 +15,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod exit;
 mod explain;
 mod locate;
 
-const REFUSED: u8 = 1;
-const USAGE: u8 = 2;
+use exit::{REFUSED, USAGE};
 
 const EXIT_CODES: &str = "Exit codes: 0 accepted (or done), 1 a configuration or its file was \
 refused, 2 wrong usage.";

@@ -15,6 +15,7 @@ use proxy_wasm::types::{BufferType, MapType};
 use super::metrics::{bump, define_counter};
 use super::shared_data::SharedData;
 use crate::config::{Config, Settings};
+use crate::counters::create_counters;
 use crate::entitlements::{
     claim, classify, decode_document, decode_schedule, encode_document, encode_schedule, Answer,
     Head, Keys,
@@ -306,7 +307,7 @@ impl Entitlements {
         };
         // New consumers' records (leases in fleet mode) must exist before any VM counts them
         // (see quota.rs).
-        if let Err(e) = super::root::create_counters(&config) {
+        if let Err(e) = create_counters(&config, &SharedData::default()) {
             bump(self.counters.failed, 1);
             log::error!(
                 "entitlements: cannot create the snapshot's records, version {} keeps serving: {}",

@@ -1,61 +1,21 @@
-//! Usage events and alerts, host side: the request path's [`Meter`] (in the [`Runtime`]) and
-//! the root context's [`Sender`], which closes intervals, builds events and sends batches with
+//! Usage events and alerts, host side (the request path's part is `meter.rs`): the root
+//! context's [`Sender`], which closes intervals, builds events and sends batches with
 //! `dispatch_http_call` from the timer, never from a request. The logic is in [`crate::events`].
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
 use super::metrics::{bump, define_counter};
-use super::root::Runtime;
+use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::events::{
     claim, ensure_key, reminder_event, reminder_key, reminder_mark, take_worker_slot,
-    threshold_event, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders, Tally,
+    threshold_event, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders,
     CONTENT_TYPE,
 };
-use crate::verdict::Verdict;
-
-/// What the request path counts for events (one per VM and configuration).
-pub struct Meter {
-    tally: RefCell<Tally>,
-    crossings: RefCell<Vec<Crossing>>,
-    /// Most crossings kept between two ticks.
-    max_crossings: usize,
-}
-
-impl Meter {
-    /// `None` without an `events` block: the request path then does nothing more than today.
-    pub fn new(config: &Config) -> Option<Meter> {
-        let events = config.events.as_ref()?;
-        Some(Meter {
-            tally: RefCell::new(Tally::new(config.consumers.len(), events.interval)),
-            crossings: RefCell::new(Vec::new()),
-            max_crossings: events.buffer,
-        })
-    }
-
-    /// Counts one request (no host call; allocates only the first time a consumer is seen in
-    /// a slot, or when a threshold is crossed).
-    pub fn record(&self, now: i64, verdict: &mut Verdict) {
-        let Some(consumer) = verdict.metered.consumer else {
-            return;
-        };
-        if let Ok(mut tally) = self.tally.try_borrow_mut() {
-            tally.record(consumer, now, verdict.metrics.iter().map(|(e, _)| e));
-        }
-        if !verdict.metered.crossings.is_empty() {
-            if let Ok(mut crossings) = self.crossings.try_borrow_mut() {
-                let room = self.max_crossings.saturating_sub(crossings.len());
-                let n = verdict.metered.crossings.len().min(room);
-                crossings.extend(verdict.metered.crossings.drain(..n));
-            }
-        }
-    }
-}
 
 /// tollgate's event counters in Envoy (`wasmcustom.tollgate.events.*`, per plan `near_limit`),
 /// defined only when events are configured.

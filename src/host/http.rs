@@ -1,21 +1,21 @@
-//! The HTTP context: hands the request's headers and the time to the core
-//! ([`crate::verdict::handle`]), then carries out the verdict — forward with header changes,
-//! or send the local reply — and adds the RateLimit fields to the upstream's response. In
-//! fleet mode a request may also be held (paused) while its consumer's lease is refilled
-//! ([`super::fleet`]), and is then decided again by [`run`] in its own context.
+//! The HTTP context: has the request decided and its verdict carried out ([`super::request`]),
+//! and adds the RateLimit fields to the upstream's response. In fleet mode a request may also
+//! be held (paused) while its consumer's lease is refilled ([`super::fleet`]), and is then
+//! decided again in its own context.
 
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
+use proxy_wasm::types::{Action, MapType};
 
+use super::clock::now_ms;
 use super::fleet;
-use super::root::Runtime;
-use super::shared_data::SharedData;
+use super::request::{log_failure, run, unavailable};
+use super::runtime::Runtime;
 use crate::decision::Attempt;
-use crate::response::{RateLimitFields, Reply};
-use crate::verdict::{self, handle_with, Wait};
+use crate::fleet::Step;
+use crate::response::RateLimitFields;
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,
@@ -38,137 +38,15 @@ impl Filter {
     }
 }
 
-/// What became of a request.
-pub enum Step {
-    /// Forward it (its request headers already changed), with these RateLimit fields.
-    Continue(Option<RateLimitFields>),
-    /// A local reply was sent.
-    Replied,
-    /// Fleet mode: hold it for a lease refill.
-    Wait(Wait),
-}
-
-/// Decides the request of the effective context and carries the verdict out (headers set, or
-/// the reply sent); `now_ms` is the host's clock.
-pub fn run(runtime: &Rc<Runtime>, fleet: &Attempt, now_ms: i64) -> Step {
-    let now = now_ms.div_euclid(1000);
-    let mut request = |name: &str| {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-    };
-    let mut verdict = handle_with(
-        &runtime.config,
-        &mut request,
-        now,
-        &SharedData::for_request(),
-        &runtime.memo,
-        &runtime.shadow_log,
-        fleet,
-    );
-    runtime.metrics.record(&verdict.metrics);
-    if let Some(meter) = &runtime.meter {
-        meter.record(now, &mut verdict);
-    }
-    match verdict.action {
-        verdict::Action::Reply(reply) => {
-            send(&reply);
-            Step::Replied
-        }
-        verdict::Action::Wait(wait) => Step::Wait(wait),
-        verdict::Action::Forward(forward) => {
-            let headers = MapType::HttpRequestHeaders;
-            if let Some((consumer_header, plan_header)) = forward.identity_headers {
-                // Setting replaces whatever a client sent; with nobody to name, remove it.
-                let (consumer, plan) = match forward.caller {
-                    Some((consumer, plan)) => (Some(consumer), Some(plan)),
-                    None => (None, None),
-                };
-                for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
-                    if let Err(status) = hostcalls::set_map_value(headers, name, value) {
-                        log_failure("set request header", status);
-                    }
-                }
-            }
-            if let Some(name) = forward.hide_header {
-                if let Err(status) = hostcalls::remove_map_value(headers, name) {
-                    log_failure("remove request header", status);
-                }
-            }
-            if let Some(path) = forward.path {
-                if let Err(status) = hostcalls::set_map_value_bytes(headers, ":path", Some(&path)) {
-                    log_failure("set :path", status);
-                }
-            }
-            if let Some((consumer, ask)) = forward.refill {
-                fleet::refill_ahead(runtime, consumer, ask);
-            }
-            Step::Continue(forward.rate_limit)
-        }
-    }
-}
-
-fn log_failure(what: &str, status: proxy_wasm::types::Status) {
-    super::host_log(LogLevel::Error, &format!("{what}: {status:?}"));
-}
-
-fn grpc_code(code: u32) -> GrpcStatusCode {
-    match code {
-        7 => GrpcStatusCode::PermissionDenied,
-        8 => GrpcStatusCode::ResourceExhausted,
-        14 => GrpcStatusCode::Unavailable,
-        16 => GrpcStatusCode::Unauthenticated,
-        _ => GrpcStatusCode::Unknown,
-    }
-}
-
-fn send(reply: &Reply) -> Action {
-    let result = match reply.grpc_status {
-        Some(code) => {
-            let metadata: Vec<(&str, &[u8])> = reply
-                .headers
-                .iter()
-                .map(|(n, v)| (*n, v.as_bytes()))
-                .collect();
-            hostcalls::send_grpc_response(grpc_code(code), Some(&reply.body), metadata)
-        }
-        None => {
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(n, v)| (*n, v.as_str()))
-                .collect();
-            hostcalls::send_http_response(
-                u32::from(reply.status),
-                headers,
-                Some(reply.body.as_bytes()),
-            )
-        }
-    };
-    if let Err(status) = result {
-        log_failure("send_http_response", status);
-    }
-    Action::Pause
-}
-
-fn unavailable(body: &str) -> Action {
-    send(&Reply {
-        status: 503,
-        headers: vec![("content-type", "text/plain".into())],
-        body: body.into(),
-        grpc_status: None,
-    })
-}
-
 impl Context for Filter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let now_ms = super::now_ms().unwrap_or(0);
+        let now_ms = now_ms().unwrap_or(0);
         fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
     fn on_done(&mut self) -> bool {
         if self.held {
-            fleet::forget(self.context_id, super::now_ms().unwrap_or(0));
+            fleet::forget(self.context_id, now_ms().unwrap_or(0));
         }
         true
     }
@@ -180,23 +58,26 @@ impl HttpContext for Filter {
             log::error!("request refused: the plugin has no valid configuration");
             return unavailable("tollgate is not configured\n");
         };
-        let Some(now_ms) = super::now_ms() else {
+        let Some(now_ms) = now_ms() else {
             log::error!("request refused: the host clock is unavailable");
             return unavailable("tollgate cannot read the clock\n");
         };
-        let fleet_input = Attempt {
+        let attempt = Attempt {
             now_ms,
             ..Attempt::default()
         };
-        match run(&runtime, &fleet_input, now_ms) {
-            Step::Continue(fields) => {
+        match run(&runtime, &attempt, now_ms) {
+            Step::Continue { fields, refill } => {
                 self.rate_limit = fields;
+                if let Some((consumer, ask)) = refill {
+                    fleet::refill_ahead(&runtime, consumer, ask);
+                }
                 Action::Continue
             }
             Step::Replied => Action::Pause,
             Step::Wait(wait) => {
                 self.held = true;
-                fleet::hold(self.context_id, &runtime, wait, now_ms, now_ms);
+                fleet::hold(self.context_id, &runtime, wait, now_ms);
                 Action::Pause
             }
         }

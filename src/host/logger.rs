@@ -24,7 +24,7 @@ impl log::Log for HostLogger {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        super::host_log(level, &record.args().to_string());
+        host_log(level, &record.args().to_string());
     }
 
     fn flush(&self) {}
@@ -36,7 +36,7 @@ pub fn install() {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
-        super::host_log(LogLevel::Critical, &format!("tollgate panicked: {info}"));
+        host_log(LogLevel::Critical, &format!("tollgate panicked: {info}"));
     }));
 }
 
@@ -51,4 +51,21 @@ pub fn sync_level() {
         Ok(LogLevel::Error) | Ok(LogLevel::Critical) => log::LevelFilter::Error,
     };
     log::set_max_level(filter);
+}
+
+// The SDK's `hostcalls::log` panics when the host answers anything but Ok; the panic hook and
+// the logger must not be able to panic, so they call the ABI function directly and ignore the
+// answer. Same import as the SDK's, with the status read as a plain integer (an unexpected
+// value must not be turned into an enum).
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+}
+
+/// Logs through the host, ignoring a failure to log (which must not become a trap).
+pub fn host_log(level: LogLevel, message: &str) {
+    // SAFETY: the pointer and length describe `message`, which outlives the call; the host
+    // only reads that many bytes.
+    let _status = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
 }

@@ -1,5 +1,6 @@
 //! The root context: reads and validates the plugin configuration, creates the consumers'
-//! shared-data records, and hands the compiled configuration to each HTTP context.
+//! shared-data records, and hands the compiled configuration to each HTTP context. The
+//! composition root of the host layer: the module's entry point, imported by no other.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -8,62 +9,21 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use super::clock::{now, now_ms};
 use super::entitlements::Entitlements;
 use super::events;
+use super::fleet;
 use super::http::Filter;
-use super::metrics::Metrics;
+use super::logger;
+use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::Config;
-use crate::memo::Memo;
-use crate::quota::create_records;
-use crate::shadow_log::ShadowLog;
+use crate::counters::create_counters;
 
-/// What every HTTP context of this configuration shares.
-pub struct Runtime {
-    pub config: Config,
-    /// Shared with the next runtime when a snapshot switch keeps the plans' names (the
-    /// counter ids depend on nothing else): a request that started on the previous runtime
-    /// then still counts into the counters that are flushed.
-    pub metrics: Rc<Metrics>,
-    pub memo: Memo,
-    pub shadow_log: ShadowLog,
-    /// Usage counts and crossings for events (`None` without an `events` block).
-    pub meter: Option<events::Meter>,
-}
-
-impl Runtime {
-    pub fn new(config: Config) -> Runtime {
-        let metrics = Rc::new(Metrics::define(&config));
-        Runtime::with_metrics(config, metrics)
-    }
-
-    fn with_metrics(config: Config, metrics: Rc<Metrics>) -> Runtime {
-        Runtime {
-            meter: events::Meter::new(&config),
-            metrics,
-            config,
-            memo: Memo::default(),
-            shadow_log: ShadowLog::default(),
-        }
-    }
-}
-
-/// Creates every counted consumer's record (local mode) or lease (fleet mode) that does not
-/// exist yet, before any request counts it: Envoy does not check CAS when a key is first
-/// created (see quota.rs). Returns how many were created.
-pub fn create_counters(config: &Config) -> Result<usize, crate::store::StoreError> {
-    match config.store {
-        None => create_records(config, &SharedData::default()),
-        Some(_) => {
-            let leases = crate::lease::create_leases(config, &SharedData::default())?;
-            // `on_store_error: local` falls back to local mode's records.
-            if config.on_store_error == crate::config::OnStoreError::Local {
-                create_records(config, &SharedData::default())?;
-            }
-            Ok(leases)
-        }
-    }
-}
+proxy_wasm::main! {{
+    logger::install();
+    proxy_wasm::set_root_context(|id| Box::new(Root::new(id)));
+}}
 
 #[derive(Default)]
 pub struct Root {
@@ -76,7 +36,7 @@ pub struct Root {
 
 impl Root {
     pub fn new(context_id: u32) -> Root {
-        super::fleet::set_root(context_id, METRICS_FLUSH);
+        fleet::set_root(context_id, METRICS_FLUSH);
         Root::default()
     }
 
@@ -91,7 +51,7 @@ impl Root {
             self.events.take(),
             self.runtime.as_deref(),
             &config,
-            super::now().unwrap_or_default(),
+            now().unwrap_or_default(),
         );
         let same_plans = |previous: &Runtime| {
             let names = |c: &Config| c.plans.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
@@ -117,14 +77,14 @@ const METRICS_FLUSH: Duration = Duration::from_secs(1);
 impl Context for Root {
     // Fleet mode: answers to calls made while the tick decided held requests again.
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let now_ms = super::now_ms().unwrap_or(0);
-        super::fleet::on_response(token_id, status_code, response_size, now_ms);
+        let now_ms = now_ms().unwrap_or(0);
+        fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
     fn on_done(&mut self) -> bool {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
-            if let (Some(sender), Some(now)) = (&mut self.events, super::now()) {
+            if let (Some(sender), Some(now)) = (&mut self.events, now()) {
                 sender.done(runtime, now);
             }
         }
@@ -140,7 +100,7 @@ impl Context for Root {
     ) {
         if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
             if sender.owns(token_id) {
-                sender.response(runtime, super::now().unwrap_or_default());
+                sender.response(runtime, now().unwrap_or_default());
                 return;
             }
         }
@@ -155,13 +115,13 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        super::logger::sync_level();
+        logger::sync_level();
         log::info!("version {} starting", crate::VERSION);
         true
     }
 
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        super::logger::sync_level();
+        logger::sync_level();
         let bytes = match hostcalls::get_buffer(
             BufferType::PluginConfiguration,
             0,
@@ -181,7 +141,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match create_counters(&config) {
+        match create_counters(&config, &SharedData::default()) {
             Ok(created) => log::debug!("created {created} consumer records"),
             Err(e) => {
                 log::error!("configuration refused: shared data unavailable: {}", e.0);
@@ -199,12 +159,12 @@ impl RootContext for Root {
             self.events.take(),
             self.runtime.as_deref(),
             &config,
-            super::now().unwrap_or_default(),
+            now().unwrap_or_default(),
         );
         if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
             log::warn!("cannot set the tick period, metrics stay unflushed: {status:?}");
         }
-        super::fleet::retick();
+        fleet::retick();
         log::info!("configured: {}", config.summary());
         let (entitlements, current) = match Entitlements::configure(&config, &bytes) {
             Some((entitlements, current)) => (Some(entitlements), current),
@@ -221,12 +181,14 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
-            if let (Some(sender), Some(now)) = (&mut self.events, super::now()) {
+            if let (Some(sender), Some(now)) = (&mut self.events, now()) {
                 sender.tick(runtime, now);
             }
         }
         // Fleet mode's held requests (the tick is faster while there are any).
-        super::fleet::on_tick();
+        if let Some(now_ms) = now_ms() {
+            fleet::on_tick(now_ms);
+        }
         if let Some(config) = self.entitlements.as_mut().and_then(Entitlements::on_tick) {
             self.switch(config);
         }

@@ -1,0 +1,468 @@
+//! The fleet state machine against a fake host: the decisions are the real core's
+//! ([`crate::verdict::handle_with`] over a [`MemoryStore`] holding the leases), the host calls
+//! are recorded, and the rate limit service's answers are scripted.
+
+use std::cell::{Cell, RefCell};
+
+use super::*;
+use crate::counters::create_counters;
+use crate::memo::Memo;
+use crate::shadow_log::ShadowLog;
+use crate::store::MemoryStore;
+use crate::verdict::{handle_with, Action};
+
+const NOW_MS: i64 = 1_795_000_000_000;
+const ROOT: u32 = 1;
+
+struct Runtime {
+    config: Config,
+    memo: Memo,
+    shadow_log: ShadowLog,
+}
+
+fn runtime(lease: u64) -> Rc<Runtime> {
+    let config = Config::from_json(
+        format!(
+            r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": 100, "window": "day"}}]}}}},
+                "consumers": {{"acme": {{"plan": "free", "keys": ["acme-key"]}}}},
+                "store": {{"rls": {{"cluster": "quotad", "timeout": "50ms", "lease": {lease}}}}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    Rc::new(Runtime {
+        config,
+        memo: Memo::default(),
+        shadow_log: ShadowLog::default(),
+    })
+}
+
+/// What the fake host was asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Did {
+    Effective(u32),
+    Call { token: u32, context: u32, hits: u64 },
+    Resume(u32),
+    Tick(Duration),
+}
+
+struct Fake {
+    state: RefCell<State<Runtime>>,
+    store: MemoryStore,
+    did: RefCell<Vec<Did>>,
+    counts: RefCell<Vec<Count>>,
+    /// Contexts whose requests are gone.
+    gone: RefCell<Vec<u32>>,
+    effective: Cell<u32>,
+    next_token: Cell<u32>,
+    /// `Some(why)`: dispatching a call fails.
+    refuse_calls: RefCell<Option<String>>,
+    /// The body of the answer being handled.
+    body: RefCell<Vec<u8>>,
+    /// Each decision: the context and the attempt.
+    decided: RefCell<Vec<(u32, Attempt)>>,
+}
+
+impl Fake {
+    fn new(runtime: &Runtime) -> Fake {
+        let store = MemoryStore::new();
+        create_counters(&runtime.config, &store).unwrap();
+        let fake = Fake {
+            state: RefCell::new(State::new()),
+            store,
+            did: RefCell::new(Vec::new()),
+            counts: RefCell::new(Vec::new()),
+            gone: RefCell::new(Vec::new()),
+            effective: Cell::new(0),
+            next_token: Cell::new(100),
+            refuse_calls: RefCell::new(None),
+            body: RefCell::new(Vec::new()),
+            decided: RefCell::new(Vec::new()),
+        };
+        set_root(&fake, ROOT, Duration::from_secs(1));
+        fake
+    }
+
+    /// A request of `acme` arrives on `context`: decided, and held if it must wait.
+    fn request(&self, runtime: &Rc<Runtime>, context: u32, now_ms: i64) -> Step {
+        self.effective.set(context);
+        let attempt = Attempt {
+            now_ms,
+            ..Attempt::default()
+        };
+        let step = self.decide(runtime, &attempt, now_ms);
+        match &step {
+            Step::Wait(wait) => hold(self, context, runtime, wait.clone(), now_ms),
+            Step::Continue {
+                refill: Some((consumer, ask)),
+                ..
+            } => refill_ahead(self, runtime, *consumer, ask.clone()),
+            _ => {}
+        }
+        step
+    }
+
+    fn calls(&self) -> Vec<(u32, u32, u64)> {
+        self.did
+            .borrow()
+            .iter()
+            .filter_map(|d| match d {
+                Did::Call {
+                    token,
+                    context,
+                    hits,
+                } => Some((*token, *context, *hits)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resumed(&self) -> Vec<u32> {
+        self.did
+            .borrow()
+            .iter()
+            .filter_map(|d| match d {
+                Did::Resume(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ticks(&self) -> Vec<Duration> {
+        self.did
+            .borrow()
+            .iter()
+            .filter_map(|d| match d {
+                Did::Tick(t) => Some(*t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn held(&self) -> usize {
+        self.state.borrow().held()
+    }
+}
+
+impl FleetHost for Fake {
+    type Runtime = Runtime;
+    type Store = MemoryStore;
+
+    fn config(runtime: &Runtime) -> &Config {
+        &runtime.config
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State<Runtime>) -> T) -> Option<T> {
+        self.state.try_borrow_mut().ok().map(|mut s| f(&mut s))
+    }
+
+    fn set_effective_context(&self, context: u32) -> bool {
+        self.did.borrow_mut().push(Did::Effective(context));
+        self.effective.set(context);
+        !self.gone.borrow().contains(&context)
+    }
+
+    fn resume_request(&self) -> bool {
+        self.did
+            .borrow_mut()
+            .push(Did::Resume(self.effective.get()));
+        true
+    }
+
+    fn set_tick(&self, period: Duration) {
+        self.did.borrow_mut().push(Did::Tick(period));
+    }
+
+    fn call(&self, rls: &Rls, message: &[u8]) -> Result<u32, String> {
+        assert_eq!(rls.cluster, "quotad");
+        if let Some(why) = self.refuse_calls.borrow().clone() {
+            return Err(why);
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        // The hits are the request's last field (hits_addend, field 3): read them back.
+        let hits = hits_addend(message);
+        self.did.borrow_mut().push(Did::Call {
+            token,
+            context: self.effective.get(),
+            hits,
+        });
+        Ok(token)
+    }
+
+    fn answer(&self, _size: usize) -> Vec<u8> {
+        self.body.borrow().clone()
+    }
+
+    fn decide(&self, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+        self.decided
+            .borrow_mut()
+            .push((self.effective.get(), attempt.clone()));
+        let mut request = |name: &str| (name == "x-api-key").then(|| b"acme-key".to_vec());
+        let verdict = handle_with(
+            &runtime.config,
+            &mut request,
+            now_ms.div_euclid(1000),
+            &self.store,
+            &runtime.memo,
+            &runtime.shadow_log,
+            attempt,
+        );
+        match verdict.action {
+            Action::Reply(_) => Step::Replied,
+            Action::Wait(wait) => Step::Wait(wait),
+            Action::Forward(forward) => Step::Continue {
+                fields: forward.rate_limit,
+                refill: forward.refill,
+            },
+        }
+    }
+
+    fn count(&self, which: Count) {
+        self.counts.borrow_mut().push(which);
+    }
+
+    fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+}
+
+/// `hits_addend` (field 3, varint) of an encoded `RateLimitRequest`.
+fn hits_addend(message: &[u8]) -> u64 {
+    let mut at = 0;
+    let varint = |at: &mut usize| {
+        let (mut value, mut shift) = (0u64, 0);
+        loop {
+            let byte = message[*at];
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                return value;
+            }
+        }
+    };
+    while at < message.len() {
+        let key = varint(&mut at);
+        match key & 7 {
+            0 if key >> 3 == 3 => return varint(&mut at),
+            0 => {
+                varint(&mut at);
+            }
+            2 => {
+                let len = varint(&mut at) as usize;
+                at += len;
+            }
+            other => panic!("wire type {other}"),
+        }
+    }
+    0
+}
+
+/// A `RateLimitResponse`: `overall` and one status per limit with its `limit_remaining`.
+fn answer(overall: u8, remaining: &[u32]) -> Vec<u8> {
+    let mut out = vec![0x08, overall];
+    for left in remaining {
+        let mut status = vec![0x08, overall];
+        status.push(0x18);
+        let mut v = *left;
+        while v >= 0x80 {
+            status.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        status.push(v as u8);
+        out.push(0x12);
+        out.push(status.len() as u8);
+        out.extend(status);
+    }
+    out
+}
+
+#[test]
+fn an_empty_lease_holds_the_request_calls_once_and_a_grant_resumes_it() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    assert!(matches!(host.request(&rt, 7, NOW_MS), Step::Wait(_)));
+    assert_eq!(host.held(), 1);
+    assert_eq!(
+        host.calls().len(),
+        1,
+        "the request claimed the refill and called"
+    );
+    let (token, context, _) = host.calls()[0];
+    assert_eq!(context, 7, "called from the request's own context");
+    assert_eq!(host.ticks(), [POLL], "held requests poll");
+    assert_eq!(*host.counts.borrow(), [Count::Held, Count::StoreCalls]);
+    // A second request of the same consumer waits for the same refill: no second call.
+    assert!(matches!(host.request(&rt, 8, NOW_MS + 1), Step::Wait(_)));
+    assert_eq!((host.held(), host.calls().len()), (2, 1));
+
+    *host.body.borrow_mut() = answer(1, &[90]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert_eq!(host.resumed(), [7, 8], "both held requests go on");
+    assert_eq!(host.held(), 0);
+    assert_eq!(host.state.borrow().calls(), 0);
+    assert_eq!(
+        host.ticks().last(),
+        Some(&Duration::from_secs(1)),
+        "back to the idle tick"
+    );
+    // Each was decided again as a request that waited, and got its RateLimit fields.
+    let decided = host.decided.borrow();
+    let again: Vec<_> = decided.iter().filter(|(c, _)| *c == 7 || *c == 8).collect();
+    assert_eq!(again.len(), 4);
+    assert_eq!(again[2].1.waiting_since_ms, Some(NOW_MS));
+    assert_eq!(again[2].1.failed, None);
+    assert!(fields_of(&host, 7).is_some() && fields_of(&host, 8).is_some());
+    assert!(fields_of(&host, 7).is_none(), "taken once");
+}
+
+#[test]
+fn a_failed_call_fails_every_request_waiting_on_it() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    host.request(&rt, 8, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    on_response(&host, token, 14, 0, NOW_MS + 5);
+    let decided = host.decided.borrow();
+    let failed: Vec<_> = decided
+        .iter()
+        .filter_map(|(_, a)| a.failed.clone())
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed[0].contains("gRPC status 14"), "{}", failed[0]);
+    assert_eq!(host.held(), 0, "answered (on_store_error), not held on");
+}
+
+#[test]
+fn a_call_that_cannot_be_made_fails_its_request_naming_the_cluster() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    *host.refuse_calls.borrow_mut() = Some("BadArgument".into());
+    host.request(&rt, 7, NOW_MS);
+    let decided = host.decided.borrow();
+    let (_, last) = decided.last().unwrap();
+    let why = last.failed.as_deref().unwrap();
+    assert!(
+        why.contains("cluster quotad") && why.contains("BadArgument"),
+        "{why}"
+    );
+    assert!(!host.counts.borrow().contains(&Count::StoreCalls));
+}
+
+#[test]
+fn an_unreadable_answer_is_a_failure_and_over_limit_refuses() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    *host.body.borrow_mut() = vec![0x0a];
+    on_response(&host, token, 0, 1, NOW_MS + 5);
+    let why = host
+        .decided
+        .borrow()
+        .last()
+        .unwrap()
+        .1
+        .failed
+        .clone()
+        .unwrap();
+    assert!(why.contains("not readable"), "{why}");
+
+    let host = Fake::new(&rt);
+    host.request(&rt, 9, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    *host.body.borrow_mut() = answer(2, &[0]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert!(
+        host.resumed().is_empty(),
+        "over the limit: answered, not resumed"
+    );
+    assert_eq!(host.held(), 0);
+}
+
+#[test]
+fn a_request_held_past_its_deadline_gets_a_store_error_on_the_tick() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    // Before the deadline (2 × (timeout + claim margin)) the tick decides it again and it
+    // stays held on the claimed refill.
+    on_tick(&host, NOW_MS + 100);
+    assert_eq!(host.held(), 1);
+    assert_eq!(host.decided.borrow().last().unwrap().1.failed, None);
+    let deadline = NOW_MS + 2 * (50 + CLAIM_MARGIN_MS);
+    on_tick(&host, deadline);
+    let why = host.decided.borrow().last().unwrap().1.failed.clone();
+    assert_eq!(
+        why.as_deref(),
+        Some("no lease from the rate limit service within the timeout")
+    );
+    assert_eq!(host.held(), 0);
+}
+
+#[test]
+fn a_gone_request_gives_up_its_call_and_the_next_one_takes_the_refill_over() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    host.request(&rt, 8, NOW_MS);
+    assert_eq!(host.calls().len(), 1);
+    host.gone.borrow_mut().push(7);
+    forget(&host, 7, NOW_MS + 1);
+    assert_eq!(host.state.borrow().calls(), 0, "the call of 7 is given up");
+    assert_eq!(host.held(), 1);
+    // The claim was released: on the tick, 8 claims the refill and the root context calls.
+    on_tick(&host, NOW_MS + 10);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].1, ROOT,
+        "made from the root context, which outlives 8"
+    );
+    // The answer to a call of a gone request is ignored.
+    on_response(&host, calls[0].0, 0, 0, NOW_MS + 20);
+    assert!(host.resumed().is_empty());
+}
+
+#[test]
+fn a_lease_down_to_half_is_refilled_ahead_from_the_root_context_on_the_next_tick() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    *host.body.borrow_mut() = answer(1, &[90]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    let granted = host.calls()[0].2;
+    assert!(granted >= 4, "a grant of {granted} can be refilled ahead");
+    // Spend the lease until a request claims the refill ahead (it goes on at once).
+    let mut context = 10;
+    while host.ticks().last() != Some(&SOON) {
+        assert!(context < 10 + granted as u32, "no refill ahead was claimed");
+        let step = host.request(&rt, context, NOW_MS + 10);
+        assert!(matches!(step, Step::Continue { .. }), "{step:?}");
+        context += 1;
+    }
+    assert_eq!(host.calls().len(), 1, "not from the request's context");
+    assert!(host.counts.borrow().contains(&Count::RefillsAhead));
+    on_tick(&host, NOW_MS + 11);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].1, ROOT);
+    assert_eq!(host.ticks().last(), Some(&Duration::from_secs(1)));
+}
+
+#[test]
+fn retick_restores_the_polling_tick_after_a_reconfiguration() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    assert_eq!(host.ticks(), [POLL]);
+    retick(&host);
+    assert_eq!(
+        host.ticks(),
+        [POLL, POLL],
+        "set again: the root reset it to idle"
+    );
+}

@@ -1,0 +1,46 @@
+//! What the request path counts for usage events and alerts (no host call): read by the
+//! root context's sender (`events.rs`) on its tick.
+
+use std::cell::RefCell;
+
+use crate::config::Config;
+use crate::events::{Crossing, Tally};
+use crate::verdict::Verdict;
+
+/// What the request path counts for events (one per VM and configuration).
+pub struct Meter {
+    pub tally: RefCell<Tally>,
+    pub crossings: RefCell<Vec<Crossing>>,
+    /// Most crossings kept between two ticks.
+    max_crossings: usize,
+}
+
+impl Meter {
+    /// `None` without an `events` block: the request path then does nothing more than today.
+    pub fn new(config: &Config) -> Option<Meter> {
+        let events = config.events.as_ref()?;
+        Some(Meter {
+            tally: RefCell::new(Tally::new(config.consumers.len(), events.interval)),
+            crossings: RefCell::new(Vec::new()),
+            max_crossings: events.buffer,
+        })
+    }
+
+    /// Counts one request (no host call; allocates only the first time a consumer is seen in
+    /// a slot, or when a threshold is crossed).
+    pub fn record(&self, now: i64, verdict: &mut Verdict) {
+        let Some(consumer) = verdict.metered.consumer else {
+            return;
+        };
+        if let Ok(mut tally) = self.tally.try_borrow_mut() {
+            tally.record(consumer, now, verdict.metrics.iter().map(|(e, _)| e));
+        }
+        if !verdict.metered.crossings.is_empty() {
+            if let Ok(mut crossings) = self.crossings.try_borrow_mut() {
+                let room = self.max_crossings.saturating_sub(crossings.len());
+                let n = verdict.metered.crossings.len().min(room);
+                crossings.extend(verdict.metered.crossings.drain(..n));
+            }
+        }
+    }
+}

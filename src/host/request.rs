@@ -1,0 +1,129 @@
+//! Carries a request's verdict out: decides it ([`crate::verdict::handle_with`]) with the
+//! request's headers and the time, then sets the forwarded request's headers or sends the
+//! local reply. Used for a request's first decision (`http.rs`) and, in fleet mode, for a
+//! held request decided again in its own context (`fleet.rs`).
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel, MapType};
+
+use super::logger::host_log;
+use super::runtime::Runtime;
+use super::shared_data::SharedData;
+use crate::decision::Attempt;
+use crate::fleet::Step;
+use crate::response::Reply;
+use crate::verdict::{self, handle_with};
+
+/// Decides the request of the effective context and carries the verdict out (headers set, or
+/// the reply sent); `now_ms` is the host's clock.
+pub fn run(runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+    let now = now_ms.div_euclid(1000);
+    let mut request = |name: &str| {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let mut verdict = handle_with(
+        &runtime.config,
+        &mut request,
+        now,
+        &SharedData::for_request(),
+        &runtime.memo,
+        &runtime.shadow_log,
+        attempt,
+    );
+    runtime.metrics.record(&verdict.metrics);
+    if let Some(meter) = &runtime.meter {
+        meter.record(now, &mut verdict);
+    }
+    match verdict.action {
+        verdict::Action::Reply(reply) => {
+            send(&reply);
+            Step::Replied
+        }
+        verdict::Action::Wait(wait) => Step::Wait(wait),
+        verdict::Action::Forward(forward) => {
+            let headers = MapType::HttpRequestHeaders;
+            if let Some((consumer_header, plan_header)) = forward.identity_headers {
+                // Setting replaces whatever a client sent; with nobody to name, remove it.
+                let (consumer, plan) = match forward.caller {
+                    Some((consumer, plan)) => (Some(consumer), Some(plan)),
+                    None => (None, None),
+                };
+                for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
+                    if let Err(status) = hostcalls::set_map_value(headers, name, value) {
+                        log_failure("set request header", status);
+                    }
+                }
+            }
+            if let Some(name) = forward.hide_header {
+                if let Err(status) = hostcalls::remove_map_value(headers, name) {
+                    log_failure("remove request header", status);
+                }
+            }
+            if let Some(path) = forward.path {
+                if let Err(status) = hostcalls::set_map_value_bytes(headers, ":path", Some(&path)) {
+                    log_failure("set :path", status);
+                }
+            }
+            Step::Continue {
+                fields: forward.rate_limit,
+                refill: forward.refill,
+            }
+        }
+    }
+}
+
+pub fn log_failure(what: &str, status: proxy_wasm::types::Status) {
+    host_log(LogLevel::Error, &format!("{what}: {status:?}"));
+}
+
+fn grpc_code(code: u32) -> GrpcStatusCode {
+    match code {
+        7 => GrpcStatusCode::PermissionDenied,
+        8 => GrpcStatusCode::ResourceExhausted,
+        14 => GrpcStatusCode::Unavailable,
+        16 => GrpcStatusCode::Unauthenticated,
+        _ => GrpcStatusCode::Unknown,
+    }
+}
+
+pub fn send(reply: &Reply) -> Action {
+    let result = match reply.grpc_status {
+        Some(code) => {
+            let metadata: Vec<(&str, &[u8])> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_bytes()))
+                .collect();
+            hostcalls::send_grpc_response(grpc_code(code), Some(&reply.body), metadata)
+        }
+        None => {
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            hostcalls::send_http_response(
+                u32::from(reply.status),
+                headers,
+                Some(reply.body.as_bytes()),
+            )
+        }
+    };
+    if let Err(status) = result {
+        log_failure("send_http_response", status);
+    }
+    Action::Pause
+}
+
+pub fn unavailable(body: &str) -> Action {
+    send(&Reply {
+        status: 503,
+        headers: vec![("content-type", "text/plain".into())],
+        body: body.into(),
+        grpc_status: None,
+    })
+}
