@@ -16,9 +16,9 @@ PLOT_STAMP    := $(VENV)/.matplotlib-$(MATPLOTLIB)
 CLI           := target/release/tollgate
 EMPTY_WASM    := target/empty-filter/$(WASM_TARGET)/release/empty_filter.wasm
 FLOOR_WASM    := target/floor-filter/$(WASM_TARGET)/release/floor_filter.wasm
-# tollgate built at opt-level 3 + wasm-opt -O3 (faster, over the size budget) by `make bench`, to
-# compare with the shipped one (opt-level 3 + wasm-opt -O3, see Cargo.toml).
-FAST_WASM     := target/opt-3/$(WASM_TARGET)/release/tollgate.wasm
+# tollgate built for size (opt-level "z" + wasm-opt -O3) by `make bench`, to compare with the
+# shipped build (opt-level 3 + wasm-opt -O3; docs/benchmarks.md says why).
+SMALL_WASM    := target/opt-z/$(WASM_TARGET)/release/tollgate.wasm
 
 # The same filter with the `fault-injection` feature, for the failure-path tests only; its own
 # target dir, so it never replaces the shipped .wasm.
@@ -47,7 +47,7 @@ toolchain: ## Add the wasm32-wasip1 target (and rustfmt/clippy) if missing
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 # The size budget of the release .wasm: `make wasm` (and so `make test`) fails above it.
-WASM_BUDGET   := 400000
+WASM_BUDGET   := 1000000
 WASM_RAW      := target/$(WASM_TARGET)/release/deps/tollgate.wasm
 
 build: wasm cli quotad ## Build the release filter, the CLI (target/release/tollgate) and quotad
@@ -60,7 +60,7 @@ wasm: toolchain wasm-opt ## Build the release filter only: target/wasm32-wasip1/
 	else echo "warning: wasm-opt is missing; $(WASM) is not size-optimized"; fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 	@size=$$(stat -c %s $(WASM)); if [ $$size -gt $(WASM_BUDGET) ]; then \
-		echo "error: $(WASM) is $$size bytes, over the $(WASM_BUDGET)-byte budget (see Cargo.toml)"; \
+		echo "error: $(WASM) is $$size bytes, over the $(WASM_BUDGET)-byte budget"; \
 		exit 1; fi
 
 cli: ## Build the command line tool: target/release/tollgate
@@ -125,7 +125,9 @@ unit: ## Unit tests of the pure core only (no Envoy)
 e2e: wasm build-fault quotad envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
-lint: toolchain ## rustfmt check and clippy -D warnings, for the host and for wasm
+lint: toolchain ## rustfmt, clippy -D warnings (host and wasm), and no import circle between modules
+	python3 tools/test_circles.py
+	python3 tools/circles.py src quotad/src cli/src
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) -p tollgate -- -D warnings
@@ -142,18 +144,18 @@ bench-tools: $(PLOT_STAMP) ## Install the load generators (wrk, h2load) and matp
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update && apt-get install -y wrk nghttp2-client; }
 
-bench-filters: wasm # The benchmark's other builds: the empty and floor filters, tollgate at opt-level 3
+bench-filters: wasm # The benchmark's other builds: the empty and floor filters, tollgate at opt-level "z"
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/floor-filter/Cargo.toml \
 		--target-dir target/floor-filter
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-3
-	wasm-opt -O3 $(WASM_FEATURES) target/opt-3/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(FAST_WASM).opt && \
-		mv $(FAST_WASM).opt $(FAST_WASM)
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z cargo build --release --target $(WASM_TARGET) -p tollgate --target-dir target/opt-z
+	wasm-opt -O3 $(WASM_FEATURES) target/opt-z/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(SMALL_WASM).opt && \
+		mv $(SMALL_WASM).opt $(SMALL_WASM)
 
 bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --quotad $(QUOTAD) --tollgate shipped=$(WASM) \
-		o3=$(FAST_WASM)
+		oz=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
 	$(MAKE) bench-entitlements
@@ -165,7 +167,7 @@ bench-own: bench-filters ## tollgate's own code in instructions per request (cal
 	python3 -c 'import sys; sys.path.insert(0, "bench"); import run; print(run.tollgate_plugin(10000))' \
 		> bench/out/own-config.json
 	python3 bench/own_code.py --config bench/out/own-config.json empty=$(EMPTY_WASM) \
-		floor=$(FLOOR_WASM) tollgate=$(WASM) tollgate-o3=$(FAST_WASM)
+		floor=$(FLOOR_WASM) tollgate=$(WASM) tollgate-oz=$(SMALL_WASM)
 
 bench-quotad: quotad redis bench-tools ## quotad's decisions/s and p50/p99 against redis-benchmark on the same script: bench/out/quotad.json
 	python3 bench/quotad.py --quotad $(QUOTAD)
@@ -197,7 +199,8 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 # build and the test run: the e2e tests are neither built nor run), one job at a time; one file
 # after the other, each with its report in target/mutants/<file>/mutants.out/.
 MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/admission.rs \
-	src/config.rs src/response.rs src/record.rs src/memo.rs src/lease.rs src/rls.rs
+	src/config/compile.rs src/response.rs src/record.rs src/memo.rs src/lease.rs src/rls.rs \
+	src/fleet.rs src/names.rs src/counters.rs
 MUTANTS_TIMEOUT ?= 60
 
 mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`

@@ -20,8 +20,8 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 tollgate with usage events and threshold alerts (interval 1 s) sent to a sink
                 that accepts connections and never answers: every batch times out, the buffer
                 fills and drops; requests must not notice (compare with tollgate)
-  tollgate-o3   tollgate built for speed (opt-level 3, then wasm-opt -O3: over the 400 KB
-                budget), against the shipped build (opt-level "z", then wasm-opt -O3)
+  tollgate-oz   tollgate built for size (opt-level "z", then wasm-opt -O3), against the
+                shipped build (opt-level 3, then wasm-opt -O3: the faster one in Envoy)
   tollgate-fleet, tollgate-fleet-lease1
                 tollgate in fleet mode (`store.rls`) against quotad and Redis on the same machine
                 (pinned to the load generator's CPU), with the default `lease` (1000) and with `lease: 1`
@@ -705,7 +705,7 @@ def main():
     parser.add_argument("--floor", type=repo_path, required=True, help="the floor filter's .wasm")
     parser.add_argument(
         "--tollgate", nargs="+", required=True, type=level_and_path, metavar="NAME=PATH",
-        help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. o3=PATH",
+        help="tollgate.wasm builds: shipped=PATH (what make build ships) and others to compare, e.g. oz=PATH",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5, help="seconds of load per protocol")
