@@ -147,11 +147,7 @@ fn from_lease<'c>(
     if let Some(reason) = &fleet.failed {
         return store_error(false, reason.clone());
     }
-    let terms = Terms {
-        lease: rls.lease,
-        timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
-        utc_offset: config.utc_offset,
-    };
+    let terms = Terms::of(rls, config.utc_offset);
     let clock = Clock {
         now,
         now_ms: fleet.now_ms,

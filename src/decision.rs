@@ -30,6 +30,16 @@ impl Reason {
         Reason::StoreError,
     ];
 
+    /// The reasons that concern a known consumer: they have per-plan counters and are counted
+    /// per consumer in usage events.
+    pub const OF_CONSUMERS: [Reason; 5] = [
+        Reason::Quota,
+        Reason::Suspended,
+        Reason::Expired,
+        Reason::PastDue,
+        Reason::StoreError,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Reason::Quota => "quota",

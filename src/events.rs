@@ -32,13 +32,7 @@ pub const REMINDER_TYPE: &str = "io.tollgate.subscription.reminder";
 pub const MAX_BACKOFF: i64 = 30;
 
 /// The refusal reasons a usage event counts per consumer (those that concern a known consumer).
-pub const REASONS: [Reason; 5] = [
-    Reason::Quota,
-    Reason::Suspended,
-    Reason::Expired,
-    Reason::PastDue,
-    Reason::StoreError,
-];
+pub const REASONS: [Reason; 5] = Reason::OF_CONSUMERS;
 
 mod cloudevents;
 

@@ -187,14 +187,7 @@ pub fn retick<H: FleetHost>(host: &H) {
 
 fn terms(config: &Config) -> Option<(Terms, &Rls)> {
     let rls = config.store.as_ref()?;
-    Some((
-        Terms {
-            lease: rls.lease,
-            timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
-            utc_offset: config.utc_offset,
-        },
-        rls,
-    ))
+    Some((Terms::of(rls, config.utc_offset), rls))
 }
 
 /// Holds the request of `context` (paused by the caller), and makes the store call if it

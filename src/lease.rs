@@ -27,7 +27,7 @@
 //! Anything else stored under the key (another version, a truncated value) reads as an empty
 //! lease: units are never invented from bytes that are not ours.
 
-use crate::config::{Config, Limit, STORE_PREFIX};
+use crate::config::{Config, Limit, Rls, STORE_PREFIX};
 use crate::quota::{CountError, Usage, MAX_ATTEMPTS};
 use crate::sha256::{sha256, to_hex};
 use crate::store::{SetError, Store, StoreError};
@@ -177,6 +177,17 @@ pub struct Terms {
     pub lease: u64,
     pub timeout_ms: i64,
     pub utc_offset: i64,
+}
+
+impl Terms {
+    /// The terms of a fleet configuration (`store.rls`) with its calendar offset.
+    pub fn of(rls: &Rls, utc_offset: i64) -> Terms {
+        Terms {
+            lease: rls.lease,
+            timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
+            utc_offset,
+        }
+    }
 }
 
 /// A store call to make: take `hits` from every limit, in these windows.

@@ -57,13 +57,7 @@ impl<const N: usize> PartialEq<[(Metric, Option<usize>); N]> for Increments {
 
 const GLOBAL_PREFIX: &str = "tollgate.";
 const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 5;
-const PLAN_REASONS: [Reason; 5] = [
-    Reason::Quota,
-    Reason::Suspended,
-    Reason::Expired,
-    Reason::PastDue,
-    Reason::StoreError,
-];
+const PLAN_REASONS: [Reason; 5] = Reason::OF_CONSUMERS;
 const PER_PLAN: usize = 1 + 2 * PLAN_REASONS.len();
 
 fn reason_index(reason: Reason) -> usize {

@@ -122,36 +122,10 @@ fn positive(seconds: i64) -> u64 {
 }
 
 /// Appends `n` in decimal: the request path's integers, without `core::fmt` (which costs more
-/// than everything else a request's own code does). Two digits per division.
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut first = digits.len();
-    let mut put_pair = |first: usize, pair: u64| {
-        // `pair` is below 100: its two digits are within PAIRS.
-        let at = pair as usize * 2;
-        if let (Some(slot), Some(pair)) = (digits.get_mut(first..first + 2), PAIRS.get(at..at + 2))
-        {
-            slot.copy_from_slice(pair);
-        }
-    };
-    while n >= 100 {
-        first -= 2;
-        put_pair(first, n % 100);
-        n /= 100;
-    }
-    if n >= 10 {
-        first -= 2;
-        put_pair(first, n);
-    } else {
-        first -= 1;
-        // `n` is a single digit.
-        let digit = b'0' + n as u8;
-        if let Some(slot) = digits.get_mut(first) {
-            *slot = digit;
-        }
-    }
-    out.extend_from_slice(digits.get(first..).unwrap_or_default());
+/// than everything else a request's own code does). `itoa` is what serde_json writes numbers
+/// with, so it is in the .wasm already.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// An RFC 9457 problem document; members that do not apply are left out.

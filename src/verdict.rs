@@ -492,11 +492,7 @@ fn look_at_lease(
     if let Some(reason) = &fleet.failed {
         return Err(crate::store::StoreError(reason.clone()));
     }
-    let terms = crate::lease::Terms {
-        lease: rls.lease,
-        timeout_ms: i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX),
-        utc_offset: config.utc_offset,
-    };
+    let terms = crate::lease::Terms::of(rls, config.utc_offset);
     let clock = crate::lease::Clock {
         now,
         now_ms: fleet.now_ms,
