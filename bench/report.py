@@ -49,7 +49,7 @@ RATIOS = [  # (label, numerator, denominator)
 TARGET_OWN_CODE = 1.25  # tollgate's CPU above the empty filter, over the floor's
 TARGET_VS_EMPTY = 0.75  # req/s, default configuration (stretch 0.85)
 TARGET_LEAN_VS_EMPTY = 0.85  # req/s, identity headers and RateLimit-Policy off (stretch 0.95)
-TARGET_SIZE = 400_000
+TARGET_SIZE = 1_000_000
 TARGET_CONFIG_MS = 1000
 BUSY_ENOUGH = 0.9  # below this median share of its CPU, Envoy was not alone on the machine
 
