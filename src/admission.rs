@@ -6,7 +6,8 @@ use crate::credentials::Credential;
 use crate::decision::{Attempt, Caller, Decision, Denial};
 use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
-use crate::quota::{check_and_take, CountError};
+use crate::quota::check_and_take;
+use crate::store::CountError;
 use crate::store::Store;
 
 /// Decides a request. `now` is Unix seconds.
@@ -108,19 +109,11 @@ pub fn decide_with<'c>(
                 })
             }
         }
-        Err(CountError::Store(e)) => {
-            let reason = format!("shared data failed: {}", e.0);
+        Err(error) => {
+            let reason = error.reason();
             Decision::Deny(Denial::StoreUnavailable {
                 caller,
-                contended: false,
-                reason,
-            })
-        }
-        Err(CountError::Contended) => {
-            let reason = "shared data stayed contended; CAS retries exhausted".to_string();
-            Decision::Deny(Denial::StoreUnavailable {
-                caller,
-                contended: true,
+                contended: error == CountError::Contended,
                 reason,
             })
         }
@@ -177,11 +170,7 @@ fn from_lease<'c>(
             caller,
             refill: None,
         },
-        Err(CountError::Store(e)) => store_error(false, format!("fleet store: {}", e.0)),
-        Err(CountError::Contended) => store_error(
-            true,
-            "the lease in shared data stayed contended; CAS retries exhausted".into(),
-        ),
+        Err(error) => store_error(error == CountError::Contended, error.reason()),
     }
 }
 

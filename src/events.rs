@@ -19,7 +19,7 @@ use crate::decision::Reason;
 use crate::metrics::Metric;
 use crate::quota::Usage;
 use crate::sha256::{sha256, to_hex};
-use crate::store::{SetError, Store, StoreError};
+use crate::store::{read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::time::format_rfc3339;
 
 /// `Content-Type` of a batch (CloudEvents JSON batch format).
@@ -309,47 +309,24 @@ pub fn reminder_mark(r: &Reminder) -> String {
     format!("{} {}\n", r.expires_at, r.before)
 }
 
-/// Creates `key` with `initial` if it does not exist (at configuration time, before any
-/// worker races on it: Envoy checks no CAS when a key is created). Never overwrites.
-pub fn ensure_key(store: &impl Store, key: &str, initial: &[u8]) -> Result<(), StoreError> {
-    if store.get(key)?.is_some() {
-        return Ok(());
-    }
-    match store.set(key, initial, 0) {
-        Ok(()) | Err(SetError::CasMismatch) => Ok(()),
-        Err(SetError::Failed(e)) => Err(e),
-    }
-}
-
 /// Attempts of a claim's read-modify-write before giving up.
 const CLAIM_ATTEMPTS: u32 = 16;
 
 /// Claims `mark` in an existing key with a CAS write: `true` for exactly one caller, whichever
 /// worker it runs in; `false` if it was claimed already.
 pub fn claim(store: &impl Store, key: &str, mark: &str) -> Result<bool, StoreError> {
-    for _ in 0..CLAIM_ATTEMPTS {
-        let Some((value, cas)) = store.get(key)? else {
-            return Err(StoreError(format!(
-                "{key} is missing (created at configuration)"
-            )));
-        };
+    read_modify_write(store, key, CLAIM_ATTEMPTS, |value, _| {
         let claimed = value
             .split(|c| *c == b'\n')
             .any(|line| line == mark.trim_end().as_bytes());
         if claimed {
-            return Ok(false);
+            return Ok(Rewrite::Keep(false));
         }
         let mut next = value;
         next.extend_from_slice(mark.as_bytes());
-        match store.set(key, &next, cas) {
-            Ok(()) => return Ok(true),
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Failed(e)) => return Err(e),
-        }
-    }
-    Err(StoreError(format!(
-        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
-    )))
+        Ok(Rewrite::Write(next, true))
+    })
+    .map_err(CountError::into_store_error)
 }
 
 /// The shared-data key holding this Envoy process's incarnation and the next worker slot.
@@ -360,27 +337,18 @@ pub fn workers_key() -> String {
 /// Takes the next worker slot from the (existing) workers key: `(incarnation, slot)`.
 pub fn take_worker_slot(store: &impl Store) -> Result<(String, u64), StoreError> {
     let key = workers_key();
-    for _ in 0..CLAIM_ATTEMPTS {
-        let Some((value, cas)) = store.get(&key)? else {
-            return Err(StoreError(format!(
-                "{key} is missing (created at configuration)"
-            )));
-        };
+    read_modify_write(store, &key, CLAIM_ATTEMPTS, |value, _| {
         let text = String::from_utf8_lossy(&value);
         let (incarnation, next) = text
             .split_once(' ')
             .and_then(|(i, n)| Some((i.to_string(), n.trim().parse::<u64>().ok()?)))
-            .ok_or_else(|| StoreError(format!("{key} holds no worker counter")))?;
+            .ok_or_else(|| {
+                CountError::Store(StoreError(format!("{key} holds no worker counter")))
+            })?;
         let written = format!("{incarnation} {}", next.saturating_add(1));
-        match store.set(&key, written.as_bytes(), cas) {
-            Ok(()) => return Ok((incarnation, next)),
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Failed(e)) => return Err(e),
-        }
-    }
-    Err(StoreError(format!(
-        "{key}: contended for {CLAIM_ATTEMPTS} attempts"
-    )))
+        Ok(Rewrite::Write(written.into_bytes(), (incarnation, next)))
+    })
+    .map_err(CountError::into_store_error)
 }
 
 /// Unsent events: bounded, sent in batches, one batch in flight at a time, retried with

@@ -28,7 +28,6 @@ use std::time::Duration;
 use crate::config::{format_utc_offset, Config, Rls};
 use crate::decision::Attempt;
 use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
-use crate::quota::CountError;
 use crate::response::RateLimitFields;
 use crate::rls::{self, Code};
 use crate::store::Store;
@@ -408,8 +407,7 @@ fn finish<H: FleetHost>(
             }
             _ => reason,
         },
-        Err(CountError::Store(e)) => Some(format!("cannot record the lease: {}", e.0)),
-        Err(CountError::Contended) => Some("the lease stayed contended".into()),
+        Err(error) => Some(format!("cannot record the lease: {}", error.reason())),
     };
     wake(host, runtime, consumer, failed, now_ms);
 }

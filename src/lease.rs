@@ -28,9 +28,8 @@
 //! lease: units are never invented from bytes that are not ours.
 
 use crate::config::{Config, Limit, Rls, STORE_PREFIX};
-use crate::quota::{CountError, Usage, MAX_ATTEMPTS};
-use crate::sha256::{sha256, to_hex};
-use crate::store::{SetError, Store, StoreError};
+use crate::quota::{Usage, MAX_ATTEMPTS};
+use crate::store::{create_set, read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::window::Bounds;
 
 const MAGIC: &[u8] = b"TL\x01";
@@ -273,15 +272,6 @@ pub fn ahead(lease: &Lease, now_ms: i64, terms: &Terms) -> u64 {
     size(lease, true, &[], terms, now_ms).saturating_sub(lease.units)
 }
 
-fn read(store: &impl Store, key: &str) -> Result<(Lease, u32), CountError> {
-    match store.get(key).map_err(CountError::Store)? {
-        Some((bytes, cas)) => Ok((Lease::decode(&bytes).unwrap_or_default(), cas)),
-        None => Err(CountError::Store(StoreError(format!(
-            "lease {key} is missing (it is created when the plugin is configured)"
-        )))),
-    }
-}
-
 /// Why a request that needs a refill fails without one: the refill it waited for failed, or
 /// one failed less than a timeout ago (so that while the store is down every request is
 /// answered within the timeout, and the store is not called by every request meanwhile).
@@ -340,13 +330,13 @@ fn take_or_look(
     spend: bool,
 ) -> Result<Take, CountError> {
     let windows = current(limits, clock.now, terms.utc_offset);
-    for _ in 0..MAX_ATTEMPTS {
-        let (mut lease, cas) = read(store, key)?;
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
+        let mut lease = Lease::decode(&bytes).unwrap_or_default();
         let valid = lease.valid(&windows);
         // The usage endpoint asks the store each time (other Envoys spend too); figures
         // written since it started waiting are that answer (or a refill's, as fresh).
         if valid && !spend && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since) {
-            return Ok(Take::Admitted(lease.usages(false), None));
+            return Ok(Rewrite::Keep(Take::Admitted(lease.usages(false), None)));
         }
         if spend && valid && lease.units > 0 {
             lease.units -= 1;
@@ -354,28 +344,23 @@ fn take_or_look(
             if hits > 0 {
                 lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
             }
-            match store.set(key, &lease.encode(), cas) {
-                Ok(()) => {
-                    let ask = (hits > 0).then(|| Ask {
-                        hits,
-                        windows: windows.clone(),
-                    });
-                    return Ok(Take::Admitted(lease.usages(false), ask));
-                }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
-            }
+            let ask = (hits > 0).then(|| Ask {
+                hits,
+                windows: windows.clone(),
+            });
+            let admitted = Take::Admitted(lease.usages(false), ask);
+            return Ok(Rewrite::Write(lease.encode(), admitted));
         }
         if valid && lease.figures.iter().any(|f| f.left == 0) {
-            return Ok(Take::Refused(lease.usages(true)));
+            return Ok(Rewrite::Keep(Take::Refused(lease.usages(true))));
         }
         if let Some(why) = failed(&lease, clock.now_ms, terms, waiting_since_ms) {
             return Err(CountError::Store(StoreError(why.into())));
         }
         if lease.claim_until_ms > clock.now_ms {
-            return Ok(Take::Wait {
+            return Ok(Rewrite::Keep(Take::Wait {
                 until_ms: lease.claim_until_ms,
-            });
+            }));
         }
         let hits = if spend {
             size(&lease, valid, &windows, terms, clock.now_ms)
@@ -388,18 +373,12 @@ fn take_or_look(
             lease.figures.clear();
         }
         lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
-        match store.set(key, &lease.encode(), cas) {
-            Ok(()) => {
-                return Ok(Take::Refill(Ask {
-                    hits,
-                    windows: windows.clone(),
-                }))
-            }
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
-        }
-    }
-    Err(CountError::Contended)
+        let refill = Take::Refill(Ask {
+            hits,
+            windows: windows.clone(),
+        });
+        Ok(Rewrite::Write(lease.encode(), refill))
+    })
 }
 
 /// What the store answered a refill.
@@ -438,8 +417,8 @@ pub fn apply(
     now_ms: i64,
     terms: &Terms,
 ) -> Result<Applied, CountError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let (mut lease, cas) = read(store, key)?;
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
+        let mut lease = Lease::decode(&bytes).unwrap_or_default();
         let figures = |left: &[u64]| -> Vec<Figure> {
             ask.windows
                 .iter()
@@ -494,13 +473,8 @@ pub fn apply(
                 lease.failed_at_ms = now_ms.max(1);
             }
         }
-        match store.set(key, &lease.encode(), cas) {
-            Ok(()) => return Ok(applied),
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
-        }
-    }
-    Err(CountError::Contended)
+        Ok(Rewrite::Write(lease.encode(), applied))
+    })
 }
 
 /// Creates the (empty) lease of every consumer whose plan has limits, at configuration time —
@@ -513,29 +487,12 @@ pub fn create_leases(config: &Config, store: &impl Store) -> Result<usize, Store
         .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
         .map(|c| key(&c.name))
         .collect();
-    let marker = format!(
-        "{STORE_PREFIX}leases:{}",
-        to_hex(&sha256(counted.join("\n").as_bytes()))
-    );
-    if store.get(&marker)?.is_some() {
-        return Ok(0);
-    }
-    let empty = Lease::default().encode();
-    let mut created = 0;
-    for key in &counted {
-        if store.get(key)?.is_some() {
-            continue;
-        }
-        match store.set(key, &empty, 0) {
-            Ok(()) => created += 1,
-            Err(SetError::CasMismatch) => {}
-            Err(SetError::Failed(e)) => return Err(e),
-        }
-    }
-    match store.set(&marker, b"1", 0) {
-        Ok(()) | Err(SetError::CasMismatch) => Ok(created),
-        Err(SetError::Failed(e)) => Err(e),
-    }
+    create_set(
+        store,
+        &format!("{STORE_PREFIX}leases:"),
+        &counted,
+        &Lease::default().encode(),
+    )
 }
 
 #[cfg(test)]

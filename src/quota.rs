@@ -9,7 +9,7 @@
 //!
 //! Envoy checks the CAS only when the key already exists, so two workers that both find a key
 //! missing would both succeed in creating it. Records are therefore created *empty*, before any
-//! request is counted: [`ensure_record`] runs for every consumer when the plugin is configured
+//! request is counted: [`create_records`] runs for every consumer when the plugin is configured
 //! (Envoy configures a canary VM on the main thread before any worker serves), and a counter is
 //! only ever written by a CAS-checked `set` of an existing entry.
 //!
@@ -19,8 +19,7 @@
 
 use crate::config::{Config, Limit, STORE_PREFIX};
 use crate::record::{self, Corrupt, Entry, Record};
-use crate::sha256::{sha256, to_hex};
-use crate::store::{SetError, Store, StoreError};
+use crate::store::{create_set, read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::window::Bounds;
 
 /// Attempts of the read-evaluate-write cycle before giving up on a hot record.
@@ -82,13 +81,6 @@ pub struct Counted {
     pub attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CountError {
-    Store(StoreError),
-    /// Every attempt lost its CAS race.
-    Contended,
-}
-
 /// Evaluates every limit against a record at `now` (calendar at `utc_offset`).
 fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec<Usage> {
     limits
@@ -110,25 +102,8 @@ fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec
         .collect()
 }
 
-/// Creates a consumer's record if it does not exist yet. Never overwrites an existing one.
-pub fn ensure_record(store: &impl Store, key: &str) -> Result<bool, StoreError> {
-    if store.get(key)?.is_some() {
-        return Ok(false);
-    }
-    match store.set(key, empty_record(), 0) {
-        Ok(()) => Ok(true),
-        Err(SetError::CasMismatch) => Ok(false),
-        Err(SetError::Failed(e)) => Err(e),
-    }
-}
-
 /// Creates the record of every consumer whose plan has limits (at configuration time, before
 /// any request is counted). Returns how many were created.
-///
-/// Every VM of a configuration runs this (Envoy's canary on the main thread first, then each
-/// worker). A marker keyed by a digest of the set of counted consumers records that the whole
-/// set exists, so the later VMs skip 100 000 look-ups; a changed set (a consumer added, or
-/// moved onto a plan with limits) has another digest and is checked again.
 pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
     let counted: Vec<&str> = config
         .consumers
@@ -136,23 +111,12 @@ pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, Stor
         .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
         .map(|c| c.store_key.as_str())
         .collect();
-    let marker = format!(
-        "{STORE_PREFIX}records:{}",
-        to_hex(&sha256(counted.join("\n").as_bytes()))
-    );
-    if store.get(&marker)?.is_some() {
-        return Ok(0);
-    }
-    let mut created = 0;
-    for key in counted {
-        if ensure_record(store, key)? {
-            created += 1;
-        }
-    }
-    match store.set(&marker, b"1", 0) {
-        Ok(()) | Err(SetError::CasMismatch) => Ok(created),
-        Err(SetError::Failed(e)) => Err(e),
-    }
+    create_set(
+        store,
+        &format!("{STORE_PREFIX}records:"),
+        &counted,
+        empty_record(),
+    )
 }
 
 /// Checks every limit and, if all allow it, counts the request in all of them, atomically.
@@ -164,15 +128,7 @@ pub fn check_and_take(
     utc_offset: i64,
 ) -> Result<Counted, CountError> {
     let mut replaced_corrupt = false;
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key).map_err(CountError::Store)? else {
-            // Records are created when the plugin is configured. Creating one here could race
-            // with another worker (Envoy checks no CAS on creation) and lose its count, so a
-            // missing record is a store error, not something to paper over.
-            return Err(CountError::Store(StoreError(format!(
-                "record {key} is missing (it is created when the plugin is configured)"
-            ))));
-        };
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, attempt| {
         let record = match Record::decode(&bytes) {
             Ok(record) => record,
             Err(Corrupt) => {
@@ -182,12 +138,12 @@ pub fn check_and_take(
         };
         let usages = evaluate(limits, &record, now, utc_offset);
         if usages.iter().any(|u| u.violated) {
-            return Ok(Counted {
+            return Ok(Rewrite::Keep(Counted {
                 admitted: false,
                 usages,
                 replaced_corrupt,
                 attempts: attempt,
-            });
+            }));
         }
         let next = record::encode(limits.iter().zip(&usages).map(|(limit, usage)| Entry {
             name: limit.name.as_bytes(),
@@ -195,27 +151,23 @@ pub fn check_and_take(
             end: usage.bounds.end,
             count: usage.used + 1,
         }));
-        match store.set(key, &next, cas) {
-            Ok(()) => {
-                let usages = usages
-                    .into_iter()
-                    .map(|u| Usage {
-                        used: u.used + 1,
-                        ..u
-                    })
-                    .collect();
-                return Ok(Counted {
-                    admitted: true,
-                    usages,
-                    replaced_corrupt,
-                    attempts: attempt,
-                });
-            }
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Failed(e)) => return Err(CountError::Store(e)),
-        }
-    }
-    Err(CountError::Contended)
+        let usages = usages
+            .into_iter()
+            .map(|u| Usage {
+                used: u.used + 1,
+                ..u
+            })
+            .collect();
+        Ok(Rewrite::Write(
+            next,
+            Counted {
+                admitted: true,
+                usages,
+                replaced_corrupt,
+                attempts: attempt,
+            },
+        ))
+    })
 }
 
 /// The current usage of every limit, without counting anything (the usage endpoint).
@@ -234,7 +186,7 @@ pub fn peek(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{create_if_missing, MemoryStore, SetError};
     use crate::window::Window;
     use std::cell::Cell;
 
@@ -253,7 +205,7 @@ mod tests {
     /// A store where the consumer's record exists, as after configuration.
     fn fresh() -> MemoryStore {
         let store = MemoryStore::new();
-        ensure_record(&store, K).unwrap();
+        create_if_missing(&store, K, empty_record()).unwrap();
         store
     }
     const NOW: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z, a Wednesday
@@ -435,13 +387,13 @@ mod tests {
     }
 
     #[test]
-    fn ensure_record_never_overwrites() {
+    fn a_record_is_created_once_and_never_overwritten() {
         let store = MemoryStore::new();
-        assert!(ensure_record(&store, K).unwrap());
+        assert!(create_if_missing(&store, K, empty_record()).unwrap());
         let limits = [limit("d", 5, Window::Fixed(86_400))];
         check_and_take(&store, K, &limits, NOW, 0).unwrap();
         let counted = store.value(K);
-        assert!(!ensure_record(&store, K).unwrap());
+        assert!(!create_if_missing(&store, K, empty_record()).unwrap());
         assert_eq!(store.value(K), counted);
     }
 
@@ -469,7 +421,7 @@ mod tests {
     #[test]
     fn cas_mismatch_retries_and_never_over_admits() {
         let inner = MemoryStore::new();
-        ensure_record(&inner, K).unwrap();
+        create_if_missing(&inner, K, empty_record()).unwrap();
         let limits = [limit("d", 3, Window::Fixed(86_400))];
         let racing = Interleaved {
             inner: &inner,
@@ -563,7 +515,7 @@ mod tests {
         // Quota 1 per 10 s. Worker A counted at t; worker B opened the next window at t+10.
         // Worker A, whose clock read t+9 just before, must see the later window, not its own.
         let store = MemoryStore::new();
-        ensure_record(&store, K).unwrap();
+        create_if_missing(&store, K, empty_record()).unwrap();
         let limits = [limit("w", 1, Window::Fixed(10))];
         let t = NOW - NOW % 10;
         assert!(check_and_take(&store, K, &limits, t, 0).unwrap().admitted);

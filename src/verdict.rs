@@ -505,12 +505,7 @@ fn look_at_lease(
         &terms,
         fleet.waiting_since_ms,
     )
-    .map_err(|e| match e {
-        crate::quota::CountError::Store(e) => e,
-        crate::quota::CountError::Contended => {
-            crate::store::StoreError("the lease stayed contended".into())
-        }
-    })
+    .map_err(crate::store::CountError::into_store_error)
 }
 
 use crate::lease::Take;

@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::events::{DEFAULT_BATCH, DEFAULT_BUFFER};
 use crate::config::ConfigError;
+use crate::store::create_if_missing;
 use crate::window::Bounds;
 
 fn config(events: &str) -> Result<Config, ConfigError> {
@@ -285,16 +286,16 @@ fn a_claim_is_won_once_and_worker_slots_are_unique() {
         claim(&store, &key, "1 2\n").is_err(),
         "the key must exist first"
     );
-    ensure_key(&store, &key, b"\n").unwrap();
+    create_if_missing(&store, &key, b"\n").unwrap();
     assert!(claim(&store, &key, "1 2\n").unwrap());
     assert!(!claim(&store, &key, "1 2\n").unwrap());
     assert!(claim(&store, &key, "1 3\n").unwrap());
-    ensure_key(&store, &key, b"\n").unwrap();
+    create_if_missing(&store, &key, b"\n").unwrap();
     assert!(
         !claim(&store, &key, "1 3\n").unwrap(),
         "ensure never overwrites"
     );
-    ensure_key(&store, &workers_key(), b"77 0").unwrap();
+    create_if_missing(&store, &workers_key(), b"77 0").unwrap();
     assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 0));
     assert_eq!(take_worker_slot(&store).unwrap(), ("77".into(), 1));
 }

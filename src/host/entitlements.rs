@@ -20,7 +20,7 @@ use crate::entitlements::{
     claim, classify, decode_document, decode_schedule, encode_document, encode_schedule, Answer,
     Head, Keys,
 };
-use crate::store::{SetError, Store};
+use crate::store::{create_if_missing, SetError, Store};
 
 /// This module's counters (`wasmcustom.tollgate.entitlements.*`); rare events, so each is
 /// incremented in Envoy at once rather than batched like the request counters.
@@ -70,15 +70,8 @@ impl Entitlements {
         let settings = config.entitlements.clone()?;
         let keys = Keys::new(&settings);
         let store = SharedData::default();
-        match store.get(&keys.schedule) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                if let Err(SetError::Failed(e)) = store.set(&keys.schedule, &encode_schedule(0), 0)
-                {
-                    log::warn!("entitlements: cannot create the schedule record: {}", e.0);
-                }
-            }
-            Err(e) => log::warn!("entitlements: cannot read the schedule record: {}", e.0),
+        if let Err(e) = create_if_missing(&store, &keys.schedule, &encode_schedule(0)) {
+            log::warn!("entitlements: cannot create the schedule record: {}", e.0);
         }
         let mut entitlements = Entitlements {
             settings,

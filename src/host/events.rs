@@ -12,10 +12,10 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::events::{
-    claim, ensure_key, reminder_event, reminder_key, reminder_mark, take_worker_slot,
-    threshold_event, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders,
-    CONTENT_TYPE,
+    claim, reminder_event, reminder_key, reminder_mark, take_worker_slot, threshold_event,
+    usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders, CONTENT_TYPE,
 };
+use crate::store::create_if_missing;
 
 /// tollgate's event counters in Envoy (`wasmcustom.tollgate.events.*`, per plan `near_limit`),
 /// defined only when events are configured.
@@ -85,10 +85,10 @@ pub fn prepare(config: &Config) -> Result<(), String> {
     };
     let store = SharedData::default();
     let incarnation = format!("{} 0", now_nanos());
-    ensure_key(&store, &workers_key(), incarnation.as_bytes()).map_err(|e| e.0)?;
+    create_if_missing(&store, &workers_key(), incarnation.as_bytes()).map_err(|e| e.0)?;
     if !events.reminders.is_empty() {
         for consumer in config.consumers.iter().filter(|c| c.expires_at.is_some()) {
-            ensure_key(&store, &reminder_key(&consumer.name), b"\n").map_err(|e| e.0)?;
+            create_if_missing(&store, &reminder_key(&consumer.name), b"\n").map_err(|e| e.0)?;
         }
     }
     Ok(())
