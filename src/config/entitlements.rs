@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::names::{valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
+use super::secret::Secret;
 
 /// Longest refresh period accepted.
 pub const MAX_REFRESH_MS: u64 = 24 * 3600 * 1000;
@@ -29,28 +30,16 @@ pub struct RawSettings {
 }
 
 /// Where and how often the consumers are pulled.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The Envoy cluster the control plane is reached through (also the `:authority`).
     pub cluster: String,
     /// Request path (with query, if any).
     pub path: String,
     /// The `Authorization` value sent (a secret: never logged, never in `Debug`).
-    pub authorization: Option<String>,
+    pub authorization: Option<Secret>,
     pub refresh_ms: u64,
     pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("cluster", &self.cluster)
-            .field("path", &self.path)
-            .field("authorization", &self.authorization.as_ref().map(|_| "…"))
-            .field("refresh_ms", &self.refresh_ms)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
 }
 
 /// Validates the `entitlements` member; every error names its field.
@@ -116,7 +105,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     Ok(Settings {
         cluster: raw.cluster,
         path: raw.path,
-        authorization: raw.authorization,
+        authorization: raw.authorization.map(Secret),
         refresh_ms,
         timeout_ms,
     })

@@ -2,8 +2,6 @@
 //! (the feature is `crate::events`); its JSON model and its validation (every error names
 //! its field).
 
-use std::fmt;
-
 use serde::Deserialize;
 
 use crate::duration::parse_seconds;
@@ -11,6 +9,7 @@ use crate::names::{valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
 use super::plan::Plan;
+use super::secret::Secret;
 
 /// Default interval of usage events, in seconds.
 pub const DEFAULT_INTERVAL: i64 = 10;
@@ -45,16 +44,6 @@ pub struct RawEvents {
 
 fn default_buffer() -> u64 {
     DEFAULT_BUFFER as u64
-}
-
-/// A value that must never be printed (the sink's authorization).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// The validated `events` block.

@@ -216,7 +216,7 @@ impl Entitlements {
             headers.push(("if-none-match", etag.as_str()));
         }
         if let Some(value) = &s.authorization {
-            headers.push(("authorization", value.as_str()));
+            headers.push(("authorization", value.0.as_str()));
         }
         let timeout = Duration::from_millis(s.timeout_ms);
         match hostcalls::dispatch_http_call(&s.cluster, headers, None, vec![], timeout) {
