@@ -10,77 +10,34 @@ use crate::quota::check_and_take;
 use crate::store::CountError;
 use crate::store::Store;
 
-/// Decides a request. `now` is Unix seconds.
-pub fn decide<'c>(
-    config: &'c Config,
-    credential: Credential,
-    now: i64,
-    store: &impl Store,
-    memo: &Memo,
-) -> Decision<'c> {
-    let fleet = Attempt {
-        now_ms: now.saturating_mul(1000),
-        ..Attempt::default()
+/// Who presented the credential: its consumer (or the anonymous one) and plan.
+#[inline]
+fn caller_of(config: &Config, credential: Credential) -> Result<Caller<'_>, Denial<'_>> {
+    let consumer = match credential {
+        Credential::Key(presented) => config
+            .consumer_for_key(&presented.key)
+            .ok_or(Denial::UnknownKey)?,
+        Credential::Missing => config
+            .anonymous
+            .and_then(|i| config.consumers.get(i))
+            .ok_or(Denial::MissingCredential)?,
+        Credential::Malformed(reason) => return Err(Denial::MalformedCredential(reason)),
     };
-    decide_with(config, credential, now, store, memo, &fleet)
+    // No plan is unreachable for a validated configuration; refuse rather than trap.
+    let plan = config.plan_of(consumer).ok_or(Denial::UnknownKey)?;
+    Ok(Caller { consumer, plan })
 }
 
-/// [`decide`], with fleet mode's inputs.
-pub fn decide_with<'c>(
-    config: &'c Config,
-    credential: Credential,
+/// Local mode: counts the request in the consumer's record in this Envoy's shared data.
+#[inline]
+fn from_record<'c>(
+    config: &Config,
+    caller: Caller<'c>,
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    fleet: &Attempt,
 ) -> Decision<'c> {
-    let consumer = match credential {
-        Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
-            Some(consumer) => consumer,
-            None => return Decision::Deny(Denial::UnknownKey),
-        },
-        Credential::Missing => match config.anonymous.and_then(|i| config.consumers.get(i)) {
-            Some(anonymous) => anonymous,
-            None => return Decision::Deny(Denial::MissingCredential),
-        },
-        Credential::Malformed(reason) => {
-            return Decision::Deny(Denial::MalformedCredential(reason))
-        }
-    };
-    let Some(plan) = config.plan_of(consumer) else {
-        // Unreachable for a validated configuration; refuse rather than trap.
-        return Decision::Deny(Denial::UnknownKey);
-    };
-    let caller = Caller { consumer, plan };
-    match consumer.standing(now) {
-        Standing::Active | Standing::Grace { .. } => {}
-        Standing::Suspended => return Decision::Deny(Denial::Suspended(caller)),
-        Standing::Expired { at } => {
-            return Decision::Deny(Denial::Expired {
-                caller,
-                expired_at: at,
-            })
-        }
-        Standing::PaymentRequired { grace_until } => {
-            return Decision::Deny(Denial::PaymentRequired {
-                caller,
-                grace_until,
-            })
-        }
-    }
-    if plan.limits.is_empty() {
-        return Decision::Allow {
-            caller,
-            usages: Vec::new(),
-            refill: None,
-        };
-    }
-    if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
-        return Decision::Deny(Denial::QuotaExceeded { caller, usages });
-    }
-    if let Some(rls) = &config.store {
-        return from_lease(config, rls, caller, now, store, memo, fleet);
-    }
+    let (consumer, plan) = (caller.consumer, caller.plan);
     match check_and_take(
         store,
         &consumer.store_key,
@@ -118,6 +75,67 @@ pub fn decide_with<'c>(
             })
         }
     }
+}
+
+/// Decides a request. `now` is Unix seconds.
+pub fn decide<'c>(
+    config: &'c Config,
+    credential: Credential,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+) -> Decision<'c> {
+    let fleet = Attempt {
+        now_ms: now.saturating_mul(1000),
+        ..Attempt::default()
+    };
+    decide_with(config, credential, now, store, memo, &fleet)
+}
+
+/// [`decide`], with fleet mode's inputs.
+pub fn decide_with<'c>(
+    config: &'c Config,
+    credential: Credential,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    fleet: &Attempt,
+) -> Decision<'c> {
+    let caller = match caller_of(config, credential) {
+        Ok(caller) => caller,
+        Err(denial) => return Decision::Deny(denial),
+    };
+    let (consumer, plan) = (caller.consumer, caller.plan);
+    match consumer.standing(now) {
+        Standing::Active | Standing::Grace { .. } => {}
+        Standing::Suspended => return Decision::Deny(Denial::Suspended(caller)),
+        Standing::Expired { at } => {
+            return Decision::Deny(Denial::Expired {
+                caller,
+                expired_at: at,
+            })
+        }
+        Standing::PaymentRequired { grace_until } => {
+            return Decision::Deny(Denial::PaymentRequired {
+                caller,
+                grace_until,
+            })
+        }
+    }
+    if plan.limits.is_empty() {
+        return Decision::Allow {
+            caller,
+            usages: Vec::new(),
+            refill: None,
+        };
+    }
+    if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
+        return Decision::Deny(Denial::QuotaExceeded { caller, usages });
+    }
+    if let Some(rls) = &config.store {
+        return from_lease(config, rls, caller, now, store, memo, fleet);
+    }
+    from_record(config, caller, now, store, memo)
 }
 
 /// Fleet mode: spend a unit of the consumer's lease, or wait for its refill.

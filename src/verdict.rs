@@ -200,16 +200,8 @@ pub fn handle_with<'c>(
         }
     }
 
-    // What to hide if the request goes upstream.
-    if let (true, Credential::Key(presented)) = (config.hide_credentials, &credential) {
-        match config.credentials.get(presented.source) {
-            Some(Source::Header(name)) => forward.hide_header = Some(name),
-            Some(Source::Authorization(_)) => forward.hide_header = Some("authorization"),
-            Some(Source::Query(name)) => {
-                forward.path = cached(":path").and_then(|p| strip_query_param(&p, name));
-            }
-            None => {}
-        }
+    if config.hide_credentials {
+        hide(config, &credential, &mut forward, || cached(":path"));
     }
 
     let denial = match decide_with(config, credential, now, store, memo, fleet) {
@@ -240,63 +232,54 @@ pub fn handle_with<'c>(
         }
     };
 
-    let mut denial = denial;
+    refuse(
+        config, request, now, store, memo, shadow_log, forward, denial,
+    )
+}
+
+/// What to hide of the credential if the request goes upstream (`hide_credentials`).
+fn hide<'c>(
+    config: &'c Config,
+    credential: &Credential,
+    forward: &mut Forward<'c>,
+    path: impl FnOnce() -> Option<Vec<u8>>,
+) {
+    let Credential::Key(presented) = credential else {
+        return;
+    };
+    match config.credentials.get(presented.source) {
+        Some(Source::Header(name)) => forward.hide_header = Some(name),
+        Some(Source::Authorization(_)) => forward.hide_header = Some("authorization"),
+        Some(Source::Query(name)) => {
+            forward.path = path().and_then(|p| strip_query_param(&p, name));
+        }
+        None => {}
+    }
+}
+
+/// What becomes of a denied request: `on_store_error` first (forward uncounted, or count in
+/// this Envoy), then shadow mode (forward, log what enforcing would do), else the refusal.
+#[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
+fn refuse<'c>(
+    config: &'c Config,
+    request: &mut impl Request,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    shadow_log: &ShadowLog,
+    mut forward: Forward<'c>,
+    denial: Denial<'c>,
+) -> Verdict<'c> {
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
     let mut metrics = Increments::default();
-    let mut fallback = None;
-    if let Denial::StoreUnavailable {
-        contended, reason, ..
-    } = &denial
-    {
-        log::error!("cannot count the request: {reason}");
-        let error = if *contended {
-            Metric::Contended
-        } else {
-            Metric::StoreFailed
-        };
-        metrics.push(error, None);
-        if config.on_store_error == OnStoreError::Allow {
-            log::warn!(
-                "on_store_error=allow: forwarding uncounted ({})",
-                denial.describe()
-            );
-            forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
-            metrics.push(Metric::Allowed, plan);
-            return Verdict {
-                action: Action::Forward(forward),
-                metrics,
-                metered: Metered::of(caller.as_ref()),
-            };
+    let denial = match store_error(config, now, store, memo, forward, denial, &mut metrics) {
+        Ok(verdict) => return verdict,
+        Err((unforwarded, denial)) => {
+            forward = unforwarded;
+            denial
         }
-        // Fleet mode's local fallback: this Envoy's own record, as in local mode (a refusal is
-        // not remembered: the fleet may have room once its store is back).
-        if let (OnStoreError::Local, Some(c)) = (config.on_store_error, caller) {
-            let limits = &c.plan.limits;
-            match check_and_take(store, &c.consumer.store_key, limits, now, config.utc_offset) {
-                Ok(counted) if counted.admitted => {
-                    log::warn!(
-                        "on_store_error=local: counted in this Envoy ({})",
-                        denial.describe()
-                    );
-                    metrics.push(Metric::Allowed, plan);
-                    return admit(config, memo, forward, c, &counted.usages, now, metrics);
-                }
-                Ok(counted) => {
-                    fallback = Some(Denial::QuotaExceeded {
-                        caller: c,
-                        usages: counted.usages,
-                    })
-                }
-                Err(e) => {
-                    log::error!("on_store_error=local: this Envoy's record failed too: {e:?}")
-                }
-            }
-        }
-    }
-    if let Some(local) = fallback {
-        denial = local;
-    }
+    };
 
     if config.mode == Mode::Shadow {
         let who = caller.as_ref().map_or("", |c| c.consumer.name.as_str());
@@ -342,6 +325,86 @@ pub fn handle_with<'c>(
         action: Action::Reply(reply),
         metrics,
         metered: Metered::of(caller.as_ref()),
+    }
+}
+
+/// `on_store_error` for a request that could not be counted: `Ok` when it is forwarded
+/// (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted), else the
+/// request goes on being refused — with a quota refusal when `local` found the plan spent.
+/// The store error's metric is pushed either way.
+fn store_error<'c>(
+    config: &'c Config,
+    now: i64,
+    store: &impl Store,
+    memo: &Memo,
+    mut forward: Forward<'c>,
+    denial: Denial<'c>,
+    metrics: &mut Increments,
+) -> Result<Verdict<'c>, (Forward<'c>, Denial<'c>)> {
+    let Denial::StoreUnavailable {
+        contended, reason, ..
+    } = &denial
+    else {
+        return Err((forward, denial));
+    };
+    log::error!("cannot count the request: {reason}");
+    let error = if *contended {
+        Metric::Contended
+    } else {
+        Metric::StoreFailed
+    };
+    metrics.push(error, None);
+    let caller = denial.caller();
+    let plan = caller.as_ref().and_then(plan_index);
+    match (config.on_store_error, caller) {
+        (OnStoreError::Allow, _) => {
+            log::warn!(
+                "on_store_error=allow: forwarding uncounted ({})",
+                denial.describe()
+            );
+            forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
+            metrics.push(Metric::Allowed, plan);
+            Ok(Verdict {
+                action: Action::Forward(forward),
+                metrics: *metrics,
+                metered: Metered::of(caller.as_ref()),
+            })
+        }
+        // Fleet mode's local fallback: this Envoy's own record, as in local mode (a refusal is
+        // not remembered: the fleet may have room once its store is back).
+        (OnStoreError::Local, Some(c)) => {
+            let limits = &c.plan.limits;
+            match check_and_take(store, &c.consumer.store_key, limits, now, config.utc_offset) {
+                Ok(counted) if counted.admitted => {
+                    log::warn!(
+                        "on_store_error=local: counted in this Envoy ({})",
+                        denial.describe()
+                    );
+                    metrics.push(Metric::Allowed, plan);
+                    Ok(admit(
+                        config,
+                        memo,
+                        forward,
+                        c,
+                        &counted.usages,
+                        now,
+                        *metrics,
+                    ))
+                }
+                Ok(counted) => Err((
+                    forward,
+                    Denial::QuotaExceeded {
+                        caller: c,
+                        usages: counted.usages,
+                    },
+                )),
+                Err(e) => {
+                    log::error!("on_store_error=local: this Envoy's record failed too: {e:?}");
+                    Err((forward, denial))
+                }
+            }
+        }
+        _ => Err((forward, denial)),
     }
 }
 

@@ -4,14 +4,13 @@
 use crate::credentials::{challenge, Source};
 use crate::duration::parse_ms;
 use crate::names::{is_token, valid_cluster, valid_name, CLUSTER_RULE, MAX_NAME_LEN};
-use crate::sha256::{from_hex, sha256, Digest};
 use crate::time::parse_rfc3339;
 use crate::window::Window;
 
 use super::entitlements::compile_settings;
 use super::errors::ConfigError;
-use super::events::compile as compile_events;
-use super::keys::{KeyMap, Keys};
+use super::events::{compile as compile_events, EventsConfig};
+use super::keys::{parse_key, KeyBuilder};
 use super::model::*;
 use super::plan::*;
 use super::raw::*;
@@ -199,24 +198,6 @@ pub(super) fn plan_index(plans: &[Plan], field: &str, name: &str) -> Result<usiz
     })
 }
 
-/// A configured key: plaintext, or the digest of a `sha256:` key.
-pub(super) enum KeyForm {
-    Plain(Vec<u8>),
-    Hashed(Digest),
-}
-
-pub(super) fn parse_key(key: String) -> Result<KeyForm, &'static str> {
-    if let Some(hex) = key.strip_prefix("sha256:") {
-        return from_hex(hex)
-            .map(KeyForm::Hashed)
-            .ok_or("a hashed key is `sha256:` followed by 64 lowercase hex digits");
-    }
-    if key.is_empty() {
-        return Err("a key cannot be empty");
-    }
-    Ok(KeyForm::Plain(key.into_bytes()))
-}
-
 /// Parses `+HH:MM`, `-HH:MM` or `Z` into seconds east of UTC (at most 14 hours either way).
 pub fn parse_utc_offset(text: &str) -> Result<i64, ConfigError> {
     let bad = || {
@@ -338,25 +319,117 @@ fn parse_timeout(text: &str) -> Option<u64> {
     parse_ms(text).filter(|ms| (1..=MAX_RLS_TIMEOUT_MS).contains(ms))
 }
 
-pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
-    let credentials = compile_sources(raw.credentials)?;
+/// `store` (fleet mode) and what it rules out: `on_store_error: local` without it, threshold
+/// alerts with it.
+fn compile_store(
+    raw: Option<RawStore>,
+    on_store_error: OnStoreError,
+    events: Option<&EventsConfig>,
+) -> Result<Option<Rls>, ConfigError> {
+    let store = match raw {
+        Some(store) => Some(compile_rls(store.rls)?),
+        None => None,
+    };
+    if store.is_none() && on_store_error == OnStoreError::Local {
+        return Err(ConfigError(
+            "on_store_error: `local` counts in this Envoy's shared data when the fleet store \
+             (store.rls) fails; without store.rls counts are always local: use deny or allow"
+                .into(),
+        ));
+    }
+    // A threshold is crossed by the one request whose count equals it, which only this Envoy's
+    // own CAS can tell; in fleet mode the count is quotad's (docs/fleet.md).
+    if store.is_some() && events.is_some_and(|e| e.alerts.iter().any(|a| !a.is_empty())) {
+        return Err(ConfigError(
+            "events.alerts (and plans.<plan>.alerts): threshold alerts are not available with \
+             store.rls yet; usage events and reminders are"
+                .into(),
+        ));
+    }
+    Ok(store)
+}
+
+/// `consumer_header` and `plan_header`: two different headers, neither a credential source.
+fn compile_identity_headers(
+    consumer_header: Option<String>,
+    plan_header: Option<String>,
+    credentials: &[Source],
+) -> Result<(String, String), ConfigError> {
     let consumer_header = compile_identity_header(
         "consumer_header",
-        raw.consumer_header,
+        consumer_header,
         "x-tollgate-consumer",
-        &credentials,
+        credentials,
     )?;
-    let plan_header = compile_identity_header(
-        "plan_header",
-        raw.plan_header,
-        "x-tollgate-plan",
-        &credentials,
-    )?;
+    let plan_header =
+        compile_identity_header("plan_header", plan_header, "x-tollgate-plan", credentials)?;
     if consumer_header == plan_header {
         return Err(ConfigError(format!(
             "plan_header: `{plan_header}` is also the consumer_header"
         )));
     }
+    Ok((consumer_header, plan_header))
+}
+
+/// One consumer of `consumers` (its keys are the key map's), at `index`.
+fn compile_consumer(
+    index: usize,
+    name: String,
+    consumer: &RawConsumer,
+    plans: &[Plan],
+) -> Result<Consumer, ConfigError> {
+    let field = || format!("consumers.{name}");
+    check_name(&field(), &name)?;
+    if name == ANONYMOUS {
+        return Err(ConfigError(format!(
+            "{}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)",
+            field()
+        )));
+    }
+    let plan = match plans.iter().position(|p| p.name == consumer.plan) {
+        Some(plan) => plan,
+        None => plan_index(plans, &format!("{}.plan", field()), &consumer.plan)?,
+    };
+    let instant = |member: &str, text: &Option<String>| match text {
+        Some(text) => parse_rfc3339(text)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{}.{member}: {e}", field()))),
+        None => Ok(None),
+    };
+    let expires_at = instant("expires_at", &consumer.expires_at)?;
+    let status = match (consumer.status, &consumer.grace_until) {
+        (Some(RawStatus::PastDue), grace) => Status::PastDue {
+            grace_until: instant("grace_until", grace)?,
+        },
+        (_, Some(_)) => {
+            return Err(ConfigError(format!(
+                "{}.grace_until: applies only to \"status\": \"past_due\"",
+                field()
+            )))
+        }
+        (Some(RawStatus::Suspended), None) => Status::Suspended,
+        (Some(RawStatus::Active) | None, None) => Status::Active,
+    };
+    let billing_url = compile_https_url(
+        &format!("{}.billing_url", field()),
+        consumer.billing_url.clone(),
+    )?
+    .map(String::into_boxed_str);
+    Ok(Consumer {
+        id: index,
+        store_key: format!("{STORE_PREFIX}consumer:{name}"),
+        name,
+        plan,
+        status,
+        expires_at,
+        billing_url,
+    })
+}
+
+pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let credentials = compile_sources(raw.credentials)?;
+    let (consumer_header, plan_header) =
+        compile_identity_headers(raw.consumer_header, raw.plan_header, &credentials)?;
     let usage_path = compile_usage_path(raw.usage_path)?;
     let utc_offset = match &raw.calendar_utc_offset {
         Some(text) => parse_utc_offset(text)?,
@@ -372,100 +445,27 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(ConfigError("plans: at least one plan is required".into()));
     }
     let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
-    let mut keys = Keys::default();
-    // Digests of the plaintext keys, computed only once a `sha256:` key shows up, to catch a
-    // key listed once in plaintext and once hashed.
-    let mut plain_digests: Option<KeyMap> = None;
+    let mut keys = KeyBuilder::default();
     for (name, consumer) in raw.consumers.0 {
-        let field = || format!("consumers.{name}");
-        check_name(&field(), &name)?;
-        if name == ANONYMOUS {
-            return Err(ConfigError(format!(
-                "{}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)",
-                field()
-            )));
-        }
-        let plan = match plans.iter().position(|p| p.name == consumer.plan) {
-            Some(plan) => plan,
-            None => plan_index(&plans, &format!("{}.plan", field()), &consumer.plan)?,
-        };
-        let expires_at = match &consumer.expires_at {
-            Some(text) => Some(
-                parse_rfc3339(text)
-                    .map_err(|e| ConfigError(format!("{}.expires_at: {e}", field())))?,
-            ),
-            None => None,
-        };
-        let status = match (consumer.status, &consumer.grace_until) {
-            (Some(RawStatus::PastDue), grace) => Status::PastDue {
-                grace_until: match grace {
-                    Some(text) => Some(
-                        parse_rfc3339(text)
-                            .map_err(|e| ConfigError(format!("{}.grace_until: {e}", field())))?,
-                    ),
-                    None => None,
-                },
-            },
-            (_, Some(_)) => {
-                return Err(ConfigError(format!(
-                    "{}.grace_until: applies only to \"status\": \"past_due\"",
-                    field()
-                )))
-            }
-            (Some(RawStatus::Suspended), None) => Status::Suspended,
-            (Some(RawStatus::Active) | None, None) => Status::Active,
-        };
-        let billing_url =
-            compile_https_url(&format!("{}.billing_url", field()), consumer.billing_url)?
-                .map(String::into_boxed_str);
         let index = consumers.len();
-        for (k, key) in consumer.keys.into_iter().enumerate() {
+        let compiled = compile_consumer(index, name, &consumer, &plans)?;
+        let name = &compiled.name;
+        for (k, key) in consumer.keys.iter().enumerate() {
             let key_field = || format!("consumers.{name}.keys[{k}]");
-            let listed_twice = |other: usize| {
+            let form = parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))?;
+            if let Err(other) = keys.add(form, index) {
                 let owner = consumers
                     .get(other)
                     .map_or(name.as_str(), |c: &Consumer| c.name.as_str());
-                ConfigError(format!(
+                return Err(ConfigError(format!(
                     "{}: this key is listed twice (also a key of consumer `{owner}`)",
                     key_field()
-                ))
-            };
-            match parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))? {
-                KeyForm::Plain(bytes) => {
-                    if let Some(digests) = plain_digests.as_mut() {
-                        let digest = sha256(&bytes);
-                        if let Some(other) = keys.hashed.get(&digest) {
-                            return Err(listed_twice(*other));
-                        }
-                        digests.insert(digest, index);
-                    }
-                    if let Some(other) = keys.plain.insert(bytes.into_boxed_slice(), index) {
-                        return Err(listed_twice(other));
-                    }
-                }
-                KeyForm::Hashed(digest) => {
-                    let digests = plain_digests.get_or_insert_with(|| {
-                        keys.plain.iter().map(|(k, i)| (sha256(k), *i)).collect()
-                    });
-                    if let Some(other) = digests.get(&digest) {
-                        return Err(listed_twice(*other));
-                    }
-                    if let Some(other) = keys.hashed.insert(digest, index) {
-                        return Err(listed_twice(other));
-                    }
-                }
+                )));
             }
         }
-        consumers.push(Consumer {
-            id: index,
-            store_key: format!("{STORE_PREFIX}consumer:{name}"),
-            name,
-            plan,
-            status,
-            expires_at,
-            billing_url,
-        });
+        consumers.push(compiled);
     }
+    let keys = keys.build();
     let anonymous = match raw.anonymous_plan {
         Some(plan_name) => {
             let plan = plan_index(&plans, "anonymous_plan", &plan_name)?;
@@ -483,30 +483,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let events = compile_events(raw.events, &plans, plan_alerts)?;
-    let store = match raw.store {
-        Some(store) => Some(compile_rls(store.rls)?),
-        None => None,
-    };
-    if store.is_none() && raw.on_store_error == OnStoreError::Local {
-        return Err(ConfigError(
-            "on_store_error: `local` counts in this Envoy's shared data when the fleet store \
-             (store.rls) fails; without store.rls counts are always local: use deny or allow"
-                .into(),
-        ));
-    }
-    // A threshold is crossed by the one request whose count equals it, which only this Envoy's
-    // own CAS can tell; in fleet mode the count is quotad's (see the README).
-    if store.is_some()
-        && events
-            .as_ref()
-            .is_some_and(|e| e.alerts.iter().any(|a| !a.is_empty()))
-    {
-        return Err(ConfigError(
-            "events.alerts (and plans.<plan>.alerts): threshold alerts are not available with \
-             store.rls yet; usage events and reminders are"
-                .into(),
-        ));
-    }
+    let store = compile_store(raw.store, raw.on_store_error, events.as_ref())?;
     Ok(Config {
         challenge: challenge(&credentials),
         credentials,

@@ -85,6 +85,45 @@ fn thresholds(field: &str, raw: &[u64]) -> Result<Vec<u8>, ConfigError> {
     Ok(out)
 }
 
+/// `reminders`: lead times in seconds, each once, kept descending.
+fn reminders(raw: &[String]) -> Result<Vec<i64>, ConfigError> {
+    let mut reminders: Vec<i64> = Vec::new();
+    for (i, text) in raw.iter().enumerate() {
+        match parse_seconds(text) {
+            Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
+                // Kept descending.
+                let at = reminders
+                    .iter()
+                    .position(|x| *x < s)
+                    .unwrap_or(reminders.len());
+                reminders.insert(at, s);
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "events.reminders[{i}]: `{text}` must be a duration up to 366d (e.g. \"7d\"), each once"
+                )))
+            }
+        }
+    }
+    Ok(reminders)
+}
+
+/// `http://host[:port]/path` (or `https://`) → its `:authority` and `:path`.
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .filter(|rest| header_safe(rest) && !rest.contains(' '))
+        .map(|rest| match rest.find('/') {
+            Some(at) => (
+                rest.get(..at).unwrap_or(rest),
+                rest.get(at..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        })
+        .filter(|(host, _)| !host.is_empty())
+}
+
 /// Validates the `events` block against the compiled plans.
 /// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order.
 pub fn compile(
@@ -106,20 +145,7 @@ pub fn compile(
     if !valid_cluster(&raw.cluster) {
         return err("cluster", CLUSTER_RULE.into());
     }
-    let url_parts = raw
-        .url
-        .strip_prefix("http://")
-        .or_else(|| raw.url.strip_prefix("https://"))
-        .filter(|rest| header_safe(rest) && !rest.contains(' '))
-        .map(|rest| match rest.find('/') {
-            Some(at) => (
-                rest.get(..at).unwrap_or(rest),
-                rest.get(at..).unwrap_or("/"),
-            ),
-            None => (rest, "/"),
-        })
-        .filter(|(host, _)| !host.is_empty());
-    let Some((authority, path)) = url_parts else {
+    let Some((authority, path)) = split_url(&raw.url) else {
         return err(
             "url",
             format!(
@@ -165,25 +191,7 @@ pub fn compile(
             None => global.clone(),
         });
     }
-    let mut reminders: Vec<i64> = Vec::new();
-    for (i, text) in raw.reminders.iter().enumerate() {
-        match parse_seconds(text) {
-            Some(s) if (1..=366 * 86_400).contains(&s) && !reminders.contains(&s) => {
-                // Kept descending.
-                let at = reminders
-                    .iter()
-                    .position(|x| *x < s)
-                    .unwrap_or(reminders.len());
-                reminders.insert(at, s);
-            }
-            _ => {
-                return err(
-                    &format!("reminders[{i}]"),
-                    format!("`{text}` must be a duration up to 366d (e.g. \"7d\"), each once"),
-                )
-            }
-        }
-    }
+    let reminders = reminders(&raw.reminders)?;
     Ok(Some(EventsConfig {
         cluster: raw.cluster,
         path,

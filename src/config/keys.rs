@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::sha256::{sha256, Digest};
+use crate::sha256::{from_hex, sha256, Digest};
 
 /// Hashes a SHA-256 digest map key by its first 8 bytes: digests are already uniform, and the
 /// keys come from the operator, not from clients, so SipHash's flood resistance buys nothing.
@@ -47,5 +47,70 @@ impl Keys {
 
     pub(super) fn len(&self) -> usize {
         self.plain.len() + self.hashed.len()
+    }
+}
+
+/// A configured key: plaintext, or the digest of a `sha256:` key.
+pub(super) enum KeyForm {
+    Plain(Vec<u8>),
+    Hashed(Digest),
+}
+
+pub(super) fn parse_key(key: &str) -> Result<KeyForm, &'static str> {
+    if let Some(hex) = key.strip_prefix("sha256:") {
+        return from_hex(hex)
+            .map(KeyForm::Hashed)
+            .ok_or("a hashed key is `sha256:` followed by 64 lowercase hex digits");
+    }
+    if key.is_empty() {
+        return Err("a key cannot be empty");
+    }
+    Ok(KeyForm::Plain(key.as_bytes().to_vec()))
+}
+
+/// The key map as consumers are compiled: refuses a key listed twice, plaintext or hashed.
+#[derive(Default)]
+pub(super) struct KeyBuilder {
+    keys: Keys,
+    /// Digests of the plaintext keys, computed only once a `sha256:` key shows up, to catch a
+    /// key listed once in plaintext and once hashed.
+    plain_digests: Option<KeyMap>,
+}
+
+impl KeyBuilder {
+    /// Adds a key of consumer `index`; `Err` with the index of the consumer that has it already.
+    pub(super) fn add(&mut self, form: KeyForm, index: usize) -> Result<(), usize> {
+        let keys = &mut self.keys;
+        match form {
+            KeyForm::Plain(bytes) => {
+                if let Some(digests) = self.plain_digests.as_mut() {
+                    let digest = sha256(&bytes);
+                    if let Some(other) = keys.hashed.get(&digest) {
+                        return Err(*other);
+                    }
+                    digests.insert(digest, index);
+                }
+                match keys.plain.insert(bytes.into_boxed_slice(), index) {
+                    Some(other) => Err(other),
+                    None => Ok(()),
+                }
+            }
+            KeyForm::Hashed(digest) => {
+                let digests = self.plain_digests.get_or_insert_with(|| {
+                    keys.plain.iter().map(|(k, i)| (sha256(k), *i)).collect()
+                });
+                if let Some(other) = digests.get(&digest) {
+                    return Err(*other);
+                }
+                match keys.hashed.insert(digest, index) {
+                    Some(other) => Err(other),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    pub(super) fn build(self) -> Keys {
+        self.keys
     }
 }
