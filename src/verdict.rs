@@ -268,18 +268,22 @@ fn refuse<'c>(
     memo: &Memo,
     shadow_log: &ShadowLog,
     mut forward: Forward<'c>,
-    denial: Denial<'c>,
+    mut denial: Denial<'c>,
 ) -> Verdict<'c> {
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
     let mut metrics = Increments::default();
-    let denial = match store_error(config, now, store, memo, forward, denial, &mut metrics) {
-        Ok(verdict) => return verdict,
-        Err((unforwarded, denial)) => {
-            forward = unforwarded;
-            denial
-        }
-    };
+    if let Some(verdict) = store_error(
+        config,
+        now,
+        store,
+        memo,
+        &mut forward,
+        &mut denial,
+        &mut metrics,
+    ) {
+        return verdict;
+    }
 
     if config.mode == Mode::Shadow {
         let who = caller.as_ref().map_or("", |c| c.consumer.name.as_str());
@@ -328,24 +332,24 @@ fn refuse<'c>(
     }
 }
 
-/// `on_store_error` for a request that could not be counted: `Ok` when it is forwarded
-/// (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted), else the
-/// request goes on being refused — with a quota refusal when `local` found the plan spent.
-/// The store error's metric is pushed either way.
+/// `on_store_error` for a request that could not be counted: the verdict when it is
+/// forwarded (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted);
+/// `None` when it goes on being refused — as a quota refusal (`denial` replaced) when `local`
+/// found the plan spent. The store error's metric is pushed either way.
 fn store_error<'c>(
     config: &'c Config,
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    mut forward: Forward<'c>,
-    denial: Denial<'c>,
+    forward: &mut Forward<'c>,
+    denial: &mut Denial<'c>,
     metrics: &mut Increments,
-) -> Result<Verdict<'c>, (Forward<'c>, Denial<'c>)> {
+) -> Option<Verdict<'c>> {
     let Denial::StoreUnavailable {
         contended, reason, ..
-    } = &denial
+    } = &*denial
     else {
-        return Err((forward, denial));
+        return None;
     };
     log::error!("cannot count the request: {reason}");
     let error = if *contended {
@@ -364,8 +368,8 @@ fn store_error<'c>(
             );
             forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
             metrics.push(Metric::Allowed, plan);
-            Ok(Verdict {
-                action: Action::Forward(forward),
+            Some(Verdict {
+                action: Action::Forward(std::mem::take(forward)),
                 metrics: *metrics,
                 metered: Metered::of(caller.as_ref()),
             })
@@ -381,7 +385,8 @@ fn store_error<'c>(
                         denial.describe()
                     );
                     metrics.push(Metric::Allowed, plan);
-                    Ok(admit(
+                    let forward = std::mem::take(forward);
+                    Some(admit(
                         config,
                         memo,
                         forward,
@@ -391,20 +396,20 @@ fn store_error<'c>(
                         *metrics,
                     ))
                 }
-                Ok(counted) => Err((
-                    forward,
-                    Denial::QuotaExceeded {
+                Ok(counted) => {
+                    *denial = Denial::QuotaExceeded {
                         caller: c,
                         usages: counted.usages,
-                    },
-                )),
+                    };
+                    None
+                }
                 Err(e) => {
                     log::error!("on_store_error=local: this Envoy's record failed too: {e:?}");
-                    Err((forward, denial))
+                    None
                 }
             }
         }
-        _ => Err((forward, denial)),
+        _ => None,
     }
 }
 
