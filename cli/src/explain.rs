@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use crate::exit::REFUSED;
 use crate::locate::read;
 use tollgate::admission::decide;
-use tollgate::config::{Config, Mode, Standing};
+use tollgate::config::{Config, Consumer, Limit, Mode, Standing};
 use tollgate::counters::create_counters;
 use tollgate::credentials::Source;
 use tollgate::credentials::{Credential, Presented};
@@ -48,6 +48,122 @@ pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
     }
 }
 
+/// Who the request is from: consumer, plan, standing and limits (or why nobody).
+fn caller_lines(decision: &Decision, keyed: bool, now: i64) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    let caller = match decision {
+        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => Some(*caller),
+        Decision::Deny(denial) => denial.caller(),
+    };
+    match caller {
+        Some(caller) => {
+            let who = if keyed {
+                caller.consumer.name.clone()
+            } else {
+                "anonymous (no credential; anonymous_plan)".to_string()
+            };
+            lines.push(("consumer", who));
+            lines.push(("plan", caller.plan.name.clone()));
+            let consumer = caller.consumer;
+            lines.push(("standing", standing(consumer, now)));
+            let usages: &[Usage] = match decision {
+                Decision::Allow { usages, .. } => usages,
+                _ => &[],
+            };
+            lines.extend(limit_lines(&caller.plan.limits, usages, now));
+        }
+        None => {
+            let who = match keyed {
+                true => "none: no consumer has this key",
+                false => "none: the request has no credential and there is no anonymous_plan",
+            };
+            lines.push(("consumer", who.to_string()));
+        }
+    }
+    lines
+}
+
+/// Where the consumer stands at `now`, in words.
+fn standing(consumer: &Consumer, now: i64) -> String {
+    let until = |at: Option<i64>| match at {
+        Some(at) => format!(" until {} (expires_at)", format_rfc3339(at)),
+        None => String::new(),
+    };
+    match consumer.standing(now) {
+        Standing::Suspended => "suspended".to_string(),
+        Standing::Expired { at } => {
+            format!("expired at {} (expires_at)", format_rfc3339(at))
+        }
+        Standing::Active => format!("active{}", until(consumer.expires_at)),
+        Standing::Grace { until } => format!(
+            "past_due: a payment failed; admitted and counted until {} (grace_until), \
+             in {}, then refused with 402 payment required",
+            format_rfc3339(until),
+            duration(until - now)
+        ),
+        Standing::PaymentRequired {
+            grace_until: Some(at),
+        } => format!(
+            "past_due: a payment failed; the grace period ended at {} (grace_until)",
+            format_rfc3339(at)
+        ),
+        Standing::PaymentRequired { grace_until: None } => {
+            "past_due: a payment failed; no grace period (grace_until)".to_string()
+        }
+    }
+}
+
+/// One line per limit (`limits` labels the first): its size, window and status.
+fn limit_lines(limits: &[Limit], usages: &[Usage], now: i64) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    if limits.is_empty() {
+        lines.push((
+            "limits",
+            "none: the plan is unlimited, requests are not counted".to_string(),
+        ));
+    }
+    for (i, limit) in limits.iter().enumerate() {
+        let mut text = format!(
+            "{}: {} per {}",
+            limit.name,
+            plural(limit.requests, "request"),
+            limit.window_text
+        );
+        if let Some(usage) = usages.get(i) {
+            let _ = write!(
+                text,
+                ", window {} to {} (resets in {})",
+                format_rfc3339(usage.bounds.start),
+                format_rfc3339(usage.bounds.end),
+                duration(usage.bounds.end - now)
+            );
+        }
+        let _ = write!(text, "; when spent: {}", limit.status);
+        lines.push((if i == 0 { "limits" } else { "" }, text));
+    }
+    lines
+}
+
+/// What the filter does with the request, in words.
+fn verdict(config: &Config, decision: &Decision, now: i64) -> String {
+    match decision {
+        Decision::Allow { usages, .. } if usages.is_empty() => "forwarded, not counted".to_string(),
+        Decision::Allow { .. } => {
+            "counted; forwarded while every limit has requests left in its window, \
+             then refused with the spent limit's status until that window ends"
+                .to_string()
+        }
+        Decision::Deny(denial) => refused(config, denial, now),
+        // Fleet mode against a fresh count: the lease is empty, the store would be asked.
+        Decision::Wait { .. } => {
+            "counted by the fleet store (store.rls); forwarded while every limit has requests \
+             left in its window across the fleet, then refused with the spent limit's status \
+             until that window ends"
+                .to_string()
+        }
+    }
+}
+
 /// The explanation, one `label  text` line per fact.
 fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> String {
     let mut out = format!("{heading}, at {}:\n", format_rfc3339(now));
@@ -73,102 +189,10 @@ fn explain(heading: &str, config: &Config, key: Option<&[u8]>, now: i64) -> Stri
             return out;
         }
     };
-    let caller = match &decision {
-        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => Some(*caller),
-        Decision::Deny(denial) => denial.caller(),
-    };
-    match caller {
-        Some(caller) => {
-            let who = if key.is_some() {
-                caller.consumer.name.clone()
-            } else {
-                "anonymous (no credential; anonymous_plan)".to_string()
-            };
-            line("consumer", &who);
-            line("plan", &caller.plan.name);
-            let consumer = caller.consumer;
-            let until = |at: Option<i64>| match at {
-                Some(at) => format!(" until {} (expires_at)", format_rfc3339(at)),
-                None => String::new(),
-            };
-            let standing = match consumer.standing(now) {
-                Standing::Suspended => "suspended".to_string(),
-                Standing::Expired { at } => {
-                    format!("expired at {} (expires_at)", format_rfc3339(at))
-                }
-                Standing::Active => format!("active{}", until(consumer.expires_at)),
-                Standing::Grace { until } => format!(
-                    "past_due: a payment failed; admitted and counted until {} (grace_until), \
-                     in {}, then refused with 402 payment required",
-                    format_rfc3339(until),
-                    duration(until - now)
-                ),
-                Standing::PaymentRequired {
-                    grace_until: Some(at),
-                } => format!(
-                    "past_due: a payment failed; the grace period ended at {} (grace_until)",
-                    format_rfc3339(at)
-                ),
-                Standing::PaymentRequired { grace_until: None } => {
-                    "past_due: a payment failed; no grace period (grace_until)".to_string()
-                }
-            };
-            line("standing", &standing);
-            let limits = &caller.plan.limits;
-            if limits.is_empty() {
-                line(
-                    "limits",
-                    "none: the plan is unlimited, requests are not counted",
-                );
-            }
-            let usages: &[Usage] = match &decision {
-                Decision::Allow { usages, .. } => usages,
-                _ => &[],
-            };
-            for (i, limit) in limits.iter().enumerate() {
-                let mut text = format!(
-                    "{}: {} per {}",
-                    limit.name,
-                    plural(limit.requests, "request"),
-                    limit.window_text
-                );
-                if let Some(usage) = usages.get(i) {
-                    let _ = write!(
-                        text,
-                        ", window {} to {} (resets in {})",
-                        format_rfc3339(usage.bounds.start),
-                        format_rfc3339(usage.bounds.end),
-                        duration(usage.bounds.end - now)
-                    );
-                }
-                let _ = write!(text, "; when spent: {}", limit.status);
-                line(if i == 0 { "limits" } else { "" }, &text);
-            }
-        }
-        None => {
-            let who = match key {
-                Some(_) => "none: no consumer has this key",
-                None => "none: the request has no credential and there is no anonymous_plan",
-            };
-            line("consumer", who);
-        }
+    for (label, text) in caller_lines(&decision, key.is_some(), now) {
+        line(label, &text);
     }
-    let verdict = match &decision {
-        Decision::Allow { usages, .. } if usages.is_empty() => "forwarded, not counted".to_string(),
-        Decision::Allow { .. } => {
-            "counted; forwarded while every limit has requests left in its window, \
-             then refused with the spent limit's status until that window ends"
-                .to_string()
-        }
-        Decision::Deny(denial) => refused(config, denial, now),
-        // Fleet mode against a fresh count: the lease is empty, the store would be asked.
-        Decision::Wait { .. } => {
-            "counted by the fleet store (store.rls); forwarded while every limit has requests \
-             left in its window across the fleet, then refused with the spent limit's status \
-             until that window ends"
-                .to_string()
-        }
-    };
+    let verdict = verdict(config, &decision, now);
     match (&decision, config.mode) {
         (Decision::Deny(_), Mode::Shadow) => line(
             "verdict",

@@ -94,8 +94,8 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let flags = Flags::parse();
     // One thread is tokio's current-thread scheduler: every task on the main thread, no worker
-    // to wake and no work handed between threads (quotad's CPU per decision: 15 µs against 23 µs
-    // for a multi-thread runtime with one worker, README "Speed").
+    // to wake and no work handed between threads (cheaper per decision than a multi-thread
+    // runtime with one worker: docs/benchmarks.md).
     let mut builder = match flags.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -128,9 +128,10 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(flags: Flags) -> Result<(), String> {
-    let timeout = Duration::from_millis(flags.redis_timeout_ms);
-    let (target, redis_text) = if let (false, Some(primary)) = (
+/// Where Redis is (a node, Sentinel, or Cluster seeds), and how the start-up line names it
+/// (credentials redacted).
+fn redis_target(flags: &Flags) -> (Target, String) {
+    if let (false, Some(primary)) = (
         flags.redis_sentinel.is_empty(),
         &flags.redis_sentinel_primary,
     ) {
@@ -153,7 +154,72 @@ async fn run(flags: Flags) -> Result<(), String> {
             Target::Cluster(flags.redis_cluster.clone()),
             format!("redis cluster seeds [{}]", seeds.join(", ")),
         )
-    };
+    }
+}
+
+/// Health: one PING a second; gRPC health, /healthz and quotad_redis_up follow it. Reports
+/// NOT_SERVING once `stop` changes.
+fn spawn_health(
+    store: Store,
+    metrics: Metrics,
+    redis_up: Arc<AtomicBool>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let result = store.ping().await;
+            let up = result.is_ok();
+            let was = redis_up.swap(up, Ordering::SeqCst);
+            metrics.redis_up.set(i64::from(up));
+            if up != was || first {
+                let status = if up {
+                    log::info!("Redis answers");
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    if let Err(e) = &result {
+                        log::warn!("Redis is unreachable: {e}");
+                    }
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(SERVICE_NAME, status).await;
+                reporter.set_service_status("", status).await;
+                first = false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                _ = stop.changed() => break,
+            }
+        }
+        reporter
+            .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    })
+}
+
+/// The HTTP listener's routes: `/metrics` (Prometheus text) and `/healthz`.
+fn http_routes(metrics: Metrics, redis_up: Arc<AtomicBool>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                if redis_up.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
+                }
+            }),
+        )
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let timeout = Duration::from_millis(flags.redis_timeout_ms);
+    let (target, redis_text) = redis_target(&flags);
     let store = Store::new(&target, timeout)?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
 
@@ -181,64 +247,15 @@ async fn run(flags: Flags) -> Result<(), String> {
     let redis_up = Arc::new(AtomicBool::new(false));
     let (reporter, health_service) = tonic_health::server::health_reporter();
 
-    // Health: one PING a second; gRPC health, /healthz and quotad_redis_up follow it.
-    let health = {
-        let (store, metrics, redis_up, mut stop) = (
-            store.clone(),
-            metrics.clone(),
-            redis_up.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                let result = store.ping().await;
-                let up = result.is_ok();
-                let was = redis_up.swap(up, Ordering::SeqCst);
-                metrics.redis_up.set(i64::from(up));
-                if up != was || first {
-                    let status = if up {
-                        log::info!("Redis answers");
-                        tonic_health::ServingStatus::Serving
-                    } else {
-                        if let Err(e) = &result {
-                            log::warn!("Redis is unreachable: {e}");
-                        }
-                        tonic_health::ServingStatus::NotServing
-                    };
-                    reporter.set_service_status(SERVICE_NAME, status).await;
-                    reporter.set_service_status("", status).await;
-                    first = false;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    _ = stop.changed() => break,
-                }
-            }
-            reporter
-                .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        })
-    };
+    let health = spawn_health(
+        store.clone(),
+        metrics.clone(),
+        redis_up.clone(),
+        reporter,
+        stop_rx.clone(),
+    );
 
-    let app = {
-        let (metrics, redis_up) = (metrics.clone(), redis_up.clone());
-        axum::Router::new()
-            .route("/metrics", get(move || async move { metrics.render() }))
-            .route(
-                "/healthz",
-                get(move || async move {
-                    if redis_up.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ok\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
-                    }
-                }),
-            )
-    };
+    let app = http_routes(metrics.clone(), redis_up.clone());
     let http_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
