@@ -11,9 +11,8 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
 use std::time::Duration;
+use tollgate_testkit::*;
 
 const DAY: u64 = 86_400;
 const BILLING: &str = "https://example.com/billing";
