@@ -219,6 +219,26 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A gRPC call (HTTP/2 POST, empty body, prior knowledge, no TLS) with curl to `path` on
+/// `port`, with these extra headers (`name: value`): curl's `-i` output, head and body.
+pub fn curl_grpc(port: u16, path: &str, headers: &[&str]) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["--data-binary", ""]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd.output().expect("curl (installed by `make test`)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// h2load (HTTP/2) with `key`: `n` requests over `connections` connections of `streams`
 /// concurrent streams each; returns the counts of 2xx, 3xx, 4xx and 5xx responses.
 pub fn h2load(port: u16, key: &str, n: u64, connections: u32, streams: u32) -> [u64; 4] {
