@@ -10,8 +10,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 use std::sync::{Arc, Barrier};
 

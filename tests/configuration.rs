@@ -9,8 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 fn refused(json: &str) -> String {
     let failure = match Envoy::try_start(Options {

@@ -8,8 +8,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 #[test]
 fn the_readme_session_works_against_the_shipped_configuration() {

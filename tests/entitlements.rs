@@ -12,9 +12,8 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
 use std::time::{Duration, Instant};
+use tollgate_testkit::*;
 
 const CLUSTER: &str = "control_plane";
 const SECRET: &str = "Bearer cp-secret-7f3a";

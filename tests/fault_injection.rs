@@ -10,8 +10,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 const SEAM: &[u8] = b"x-tollgate-fault-injection";
 

@@ -8,11 +8,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use tollgate_testkit::*;
 
 fn config(on_store_error: &str, timeout: &str, lease: u64, quota: u64) -> String {
     plugin(&format!(
@@ -66,8 +64,8 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[test]
 fn one_envoy_admits_exactly_the_quota_counted_in_redis_in_few_store_calls() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     let envoy = fleet_envoy(&quotad, &config("deny", "1s", 100, 37), 2);
 
     // 60 requests from 6 connections over both workers: 37 admitted, the rest refused.
@@ -130,8 +128,8 @@ fn one_envoy_admits_exactly_the_quota_counted_in_redis_in_few_store_calls() {
 
 #[test]
 fn a_lease_running_low_is_refilled_while_its_requests_go_on() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     let envoy = fleet_envoy(&quotad, &config("deny", "1s", 10, 37), 2);
 
     // One connection, one request at a time. The first waits for a lease of 10; the next four
@@ -173,8 +171,8 @@ fn a_lease_running_low_is_refilled_while_its_requests_go_on() {
 
 #[test]
 fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
-    let redis = Redis::start();
-    let mut quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let mut quotad = Quotad::fleet(&redis);
     let deny = fleet_envoy(&quotad, &config("deny", "500ms", 100, 1000), 2);
     let allow = fleet_envoy(&quotad, &config("allow", "500ms", 100, 1000), 2);
     assert_eq!(deny.get_with_key("acme-key").status, 200);
@@ -211,8 +209,8 @@ fn quotad_down_is_a_503_or_uncounted_and_counting_resumes_when_it_is_back() {
 
 #[test]
 fn on_store_error_local_counts_in_the_envoy_while_quotad_is_down_then_the_store_again() {
-    let redis = Redis::start();
-    let mut quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let mut quotad = Quotad::fleet(&redis);
     let envoy = fleet_envoy(&quotad, &config("local", "300ms", 100, 3), 2);
     // acme may make 3 requests a day; the store counts the first (leases of 1 near the end).
     assert_eq!(envoy.get_with_key("acme-key").status, 200);
@@ -248,8 +246,8 @@ fn on_store_error_local_counts_in_the_envoy_while_quotad_is_down_then_the_store_
 
 #[test]
 fn a_frozen_quotad_holds_no_request_past_the_timeout() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     let envoy = fleet_envoy(&quotad, &config("deny", "200ms", 100, 1000), 2);
     assert_eq!(envoy.get_with_key("acme-key").status, 200);
 
@@ -302,8 +300,8 @@ fn a_frozen_quotad_holds_no_request_past_the_timeout() {
 #[test]
 fn live_reconfiguration_keeps_the_fleet_count() {
     const LISTENERS: &str = "envoy/live-reload/listeners.yaml";
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     let envoy = Envoy::start_with(Options {
         bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
         files: vec![LISTENERS.into()],
@@ -450,8 +448,8 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
 
 #[test]
 fn a_cluster_envoy_does_not_know_is_a_store_error_naming_it() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     let plugin = config("deny", "1s", 100, 10).replace("tollgate_quotad", "no_such_cluster");
     let envoy = fleet_envoy(&quotad, &plugin, 1);
     for _ in 0..3 {

@@ -12,12 +12,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use tollgate_testkit::*;
 
 const LEASE: u64 = 100;
 const QUOTAS: [u64; 12] = [1, 2, 3, 5, 8, 13, 21, 34, 99, 100, 250, 500];
@@ -165,8 +163,8 @@ fn fleet(quotad: &Quotad, attempt: u32, n: usize) -> Vec<Envoy> {
 
 #[test]
 fn three_envoys_admit_exactly_each_quota() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     within_one_window(86_400, 300.0, 2, |attempt| {
         let envoys = fleet(&quotad, attempt, 3);
         let ports: Vec<u16> = envoys.iter().map(|e| e.port).collect();
@@ -190,8 +188,8 @@ fn three_envoys_admit_exactly_each_quota() {
 
 #[test]
 fn an_envoy_killed_mid_load_loses_at_most_its_lease() {
-    let redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     within_one_window(86_400, 300.0, 2, |attempt| {
         let mut envoys = fleet(&quotad, attempt, 3);
         let ports: Vec<u16> = envoys.iter().map(|e| e.port).collect();
@@ -216,8 +214,8 @@ fn an_envoy_killed_mid_load_loses_at_most_its_lease() {
 
 #[test]
 fn a_redis_restart_with_its_append_only_file_keeps_the_counts() {
-    let mut redis = Redis::start();
-    let quotad = Quotad::start(&redis);
+    let mut redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
     within_one_window(86_400, 300.0, 2, |attempt| {
         let envoys = fleet(&quotad, attempt, 2);
         let ports: Vec<u16> = envoys.iter().map(|e| e.port).collect();

@@ -9,8 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 const WEIRD_KEY: &str = "a:b/c%d e";
 

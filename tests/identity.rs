@@ -9,8 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 /// Each consumer has a plan whose only limit is named after it, so `RateLimit-Policy` tells
 /// which consumer a request was counted for.

@@ -11,8 +11,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 use std::time::Duration;
 
@@ -416,24 +415,7 @@ impl std::fmt::Debug for Http2 {
 
 /// An HTTP/2 gRPC call with curl (prior knowledge, no TLS).
 fn grpc_call(envoy: &Envoy, headers: &[&str]) -> Http2 {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST"])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .args(["--data-binary", ""]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(format!(
-        "http://127.0.0.1:{}/demo.Greeter/SayHello",
-        envoy.port
-    ));
-    let out = cmd.output().expect("curl (installed by `make test`)");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = curl_grpc(envoy.port, "/demo.Greeter/SayHello", headers);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();

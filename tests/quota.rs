@@ -9,8 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 const DAY: u64 = 86_400;
 
@@ -227,21 +226,8 @@ fn all_keys_of_a_consumer_share_its_quota_and_consumers_are_counted_apart() {
 
 /// SHA-256 hex through the system's `sha256sum`, independent of tollgate's implementation.
 fn sha256_hex(text: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
+    run_with_input(&mut std::process::Command::new("sha256sum"), text)
+        .stdout
         .split_whitespace()
         .next()
         .unwrap()

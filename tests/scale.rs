@@ -11,8 +11,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 use std::collections::HashMap;
 

@@ -11,9 +11,8 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
 use std::time::Duration;
+use tollgate_testkit::*;
 
 const DAY: u64 = 86_400;
 const BILLING: &str = "https://example.com/billing";
@@ -163,21 +162,11 @@ fn refusals_carry_their_remedy_link_and_other_refusals_none() {
 #[test]
 fn grpc_clients_get_permission_denied_and_the_link_as_metadata() {
     let envoy = Envoy::start(&config(""));
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST"])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .args(["-H", "x-api-key: lapsed-key", "--data-binary", ""])
-        .arg(format!(
-            "http://127.0.0.1:{}/demo.Greeter/SayHello",
-            envoy.port
-        ));
-    let out = cmd.output().expect("curl (installed by `make test`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = curl_grpc(
+        envoy.port,
+        "/demo.Greeter/SayHello",
+        &["x-api-key: lapsed-key"],
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     let lower = text.to_ascii_lowercase();
     assert!(lower.starts_with("http/2 200"), "{text}");
     assert!(

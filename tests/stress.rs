@@ -13,8 +13,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-use common::*;
+use tollgate_testkit::*;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
@@ -59,7 +58,7 @@ fn config() -> String {
 
 /// h2load over 4 connections of 16 streams: the 2xx and 4xx counts (nothing else may come).
 fn h2load(port: u16, key: &str, requests: u64) -> (u64, u64) {
-    let [ok, _, refused, _] = common::h2load(port, key, requests, 4, 16);
+    let [ok, _, refused, _] = tollgate_testkit::h2load(port, key, requests, 4, 16);
     assert_eq!(ok + refused, requests, "only 2xx and 4xx expected");
     (ok, refused)
 }

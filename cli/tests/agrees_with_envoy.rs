@@ -14,24 +14,11 @@
 mod support;
 use support::*;
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn envoy() -> PathBuf {
-    let path = std::env::var_os("TOLLGATE_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/envoy"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make test` (it installs Envoy and builds the .wasm)",
-        path.display()
-    );
-    path
-}
 
 /// tollgate's own line in Envoy's `--mode validate` output that starts with `prefix`.
 fn envoy_says(file: &str, prefix: &str) -> String {
-    let out = Command::new(envoy())
+    let out = Command::new(envoy_path())
         .current_dir(repo())
         .args(["--mode", "validate", "-l", "info", "-c", file])
         .output()

@@ -16,12 +16,15 @@ use common::*;
 async fn a_redis_cluster_counts_exactly_with_each_consumer_in_one_slot() {
     clear_of_day_boundary();
     let cluster = RedisCluster::start();
-    let quotad = Quotad::start(&[
-        "--redis-cluster",
-        &cluster.seeds(),
-        "--redis-timeout-ms",
-        "5000",
-    ]);
+    let quotad = Quotad::start(
+        QUOTAD,
+        &[
+            "--redis-cluster",
+            &cluster.seeds(),
+            "--redis-timeout-ms",
+            "5000",
+        ],
+    );
     let consumers: Vec<String> = (0..12).map(|i| unique(&format!("c{i}"))).collect();
     let admitted = hammer(&quotad, &consumers, 25, 60, 48).await;
     let mut nodes_used = std::collections::BTreeSet::new();

@@ -17,7 +17,10 @@ use common::*;
 async fn concurrent_callers_are_admitted_exactly_the_quota_every_time() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::start(&["--redis", &redis.url(), "--redis-timeout-ms", "5000"]);
+    let quotad = Quotad::start(
+        QUOTAD,
+        &["--redis", &redis.url(), "--redis-timeout-ms", "5000"],
+    );
     for round in 0..3 {
         let consumers: Vec<String> = (0..6).map(|i| unique(&format!("r{round}c{i}"))).collect();
         let admitted = hammer(&quotad, &consumers, 40, 100, 48).await;
@@ -39,8 +42,14 @@ async fn concurrent_callers_are_admitted_exactly_the_quota_every_time() {
 fn two_envoys_under_contention_admit_exactly_the_quota_together() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::start(&["--redis", &redis.url(), "--redis-timeout-ms", "5000"]);
-    let envoys = [Envoy::start(&quotad), Envoy::start(&quotad)];
+    let quotad = Quotad::start(
+        QUOTAD,
+        &["--redis", &redis.url(), "--redis-timeout-ms", "5000"],
+    );
+    let envoys = [
+        Envoy::native_ratelimit(&quotad),
+        Envoy::native_ratelimit(&quotad),
+    ];
     // Plan "reports": 4 a day. 16 callers, 8 per Envoy, 3 requests each, on a fresh consumer.
     for round in 0..5 {
         let consumer = unique(&format!("e{round}"));

@@ -34,11 +34,11 @@ fn month_at(now: i64, offset: i64) -> (i64, i64) {
 fn a_day_limit_admits_exactly_its_size() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
-    let envoy = Envoy::start(&quotad);
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let envoy = Envoy::native_ratelimit(&quotad);
 
     // Plan "reports": 4 a day. 4 pass, then every request is refused with 429.
-    let first = envoy.get("/reports", "acme");
+    let first = envoy.get_as("/reports", "acme");
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(
         first.header("x-ratelimit-remaining"),
@@ -73,14 +73,14 @@ fn a_day_limit_admits_exactly_its_size() {
 fn two_limits_refuse_together_and_a_refusal_consumes_nothing() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
-    let envoy = Envoy::start(&quotad);
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let envoy = Envoy::native_ratelimit(&quotad);
 
     // Plan "free": daily 5 and burst 3 per 10 s, on every request.
     align_to_window(10, 7);
     let window = now() - now().rem_euclid(10);
     assert_eq!(envoy.statuses("/", "acme", 5), [200, 200, 200, 429, 429]);
-    let refused = envoy.get("/", "acme");
+    let refused = envoy.get_as("/", "acme");
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("x-envoy-ratelimited"), Some("true"));
     let daily = format!(
@@ -122,13 +122,13 @@ fn two_limits_refuse_together_and_a_refusal_consumes_nothing() {
 fn a_month_limit_follows_the_calendar_at_its_utc_offset() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
-    let envoy = Envoy::start(&quotad);
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let envoy = Envoy::native_ratelimit(&quotad);
 
     // Plan "trial": 3 a month, months starting at 00:00 +05:30.
     let offset = 5 * 3600 + 30 * 60;
     let before = now();
-    let responses: Vec<Response> = (0..4).map(|_| envoy.get("/trial", "wayne")).collect();
+    let responses: Vec<Response> = (0..4).map(|_| envoy.get_as("/trial", "wayne")).collect();
     let after = now();
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
@@ -170,9 +170,9 @@ fn a_month_limit_follows_the_calendar_at_its_utc_offset() {
 fn a_request_without_a_consumer_is_refused_and_never_counted() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
-    let envoy = Envoy::start(&quotad);
-    let r = http_get(envoy.port, "/reports", &[]).unwrap();
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let envoy = Envoy::native_ratelimit(&quotad);
+    let r = try_request(envoy.port, "GET", "/reports", &[]).unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(redis.dbsize(), 0);
 }

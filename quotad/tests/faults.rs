@@ -23,8 +23,8 @@ const BOUND: Duration = Duration::from_secs(3);
 async fn redis_down_is_unavailable_within_the_timeout_and_decisions_resume_when_it_is_back() {
     clear_of_day_boundary();
     let mut redis = Redis::start();
-    let quotad = Quotad::on(&redis);
-    let envoy = Envoy::start(&quotad);
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let envoy = Envoy::native_ratelimit(&quotad);
     let mut client = quotad.client().await;
     let one = || request(vec![limit("acme", "daily", "day", 100)]);
     assert_eq!(
@@ -45,7 +45,7 @@ async fn redis_down_is_unavailable_within_the_timeout_and_decisions_resume_when_
         assert!(status.message().contains("Redis"), "{status:?}");
     }
     // Envoy (failure_mode_deny) refuses rather than letting an uncounted request through.
-    assert_eq!(envoy.get("/reports", "acme").status, 500);
+    assert_eq!(envoy.get_as("/reports", "acme").status, 500);
     wait_for("/healthz turns 503", DEADLINE, || {
         quotad.http_get("/healthz").0 == 503
     });
@@ -100,7 +100,7 @@ fn futures_lite<F: std::future::Future<Output = bool> + Send + 'static>(f: F) ->
 async fn a_flushed_script_cache_is_reloaded() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
+    let quotad = Quotad::on(QUOTAD, &redis);
     let mut client = quotad.client().await;
     let one = || request(vec![limit("acme", "daily", "day", 3)]);
     assert_eq!(
@@ -128,7 +128,7 @@ async fn a_flushed_script_cache_is_reloaded() {
 async fn a_frozen_redis_gets_bounded_answers_and_no_pile_up() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
+    let quotad = Quotad::on(QUOTAD, &redis);
     let mut client = quotad.client().await;
     let one = |c: &str| request(vec![limit(c, "daily", "day", 1000)]);
     assert!(ask(&mut client, one("acme")).await.is_ok());
@@ -169,7 +169,7 @@ async fn a_frozen_redis_gets_bounded_answers_and_no_pile_up() {
 async fn counts_survive_a_redis_restart_with_aof_and_quotad_restarts() {
     clear_of_day_boundary();
     let mut redis = Redis::start_aof();
-    let mut quotad = Quotad::on(&redis);
+    let mut quotad = Quotad::on(QUOTAD, &redis);
     let mut client = quotad.client().await;
     let one = || request(vec![limit("acme", "monthly", "month", 5)]);
     for _ in 0..3 {
@@ -197,7 +197,7 @@ async fn counts_survive_a_redis_restart_with_aof_and_quotad_restarts() {
 
     // quotad stopped and another started: it is stateless, nothing is lost.
     assert!(quotad.terminate().success());
-    let second = Quotad::on(&redis);
+    let second = Quotad::on(QUOTAD, &redis);
     let mut client = second.client().await;
     assert_eq!(
         ask(&mut client, one()).await.unwrap().overall_code,

@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 async fn bad_input_is_refused_by_name_and_writes_nothing() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
+    let quotad = Quotad::on(QUOTAD, &redis);
     let mut client = quotad.client().await;
     let ok = || limit("acme", "daily", "day", 10);
     let with =
@@ -145,7 +145,7 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
 async fn hits_addend_takes_all_or_nothing_and_says_what_is_left() {
     clear_of_day_boundary();
     let redis = Redis::start();
-    let quotad = Quotad::on(&redis);
+    let quotad = Quotad::on(QUOTAD, &redis);
     let mut client = quotad.client().await;
     let two = || {
         request(vec![
@@ -205,7 +205,7 @@ async fn health_metrics_and_a_graceful_sigterm() {
     clear_of_day_boundary();
     let redis = Redis::start();
     // One worker thread (the bench's setting) serves gRPC, health and metrics alike.
-    let mut quotad = Quotad::start(&["--redis", &redis.url(), "--worker-threads", "1"]);
+    let mut quotad = Quotad::start(QUOTAD, &["--redis", &redis.url(), "--worker-threads", "1"]);
     quotad.wait_healthy();
     assert_eq!(quotad.http_get("/healthz"), (200, "ok\n".to_string()));
 

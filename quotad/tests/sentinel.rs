@@ -18,12 +18,15 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 async fn decisions_follow_a_sentinel_failover() {
     clear_of_day_boundary();
     let redis = RedisSentinel::start();
-    let quotad = Quotad::start(&[
-        "--redis-sentinel",
-        &redis.url(),
-        "--redis-sentinel-primary",
-        SENTINEL_PRIMARY,
-    ]);
+    let quotad = Quotad::start(
+        QUOTAD,
+        &[
+            "--redis-sentinel",
+            &redis.url(),
+            "--redis-sentinel-primary",
+            SENTINEL_PRIMARY,
+        ],
+    );
     let mut client = quotad.client().await;
     let one = || request(vec![limit("acme", "monthly", "month", 6)]);
     for _ in 0..3 {

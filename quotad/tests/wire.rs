@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -15,6 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
 use prost::Message;
 use tollgate::rls;
+use tollgate_testkit::rls::descriptor;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
@@ -64,15 +64,8 @@ fn requests_encode_byte_for_byte_as_prost() {
             descriptors: descriptors
                 .iter()
                 .map(|entries| RateLimitDescriptor {
-                    entries: entries
-                        .iter()
-                        .map(|(k, v)| Entry {
-                            key: k.to_string(),
-                            value: v.to_string(),
-                        })
-                        .collect(),
                     hits_addend: (hits == 0).then_some(UInt64Value { value: 0 }),
-                    ..Default::default()
+                    ..descriptor(entries)
                 })
                 .collect(),
             hits_addend: hits,

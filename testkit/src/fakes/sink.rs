@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::server::{read_request, TestServer};
+use super::server::{read_request, Request, TestServer};
 
 /// What a [`Sink`] does with the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,24 +21,23 @@ pub enum SinkMode {
     Slow(Duration),
 }
 
-/// One request a [`Sink`] received, and how it answered.
+/// One request a [`Sink`] received (its path, headers and body through `Deref`), and how it
+/// answered.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub mode: SinkMode,
-    pub path: String,
-    /// Names lowercase.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub request: Request,
+}
+
+impl std::ops::Deref for Received {
+    type Target = Request;
+
+    fn deref(&self) -> &Request {
+        &self.request
+    }
 }
 
 impl Received {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The CloudEvents of a batch body.
     pub fn events(&self) -> Vec<serde_json::Value> {
         match serde_json::from_str::<serde_json::Value>(&self.body) {
@@ -119,12 +118,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<SinkState>, stop: &AtomicBool) {
                 .script
                 .pop_front()
                 .unwrap_or(st.default.unwrap_or(SinkMode::Accept));
-            st.received.push(Received {
-                mode,
-                path: request.path,
-                headers: request.headers,
-                body: request.body,
-            });
+            st.received.push(Received { mode, request });
             mode
         };
         let status = match mode {

@@ -1,0 +1,10 @@
+//! Servers outside the product that the tests stand in for, each on a free port in the test
+//! process and stopped (its threads joined) when dropped.
+
+mod control_plane;
+mod server;
+mod sink;
+
+pub use control_plane::*;
+pub use server::*;
+pub use sink::*;

@@ -1,0 +1,178 @@
+//! quotad, started with the binary a test names: quotad's own tests run the one cargo builds for
+//! them (`env!("CARGO_BIN_EXE_quotad")`, which only they can name), the filter's fleet tests the
+//! one `make quotad` builds ([`quotad_path`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use crate::http::try_request;
+use crate::paths::quotad_path;
+use crate::poll::{wait_for, DEADLINE, STARTUP_DEADLINE};
+use crate::process::Process;
+use crate::redis::Redis;
+use crate::temp::{next_id, TempDir};
+
+/// A running quotad; its gRPC and HTTP (health, metrics) ports.
+pub struct Quotad {
+    process: Process,
+    pub grpc: u16,
+    pub http: u16,
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: TempDir,
+}
+
+impl Quotad {
+    /// `binary` with `args` (e.g. `["--redis", url]`), with a 300 ms Redis timeout unless the
+    /// arguments set one. It listens on ports the kernel picks (no race for a free port) and is
+    /// ready when it has logged its start line, which names them; Redis may still be down
+    /// ([`Quotad::wait_healthy`] waits for it).
+    pub fn start(binary: impl AsRef<Path>, args: &[&str]) -> Quotad {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if !args.iter().any(|a| a == "--redis-timeout-ms") {
+            args.extend(["--redis-timeout-ms".to_string(), "300".to_string()]);
+        }
+        let dir = TempDir::named("quotad");
+        let binary = binary.as_ref().to_path_buf();
+        let mut process = Self::spawn(&binary, (0, 0), &args, &dir);
+        let (grpc, http) = Self::wait_started(&mut process);
+        Quotad {
+            process,
+            grpc,
+            http,
+            binary,
+            args,
+            dir,
+        }
+    }
+
+    /// `binary` on one Redis node.
+    pub fn on(binary: impl AsRef<Path>, redis: &Redis) -> Quotad {
+        Self::start(binary, &["--redis", &redis.url()])
+    }
+
+    /// The quotad `make quotad` builds, in front of `redis` as fleet-mode Envoys use it: a
+    /// 500 ms Redis timeout, and ready when `/healthz` says Redis answers.
+    pub fn fleet(redis: &Redis) -> Quotad {
+        let quotad = Self::start(
+            quotad_path(),
+            &["--redis", &redis.url(), "--redis-timeout-ms", "500"],
+        );
+        quotad.wait_healthy();
+        quotad
+    }
+
+    fn spawn(binary: &Path, (grpc, http): (u16, u16), args: &[String], dir: &TempDir) -> Process {
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .env("RUST_LOG", "info");
+        // A log per process: a restart's start line is not the first one's.
+        let log = dir.join(format!("quotad-{}.log", next_id()));
+        Process::spawn("quotad", command, log)
+    }
+
+    /// Waits for the start line; the ports it names.
+    fn wait_started(process: &mut Process) -> (u16, u16) {
+        let mut ports = None;
+        wait_for("quotad logs its start line", STARTUP_DEADLINE, || {
+            if let Some(status) = process.exited() {
+                panic!("quotad exited ({status}):\n{}", process.log());
+            }
+            ports = parse_start_line(&process.log());
+            ports.is_some()
+        });
+        ports.unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// SIGSTOP: quotad keeps its connections and answers nothing.
+    pub fn freeze(&self) {
+        self.process.freeze();
+    }
+
+    pub fn thaw(&self) {
+        self.process.thaw();
+    }
+
+    /// Stops quotad (SIGKILL).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.terminate(DEADLINE)
+    }
+
+    /// Starts it again on the same ports and arguments, and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.process.stop();
+        self.process = Self::spawn(&self.binary, (self.grpc, self.http), &self.args, &self.dir);
+        Self::wait_started(&mut self.process);
+        self.wait_healthy();
+    }
+
+    /// GET on the HTTP port: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        try_request(self.http, "GET", path, &[])
+            .map(|r| (r.status, r.body))
+            .unwrap()
+    }
+
+    /// Waits until /healthz says Redis answers.
+    pub fn wait_healthy(&self) {
+        wait_for("quotad /healthz to be 200", STARTUP_DEADLINE, || {
+            try_request(self.http, "GET", "/healthz", &[]).is_ok_and(|r| r.status == 200)
+        });
+    }
+
+    /// The value of a metric line (`name{labels}`) in /metrics.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
+    }
+
+    /// quotad's decisions so far (its store calls, every code), from /metrics; 0 where it
+    /// does not answer.
+    pub fn decisions(&self) -> u64 {
+        let body = try_request(self.http, "GET", "/metrics", &[])
+            .map(|r| r.body)
+            .unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with("quotad_decisions_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+/// The gRPC and HTTP ports of quotad's start line (`quotad … started: grpc ADDR, http ADDR, …`).
+fn parse_start_line(log: &str) -> Option<(u16, u16)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("quotad") && l.contains("started: grpc "))?;
+    let port_after = |marker: &str| -> Option<u16> {
+        let rest = line.split(marker).nth(1)?;
+        let addr = rest.split(',').next()?;
+        addr.rsplit(':').next()?.trim().parse().ok()
+    };
+    Some((port_after("grpc ")?, port_after("http ")?))
+}
+
+impl Drop for Quotad {
+    fn drop(&mut self) {
+        // Stopped, and its log printed if the test is failing, before its directory goes.
+        self.process.finish();
+    }
+}
