@@ -1,15 +1,17 @@
 //! The few protobuf messages of Envoy's rate limit service (`envoy.service.ratelimit.v3`)
-//! that fleet mode sends and reads, encoded and decoded by hand: a `RateLimitRequest` out
-//! (domain, descriptors of key/value entries, `hits_addend`) and a `RateLimitResponse` in
-//! (overall code, and per descriptor its code, `limit_remaining`, `duration_until_reset`).
+//! that fleet mode sends and reads: a `RateLimitRequest` out (domain, descriptors of key/value
+//! entries, `hits_addend`) and a `RateLimitResponse` in (overall code, and per descriptor its
+//! code, `limit_remaining`, `duration_until_reset`).
 //!
-//! Why not prost: the filter needs four messages, one direction each; the wire format for them
-//! is ~150 lines, while prost and its generated types would add to a `.wasm` that has a size
-//! budget. Everything else in a response (headers to add, metadata, quota) is skipped by its
-//! wire type. The bytes are checked against prost's own encoding of the same messages in
-//! `quotad/tests/wire.rs` (quotad has the generated types) and by the known-answer tests below.
-//!
-//! Decoding never panics: a truncated or malformed message is an [`RlsError`].
+//! prost encodes and decodes them (as in quotad, which serves the generated types of
+//! `envoy-types`); the messages are declared here with only the fields fleet mode uses, so that
+//! the filter needs no protobuf compiler and no generated tree. Every other field of a response
+//! (headers to add, metadata, quota) is skipped as an unknown field. The bytes are checked
+//! against `envoy-types`' encoding of the same messages in `quotad/tests/wire.rs` and by the
+//! known-answer tests below. Decoding never panics: a truncated or malformed message is an
+//! [`RlsError`].
+
+use prost::Message;
 
 /// The service and method fleet mode calls.
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -24,7 +26,7 @@ pub enum Code {
 }
 
 impl Code {
-    fn from_wire(value: u64) -> Code {
+    fn from_wire(value: i32) -> Code {
         match value {
             1 => Code::Ok,
             2 => Code::OverLimit,
@@ -52,164 +54,109 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RlsError(pub &'static str);
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+/// The wire messages (field numbers from Envoy's `rls.proto` and `ratelimit.proto`).
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitRequest {
+        #[prost(string, tag = "1")]
+        pub domain: String,
+        #[prost(message, repeated, tag = "2")]
+        pub descriptors: Vec<RateLimitDescriptor>,
+        #[prost(uint32, tag = "3")]
+        pub hits_addend: u32,
     }
-    out.push(value as u8);
-}
 
-fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_varint(out, u64::from(field << 3 | 2));
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitDescriptor {
+        #[prost(message, repeated, tag = "1")]
+        pub entries: Vec<Entry>,
+        #[prost(message, optional, tag = "3")]
+        pub hits_addend: Option<UInt64Value>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Entry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// `google.protobuf.UInt64Value`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UInt64Value {
+        #[prost(uint64, tag = "1")]
+        pub value: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitResponse {
+        #[prost(int32, tag = "1")]
+        pub overall_code: i32,
+        #[prost(message, repeated, tag = "2")]
+        pub statuses: Vec<DescriptorStatus>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DescriptorStatus {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(uint32, tag = "3")]
+        pub limit_remaining: u32,
+        #[prost(message, optional, tag = "4")]
+        pub duration_until_reset: Option<Duration>,
+    }
+
+    /// `google.protobuf.Duration`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Duration {
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
+    }
 }
 
 /// Encodes a `RateLimitRequest`: `domain`, one descriptor per slice of (key, value) entries,
 /// and the request-wide `hits_addend`. Hits 0 (only look) cannot be said request-wide (proto3's
 /// default, which services read as 1): each descriptor then carries `hits_addend: {value: 0}`.
 pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + 96 * descriptors.len());
-    put_bytes(&mut out, 1, domain.as_bytes());
-    let mut descriptor = Vec::new();
-    let mut entry = Vec::new();
-    for entries in descriptors {
-        descriptor.clear();
-        for (key, value) in entries {
-            entry.clear();
-            put_bytes(&mut entry, 1, key.as_bytes());
-            put_bytes(&mut entry, 2, value.as_bytes());
-            put_bytes(&mut descriptor, 1, &entry);
-        }
-        if hits == 0 {
-            // google.protobuf.UInt64Value { value: 0 }: an empty message.
-            put_bytes(&mut descriptor, 3, &[]);
-        }
-        put_bytes(&mut out, 2, &descriptor);
-    }
-    if hits != 0 {
-        put_varint(&mut out, 3 << 3);
-        put_varint(&mut out, u64::from(hits));
-    }
-    out
-}
-
-/// A reader over one message's bytes.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Result<u64, RlsError> {
-        let mut value: u64 = 0;
-        let mut shift = 0;
-        while let Some((&byte, rest)) = self.bytes.split_first() {
-            self.bytes = rest;
-            if shift == 63 && byte > 1 {
-                return Err(RlsError("varint overflows 64 bits"));
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err(RlsError("varint longer than 10 bytes"));
-            }
-        }
-        Err(RlsError("truncated varint"))
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RlsError> {
-        if n > self.bytes.len() {
-            return Err(RlsError("truncated field"));
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    /// The next field: its number and value; `None` at the end of the message.
-    fn field(&mut self) -> Result<Option<(u64, Value<'a>)>, RlsError> {
-        if self.bytes.is_empty() {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Value::Fixed
-            }
-            2 => {
-                let len =
-                    usize::try_from(self.varint()?).map_err(|_| RlsError("length out of range"))?;
-                Value::Bytes(self.take(len)?)
-            }
-            5 => {
-                self.take(4)?;
-                Value::Fixed
-            }
-            _ => return Err(RlsError("unsupported wire type")),
-        };
-        Ok(Some((key >> 3, value)))
-    }
-}
-
-fn decode_duration_seconds(bytes: &[u8]) -> Result<i64, RlsError> {
-    let mut reader = Reader { bytes };
-    let mut seconds = 0;
-    while let Some((field, value)) = reader.field()? {
-        if let (1, Value::Varint(v)) = (field, value) {
-            // int64 on the wire: two's complement in 64 bits.
-            seconds = v as i64;
-        }
-    }
-    Ok(seconds)
-}
-
-fn decode_status(bytes: &[u8]) -> Result<Status, RlsError> {
-    let mut reader = Reader { bytes };
-    let mut status = Status {
-        code: Code::Unknown,
-        remaining: 0,
-        reset_seconds: None,
+    let request = wire::RateLimitRequest {
+        domain: domain.to_string(),
+        descriptors: descriptors
+            .iter()
+            .map(|entries| wire::RateLimitDescriptor {
+                entries: entries
+                    .iter()
+                    .map(|(key, value)| wire::Entry {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    })
+                    .collect(),
+                hits_addend: (hits == 0).then_some(wire::UInt64Value { value: 0 }),
+            })
+            .collect(),
+        hits_addend: hits,
     };
-    while let Some((field, value)) = reader.field()? {
-        match (field, value) {
-            (1, Value::Varint(v)) => status.code = Code::from_wire(v),
-            (3, Value::Varint(v)) => status.remaining = u32::try_from(v).unwrap_or(u32::MAX),
-            (4, Value::Bytes(b)) => status.reset_seconds = Some(decode_duration_seconds(b)?),
-            (1 | 3, _) | (4, Value::Varint(_)) => return Err(RlsError("field of the wrong type")),
-            _ => {}
-        }
-    }
-    Ok(status)
+    request.encode_to_vec()
 }
 
 /// Decodes a `RateLimitResponse`.
 pub fn decode_response(bytes: &[u8]) -> Result<Response, RlsError> {
-    let mut reader = Reader { bytes };
-    let mut response = Response {
-        overall: Code::Unknown,
-        statuses: Vec::new(),
-    };
-    while let Some((field, value)) = reader.field()? {
-        match (field, value) {
-            (1, Value::Varint(v)) => response.overall = Code::from_wire(v),
-            (2, Value::Bytes(b)) => response.statuses.push(decode_status(b)?),
-            (1 | 2, _) => return Err(RlsError("field of the wrong type")),
-            _ => {}
-        }
-    }
-    Ok(response)
+    let response = wire::RateLimitResponse::decode(bytes)
+        .map_err(|_| RlsError("not a RateLimitResponse (truncated or malformed protobuf)"))?;
+    Ok(Response {
+        overall: Code::from_wire(response.overall_code),
+        statuses: response
+            .statuses
+            .iter()
+            .map(|s| Status {
+                code: Code::from_wire(s.code),
+                remaining: s.limit_remaining,
+                reset_seconds: s.duration_until_reset.as_ref().map(|d| d.seconds),
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The event documents: CloudEvents 1.0 in JSON, with ids that are the same on every resend
 //! and on every Envoy that emits the same event.
 
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
 use super::*;
 
 /// An event ready to send: its id (kept across resends) and its JSON.
@@ -30,24 +33,63 @@ impl Origin {
     }
 }
 
-/// A JSON string literal.
-fn js(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+/// The counts of [`REASONS`], as a JSON object in that order (`{"quota": 0, ...}`).
+struct Reasons<'a>(&'a [u64; 5]);
+
+impl Serialize for Reasons<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(REASONS.len()))?;
+        for (reason, count) in REASONS.iter().zip(self.0) {
+            map.serialize_entry(reason.name(), count)?;
+        }
+        map.end()
+    }
 }
 
-fn reasons_object(counts: &[u64; 5]) -> String {
-    let mut out = String::from("{");
-    for (reason, count) in REASONS.iter().zip(counts) {
-        if out.len() > 1 {
-            out.push(',');
-        }
-        out.push('"');
-        out.push_str(reason.name());
-        out.push_str("\":");
-        out.push_str(&count.to_string());
-    }
-    out.push('}');
-    out
+/// The CloudEvents 1.0 envelope around `data`.
+#[derive(Serialize)]
+struct Envelope<'a, D> {
+    specversion: &'static str,
+    id: &'a str,
+    source: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: D,
+}
+
+#[derive(Serialize)]
+struct UsageData<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    interval_start: String,
+    interval_end: String,
+    requests: u64,
+    admitted: u64,
+    refused: Reasons<'a>,
+    shadowed: Reasons<'a>,
+}
+
+#[derive(Serialize)]
+struct ThresholdData<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    limit: &'a str,
+    threshold: u8,
+    used: u64,
+    requests: u64,
+    window_start: String,
+    reset: String,
+}
+
+#[derive(Serialize)]
+struct ReminderData<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    expires_at: String,
+    before_seconds: i64,
 }
 
 fn plan_name(config: &Config, consumer: usize) -> (&str, &str) {
@@ -60,15 +102,27 @@ fn plan_name(config: &Config, consumer: usize) -> (&str, &str) {
     )
 }
 
-/// The CloudEvents envelope around `data` (a JSON object).
-fn envelope(id: &str, origin: &Origin, kind: &str, subject: &str, time: i64, data: &str) -> String {
-    format!(
-        "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":{},\"type\":\"{kind}\",\"subject\":{},\
-         \"time\":\"{}\",\"datacontenttype\":\"application/json\",\"data\":{data}}}",
-        js(&origin.source()),
-        js(subject),
-        format_rfc3339(time),
-    )
+/// The event's JSON: `data` in its CloudEvents envelope.
+fn envelope(
+    id: &str,
+    origin: &Origin,
+    kind: &str,
+    subject: &str,
+    time: i64,
+    data: impl Serialize,
+) -> String {
+    let envelope = Envelope {
+        specversion: "1.0",
+        id,
+        source: origin.source(),
+        kind,
+        subject,
+        time: format_rfc3339(time),
+        datacontenttype: "application/json",
+        data,
+    };
+    // Strings, integers and a map with string keys: serialization cannot fail.
+    serde_json::to_string(&envelope).unwrap_or_default()
 }
 
 /// The usage event of one consumer's closed interval. Its id names the instance, the Envoy
@@ -84,19 +138,17 @@ pub fn usage_event(config: &Config, origin: &Origin, closed: &Closed) -> Pending
         &closed.start.to_string(),
     ]);
     let c = &closed.counts;
-    let data = format!(
-        "{{\"consumer\":{},\"plan\":{},\"interval_start\":\"{}\",\"interval_end\":\"{}\",\
-         \"requests\":{},\"admitted\":{},\"refused\":{},\"shadowed\":{}}}",
-        js(consumer),
-        js(plan),
-        format_rfc3339(closed.start),
-        format_rfc3339(closed.end),
-        c.total(),
-        c.admitted,
-        reasons_object(&c.refused),
-        reasons_object(&c.shadowed),
-    );
-    let json = envelope(&id, origin, USAGE_TYPE, consumer, closed.end, &data);
+    let data = UsageData {
+        consumer,
+        plan,
+        interval_start: format_rfc3339(closed.start),
+        interval_end: format_rfc3339(closed.end),
+        requests: c.total(),
+        admitted: c.admitted,
+        refused: Reasons(&c.refused),
+        shadowed: Reasons(&c.shadowed),
+    };
+    let json = envelope(&id, origin, USAGE_TYPE, consumer, closed.end, data);
     Pending { id, json }
 }
 
@@ -118,19 +170,17 @@ pub fn threshold_event(config: &Config, origin: &Origin, x: &Crossing) -> Pendin
         &x.window_start.to_string(),
         &x.threshold.to_string(),
     ]);
-    let data = format!(
-        "{{\"consumer\":{},\"plan\":{},\"limit\":{},\"threshold\":{},\"used\":{},\
-         \"requests\":{},\"window_start\":\"{}\",\"reset\":\"{}\"}}",
-        js(consumer),
-        js(plan),
-        js(limit),
-        x.threshold,
-        x.used,
-        x.requests,
-        format_rfc3339(x.window_start),
-        format_rfc3339(x.window_end),
-    );
-    let json = envelope(&id, origin, THRESHOLD_TYPE, consumer, x.at, &data);
+    let data = ThresholdData {
+        consumer,
+        plan,
+        limit,
+        threshold: x.threshold,
+        used: x.used,
+        requests: x.requests,
+        window_start: format_rfc3339(x.window_start),
+        reset: format_rfc3339(x.window_end),
+    };
+    let json = envelope(&id, origin, THRESHOLD_TYPE, consumer, x.at, data);
     Pending { id, json }
 }
 
@@ -144,13 +194,12 @@ pub fn reminder_event(config: &Config, origin: &Origin, r: &Reminder, now: i64) 
         &r.expires_at.to_string(),
         &r.before.to_string(),
     ]);
-    let data = format!(
-        "{{\"consumer\":{},\"plan\":{},\"expires_at\":\"{}\",\"before_seconds\":{}}}",
-        js(consumer),
-        js(plan),
-        format_rfc3339(r.expires_at),
-        r.before,
-    );
-    let json = envelope(&id, origin, REMINDER_TYPE, consumer, now, &data);
+    let data = ReminderData {
+        consumer,
+        plan,
+        expires_at: format_rfc3339(r.expires_at),
+        before_seconds: r.before,
+    };
+    let json = envelope(&id, origin, REMINDER_TYPE, consumer, now, data);
     Pending { id, json }
 }

@@ -331,6 +331,21 @@ fn ids_are_deterministic_and_name_what_they_describe() {
         ..closed
     };
     assert_ne!(a.id, usage_event(&c, &origin, &later).id);
+    // The document, byte for byte: members in the documented order, compact JSON.
+    assert_eq!(
+        a.json,
+        format!(
+            "{{\"specversion\":\"1.0\",\"id\":\"{}\",\"source\":\"tollgate/e1\",\
+             \"type\":\"io.tollgate.usage\",\"subject\":\"acme\",\"time\":\"1970-01-01T00:01:50Z\",\
+             \"datacontenttype\":\"application/json\",\"data\":{{\"consumer\":\"acme\",\
+             \"plan\":\"free\",\"interval_start\":\"1970-01-01T00:01:40Z\",\
+             \"interval_end\":\"1970-01-01T00:01:50Z\",\"requests\":4,\"admitted\":3,\
+             \"refused\":{{\"quota\":1,\"suspended\":0,\"expired\":0,\"past_due\":0,\
+             \"store_error\":0}},\"shadowed\":{{\"quota\":0,\"suspended\":0,\"expired\":0,\
+             \"past_due\":0,\"store_error\":0}}}}}}",
+            a.id
+        )
+    );
     let v: serde_json::Value = serde_json::from_str(&a.json).unwrap();
     assert_eq!(v["specversion"], "1.0");
     assert_eq!(v["type"], USAGE_TYPE);
