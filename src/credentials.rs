@@ -205,7 +205,10 @@ pub fn strip_query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Decodes `%XX` escapes; `None` if an escape is malformed.
+/// Decodes `%XX` escapes; `None` if an escape is malformed. Kept by hand (20 lines) rather
+/// than the `percent-encoding` crate: that decoder passes a malformed escape (`%zz`, a
+/// trailing `%`) through as literal bytes, where a key with broken encoding must be a
+/// malformed credential (401), never a different key.
 pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let hex = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
