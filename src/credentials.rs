@@ -1,6 +1,6 @@
 //! Where the API key comes from: the configured sources, tried in order.
 //!
-//! Rules (documented in the README):
+//! Rules (documented in docs/configuration.md, "How the key is found"):
 //! - A source is *present* when its header / parameter exists. The first present source wins;
 //!   later sources are not consulted.
 //! - `authorization` is present only when the header's scheme word matches (without case):

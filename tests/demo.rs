@@ -1,4 +1,4 @@
-//! The shipped `envoy/envoy.yaml`, started as it is (on free ports): the README's session.
+//! The shipped `envoy/envoy.yaml`, started as it is (on free ports): envoy/README.md's session.
 
 // Tests fail loudly: unwrap, expect, panic and indexing are how they report.
 #![allow(

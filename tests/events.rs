@@ -141,7 +141,7 @@ fn usage_events_add_up_exactly_to_the_requests_sent() {
         (usage(&sink) == want).then_some(())
     });
 
-    // The shape the README documents, on every event.
+    // The shape docs/billing.md documents, on every event.
     for e in unique(&sink, "io.tollgate.usage") {
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["source"], "tollgate/edge-1");

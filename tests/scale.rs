@@ -1,6 +1,6 @@
 //! Large configurations: 100 000 consumers load, every one is found by lookup (not scan), and
 //! an attacker's flood of distinct unknown keys leaves shared data untouched. Prints the
-//! configuration load time per worker and Envoy's memory (reported in the README; timing
+//! configuration load time per worker and Envoy's memory (reported in docs/benchmarks.md; timing
 //! targets live in `make bench`, not here).
 
 // Tests fail loudly: unwrap, expect, panic and indexing are how they report.

@@ -70,7 +70,7 @@ struct Flags {
     ttl_margin_seconds: i64,
     /// Threads that serve requests (0: one per CPU). 1 runs everything on one thread, which
     /// wastes no CPU on handing work between threads: where quotad shares a machine with Redis,
-    /// 1 is fastest (README, Speed).
+    /// 1 is fastest (quotad/README.md, "Speed").
     #[arg(long, env = "QUOTAD_WORKER_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     worker_threads: u16,

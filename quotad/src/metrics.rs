@@ -1,4 +1,4 @@
-//! Prometheus metrics, served at `/metrics` (names and labels: README, "quotad").
+//! Prometheus metrics, served at `/metrics` (names and labels: quotad/README.md).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,

@@ -1,7 +1,7 @@
 //! The protocol side: an RLS `RateLimitRequest` becomes a [`Decision`] (one consumer, its limits,
 //! the Redis keys and TTLs at this instant), and the store's answer becomes a `RateLimitResponse`.
 //!
-//! The descriptor contract (README, "quotad"): each descriptor is one limit, its entries in this
+//! The descriptor contract (quotad/README.md): each descriptor is one limit, its entries in this
 //! order: `consumer`, `limit`, `window`, `requests`, optionally `utc_offset`. quotad keeps no copy
 //! of any plan: everything it needs to decide is in the request.
 

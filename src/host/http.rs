@@ -85,7 +85,7 @@ impl HttpContext for Filter {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
-        // field becomes the list of both (see the README); adding is also the cheaper call.
+        // field becomes the list of both (docs/responses.md); adding is also the cheaper call.
         let fields = match self.rate_limit.take() {
             Some(fields) => Some(fields),
             None if self.held => fleet::fields_of(self.context_id),

@@ -299,7 +299,7 @@ fn a_quota_refusal_carries_its_plans_upgrade_page() {
 
 #[test]
 fn bodies_are_compact_json_as_documented() {
-    // The README shows these bodies byte for byte; JSON escaping stops below U+0020.
+    // docs/responses.md shows these bodies byte for byte; JSON escaping stops below U+0020.
     let config = Config::from_json(CONFIG.as_bytes()).unwrap();
     let store = MemoryStore::new();
     crate::quota::create_records(&config, &store).unwrap();
