@@ -1,4 +1,4 @@
-//! The filter's hand-written RLS wire format (`tollgate::rls`, used by fleet mode) against
+//! The filter's RLS messages (`tollgate::rls`, declared for prost by hand, used by fleet mode) against
 //! prost's encoding of the same messages (envoy-types, the types quotad serves): the filter's
 //! requests decode to what it meant, and what quotad answers decodes to the same figures.
 
