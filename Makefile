@@ -199,8 +199,8 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; n
 # build and the test run: the e2e tests are neither built nor run), one job at a time; one file
 # after the other, each with its report in target/mutants/<file>/mutants.out/.
 MUTANTS_FILES   ?= src/credentials.rs src/window.rs src/time.rs src/quota.rs src/admission.rs \
-	src/config/compile.rs src/response.rs src/record.rs src/memo.rs src/lease.rs src/rls.rs \
-	src/fleet.rs src/names.rs src/counters.rs
+	src/config/compile.rs src/config/keys.rs src/response.rs src/record.rs src/memo.rs src/lease.rs \
+	src/rls.rs src/fleet.rs src/store.rs src/decision.rs src/names.rs src/counters.rs
 MUTANTS_TIMEOUT ?= 60
 
 mutants: ## Mutation testing of the pure core (MUTANTS_FILES), unit tests only; not part of `make test`

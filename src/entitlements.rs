@@ -1,8 +1,9 @@
-//! Live entitlements, the pure part: the `entitlements` settings (where the consumers are
-//! pulled from, how often), the shared-data records that elect one fetcher per Envoy and
-//! carry the versioned snapshot to every VM, and what an answer of the control plane means.
-//! The host glue (timer, HTTP call, switch of the runtime) is `host/entitlements.rs`; the
-//! validation of a snapshot into a [`crate::config::Config`] is `config/snapshot.rs`.
+//! Live entitlements, the pure part: the shared-data records that elect one fetcher per Envoy
+//! and carry the versioned snapshot to every VM, and what an answer of the control plane
+//! means. The `entitlements` settings (where the consumers are pulled from, how often) are
+//! `config/entitlements.rs`; the host glue (timer, HTTP call, switch of the runtime) is
+//! `host/entitlements.rs`; the validation of a snapshot into a [`crate::config::Config`] is
+//! `config/load.rs`.
 //!
 //! How one fetch per Envoy works (every VM of the plugin runs the same code on its timer):
 //! 1. The **schedule** record holds the instant the next fetch is due (Unix ms). A VM whose

@@ -1,7 +1,6 @@
 //! Usage events, threshold alerts and subscription reminders (the pure part; the host glue is
 //! `host/events.rs`). Everything here runs natively in unit tests.
 //!
-//! - [`EventsConfig`]: the `events` configuration block, validated (every error names its field).
 //! - [`Tally`]: what a VM counts per consumer and interval on the request path: a few array
 //!   increments, no host call, no allocation once a consumer has been seen in a slot.
 //! - [`crossings`]: which alert thresholds a counted request reached. The count is decided by
@@ -12,7 +11,7 @@
 //! - [`Reminders`]: when each consumer's `expires_at` reminder is due.
 //! - [`Outbox`]: the bounded buffer of unsent events, batches, retries with backoff, drops.
 //! - The event documents themselves (CloudEvents 1.0, JSON) and their deterministic ids:
-//!   `events/cloudevents.rs`; the configuration block: `events/settings.rs`.
+//!   `events/cloudevents.rs`. The `events` configuration block is `config/events.rs`.
 
 use crate::config::Config;
 use crate::decision::Reason;
@@ -121,7 +120,7 @@ impl Tally {
     }
 
     /// Counts one request of `consumer` at `now` from the verdict's events.
-    pub fn record(&mut self, consumer: usize, now: i64, events: impl Iterator<Item = Metric>) {
+    pub fn record(&mut self, consumer: usize, now: i64, metrics: impl Iterator<Item = Metric>) {
         let k = now.div_euclid(self.interval);
         let index = usize::try_from(k.rem_euclid(SLOTS as i64)).unwrap_or(0);
         let Some(slot) = self.slots.get_mut(index) else {
@@ -135,8 +134,8 @@ impl Tally {
         let Some(counts) = slot.counts(consumer) else {
             return;
         };
-        for event in events {
-            match event {
+        for metric in metrics {
+            match metric {
                 Metric::Allowed => counts.admitted += 1,
                 Metric::Refused(r) => {
                     if let Some(c) = reason_slot(r).and_then(|i| counts.refused.get_mut(i)) {
@@ -326,7 +325,17 @@ pub fn claim(store: &impl Store, key: &str, mark: &str) -> Result<bool, StoreErr
         next.extend_from_slice(mark.as_bytes());
         Ok(Rewrite::Write(next, true))
     })
-    .map_err(CountError::into_store_error)
+    .map_err(|e| claim_error(key, e))
+}
+
+/// A claim's error, naming its key.
+fn claim_error(key: &str, error: CountError) -> StoreError {
+    match error {
+        CountError::Store(e) => e,
+        CountError::Contended => {
+            StoreError(format!("{key}: contended for {CLAIM_ATTEMPTS} attempts"))
+        }
+    }
 }
 
 /// The shared-data key holding this Envoy process's incarnation and the next worker slot.
@@ -348,7 +357,7 @@ pub fn take_worker_slot(store: &impl Store) -> Result<(String, u64), StoreError>
         let written = format!("{incarnation} {}", next.saturating_add(1));
         Ok(Rewrite::Write(written.into_bytes(), (incarnation, next)))
     })
-    .map_err(CountError::into_store_error)
+    .map_err(|e| claim_error(&key, e))
 }
 
 /// Unsent events: bounded, sent in batches, one batch in flight at a time, retried with

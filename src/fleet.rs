@@ -31,27 +31,12 @@ use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
 use crate::response::RateLimitFields;
 use crate::rls::{self, Code};
 use crate::store::Store;
-use crate::verdict::Wait;
+use crate::verdict::{Step, Wait};
 
 /// How often held requests look at their lease again (the root context's tick meanwhile).
 pub const POLL: Duration = Duration::from_millis(10);
 /// The root context's tick while a refill ahead waits to be made.
 pub const SOON: Duration = Duration::from_millis(1);
-
-/// What became of a request once decided and carried out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Forward it (its request headers already changed), with these RateLimit fields; with
-    /// `refill`, the request claimed its consumer's refill ahead of time (consumer index, ask).
-    Continue {
-        fields: Option<RateLimitFields>,
-        refill: Option<(usize, Ask)>,
-    },
-    /// A local reply was sent.
-    Replied,
-    /// Fleet mode: hold it for a lease refill.
-    Wait(Wait),
-}
 
 /// What fleet mode counts (`wasmcustom.tollgate.fleet.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +262,11 @@ fn dispatch<H: FleetHost>(
     match host.call(rls, &message) {
         Ok(token) => {
             host.count(Count::StoreCalls);
-            log::debug!("fleet: asking for {} of consumer #{consumer}", ask.hits);
+            let name = config
+                .consumers
+                .get(consumer)
+                .map_or("?", |c| c.name.as_str());
+            log::debug!("fleet: asking for {} of consumer {name}", ask.hits);
             let call = Call {
                 context,
                 runtime: Rc::clone(runtime),
@@ -509,13 +498,16 @@ fn settle<H: FleetHost>(host: &H) {
     }
 }
 
+/// Whether nothing waits (no held request, no refill ahead): the tick has nothing to do.
+pub fn idle<H: FleetHost>(host: &H) -> bool {
+    host.with(|s| s.held.is_empty() && s.ahead.is_empty())
+        .unwrap_or(true)
+}
+
 /// The root context's tick: decides every held request again (a refill on another worker may
 /// have filled the lease, failed, or died).
 pub fn on_tick<H: FleetHost>(host: &H, now_ms: i64) {
-    if host
-        .with(|s| s.held.is_empty() && s.ahead.is_empty())
-        .unwrap_or(true)
-    {
+    if idle(host) {
         return;
     }
     let (root, ahead, held) = host

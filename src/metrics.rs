@@ -96,9 +96,9 @@ pub fn names(plans: &[Plan]) -> Vec<String> {
     out
 }
 
-/// The counters an event increments: its global one, and its plan's one if it has a plan.
-pub fn indices(event: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
-    let (global, per_plan) = match event {
+/// The counters a metric increments: its global one, and its plan's one if it has a plan.
+pub fn indices(metric: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
+    let (global, per_plan) = match metric {
         Metric::Allowed => (0, Some(0)),
         Metric::Refused(r) => (1 + reason_index(r), plan_reason_index(r).map(|i| 1 + i)),
         Metric::Shadowed(r) => (
@@ -115,7 +115,7 @@ pub fn indices(event: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
         (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
         _ => None,
     };
-    let plan_counter = match event {
+    let plan_counter = match metric {
         Metric::Refused(r) | Metric::Shadowed(r) if !r.has_plan() => None,
         _ => plan_counter,
     };
@@ -137,9 +137,9 @@ mod tests {
             .collect()
     }
 
-    fn named(event: Metric, plan: Option<usize>) -> Vec<String> {
+    fn named(metric: Metric, plan: Option<usize>) -> Vec<String> {
         let names = names(&plans());
-        indices(event, plan)
+        indices(metric, plan)
             .iter()
             .flatten()
             .map(|i| names[*i].clone())
@@ -147,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn every_event_maps_to_its_named_counters() {
+    fn every_metric_maps_to_its_named_counters() {
         assert_eq!(
             named(Metric::Allowed, Some(1)),
             ["tollgate.requests.allowed", "tollgate.plan.pro.allowed"]

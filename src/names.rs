@@ -22,6 +22,13 @@ pub fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
+/// Whether `text` can be a header value as configured (`authorization` of `events` and
+/// `entitlements`, a URL's authority and path): not empty, printable ASCII and spaces only, so
+/// that no CR/LF can split a header.
+pub fn is_header_value(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|c| (b' '..0x7f).contains(&c))
+}
+
 /// Longest Envoy cluster name accepted.
 pub const MAX_CLUSTER_LEN: usize = 255;
 
@@ -57,6 +64,14 @@ mod tests {
         assert!(is_token("x-api-key") && is_token("Bearer") && is_token("a!#$%&'*+-.^_`|~"));
         for bad in ["", "a b", "a:b", "a\"b", "a/b", "é"] {
             assert!(!is_token(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_values() {
+        assert!(is_header_value("Bearer abc") && is_header_value("~"));
+        for bad in ["", "a\r\nb", "a\tb", "é", "\x7f"] {
+            assert!(!is_header_value(bad), "{bad:?}");
         }
     }
 

@@ -22,7 +22,7 @@ const MAGIC: &[u8] = b"TG\x02";
 const MAGIC_V1: &[u8] = b"tg1";
 /// Most entries a record may have (more means it is not ours).
 pub const MAX_ENTRIES: usize = 64;
-/// Longest limit name (as [`crate::config::MAX_NAME_LEN`]).
+/// Longest limit name (as [`crate::names::MAX_NAME_LEN`]).
 const MAX_NAME: usize = 64;
 /// Bytes of an entry besides its name: length byte, start, end, count.
 const FIXED: usize = 1 + 8 + 8 + 8;

@@ -26,7 +26,7 @@ pub enum Code {
 }
 
 impl Code {
-    fn from_wire(value: i32) -> Code {
+    fn from_wire(value: u64) -> Code {
         match value {
             1 => Code::Ok,
             2 => Code::OverLimit,
@@ -89,20 +89,23 @@ mod wire {
         pub value: u64,
     }
 
+    // The codes (an enum, int32 on the wire) and `limit_remaining` (uint32) are read as uint64:
+    // the same varints, but an out-of-range value stays out of range (a code is then UNKNOWN,
+    // a remainder the largest u32) instead of being truncated into a valid one.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct RateLimitResponse {
-        #[prost(int32, tag = "1")]
-        pub overall_code: i32,
+        #[prost(uint64, tag = "1")]
+        pub overall_code: u64,
         #[prost(message, repeated, tag = "2")]
         pub statuses: Vec<DescriptorStatus>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct DescriptorStatus {
-        #[prost(int32, tag = "1")]
-        pub code: i32,
-        #[prost(uint32, tag = "3")]
-        pub limit_remaining: u32,
+        #[prost(uint64, tag = "1")]
+        pub code: u64,
+        #[prost(uint64, tag = "3")]
+        pub limit_remaining: u64,
         #[prost(message, optional, tag = "4")]
         pub duration_until_reset: Option<Duration>,
     }
@@ -152,7 +155,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, RlsError> {
             .iter()
             .map(|s| Status {
                 code: Code::from_wire(s.code),
-                remaining: s.limit_remaining,
+                remaining: u32::try_from(s.limit_remaining).unwrap_or(u32::MAX),
                 reset_seconds: s.duration_until_reset.as_ref().map(|d| d.seconds),
             })
             .collect(),
@@ -235,6 +238,23 @@ mod tests {
                 overall: Code::Unknown,
                 statuses: vec![]
             }
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_stay_out_of_range() {
+        // overall_code 2^32 + 1; one status with code 2^32 + 2 and limit_remaining 2^32 + 5.
+        let bytes =
+            b"\x08\x81\x80\x80\x80\x10\x12\x0c\x08\x82\x80\x80\x80\x10\x18\x85\x80\x80\x80\x10";
+        let response = decode_response(bytes).unwrap();
+        assert_eq!(response.overall, Code::Unknown, "not truncated to OK");
+        assert_eq!(
+            response.statuses,
+            [Status {
+                code: Code::Unknown,
+                remaining: u32::MAX,
+                reset_seconds: None
+            }]
         );
     }
 

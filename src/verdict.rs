@@ -102,6 +102,21 @@ pub struct Wait {
     pub refill: Option<crate::lease::Ask>,
 }
 
+/// What became of a request once decided and carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it (its request headers already changed), with these RateLimit fields; with
+    /// `refill`, the request claimed its consumer's refill ahead of time (consumer index, ask).
+    Continue {
+        fields: Option<RateLimitFields>,
+        refill: Option<(usize, crate::lease::Ask)>,
+    },
+    /// A local reply was sent.
+    Replied,
+    /// Fleet mode: hold it for a lease refill.
+    Wait(Wait),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict<'c> {
     pub action: Action<'c>,

@@ -128,11 +128,29 @@ class Crate:
                 yield m.group(1) is not None, segments
 
     def pub_uses(self, module):
+        """Names a module re-exports → the path they come from. A glob (`pub use m::*`)
+        re-exports every item `m` defines, and each of them is followed to `m`."""
         names = {}
         for is_pub, segments in self.uses(module):
-            if is_pub and segments and segments[-1] != "*":
-                names[segments[-1]] = self.absolute(module, segments)
+            if not is_pub or not segments:
+                continue
+            source = self.absolute(module, segments)
+            if source is None:
+                continue
+            if segments[-1] != "*":
+                names[segments[-1]] = source
+                continue
+            target = tuple(source[:-1])
+            for item in self.defined(target):
+                names.setdefault(item, list(target) + [item])
         return names
+
+    def defined(self, module):
+        """The items a module defines at its top level (types, functions, constants, ...)."""
+        code = self.code.get(module, "")
+        kinds = r"(?:struct|enum|union|trait|type|fn|const|static|mod)"
+        pattern = r"^(?:pub(?:\([^)]*\))?\s+)?(?:const\s+|async\s+|unsafe\s+)*" + kinds
+        return re.findall(pattern + r"\s+(" + WORD + ")", code, flags=re.M)
 
     def absolute(self, module, segments):
         """Segments relative to `module` → segments from the crate root (None: another crate)."""

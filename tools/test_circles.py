@@ -57,6 +57,13 @@ CASES = [
         "config/model.rs": "use crate::feature::Feature;\npub struct Config;\n",
         "feature.rs": "use crate::config::Config;\npub struct Feature;\n",
     }, 1, "config::model -> feature -> config::model"),
+    ("a glob re-export is followed to the module that defines each name", {
+        "lib.rs": "pub mod config;\npub mod feature;\n",
+        "config/mod.rs": "mod model;\nmod plan;\npub use model::*;\npub use plan::*;\n",
+        "config/model.rs": "use crate::feature::Feature;\npub struct Config;\n",
+        "config/plan.rs": "pub struct Plan;\npub const MAX: u32 = 1;\n",
+        "feature.rs": "use crate::config::{Config, Plan, MAX};\npub struct Feature;\n",
+    }, 1, "config::model -> feature -> config::model"),
     ("layers that point down pass", {
         "lib.rs": LIB,
         "a.rs": "use crate::b::B;\nuse crate::c::C;\n",

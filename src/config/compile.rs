@@ -446,11 +446,12 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
     let mut keys = KeyBuilder::default();
-    for (name, consumer) in raw.consumers.0 {
+    for (name, mut consumer) in raw.consumers.0 {
         let index = consumers.len();
+        let raw_keys = std::mem::take(&mut consumer.keys);
         let compiled = compile_consumer(index, name, &consumer, &plans)?;
         let name = &compiled.name;
-        for (k, key) in consumer.keys.iter().enumerate() {
+        for (k, key) in raw_keys.into_iter().enumerate() {
             let key_field = || format!("consumers.{name}.keys[{k}]");
             let form = parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))?;
             if let Err(other) = keys.add(form, index) {

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::names::{valid_cluster, CLUSTER_RULE};
+use crate::names::{is_header_value, valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
 use super::secret::Secret;
@@ -62,7 +62,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     }
     if let Some(value) = &raw.authorization {
         // Not echoed: it is a secret.
-        if value.is_empty() || value.bytes().any(|c| !(b' '..0x7f).contains(&c)) {
+        if !is_header_value(value) {
             return err(
                 "authorization",
                 "must be a non-empty header value of visible ASCII (e.g. \"Bearer …\")".into(),

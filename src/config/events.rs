@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::duration::parse_seconds;
-use crate::names::{valid_cluster, CLUSTER_RULE};
+use crate::names::{is_header_value, valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
 use super::plan::Plan;
@@ -110,10 +110,9 @@ fn reminders(raw: &[String]) -> Result<Vec<i64>, ConfigError> {
 
 /// `http://host[:port]/path` (or `https://`) → its `:authority` and `:path`.
 fn split_url(url: &str) -> Option<(&str, &str)> {
-    let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
     url.strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .filter(|rest| header_safe(rest) && !rest.contains(' '))
+        .filter(|rest| is_header_value(rest) && !rest.contains(' '))
         .map(|rest| match rest.find('/') {
             Some(at) => (
                 rest.get(..at).unwrap_or(rest),
@@ -141,7 +140,6 @@ pub fn compile(
         return Ok(None);
     };
     let err = |field: &str, why: String| Err(ConfigError(format!("events.{field}: {why}")));
-    let header_safe = |s: &str| !s.is_empty() && s.bytes().all(|c| (b' '..0x7f).contains(&c));
     if !valid_cluster(&raw.cluster) {
         return err("cluster", CLUSTER_RULE.into());
     }
@@ -156,7 +154,7 @@ pub fn compile(
     };
     let (authority, path) = (authority.to_string(), path.to_string());
     if let Some(auth) = &raw.authorization {
-        if !header_safe(auth) {
+        if !is_header_value(auth) {
             // Not echoed: it is a credential.
             return err(
                 "authorization",

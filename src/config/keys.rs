@@ -56,7 +56,7 @@ pub(super) enum KeyForm {
     Hashed(Digest),
 }
 
-pub(super) fn parse_key(key: &str) -> Result<KeyForm, &'static str> {
+pub(super) fn parse_key(key: String) -> Result<KeyForm, &'static str> {
     if let Some(hex) = key.strip_prefix("sha256:") {
         return from_hex(hex)
             .map(KeyForm::Hashed)
@@ -65,7 +65,7 @@ pub(super) fn parse_key(key: &str) -> Result<KeyForm, &'static str> {
     if key.is_empty() {
         return Err("a key cannot be empty");
     }
-    Ok(KeyForm::Plain(key.as_bytes().to_vec()))
+    Ok(KeyForm::Plain(key.into_bytes()))
 }
 
 /// The key map as consumers are compiled: refuses a key listed twice, plaintext or hashed.

@@ -71,7 +71,10 @@ impl Entitlements {
         let keys = Keys::new(&settings);
         let store = SharedData::default();
         if let Err(e) = create_if_missing(&store, &keys.schedule, &encode_schedule(0)) {
-            log::warn!("entitlements: cannot create the schedule record: {}", e.0);
+            log::warn!(
+                "entitlements: cannot read or create the schedule record: {}",
+                e.0
+            );
         }
         let mut entitlements = Entitlements {
             settings,
@@ -232,13 +235,9 @@ impl Entitlements {
         }
     }
 
-    /// A call response: `None` if the token is not this module's; otherwise the new
-    /// configuration to switch to, if the answer brought a valid, new snapshot.
-    pub fn on_http_call_response(
-        &mut self,
-        token: u32,
-        body_size: usize,
-    ) -> Option<Option<Config>> {
+    /// A call response: the configuration to switch to, if the call was this module's and
+    /// its answer brought a valid, new snapshot.
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) -> Option<Config> {
         if self.pending != Some(token) {
             return None;
         }
@@ -249,7 +248,7 @@ impl Entitlements {
                 .flatten()
         };
         let (status, etag) = (header(":status"), header("etag"));
-        Some(match classify(status.as_deref(), etag.as_deref()) {
+        match classify(status.as_deref(), etag.as_deref()) {
             Answer::NotModified => {
                 bump(self.counters.not_modified, 1);
                 log::debug!("entitlements: not modified (version {})", self.version);
@@ -265,7 +264,7 @@ impl Entitlements {
                 None
             }
             Answer::Snapshot { etag } => self.publish(etag, body_size),
-        })
+        }
     }
 
     /// Validates a 200's body, creates its new consumers' records, and publishes it.

@@ -16,11 +16,11 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::{Config, Rls};
 use crate::decision::Attempt;
-use crate::fleet::{self as core, Count, FleetHost, State, Step};
+use crate::fleet::{self as core, Count, FleetHost, State};
 use crate::lease::Ask;
 use crate::response::RateLimitFields;
 use crate::rls;
-use crate::verdict::Wait;
+use crate::verdict::{Step, Wait};
 
 // The SDK's versions of these panic on any status but Ok (a context that went away meanwhile
 // must not trap the VM): the ABI functions, statuses as integers.
@@ -142,6 +142,11 @@ pub fn refill_ahead(runtime: &Rc<Runtime>, consumer: usize, ask: Ask) {
 #[inline(never)]
 pub fn on_response(token: u32, status: u32, size: usize, now_ms: i64) {
     core::on_response(&Host::default(), token, status, size, now_ms);
+}
+
+/// Whether fleet mode has nothing to do on this tick (checked before reading the clock).
+pub fn idle() -> bool {
+    core::idle(&Host::default())
 }
 
 /// The root context's tick.

@@ -14,8 +14,8 @@ use super::fleet;
 use super::request::{log_failure, run, unavailable};
 use super::runtime::Runtime;
 use crate::decision::Attempt;
-use crate::fleet::Step;
 use crate::response::RateLimitFields;
+use crate::verdict::Step;
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,

@@ -12,9 +12,8 @@ use super::logger::host_log;
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::Attempt;
-use crate::fleet::Step;
 use crate::response::Reply;
-use crate::verdict::{self, handle_with};
+use crate::verdict::{self, handle_with, Step};
 
 /// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.

@@ -105,7 +105,7 @@ impl Context for Root {
             }
         }
         let entitlements = self.entitlements.as_mut();
-        if let Some(Some(config)) =
+        if let Some(config) =
             entitlements.and_then(|e| e.on_http_call_response(token_id, body_size))
         {
             self.switch(config);
@@ -186,8 +186,10 @@ impl RootContext for Root {
             }
         }
         // Fleet mode's held requests (the tick is faster while there are any).
-        if let Some(now_ms) = now_ms() {
-            fleet::on_tick(now_ms);
+        if !fleet::idle() {
+            if let Some(now_ms) = now_ms() {
+                fleet::on_tick(now_ms);
+            }
         }
         if let Some(config) = self.entitlements.as_mut().and_then(Entitlements::on_tick) {
             self.switch(config);
