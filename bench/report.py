@@ -451,7 +451,7 @@ def summary_section(results: dict, m: dict, variants: list) -> str:
     return "\n".join([
         f"Measured by `make bench` on {results['machine']['date']} (2-CPU machine, Envoy with one "
         "worker, medians; the full tables, method and chart are in "
-        f"[bench/results.md]({os.path.relpath(MARKDOWN, SUMMARY_DOC.parent)}):",
+        f"[bench/results.md]({os.path.relpath(MARKDOWN, SUMMARY_DOC.parent)})):",
         "",
         *legend(main),
         "",
@@ -461,7 +461,7 @@ def summary_section(results: dict, m: dict, variants: list) -> str:
         "",
         *targets(results, m),
         "",
-        f"Release `.wasm`: {sizes.get('tollgate-shipped', 0) / 1000:.1f} KB (opt-level \"z\" + "
+        f"Release `.wasm`: {sizes.get('tollgate-shipped', 0) / 1000:.1f} KB (opt-level 3 + "
         f"wasm-opt -O3){other_levels} (the empty filter: {sizes.get('empty-wasm', 0) / 1000:.0f} KB). "
         f"VM start + configuration, per worker (median): {per_worker}.",
         *speed_build(m),
