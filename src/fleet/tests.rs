@@ -21,11 +21,20 @@ struct Runtime {
 }
 
 fn runtime(lease: u64) -> Rc<Runtime> {
+    runtime_with(lease, "")
+}
+
+/// Two consumers on plans whose limits have different names (so that their RateLimit fields
+/// differ): `acme` (key `acme-key`) and `beta` (key `beta-key`).
+fn runtime_with(lease: u64, extra: &str) -> Rc<Runtime> {
     let config = Config::from_json(
         format!(
-            r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": 100, "window": "day"}}]}}}},
-                "consumers": {{"acme": {{"plan": "free", "keys": ["acme-key"]}}}},
-                "store": {{"rls": {{"cluster": "quotad", "timeout": "50ms", "lease": {lease}}}}}}}"#
+            r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": 100, "window": "day"}}]}},
+                           "pro": {{"limits": [{{"name": "hourly", "requests": 100, "window": "hour"}}]}}}},
+                "consumers": {{"acme": {{"plan": "free", "keys": ["acme-key"]}},
+                               "beta": {{"plan": "pro", "keys": ["beta-key"]}}}},
+                "store": {{"rls": {{"cluster": "quotad", "timeout": "50ms", "lease": {lease}}}}}
+                {extra}}}"#
         )
         .as_bytes(),
     )
@@ -61,6 +70,10 @@ struct Fake {
     body: RefCell<Vec<u8>>,
     /// Each decision: the context and the attempt.
     decided: RefCell<Vec<(u32, Attempt)>>,
+    /// The contexts whose requests carry `beta-key` (the others carry `acme-key`).
+    beta: RefCell<Vec<u32>>,
+    /// The calls' messages, by token.
+    messages: RefCell<Vec<(u32, Vec<u8>)>>,
 }
 
 impl Fake {
@@ -78,6 +91,8 @@ impl Fake {
             refuse_calls: RefCell::new(None),
             body: RefCell::new(Vec::new()),
             decided: RefCell::new(Vec::new()),
+            beta: RefCell::new(Vec::new()),
+            messages: RefCell::new(Vec::new()),
         };
         set_root(&fake, ROOT, Duration::from_secs(1));
         fake
@@ -189,6 +204,7 @@ impl FleetHost for Fake {
             context: self.effective.get(),
             hits,
         });
+        self.messages.borrow_mut().push((token, message.to_vec()));
         Ok(token)
     }
 
@@ -200,7 +216,12 @@ impl FleetHost for Fake {
         self.decided
             .borrow_mut()
             .push((self.effective.get(), attempt.clone()));
-        let mut request = |name: &str| (name == "x-api-key").then(|| b"acme-key".to_vec());
+        let key: &[u8] = if self.beta.borrow().contains(&self.effective.get()) {
+            b"beta-key"
+        } else {
+            b"acme-key"
+        };
+        let mut request = |name: &str| (name == "x-api-key").then(|| key.to_vec());
         let verdict = handle_with(
             &runtime.config,
             &mut request,
@@ -467,4 +488,123 @@ fn retick_restores_the_polling_tick_after_a_reconfiguration() {
         [POLL, POLL],
         "set again: the root reset it to idle"
     );
+}
+
+/// The RateLimit field of a request resumed from another context.
+fn state_of(host: &Fake, context: u32) -> String {
+    fields_of(host, context)
+        .map(|f| f.state)
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_answer_wakes_only_its_consumers_requests_and_each_keeps_its_fields() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    assert!(idle(&host));
+    host.beta.borrow_mut().push(8);
+    host.request(&rt, 7, NOW_MS);
+    host.request(&rt, 8, NOW_MS);
+    assert!(!idle(&host));
+    assert_eq!(
+        host.state.borrow().calls(),
+        2,
+        "one refill per consumer, in flight"
+    );
+    let calls = host.calls();
+    *host.body.borrow_mut() = answer(1, &[90]);
+    on_response(&host, calls[0].0, 0, 0, NOW_MS + 5);
+    assert_eq!(
+        host.resumed(),
+        [7],
+        "beta's request waits for beta's answer"
+    );
+    let decided_8 = || {
+        host.decided
+            .borrow()
+            .iter()
+            .filter(|(c, _)| *c == 8)
+            .count()
+    };
+    assert_eq!(decided_8(), 1, "not even decided again");
+    assert_eq!((host.held(), host.state.borrow().calls()), (1, 1));
+    on_response(&host, calls[1].0, 0, 0, NOW_MS + 6);
+    assert_eq!(host.resumed(), [7, 8]);
+    // Forgetting one request drops its fields only; each context gets its own.
+    forget(&host, 8, NOW_MS + 7);
+    assert!(state_of(&host, 8).is_empty());
+    assert!(state_of(&host, 7).starts_with("\"daily\""), "acme's plan");
+    assert!(idle(&host));
+
+    let host = Fake::new(&rt);
+    host.beta.borrow_mut().push(8);
+    host.request(&rt, 7, NOW_MS);
+    host.request(&rt, 8, NOW_MS);
+    let calls = host.calls();
+    *host.body.borrow_mut() = answer(1, &[90]);
+    on_response(&host, calls[0].0, 0, 0, NOW_MS + 5);
+    on_response(&host, calls[1].0, 0, 0, NOW_MS + 6);
+    assert!(state_of(&host, 8).starts_with("\"hourly\""), "beta's plan");
+    assert!(state_of(&host, 7).starts_with("\"daily\""));
+}
+
+#[test]
+fn an_answer_for_other_limits_fails_its_waiters() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    *host.body.borrow_mut() = answer(1, &[90, 80]);
+    on_response(&host, host.calls()[0].0, 0, 0, NOW_MS + 5);
+    let why = host.decided.borrow().last().unwrap().1.failed.clone();
+    assert_eq!(
+        why.as_deref(),
+        Some("the rate limit service answered for other limits")
+    );
+}
+
+#[test]
+fn a_refill_claimed_from_another_requests_callback_is_made_from_the_root_on_the_tick() {
+    // Leases of one: the answer to 7's call grants one unit, which 7 takes; 8, decided again
+    // in that callback, claims the next refill, made from the root context on the next tick
+    // (a call filed under 7's context would be lost when 7 ends).
+    let rt = runtime(1);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    host.request(&rt, 8, NOW_MS);
+    *host.body.borrow_mut() = answer(1, &[99]);
+    on_response(&host, host.calls()[0].0, 0, 0, NOW_MS + 5);
+    assert_eq!(host.resumed(), [7]);
+    assert_eq!(host.calls().len(), 1, "not from 7's callback");
+    on_tick(&host, NOW_MS + 10);
+    let calls = host.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!((calls[1].1, calls[1].2), (ROOT, 1), "from the root context");
+}
+
+#[test]
+fn the_request_names_the_calendar_offset_only_when_one_is_configured() {
+    let has_offset = |rt: &Rc<Runtime>| {
+        let host = Fake::new(rt);
+        host.request(rt, 7, NOW_MS);
+        let messages = host.messages.borrow();
+        let message = &messages[0].1;
+        let text = String::from_utf8_lossy(message).to_string();
+        (text.contains("utc_offset"), text.contains("+05:30"))
+    };
+    assert_eq!(has_offset(&runtime(10)), (false, false));
+    let offset = runtime_with(10, r#", "calendar_utc_offset": "+05:30""#);
+    assert_eq!(has_offset(&offset), (true, true));
+}
+
+#[test]
+fn a_request_is_held_until_its_deadline_and_not_a_millisecond_more() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let deadline = NOW_MS + 2 * (50 + CLAIM_MARGIN_MS);
+    on_tick(&host, deadline - 1);
+    assert_eq!(host.held(), 1, "held up to its deadline");
+    assert_eq!(host.decided.borrow().last().unwrap().1.failed, None);
+    on_tick(&host, deadline);
+    assert_eq!(host.held(), 0);
 }
