@@ -416,4 +416,55 @@ mod tests {
             "store_error consumer=acme (shared data failed: down)"
         );
     }
+
+    /// Shared data where every write loses its CAS race.
+    struct AlwaysRaced(MemoryStore);
+
+    impl Store for AlwaysRaced {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
+            self.0.get(key)
+        }
+
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::SetError> {
+            Err(crate::store::SetError::CasMismatch)
+        }
+    }
+
+    #[test]
+    fn a_record_or_lease_that_stays_contended_is_a_contended_store_error() {
+        let fleet = r#"{"plans": {"free": {"limits": [{"name": "d", "requests": 5, "window": "day"}]}},
+                        "consumers": {"acme": {"plan": "free", "keys": ["acme-1"]}},
+                        "store": {"rls": {"cluster": "quotad"}}}"#;
+        for json in [CONFIG, fleet] {
+            let config = Config::from_json(json.as_bytes()).unwrap();
+            let raced = AlwaysRaced(MemoryStore::new());
+            crate::counters::create_counters(&config, &raced.0).unwrap();
+            let contended = decide(&config, key("acme-1"), NOW, &raced, &Memo::default());
+            let Decision::Deny(Denial::StoreUnavailable {
+                contended, reason, ..
+            }) = contended
+            else {
+                panic!("{contended:?}");
+            };
+            assert!(contended, "{reason}");
+            assert!(reason.contains("stayed contended"), "{reason}");
+            let failed = decide(
+                &config,
+                key("acme-1"),
+                NOW,
+                &crate::store::FailingStore,
+                &Memo::default(),
+            );
+            assert!(
+                matches!(
+                    failed,
+                    Decision::Deny(Denial::StoreUnavailable {
+                        contended: false,
+                        ..
+                    })
+                ),
+                "{failed:?}"
+            );
+        }
+    }
 }
