@@ -380,3 +380,28 @@ fn anchors_are_githubs_slugs() {
         ]
     );
 }
+
+#[test]
+fn the_make_targets_in_the_docs_are_what_make_help_prints() {
+    let root = repo();
+    let out = std::process::Command::new("make")
+        .args(["--no-print-directory", "-s", "help"])
+        .current_dir(&root)
+        .output()
+        .expect("make runs (the two commands need it)");
+    assert!(out.status.success(), "make help failed");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let doc = std::fs::read_to_string(root.join("docs/development.md")).unwrap();
+    let block: String = doc
+        .lines()
+        .skip_while(|l| *l != "$ make help")
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!block.is_empty(), "docs/development.md has no `$ make help` session");
+    assert_eq!(
+        block, printed,
+        "docs/development.md's `make help` session differs from the Makefile's ## comments"
+    );
+}
