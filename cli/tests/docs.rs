@@ -399,7 +399,10 @@ fn the_make_targets_in_the_docs_are_what_make_help_prints() {
         .take_while(|l| !l.starts_with("```"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert!(!block.is_empty(), "docs/development.md has no `$ make help` session");
+    assert!(
+        !block.is_empty(),
+        "docs/development.md has no `$ make help` session"
+    );
     assert_eq!(
         block, printed,
         "docs/development.md's `make help` session differs from the Makefile's ## comments"
