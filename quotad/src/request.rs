@@ -281,19 +281,7 @@ mod tests {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use envoy_types::pb::google::protobuf::UInt64Value;
     use tollgate::time::parse_rfc3339;
-
-    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: entries
-                .iter()
-                .map(|(k, v)| Entry {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use tollgate_testkit::rls::descriptor;
 
     fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
         RateLimitRequest {
