@@ -1,12 +1,12 @@
 //! The decision for one request: who is calling, are they in good standing, and do their
 //! limits allow one more request. Pure apart from the [`Store`] it counts in.
 
-use crate::config::{Config, Rls, Standing};
+use crate::config::{Config, Plan, Rls, Standing};
 use crate::credentials::Credential;
 use crate::decision::{Attempt, Caller, Decision, Denial};
 use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
-use crate::quota::check_and_take;
+use crate::quota::{check_and_take, cost_at, Usage};
 use crate::store::CountError;
 use crate::store::Store;
 
@@ -33,6 +33,7 @@ fn caller_of(config: &Config, credential: Credential) -> Result<Caller<'_>, Deni
 fn from_record<'c>(
     config: &Config,
     caller: Caller<'c>,
+    costs: &[u64],
     now: i64,
     store: &impl Store,
     memo: &Memo,
@@ -42,6 +43,7 @@ fn from_record<'c>(
         store,
         &consumer.store_key,
         &plan.limits,
+        costs,
         now,
         config.utc_offset,
     ) {
@@ -59,7 +61,9 @@ fn from_record<'c>(
                     refill: None,
                 }
             } else {
-                memo.remember_refused(consumer.id, &counted.usages);
+                if lasting(plan, &counted.usages) {
+                    memo.remember_refused(consumer.id, &counted.usages);
+                }
                 Decision::Deny(Denial::QuotaExceeded {
                     caller,
                     usages: counted.usages,
@@ -75,6 +79,35 @@ fn from_record<'c>(
             })
         }
     }
+}
+
+/// Whether a refusal lasts until a violated limit's window ends, so that the memo may answer
+/// for the consumer until then: every violated limit is spent (not merely short of this
+/// request's cost) and counts requests (counts in settled units go down with refunds).
+fn lasting(plan: &Plan, usages: &[Usage]) -> bool {
+    plan.limits.iter().zip(usages).all(|(limit, usage)| {
+        !usage.violated || (!limit.unit.settled() && usage.used >= usage.requests)
+    })
+}
+
+/// The memo's answer for a consumer known to be refused, if it refuses this request: a
+/// remembered spent limit refuses every request that takes from it (cost above 0).
+fn remembered<'c>(
+    memo: &Memo,
+    caller: Caller<'c>,
+    costs: &[u64],
+    now: i64,
+    utc_offset: i64,
+) -> Option<Decision<'c>> {
+    let mut usages = memo.refused(caller.consumer.id, &caller.plan.limits, now, utc_offset)?;
+    for (i, usage) in usages.iter_mut().enumerate() {
+        usage.cost = cost_at(costs, i);
+        usage.violated = usage.violated && usage.cost > 0;
+    }
+    usages
+        .iter()
+        .any(|u| u.violated)
+        .then_some(Decision::Deny(Denial::QuotaExceeded { caller, usages }))
 }
 
 /// Decides a request. `now` is Unix seconds.
@@ -129,13 +162,14 @@ pub fn decide_with<'c>(
             refill: None,
         };
     }
-    if let Some(usages) = memo.refused(consumer.id, &plan.limits, now, config.utc_offset) {
-        return Decision::Deny(Denial::QuotaExceeded { caller, usages });
+    let costs = fleet.price.costs(config, plan);
+    if let Some(refused) = remembered(memo, caller, &costs, now, config.utc_offset) {
+        return refused;
     }
     if let Some(rls) = &config.store {
         return from_lease(config, rls, caller, now, store, memo, fleet);
     }
-    from_record(config, caller, now, store, memo)
+    from_record(config, caller, &costs, now, store, memo)
 }
 
 /// Fleet mode: spend a unit of the consumer's lease, or wait for its refill.
@@ -196,6 +230,7 @@ fn from_lease<'c>(
 mod tests {
     use super::*;
     use crate::credentials::Presented;
+    use crate::decision::{Price, TokenAsk};
     use crate::store::MemoryStore;
 
     const CONFIG: &str = r#"{
@@ -466,5 +501,117 @@ mod tests {
                 "{failed:?}"
             );
         }
+    }
+
+    const PRICED: &str = r#"{"plans": {"llm": {"max_output_tokens": 300, "limits": [
+                              {"name": "daily", "requests": 100, "window": "day"},
+                              {"name": "tokens", "tokens": 1000, "window": "day"},
+                              {"name": "credits", "units": 50, "unit": "credits", "window": "day"}]}},
+                            "consumers": {"acme": {"plan": "llm", "keys": ["acme-1"]}},
+                            "routes": {"images": {"cost": {"credits": 10}},
+                                       "free": {"cost": {"credits": 0, "requests": 0}}}}"#;
+
+    fn priced(route: Option<&str>, tokens: Option<TokenAsk>, config: &Config) -> Attempt {
+        Attempt {
+            now_ms: NOW * 1000,
+            price: Price {
+                route: route.and_then(|r| config.routes.find(r.as_bytes()).map(|(i, _)| i)),
+                tokens,
+            },
+            ..Attempt::default()
+        }
+    }
+
+    fn used(d: &Decision) -> Vec<u64> {
+        match d {
+            Decision::Allow { usages, .. } => usages.iter().map(|u| u.used).collect(),
+            Decision::Deny(Denial::QuotaExceeded { usages, .. }) => {
+                usages.iter().map(|u| u.used).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_route_prices_its_units_and_tokens_are_taken_only_on_llm_requests() {
+        let config = Config::from_json(PRICED.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        let memo = Memo::default();
+        let go =
+            |attempt: &Attempt| decide_with(&config, key("acme-1"), NOW, &store, &memo, attempt);
+        // A plain request: 1 request, 1 credit, no tokens.
+        assert_eq!(used(&go(&priced(None, None, &config))), [1, 0, 1]);
+        // The images route: 10 credits.
+        assert_eq!(
+            used(&go(&priced(Some("images"), None, &config))),
+            [2, 0, 11]
+        );
+        // A free route takes nothing it prices at 0.
+        assert_eq!(used(&go(&priced(Some("free"), None, &config))), [2, 0, 11]);
+        // An LLM request: input 100 + cap 500 lowered to the plan's 300 × n 2 × weight 1.
+        let ask = TokenAsk {
+            input: 100,
+            cap: 500,
+            n: 2,
+            output_weight: 1000,
+        };
+        let d = go(&priced(None, Some(ask), &config));
+        assert_eq!(used(&d), [3, 700, 12]);
+        assert_eq!(ask.cap_for(&config.plans[0]), 300);
+        // The next one needs 700 and 300 are left: refused, nothing taken, and not
+        // remembered (a smaller request still fits).
+        let d = go(&priced(None, Some(ask), &config));
+        let Decision::Deny(Denial::QuotaExceeded { usages, .. }) = &d else {
+            panic!("{d:?}");
+        };
+        assert_eq!((usages[1].cost, usages[1].remaining()), (700, 300));
+        assert!(usages[1].violated && !usages[0].violated);
+        let small = TokenAsk {
+            cap: 100,
+            n: 1,
+            ..ask
+        };
+        assert_eq!(used(&go(&priced(None, Some(small), &config))), [4, 900, 13]);
+    }
+
+    #[test]
+    fn a_spent_request_limit_is_remembered_but_never_refuses_a_request_it_does_not_price() {
+        let json = r#"{"plans": {"p": {"limits": [{"name": "daily", "requests": 1, "window": "day"}]}},
+                       "consumers": {"acme": {"plan": "p", "keys": ["acme-1"]}},
+                       "routes": {"free": {"cost": {"requests": 0}}}}"#;
+        let config = Config::from_json(json.as_bytes()).unwrap();
+        let store = MemoryStore::new();
+        crate::quota::create_records(&config, &store).unwrap();
+        let memo = Memo::default();
+        let go =
+            |attempt: &Attempt| decide_with(&config, key("acme-1"), NOW, &store, &memo, attempt);
+        assert!(matches!(
+            go(&priced(None, None, &config)),
+            Decision::Allow { .. }
+        ));
+        assert!(matches!(
+            go(&priced(None, None, &config)),
+            Decision::Deny(_)
+        ));
+        // Remembered now: a plain request is refused without the store.
+        let failing = crate::store::FailingStore;
+        let from_memo = decide_with(
+            &config,
+            key("acme-1"),
+            NOW,
+            &failing,
+            &memo,
+            &priced(None, None, &config),
+        );
+        assert!(
+            matches!(from_memo, Decision::Deny(Denial::QuotaExceeded { .. })),
+            "{from_memo:?}"
+        );
+        // The free route takes nothing from the spent limit: admitted.
+        assert!(matches!(
+            go(&priced(Some("free"), None, &config)),
+            Decision::Allow { .. }
+        ));
     }
 }

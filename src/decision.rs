@@ -2,7 +2,7 @@
 //! (`response`), metrics, memos and usage events import these without importing the algorithm
 //! that decides (`admission`).
 
-use crate::config::{Consumer, Plan};
+use crate::config::{Config, Consumer, Plan, Unit};
 use crate::lease::Ask;
 use crate::quota::Usage;
 
@@ -85,10 +85,72 @@ pub enum Decision<'c> {
     },
 }
 
+/// The terms of an LLM request's token reservation, read from its body (see [`crate::llm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenAsk {
+    /// The prompt's estimate, already weighted (quota units).
+    pub input: u64,
+    /// The output cap: the client's, or the model's default (at most the model's).
+    pub cap: u64,
+    /// Completions asked for (OpenAI's `n`).
+    pub n: u64,
+    /// Quota units per output token, in thousandths.
+    pub output_weight: u64,
+}
+
+impl TokenAsk {
+    /// The cap the provider is sent: the request's, at most the plan's `max_output_tokens`.
+    pub fn cap_for(&self, plan: &Plan) -> u64 {
+        plan.max_output_tokens.map_or(self.cap, |p| p.min(self.cap))
+    }
+
+    /// Quota units reserved with output capped at `cap`: the input estimate plus every
+    /// completion's cap, weighted.
+    pub fn reserve(&self, cap: u64) -> u64 {
+        let output = u128::from(cap) * u128::from(self.n) * u128::from(self.output_weight);
+        self.input
+            .saturating_add(u64::try_from(output.div_ceil(1000)).unwrap_or(u64::MAX))
+    }
+}
+
+/// What a request costs, as far as it is known before its plan is: its route (index into
+/// `config.routes`) and, on an LLM route, its token reservation's terms. The default is a
+/// plain request: 1 of every unit but tokens, and no allocation to say so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub route: Option<usize>,
+    pub tokens: Option<TokenAsk>,
+}
+
+impl Price {
+    pub fn is_plain(&self) -> bool {
+        self.route.is_none() && self.tokens.is_none()
+    }
+
+    /// One cost per limit of `plan` (empty for a plain request, which
+    /// [`crate::quota::cost_at`] reads as 1 each).
+    pub fn costs(&self, config: &Config, plan: &Plan) -> Vec<u64> {
+        if self.is_plain() && plan.limits.iter().all(|l| l.unit != Unit::Tokens) {
+            return Vec::new();
+        }
+        let route = self.route.and_then(|i| config.routes.get(i));
+        let tokens = self.tokens.map_or(0, |t| t.reserve(t.cap_for(plan)));
+        plan.limits
+            .iter()
+            .map(|limit| match &limit.unit {
+                Unit::Tokens => tokens,
+                unit => route.and_then(|r| r.cost(unit)).unwrap_or(1),
+            })
+            .collect()
+    }
+}
+
 /// One attempt at deciding a request: the first, or (fleet mode) another after the request
 /// waited for its consumer's lease to be refilled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attempt {
+    /// What the request costs.
+    pub price: Price,
     /// The time in milliseconds (refill claims, lease sizing).
     pub now_ms: i64,
     /// Set when the request already waited for a refill, since then (ms).

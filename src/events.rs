@@ -197,8 +197,9 @@ pub fn threshold_count(requests: u64, threshold: u8) -> u64 {
         .max(1)
 }
 
-/// The thresholds an admitted request's counts reached: those whose request number *is* the
-/// count this request was given (each count value of a window belongs to one request).
+/// The thresholds an admitted request's counts reached: those whose unit number is among the
+/// units this request took (each count value of a window belongs to one request: for a plain
+/// request, the threshold's request number *is* its count).
 pub fn crossings(
     thresholds: &[u8],
     consumer: usize,
@@ -208,7 +209,9 @@ pub fn crossings(
 ) {
     for (limit, usage) in usages.iter().enumerate() {
         for threshold in thresholds {
-            if usage.used == threshold_count(usage.requests, *threshold) {
+            let at_count = threshold_count(usage.requests, *threshold);
+            let before = usage.used.saturating_sub(usage.cost);
+            if usage.cost > 0 && before < at_count && at_count <= usage.used {
                 out.push(Crossing {
                     consumer,
                     limit,

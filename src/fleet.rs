@@ -433,13 +433,15 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
         (now_ms >= held.deadline_ms)
             .then(|| "no lease from the rate limit service within the timeout".to_string())
     });
+    // Fleet mode prices every request at 1 (config refuses other costs there).
     let attempt = Attempt {
         now_ms,
         waiting_since_ms: Some(held.since_ms),
         failed,
+        ..Attempt::default()
     };
     match host.decide(&held.runtime, &attempt, now_ms) {
-        Step::Continue { fields, refill } => {
+        Step::Continue { fields, refill, .. } => {
             if let Some(fields) = fields {
                 host.with(|s| s.fields.push((held.context, fields)));
             }

@@ -156,6 +156,7 @@ impl Lease {
                         end: f.end,
                     },
                     violated: violated && f.left == 0,
+                    cost: 1,
                 }
             })
             .collect()

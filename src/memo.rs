@@ -64,6 +64,7 @@ impl Memo {
                     requests: limit.requests,
                     bounds: limit.window.bounds(now, utc_offset),
                     violated: false,
+                    cost: usage.cost,
                 };
             }
         }
@@ -177,6 +178,7 @@ mod tests {
             requests: 5,
             bounds: Bounds { start, end },
             violated: false,
+            cost: 1,
         }
     }
 

@@ -26,6 +26,16 @@ pub enum Metric {
     Contended,
     /// Shadow mode held back a log line (see [`crate::shadow_log`]).
     ShadowLogSuppressed,
+    /// A priced request's reservation was replaced by what it cost (see
+    /// [`crate::settlement`]).
+    Settled,
+    /// A response that should report its usage did not (a cut stream): the reservation
+    /// stays the charge.
+    Unreported,
+    /// An upstream error without usage: the token reservation was given back.
+    Released,
+    /// The settlement could not be written (shared data failed): the reservation stays.
+    SettleFailed,
 }
 
 /// What to count for one request: at most three metric increments (a store error, what became of the
@@ -56,7 +66,7 @@ impl<const N: usize> PartialEq<[(Metric, Option<usize>); N]> for Increments {
 }
 
 const GLOBAL_PREFIX: &str = "tollgate.";
-const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 5;
+const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 9;
 const PLAN_REASONS: [Reason; 5] = Reason::OF_CONSUMERS;
 const PER_PLAN: usize = 1 + 2 * PLAN_REASONS.len();
 
@@ -83,6 +93,10 @@ pub fn names(plans: &[Plan]) -> Vec<String> {
     out.push(format!("{GLOBAL_PREFIX}errors.store"));
     out.push(format!("{GLOBAL_PREFIX}errors.cas_exhausted"));
     out.push(format!("{GLOBAL_PREFIX}logs.shadow_suppressed"));
+    out.push(format!("{GLOBAL_PREFIX}settlements.settled"));
+    out.push(format!("{GLOBAL_PREFIX}settlements.unreported"));
+    out.push(format!("{GLOBAL_PREFIX}settlements.released"));
+    out.push(format!("{GLOBAL_PREFIX}errors.settle"));
     for plan in plans {
         let p = format!("{GLOBAL_PREFIX}plan.{}.", plan.name);
         out.push(format!("{p}allowed"));
@@ -105,11 +119,15 @@ pub fn indices(metric: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
             1 + Reason::ALL.len() + reason_index(r),
             plan_reason_index(r).map(|i| 1 + PLAN_REASONS.len() + i),
         ),
-        Metric::Preflight => (GLOBALS - 5, None),
-        Metric::Usage => (GLOBALS - 4, None),
-        Metric::StoreFailed => (GLOBALS - 3, None),
-        Metric::Contended => (GLOBALS - 2, None),
-        Metric::ShadowLogSuppressed => (GLOBALS - 1, None),
+        Metric::Preflight => (GLOBALS - 9, None),
+        Metric::Usage => (GLOBALS - 8, None),
+        Metric::StoreFailed => (GLOBALS - 7, None),
+        Metric::Contended => (GLOBALS - 6, None),
+        Metric::ShadowLogSuppressed => (GLOBALS - 5, None),
+        Metric::Settled => (GLOBALS - 4, None),
+        Metric::Unreported => (GLOBALS - 3, None),
+        Metric::Released => (GLOBALS - 2, None),
+        Metric::SettleFailed => (GLOBALS - 1, None),
     };
     let plan_counter = match (plan, per_plan) {
         (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
@@ -133,6 +151,7 @@ mod tests {
                 name: n.to_string(),
                 limits: vec![],
                 upgrade_url: None,
+                max_output_tokens: None,
             })
             .collect()
     }
@@ -204,6 +223,22 @@ mod tests {
         assert_eq!(
             named(Metric::ShadowLogSuppressed, Some(0)),
             ["tollgate.logs.shadow_suppressed"]
+        );
+        assert_eq!(
+            named(Metric::Settled, Some(0)),
+            ["tollgate.settlements.settled"]
+        );
+        assert_eq!(
+            named(Metric::Unreported, None),
+            ["tollgate.settlements.unreported"]
+        );
+        assert_eq!(
+            named(Metric::Released, None),
+            ["tollgate.settlements.released"]
+        );
+        assert_eq!(
+            named(Metric::SettleFailed, None),
+            ["tollgate.errors.settle"]
         );
         assert_eq!(
             named(Metric::Refused(Reason::StoreError), Some(1)),

@@ -54,13 +54,16 @@ fn used(record: &Record, limit: &Limit, bounds: Bounds, utc_offset: i64) -> (Bou
 /// One limit's state for this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
-    /// Requests counted in the current window (including this one, if it was admitted).
+    /// Units counted in the current window (including this request's, if it was admitted).
     pub used: u64,
     /// The limit's size.
     pub requests: u64,
     pub bounds: Bounds,
-    /// This limit is exhausted (the request was refused because of it).
+    /// This limit has no room for the request's cost (the request was refused because of it).
     pub violated: bool,
+    /// What the request takes (or, refused, would have taken) from this limit: 1 for a plain
+    /// request, a route's cost, or an LLM request's token reservation. 0: not checked.
+    pub cost: u64,
 }
 
 impl Usage {
@@ -81,22 +84,47 @@ pub struct Counted {
     pub attempts: u32,
 }
 
-/// Evaluates every limit against a record at `now` (calendar at `utc_offset`).
-fn evaluate(limits: &[Limit], record: &Record, now: i64, utc_offset: i64) -> Vec<Usage> {
+/// What a request takes from the limit at `index` of its plan: `costs[index]`, 1 where the
+/// request has no costs (a plain request).
+pub fn cost_at(costs: &[u64], index: usize) -> u64 {
+    if costs.is_empty() {
+        1
+    } else {
+        costs.get(index).copied().unwrap_or(1)
+    }
+}
+
+/// Whether a limit with `used` counted has room for `cost` more (a cost of 0 always has).
+pub fn fits(used: u64, cost: u64, size: u64) -> bool {
+    cost == 0 || used.saturating_add(cost) <= size
+}
+
+/// Evaluates every limit against a record at `now` (calendar at `utc_offset`) for a request
+/// of these `costs` (one per limit; empty: 1 each).
+fn evaluate(
+    limits: &[Limit],
+    costs: &[u64],
+    record: &Record,
+    now: i64,
+    utc_offset: i64,
+) -> Vec<Usage> {
     limits
         .iter()
-        .map(|limit| {
+        .enumerate()
+        .map(|(i, limit)| {
             let (bounds, used) = used(
                 record,
                 limit,
                 limit.window.bounds(now, utc_offset),
                 utc_offset,
             );
+            let cost = cost_at(costs, i);
             Usage {
                 used,
                 requests: limit.requests,
                 bounds,
-                violated: used >= limit.requests,
+                violated: !fits(used, cost, limit.requests),
+                cost,
             }
         })
         .collect()
@@ -119,11 +147,13 @@ pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, Stor
     )
 }
 
-/// Checks every limit and, if all allow it, counts the request in all of them, atomically.
+/// Checks every limit and, if all have room for the request's cost, takes it from all of
+/// them, atomically. `costs` has one cost per limit (empty: 1 each, a plain request).
 pub fn check_and_take(
     store: &impl Store,
     key: &str,
     limits: &[Limit],
+    costs: &[u64],
     now: i64,
     utc_offset: i64,
 ) -> Result<Counted, CountError> {
@@ -136,7 +166,7 @@ pub fn check_and_take(
                 Record::default()
             }
         };
-        let usages = evaluate(limits, &record, now, utc_offset);
+        let usages = evaluate(limits, costs, &record, now, utc_offset);
         if usages.iter().any(|u| u.violated) {
             return Ok(Rewrite::Keep(Counted {
                 admitted: false,
@@ -149,12 +179,12 @@ pub fn check_and_take(
             name: limit.name.as_bytes(),
             start: usage.bounds.start,
             end: usage.bounds.end,
-            count: usage.used + 1,
+            count: usage.used.saturating_add(usage.cost),
         }));
         let usages = usages
             .into_iter()
             .map(|u| Usage {
-                used: u.used + 1,
+                used: u.used.saturating_add(u.cost),
                 ..u
             })
             .collect();
@@ -180,7 +210,60 @@ pub fn peek(
 ) -> Result<Vec<Usage>, StoreError> {
     let bytes = store.get(key)?.map(|(bytes, _)| bytes).unwrap_or_default();
     let record = Record::decode(&bytes).unwrap_or_default();
-    Ok(evaluate(limits, &record, now, utc_offset))
+    Ok(evaluate(limits, &[], &record, now, utc_offset))
+}
+
+/// What one limit's reservation turned out to cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// Index of the limit in the plan.
+    pub limit: usize,
+    /// The window the reservation was taken in.
+    pub bounds: Bounds,
+    /// What admission took.
+    pub taken: u64,
+    /// What the request cost.
+    pub actual: u64,
+}
+
+/// Replaces reservations with what the request cost, in one compare-and-swap cycle: each
+/// limit's count goes down by the refund or up by the overrun. A settlement for a window that
+/// is no longer the record's (it ended, and a request counted in the next one) is dropped:
+/// the reservation stays the charge of the window it was taken in (docs/billing.md).
+/// Returns how many settlements were applied.
+pub fn settle(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    settlements: &[Settlement],
+) -> Result<usize, CountError> {
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
+        let Ok(record) = Record::decode(&bytes) else {
+            // Not a record any more (a reset): nothing of ours to settle.
+            return Ok(Rewrite::Keep(0));
+        };
+        let mut applied = 0;
+        let mut entries = Vec::with_capacity(limits.len());
+        for (i, limit) in limits.iter().enumerate() {
+            let Some(mut entry) = record.entry(&limit.name) else {
+                continue;
+            };
+            if let Some(s) = settlements.iter().find(|s| {
+                s.limit == i
+                    && s.taken != s.actual
+                    && s.bounds.start == entry.start
+                    && s.bounds.end == entry.end
+            }) {
+                entry.count = entry.count.saturating_sub(s.taken).saturating_add(s.actual);
+                applied += 1;
+            }
+            entries.push(entry);
+        }
+        if applied == 0 {
+            return Ok(Rewrite::Keep(0));
+        }
+        Ok(Rewrite::Write(record::encode(entries), applied))
+    })
 }
 
 #[cfg(test)]
@@ -194,6 +277,7 @@ mod tests {
         Limit {
             name: name.into(),
             requests,
+            unit: crate::config::Unit::Requests,
             window,
             window_text: String::new(),
             status: 402,
@@ -215,14 +299,14 @@ mod tests {
         let store = fresh();
         let limits = [limit("daily", 5, Window::Fixed(86_400))];
         for i in 1..=5 {
-            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+            let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
             assert!(c.admitted);
             assert_eq!(c.usages[0].used, i);
             assert_eq!(c.usages[0].remaining(), 5 - i);
         }
         let before = store.value(K);
         for _ in 0..3 {
-            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+            let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
             assert!(!c.admitted && c.usages[0].violated);
             assert_eq!(c.usages[0].remaining(), 0);
         }
@@ -236,9 +320,17 @@ mod tests {
             limit("daily", 100, Window::Fixed(86_400)),
             limit("burst", 2, Window::Fixed(1)),
         ];
-        assert!(check_and_take(&store, K, &limits, NOW, 0).unwrap().admitted);
-        assert!(check_and_take(&store, K, &limits, NOW, 0).unwrap().admitted);
-        let refused = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        assert!(
+            check_and_take(&store, K, &limits, &[], NOW, 0)
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            check_and_take(&store, K, &limits, &[], NOW, 0)
+                .unwrap()
+                .admitted
+        );
+        let refused = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         assert!(!refused.admitted);
         assert_eq!(
             refused.usages[0].used, 2,
@@ -246,7 +338,7 @@ mod tests {
         );
         assert!(!refused.usages[0].violated && refused.usages[1].violated);
         // Next second: burst window rolled over, daily carries on.
-        let next = check_and_take(&store, K, &limits, NOW + 1, 0).unwrap();
+        let next = check_and_take(&store, K, &limits, &[], NOW + 1, 0).unwrap();
         assert!(next.admitted);
         assert_eq!((next.usages[0].used, next.usages[1].used), (3, 1));
     }
@@ -257,17 +349,17 @@ mod tests {
         let limits = [limit("m", 1, Window::Fixed(60))];
         let start = NOW - NOW % 60;
         assert!(
-            check_and_take(&store, K, &limits, start, 0)
+            check_and_take(&store, K, &limits, &[], start, 0)
                 .unwrap()
                 .admitted
         );
         assert!(
-            !check_and_take(&store, K, &limits, start + 59, 0)
+            !check_and_take(&store, K, &limits, &[], start + 59, 0)
                 .unwrap()
                 .admitted
         );
         assert!(
-            check_and_take(&store, K, &limits, start + 60, 0)
+            check_and_take(&store, K, &limits, &[], start + 60, 0)
                 .unwrap()
                 .admitted
         );
@@ -281,16 +373,19 @@ mod tests {
             limit("burst", 10, Window::Fixed(1)),
         ];
         for _ in 0..3 {
-            check_and_take(&store, K, &free, NOW, 0).unwrap();
+            check_and_take(&store, K, &free, &[], NOW, 0).unwrap();
         }
         let pro = [limit("daily", 5, Window::Fixed(86_400))];
-        let c = check_and_take(&store, K, &pro, NOW, 0).unwrap();
+        let c = check_and_take(&store, K, &pro, &[], NOW, 0).unwrap();
         assert!(c.admitted);
         assert_eq!(c.usages[0].used, 4);
         // Same name, other window: a fresh count.
         let hourly = [limit("daily", 5, Window::Fixed(3600))];
         assert_eq!(
-            check_and_take(&store, K, &hourly, NOW, 0).unwrap().usages[0].used,
+            check_and_take(&store, K, &hourly, &[], NOW, 0)
+                .unwrap()
+                .usages[0]
+                .used,
             1
         );
     }
@@ -311,14 +406,14 @@ mod tests {
         for value in corrupt {
             let store = MemoryStore::new();
             store.set(K, value, 0).unwrap();
-            let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+            let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
             assert!(c.admitted && c.replaced_corrupt, "{value:?}");
             assert_eq!(c.usages[0].used, 1);
         }
         // An empty value (what remove_shared_data leaves) is a fresh record, not corruption.
         let store = MemoryStore::new();
         store.set(K, b"", 0).unwrap();
-        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         assert!(c.admitted && !c.replaced_corrupt);
     }
 
@@ -330,7 +425,7 @@ mod tests {
             peek(&MemoryStore::new(), K, &limits, NOW, 0).unwrap()[0].used,
             0
         );
-        check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         let before = store.value(K);
         let usage = peek(&store, K, &limits, NOW, 0).unwrap();
         assert_eq!((usage[0].used, usage[0].remaining()), (1, 4));
@@ -345,12 +440,15 @@ mod tests {
         let day = limits[0].window.bounds(NOW, 0);
         let text = format!("tg1\nd {} {} 3", day.start, day.end);
         store.set(K, text.as_bytes(), 0).unwrap();
-        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         assert!(c.admitted && !c.replaced_corrupt);
         assert_eq!(c.usages[0].used, 4);
         assert!(store.value(K).unwrap().starts_with(b"TG\x02"));
         assert_eq!(
-            check_and_take(&store, K, &limits, NOW, 0).unwrap().usages[0].used,
+            check_and_take(&store, K, &limits, &[], NOW, 0)
+                .unwrap()
+                .usages[0]
+                .used,
             5
         );
     }
@@ -368,7 +466,7 @@ mod tests {
         let first = Config::from_json(json("").as_bytes()).unwrap();
         assert_eq!(create_records(&first, &store).unwrap(), 1);
         let a = "tollgate:v1:consumer:a";
-        check_and_take(&store, a, &first.plans[0].limits, NOW, 0).unwrap();
+        check_and_take(&store, a, &first.plans[0].limits, &[], NOW, 0).unwrap();
         let counted = store.value(a);
         // The same set again (another VM): nothing to do, nothing overwritten.
         assert_eq!(create_records(&first, &store).unwrap(), 0);
@@ -391,7 +489,7 @@ mod tests {
         let store = MemoryStore::new();
         assert!(create_if_missing(&store, K, empty_record()).unwrap());
         let limits = [limit("d", 5, Window::Fixed(86_400))];
-        check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         let counted = store.value(K);
         assert!(!create_if_missing(&store, K, empty_record()).unwrap());
         assert_eq!(store.value(K), counted);
@@ -412,7 +510,7 @@ mod tests {
         fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
             if self.interference.get() > 0 {
                 self.interference.set(self.interference.get() - 1);
-                check_and_take(self.inner, key, self.limits, NOW, 0).unwrap();
+                check_and_take(self.inner, key, self.limits, &[], NOW, 0).unwrap();
             }
             self.inner.set(key, value, cas)
         }
@@ -429,7 +527,7 @@ mod tests {
             limits: &limits,
         };
         // Two other requests slip in; ours is retried and becomes the third.
-        let c = check_and_take(&racing, K, &limits, NOW, 0).unwrap();
+        let c = check_and_take(&racing, K, &limits, &[], NOW, 0).unwrap();
         assert!(c.admitted);
         assert_eq!((c.usages[0].used, c.attempts), (3, 3));
         // Quota spent: another racing attempt is refused, not admitted as a fourth.
@@ -439,7 +537,7 @@ mod tests {
             limits: &limits,
         };
         assert!(
-            !check_and_take(&racing, K, &limits, NOW, 0)
+            !check_and_take(&racing, K, &limits, &[], NOW, 0)
                 .unwrap()
                 .admitted
         );
@@ -455,7 +553,7 @@ mod tests {
             limits: &limits,
         };
         assert_eq!(
-            check_and_take(&racing, K, &limits, NOW, 0),
+            check_and_take(&racing, K, &limits, &[], NOW, 0),
             Err(CountError::Contended)
         );
     }
@@ -464,7 +562,7 @@ mod tests {
     fn store_failures_surface_as_errors() {
         let limits = [limit("d", 1, Window::Month)];
         assert_eq!(
-            check_and_take(&crate::store::FailingStore, K, &limits, NOW, 0),
+            check_and_take(&crate::store::FailingStore, K, &limits, &[], NOW, 0),
             Err(CountError::Store(StoreError("down".into())))
         );
     }
@@ -486,13 +584,15 @@ mod tests {
             }])
         };
         store.set(K, &stored(t + 10, i64::MAX), 0).unwrap();
-        let c = check_and_take(&store, K, &limits, t, 0).unwrap();
+        let c = check_and_take(&store, K, &limits, &[], t, 0).unwrap();
         assert!(c.admitted);
         assert_eq!((c.usages[0].bounds.start, c.usages[0].used), (t, 1));
         // A window two ahead is not "the next one" either.
         store.set(K, &stored(t + 20, t + 30), 0).unwrap();
         assert_eq!(
-            check_and_take(&store, K, &limits, t, 0).unwrap().usages[0]
+            check_and_take(&store, K, &limits, &[], t, 0)
+                .unwrap()
+                .usages[0]
                 .bounds
                 .start,
             t
@@ -504,7 +604,7 @@ mod tests {
         let store = MemoryStore::new();
         let limits = [limit("d", 2, Window::Week)];
         assert!(matches!(
-            check_and_take(&store, K, &limits, NOW, 0),
+            check_and_take(&store, K, &limits, &[], NOW, 0),
             Err(CountError::Store(_))
         ));
         assert!(store.is_empty(), "nothing was written");
@@ -518,20 +618,24 @@ mod tests {
         create_if_missing(&store, K, empty_record()).unwrap();
         let limits = [limit("w", 1, Window::Fixed(10))];
         let t = NOW - NOW % 10;
-        assert!(check_and_take(&store, K, &limits, t, 0).unwrap().admitted);
         assert!(
-            check_and_take(&store, K, &limits, t + 10, 0)
+            check_and_take(&store, K, &limits, &[], t, 0)
                 .unwrap()
                 .admitted
         );
-        let late = check_and_take(&store, K, &limits, t + 9, 0).unwrap();
+        assert!(
+            check_and_take(&store, K, &limits, &[], t + 10, 0)
+                .unwrap()
+                .admitted
+        );
+        let late = check_and_take(&store, K, &limits, &[], t + 9, 0).unwrap();
         assert!(
             !late.admitted,
             "the stale clock must not reopen window [t, t+10)"
         );
         assert_eq!(late.usages[0].bounds.start, t + 10);
         assert!(
-            !check_and_take(&store, K, &limits, t + 10, 0)
+            !check_and_take(&store, K, &limits, &[], t + 10, 0)
                 .unwrap()
                 .admitted
         );
@@ -545,7 +649,7 @@ mod tests {
         assert_eq!(store.value(K).as_deref(), Some(empty_record()));
         assert!(!empty_record().is_empty());
         let limits = [limit("d", 5, Window::Day)];
-        let c = check_and_take(&store, K, &limits, NOW, 0).unwrap();
+        let c = check_and_take(&store, K, &limits, &[], NOW, 0).unwrap();
         assert!(c.admitted && !c.replaced_corrupt, "{c:?}");
         assert_eq!(c.usages[0].used, 1);
     }
@@ -558,13 +662,102 @@ mod tests {
         let store = fresh();
         let daily = [limit("x", 10, Window::Fixed(86_400))];
         for _ in 0..3 {
-            check_and_take(&store, K, &daily, midnight, 0).unwrap();
+            check_and_take(&store, K, &daily, &[], midnight, 0).unwrap();
         }
         let hourly = [limit("x", 10, Window::Fixed(3_600))];
-        let c = check_and_take(&store, K, &hourly, midnight, 0).unwrap();
+        let c = check_and_take(&store, K, &hourly, &[], midnight, 0).unwrap();
         assert_eq!(
             (c.usages[0].used, c.usages[0].bounds.end),
             (1, midnight + 3_600)
         );
+    }
+
+    #[test]
+    fn a_priced_request_takes_its_cost_only_if_every_limit_has_room_for_it() {
+        let store = fresh();
+        let limits = [
+            limit("requests", 10, Window::Day),
+            limit("tokens", 1000, Window::Day),
+        ];
+        let c = check_and_take(&store, K, &limits, &[1, 600], NOW, 0).unwrap();
+        assert!(c.admitted);
+        assert_eq!((c.usages[0].used, c.usages[1].used), (1, 600));
+        assert_eq!(c.usages[1].cost, 600);
+        // 600 + 401 > 1000: refused, and nothing taken from either limit.
+        let refused = check_and_take(&store, K, &limits, &[1, 401], NOW, 0).unwrap();
+        assert!(!refused.admitted);
+        assert_eq!(
+            (refused.usages[0].violated, refused.usages[1].violated),
+            (false, true)
+        );
+        assert_eq!(refused.usages[1].remaining(), 400);
+        // Exactly what is left fits.
+        let c = check_and_take(&store, K, &limits, &[1, 400], NOW, 0).unwrap();
+        assert!(c.admitted);
+        assert_eq!((c.usages[0].used, c.usages[1].used), (2, 1000));
+        // A spent limit does not refuse a request that takes nothing from it.
+        let c = check_and_take(&store, K, &limits, &[1, 0], NOW, 0).unwrap();
+        assert!(c.admitted, "{c:?}");
+        assert_eq!((c.usages[0].used, c.usages[1].used), (3, 1000));
+        assert!(
+            !check_and_take(&store, K, &limits, &[1, 1], NOW, 0)
+                .unwrap()
+                .admitted
+        );
+    }
+
+    #[test]
+    fn settling_refunds_or_charges_in_the_window_of_the_reservation_only() {
+        let store = fresh();
+        let limits = [
+            limit("requests", 10, Window::Fixed(60)),
+            limit("tokens", 1000, Window::Fixed(60)),
+        ];
+        let c = check_and_take(&store, K, &limits, &[1, 500], NOW, 0).unwrap();
+        let bounds = c.usages[1].bounds;
+        let refund = Settlement {
+            limit: 1,
+            bounds,
+            taken: 500,
+            actual: 300,
+        };
+        assert_eq!(settle(&store, K, &limits, &[refund]).unwrap(), 1);
+        let now = peek(&store, K, &limits, NOW, 0).unwrap();
+        assert_eq!((now[0].used, now[1].used), (1, 300));
+        let overrun = Settlement {
+            limit: 1,
+            bounds,
+            taken: 300,
+            actual: 1200,
+        };
+        assert_eq!(settle(&store, K, &limits, &[overrun]).unwrap(), 1);
+        assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[1].used, 1200);
+        // Nothing to change: nothing written.
+        let same = Settlement {
+            actual: 1200,
+            taken: 1200,
+            ..overrun
+        };
+        assert_eq!(settle(&store, K, &limits, &[same]).unwrap(), 0);
+        // The next window has begun and counted: the old reservation is not settled into it.
+        let later = NOW - NOW % 60 + 60;
+        check_and_take(&store, K, &limits, &[1, 10], later, 0).unwrap();
+        assert_eq!(settle(&store, K, &limits, &[refund]).unwrap(), 0);
+        assert_eq!(peek(&store, K, &limits, later, 0).unwrap()[1].used, 10);
+    }
+
+    #[test]
+    fn a_refund_larger_than_the_count_stops_at_zero() {
+        let store = fresh();
+        let limits = [limit("tokens", 1000, Window::Day)];
+        let c = check_and_take(&store, K, &limits, &[100], NOW, 0).unwrap();
+        let s = Settlement {
+            limit: 0,
+            bounds: c.usages[0].bounds,
+            taken: 500,
+            actual: 0,
+        };
+        settle(&store, K, &limits, &[s]).unwrap();
+        assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[0].used, 0);
     }
 }

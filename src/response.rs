@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use crate::config::{Config, Plan, Standing};
+use crate::config::{Config, Limit, Plan, Standing, Unit};
 use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
 use crate::time::format_rfc3339;
@@ -18,6 +18,8 @@ pub const SUSPENDED: &str = "urn:tollgate:problem:subscription-suspended";
 pub const EXPIRED: &str = "urn:tollgate:problem:subscription-expired";
 pub const PAYMENT_REQUIRED: &str = "urn:tollgate:problem:payment-required";
 pub const UNAVAILABLE: &str = "urn:tollgate:problem:quota-unavailable";
+pub const INVALID_BODY: &str = "urn:tollgate:problem:invalid-body";
+pub const BODY_TOO_LARGE: &str = "urn:tollgate:problem:body-too-large";
 
 /// The `Link` relation types of the remedy links (RFC 8288): IANA's registered `payment` ("a
 /// resource where payment is accepted", which both pages are) for generic clients, and an
@@ -95,6 +97,12 @@ pub fn rate_limit_policy(plan: &Plan, usages: &[Usage]) -> String {
         push_decimal(&mut out, limit.requests);
         out.extend_from_slice(b";w=");
         push_decimal(&mut out, positive(usage.bounds.seconds()));
+        // The draft's quota unit, for limits that do not count requests (its default).
+        if limit.unit != Unit::Requests {
+            out.extend_from_slice(b";qu=\"");
+            out.extend_from_slice(limit.unit.name().as_bytes());
+            out.push(b'"');
+        }
     }
     String::from_utf8(out).unwrap_or_default()
 }
@@ -142,6 +150,14 @@ struct Problem<'a> {
     plan: Option<&'a str>,
     #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
     violated_policies: Option<Vec<&'a str>>,
+    /// A priced request's refusal: the binding limit's unit, what the request needed and
+    /// what is left of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reset: Option<String>,
     #[serde(rename = "retry-after", skip_serializing_if = "Option::is_none")]
@@ -167,6 +183,9 @@ impl<'a> Problem<'a> {
             consumer: None,
             plan: None,
             violated_policies: None,
+            unit: None,
+            needed: None,
+            remaining: None,
             reset: None,
             retry_after: None,
             expired_at: None,
@@ -350,14 +369,7 @@ impl QuotaRefusal {
             Some((limit, usage)) => (
                 limit.status,
                 usage.bounds.end,
-                format!(
-                    "Consumer {} has used all {} requests of limit \"{}\" ({}); it resets at {}.",
-                    caller.consumer.name,
-                    limit.requests,
-                    limit.name,
-                    limit.window_text,
-                    format_rfc3339(usage.bounds.end)
-                ),
+                quota_detail(&caller.consumer.name, limit, usage),
             ),
             None => (402, i64::MIN, "The quota is exceeded.".to_string()),
         };
@@ -372,6 +384,14 @@ impl QuotaRefusal {
             )
             .of(caller);
             p.violated_policies = Some(violated.iter().map(|(l, _)| l.name.as_str()).collect());
+            // What a priced request needed: in the binding limit's unit, beside what is left.
+            if let Some((limit, usage)) =
+                binding.filter(|(l, u)| l.unit != Unit::Requests || u.cost != 1)
+            {
+                p.unit = Some(limit.unit.name());
+                p.needed = Some(usage.cost);
+                p.remaining = Some(usage.remaining());
+            }
             p.reset = (reset != i64::MIN).then(|| format_rfc3339(reset));
             p.upgrade_url = caller.plan.upgrade_url.as_deref();
             // `retry-after` is the last member: the document is this one without its closing
@@ -456,7 +476,10 @@ struct UsageDocument<'a> {
 #[derive(Serialize)]
 struct LimitUsage<'a> {
     name: &'a str,
+    /// The limit's size, in its unit (named by `unit` unless it counts requests).
     requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
     window: &'a str,
     used: u64,
     remaining: u64,
@@ -472,6 +495,26 @@ fn to_json(document: &impl Serialize) -> String {
     })
 }
 
+/// A quota refusal's `detail`: a spent limit, or one short of what a priced request needs.
+fn quota_detail(consumer: &str, limit: &Limit, usage: &Usage) -> String {
+    let unit = limit.unit.name();
+    let reset = format_rfc3339(usage.bounds.end);
+    if usage.used >= usage.requests {
+        format!(
+            "Consumer {consumer} has used all {} {unit} of limit \"{}\" ({}); it resets at {reset}.",
+            limit.requests, limit.name, limit.window_text
+        )
+    } else {
+        format!(
+            "Consumer {consumer} needs {} {unit} of limit \"{}\" ({}) for this request and has {} left; it resets at {reset}.",
+            usage.cost,
+            limit.name,
+            limit.window_text,
+            usage.remaining()
+        )
+    }
+}
+
 /// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
 pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
     let limits = caller
@@ -482,6 +525,7 @@ pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
         .map(|(limit, usage)| LimitUsage {
             name: &limit.name,
             requests: limit.requests,
+            unit: (limit.unit != Unit::Requests).then(|| limit.unit.name()),
             window: &limit.window_text,
             used: usage.used.min(limit.requests),
             remaining: usage.remaining(),
@@ -504,6 +548,28 @@ pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
         body,
         grpc_status: None,
     }
+}
+
+/// 400 for an LLM request whose body tollgate cannot price: `field` is the JSON member at
+/// fault (empty: the whole body), `why` says what is wrong with it (never its content).
+pub fn invalid_body(field: &str, why: &str) -> Reply {
+    let detail = if field.is_empty() {
+        format!("The request body cannot be priced: {why}.")
+    } else {
+        format!("The request body cannot be priced: `{field}` {why}.")
+    };
+    Problem::new(INVALID_BODY, "Invalid request body", 400, detail).reply(Vec::new(), false)
+}
+
+/// 413 for an LLM request body over `llm.max_body_bytes`.
+pub fn body_too_large(max: u64) -> Reply {
+    Problem::new(
+        BODY_TOO_LARGE,
+        "Request body too large",
+        413,
+        format!("The request body is larger than {max} bytes, the most this API reads."),
+    )
+    .reply(Vec::new(), false)
 }
 
 /// 405 for anything but GET/HEAD on the usage path.

@@ -52,6 +52,20 @@ pub struct Forward<'c> {
     /// Fleet mode: the consumer's lease (by index) to refill ahead of time, while this
     /// request goes on.
     pub refill: Option<(usize, crate::lease::Ask)>,
+    /// A priced request (a route's cost, an LLM reservation): what it took, to settle.
+    pub charged: Option<Charged>,
+}
+
+/// What a priced request took on admission, for its settlement once the response is known
+/// (see [`crate::settlement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charged {
+    /// The consumer's index in the configuration.
+    pub consumer: usize,
+    /// One per limit of its plan, with what the request took (`cost`) and in which window.
+    pub usages: Vec<Usage>,
+    /// The output cap the provider must be sent (LLM routes).
+    pub output_cap: Option<u64>,
 }
 
 impl<'c> Forward<'c> {
@@ -110,6 +124,8 @@ pub enum Step {
     Continue {
         fields: Option<RateLimitFields>,
         refill: Option<(usize, crate::lease::Ask)>,
+        /// A priced request's charge, to settle from its response.
+        charged: Option<Charged>,
     },
     /// A local reply was sent.
     Replied,
@@ -231,6 +247,13 @@ pub fn handle_with<'c>(
                 caller.plan.name
             );
             forward.refill = refill.map(|ask| (caller.consumer.id, ask));
+            if !fleet.price.is_plain() {
+                forward.charged = Some(Charged {
+                    consumer: caller.consumer.id,
+                    usages: usages.clone(),
+                    output_cap: fleet.price.tokens.map(|t| t.cap_for(caller.plan)),
+                });
+            }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
             return admit(config, memo, forward, caller, &usages, now, metrics);
         }
@@ -393,7 +416,14 @@ fn store_error<'c>(
         // not remembered: the fleet may have room once its store is back).
         (OnStoreError::Local, Some(c)) => {
             let limits = &c.plan.limits;
-            match check_and_take(store, &c.consumer.store_key, limits, now, config.utc_offset) {
+            match check_and_take(
+                store,
+                &c.consumer.store_key,
+                limits,
+                &[],
+                now,
+                config.utc_offset,
+            ) {
                 Ok(counted) if counted.admitted => {
                     log::warn!(
                         "on_store_error=local: counted in this Envoy ({})",

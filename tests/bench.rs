@@ -49,6 +49,7 @@ fn the_floor_filter_sends_values_of_tollgates_sizes() {
             requests: l.requests,
             bounds: l.window.bounds(now, 0),
             violated: false,
+            cost: 1,
         })
         .collect();
     let quoted = |name: &str| {

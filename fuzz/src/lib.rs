@@ -399,6 +399,7 @@ pub fn record(data: &[u8]) {
     let limit = |name: &str, requests: u64, window: Window| Limit {
         name: name.into(),
         requests,
+        unit: tollgate::config::Unit::Requests,
         window,
         window_text: String::new(),
         status: 402,
@@ -417,6 +418,7 @@ pub fn record(data: &[u8]) {
             name: "p".into(),
             limits: limits.clone(),
             upgrade_url: None,
+            max_output_tokens: None,
         };
         for (now, offset) in [(NOW, 0), (NOW + 40 * DAY, -MAX_UTC_OFFSET)] {
             let store = MemoryStore::new();
@@ -425,7 +427,7 @@ pub fn record(data: &[u8]) {
                 .expect("a MemoryStore does not fail");
             let before = peek(&store, KEY, limits, now, offset).expect("peek");
             assert_eq!(store.value(KEY).as_deref(), Some(data), "peek wrote");
-            let counted = check_and_take(&store, KEY, limits, now, offset)
+            let counted = check_and_take(&store, KEY, limits, &[], now, offset)
                 .expect("counting against an existing record does not fail");
             assert_eq!((counted.usages.len(), counted.attempts), (limits.len(), 1));
             if counted.replaced_corrupt {
@@ -454,7 +456,7 @@ pub fn record(data: &[u8]) {
                 let used: Vec<u64> = after.iter().map(|u| u.used).collect();
                 let want: Vec<u64> = counted.usages.iter().map(|u| u.used).collect();
                 assert_eq!(used, want);
-                let again = check_and_take(&store, KEY, limits, now, offset).expect("count");
+                let again = check_and_take(&store, KEY, limits, &[], now, offset).expect("count");
                 assert!(
                     !again.replaced_corrupt,
                     "tollgate wrote a value it cannot read"

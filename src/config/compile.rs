@@ -14,6 +14,42 @@ use super::keys::{parse_key, KeyBuilder};
 use super::model::*;
 use super::plan::*;
 use super::raw::*;
+use super::routes::{compile_llm, compile_routes, output_cap, Routes};
+
+/// Fleet mode spends one lease unit per request: limits in other units, and routes that price
+/// requests otherwise, are refused there until leases hold units per limit.
+fn refuse_units_in_fleet(plans: &[Plan], routes: &Routes) -> Result<(), ConfigError> {
+    for plan in plans {
+        if let Some((i, limit)) = plan
+            .limits
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.unit != Unit::Requests)
+        {
+            return Err(ConfigError(format!(
+                "plans.{}.limits[{i}]: a limit in {} is not supported with store.rls yet (fleet mode counts requests); count it in local mode",
+                plan.name,
+                limit.unit.name()
+            )));
+        }
+    }
+    if let Some(route) = routes.iter().find(|r| r.llm.is_some()) {
+        return Err(ConfigError(format!(
+            "routes.{}.llm: LLM routes are not supported with store.rls yet (fleet mode counts requests); run them in local mode",
+            route.name
+        )));
+    }
+    if let Some(route) = routes
+        .iter()
+        .find(|r| r.costs.iter().any(|(_, c)| *c != 1) || !r.cost_headers.is_empty())
+    {
+        return Err(ConfigError(format!(
+            "routes.{}: costs other than 1 request are not supported with store.rls yet (fleet mode counts requests)",
+            route.name
+        )));
+    }
+    Ok(())
+}
 
 pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if valid_name(name) {
@@ -95,14 +131,15 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
                 limit.name
             )));
         }
-        if limit.requests > MAX_REQUESTS {
+        let (size_field, size, unit) = limit_size(&field, &limit)?;
+        if size > MAX_REQUESTS {
             return Err(ConfigError(format!(
-                "{field}.requests: at most {MAX_REQUESTS} (RateLimit fields carry at most 15 digits)"
+                "{field}.{size_field}: at most {MAX_REQUESTS} (RateLimit fields carry at most 15 digits)"
             )));
         }
-        if limit.requests == 0 {
+        if size == 0 {
             return Err(ConfigError(format!(
-                "{field}.requests: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"
+                "{field}.{size_field}: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"
             )));
         }
         let window = Window::parse(&limit.window)
@@ -115,7 +152,8 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
         }
         limits.push(Limit {
             name: limit.name,
-            requests: limit.requests,
+            requests: size,
+            unit,
             window,
             window_text: limit.window,
             status,
@@ -126,7 +164,50 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
         name: name.to_string(),
         limits,
         upgrade_url,
+        max_output_tokens: output_cap(
+            &format!("plans.{name}.max_output_tokens"),
+            raw.max_output_tokens,
+        )?,
     })
+}
+
+/// A limit's size and unit: exactly one of `requests`, `tokens`, `units` (with `unit`).
+fn limit_size(field: &str, limit: &RawLimit) -> Result<(&'static str, u64, Unit), ConfigError> {
+    let sizes = [
+        ("requests", limit.requests),
+        ("tokens", limit.tokens),
+        ("units", limit.units),
+    ];
+    let mut given = sizes.iter().filter_map(|(f, v)| v.map(|v| (*f, v)));
+    let (Some((size_field, size)), None) = (given.next(), given.next()) else {
+        return Err(ConfigError(format!(
+            "{field}: give exactly one of `requests`, `tokens` or `units` (with `unit`)"
+        )));
+    };
+    let unit = match (size_field, &limit.unit) {
+        ("requests", None) => Unit::Requests,
+        ("tokens", None) => Unit::Tokens,
+        ("units", Some(unit)) => {
+            if unit == "requests" || unit == "tokens" {
+                return Err(ConfigError(format!(
+                    "{field}.unit: write `\"{unit}\": N` instead of a unit named `{unit}`"
+                )));
+            }
+            check_name(&format!("{field}.unit"), unit)?;
+            Unit::Named(unit.as_str().into())
+        }
+        ("units", None) => {
+            return Err(ConfigError(format!(
+                "{field}.unit: `units` needs the unit's name (e.g. \"unit\": \"credits\")"
+            )))
+        }
+        _ => {
+            return Err(ConfigError(format!(
+                "{field}.unit: only with `units` (`requests` and `tokens` name their unit)"
+            )))
+        }
+    };
+    Ok((size_field, size, unit))
 }
 
 /// Longest remedy URL accepted.
@@ -485,6 +566,11 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let events = compile_events(raw.events, &plans, plan_alerts)?;
     let store = compile_store(raw.store, raw.on_store_error, events.as_ref())?;
+    let llm = compile_llm(raw.llm)?;
+    let routes = compile_routes(raw.routes, llm.as_ref())?;
+    if store.is_some() {
+        refuse_units_in_fleet(&plans, &routes)?;
+    }
     Ok(Config {
         challenge: challenge(&credentials),
         credentials,
@@ -505,6 +591,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         events,
         store,
         entitlements: raw.entitlements.map(compile_settings).transpose()?,
+        routes,
+        llm,
         keys,
     })
 }

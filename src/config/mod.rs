@@ -13,6 +13,7 @@
 //! - [`raw`]: the JSON model serde reads (stage 1);
 //! - [`compile`]: validation into the compiled form (stage 2), URLs, offsets, `store.rls`;
 //! - [`events`], [`entitlements`]: those sections' models and validation;
+//! - [`routes`]: what a request costs per Envoy route, LLM routes, models and weights;
 //! - [`load`]: the two loads (the plugin configuration, and with an entitlements snapshot);
 //! - [`keys`]: the key → consumer map (plaintext and `sha256:` keys);
 //! - [`errors`]: error messages with field paths, in a user's words, never showing a key;
@@ -27,6 +28,7 @@ mod load;
 mod model;
 mod plan;
 mod raw;
+mod routes;
 mod secret;
 mod summary;
 #[cfg(test)]
@@ -40,5 +42,6 @@ pub use keys::DigestHasher;
 pub use model::*;
 pub use plan::*;
 pub use raw::{CorsPreflight, Mode, OnStoreError, UniqueMap};
+pub use routes::*;
 pub use secret::Secret;
 pub use summary::format_utc_offset;

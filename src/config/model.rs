@@ -7,6 +7,7 @@ use super::events::EventsConfig;
 use super::keys::Keys;
 use super::plan::{Consumer, Plan};
 use super::raw::{CorsPreflight, Mode, OnStoreError};
+use super::routes::{Llm, Routes};
 
 /// Prefix of every shared-data key tollgate writes.
 pub const STORE_PREFIX: &str = "tollgate:v1:";
@@ -46,6 +47,11 @@ pub struct Config {
     pub store: Option<Rls>,
     /// Where live consumers are pulled from (`entitlements`), if anywhere.
     pub entitlements: Option<Settings>,
+    /// What requests cost per Envoy route (empty: 1 request each, and the route is never
+    /// looked up).
+    pub routes: Routes,
+    /// LLM routes' bounds, models and weights.
+    pub llm: Option<Llm>,
     pub(super) keys: Keys,
 }
 

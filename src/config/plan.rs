@@ -10,10 +10,42 @@ pub const MAX_LIMITS_PER_PLAN: usize = 16;
 /// Largest `requests` of a limit: a structured-field integer has at most 15 digits.
 pub const MAX_REQUESTS: u64 = 999_999_999_999_999;
 
+/// What a limit counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Requests (`"requests": N`): every counted request takes 1, or its route's `cost`.
+    Requests,
+    /// LLM tokens (`"tokens": N`): reserved on admission on `llm` routes, settled from the
+    /// response's usage; other routes take none.
+    Tokens,
+    /// Any other unit (`"units": N, "unit": "credits"`): a request takes 1, or its route's
+    /// `cost`, settled from the upstream's cost header where the route names one.
+    Named(Box<str>),
+}
+
+impl Unit {
+    /// The unit as configured and as `RateLimit-Policy`'s `qu` and refusals name it.
+    pub fn name(&self) -> &str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+            Unit::Named(name) => name,
+        }
+    }
+
+    /// Counts in this unit may go down after admission (settlement refunds), so a refusal
+    /// is not known to last until the window ends.
+    pub fn settled(&self) -> bool {
+        !matches!(self, Unit::Requests)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     pub name: String,
+    /// The limit's size, in its [`Unit`] (requests, for a request limit).
     pub requests: u64,
+    pub unit: Unit,
     pub window: Window,
     /// The window as configured (`day`, `15m`), for messages.
     pub window_text: String,
@@ -27,6 +59,8 @@ pub struct Plan {
     pub limits: Vec<Limit>,
     /// Where a caller whose quota is spent can upgrade or buy more (`https` only).
     pub upgrade_url: Option<String>,
+    /// The largest output cap (`max_tokens` and kin) this plan's LLM requests may ask for.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// A consumer's configured `status`.

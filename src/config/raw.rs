@@ -54,6 +54,61 @@ pub(super) struct RawConfig {
     pub(super) store: Option<RawStore>,
     #[serde(default)]
     pub(super) entitlements: Option<RawSettings>,
+    /// What a request costs per Envoy route (by route name), and which routes are LLM APIs.
+    #[serde(default)]
+    pub(super) routes: UniqueMap<RawRoute>,
+    /// LLM routes' body bound, models and weights.
+    #[serde(default)]
+    pub(super) llm: Option<RawLlm>,
+}
+
+/// `routes.<route name>`: the Envoy route's name (`xds.route_name`) keys it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    /// Units a request of this route takes, per unit name (`requests`, or a named unit).
+    #[serde(default)]
+    pub(super) cost: UniqueMap<u64>,
+    /// Per unit: the upstream response header whose integer value settles the request's
+    /// cost in that unit (removed before the client sees the response).
+    #[serde(default)]
+    pub(super) cost_headers: UniqueMap<String>,
+    /// The LLM API this route serves: `openai-chat`, `openai-responses`,
+    /// `anthropic-messages`.
+    #[serde(default)]
+    pub(super) llm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLlm {
+    #[serde(default)]
+    pub(super) max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub(super) max_n: Option<u64>,
+    #[serde(default)]
+    pub(super) bytes_per_input_token: Option<u64>,
+    pub(super) models: UniqueMap<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    #[serde(default)]
+    pub(super) max_output_tokens: Option<u64>,
+    #[serde(default)]
+    pub(super) weights: Option<RawWeights>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWeights {
+    #[serde(default)]
+    pub(super) input: Option<f64>,
+    #[serde(default)]
+    pub(super) cached_input: Option<f64>,
+    #[serde(default)]
+    pub(super) output: Option<f64>,
 }
 
 /// `"store": {"rls": {...}}`: the only store kind so far.
@@ -132,13 +187,23 @@ pub(super) struct RawPlan {
     /// This plan's alert thresholds, instead of `events.alerts` (see [`crate::events`]).
     #[serde(default)]
     pub(super) alerts: Option<Vec<u64>>,
+    #[serde(default)]
+    pub(super) max_output_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimit {
     pub(super) name: String,
-    pub(super) requests: u64,
+    /// Exactly one of `requests`, `tokens` and `units` (with `unit`).
+    #[serde(default)]
+    pub(super) requests: Option<u64>,
+    #[serde(default)]
+    pub(super) tokens: Option<u64>,
+    #[serde(default)]
+    pub(super) units: Option<u64>,
+    #[serde(default)]
+    pub(super) unit: Option<String>,
     pub(super) window: String,
     #[serde(default)]
     pub(super) status: Option<u16>,

@@ -189,6 +189,7 @@ fn usage(used: u64, requests: u64) -> Usage {
             end: 86_400,
         },
         violated: false,
+        cost: 1,
     }
 }
 

@@ -237,6 +237,7 @@ impl FleetHost for Fake {
             Action::Forward(forward) => Step::Continue {
                 fields: forward.rate_limit,
                 refill: forward.refill,
+                charged: forward.charged,
             },
         }
     }

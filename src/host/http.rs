@@ -7,15 +7,21 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
+use super::buffers;
 use super::clock::now_ms;
 use super::fleet;
-use super::request::{log_failure, run, unavailable};
+use super::request::{log_failure, run, send, unavailable};
 use super::runtime::Runtime;
-use crate::decision::Attempt;
-use crate::response::RateLimitFields;
-use crate::verdict::Step;
+use super::shared_data::SharedData;
+use crate::decision::{Attempt, Price};
+use crate::llm::Api;
+use crate::metrics::{Increments, Metric};
+use crate::quota::settle;
+use crate::response::{body_too_large, invalid_body, RateLimitFields};
+use crate::settlement::{read_llm, Pending};
+use crate::verdict::{Charged, Step};
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,
@@ -25,6 +31,10 @@ pub struct Filter {
     /// Fleet mode: the request was held for a lease refill (it was then decided, and its
     /// RateLimit fields kept, by [`fleet`]).
     held: bool,
+    /// An LLM route's request, decided once its body is in: the route's index and API.
+    awaiting_body: Option<(usize, Api)>,
+    /// A priced, admitted request, until its settlement is written.
+    pending: Option<Pending>,
 }
 
 impl Filter {
@@ -34,7 +44,125 @@ impl Filter {
             rate_limit: None,
             context_id,
             held: false,
+            awaiting_body: None,
+            pending: None,
         }
+    }
+
+    /// A decided request goes on: its RateLimit fields kept, a refill started, and a priced
+    /// request's charge kept for its settlement.
+    fn go_on(
+        &mut self,
+        runtime: &Rc<Runtime>,
+        step: Step,
+        llm: Option<(Api, crate::config::Weights)>,
+        route: Option<usize>,
+    ) -> Result<Option<Charged>, Action> {
+        match step {
+            Step::Continue {
+                fields,
+                refill,
+                charged,
+            } => {
+                self.rate_limit = fields;
+                if let Some((consumer, ask)) = refill {
+                    fleet::refill_ahead(runtime, consumer, ask);
+                }
+                let config = &runtime.config;
+                let route = route.and_then(|i| config.routes.get(i));
+                // Only local mode settles (fleet mode prices every request at 1).
+                let settles = config.store.is_none()
+                    && (llm.is_some() || route.is_some_and(|r| !r.cost_headers.is_empty()));
+                if let Some(charged) = charged.as_ref().filter(|_| settles) {
+                    self.pending = Some(Pending::new(charged.clone(), route, llm));
+                }
+                Ok(charged)
+            }
+            Step::Replied => Err(Action::Pause),
+            Step::Wait(wait) => {
+                self.held = true;
+                let now_ms = now_ms().unwrap_or(0);
+                fleet::hold(self.context_id, runtime, wait, now_ms);
+                Err(Action::Pause)
+            }
+        }
+    }
+
+    /// The request's body is in: price it, decide, and forward it with its output cap set.
+    fn decide_llm(&mut self, runtime: &Rc<Runtime>, route: usize, api: Api, size: usize) -> Action {
+        let config = &runtime.config;
+        let body = buffers::get(BufferType::HttpRequestBody, 0, size).unwrap_or_default();
+        let request = match read_llm(config, api, &body) {
+            Ok(request) => request,
+            Err(reply) => {
+                log::debug!("refuse an LLM request whose body cannot be priced");
+                return send(&reply);
+            }
+        };
+        let Some(now_ms) = now_ms() else {
+            return unavailable("tollgate cannot read the clock\n");
+        };
+        let attempt = Attempt {
+            now_ms,
+            price: Price {
+                route: Some(route),
+                tokens: Some(request.ask),
+            },
+            ..Attempt::default()
+        };
+        let step = run(runtime, &attempt, now_ms);
+        let charged = match self.go_on(runtime, step, Some((api, request.weights)), Some(route)) {
+            Ok(charged) => charged,
+            Err(action) => return action,
+        };
+        let cap = charged
+            .and_then(|c| c.output_cap)
+            .unwrap_or(request.ask.cap);
+        let (rewritten, _) = request.body.rewrite(cap);
+        if !buffers::set(BufferType::HttpRequestBody, 0, size, &rewritten) {
+            log::error!("LLM request: the body could not be rewritten with its output cap");
+        }
+        let length = itoa::Buffer::new().format(rewritten.len()).to_string();
+        if let Err(status) =
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, "content-length", Some(&length))
+        {
+            log_failure("set content-length", status);
+        }
+        Action::Continue
+    }
+
+    /// Writes the settlement of a priced request, once.
+    fn settle(&mut self) {
+        let (Some(runtime), Some(pending)) = (self.runtime.clone(), self.pending.as_mut()) else {
+            return;
+        };
+        if pending.settled() {
+            return;
+        }
+        let config = &runtime.config;
+        let Some(consumer) = config.consumers.get(pending.consumer()) else {
+            return;
+        };
+        let Some(plan) = config.plan_of(consumer) else {
+            return;
+        };
+        let (settlements, metric) = pending.settlements(&plan.limits);
+        let mut metrics = Increments::default();
+        if !settlements.is_empty() {
+            let store = SharedData::for_request();
+            if let Err(e) = settle(&store, &consumer.store_key, &plan.limits, &settlements) {
+                log::error!(
+                    "consumer {}: the settlement could not be written ({}); the reservation stays",
+                    consumer.name,
+                    e.reason()
+                );
+                metrics.push(Metric::SettleFailed, None);
+            }
+        }
+        if let Some(metric) = metric {
+            metrics.push(metric, None);
+        }
+        runtime.metrics.record(&metrics);
     }
 }
 
@@ -48,12 +176,36 @@ impl Context for Filter {
         if self.held {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
         }
+        // A response torn down before its end (a cut stream, a client gone): settled with what
+        // it reported, or charged the reservation.
+        self.settle();
         true
     }
 }
 
+impl Filter {
+    /// An LLM route: nothing is decided until the body is in (the reservation depends on
+    /// it); a body announced over the bound is refused at once.
+    fn await_body(&mut self, runtime: &Rc<Runtime>, route: usize, api: Api, end: bool) -> Action {
+        if end {
+            return send(&invalid_body("", "an LLM request needs a JSON body"));
+        }
+        let max = runtime.config.llm.as_ref().map_or(0, |l| l.max_body_bytes);
+        let announced =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-length")
+                .ok()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > max) {
+            return send(&body_too_large(max));
+        }
+        self.awaiting_body = Some((route, api));
+        Action::Pause
+    }
+}
+
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(runtime) = self.runtime.clone() else {
             log::error!("request refused: the plugin has no valid configuration");
             return unavailable("tollgate is not configured\n");
@@ -62,28 +214,63 @@ impl HttpContext for Filter {
             log::error!("request refused: the host clock is unavailable");
             return unavailable("tollgate cannot read the clock\n");
         };
+        let mut price = Price::default();
+        // Routes are looked up only when some are priced: a plain configuration pays nothing.
+        if !runtime.config.routes.is_empty() {
+            let name = buffers::property(&["xds", "route_name"]).unwrap_or_default();
+            if let Some((index, route)) = runtime.config.routes.find(&name) {
+                price.route = Some(index);
+                if let Some(api) = route.llm {
+                    return self.await_body(&runtime, index, api, end_of_stream);
+                }
+            }
+        }
         let attempt = Attempt {
             now_ms,
+            price,
             ..Attempt::default()
         };
-        match run(&runtime, &attempt, now_ms) {
-            Step::Continue { fields, refill } => {
-                self.rate_limit = fields;
-                if let Some((consumer, ask)) = refill {
-                    fleet::refill_ahead(&runtime, consumer, ask);
-                }
-                Action::Continue
-            }
-            Step::Replied => Action::Pause,
-            Step::Wait(wait) => {
-                self.held = true;
-                fleet::hold(self.context_id, &runtime, wait, now_ms);
-                Action::Pause
-            }
+        let step = run(&runtime, &attempt, now_ms);
+        match self.go_on(&runtime, step, None, price.route) {
+            Ok(_) => Action::Continue,
+            Err(action) => action,
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some((route, api)), Some(runtime)) = (self.awaiting_body, self.runtime.clone()) else {
+            return Action::Continue;
+        };
+        let max = runtime.config.llm.as_ref().map_or(0, |l| l.max_body_bytes);
+        if u64::try_from(body_size).unwrap_or(u64::MAX) > max {
+            self.awaiting_body = None;
+            return send(&body_too_large(max));
+        }
+        if !end_of_stream {
+            // Envoy buffers the body until the end (bounded by the listener's buffer limit).
+            return Action::Pause;
+        }
+        self.awaiting_body = None;
+        self.decide_llm(&runtime, route, api, body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some(pending) = self.pending.as_mut() {
+            let headers = MapType::HttpResponseHeaders;
+            let read = |name: &str| hostcalls::get_map_value_bytes(headers, name).ok().flatten();
+            let status =
+                read(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+            let event_stream =
+                read("content-type").is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+            for name in pending.on_response_headers(status, event_stream, read) {
+                if let Err(status) = hostcalls::remove_map_value(headers, &name) {
+                    log_failure("remove response header", status);
+                }
+            }
+            if end_of_stream {
+                self.settle();
+            }
+        }
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
         // field becomes the list of both (docs/responses.md); adding is also the cheaper call.
         let fields = match self.rate_limit.take() {
@@ -100,6 +287,21 @@ impl HttpContext for Filter {
             }
             if let Err(status) = hostcalls::add_map_value(headers, "ratelimit", &fields.state) {
                 log_failure("add response header", status);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(pending) = self.pending.as_mut() {
+            if body_size > 0 {
+                // Streamed through (never buffered): the buffer is this chunk.
+                if let Some(chunk) = buffers::get(BufferType::HttpResponseBody, 0, body_size) {
+                    pending.on_body(&chunk);
+                }
+            }
+            if end_of_stream {
+                self.settle();
             }
         }
         Action::Continue

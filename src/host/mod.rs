@@ -2,6 +2,7 @@
 //! bytes, request headers, the clock), calls the pure core, and acts on its decisions.
 //! `root.rs` is the composition root (nobody imports it); this file only declares.
 
+mod buffers;
 mod clock;
 mod entitlements;
 mod events;

@@ -70,6 +70,7 @@ pub fn run(runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
             Step::Continue {
                 fields: forward.rate_limit,
                 refill: forward.refill,
+                charged: forward.charged,
             }
         }
     }

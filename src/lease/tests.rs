@@ -19,6 +19,7 @@ fn limits(sizes: &[(u64, Window)]) -> Vec<Limit> {
         .map(|(i, (requests, window))| Limit {
             name: format!("l{i}"),
             requests: *requests,
+            unit: crate::config::Unit::Requests,
             window: *window,
             window_text: String::new(),
             status: 402,

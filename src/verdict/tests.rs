@@ -618,6 +618,7 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
         now_ms: NOW * 1000,
         waiting_since_ms: Some(NOW * 1000),
         failed: Some("the rate limit service did not answer".into()),
+        ..Attempt::default()
     };
     let h = get(&[("x-api-key", "acme")]);
     let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();

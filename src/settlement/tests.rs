@@ -1,0 +1,182 @@
+use super::*;
+use crate::quota::Usage;
+use crate::window::Bounds;
+
+const BOUNDS: Bounds = Bounds {
+    start: 0,
+    end: 86_400,
+};
+
+fn limit(name: &str, unit: Unit) -> Limit {
+    Limit {
+        name: name.into(),
+        requests: 1_000_000,
+        unit,
+        window: crate::window::Window::parse("day").unwrap(),
+        window_text: "day".into(),
+        status: 402,
+    }
+}
+
+fn charged(costs: &[u64]) -> Charged {
+    Charged {
+        consumer: 0,
+        usages: costs
+            .iter()
+            .map(|cost| Usage {
+                used: *cost,
+                requests: 1_000_000,
+                bounds: BOUNDS,
+                violated: false,
+                cost: *cost,
+            })
+            .collect(),
+        output_cap: Some(100),
+    }
+}
+
+fn weights(input: u64, cached_input: u64, output: u64) -> Weights {
+    Weights {
+        input,
+        cached_input,
+        output,
+    }
+}
+
+#[test]
+fn weighing_rounds_up_and_prices_each_kind() {
+    let tokens = Tokens {
+        input: 10,
+        cached_input: 4,
+        output: 3,
+    };
+    assert_eq!(weigh(tokens, Weights::default()), 17);
+    // 10 × 1 + 4 × 0.25 + 3 × 4 = 23
+    assert_eq!(weigh(tokens, weights(1000, 250, 4000)), 23);
+    // 10 × 0.001 = 0.01, rounded up
+    let one = Tokens {
+        input: 10,
+        ..Tokens::default()
+    };
+    assert_eq!(weigh(one, weights(1, 0, 0)), 1);
+    assert_eq!(weigh(Tokens::default(), Weights::default()), 0);
+}
+
+#[test]
+fn the_reservation_covers_the_dearer_input_weight_and_every_completion() {
+    // 1000 bytes at 4 bytes a token = 250 tokens × 2 (cached is dearer here) = 500;
+    // output 100 × n 3 × 1.5 = 450.
+    let ask = token_ask(1000, 4, 100, 3, weights(1000, 2000, 1500));
+    assert_eq!(ask.input, 500);
+    assert_eq!(ask.reserve(100), 950);
+    assert_eq!(ask.reserve(10), 545);
+    // 1001 bytes: one more token (rounded up).
+    assert_eq!(token_ask(1001, 4, 1, 1, Weights::default()).input, 251);
+}
+
+#[test]
+fn cost_headers_are_digits_only_and_bounded() {
+    assert_eq!(parse_cost(b"7"), Some(7));
+    assert_eq!(parse_cost(b"0"), Some(0));
+    assert_eq!(parse_cost(b"999999999999999"), Some(999_999_999_999_999));
+    for bad in [
+        &b""[..],
+        b"-1",
+        b"+1",
+        b" 1",
+        b"1.5",
+        b"1e3",
+        b"9999999999999999",
+        b"abc",
+    ] {
+        assert_eq!(parse_cost(bad), None, "{bad:?}");
+    }
+}
+
+fn llm_pending(costs: &[u64]) -> Pending {
+    Pending::new(
+        charged(costs),
+        None,
+        Some((Api::OpenAiChat, weights(1000, 500, 2000))),
+    )
+}
+
+#[test]
+fn without_response_headers_the_stream_was_cut_and_the_reservation_stays() {
+    let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
+    let mut p = llm_pending(&[1, 500]);
+    let (settlements, metric) = p.settlements(&limits);
+    // No status: the upstream never answered; not a 2xx, so tokens are released.
+    assert_eq!(metric, Some(Metric::Released));
+    assert_eq!(
+        settlements,
+        [Settlement {
+            limit: 1,
+            bounds: BOUNDS,
+            taken: 500,
+            actual: 0
+        }]
+    );
+    // Once only.
+    assert_eq!(p.settlements(&limits), (Vec::new(), None));
+    assert!(p.settled());
+}
+
+#[test]
+fn an_upstream_error_without_usage_releases_and_a_2xx_without_usage_charges() {
+    let limits = [limit("t", Unit::Tokens)];
+    let mut failed = llm_pending(&[500]);
+    failed.on_response_headers(Some(503), false, |_| None);
+    assert_eq!(failed.settlements(&limits).1, Some(Metric::Released));
+
+    let mut cut = llm_pending(&[500]);
+    cut.on_response_headers(Some(200), true, |_| None);
+    let (settlements, metric) = cut.settlements(&limits);
+    assert_eq!(metric, Some(Metric::Unreported));
+    assert!(
+        settlements.is_empty(),
+        "the reservation stays: {settlements:?}"
+    );
+}
+
+#[test]
+fn request_limits_are_never_settled_and_a_tokenless_request_settles_nothing() {
+    let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
+    let mut p = llm_pending(&[1, 0]);
+    p.on_response_headers(Some(200), false, |_| None);
+    assert_eq!(p.settlements(&limits), (Vec::new(), None));
+}
+
+#[test]
+fn a_cost_header_settles_its_unit_and_is_removed() {
+    let credits = Unit::Named("credits".into());
+    let route = Route {
+        name: "images".into(),
+        costs: vec![(credits.clone(), 10)],
+        cost_headers: vec![(credits.clone(), "x-upstream-cost".into())],
+        llm: None,
+    };
+    let limits = [limit("r", Unit::Requests), limit("c", credits)];
+    let mut p = Pending::new(charged(&[1, 10]), Some(&route), None);
+    let removed = p.on_response_headers(Some(200), false, |name| {
+        (name == "x-upstream-cost").then(|| b"7".to_vec())
+    });
+    assert_eq!(removed, ["x-upstream-cost"]);
+    let (settlements, metric) = p.settlements(&limits);
+    assert_eq!(metric, Some(Metric::Settled));
+    assert_eq!(
+        settlements,
+        [Settlement {
+            limit: 1,
+            bounds: BOUNDS,
+            taken: 10,
+            actual: 7
+        }]
+    );
+
+    // Not a cost: removed all the same, and the route's cost stands.
+    let mut bad = Pending::new(charged(&[1, 10]), Some(&route), None);
+    let removed = bad.on_response_headers(Some(200), false, |_| Some(b"-3".to_vec()));
+    assert_eq!(removed, ["x-upstream-cost"]);
+    assert_eq!(bad.settlements(&limits), (Vec::new(), None));
+}
