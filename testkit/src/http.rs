@@ -264,3 +264,66 @@ pub fn h2load(port: u16, key: &str, n: u64, connections: u32, streams: u32) -> [
     let counts: Vec<u64> = numbers.chunks(2).map(|c| c[0]).collect();
     [counts[0], counts[1], counts[2], counts[3]]
 }
+
+/// A POST with a body through curl, over HTTP/1.1 or (prior knowledge, no TLS) HTTP/2, with
+/// these extra headers (`name: value`). The body is read whole, de-chunked; a response cut
+/// short (the upstream closed mid-stream) is returned with what arrived and `cut` set.
+pub fn post(port: u16, path: &str, headers: &[&str], body: &[u8], http2: bool) -> Posted {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "-X", "POST", "--data-binary", "@-"])
+        .arg(if http2 {
+            "--http2-prior-knowledge"
+        } else {
+            "--http1.1"
+        })
+        .args(["--max-time", "60"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("curl (installed by `make test`)");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let raw = out.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "POST {path}: no response ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("POST {path}: no status line in {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Posted {
+        response: Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&raw[split + 4..]).to_string(),
+        },
+        body: raw[split + 4..].to_vec(),
+        cut: !out.status.success(),
+    }
+}
+
+/// What [`post`] got: the response, its body's bytes as received, and whether it was cut.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub response: Response,
+    pub body: Vec<u8>,
+    pub cut: bool,
+}
