@@ -10,7 +10,7 @@
 //!   its own and polled until ready.
 //! - [`http`]: HTTP/1.1 clients (one request, a kept-alive connection) and h2load.
 //! - [`fakes`]: servers outside the product that the tests stand in for (the usage-events sink,
-//!   the control plane of live entitlements).
+//!   the control plane of live entitlements, an LLM provider).
 //! - `rls` (feature `rls`): quotad's gRPC client.
 //!
 //! The rules they keep, so that tests do not flake on a loaded 2-core machine: every listener on

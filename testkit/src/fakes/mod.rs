@@ -2,9 +2,11 @@
 //! process and stopped (its threads joined) when dropped.
 
 mod control_plane;
+mod llm;
 mod server;
 mod sink;
 
 pub use control_plane::*;
+pub use llm::*;
 pub use server::*;
 pub use sink::*;
