@@ -13,7 +13,7 @@
 //! | `x-fake-output-tokens: N` | output tokens per choice before the body's cap (default 20) |
 //! | `x-fake-split: N` | the body in pieces of N bytes, each its own write (and HTTP chunk) |
 //! | `x-fake-cut: true` | half the stream's events (half the document), then the connection closes |
-//! | `x-fake-status: S` | status S with no body, reporting nothing |
+//! | `x-fake-status: S` | status S with no body, reporting nothing (on any path) |
 //! | `x-fake-cost: V` | the response header `x-upstream-cost: V` |
 //! | `x-fake-delay-ms: N` | N ms before answering |
 //!
@@ -339,7 +339,21 @@ impl Reply {
 /// The answer to a request: every decision, before anything is written.
 fn answer(request: &LlmRequest) -> Reply {
     let Some(api) = request.api() else {
-        return Reply::error(404, None, &format!("no API at {}", request.path));
+        // Any other API (an image route, say) answers only the status and cost it is told.
+        return match Controls::of(request) {
+            Ok(Controls {
+                status: Some(status),
+                cost,
+                ..
+            }) => {
+                let mut reply = Reply::empty(status);
+                if let Some(cost) = cost {
+                    reply.headers.push(("x-upstream-cost", cost));
+                }
+                reply
+            }
+            _ => Reply::error(404, None, &format!("no API at {}", request.path)),
+        };
     };
     if request.method != "POST" {
         let mut reply = Reply::error(405, Some(api), &format!("{} only POST", request.path));
