@@ -14,6 +14,7 @@ pub mod entitlements;
 pub mod events;
 pub mod fleet;
 pub mod lease;
+pub mod llm;
 pub mod memo;
 pub mod metrics;
 pub mod names;
