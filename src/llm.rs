@@ -1,71 +1,57 @@
-//! Placeholder until the LLM module lands (replaced by the llm-scan branch).
+//! LLM API routes: what admission reads from a request body (the model, streaming, how many
+//! completions, the client's output cap) and how the body goes upstream (the cap tollgate
+//! grants, usage asked for in a stream); then the token usage a response reports, read as the
+//! response streams past without buffering it.
+//!
+//! Three API shapes: OpenAI Chat Completions, OpenAI Responses and Anthropic Messages. A leaf:
+//! serde, serde_json and std only.
+//!
+//! - `request.rs`: [`Body`], [`Parsed`], [`BodyError`] (admission).
+//! - `usage.rs`: [`Tokens`], [`UsageScanner`] (settlement), over `sse.rs` (the event-stream
+//!   line rules) and `json.rs` (a streaming JSON tokenizer that captures `usage` objects).
 
+mod json;
+mod request;
+mod sse;
+mod usage;
+
+pub use request::{Body, BodyError, Parsed, MAX_CAP};
+pub use usage::{Tokens, UsageScanner};
+
+/// The API shape of a route: where a request names its cap and a response its usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
+    /// `POST /v1/chat/completions`.
     OpenAiChat,
+    /// `POST /v1/responses`.
     OpenAiResponses,
+    /// `POST /v1/messages`.
     AnthropicMessages,
 }
 
 impl Api {
+    /// Every shape.
+    pub const ALL: [Api; 3] = [
+        Api::OpenAiChat,
+        Api::OpenAiResponses,
+        Api::AnthropicMessages,
+    ];
+
+    /// The shape a configuration names: `openai-chat`, `openai-responses` or
+    /// `anthropic-messages`.
     pub fn parse(name: &str) -> Option<Api> {
-        match name {
-            "openai-chat" => Some(Api::OpenAiChat),
-            "openai-responses" => Some(Api::OpenAiResponses),
-            "anthropic-messages" => Some(Api::AnthropicMessages),
-            _ => None,
+        Api::ALL.into_iter().find(|api| api.name() == name)
+    }
+
+    /// The configuration name of the shape (what [`Api::parse`] reads).
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai-chat",
+            Api::OpenAiResponses => "openai-responses",
+            Api::AnthropicMessages => "anthropic-messages",
         }
     }
 }
 
-pub const MAX_CAP: u64 = 100_000_000;
-
-// --- placeholders, replaced by the llm-scan branch ---
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    pub input: u64,
-    pub cached_input: u64,
-    pub output: u64,
-}
-
-#[derive(Debug)]
-pub struct UsageScanner;
-
-impl UsageScanner {
-    pub fn new(_api: Api, _sse: bool) -> UsageScanner {
-        UsageScanner
-    }
-    pub fn feed(&mut self, _chunk: &[u8]) {}
-    pub fn tokens(&self) -> Option<Tokens> {
-        None
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub model: String,
-    pub stream: bool,
-    pub n: u64,
-    pub cap: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError {
-    pub field: &'static str,
-    pub why: String,
-}
-
-#[derive(Debug)]
-pub struct Body;
-
-impl Body {
-    pub fn parse(_api: Api, _bytes: &[u8], _max_n: u64) -> Result<(Body, Parsed), BodyError> {
-        Err(BodyError {
-            field: "",
-            why: String::new(),
-        })
-    }
-    pub fn rewrite(self, _cap: u64) -> (Vec<u8>, bool) {
-        (Vec::new(), false)
-    }
-}
+#[cfg(test)]
+mod tests;
