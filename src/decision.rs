@@ -151,6 +151,12 @@ impl Price {
 pub struct Attempt {
     /// What the request costs.
     pub price: Price,
+    /// Decide without taking anything (an LLM request's headers, before its body prices it:
+    /// who is calling, their standing, and the limits a request takes from without its
+    /// body). Local mode only; nothing is counted or remembered.
+    pub dry_run: bool,
+    /// The request's headers went upstream already (after a dry run): they cannot change.
+    pub headers_forwarded: bool,
     /// The time in milliseconds (refill claims, lease sizing).
     pub now_ms: i64,
     /// Set when the request already waited for a refill, since then (ms).

@@ -208,9 +208,22 @@ pub fn peek(
     now: i64,
     utc_offset: i64,
 ) -> Result<Vec<Usage>, StoreError> {
+    look(store, key, limits, &[], now, utc_offset)
+}
+
+/// Whether every limit has room for these costs, without taking anything: the usages as
+/// [`check_and_take`] would evaluate them (a refusal's `violated` marks), nothing written.
+pub fn look(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    costs: &[u64],
+    now: i64,
+    utc_offset: i64,
+) -> Result<Vec<Usage>, StoreError> {
     let bytes = store.get(key)?.map(|(bytes, _)| bytes).unwrap_or_default();
     let record = Record::decode(&bytes).unwrap_or_default();
-    Ok(evaluate(limits, &[], &record, now, utc_offset))
+    Ok(evaluate(limits, costs, &record, now, utc_offset))
 }
 
 /// What one limit's reservation turned out to cost.

@@ -202,12 +202,19 @@ impl Pending {
 
     /// What to write, once: one settlement per limit whose cost is now known otherwise, and
     /// the metric that says how the tokens were settled (if the request took any).
-    pub fn settlements(&mut self, limits: &[Limit]) -> (Vec<Settlement>, Option<Metric>) {
+    /// `complete`: the response's body ended; otherwise the stream was torn down before it
+    /// did (a cut stream, a client gone), and whatever usage it reported so far (Anthropic's
+    /// `message_start`) is not the whole: a 2xx is then charged its reservation.
+    pub fn settlements(
+        &mut self,
+        limits: &[Limit],
+        complete: bool,
+    ) -> (Vec<Settlement>, Option<Metric>) {
         if self.settled {
             return (Vec::new(), None);
         }
         self.settled = true;
-        let tokens = self.tokens();
+        let tokens = self.tokens().filter(|_| complete);
         let upstream_failed = !self.status.is_some_and(|s| (200..300).contains(&s));
         let mut metric = None;
         let mut out = Vec::new();

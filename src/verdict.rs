@@ -255,7 +255,12 @@ pub fn handle_with<'c>(
                 });
             }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
-            return admit(config, memo, forward, caller, &usages, now, metrics);
+            let mut verdict = admit(config, memo, forward, caller, &usages, now, metrics);
+            if fleet.dry_run {
+                // Nothing was counted: no threshold was crossed.
+                verdict.metered.crossings.clear();
+            }
+            return verdict;
         }
         Decision::Deny(denial) => denial,
         Decision::Wait { caller, refill } => {

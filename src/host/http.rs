@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use super::buffers;
 use super::clock::now_ms;
 use super::fleet;
-use super::request::{log_failure, run, send, unavailable};
+use super::request::{log_failure, request_header, run, run_with, send, unavailable};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::{Attempt, Price};
@@ -33,6 +33,9 @@ pub struct Filter {
     held: bool,
     /// An LLM route's request, decided once its body is in: the route's index and API.
     awaiting_body: Option<(usize, Api)>,
+    /// The request headers its dry run read (and `content-type`), for the decision made with
+    /// the body: Envoy no longer lends the headers once they went upstream.
+    kept_headers: Vec<(String, Option<Vec<u8>>)>,
     /// A priced, admitted request, until its settlement is written.
     pending: Option<Pending>,
 }
@@ -45,6 +48,7 @@ impl Filter {
             context_id,
             held: false,
             awaiting_body: None,
+            kept_headers: Vec::new(),
             pending: None,
         }
     }
@@ -108,9 +112,16 @@ impl Filter {
                 route: Some(route),
                 tokens: Some(request.ask),
             },
+            headers_forwarded: true,
             ..Attempt::default()
         };
-        let step = run(runtime, &attempt, now_ms);
+        let kept = std::mem::take(&mut self.kept_headers);
+        let mut from_kept = |name: &str| {
+            kept.iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        let step = run_with(runtime, &attempt, now_ms, &mut from_kept);
         let charged = match self.go_on(runtime, step, Some((api, request.weights)), Some(route)) {
             Ok(charged) => charged,
             Err(action) => return action,
@@ -120,19 +131,15 @@ impl Filter {
             .unwrap_or(request.ask.cap);
         let (rewritten, _) = request.body.rewrite(cap);
         if !buffers::set(BufferType::HttpRequestBody, 0, size, &rewritten) {
+            // Never forward a body whose cap was not set: the reservation would not bound it.
             log::error!("LLM request: the body could not be rewritten with its output cap");
-        }
-        let length = itoa::Buffer::new().format(rewritten.len()).to_string();
-        if let Err(status) =
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, "content-length", Some(&length))
-        {
-            log_failure("set content-length", status);
+            return unavailable("tollgate could not set the request's output cap\n");
         }
         Action::Continue
     }
 
-    /// Writes the settlement of a priced request, once.
-    fn settle(&mut self) {
+    /// Writes the settlement of a priced request, once (`complete`: its response ended).
+    fn settle(&mut self, complete: bool) {
         let (Some(runtime), Some(pending)) = (self.runtime.clone(), self.pending.as_mut()) else {
             return;
         };
@@ -146,7 +153,7 @@ impl Filter {
         let Some(plan) = config.plan_of(consumer) else {
             return;
         };
-        let (settlements, metric) = pending.settlements(&plan.limits);
+        let (settlements, metric) = pending.settlements(&plan.limits, complete);
         let mut metrics = Increments::default();
         if !settlements.is_empty() {
             let store = SharedData::for_request();
@@ -176,31 +183,72 @@ impl Context for Filter {
         if self.held {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
         }
-        // A response torn down before its end (a cut stream, a client gone): settled with what
-        // it reported, or charged the reservation.
-        self.settle();
+        // A response torn down before its end (a cut stream, a client gone): charged its
+        // reservation (or released, if it was an error).
+        self.settle(false);
         true
     }
 }
 
 impl Filter {
-    /// An LLM route: nothing is decided until the body is in (the reservation depends on
-    /// it); a body announced over the bound is refused at once.
-    fn await_body(&mut self, runtime: &Rc<Runtime>, route: usize, api: Api, end: bool) -> Action {
+    /// An LLM route's headers. The reservation depends on the body, and a Proxy-Wasm filter
+    /// cannot read a body before its headers go on (Envoy's host turns a paused header
+    /// callback into "stop all"). So the headers get a dry run — who is calling, their
+    /// standing, the limits a request takes from without its body; nothing counted — and,
+    /// if it would pass, go upstream without `content-length` (the body will be rewritten);
+    /// the body is held until it is complete, then priced and decided. A refusal then
+    /// resets the upstream request: the provider never receives the body.
+    fn await_body(
+        &mut self,
+        runtime: &Rc<Runtime>,
+        route: usize,
+        api: Api,
+        end: bool,
+        now_ms: i64,
+    ) -> Action {
         if end {
             return send(&invalid_body("", "an LLM request needs a JSON body"));
         }
         let max = runtime.config.llm.as_ref().map_or(0, |l| l.max_body_bytes);
-        let announced =
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-length")
-                .ok()
-                .flatten()
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+        let headers = MapType::HttpRequestHeaders;
+        let announced = hostcalls::get_map_value_bytes(headers, "content-length")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
         if announced.is_some_and(|length| length > max) {
             return send(&body_too_large(max));
         }
+        let attempt = Attempt {
+            now_ms,
+            price: Price {
+                route: Some(route),
+                tokens: None,
+            },
+            dry_run: true,
+            ..Attempt::default()
+        };
+        let mut kept = vec![("content-type".to_string(), request_header("content-type"))];
+        let mut keeping = |name: &str| {
+            if let Some((_, value)) = kept.iter().find(|(n, _)| n == name) {
+                return value.clone();
+            }
+            let value = request_header(name);
+            kept.push((name.to_string(), value.clone()));
+            value
+        };
+        let step = run_with(runtime, &attempt, now_ms, &mut keeping);
+        self.kept_headers = kept;
+        match step {
+            Step::Continue { .. } => {}
+            Step::Replied => return Action::Pause,
+            // Fleet mode has no LLM routes (the configuration refuses them).
+            Step::Wait(_) => return unavailable("tollgate cannot price this request\n"),
+        }
+        if let Err(status) = hostcalls::set_map_value(headers, "content-length", None) {
+            log_failure("remove content-length", status);
+        }
         self.awaiting_body = Some((route, api));
-        Action::Pause
+        Action::Continue
     }
 }
 
@@ -221,7 +269,7 @@ impl HttpContext for Filter {
             if let Some((index, route)) = runtime.config.routes.find(&name) {
                 price.route = Some(index);
                 if let Some(api) = route.llm {
-                    return self.await_body(&runtime, index, api, end_of_stream);
+                    return self.await_body(&runtime, index, api, end_of_stream, now_ms);
                 }
             }
         }
@@ -268,7 +316,7 @@ impl HttpContext for Filter {
                 }
             }
             if end_of_stream {
-                self.settle();
+                self.settle(true);
             }
         }
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
@@ -301,7 +349,7 @@ impl HttpContext for Filter {
                 }
             }
             if end_of_stream {
-                self.settle();
+                self.settle(true);
             }
         }
         Action::Continue

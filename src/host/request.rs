@@ -13,29 +13,47 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::Attempt;
 use crate::response::Reply;
-use crate::verdict::{self, handle_with, Step};
+use crate::verdict::{self, handle_with, Request, Step};
 
 /// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.
 pub fn run(runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+    run_with(runtime, attempt, now_ms, &mut request_header)
+}
+
+/// A request header of the effective context, by lowercase name (only while the request's
+/// headers are being processed: afterwards Envoy no longer lends them).
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// [`run`], reading the request's headers from `request` (e.g. those kept from a dry run,
+/// once the headers went upstream).
+pub fn run_with(
+    runtime: &Rc<Runtime>,
+    attempt: &Attempt,
+    now_ms: i64,
+    request: &mut impl Request,
+) -> Step {
     let now = now_ms.div_euclid(1000);
-    let mut request = |name: &str| {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-    };
     let mut verdict = handle_with(
         &runtime.config,
-        &mut request,
+        request,
         now,
         &SharedData::for_request(),
         &runtime.memo,
         &runtime.shadow_log,
         attempt,
     );
-    runtime.metrics.record(&verdict.metrics);
-    if let Some(meter) = &runtime.meter {
-        meter.record(now, &mut verdict);
+    // A dry run that lets the request on counted nothing: its decision comes with the body.
+    let counts = !attempt.dry_run || matches!(verdict.action, verdict::Action::Reply(_));
+    if counts {
+        runtime.metrics.record(&verdict.metrics);
+        if let Some(meter) = &runtime.meter {
+            meter.record(now, &mut verdict);
+        }
     }
     match verdict.action {
         verdict::Action::Reply(reply) => {
@@ -43,6 +61,12 @@ pub fn run(runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
             Step::Replied
         }
         verdict::Action::Wait(wait) => Step::Wait(wait),
+        // The headers were forwarded after a dry run: what the request headers need was done then.
+        verdict::Action::Forward(forward) if attempt.headers_forwarded => Step::Continue {
+            fields: forward.rate_limit,
+            refill: forward.refill,
+            charged: forward.charged,
+        },
         verdict::Action::Forward(forward) => {
             let headers = MapType::HttpRequestHeaders;
             if let Some((consumer_header, plan_header)) = forward.identity_headers {

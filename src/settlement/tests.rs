@@ -105,7 +105,7 @@ fn llm_pending(costs: &[u64]) -> Pending {
 fn without_response_headers_the_stream_was_cut_and_the_reservation_stays() {
     let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
     let mut p = llm_pending(&[1, 500]);
-    let (settlements, metric) = p.settlements(&limits);
+    let (settlements, metric) = p.settlements(&limits, true);
     // No status: the upstream never answered; not a 2xx, so tokens are released.
     assert_eq!(metric, Some(Metric::Released));
     assert_eq!(
@@ -118,7 +118,7 @@ fn without_response_headers_the_stream_was_cut_and_the_reservation_stays() {
         }]
     );
     // Once only.
-    assert_eq!(p.settlements(&limits), (Vec::new(), None));
+    assert_eq!(p.settlements(&limits, true), (Vec::new(), None));
     assert!(p.settled());
 }
 
@@ -127,11 +127,11 @@ fn an_upstream_error_without_usage_releases_and_a_2xx_without_usage_charges() {
     let limits = [limit("t", Unit::Tokens)];
     let mut failed = llm_pending(&[500]);
     failed.on_response_headers(Some(503), false, |_| None);
-    assert_eq!(failed.settlements(&limits).1, Some(Metric::Released));
+    assert_eq!(failed.settlements(&limits, true).1, Some(Metric::Released));
 
     let mut cut = llm_pending(&[500]);
     cut.on_response_headers(Some(200), true, |_| None);
-    let (settlements, metric) = cut.settlements(&limits);
+    let (settlements, metric) = cut.settlements(&limits, false);
     assert_eq!(metric, Some(Metric::Unreported));
     assert!(
         settlements.is_empty(),
@@ -144,7 +144,7 @@ fn request_limits_are_never_settled_and_a_tokenless_request_settles_nothing() {
     let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
     let mut p = llm_pending(&[1, 0]);
     p.on_response_headers(Some(200), false, |_| None);
-    assert_eq!(p.settlements(&limits), (Vec::new(), None));
+    assert_eq!(p.settlements(&limits, true), (Vec::new(), None));
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn a_cost_header_settles_its_unit_and_is_removed() {
         (name == "x-upstream-cost").then(|| b"7".to_vec())
     });
     assert_eq!(removed, ["x-upstream-cost"]);
-    let (settlements, metric) = p.settlements(&limits);
+    let (settlements, metric) = p.settlements(&limits, true);
     assert_eq!(metric, Some(Metric::Settled));
     assert_eq!(
         settlements,
@@ -178,5 +178,34 @@ fn a_cost_header_settles_its_unit_and_is_removed() {
     let mut bad = Pending::new(charged(&[1, 10]), Some(&route), None);
     let removed = bad.on_response_headers(Some(200), false, |_| Some(b"-3".to_vec()));
     assert_eq!(removed, ["x-upstream-cost"]);
-    assert_eq!(bad.settlements(&limits), (Vec::new(), None));
+    assert_eq!(bad.settlements(&limits, true), (Vec::new(), None));
+}
+
+#[test]
+fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stays() {
+    let limits = [limit("t", Unit::Tokens)];
+    let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+    let mut cut = Pending::new(
+        charged(&[500]),
+        None,
+        Some((Api::AnthropicMessages, Weights::default())),
+    );
+    cut.on_response_headers(Some(200), true, |_| None);
+    cut.on_body(start);
+    assert!(cut.tokens().is_some());
+    assert_eq!(
+        cut.settlements(&limits, false),
+        (Vec::new(), Some(Metric::Unreported))
+    );
+
+    let mut whole = Pending::new(
+        charged(&[500]),
+        None,
+        Some((Api::AnthropicMessages, Weights::default())),
+    );
+    whole.on_response_headers(Some(200), true, |_| None);
+    whole.on_body(start);
+    let (settlements, metric) = whole.settlements(&limits, true);
+    assert_eq!(metric, Some(Metric::Settled));
+    assert_eq!(settlements[0].actual, 11);
 }

@@ -327,3 +327,26 @@ pub struct Posted {
     pub body: Vec<u8>,
     pub cut: bool,
 }
+
+/// An HTTP/2 POST with nghttp (verbose): its frame log, for a status and headers curl cannot
+/// show (an answer that comes before the upload ended, then a reset).
+pub fn nghttp_post(port: u16, path: &str, headers: &[&str], body: &[u8]) -> String {
+    let file = std::env::temp_dir().join(format!(
+        "tollgate-nghttp-{}-{port}.body",
+        std::process::id()
+    ));
+    std::fs::write(&file, body).unwrap();
+    let mut cmd = Command::new("nghttp");
+    cmd.arg("-v").args(["-H", ":method: POST"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg("-d")
+        .arg(&file)
+        .arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd
+        .output()
+        .expect("nghttp (installed with h2load by `make test`)");
+    let _ = std::fs::remove_file(&file);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
