@@ -24,6 +24,7 @@ use crate::time::format_rfc3339;
 /// `Content-Type` of a batch (CloudEvents JSON batch format).
 pub const CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 pub const USAGE_TYPE: &str = "io.tollgate.usage";
+pub const TOKENS_TYPE: &str = "io.tollgate.tokens";
 pub const THRESHOLD_TYPE: &str = "io.tollgate.quota.threshold";
 pub const REMINDER_TYPE: &str = "io.tollgate.subscription.reminder";
 
@@ -58,6 +59,21 @@ impl Counts {
     }
 }
 
+/// One consumer's LLM tokens of one model (its pricing entry) in one interval, as settled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// LLM requests settled.
+    pub requests: u64,
+    /// Tokens the responses reported (uncached input, cached input, output).
+    pub input: u64,
+    pub cached_input: u64,
+    pub output: u64,
+    /// Quota units charged for them (weighted), reservations of unreported ones included.
+    pub units: u64,
+    /// Requests charged their reservation because their response reported no usage.
+    pub unreported: u64,
+}
+
 /// Slots of the tally: interval `k` counts into slot `k % SLOTS`, so a timer that runs late by
 /// up to `SLOTS - 1` intervals still closes every interval exactly.
 const SLOTS: usize = 4;
@@ -69,6 +85,8 @@ struct Slot {
     /// Consumer id → position in `dense` (a sparse set: valid when `dense` agrees).
     sparse: Vec<u32>,
     dense: Vec<(u32, Counts)>,
+    /// (consumer, model index in `llm.models`) → tokens settled.
+    tokens: Vec<(u32, u32, TokenCounts)>,
 }
 
 impl Slot {
@@ -90,13 +108,15 @@ impl Slot {
 }
 
 /// A closed interval of one consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
     pub consumer: usize,
     /// Interval start and end, Unix seconds.
     pub start: i64,
     pub end: i64,
     pub counts: Counts,
+    /// LLM tokens by model (index in `llm.models`), in model order.
+    pub tokens: Vec<(usize, TokenCounts)>,
 }
 
 /// What a VM counts for usage events (see the module documentation).
@@ -112,6 +132,7 @@ impl Tally {
             interval: i64::MIN,
             sparse: vec![0; consumers],
             dense: Vec::new(),
+            tokens: Vec::new(),
         };
         Tally {
             interval: interval.max(1),
@@ -152,6 +173,58 @@ impl Tally {
         }
     }
 
+    /// Counts an LLM request's settled tokens for `consumer` at `now`: `tokens` reported (none:
+    /// its reservation, `units`, was charged), `units` charged. `model` is the pricing entry's
+    /// index in `llm.models`, so models per consumer are bounded by the configuration.
+    pub fn record_tokens(
+        &mut self,
+        consumer: usize,
+        model: usize,
+        now: i64,
+        tokens: Option<crate::llm::Tokens>,
+        units: u64,
+    ) {
+        let k = now.div_euclid(self.interval);
+        let index = usize::try_from(k.rem_euclid(SLOTS as i64)).unwrap_or(0);
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if slot.interval != k && slot.dense.is_empty() {
+            slot.interval = k;
+        }
+        // The consumer's interval is reported even if it had no request of its own in it.
+        if slot.counts(consumer).is_none() {
+            return;
+        }
+        let (Ok(id), Ok(model)) = (u32::try_from(consumer), u32::try_from(model)) else {
+            return;
+        };
+        let at = match slot
+            .tokens
+            .iter()
+            .position(|(c, m, _)| *c == id && *m == model)
+        {
+            Some(at) => at,
+            None => {
+                slot.tokens.push((id, model, TokenCounts::default()));
+                slot.tokens.len() - 1
+            }
+        };
+        let Some((_, _, counts)) = slot.tokens.get_mut(at) else {
+            return;
+        };
+        counts.requests += 1;
+        counts.units = counts.units.saturating_add(units);
+        match tokens {
+            Some(t) => {
+                counts.input = counts.input.saturating_add(t.input);
+                counts.cached_input = counts.cached_input.saturating_add(t.cached_input);
+                counts.output = counts.output.saturating_add(t.output);
+            }
+            None => counts.unreported += 1,
+        }
+    }
+
     /// Closes every interval that ended at or before `now` (all of them with `everything`).
     pub fn close(&mut self, now: i64, everything: bool) -> Vec<Closed> {
         let current = now.div_euclid(self.interval);
@@ -161,12 +234,20 @@ impl Tally {
                 continue;
             }
             let start = slot.interval.saturating_mul(self.interval);
+            let mut tokens = std::mem::take(&mut slot.tokens);
+            tokens.sort_unstable_by_key(|(c, m, _)| (*c, *m));
             for (consumer, counts) in slot.dense.drain(..) {
+                let own: Vec<(usize, TokenCounts)> = tokens
+                    .iter()
+                    .filter(|(c, _, _)| *c == consumer)
+                    .map(|(_, m, t)| (*m as usize, *t))
+                    .collect();
                 out.push(Closed {
                     consumer: consumer as usize,
                     start,
                     end: start.saturating_add(self.interval),
                     counts,
+                    tokens: own,
                 });
             }
         }

@@ -30,7 +30,20 @@ const MAX_HEADER_COST: u64 = crate::config::MAX_REQUESTS;
 pub struct LlmMeter {
     pub api: Api,
     pub weights: Weights,
+    /// The pricing entry's index in `llm.models`.
+    pub model: usize,
     scanner: Option<UsageScanner>,
+}
+
+/// What a settled LLM request adds to its consumer's usage events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Billed {
+    /// The pricing entry's index in `llm.models`.
+    pub model: usize,
+    /// What the response reported (`None`: nothing, and the reservation was charged).
+    pub tokens: Option<Tokens>,
+    /// Quota units charged.
+    pub units: u64,
 }
 
 /// One priced, admitted request, until it is settled.
@@ -44,6 +57,7 @@ pub struct Pending {
     llm: Option<LlmMeter>,
     status: Option<u16>,
     settled: bool,
+    billed: Option<Billed>,
 }
 
 /// Quota units for these tokens at these weights (thousandths), rounded up.
@@ -88,6 +102,8 @@ pub struct LlmRequest {
     pub body: Body,
     pub api: Api,
     pub weights: Weights,
+    /// The pricing entry's index in `llm.models`.
+    pub model: usize,
     pub ask: TokenAsk,
 }
 
@@ -109,7 +125,10 @@ pub fn read_llm(config: &Config, api: Api, bytes: &[u8]) -> Result<LlmRequest, R
     };
     let (body, parsed) =
         Body::parse(api, bytes, llm.max_n).map_err(|e| invalid_body(e.field, &e.why))?;
-    let Some(model) = llm.model(&parsed.model) else {
+    let Some((index, model)) = llm
+        .model_index(&parsed.model)
+        .and_then(|i| Some((i, llm.models.get(i)?)))
+    else {
         return Err(invalid_body("model", "is not a model this API serves"));
     };
     let cap = match (parsed.cap, model.max_output_tokens) {
@@ -128,23 +147,30 @@ pub fn read_llm(config: &Config, api: Api, bytes: &[u8]) -> Result<LlmRequest, R
         body,
         api,
         weights: model.weights,
+        model: index,
         ask: token_ask(len, llm.bytes_per_input_token, cap, parsed.n, model.weights),
     })
 }
 
 impl Pending {
-    pub fn new(charged: Charged, route: Option<&Route>, llm: Option<(Api, Weights)>) -> Pending {
+    pub fn new(
+        charged: Charged,
+        route: Option<&Route>,
+        llm: Option<(Api, Weights, usize)>,
+    ) -> Pending {
         Pending {
             charged,
             cost_headers: route.map(|r| r.cost_headers.clone()).unwrap_or_default(),
             stated: Vec::new(),
-            llm: llm.map(|(api, weights)| LlmMeter {
+            llm: llm.map(|(api, weights, model)| LlmMeter {
                 api,
                 weights,
+                model,
                 scanner: None,
             }),
             status: None,
             settled: false,
+            billed: None,
         }
     }
 
@@ -187,6 +213,12 @@ impl Pending {
         }
     }
 
+    /// What the settled request adds to its consumer's usage events (an LLM request that took
+    /// tokens, once settled).
+    pub fn billed(&self) -> Option<Billed> {
+        self.billed
+    }
+
     /// Whether [`Pending::settlements`] was taken.
     pub fn settled(&self) -> bool {
         self.settled
@@ -221,20 +253,30 @@ impl Pending {
         for (i, (limit, usage)) in limits.iter().zip(&self.charged.usages).enumerate() {
             let taken = usage.cost;
             let actual = match &limit.unit {
-                Unit::Tokens if taken > 0 => match (tokens, &self.llm) {
-                    (Some(tokens), Some(llm)) => {
-                        metric = Some(Metric::Settled);
-                        weigh(tokens, llm.weights)
+                Unit::Tokens if taken > 0 => {
+                    let actual = match (tokens, &self.llm) {
+                        (Some(tokens), Some(llm)) => {
+                            metric = Some(Metric::Settled);
+                            weigh(tokens, llm.weights)
+                        }
+                        _ if upstream_failed => {
+                            metric = Some(Metric::Released);
+                            0
+                        }
+                        _ => {
+                            metric = Some(Metric::Unreported);
+                            taken
+                        }
+                    };
+                    if let Some(llm) = &self.llm {
+                        self.billed = Some(Billed {
+                            model: llm.model,
+                            tokens,
+                            units: actual,
+                        });
                     }
-                    _ if upstream_failed => {
-                        metric = Some(Metric::Released);
-                        0
-                    }
-                    _ => {
-                        metric = Some(Metric::Unreported);
-                        taken
-                    }
-                },
+                    actual
+                }
                 unit => match self.stated.iter().find(|(u, _)| u == unit) {
                     Some((_, cost)) => {
                         metric = metric.or(Some(Metric::Settled));

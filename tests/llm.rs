@@ -14,14 +14,19 @@ use std::thread;
 
 use serde_json::{json, Value};
 use tollgate_testkit::{
-    clear_of_day_boundary, plugin, post, request, Envoy, FakeLlm, Options, Posted,
+    clear_of_day_boundary, plugin, post, request, Envoy, FakeLlm, Options, Posted, Sink,
 };
 
 const KEY: &str = "x-api-key: acme-key";
 
 /// Envoy running the shipped LLM gateway with this plugin configuration, its upstream the fake.
 fn gateway(fake: &FakeLlm, config: &Value) -> Envoy {
+    gateway_with(fake, config, Vec::new())
+}
+
+fn gateway_with(fake: &FakeLlm, config: &Value, clusters: Vec<(String, u16)>) -> Envoy {
     Envoy::start_with(Options {
+        clusters,
         bootstrap: "envoy/llm/envoy.yaml".into(),
         file_ports: (10400, 10401, 9941),
         plugin: Some(plugin(&config.to_string())),
@@ -560,4 +565,72 @@ fn bad_bodies_get_their_answer_and_nothing_is_counted() {
     );
     // Prompts are never logged.
     assert!(!envoy.log().contains("not json"));
+}
+
+#[test]
+fn usage_events_carry_the_tokens_of_each_model_for_billing() {
+    clear_of_day_boundary();
+    let fake = FakeLlm::start();
+    let sink = Sink::start();
+    let mut cfg = config(
+        json!([{"name": "tokens", "tokens": 1000000, "window": "day"}]),
+        None,
+        json!({"small": {"max_output_tokens": 50, "weights": {"cached_input": 0.5, "output": 2}},
+               "*": {"max_output_tokens": 50}}),
+    );
+    cfg["events"] = json!({"cluster": "sink", "url": "http://sink/", "interval": "1s"});
+    let envoy = gateway_with(&fake, &cfg, vec![("sink".into(), sink.port)]);
+    let headers = [
+        "x-fake-input-tokens: 30",
+        "x-fake-cached-tokens: 10",
+        "x-fake-output-tokens: 20",
+    ];
+    for (path, model) in [
+        ("/v1/chat/completions", "small"),
+        ("/v1/messages", "small"),
+        ("/v1/responses", "big-model"),
+    ] {
+        let r = send(
+            &envoy,
+            path,
+            &body(path, model, None, true),
+            &headers,
+            false,
+        );
+        assert_eq!(r.response.status, 200);
+    }
+    // Summed over every event (each worker reports its own).
+    let totals = tollgate_testkit::poll(
+        std::time::Duration::from_secs(20),
+        "token usage events",
+        || {
+            let mut by_model = std::collections::BTreeMap::<String, [u64; 5]>::new();
+            for event in sink.accepted() {
+                if event["type"] != "io.tollgate.tokens" {
+                    continue;
+                }
+                let t = &event["data"];
+                let e = by_model
+                    .entry(t["model"].as_str().unwrap().to_string())
+                    .or_default();
+                for (i, k) in [
+                    "requests",
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "output_tokens",
+                    "units",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    e[i] += t[k].as_u64().unwrap();
+                }
+            }
+            (by_model.values().map(|v| v[0]).sum::<u64>() == 3).then_some(by_model)
+        },
+    );
+    // Input 30 of which 10 cached, output 20: small weighs 20 + 10 × 0.5 + 20 × 2 = 65.
+    assert_eq!(totals["small"], [2, 40, 20, 40, 130]);
+    assert_eq!(totals["*"], [1, 20, 10, 20, 50]);
+    assert_eq!(used_of(&envoy, "tokens"), 180);
 }

@@ -110,11 +110,12 @@ pub struct Llm {
 impl Llm {
     /// The model's pricing: its own, or `*`'s; `None` when neither is configured.
     pub fn model(&self, name: &str) -> Option<&Model> {
-        self.by_name
-            .get(name)
-            .copied()
-            .or(self.any)
-            .and_then(|i| self.models.get(i))
+        self.model_index(name).and_then(|i| self.models.get(i))
+    }
+
+    /// The index in `models` of the model's pricing entry (its own, or `*`'s).
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied().or(self.any)
     }
 }
 

@@ -72,6 +72,24 @@ struct UsageData<'a> {
     shadowed: Reasons<'a>,
 }
 
+/// One consumer's LLM tokens of one model in one interval: what a billing system prices.
+#[derive(Serialize)]
+struct TokensData<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    model: &'a str,
+    interval_start: String,
+    interval_end: String,
+    requests: u64,
+    input_tokens: u64,
+    cached_input_tokens: u64,
+    output_tokens: u64,
+    /// Quota units charged (weighted; reservations of unreported responses included).
+    units: u64,
+    /// Requests charged their reservation: their response reported no usage.
+    unreported: u64,
+}
+
 #[derive(Serialize)]
 struct ThresholdData<'a> {
     consumer: &'a str,
@@ -150,6 +168,47 @@ pub fn usage_event(config: &Config, origin: &Origin, closed: &Closed) -> Pending
     };
     let json = envelope(&id, origin, USAGE_TYPE, consumer, closed.end, data);
     Pending { id, json }
+}
+
+/// The token events of one consumer's closed interval, one per model (its pricing entry in
+/// `llm.models`). Ids as the usage event's, with the model: a resend is the same event.
+pub fn token_events(config: &Config, origin: &Origin, closed: &Closed) -> Vec<Pending> {
+    let (consumer, plan) = plan_name(config, closed.consumer);
+    closed
+        .tokens
+        .iter()
+        .map(|(model, t)| {
+            let model = config
+                .llm
+                .as_ref()
+                .and_then(|l| l.models.get(*model))
+                .map_or("", |m| m.name.as_str());
+            let id = event_id(&[
+                "tokens",
+                &origin.instance,
+                &origin.incarnation,
+                &origin.worker.to_string(),
+                consumer,
+                &closed.start.to_string(),
+                model,
+            ]);
+            let data = TokensData {
+                consumer,
+                plan,
+                model,
+                interval_start: format_rfc3339(closed.start),
+                interval_end: format_rfc3339(closed.end),
+                requests: t.requests,
+                input_tokens: t.input,
+                cached_input_tokens: t.cached_input,
+                output_tokens: t.output,
+                units: t.units,
+                unreported: t.unreported,
+            };
+            let json = envelope(&id, origin, TOKENS_TYPE, consumer, closed.end, data);
+            Pending { id, json }
+        })
+        .collect()
 }
 
 /// The alert for a threshold crossed. Its id names the instance, consumer, limit, window and

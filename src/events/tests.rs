@@ -318,6 +318,7 @@ fn ids_are_deterministic_and_name_what_they_describe() {
             refused: [1, 0, 0, 0, 0],
             shadowed: [0; 5],
         },
+        tokens: Vec::new(),
     };
     let a = usage_event(&c, &origin, &closed);
     assert_eq!(a, usage_event(&c, &origin, &closed));
@@ -329,7 +330,7 @@ fn ids_are_deterministic_and_name_what_they_describe() {
     let later = Closed {
         start: 110,
         end: 120,
-        ..closed
+        ..closed.clone()
     };
     assert_ne!(a.id, usage_event(&c, &origin, &later).id);
     // The document, byte for byte: members in the documented order, compact JSON.
@@ -379,4 +380,93 @@ fn ids_are_deterministic_and_name_what_they_describe() {
         (Some("daily"), Some(80))
     );
     assert_eq!(v["data"]["reset"], "1970-01-02T00:00:00Z");
+}
+
+#[test]
+fn settled_tokens_are_tallied_per_consumer_and_model_and_reported_with_the_interval() {
+    let json = r#"{"plans": {"free": {"limits": [{"name": "t", "tokens": 1000, "window": "day"}]}},
+                   "consumers": {"acme": {"plan": "free", "keys": ["a"]}, "bob": {"plan": "free", "keys": ["b"]}},
+                   "llm": {"models": {"small": {}, "*": {}}},
+                   "events": {"cluster": "sink", "url": "http://sink/"}}"#;
+    let c = Config::from_json(json.as_bytes()).unwrap();
+    let mut t = Tally::new(2, 10);
+    let tokens = |input, cached_input, output| {
+        Some(crate::llm::Tokens {
+            input,
+            cached_input,
+            output,
+        })
+    };
+    t.record_tokens(0, 0, 101, tokens(10, 2, 5), 17);
+    t.record_tokens(0, 0, 102, tokens(1, 0, 1), 2);
+    t.record_tokens(0, 1, 103, None, 500);
+    t.record_tokens(1, 1, 104, tokens(3, 0, 3), 6);
+    // The next interval is another event.
+    t.record_tokens(0, 0, 111, tokens(1, 1, 1), 3);
+    let closed = t.close(110, false);
+    assert_eq!(closed.len(), 2);
+    let acme = closed.iter().find(|c| c.consumer == 0).unwrap();
+    assert_eq!(
+        acme.counts,
+        Counts::default(),
+        "no request of its own in the interval"
+    );
+    assert_eq!(
+        acme.tokens,
+        [
+            (
+                0,
+                TokenCounts {
+                    requests: 2,
+                    input: 11,
+                    cached_input: 2,
+                    output: 6,
+                    units: 19,
+                    unreported: 0
+                }
+            ),
+            (
+                1,
+                TokenCounts {
+                    requests: 1,
+                    units: 500,
+                    unreported: 1,
+                    ..TokenCounts::default()
+                }
+            )
+        ]
+    );
+    let origin = Origin {
+        instance: "e1".into(),
+        incarnation: "42".into(),
+        worker: 1,
+    };
+    let events = token_events(&c, &origin, acme);
+    let data: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.json).unwrap())
+        .inspect(|doc| assert_eq!(doc["type"], TOKENS_TYPE))
+        .map(|doc| doc["data"].clone())
+        .collect();
+    assert_eq!(
+        data,
+        [
+            serde_json::json!({"consumer": "acme", "plan": "free", "model": "small",
+             "interval_start": "1970-01-01T00:01:40Z", "interval_end": "1970-01-01T00:01:50Z",
+             "requests": 2, "input_tokens": 11, "cached_input_tokens": 2,
+             "output_tokens": 6, "units": 19, "unreported": 0}),
+            serde_json::json!({"consumer": "acme", "plan": "free", "model": "*",
+             "interval_start": "1970-01-01T00:01:40Z", "interval_end": "1970-01-01T00:01:50Z",
+             "requests": 1, "input_tokens": 0, "cached_input_tokens": 0,
+             "output_tokens": 0, "units": 500, "unreported": 1})
+        ]
+    );
+    // Deterministic, and one id per model.
+    assert_eq!(events, token_events(&c, &origin, acme));
+    assert_ne!(events[0].id, events[1].id);
+    let later = t.close(120, false);
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].tokens[0].1.requests, 1);
+    // The usage event of the interval is what it always was.
+    assert!(!usage_event(&c, &origin, acme).json.contains("tokens"));
 }

@@ -13,7 +13,8 @@ use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::events::{
     claim, reminder_event, reminder_key, reminder_mark, take_worker_slot, threshold_event,
-    usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders, CONTENT_TYPE,
+    token_events, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders,
+    CONTENT_TYPE,
 };
 use crate::store::create_if_missing;
 
@@ -193,6 +194,11 @@ impl Sender {
         };
         for interval in &closed {
             self.push_with(|origin| usage_event(&runtime.config, origin, interval));
+            if !interval.tokens.is_empty() {
+                for event in token_events(&runtime.config, &self.origin, interval) {
+                    self.push_with(|_| event);
+                }
+            }
         }
         let crossings: Vec<Crossing> = match meter.crossings.try_borrow_mut() {
             Ok(mut c) => std::mem::take(&mut *c),

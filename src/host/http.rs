@@ -59,7 +59,7 @@ impl Filter {
         &mut self,
         runtime: &Rc<Runtime>,
         step: Step,
-        llm: Option<(Api, crate::config::Weights)>,
+        llm: Option<(Api, crate::config::Weights, usize)>,
         route: Option<usize>,
     ) -> Result<Option<Charged>, Action> {
         match step {
@@ -122,7 +122,12 @@ impl Filter {
                 .and_then(|(_, v)| v.clone())
         };
         let step = run_with(runtime, &attempt, now_ms, &mut from_kept);
-        let charged = match self.go_on(runtime, step, Some((api, request.weights)), Some(route)) {
+        let charged = match self.go_on(
+            runtime,
+            step,
+            Some((api, request.weights, request.model)),
+            Some(route),
+        ) {
             Ok(charged) => charged,
             Err(action) => return action,
         };
@@ -170,6 +175,10 @@ impl Filter {
             metrics.push(metric, None);
         }
         runtime.metrics.record(&metrics);
+        if let (Some(meter), Some(billed)) = (&runtime.meter, pending.billed()) {
+            let now = now_ms().unwrap_or(0).div_euclid(1000);
+            meter.record_tokens(consumer.id, now, billed);
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use crate::config::Config;
 use crate::events::{Crossing, Tally};
+use crate::settlement::Billed;
 use crate::verdict::Verdict;
 
 /// What the request path counts for events (one per VM and configuration).
@@ -41,6 +42,13 @@ impl Meter {
                 let n = verdict.metered.crossings.len().min(room);
                 crossings.extend(verdict.metered.crossings.drain(..n));
             }
+        }
+    }
+
+    /// Counts a settled LLM request's tokens (no host call).
+    pub fn record_tokens(&self, consumer: usize, now: i64, billed: Billed) {
+        if let Ok(mut tally) = self.tally.try_borrow_mut() {
+            tally.record_tokens(consumer, billed.model, now, billed.tokens, billed.units);
         }
     }
 }

@@ -97,7 +97,7 @@ fn llm_pending(costs: &[u64]) -> Pending {
     Pending::new(
         charged(costs),
         None,
-        Some((Api::OpenAiChat, weights(1000, 500, 2000))),
+        Some((Api::OpenAiChat, weights(1000, 500, 2000), 0)),
     )
 }
 
@@ -188,7 +188,7 @@ fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stay
     let mut cut = Pending::new(
         charged(&[500]),
         None,
-        Some((Api::AnthropicMessages, Weights::default())),
+        Some((Api::AnthropicMessages, Weights::default(), 3)),
     );
     cut.on_response_headers(Some(200), true, |_| None);
     cut.on_body(start);
@@ -201,11 +201,32 @@ fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stay
     let mut whole = Pending::new(
         charged(&[500]),
         None,
-        Some((Api::AnthropicMessages, Weights::default())),
+        Some((Api::AnthropicMessages, Weights::default(), 3)),
     );
     whole.on_response_headers(Some(200), true, |_| None);
     whole.on_body(start);
     let (settlements, metric) = whole.settlements(&limits, true);
     assert_eq!(metric, Some(Metric::Settled));
     assert_eq!(settlements[0].actual, 11);
+    let tokens = Tokens {
+        input: 10,
+        cached_input: 0,
+        output: 1,
+    };
+    assert_eq!(
+        whole.billed(),
+        Some(Billed {
+            model: 3,
+            tokens: Some(tokens),
+            units: 11
+        })
+    );
+    assert_eq!(
+        cut.billed(),
+        Some(Billed {
+            model: 3,
+            tokens: None,
+            units: 500
+        })
+    );
 }
