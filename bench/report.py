@@ -36,6 +36,12 @@ ABOUT = {
     "proxied": "a realistic route, no filter: Envoy proxies each request to an upstream (another "
     "Envoy answering directly, on the load generator's CPU)",
     "tollgate-proxied": "tollgate (as `tollgate`) on that proxied route",
+    "post-json": "tollgate counting requests on the proxied route, for a POST of a 300-byte "
+    "OpenAI chat body answered with a chat.completion JSON (the route is not priced)",
+    "tokens-json": "the same request on an `openai-chat` LLM route with a token limit: body read, "
+    "priced and rewritten, usage read from the answer, settled",
+    "post-sse": "as post-json, answered with a 16 KiB event stream (usage in its last event)",
+    "tokens-sse": "as tokens-json, with that 16 KiB stream",
 }
 RATIOS = [  # (label, numerator, denominator)
     ("tollgate / no-filter", "tollgate", "no-filter"),
@@ -45,6 +51,8 @@ RATIOS = [  # (label, numerator, denominator)
     ("tollgate / native", "tollgate", "native"),
     ("tollgate-402 / tollgate (refused / admitted)", "tollgate-402", "tollgate"),
     ("tollgate-proxied / proxied (a real route)", "tollgate-proxied", "proxied"),
+    ("tokens-json / post-json (token quota over request quota)", "tokens-json", "post-json"),
+    ("tokens-sse / post-sse (the same, 16 KiB streamed)", "tokens-sse", "post-sse"),
 ]
 TARGET_OWN_CODE = 1.25  # tollgate's CPU above the empty filter, over the floor's
 TARGET_VS_EMPTY = 0.75  # req/s, default configuration (stretch 0.85)

@@ -32,6 +32,17 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 direct response, pinned to the load generator's CPU) over kept-alive HTTP/1.1
                 connections, without and with tollgate, so that tollgate's cost can be read
                 against a real request's and not only against the cheapest one
+  post-json, tokens-json
+                an LLM request on the proxied route: POST of a 300-byte OpenAI Chat Completions
+                body, answered with a chat.completion JSON (usage at its end). post-json: tollgate
+                counting requests (the route is not priced); tokens-json: the route is an
+                `openai-chat` LLM route and the plan has a token limit (body read, priced,
+                rewritten with its cap, usage read from the response, settled). The difference
+                is what a token-quota request costs over a request-quota one.
+  post-sse, tokens-sse
+                the same with a 16 KiB streamed answer (text/event-stream, usage in its last
+                event): tokens-sse - post-sse, less tokens-json - post-json, is the usage parse
+                of 16 KiB of stream.
 
 The load generator runs on the other CPU: wrk (HTTP/1.1; bench/rotate-keys.lua sends key-0 ..
 key-9999 round robin) and h2load (HTTP/2 over cleartext; one key, key-0, as h2load sends the same
@@ -67,6 +78,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 LUA = ROOT / "bench" / "rotate-keys.lua"
+POST_LUA = ROOT / "bench" / "post-keys.lua"
 
 CONSUMERS = 10_000  # the realistic configuration's size
 HUGE = 1_000_000_000  # a quota nothing in this bench can spend
@@ -81,6 +93,48 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_DEADLINE = 180.0  # seconds; 100 000 consumers take a while on a busy machine
 SINK_CLUSTER = "tollgate_sink"
 _HANGING_SINK = []
+# The LLM variants' request: path by answer shape, and the body (written to OUT at start).
+LLM_PATHS = {"json": "/v1/chat/completions", "sse": "/v1/stream"}
+LLM_BODY = json.dumps({
+    "model": "bench-model",
+    "max_completion_tokens": 256,
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant that answers briefly."},
+        {"role": "user", "content": "Summarise in two sentences why per-consumer quotas "
+                                    "belong in the gateway and not in every service behind it."},
+    ],
+}, separators=(",", ":"))
+
+
+def llm_answers() -> list:
+    """The upstream's routes for the LLM variants: a chat.completion document, and a 16 KiB
+    event stream of chunks ending with the usage chunk and [DONE]."""
+    usage = {"prompt_tokens": 70, "completion_tokens": 120, "total_tokens": 190,
+             "prompt_tokens_details": {"cached_tokens": 0}}
+    document = json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Quotas are policy. " * 12}}],
+        "usage": usage,
+    }, separators=(",", ":"))
+    chunk = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
+                        "model": "bench-model", "choices": [{"index": 0, "delta": {"content": "quota "}}],
+                        "usage": None}, separators=(",", ":"))
+    events = []
+    while sum(len(e) for e in events) < 16 * 1024 - 400:
+        events.append(f"data: {chunk}\n\n")
+    final = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
+                        "model": "bench-model", "choices": [], "usage": usage}, separators=(",", ":"))
+    events += [f"data: {final}\n\n", "data: [DONE]\n\n"]
+    def answer(path, body, content_type):
+        return {
+            "match": {"path": path},
+            "direct_response": {"status": 200, "body": {"inline_string": body}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": content_type},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        }
+    return [answer(LLM_PATHS["json"], document, "application/json"),
+            answer(LLM_PATHS["sse"], "".join(events), "text/event-stream")]
 
 
 def hanging_sink() -> int:
@@ -110,7 +164,8 @@ ROUTER = {
 
 
 def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
-                    events: bool = False, fleet: bool = False, lease: int = 0) -> str:
+                    events: bool = False, fleet: bool = False, lease: int = 0,
+                    tokens: bool = False) -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
     one request, everything is refused with 402."""
@@ -129,6 +184,13 @@ def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
     }
     if lean:
         config.update(identity_headers=False, ratelimit_policy=False)
+    if tokens:
+        # The proxied route (named `llm`) is an LLM route; every plan also counts tokens.
+        for plan in plans.values():
+            plan["limits"].append({"name": "tokens", "tokens": HUGE, "window": "month"})
+        config["routes"] = {"llm": {"llm": "openai-chat"}}
+        config["llm"] = {"models": {"*": {"max_output_tokens": 1024,
+                                          "weights": {"cached_input": 0.5, "output": 4}}}}
     if events:
         config["events"] = {"cluster": SINK_CLUSTER, "url": "http://sink.bench/events",
                             "interval": "1s", "alerts": [80, 100]}
@@ -194,9 +256,11 @@ def native_filter(keys: int) -> dict:
     }
 
 
-def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None) -> dict:
+def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None,
+                 answers=False) -> dict:
     """The listener with `filters`, routing to a direct response or, given an upstream port,
-    to that upstream; given a sink port, a cluster for tollgate's usage events."""
+    to that upstream; given a sink port, a cluster for tollgate's usage events. With
+    `answers`, the LLM variants' paths get their LLM answers (the upstream)."""
 
     def address(p: int) -> dict:
         return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
@@ -224,7 +288,8 @@ def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None)
             },
         })
     if upstream is not None:
-        route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
+        # Named: tokens-* price the route `llm` (the others do not look routes up).
+        route = {"name": "llm", "match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
         endpoint = {"endpoint": {"address": address(upstream)}}
         clusters.append({
             "name": "upstream",
@@ -251,7 +316,8 @@ def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None)
         "codec_type": "AUTO",
         "route_config": {
             "name": "bench",
-            "virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": [route]}],
+            "virtual_hosts": [{"name": "bench", "domains": ["*"],
+                               "routes": (llm_answers() if answers else []) + [route]}],
         },
         "http_filters": filters + [ROUTER],
     }
@@ -286,9 +352,10 @@ class Envoy:
     count = 0
 
     def __init__(self, binary: str, name: str, filters: list, concurrency=1, cpu=ENVOY_CPU,
-                 upstream=None, sink=None):
+                 upstream=None, sink=None, answers=False):
         self.binary, self.name, self.filters = str(binary), name, filters
         self.concurrency, self.cpu, self.upstream, self.sink = concurrency, cpu, upstream, sink
+        self.answers = answers
         self.log_path = OUT / f"{name}.log"
 
     def __enter__(self):
@@ -305,7 +372,8 @@ class Envoy:
         self.port, self.admin = free_port(), free_port()
         config = OUT / f"{self.name}.json"
         config.write_text(
-            json.dumps(envoy_config(self.port, self.admin, self.filters, self.upstream, self.sink))
+            json.dumps(envoy_config(self.port, self.admin, self.filters, self.upstream, self.sink,
+                                    self.answers))
         )
         base_id = (os.getpid() % 20_000) * 100 + Envoy.count % 100
         command = pinned(self.cpu) + [self.binary, "-c", str(config)]
@@ -376,9 +444,22 @@ class Envoy:
         self.stop()
 
 
-def get(port: int, key: str) -> http.client.HTTPResponse:
+def llm_request(name: str):
+    """The LLM variants' request: (path, body file); None for every other variant (GET /)."""
+    for shape, path in LLM_PATHS.items():
+        if name.endswith(f"-{shape}"):
+            return path, OUT / "llm-body.json"
+    return None
+
+
+def get(port: int, key: str, post=None) -> http.client.HTTPResponse:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", "/", headers={"x-api-key": key})
+    if post:
+        path, body = post
+        connection.request("POST", path, body=body.read_bytes(),
+                           headers={"x-api-key": key, "content-type": "application/json"})
+    else:
+        connection.request("GET", "/", headers={"x-api-key": key})
     response = connection.getresponse()
     response.read()
     connection.close()
@@ -421,9 +502,14 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(port: int, seconds: int, keys: int) -> dict:
+def wrk(port: int, seconds: int, keys: int, post=None) -> dict:
     command = pinned(LOAD_CPU) + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
-    command += ["-s", str(LUA), f"http://127.0.0.1:{port}/", "--", str(keys)]
+    if post:
+        path, body = post
+        command += ["-s", str(POST_LUA), f"http://127.0.0.1:{port}{path}", "--", str(keys), path,
+                    str(body)]
+    else:
+        command += ["-s", str(LUA), f"http://127.0.0.1:{port}/", "--", str(keys)]
     out = run(command, timeout=seconds + 60)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -444,12 +530,16 @@ def percentile(sorted_values: list, p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def h2load(port: int, seconds: int, warmup: int) -> dict:
+def h2load(port: int, seconds: int, warmup: int, post=None) -> dict:
     log = OUT / "h2load-requests.tsv"
     log.unlink(missing_ok=True)  # h2load appends to it
     command = pinned(LOAD_CPU) + ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}"]
     command += [f"-D{seconds}", f"--warm-up-time={warmup}", "-H", "x-api-key: key-0"]
-    command += [f"--log-file={log}", f"http://127.0.0.1:{port}/"]
+    path = "/"
+    if post:
+        path, body = post
+        command += ["-d", str(body), "-H", "content-type: application/json"]
+    command += [f"--log-file={log}", f"http://127.0.0.1:{port}{path}"]
     out = run(command, timeout=seconds + warmup + 60)
     if "h2" not in re.search(r"Application protocol: (\S+)", out).group(1):
         raise RuntimeError(f"h2load did not speak HTTP/2:\n{out}")
@@ -479,6 +569,7 @@ def variants(args) -> list:
     admitted = tollgate_plugin(CONSUMERS)
     shipped = dict(args.tollgate)["shipped"]
     tollgate = [wasm_filter("tollgate", shipped, admitted)]
+    tokens = [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, tokens=True))]
     found = [
         ("no-filter", [], 200, False),
         ("empty-wasm", [wasm_filter("empty", args.empty)], 200, False),
@@ -499,6 +590,10 @@ def variants(args) -> list:
         ] if args.quotad else []),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),
+        ("post-json", tollgate, 200, True),
+        ("tokens-json", tokens, 200, True),
+        ("post-sse", tollgate, 200, True),
+        ("tokens-sse", tokens, 200, True),
     ]
     found += [
         (f"tollgate-{level}", [wasm_filter("tollgate", path, admitted)], 200, False)
@@ -513,14 +608,17 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
     request got `status`. Returns one result per protocol."""
     sink = hanging_sink() if name == "tollgate-sink-hang" else None
     with Envoy(args.envoy, name, filters, upstream=upstream, sink=sink) as envoy:
-        warmup = warm_up(envoy, status, args.warmup)
-        probe = get(envoy.port, "key-1")
+        post = llm_request(name)
+        warmup = warm_up(envoy, status, args.warmup, post)
+        probe = get(envoy.port, "key-1", post)
         if probe.status != status:
             raise RuntimeError(envoy.failure(f"answered {probe.status}, expected {status}"))
-        if name.startswith("tollgate") and not probe.getheader("ratelimit"):
+        if name.startswith(("tollgate", "post", "tokens")) and not probe.getheader("ratelimit"):
             raise RuntimeError(envoy.failure("sent no RateLimit field: is tollgate running?"))
-        http1 = store_calls(name, lambda: envoy.costed(lambda: wrk(envoy.port, args.duration, CONSUMERS)))
-        http2 = store_calls(name, lambda: envoy.costed(lambda: h2load(envoy.port, args.duration, args.warmup)))
+        if name.startswith("tokens") and "tokens" not in probe.getheader("ratelimit"):
+            raise RuntimeError(envoy.failure("counted no tokens: is the route priced?"))
+        http1 = store_calls(name, lambda: envoy.costed(lambda: wrk(envoy.port, args.duration, CONSUMERS, post)))
+        http2 = store_calls(name, lambda: envoy.costed(lambda: h2load(envoy.port, args.duration, args.warmup, post)))
         results = [{"protocol": "HTTP/1.1", **http1}, {"protocol": "HTTP/2", **http2}]
         if name == "native":
             stats = envoy.stats("http_local_rate_limit")
@@ -541,7 +639,7 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
                 f"{name} {r['protocol']}: {r['2xx']} of {r['requests']} requests got 2xx, expected"
                 f" {expected} (statuses {r.get('statuses', '?')}); errors: {r['errors'] or 'none'}"
             )
-    load = config_times(log) if name.startswith("tollgate") else []
+    load = config_times(log) if name.startswith(("tollgate", "post", "tokens")) else []
     for r in results:
         r.update(variant=name, round=round_, ready_s=round(ready_s, 3), warmup_requests=warmup)
         r["config_ms"] = load
@@ -621,11 +719,11 @@ class FleetStore:
         QUOTAD_PORT = QUOTAD_HTTP = 0
 
 
-def warm_up(envoy: Envoy, status: int, seconds: int) -> int:
+def warm_up(envoy: Envoy, status: int, seconds: int, post=None) -> int:
     """A discarded wrk run. For the refused variant it also spends every consumer's quota of 1,
     so one run must send at least one request per key: on a slow machine, a longer run."""
     if status == 200:
-        return wrk(envoy.port, seconds, CONSUMERS)["requests"]
+        return wrk(envoy.port, seconds, CONSUMERS, post)["requests"]
     for seconds in (2, 4, 8):
         sent = wrk(envoy.port, seconds, CONSUMERS)["requests"]
         if sent >= CONSUMERS:
@@ -729,7 +827,8 @@ def main():
     todo = variants(args)
     store = FleetStore(args.quotad) if args.quotad else contextlib.nullcontext()
     # The upstream of the proxied variants: one Envoy answering directly, on the load's CPU.
-    with store, Envoy(args.envoy, "upstream", [], cpu=LOAD_CPU) as upstream:
+    (OUT / "llm-body.json").write_text(LLM_BODY)
+    with store, Envoy(args.envoy, "upstream", [], cpu=LOAD_CPU, answers=True) as upstream:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds}", flush=True)
             shift = round_ % len(todo)

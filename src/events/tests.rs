@@ -470,3 +470,29 @@ fn settled_tokens_are_tallied_per_consumer_and_model_and_reported_with_the_inter
     // The usage event of the interval is what it always was.
     assert!(!usage_event(&c, &origin, acme).json.contains("tokens"));
 }
+
+#[test]
+fn a_request_of_several_units_crosses_every_threshold_among_them() {
+    let usage = |used, cost| Usage {
+        used,
+        requests: 100,
+        bounds: Bounds {
+            start: 0,
+            end: 86_400,
+        },
+        violated: false,
+        cost,
+    };
+    let crossed = |u: Usage| {
+        let mut out = Vec::new();
+        crossings(&[50, 80, 100], 0, &[u], 10, &mut out);
+        out.iter().map(|c| c.threshold).collect::<Vec<_>>()
+    };
+    // 45 → 85: 50 and 80 at once; 85 → 100: 100; a request that took nothing crosses nothing.
+    assert_eq!(crossed(usage(85, 40)), [50, 80]);
+    assert_eq!(crossed(usage(100, 15)), [100]);
+    assert_eq!(crossed(usage(50, 0)), Vec::<u8>::new());
+    // Exactly at a threshold's number, as with plain requests.
+    assert_eq!(crossed(usage(50, 1)), [50]);
+    assert_eq!(crossed(usage(49, 1)), Vec::<u8>::new());
+}

@@ -332,3 +332,58 @@ fn a_store_error_is_unavailable_for_grpc_clients() {
     let http = refusal(&config, &denial, NOW, false);
     assert_eq!((http.status, http.grpc_status), (503, None));
 }
+
+#[test]
+fn a_priced_refusal_names_its_unit_what_it_needed_and_what_is_left() {
+    let json = r#"{"plans": {"llm": {"limits": [
+                     {"name": "daily", "requests": 10, "window": "day"},
+                     {"name": "tokens", "tokens": 1000, "window": "day"}]}},
+                   "consumers": {"acme": {"plan": "llm", "keys": ["acme"]}}}"#;
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let caller = crate::decision::Caller {
+        consumer: &config.consumers[0],
+        plan: &config.plans[0],
+    };
+    let bounds = config.plans[0].limits[0].window.bounds(NOW, 0);
+    let usage = |used, requests, cost, violated| Usage {
+        used,
+        requests,
+        bounds,
+        violated,
+        cost,
+    };
+    let short = [usage(3, 10, 1, false), usage(700, 1000, 500, true)];
+    let reply = QuotaRefusal::new(&caller, &short, false, None).at(caller.plan, &short, NOW);
+    assert_eq!(reply.status, 402);
+    let p: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (&p["unit"], &p["needed"], &p["remaining"]),
+        (&Value::from("tokens"), &Value::from(500), &Value::from(300))
+    );
+    assert_eq!(
+        p["detail"],
+        "Consumer acme needs 500 tokens of limit \"tokens\" (day) for this request and has 300 \
+         left; it resets at 2026-11-26T00:00:00Z."
+    );
+    // A spent token limit says it is spent, in tokens.
+    let spent = [usage(3, 10, 1, false), usage(1000, 1000, 20, true)];
+    let reply = QuotaRefusal::new(&caller, &spent, false, None).at(caller.plan, &spent, NOW);
+    let p: Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Consumer acme has used all 1000 tokens of limit \"tokens\""),
+        "{p}"
+    );
+    // A plain request's refusal keeps the document it always had.
+    let plain = [usage(10, 10, 1, true), usage(0, 1000, 0, false)];
+    let reply = QuotaRefusal::new(&caller, &plain, false, None).at(caller.plan, &plain, NOW);
+    let p: Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(p.get("unit").is_none() && p.get("needed").is_none(), "{p}");
+    // The policy names the unit of limits that do not count requests.
+    assert_eq!(
+        rate_limit_policy(caller.plan, &short),
+        "\"daily\";q=10;w=86400, \"tokens\";q=1000;w=86400;qu=\"tokens\""
+    );
+}

@@ -668,3 +668,49 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
     .unwrap_err();
     assert!(err.0.starts_with("on_store_error: `local`"), "{err:?}");
 }
+
+#[test]
+fn a_dry_run_counts_nothing_and_refuses_what_the_body_cannot_change() {
+    let config = config(
+        r#", "routes": {"chat": {"llm": "openai-chat"}}, "llm": {"models": {"*": {"max_output_tokens": 10}}}"#,
+    );
+    let store = counted(&config);
+    let memo = Memo::default();
+    let h = get(&[("x-api-key", "acme")]);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let attempt = |dry_run: bool| Attempt {
+        now_ms: NOW * 1000,
+        price: crate::decision::Price {
+            route: config.routes.find(b"chat").map(|(i, _)| i),
+            tokens: None,
+        },
+        dry_run,
+        ..Attempt::default()
+    };
+    let decide = |a: &Attempt| {
+        handle_with(
+            &config,
+            &mut req(&pairs),
+            NOW,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+            a,
+        )
+    };
+    // Twice in a dry run: admitted, nothing taken, no charge to settle.
+    for _ in 0..2 {
+        let v = decide(&attempt(true));
+        let f = forwarded(&v);
+        assert_eq!(f.caller, Some(("acme", "free")));
+        assert!(v.metered.crossings.is_empty());
+    }
+    // The real decision takes the one request of the day; a dry run now refuses.
+    let v = decide(&attempt(false));
+    assert!(
+        forwarded(&v).charged.is_some(),
+        "a priced route's request has a charge"
+    );
+    let refused = decide(&attempt(true));
+    assert_eq!(replied(&refused).status, 402);
+}
