@@ -1,5 +1,7 @@
 use super::*;
+use crate::config::Config;
 use crate::quota::Usage;
+use crate::response::Reply;
 use crate::window::Bounds;
 
 const BOUNDS: Bounds = Bounds {
@@ -229,4 +231,92 @@ fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stay
             units: 500
         })
     );
+}
+
+#[test]
+fn a_cost_header_longer_than_fifteen_digits_is_refused_even_with_leading_zeros() {
+    assert_eq!(parse_cost(b"0000000000000007"), None);
+    assert_eq!(parse_cost(b"000000000000007"), Some(7));
+}
+
+#[test]
+fn a_pending_request_knows_its_consumer_and_is_settled_once() {
+    let mut c = charged(&[1]);
+    c.consumer = 7;
+    let mut p = Pending::new(c, None, None);
+    assert_eq!(p.consumer(), 7);
+    assert!(!p.settled());
+    p.settlements(&[limit("r", Unit::Requests)], true);
+    assert!(p.settled());
+}
+
+fn llm_config(models: &str) -> Config {
+    Config::from_json(
+        format!(
+            r#"{{"plans": {{"p": {{"limits": [{{"name": "t", "tokens": 1000, "window": "day"}}]}}}},
+                "routes": {{"chat": {{"llm": "openai-chat"}}}},
+                "llm": {{"max_n": 4, "bytes_per_input_token": 2, "models": {models}}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn detail(reply: &Reply) -> String {
+    let p: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(reply.status, 400);
+    p["detail"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_llm_body_is_priced_with_its_model_and_cap_or_refused_naming_the_member() {
+    let config = llm_config(
+        r#"{"small": {"max_output_tokens": 100, "weights": {"input": 2, "cached_input": 1, "output": 3}},
+            "nocap": {}}"#,
+    );
+    let body = br#"{"model":"small","max_completion_tokens":500,"n":2}"#;
+    let r = read_llm(&config, Api::OpenAiChat, body).unwrap();
+    assert_eq!(r.model, 0);
+    // The client's 500, at most the model's 100; input 51 bytes / 2 = 26 tokens × 2.
+    assert_eq!(
+        r.ask,
+        TokenAsk {
+            input: 52,
+            cap: 100,
+            n: 2,
+            output_weight: 3000
+        }
+    );
+    // No cap: the model's.
+    let r = read_llm(&config, Api::AnthropicMessages, br#"{"model":"small"}"#).unwrap();
+    assert_eq!(r.ask.cap, 100);
+    // No cap anywhere: refused, naming the member of each API.
+    for (api, member) in [
+        (Api::OpenAiChat, "max_completion_tokens"),
+        (Api::OpenAiResponses, "max_output_tokens"),
+        (Api::AnthropicMessages, "max_tokens"),
+    ] {
+        let e = read_llm(&config, api, br#"{"model":"nocap"}"#).unwrap_err();
+        assert!(
+            detail(&e).contains(&format!("`{member}` is required")),
+            "{}",
+            e.body
+        );
+    }
+    // An unpriced model (no `*`), a bad body, too many completions.
+    let e = read_llm(
+        &config,
+        Api::OpenAiChat,
+        br#"{"model":"big","max_tokens":5}"#,
+    )
+    .unwrap_err();
+    assert!(detail(&e).contains("`model` is not a model this API serves"));
+    let e = read_llm(&config, Api::OpenAiChat, b"{not json").unwrap_err();
+    assert!(detail(&e).starts_with("The request body cannot be priced: "));
+    let e = read_llm(&config, Api::OpenAiChat, br#"{"model":"small","n":5}"#).unwrap_err();
+    assert!(detail(&e).contains("`n`"), "{}", e.body);
+    // `*` prices every other model.
+    let any = llm_config(r#"{"*": {"max_output_tokens": 7}}"#);
+    let r = read_llm(&any, Api::OpenAiResponses, br#"{"model":"whatever"}"#).unwrap();
+    assert_eq!((r.model, r.ask.cap), (0, 7));
 }
