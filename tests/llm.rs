@@ -28,7 +28,7 @@ fn gateway_with(fake: &FakeLlm, config: &Value, clusters: Vec<(String, u16)>) ->
     Envoy::start_with(Options {
         clusters,
         bootstrap: "envoy/llm/envoy.yaml".into(),
-        file_ports: (10400, 10401, 9941),
+        file_ports: (10400, 10401, 9951),
         plugin: Some(plugin(&config.to_string())),
         replace: vec![(
             "port_value: 10401".to_string(),

@@ -77,7 +77,7 @@ fn a_plugin_json_file_is_checked_as_the_filter_checks_it() {
         out.stderr,
         format!(
             "{typo}: configuration refused: plans.p.limits[0]: unknown field `requets`, expected one of \
-             `name`, `requests`, `window`, `status`\n"
+             `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`\n"
         )
     );
 

@@ -671,3 +671,65 @@ fn threshold_alerts_are_refused_in_fleet_mode_and_usage_events_are_not() {
     assert!(message.contains("store.rls"), "{message}");
     Config::from_json(config(r#"{"cluster": "sink", "url": "http://sink/"}"#).as_bytes()).unwrap();
 }
+
+#[test]
+fn routes_and_llm_bounds_are_inclusive_and_refused_one_past() {
+    let with = |extra: &str| {
+        Config::from_json(format!(r#"{{"plans": {{"p": {{"limits": []}}}}{extra}}}"#).as_bytes())
+    };
+    let routes = |n: usize| {
+        let list: Vec<String> = (0..n).map(|i| format!(r#""r{i}": {{}}"#)).collect();
+        format!(r#", "routes": {{{}}}"#, list.join(","))
+    };
+    assert!(with(&routes(1000)).is_ok());
+    assert!(with(&routes(1001))
+        .unwrap_err()
+        .0
+        .starts_with("routes: 1001 routes; at most 1000"));
+    let named = |len: usize| format!(r#", "routes": {{"{}": {{}}}}"#, "r".repeat(len));
+    assert!(with(&named(255)).is_ok());
+    assert!(with(&named(256)).is_err());
+    assert!(with(r#", "routes": {"r": {"cost": {"requests": 999999999999999}}}"#).is_ok());
+    assert_eq!(
+        with(r#", "routes": {"r": {"cost": {"a b": 1}}}"#)
+            .unwrap_err()
+            .0,
+        "routes.r.cost.a b: `a b` is not a unit name (1-64 characters of A-Z a-z 0-9 _ - .)"
+    );
+    let llm = |section: &str| with(&format!(r#", "llm": {section}"#));
+    assert!(llm(r#"{"max_body_bytes": 16777216, "max_n": 128, "bytes_per_input_token": 16, "models": {"m": {}}}"#).is_ok());
+    assert!(llm(r#"{"max_body_bytes": 16777217, "models": {"m": {}}}"#).is_err());
+    assert!(llm(r#"{"bytes_per_input_token": 17, "models": {"m": {}}}"#).is_err());
+    let weights = |w: &str| {
+        llm(&format!(
+            r#"{{"models": {{"m": {{"weights": {{"output": {w}}}}}}}}}"#
+        ))
+    };
+    for ok in ["0", "0.001", "1000", "999.999"] {
+        assert!(weights(ok).is_ok(), "{ok}");
+    }
+    for bad in ["1000.001", "-0.001", "1001"] {
+        assert!(weights(bad).is_err(), "{bad}");
+    }
+    let model = |len: usize| llm(&format!(r#"{{"models": {{"{}": {{}}}}}}"#, "m".repeat(len)));
+    assert!(model(256).is_ok());
+    assert!(model(257).is_err());
+    let models = |n: usize| {
+        let list: Vec<String> = (0..n).map(|i| format!(r#""m{i}": {{}}"#)).collect();
+        llm(&format!(r#"{{"models": {{{}}}}}"#, list.join(",")))
+    };
+    assert!(models(1000).is_ok());
+    assert!(models(1001).is_err());
+    // Look-ups: by name, `*` for the rest; routes by Envoy route name.
+    let c = with(r#", "routes": {"chat": {"llm": "openai-chat"}}, "llm": {"models": {"a": {"max_output_tokens": 5}, "*": {"max_output_tokens": 9}}}"#).unwrap();
+    let l = c.llm.as_ref().unwrap();
+    assert_eq!(l.model("a").and_then(|m| m.max_output_tokens), Some(5));
+    assert_eq!(l.model("zzz").and_then(|m| m.max_output_tokens), Some(9));
+    assert!(!c.routes.is_empty());
+    assert_eq!(
+        c.routes.find(b"chat").map(|(i, r)| (i, r.llm)),
+        Some((0, Some(crate::llm::Api::OpenAiChat)))
+    );
+    assert!(c.routes.find(b"other").is_none());
+    assert!(with("").unwrap().routes.is_empty());
+}
