@@ -316,6 +316,8 @@ def envoy_config(port: int, admin: int, filters: list, upstream=None, sink=None,
         "codec_type": "AUTO",
         "route_config": {
             "name": "bench",
+            # The LLM variants' 16 KiB stream is a direct response of the upstream.
+            "max_direct_response_body_size_bytes": 65536,
             "virtual_hosts": [{"name": "bench", "domains": ["*"],
                                "routes": (llm_answers() if answers else []) + [route]}],
         },
