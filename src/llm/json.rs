@@ -116,6 +116,28 @@ impl Json {
         self.capture_over = false;
     }
 
+    /// Reads a run of bytes, handing each `usage` object it closes to `found`. Text inside a
+    /// string that is neither a key being read nor part of a `usage` being copied (a
+    /// completion's content: most of a stream) is skipped to its next `"` or `\\` at once.
+    pub(super) fn bytes(&mut self, mut run: &[u8], found: &mut impl FnMut(&[u8])) {
+        while let Some((&b, rest)) = run.split_first() {
+            if self.in_string && !self.escaped && !self.recording && self.capture_depth == 0 {
+                let plain = run
+                    .iter()
+                    .position(|c| *c == b'"' || *c == b'\\')
+                    .unwrap_or(run.len());
+                if plain > 0 {
+                    run = run.get(plain..).unwrap_or_default();
+                    continue;
+                }
+            }
+            if let Some(usage) = self.byte(b) {
+                found(usage);
+            }
+            run = rest;
+        }
+    }
+
     /// Reads one byte; returns the bytes of a `usage` object that this byte closed.
     pub(super) fn byte(&mut self, b: u8) -> Option<&[u8]> {
         if self.capture_depth > 0 {

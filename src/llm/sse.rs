@@ -8,11 +8,11 @@
 //! skipped. Other fields (`event`, `id`, `retry`) are read past: usage is found by its place in
 //! the data, not by the event's name.
 
-/// What one byte of the stream means to the JSON reader.
+/// What the stream means to the JSON reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Out {
-    /// The next byte of the current event's data.
-    Data(u8),
+pub(super) enum Out<'a> {
+    /// The next bytes of the current event's data.
+    Data(&'a [u8]),
     /// The current event ended (a blank line).
     End,
 }
@@ -57,9 +57,24 @@ impl Sse {
         }
     }
 
-    /// Reads `chunk`, telling `out` each data byte and each event's end.
+    /// Reads `chunk`, telling `out` the data bytes (a line's value at once, not byte by byte)
+    /// and each event's end.
     pub(super) fn feed(&mut self, chunk: &[u8], mut out: impl FnMut(Out)) {
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Inside a value (`after_cr` is then false): the run up to the line's end is data.
+            if self.line == Line::Value {
+                let run = rest
+                    .iter()
+                    .position(|c| *c == b'\n' || *c == b'\r')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    out(Out::Data(rest.get(..run).unwrap_or_default()));
+                    rest = rest.get(run..).unwrap_or_default();
+                    continue;
+                }
+            }
+            rest = tail;
             if let Some(seen) = self.bom {
                 if BOM.get(usize::from(seen)) == Some(&b) {
                     self.bom = (seen < 2).then_some(seen + 1);
@@ -112,7 +127,7 @@ impl Sse {
             Line::ValueStart | Line::Value | Line::Skip if eol => Line::Start,
             Line::ValueStart if b == b' ' => Line::Value,
             Line::ValueStart | Line::Value => {
-                out(Out::Data(b));
+                out(Out::Data(std::slice::from_ref(&b)));
                 Line::Value
             }
             Line::Skip => Line::Skip,
@@ -122,7 +137,7 @@ impl Sse {
     /// A data line starts: the lines of one event are joined by `\n`.
     fn data_line(&mut self, out: &mut impl FnMut(Out)) {
         if self.has_data {
-            out(Out::Data(b'\n'));
+            out(Out::Data(b"\n"));
         }
         self.has_data = true;
     }

@@ -163,22 +163,13 @@ impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
         let json = &mut self.json;
         let reported = &mut self.reported;
+        let mut found = |usage: &[u8]| reported.merge(usage);
         match &mut self.sse {
             Some(sse) => sse.feed(chunk, |out| match out {
-                Out::Data(b) => {
-                    if let Some(usage) = json.byte(b) {
-                        reported.merge(usage);
-                    }
-                }
+                Out::Data(bytes) => json.bytes(bytes, &mut found),
                 Out::End => json.reset(),
             }),
-            None => {
-                for &b in chunk {
-                    if let Some(usage) = json.byte(b) {
-                        reported.merge(usage);
-                    }
-                }
-            }
+            None => json.bytes(chunk, &mut found),
         }
     }
 
