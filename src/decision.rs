@@ -242,3 +242,15 @@ impl<'c> Denial<'c> {
         }
     }
 }
+
+/// What a priced request took on admission, for its settlement once the response is known
+/// (see [`crate::settlement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charged {
+    /// The consumer's index in the configuration.
+    pub consumer: usize,
+    /// One per limit of its plan, with what the request took (`cost`) and in which window.
+    pub usages: Vec<Usage>,
+    /// The output cap the provider must be sent (LLM routes).
+    pub output_cap: Option<u64>,
+}

@@ -86,7 +86,7 @@ struct Slot {
     sparse: Vec<u32>,
     dense: Vec<(u32, Counts)>,
     /// (consumer, model index in `llm.models`) → tokens settled.
-    tokens: Vec<(u32, u32, TokenCounts)>,
+    tokens: std::collections::HashMap<(u32, u32), TokenCounts>,
 }
 
 impl Slot {
@@ -132,7 +132,7 @@ impl Tally {
             interval: i64::MIN,
             sparse: vec![0; consumers],
             dense: Vec::new(),
-            tokens: Vec::new(),
+            tokens: std::collections::HashMap::new(),
         };
         Tally {
             interval: interval.max(1),
@@ -199,20 +199,7 @@ impl Tally {
         let (Ok(id), Ok(model)) = (u32::try_from(consumer), u32::try_from(model)) else {
             return;
         };
-        let at = match slot
-            .tokens
-            .iter()
-            .position(|(c, m, _)| *c == id && *m == model)
-        {
-            Some(at) => at,
-            None => {
-                slot.tokens.push((id, model, TokenCounts::default()));
-                slot.tokens.len() - 1
-            }
-        };
-        let Some((_, _, counts)) = slot.tokens.get_mut(at) else {
-            return;
-        };
+        let counts = slot.tokens.entry((id, model)).or_default();
         counts.requests += 1;
         counts.units = counts.units.saturating_add(units);
         match tokens {
@@ -234,13 +221,17 @@ impl Tally {
                 continue;
             }
             let start = slot.interval.saturating_mul(self.interval);
-            let mut tokens = std::mem::take(&mut slot.tokens);
-            tokens.sort_unstable_by_key(|(c, m, _)| (*c, *m));
+            let mut tokens: Vec<((u32, u32), TokenCounts)> = slot.tokens.drain().collect();
+            tokens.sort_unstable_by_key(|(key, _)| *key);
             for (consumer, counts) in slot.dense.drain(..) {
+                // Sorted by consumer: its entries are one run, found by two binary searches.
+                let from = tokens.partition_point(|((c, _), _)| *c < consumer);
+                let to = tokens.partition_point(|((c, _), _)| *c <= consumer);
                 let own: Vec<(usize, TokenCounts)> = tokens
+                    .get(from..to)
+                    .unwrap_or_default()
                     .iter()
-                    .filter(|(c, _, _)| *c == consumer)
-                    .map(|(_, m, t)| (*m as usize, *t))
+                    .map(|((_, m), t)| (*m as usize, *t))
                     .collect();
                 out.push(Closed {
                     consumer: consumer as usize,

@@ -37,10 +37,12 @@ impl Memo {
     /// The usages of a consumer known to be refused at `now`, brought up to date: limits whose
     /// window has ended since are shown fresh. `None` once no limit is exhausted any more.
     ///
-    /// Why this is exact: counts only grow within a window and a refused request writes
-    /// nothing (see [`crate::quota`]), so until the exhausted limit's window ends every request
-    /// of that consumer would be refused anyway: a flood of refused requests needs no
-    /// shared-data access at all.
+    /// Why this is exact: only refusals that last are remembered — every violated limit spent
+    /// and counting requests, whose counts only grow within a window (settled units can go
+    /// down with refunds: see `admission::lasting`) — and a refused request writes nothing
+    /// (see [`crate::quota`]), so until the spent limit's window ends every request of that
+    /// consumer that takes from it would be refused anyway: a flood of refused requests needs
+    /// no shared-data access at all.
     pub fn refused(
         &self,
         consumer: usize,

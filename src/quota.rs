@@ -242,7 +242,8 @@ pub struct Settlement {
 /// Replaces reservations with what the request cost, in one compare-and-swap cycle: each
 /// limit's count goes down by the refund or up by the overrun. A settlement for a window that
 /// is no longer the record's (it ended, and a request counted in the next one) is dropped:
-/// the reservation stays the charge of the window it was taken in (docs/billing.md).
+/// the reservation stays the charge of the window it was taken in (docs/tokens.md). Every
+/// other entry of the record is kept as it is (a plan may have changed since admission).
 /// Returns how many settlements were applied.
 pub fn settle(
     store: &impl Store,
@@ -256,9 +257,9 @@ pub fn settle(
             return Ok(Rewrite::Keep(0));
         };
         let mut applied = 0;
-        let mut entries = Vec::with_capacity(limits.len());
-        for (i, limit) in limits.iter().enumerate() {
-            let Some(mut entry) = record.entry(&limit.name) else {
+        let mut entries = record.entries();
+        for entry in &mut entries {
+            let Some(i) = limits.iter().position(|l| l.name.as_bytes() == entry.name) else {
                 continue;
             };
             if let Some(s) = settlements.iter().find(|s| {
@@ -270,7 +271,6 @@ pub fn settle(
                 entry.count = entry.count.saturating_sub(s.taken).saturating_add(s.actual);
                 applied += 1;
             }
-            entries.push(entry);
         }
         if applied == 0 {
             return Ok(Rewrite::Keep(0));
@@ -772,5 +772,26 @@ mod tests {
         };
         settle(&store, K, &limits, &[s]).unwrap();
         assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[0].used, 0);
+    }
+
+    #[test]
+    fn settling_keeps_the_counts_of_limits_the_settling_plan_does_not_have() {
+        let store = fresh();
+        let now_plan = [
+            limit("daily", 10, Window::Day),
+            limit("tokens", 1000, Window::Day),
+        ];
+        let c = check_and_take(&store, K, &now_plan, &[1, 500], NOW, 0).unwrap();
+        // A request admitted under an older plan (tokens only) settles after the change.
+        let old_plan = [limit("tokens", 1000, Window::Day)];
+        let s = Settlement {
+            limit: 0,
+            bounds: c.usages[1].bounds,
+            taken: 500,
+            actual: 100,
+        };
+        assert_eq!(settle(&store, K, &old_plan, &[s]).unwrap(), 1);
+        let after = peek(&store, K, &now_plan, NOW, 0).unwrap();
+        assert_eq!((after[0].used, after[1].used), (1, 100));
     }
 }

@@ -97,6 +97,22 @@ impl<'a> Record<'a> {
             Record::Text(entries) => entries.iter().find(|e| e.name == name.as_bytes()).copied(),
         }
     }
+
+    /// Every entry, in stored order.
+    pub fn entries(&self) -> Vec<Entry<'a>> {
+        match self {
+            Record::Binary(body) => {
+                let mut out = Vec::new();
+                let mut rest = *body;
+                while let Ok((entry, tail)) = next_entry(rest) {
+                    out.push(entry);
+                    rest = tail;
+                }
+                out
+            }
+            Record::Text(entries) => entries.clone(),
+        }
+    }
 }
 
 /// Splits the first entry off a format-2 body.

@@ -15,12 +15,15 @@
 //! ends (or the stream is torn down before it did), writes [`Pending::settlements`].
 
 use crate::config::{Config, Limit, Route, Unit, Weights};
+use crate::decision::Charged;
 use crate::decision::TokenAsk;
 use crate::llm::{Api, Body, Tokens, UsageScanner};
+use crate::metrics::Increments;
 use crate::metrics::Metric;
+use crate::quota::settle;
 use crate::quota::Settlement;
 use crate::response::{invalid_body, Reply};
-use crate::verdict::Charged;
+use crate::store::Store;
 
 /// Largest settled cost a response header may state (a structured-field integer).
 const MAX_HEADER_COST: u64 = crate::config::MAX_REQUESTS;
@@ -268,7 +271,12 @@ impl Pending {
                             taken
                         }
                     };
-                    if let Some(llm) = &self.llm {
+                    // A released request was not billed by the provider: not in token events.
+                    if let Some(llm) = self
+                        .llm
+                        .as_ref()
+                        .filter(|_| metric != Some(Metric::Released))
+                    {
                         self.billed = Some(Billed {
                             model: llm.model,
                             tokens,
@@ -296,6 +304,43 @@ impl Pending {
         }
         (out, metric)
     }
+}
+
+/// Writes a pending request's settlement into its consumer's record, once (`complete`: its
+/// response ended). Returns the metrics it counts and what it adds to usage events. A
+/// settlement that cannot be written leaves the reservation as the charge (and says so).
+pub fn write(
+    config: &Config,
+    store: &impl Store,
+    pending: &mut Pending,
+    complete: bool,
+) -> (Increments, Option<Billed>) {
+    let mut metrics = Increments::default();
+    if pending.settled() {
+        return (metrics, None);
+    }
+    let Some((consumer, plan)) = config
+        .consumers
+        .get(pending.consumer())
+        .and_then(|c| Some((c, config.plan_of(c)?)))
+    else {
+        return (metrics, None);
+    };
+    let (settlements, metric) = pending.settlements(&plan.limits, complete);
+    if !settlements.is_empty() {
+        if let Err(e) = settle(store, &consumer.store_key, &plan.limits, &settlements) {
+            log::error!(
+                "consumer {}: the settlement could not be written ({}); the reservation stays",
+                consumer.name,
+                e.reason()
+            );
+            metrics.push(Metric::SettleFailed, None);
+        }
+    }
+    if let Some(metric) = metric {
+        metrics.push(metric, None);
+    }
+    (metrics, pending.billed())
 }
 
 #[cfg(test)]

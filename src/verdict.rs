@@ -11,7 +11,7 @@ use crate::admission::decide_with;
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
 use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{Attempt, Caller, Decision, Denial};
+use crate::decision::{Attempt, Caller, Charged, Decision, Denial};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
@@ -54,18 +54,6 @@ pub struct Forward<'c> {
     pub refill: Option<(usize, crate::lease::Ask)>,
     /// A priced request (a route's cost, an LLM reservation): what it took, to settle.
     pub charged: Option<Charged>,
-}
-
-/// What a priced request took on admission, for its settlement once the response is known
-/// (see [`crate::settlement`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Charged {
-    /// The consumer's index in the configuration.
-    pub consumer: usize,
-    /// One per limit of its plan, with what the request took (`cost`) and in which window.
-    pub usages: Vec<Usage>,
-    /// The output cap the provider must be sent (LLM routes).
-    pub output_cap: Option<u64>,
 }
 
 impl<'c> Forward<'c> {
@@ -357,15 +345,23 @@ fn refuse<'c>(
         .is_some_and(|ct| ct.starts_with(b"application/grpc"));
     metrics.push(Metric::Refused(denial.reason()), plan);
     let reply = match &denial {
-        // Rendered once while the consumer stays refused; only the seconds are filled in.
-        Denial::QuotaExceeded { caller, usages } => memo
-            .quota_refusal(caller.consumer.id, grpc, || {
+        // Rendered once while the consumer stays refused; only the seconds are filled in. A
+        // priced request's refusal says what it needed: rendered for it alone.
+        Denial::QuotaExceeded { caller, usages } => {
+            let render = || {
                 let policy = config
                     .ratelimit_policy
                     .then(|| memo.policy(caller.consumer.plan, caller.plan, usages));
                 QuotaRefusal::new(caller, usages, grpc, policy)
-            })
-            .at(caller.plan, usages, now),
+            };
+            let plain = usages.iter().all(|u| u.cost <= 1);
+            let refusal = if plain {
+                memo.quota_refusal(caller.consumer.id, grpc, render)
+            } else {
+                std::rc::Rc::new(render())
+            };
+            refusal.at(caller.plan, usages, now)
+        }
         _ => refusal(config, &denial, now, grpc),
     };
     Verdict {

@@ -222,13 +222,19 @@ fn the_provider_gets_the_effective_cap_and_include_usage_and_the_stream_passes_u
             &envoy,
             "/v1/chat/completions",
             &b,
-            &["x-fake-output-tokens: 500", "x-fake-split: 7"],
+            &[
+                "x-fake-output-tokens: 500",
+                "x-fake-split: 7",
+                "accept-encoding: gzip, br",
+            ],
             http2,
         );
         assert_eq!(got.response.status, 200, "{:?}", got.response);
         let seen = &fake.requests()[before];
         // The plan's cap (100) beats the client's (5000) and the model's (4096).
         assert_eq!(seen.body["max_completion_tokens"], 100, "{}", seen.body);
+        // The answer must stay readable: no compression asked for.
+        assert_eq!(seen.header("accept-encoding"), None, "{seen}");
         assert_eq!(seen.body["stream_options"]["include_usage"], true);
         assert_eq!(seen.body["messages"], b["messages"]);
         // The same request straight to the provider: the client got the same events (the
@@ -555,10 +561,30 @@ fn bad_bodies_get_their_answer_and_nothing_is_counted() {
         false,
     );
     assert_eq!(chunked.response.status, 413, "{:?}", chunked.response);
-    // No body at all.
+    // No body at all: 400 — after the credential, which is checked first (401).
     let get = request(envoy.port, "GET", chat, &[("x-api-key", b"acme-key")]);
     assert_eq!(get.status, 400, "{get:?}");
-    assert_eq!(fake.requests().len(), 0, "nothing reached the provider");
+    assert_eq!(request(envoy.port, "GET", chat, &[]).status, 401);
+    // A CORS preflight has no key and no body: it passes (the provider answers it).
+    let preflight = request(
+        envoy.port,
+        "OPTIONS",
+        chat,
+        &[
+            ("origin", b"https://app.example"),
+            ("access-control-request-method", b"POST"),
+        ],
+    );
+    assert_eq!(preflight.status, 405, "the fake's answer: {preflight:?}");
+    let reached: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "nothing reached the provider: {reached:?}"
+    );
     assert_eq!(
         used(&envoy),
         [("tokens".to_string(), 0), ("daily".to_string(), 0)]
@@ -633,4 +659,34 @@ fn usage_events_carry_the_tokens_of_each_model_for_billing() {
     assert_eq!(totals["small"], [2, 40, 20, 40, 130]);
     assert_eq!(totals["*"], [1, 20, 10, 20, 50]);
     assert_eq!(used_of(&envoy, "tokens"), 180);
+}
+
+#[test]
+fn in_shadow_mode_the_upstreams_cost_header_never_reaches_the_client() {
+    clear_of_day_boundary();
+    let fake = FakeLlm::start();
+    let mut cfg = config(
+        json!([{"name": "credits", "units": 10, "unit": "credits", "window": "day"}]),
+        None,
+        json!({"*": {}}),
+    );
+    cfg["mode"] = json!("shadow");
+    let envoy = gateway(&fake, &cfg);
+    let image = || {
+        post(
+            envoy.port,
+            "/v1/images/generations",
+            &[KEY, "x-fake-status: 200", "x-fake-cost: 10"],
+            b"{}",
+            false,
+        )
+        .response
+    };
+    // Admitted and settled, then over the quota: forwarded by shadow mode, not settled.
+    for _ in 0..3 {
+        let r = image();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream-cost"), None, "{r:?}");
+    }
+    assert_eq!(used_of(&envoy, "credits"), 10);
 }

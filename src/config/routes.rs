@@ -192,6 +192,11 @@ pub(super) fn compile_routes(
         for (unit, header) in route.cost_headers.0 {
             let field = format!("{field}.cost_headers.{unit}");
             let unit = unit_named(&field, &unit)?;
+            if unit == Unit::Requests {
+                return Err(ConfigError(format!(
+                    "{field}: requests are counted on admission and never settled; price the route in a named unit (credits) to settle it from the upstream"
+                )));
+            }
             if !is_token(&header) || header.starts_with(':') {
                 return Err(ConfigError(format!(
                     "{field}: `{header}` is not a valid header name"

@@ -158,6 +158,7 @@ fn refuses_bad_configurations_naming_the_field() {
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"cost": {"requests": 1000000000000000}}}}"#.into(), "routes.r.cost.requests: at most 999999999999999"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"cost_headers": {"credits": "bad header"}}}}"#.into(), "routes.r.cost_headers.credits: `bad header` is not a valid header name"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"llm": "openai-chat"}}}"#.into(), "routes.r.llm: an LLM route needs the `llm` section (its models and their weights)"),
+        (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"cost_headers": {"requests": "x-n"}}}}"#.into(), "routes.r.cost_headers.requests: requests are counted on admission and never settled; price the route in a named unit (credits) to settle it from the upstream"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"llm": "gemini"}}, "llm": {"models": {"*": {}}}}"#.into(), "routes.r.llm: `gemini` is not an LLM API tollgate reads (openai-chat, openai-responses, anthropic-messages)"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"": {}}}"#.into(), "routes.: a route name is 1-255 bytes (the `name` of the Envoy route)"),
         (r#"{"plans": {"p": {"limits": []}}, "llm": {"models": {}}}"#.into(), "llm.models: list 1-1000 models (`*` prices every model not listed; without it, other models are refused)"),

@@ -12,16 +12,15 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use super::buffers;
 use super::clock::now_ms;
 use super::fleet;
-use super::request::{log_failure, request_header, run, run_with, send, unavailable};
+use super::request::{log_failure, request_header, run_with, send, unavailable};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
+use crate::decision::Charged;
 use crate::decision::{Attempt, Price};
 use crate::llm::Api;
-use crate::metrics::{Increments, Metric};
-use crate::quota::settle;
 use crate::response::{body_too_large, invalid_body, RateLimitFields};
-use crate::settlement::{read_llm, Pending};
-use crate::verdict::{Charged, Step};
+use crate::settlement::{read_llm, write, Pending};
+use crate::verdict::Step;
 
 pub struct Filter {
     runtime: Option<Rc<Runtime>>,
@@ -38,6 +37,11 @@ pub struct Filter {
     kept_headers: Vec<(String, Option<Vec<u8>>)>,
     /// A priced, admitted request, until its settlement is written.
     pending: Option<Pending>,
+    /// The request's route in `routes` (a priced route), from its headers.
+    route: Option<usize>,
+    /// The store, made while the request's headers were there (in a fault-injection build it
+    /// reads one, and Envoy lends them no longer).
+    store: SharedData,
 }
 
 impl Filter {
@@ -50,6 +54,8 @@ impl Filter {
             awaiting_body: None,
             kept_headers: Vec::new(),
             pending: None,
+            route: None,
+            store: SharedData::default(),
         }
     }
 
@@ -121,7 +127,8 @@ impl Filter {
                 .find(|(n, _)| n == name)
                 .and_then(|(_, v)| v.clone())
         };
-        let step = run_with(runtime, &attempt, now_ms, &mut from_kept);
+        let store = self.store;
+        let step = run_with(runtime, &attempt, now_ms, &mut from_kept, &store);
         let charged = match self.go_on(
             runtime,
             step,
@@ -148,36 +155,12 @@ impl Filter {
         let (Some(runtime), Some(pending)) = (self.runtime.clone(), self.pending.as_mut()) else {
             return;
         };
-        if pending.settled() {
-            return;
-        }
-        let config = &runtime.config;
-        let Some(consumer) = config.consumers.get(pending.consumer()) else {
-            return;
-        };
-        let Some(plan) = config.plan_of(consumer) else {
-            return;
-        };
-        let (settlements, metric) = pending.settlements(&plan.limits, complete);
-        let mut metrics = Increments::default();
-        if !settlements.is_empty() {
-            let store = SharedData::for_request();
-            if let Err(e) = settle(&store, &consumer.store_key, &plan.limits, &settlements) {
-                log::error!(
-                    "consumer {}: the settlement could not be written ({}); the reservation stays",
-                    consumer.name,
-                    e.reason()
-                );
-                metrics.push(Metric::SettleFailed, None);
-            }
-        }
-        if let Some(metric) = metric {
-            metrics.push(metric, None);
-        }
+        let consumer = pending.consumer();
+        let (metrics, billed) = write(&runtime.config, &self.store, pending, complete);
         runtime.metrics.record(&metrics);
-        if let (Some(meter), Some(billed)) = (&runtime.meter, pending.billed()) {
+        if let (Some(meter), Some(billed)) = (&runtime.meter, billed) {
             let now = now_ms().unwrap_or(0).div_euclid(1000);
-            meter.record_tokens(consumer.id, now, billed);
+            meter.record_tokens(consumer, now, billed);
         }
     }
 }
@@ -215,9 +198,6 @@ impl Filter {
         end: bool,
         now_ms: i64,
     ) -> Action {
-        if end {
-            return send(&invalid_body("", "an LLM request needs a JSON body"));
-        }
         let max = runtime.config.llm.as_ref().map_or(0, |l| l.max_body_bytes);
         let headers = MapType::HttpRequestHeaders;
         let announced = hostcalls::get_map_value_bytes(headers, "content-length")
@@ -245,7 +225,8 @@ impl Filter {
             kept.push((name.to_string(), value.clone()));
             value
         };
-        let step = run_with(runtime, &attempt, now_ms, &mut keeping);
+        let store = self.store;
+        let step = run_with(runtime, &attempt, now_ms, &mut keeping, &store);
         self.kept_headers = kept;
         match step {
             Step::Continue { .. } => {}
@@ -253,11 +234,38 @@ impl Filter {
             // Fleet mode has no LLM routes (the configuration refuses them).
             Step::Wait(_) => return unavailable("tollgate cannot price this request\n"),
         }
-        if let Err(status) = hostcalls::set_map_value(headers, "content-length", None) {
-            log_failure("remove content-length", status);
+        if end {
+            // A CORS preflight (passed by the dry run) has no body to price; anything else must.
+            if request_header(":method").as_deref() == Some(b"OPTIONS") {
+                return Action::Continue;
+            }
+            return send(&invalid_body("", "an LLM request needs a JSON body"));
+        }
+        // The body will change (its cap), and its usage must be readable: no length, and no
+        // compressed answer.
+        for name in ["content-length", "accept-encoding"] {
+            if let Err(status) = hostcalls::set_map_value(headers, name, None) {
+                log_failure("remove request header", status);
+            }
         }
         self.awaiting_body = Some((route, api));
         Action::Continue
+    }
+}
+
+impl Filter {
+    fn remove_cost_headers(&self) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let Some(route) = self.route.and_then(|i| runtime.config.routes.get(i)) else {
+            return;
+        };
+        for (_, name) in &route.cost_headers {
+            if let Err(status) = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name) {
+                log_failure("remove response header", status);
+            }
+        }
     }
 }
 
@@ -271,12 +279,14 @@ impl HttpContext for Filter {
             log::error!("request refused: the host clock is unavailable");
             return unavailable("tollgate cannot read the clock\n");
         };
+        self.store = SharedData::for_request();
         let mut price = Price::default();
         // Routes are looked up only when some are priced: a plain configuration pays nothing.
         if !runtime.config.routes.is_empty() {
             let name = buffers::property(&["xds", "route_name"]).unwrap_or_default();
             if let Some((index, route)) = runtime.config.routes.find(&name) {
                 price.route = Some(index);
+                self.route = Some(index);
                 if let Some(api) = route.llm {
                     return self.await_body(&runtime, index, api, end_of_stream, now_ms);
                 }
@@ -287,7 +297,8 @@ impl HttpContext for Filter {
             price,
             ..Attempt::default()
         };
-        let step = run(&runtime, &attempt, now_ms);
+        let store = self.store;
+        let step = run_with(&runtime, &attempt, now_ms, &mut request_header, &store);
         match self.go_on(&runtime, step, None, price.route) {
             Ok(_) => Action::Continue,
             Err(action) => action,
@@ -312,6 +323,11 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.pending.is_none() {
+            // Not settled (shadow mode forwarded it, or it went uncounted): the upstream's cost
+            // headers are still never the client's.
+            self.remove_cost_headers();
+        }
         if let Some(pending) = self.pending.as_mut() {
             let headers = MapType::HttpResponseHeaders;
             let read = |name: &str| hostcalls::get_map_value_bytes(headers, name).ok().flatten();
@@ -346,6 +362,24 @@ impl HttpContext for Filter {
                 log_failure("add response header", status);
             }
         }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // The body ended without an end of stream on its last data: an LLM request is not
+        // priced through trailers (never admitted unpriced).
+        if self.awaiting_body.take().is_some() {
+            return send(&invalid_body(
+                "",
+                "an LLM request is priced from its body alone: send it without trailers",
+            ));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the response: its body is complete.
+        self.settle(true);
         Action::Continue
     }
 

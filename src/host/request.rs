@@ -13,12 +13,14 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::Attempt;
 use crate::response::Reply;
+use crate::shadow_log::ShadowLog;
 use crate::verdict::{self, handle_with, Request, Step};
 
 /// Decides the request of the effective context and carries the verdict out (headers set, or
 /// the reply sent); `now_ms` is the host's clock.
 pub fn run(runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
-    run_with(runtime, attempt, now_ms, &mut request_header)
+    let store = SharedData::for_request();
+    run_with(runtime, attempt, now_ms, &mut request_header, &store)
 }
 
 /// A request header of the effective context, by lowercase name (only while the request's
@@ -30,21 +32,30 @@ pub fn request_header(name: &str) -> Option<Vec<u8>> {
 }
 
 /// [`run`], reading the request's headers from `request` (e.g. those kept from a dry run,
-/// once the headers went upstream).
+/// once the headers went upstream) and counting in `store` (made while the headers were
+/// there: in a fault-injection build it reads one).
 pub fn run_with(
     runtime: &Rc<Runtime>,
     attempt: &Attempt,
     now_ms: i64,
     request: &mut impl Request,
+    store: &SharedData,
 ) -> Step {
     let now = now_ms.div_euclid(1000);
+    // A dry run logs nothing in shadow mode: the decision with the body will.
+    let quiet = ShadowLog::default();
+    let shadow_log = if attempt.dry_run {
+        &quiet
+    } else {
+        &runtime.shadow_log
+    };
     let mut verdict = handle_with(
         &runtime.config,
         request,
         now,
-        &SharedData::for_request(),
+        store,
         &runtime.memo,
-        &runtime.shadow_log,
+        shadow_log,
         attempt,
     );
     // A dry run that lets the request on counted nothing: its decision comes with the body.

@@ -320,3 +320,60 @@ fn an_llm_body_is_priced_with_its_model_and_cap_or_refused_naming_the_member() {
     let r = read_llm(&any, Api::OpenAiResponses, br#"{"model":"whatever"}"#).unwrap();
     assert_eq!((r.model, r.ask.cap), (0, 7));
 }
+
+#[test]
+fn write_settles_into_the_consumers_record_once_and_counts_how() {
+    let config = Config::from_json(
+        br#"{"plans": {"p": {"limits": [{"name": "d", "requests": 10, "window": "day"},
+                                         {"name": "t", "tokens": 1000, "window": "day"}]}},
+             "consumers": {"acme": {"plan": "p", "keys": ["a"]}},
+             "llm": {"models": {"*": {}}}}"#,
+    )
+    .unwrap();
+    let store = crate::store::MemoryStore::new();
+    crate::quota::create_records(&config, &store).unwrap();
+    let plan = &config.plans[0];
+    let key = &config.consumers[0].store_key;
+    let now = 1_795_611_600;
+    let taken = crate::quota::check_and_take(&store, key, &plan.limits, &[1, 500], now, 0).unwrap();
+    let charged = Charged {
+        consumer: 0,
+        usages: taken.usages,
+        output_cap: Some(100),
+    };
+    let mut p = Pending::new(
+        charged,
+        None,
+        Some((Api::OpenAiChat, Weights::default(), 0)),
+    );
+    p.on_response_headers(Some(200), false, |_| None);
+    p.on_body(br#"{"usage":{"prompt_tokens":30,"completion_tokens":40}}"#);
+    let (metrics, billed) = write(&config, &store, &mut p, true);
+    assert_eq!(metrics, [(Metric::Settled, None)]);
+    assert_eq!(billed.map(|b| b.units), Some(70));
+    let used = crate::quota::peek(&store, key, &plan.limits, now, 0).unwrap();
+    assert_eq!((used[0].used, used[1].used), (1, 70));
+    // Once.
+    assert_eq!(
+        write(&config, &store, &mut p, true),
+        (Increments::default(), None)
+    );
+
+    // A store that fails: the reservation stays, and it says so.
+    let mut q = Pending::new(
+        Charged {
+            consumer: 0,
+            usages: used,
+            output_cap: None,
+        },
+        None,
+        Some((Api::OpenAiChat, Weights::default(), 0)),
+    );
+    q.on_response_headers(Some(503), false, |_| None);
+    let (metrics, billed) = write(&config, &crate::store::FailingStore, &mut q, true);
+    assert_eq!(
+        metrics,
+        [(Metric::SettleFailed, None), (Metric::Released, None)]
+    );
+    assert_eq!(billed, None, "a released request is not billed");
+}
