@@ -43,8 +43,9 @@ pub fn run_with(
 ) -> Step {
     let now = now_ms.div_euclid(1000);
     // A dry run logs nothing in shadow mode: the decision with the body will.
-    let quiet = ShadowLog::default();
+    let quiet;
     let shadow_log = if attempt.dry_run {
+        quiet = ShadowLog::default();
         &quiet
     } else {
         &runtime.shadow_log
