@@ -153,7 +153,7 @@ bench-filters: wasm # The benchmark's other builds: the empty and floor filters,
 	wasm-opt -O3 $(WASM_FEATURES) target/opt-z/$(WASM_TARGET)/release/deps/tollgate.wasm -o $(SMALL_WASM).opt && \
 		mv $(SMALL_WASM).opt $(SMALL_WASM)
 
-bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~15 min): writes bench/results.md and bench/results.png
+bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~20 min): writes bench/results.md and bench/results.png
 	$(PYTHON) bench/run.py --envoy $(ENVOY) --empty $(EMPTY_WASM) --floor $(FLOOR_WASM) --quotad $(QUOTAD) --tollgate shipped=$(WASM) \
 		oz=$(SMALL_WASM)
 	$(PYTHON) bench/report.py
