@@ -690,3 +690,64 @@ fn in_shadow_mode_the_upstreams_cost_header_never_reaches_the_client() {
     }
     assert_eq!(used_of(&envoy, "credits"), 10);
 }
+
+#[test]
+fn a_request_that_ends_with_trailers_is_refused_never_forwarded_unpriced() {
+    use std::io::{Read, Write};
+    clear_of_day_boundary();
+    let fake = FakeLlm::start();
+    let cfg = config(
+        json!([{"name": "tokens", "tokens": 1000000, "window": "day"}]),
+        None,
+        json!({"*": {"max_output_tokens": 10}}),
+    );
+    // HTTP/1.1 request trailers reach filters only when enabled (HTTP/2 always has them).
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/llm/envoy.yaml".into(),
+        file_ports: (10400, 10401, 9951),
+        plugin: Some(plugin(&cfg.to_string())),
+        replace: vec![
+            (
+                "port_value: 10401".to_string(),
+                format!("port_value: {}", fake.port),
+            ),
+            (
+                "codec_type: AUTO".to_string(),
+                "codec_type: AUTO\n          http_protocol_options: { enable_trailers: true }"
+                    .to_string(),
+            ),
+        ],
+        ..Options::default()
+    });
+    let body = body("/v1/chat/completions", "m", None, false).to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-api-key: acme-key\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\
+         \r\n{:x}\r\n{body}\r\n0\r\nx-checksum: 1\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("without trailers"), "{answer}");
+    let reached: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert!(reached.is_empty(), "the provider got a body: {reached:?}");
+    assert_eq!(used_of(&envoy, "tokens"), 0);
+}
