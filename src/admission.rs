@@ -151,21 +151,21 @@ pub fn decide<'c>(
     store: &impl Store,
     memo: &Memo,
 ) -> Decision<'c> {
-    let fleet = Attempt {
+    let attempt = Attempt {
         now_ms: now.saturating_mul(1000),
         ..Attempt::default()
     };
-    decide_with(config, credential, now, store, memo, &fleet)
+    decide_with(config, credential, now, store, memo, &attempt)
 }
 
-/// [`decide`], with fleet mode's inputs.
+/// [`decide`], for one attempt: its price, a dry run, and fleet mode's inputs.
 pub fn decide_with<'c>(
     config: &'c Config,
     credential: Credential,
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    fleet: &Attempt,
+    attempt: &Attempt,
 ) -> Decision<'c> {
     let caller = match caller_of(config, credential) {
         Ok(caller) => caller,
@@ -195,14 +195,14 @@ pub fn decide_with<'c>(
             refill: None,
         };
     }
-    let costs = fleet.price.costs(config, plan);
+    let costs = attempt.price.costs(config, plan);
     if let Some(refused) = remembered(memo, caller, &costs, now, config.utc_offset) {
         return refused;
     }
     if let Some(rls) = &config.store {
-        return from_lease(config, rls, caller, now, store, memo, fleet);
+        return from_lease(config, rls, caller, now, store, memo, attempt);
     }
-    if fleet.dry_run {
+    if attempt.dry_run {
         return look_at_record(config, caller, &costs, now, store);
     }
     from_record(config, caller, &costs, now, store, memo)
@@ -216,7 +216,7 @@ fn from_lease<'c>(
     now: i64,
     store: &impl Store,
     memo: &Memo,
-    fleet: &Attempt,
+    attempt: &Attempt,
 ) -> Decision<'c> {
     let store_error = |contended: bool, reason: String| {
         Decision::Deny(Denial::StoreUnavailable {
@@ -225,13 +225,13 @@ fn from_lease<'c>(
             reason,
         })
     };
-    if let Some(reason) = &fleet.failed {
+    if let Some(reason) = &attempt.failed {
         return store_error(false, reason.clone());
     }
     let terms = Terms::of(rls, config.utc_offset);
     let clock = Clock {
         now,
-        now_ms: fleet.now_ms,
+        now_ms: attempt.now_ms,
     };
     match lease::take(
         store,
@@ -239,7 +239,7 @@ fn from_lease<'c>(
         &caller.plan.limits,
         clock,
         &terms,
-        fleet.waiting_since_ms,
+        attempt.waiting_since_ms,
     ) {
         Ok(Take::Admitted(usages, refill)) => Decision::Allow {
             caller,

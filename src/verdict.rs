@@ -162,14 +162,14 @@ pub fn handle<'c>(
     memo: &Memo,
     shadow_log: &ShadowLog,
 ) -> Verdict<'c> {
-    let fleet = Attempt {
+    let attempt = Attempt {
         now_ms: now.saturating_mul(1000),
         ..Attempt::default()
     };
-    handle_with(config, request, now, store, memo, shadow_log, &fleet)
+    handle_with(config, request, now, store, memo, shadow_log, &attempt)
 }
 
-/// [`handle`], with fleet mode's inputs (the host's millisecond clock, and whether the request
+/// [`handle`], for one attempt at the request: its price, a dry run, and fleet mode's inputs (the host's millisecond clock, and whether the request
 /// already waited for a refill).
 pub fn handle_with<'c>(
     config: &'c Config,
@@ -178,7 +178,7 @@ pub fn handle_with<'c>(
     store: &impl Store,
     memo: &Memo,
     shadow_log: &ShadowLog,
-    fleet: &Attempt,
+    attempt: &Attempt,
 ) -> Verdict<'c> {
     let mut forward = Forward {
         identity_headers: config
@@ -215,7 +215,7 @@ pub fn handle_with<'c>(
         let only_path = full.split(|c| *c == b'?').next().unwrap_or_default();
         if only_path == usage_path.as_bytes() {
             let method = cached(":method").unwrap_or_default();
-            return usage_endpoint(config, credential, &method, now, store, fleet);
+            return usage_endpoint(config, credential, &method, now, store, attempt);
         }
     }
 
@@ -223,7 +223,7 @@ pub fn handle_with<'c>(
         hide(config, &credential, &mut forward, || cached(":path"));
     }
 
-    let denial = match decide_with(config, credential, now, store, memo, fleet) {
+    let denial = match decide_with(config, credential, now, store, memo, attempt) {
         Decision::Allow {
             caller,
             usages,
@@ -235,16 +235,16 @@ pub fn handle_with<'c>(
                 caller.plan.name
             );
             forward.refill = refill.map(|ask| (caller.consumer.id, ask));
-            if !fleet.price.is_plain() {
+            if !attempt.price.is_plain() {
                 forward.charged = Some(Charged {
                     consumer: caller.consumer.id,
                     usages: usages.clone(),
-                    output_cap: fleet.price.tokens.map(|t| t.cap_for(caller.plan)),
+                    output_cap: attempt.price.tokens.map(|t| t.cap_for(caller.plan)),
                 });
             }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
             let mut verdict = admit(config, memo, forward, caller, &usages, now, metrics);
-            if fleet.dry_run {
+            if attempt.dry_run {
                 // Nothing was counted: no threshold was crossed.
                 verdict.metered.crossings.clear();
             }
@@ -519,7 +519,7 @@ fn usage_endpoint<'c>(
     method: &[u8],
     now: i64,
     store: &impl Store,
-    fleet: &Attempt,
+    attempt: &Attempt,
 ) -> Verdict<'c> {
     if method != b"GET" && method != b"HEAD" {
         return Verdict {
@@ -549,7 +549,7 @@ fn usage_endpoint<'c>(
     let standing = consumer.standing(now);
     let counts = match &config.store {
         Some(rls) if !plan.limits.is_empty() => {
-            match look_at_lease(config, rls, consumer, plan, now, store, fleet) {
+            match look_at_lease(config, rls, consumer, plan, now, store, attempt) {
                 Ok(Take::Admitted(usages, _) | Take::Refused(usages)) => Ok(usages),
                 Ok(Take::Refill(ask)) => return wait(consumer.id, Some(ask)),
                 Ok(Take::Wait { .. }) => return wait(consumer.id, None),
@@ -601,15 +601,15 @@ fn look_at_lease(
     plan: &crate::config::Plan,
     now: i64,
     store: &impl Store,
-    fleet: &Attempt,
+    attempt: &Attempt,
 ) -> Result<Take, crate::store::StoreError> {
-    if let Some(reason) = &fleet.failed {
+    if let Some(reason) = &attempt.failed {
         return Err(crate::store::StoreError(reason.clone()));
     }
     let terms = crate::lease::Terms::of(rls, config.utc_offset);
     let clock = crate::lease::Clock {
         now,
-        now_ms: fleet.now_ms,
+        now_ms: attempt.now_ms,
     };
     crate::lease::look(
         store,
@@ -617,7 +617,7 @@ fn look_at_lease(
         &plan.limits,
         clock,
         &terms,
-        fleet.waiting_since_ms,
+        attempt.waiting_since_ms,
     )
     .map_err(crate::store::CountError::into_store_error)
 }

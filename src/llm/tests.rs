@@ -1077,3 +1077,24 @@ fn debug_and_errors_show_no_content() {
     let scanner = UsageScanner::new(Api::AnthropicMessages, true);
     assert!(format!("{scanner:?}").contains("AnthropicMessages"));
 }
+
+#[test]
+fn the_data_lines_of_one_event_are_joined_by_a_newline_as_the_event_stream_rules_say() {
+    // A key split over two data lines is `usa\nge`, not `usage`; a number split so is two.
+    let split_key = b"data: {\"choices\":[],\"usa\ndata: ge\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\n";
+    let mut s = UsageScanner::new(Api::OpenAiChat, true);
+    s.feed(split_key);
+    assert_eq!(s.tokens(), None);
+    // Whitespace between tokens is whitespace: an object over several lines is read whole.
+    let lines = b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":5,\ndata: \"completion_tokens\":6}}\n\n";
+    let mut s = UsageScanner::new(Api::OpenAiChat, true);
+    s.feed(lines);
+    assert_eq!(
+        s.tokens(),
+        Some(Tokens {
+            input: 5,
+            cached_input: 0,
+            output: 6
+        })
+    );
+}
