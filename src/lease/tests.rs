@@ -482,3 +482,133 @@ fn a_missing_lease_is_a_store_error_and_leases_are_created_once() {
         Take::Refill(_)
     ));
 }
+
+fn stored(store: &MemoryStore) -> Lease {
+    Lease::decode(&store.value(K).unwrap()).unwrap()
+}
+
+#[test]
+fn a_refill_claim_lasts_the_calls_timeout_and_the_margin_exactly() {
+    let store = fresh();
+    let l = limits(&[(1000, Window::Day)]);
+    let Take::Refill(_) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+        panic!("an empty lease is refilled");
+    };
+    let deadline = NOW * 1000 + TERMS.timeout_ms + CLAIM_MARGIN_MS;
+    assert_eq!(stored(&store).claim_until_ms, deadline);
+    // Until then another request waits for it, and not a millisecond longer.
+    assert_eq!(
+        take(
+            &store,
+            K,
+            &l,
+            at(TERMS.timeout_ms + CLAIM_MARGIN_MS - 1),
+            &TERMS,
+            None
+        )
+        .unwrap(),
+        Take::Wait { until_ms: deadline }
+    );
+    assert!(matches!(
+        take(
+            &store,
+            K,
+            &l,
+            at(TERMS.timeout_ms + CLAIM_MARGIN_MS),
+            &TERMS,
+            None
+        )
+        .unwrap(),
+        Take::Refill(_)
+    ));
+}
+
+#[test]
+fn an_answer_for_another_number_of_limits_is_a_failure_not_figures() {
+    let store = fresh();
+    let l = limits(&[(1000, Window::Day), (10, Window::Fixed(60))]);
+    let Take::Refill(ask) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+        panic!("an empty lease is refilled");
+    };
+    for answer in [
+        Answer::Granted { left: vec![5] },
+        Answer::Over {
+            left: vec![0, 0, 0],
+        },
+    ] {
+        apply(&store, K, &ask, &answer, NOW * 1000 + 5, &TERMS).unwrap();
+        let lease = stored(&store);
+        assert_eq!(lease.units, 0, "{answer:?}");
+        assert_eq!(lease.failed_at_ms, NOW * 1000 + 5, "{answer:?}");
+        assert!(lease.figures.is_empty(), "{answer:?}");
+    }
+}
+
+#[test]
+fn over_with_room_for_less_asks_again_for_that_room_and_keeps_the_claim() {
+    let store = fresh();
+    let l = limits(&[(1000, Window::Day)]);
+    let Take::Refill(ask) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+        panic!("an empty lease is refilled");
+    };
+    assert!(ask.hits > 3);
+    let now_ms = NOW * 1000 + 7;
+    let again = apply(
+        &store,
+        K,
+        &ask,
+        &Answer::Over { left: vec![3] },
+        now_ms,
+        &TERMS,
+    )
+    .unwrap();
+    assert_eq!(
+        again,
+        Applied::AskAgain(Ask {
+            hits: 3,
+            windows: ask.windows.clone()
+        })
+    );
+    assert_eq!(
+        stored(&store).claim_until_ms,
+        now_ms + TERMS.timeout_ms + CLAIM_MARGIN_MS
+    );
+    // Room for exactly what was asked is not "less": nothing to ask again.
+    let exact = Ask {
+        hits: 3,
+        ..ask.clone()
+    };
+    assert_eq!(
+        apply(
+            &store,
+            K,
+            &exact,
+            &Answer::Over { left: vec![3] },
+            now_ms,
+            &TERMS
+        )
+        .unwrap(),
+        Applied::Done
+    );
+    assert_eq!(stored(&store).claim_until_ms, 0);
+}
+
+#[test]
+fn a_lease_for_the_same_windows_but_another_size_is_not_valid() {
+    let mut lease = Lease::default();
+    let day = limits(&[(1000, Window::Day)]);
+    let bounds = day[0].window.bounds(NOW, 0);
+    lease.figures = vec![Figure {
+        start: bounds.start,
+        end: bounds.end,
+        requests: 1000,
+        left: 10,
+    }];
+    assert!(lease.valid(&[(bounds, 1000)]));
+    assert!(!lease.valid(&[(bounds, 999)]), "a resized limit");
+    assert!(
+        !lease.valid(&[(bounds, 1000), (bounds, 1000)]),
+        "another plan"
+    );
+    assert!(!lease.valid(&[]));
+}
