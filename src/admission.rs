@@ -200,7 +200,7 @@ pub fn decide_with<'c>(
         return refused;
     }
     if let Some(rls) = &config.store {
-        return from_lease(config, rls, caller, now, store, memo, attempt);
+        return from_lease(config, rls, caller, &costs, now, store, memo, attempt);
     }
     if attempt.dry_run {
         return look_at_record(config, caller, &costs, now, store);
@@ -208,11 +208,14 @@ pub fn decide_with<'c>(
     from_record(config, caller, &costs, now, store, memo)
 }
 
-/// Fleet mode: spend a unit of the consumer's lease, or wait for its refill.
+/// Fleet mode: pay for the request from the consumer's lease, or wait for its refill. A dry
+/// run only looks at the lease (no call, nothing spent).
+#[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
 fn from_lease<'c>(
     config: &'c Config,
     rls: &Rls,
     caller: Caller<'c>,
+    costs: &[u64],
     now: i64,
     store: &impl Store,
     memo: &Memo,
@@ -233,21 +236,31 @@ fn from_lease<'c>(
         now,
         now_ms: attempt.now_ms,
     };
-    match lease::take(
-        store,
-        &lease::key(&caller.consumer.name),
-        &caller.plan.limits,
-        clock,
-        &terms,
-        attempt.waiting_since_ms,
-    ) {
+    let key = lease::key(&caller.consumer.name);
+    let limits = &caller.plan.limits;
+    let taken = if attempt.dry_run {
+        lease::peek(store, &key, limits, costs, clock, &terms)
+    } else {
+        lease::take(
+            store,
+            &key,
+            limits,
+            costs,
+            clock,
+            &terms,
+            attempt.waiting_since_ms,
+        )
+    };
+    match taken {
         Ok(Take::Admitted(usages, refill)) => Decision::Allow {
             caller,
             usages,
             refill,
         },
         Ok(Take::Refused(usages)) => {
-            memo.remember_refused(caller.consumer.id, &usages);
+            if !attempt.dry_run && lasting(caller.plan, &usages) {
+                memo.remember_refused(caller.consumer.id, &usages);
+            }
             Decision::Deny(Denial::QuotaExceeded { caller, usages })
         }
         Ok(Take::Refill(ask)) => Decision::Wait {

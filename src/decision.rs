@@ -253,4 +253,7 @@ pub struct Charged {
     pub usages: Vec<Usage>,
     /// The output cap the provider must be sent (LLM routes).
     pub output_cap: Option<u64>,
+    /// Taken from the consumer's record in this Envoy (local mode, or fleet mode's
+    /// `on_store_error: local`), not from a fleet lease: where the settlement goes.
+    pub in_record: bool,
 }

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::{format_utc_offset, Config, Rls};
-use crate::decision::Attempt;
+use crate::decision::{Attempt, Price};
 use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
 use crate::response::RateLimitFields;
 use crate::rls::{self, Code};
@@ -75,8 +75,14 @@ pub trait FleetHost {
     fn call(&self, rls: &Rls, message: &[u8]) -> Result<u32, String>;
     /// The body of the gRPC answer being handled.
     fn answer(&self, size: usize) -> Vec<u8>;
-    /// Decides the effective context's request again and carries the verdict out.
-    fn decide(&self, runtime: &Rc<Self::Runtime>, attempt: &Attempt, now_ms: i64) -> Step;
+    /// Decides the request of `context` (the effective one) again and carries the verdict out.
+    fn decide(
+        &self,
+        context: u32,
+        runtime: &Rc<Self::Runtime>,
+        attempt: &Attempt,
+        now_ms: i64,
+    ) -> Step;
     fn count(&self, which: Count);
     /// Shared data, where the leases are.
     fn store(&self) -> &Self::Store;
@@ -87,6 +93,10 @@ struct Held<R> {
     context: u32,
     runtime: Rc<R>,
     consumer: usize,
+    /// What the request costs, and whether its headers went upstream already (an LLM
+    /// request held at its body): every attempt decides the same request.
+    price: Price,
+    headers_forwarded: bool,
     since_ms: i64,
     deadline_ms: i64,
     /// A refill this request claimed while it was decided again from another request's
@@ -174,13 +184,14 @@ fn terms(config: &Config) -> Option<(Terms, &Rls)> {
     Some((Terms::of(rls, config.utc_offset), rls))
 }
 
-/// Holds the request of `context` (paused by the caller), and makes the store call if it
-/// claimed the refill.
+/// Holds the request of `context` (paused by the caller after `attempt`), and makes the store
+/// call if it claimed the refill.
 pub fn hold<H: FleetHost>(
     host: &H,
     context: u32,
     runtime: &Rc<H::Runtime>,
     wait: Wait,
+    attempt: &Attempt,
     now_ms: i64,
 ) {
     let Some((terms, _)) = terms(H::config(runtime)) else {
@@ -193,6 +204,8 @@ pub fn hold<H: FleetHost>(
             context,
             runtime: Rc::clone(runtime),
             consumer: wait.consumer,
+            price: attempt.price,
+            headers_forwarded: attempt.headers_forwarded,
             since_ms: now_ms,
             deadline_ms,
             pending: None,
@@ -236,8 +249,7 @@ pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option
             entries
         })
         .collect();
-    let hits = u32::try_from(ask.hits).unwrap_or(u32::MAX);
-    Some(rls::encode_request(&rls.domain, &descriptors, hits))
+    Some(rls::encode_request(&rls.domain, &descriptors, &ask.hits))
 }
 
 /// Calls the rate limit service for `ask` from `context` (the context the host is running).
@@ -266,7 +278,7 @@ fn dispatch<H: FleetHost>(
                 .consumers
                 .get(consumer)
                 .map_or("?", |c| c.name.as_str());
-            log::debug!("fleet: asking for {} of consumer {name}", ask.hits);
+            log::debug!("fleet: asking for {:?} of consumer {name}", ask.hits);
             let call = Call {
                 context,
                 runtime: Rc::clone(runtime),
@@ -433,14 +445,15 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
         (now_ms >= held.deadline_ms)
             .then(|| "no lease from the rate limit service within the timeout".to_string())
     });
-    // Fleet mode prices every request at 1 (config refuses other costs there).
     let attempt = Attempt {
         now_ms,
+        price: held.price,
+        headers_forwarded: held.headers_forwarded,
         waiting_since_ms: Some(held.since_ms),
         failed,
-        ..Attempt::default()
+        dry_run: false,
     };
-    match host.decide(&held.runtime, &attempt, now_ms) {
+    match host.decide(held.context, &held.runtime, &attempt, now_ms) {
         Step::Continue { fields, refill, .. } => {
             if let Some(fields) = fields {
                 host.with(|s| s.fields.push((held.context, fields)));

@@ -1,40 +1,53 @@
-//! Fleet mode's per-consumer lease: requests' worth of quota taken from the rate limit
-//! service (quotad) in one call, held in this Envoy's shared data, and spent by every worker
-//! with compare-and-swap — so the request path stays one shared-data get and one CAS set, as
-//! in local mode, and the store is asked once per lease.
+//! Fleet mode's per-consumer lease: quota taken from the rate limit service (quotad) in one
+//! call, held in this Envoy's shared data, and spent by every worker with compare-and-swap — so
+//! the request path stays one shared-data get and one CAS set, as in local mode, and the store
+//! is asked once per lease.
 //!
-//! A lease is valid while every limit's window (and size) is the one it was taken for; units
-//! left when a window ends are lost (the store has no way to take them back: RLS has no
-//! negative hits and quotad refuses them). The record also holds the store's last figures
-//! (remaining per limit after the last call) for the RateLimit fields, a refill claim with a
-//! deadline (at most one refill per consumer in flight per Envoy; a crashed or timed-out
-//! refiller blocks nobody past its deadline), and when the last refill failed (so that the
-//! requests waiting on it fail with it instead of starting calls of their own).
+//! A lease holds units **per limit**, in the limit's own unit (requests, tokens, credits): a
+//! request spends its cost in every limit at once (1 for a plain request, a route's cost, an
+//! LLM request's token reservation), and the store is asked for each limit's share in that
+//! limit's descriptor (`hits_addend`). Leases are sized in *requests' worth*: the request that
+//! claims a refill asks for enough for about that many requests like itself (its cost in each
+//! limit times the count), so a plan of request limits behaves as it always did.
+//!
+//! A settlement (see [`crate::settlement`]) gives a refund back to this Envoy's lease, never to
+//! the store (the protocol cannot take units back honestly), and takes an overrun from it: a
+//! limit's units may go negative, a debt that the next grant pays first. Units (or debt) left
+//! when a window ends are dropped with it: the store has no way to take units back, and a debt
+//! was never counted there (docs/tokens.md states the bound).
+//!
+//! A lease is valid while every limit's window (and size) is the one it was taken for. The
+//! record also holds the store's last figures (what was left per limit after the last call) for
+//! the RateLimit fields, a refill claim with a deadline (at most one refill per consumer in
+//! flight per Envoy; a crashed or timed-out refiller blocks nobody past its deadline), and when
+//! the last refill failed (so that the requests waiting on it fail with it instead of starting
+//! calls of their own).
 //!
 //! The record, own key prefix `tollgate:v1:lease:`, little-endian, fixed layout:
 //!
 //! ```text
-//! "TL" 0x01                                magic and version
-//! u64 units                                requests this Envoy may still admit
+//! "TL" 0x02                                magic and version
 //! i64 answered_at_ms                       when the store last answered (figures updated)
 //! i64 claim_until_ms                       a refill is in flight until then (0: none)
 //! i64 failed_at_ms                         when the last refill failed (0: it did not)
-//! u64 granted, i64 granted_at_ms           size and time of the last grant (sizing)
+//! u64 granted, i64 granted_at_ms           requests' worth and time of the last grant (sizing)
 //! u8 n, then n × (i64 start, i64 end,      the windows the lease is for, each limit's size,
-//!                 u64 requests, u64 left)  and what the store said was left after its call
+//!                 u64 size, u64 left,      what the store said was left after its call,
+//!                 i64 units)               and the units this Envoy holds (negative: a debt)
 //! ```
 //!
 //! Anything else stored under the key (another version, a truncated value) reads as an empty
-//! lease: units are never invented from bytes that are not ours.
+//! lease: units are never invented from bytes that are not ours. (A lease of version 1, from
+//! before units per limit, is such a value: an upgrade drops what the leases held.)
 
 use crate::config::{Config, Limit, Rls, STORE_PREFIX};
-use crate::quota::{Usage, MAX_ATTEMPTS};
+use crate::quota::{cost_at, Settlement, Usage, MAX_ATTEMPTS};
 use crate::store::{create_set, read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::window::Bounds;
 
-const MAGIC: &[u8] = b"TL\x01";
-const HEAD: usize = 3 + 8 * 6 + 1;
-const PER_LIMIT: usize = 8 * 4;
+const MAGIC: &[u8] = b"TL\x02";
+const HEAD: usize = 3 + 8 * 5 + 1;
+const PER_LIMIT: usize = 8 * 5;
 /// Prefix of the lease keys (one per consumer).
 pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
 /// Of what the store says is left, at most this fraction is taken in one lease (the other
@@ -42,8 +55,9 @@ pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
 pub const SHARE: u64 = 8;
 /// A lease is sized to last about this long at the consumer's recent rate.
 pub const LEASE_LIFETIME_MS: i64 = 1_000;
-/// The smallest last grant a lease is refilled ahead of: below, the consumer is slow (or at the
-/// end of a quota) and a refill when the lease is empty costs the same number of calls.
+/// The smallest last grant (requests' worth) a lease is refilled ahead of: below, the consumer
+/// is slow (or at the end of a quota) and a refill when the lease is empty costs the same
+/// number of calls.
 pub const AHEAD_MIN_GRANT: u64 = 4;
 /// Margin added to the call's timeout for a refill claim's deadline.
 pub const CLAIM_MARGIN_MS: i64 = 250;
@@ -58,18 +72,28 @@ pub fn key(consumer: &str) -> String {
 pub struct Figure {
     pub start: i64,
     pub end: i64,
+    /// The limit's size.
     pub requests: u64,
     /// Left in the store after its last answer (other Envoys' leases count as used).
     pub left: u64,
+    /// Units this Envoy holds in this limit; negative: settled overruns the next grant pays.
+    pub units: i64,
+}
+
+impl Figure {
+    /// Whether the store and this lease together cannot cover `cost` any more in this window.
+    fn short(&self, cost: u64) -> bool {
+        cost > 0 && i128::from(self.left) + i128::from(self.units) < i128::from(cost)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lease {
-    pub units: u64,
     /// When the store last answered (figures updated).
     pub answered_at_ms: i64,
     pub claim_until_ms: i64,
     pub failed_at_ms: i64,
+    /// Requests' worth of the last grant, for sizing.
     pub granted: u64,
     pub granted_at_ms: i64,
     pub figures: Vec<Figure>,
@@ -84,11 +108,16 @@ fn read_i64(bytes: &[u8], at: usize) -> Option<i64> {
     read_u64(bytes, at).map(|v| v as i64)
 }
 
+/// `a + b` for units and counts, within i64.
+fn add(units: i64, delta: i128) -> i64 {
+    let sum = i128::from(units).saturating_add(delta);
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+}
+
 impl Lease {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEAD + PER_LIMIT * self.figures.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.units.to_le_bytes());
         out.extend_from_slice(&self.answered_at_ms.to_le_bytes());
         out.extend_from_slice(&self.claim_until_ms.to_le_bytes());
         out.extend_from_slice(&self.failed_at_ms.to_le_bytes());
@@ -100,6 +129,7 @@ impl Lease {
             out.extend_from_slice(&f.end.to_le_bytes());
             out.extend_from_slice(&f.requests.to_le_bytes());
             out.extend_from_slice(&f.left.to_le_bytes());
+            out.extend_from_slice(&f.units.to_le_bytes());
         }
         out
     }
@@ -121,16 +151,16 @@ impl Lease {
                     end: read_i64(bytes, at + 8)?,
                     requests: read_u64(bytes, at + 16)?,
                     left: read_u64(bytes, at + 24)?,
+                    units: read_i64(bytes, at + 32)?,
                 })
             })
             .collect::<Option<Vec<Figure>>>()?;
         Some(Lease {
-            units: read_u64(bytes, 3)?,
-            answered_at_ms: read_i64(bytes, 11)?,
-            claim_until_ms: read_i64(bytes, 19)?,
-            failed_at_ms: read_i64(bytes, 27)?,
-            granted: read_u64(bytes, 35)?,
-            granted_at_ms: read_i64(bytes, 43)?,
+            answered_at_ms: read_i64(bytes, 3)?,
+            claim_until_ms: read_i64(bytes, 11)?,
+            failed_at_ms: read_i64(bytes, 19)?,
+            granted: read_u64(bytes, 27)?,
+            granted_at_ms: read_i64(bytes, 35)?,
             figures,
         })
     }
@@ -143,11 +173,43 @@ impl Lease {
             })
     }
 
-    fn usages(&self, violated: bool) -> Vec<Usage> {
+    /// Whether the units held pay for `costs` in every limit.
+    fn covers(&self, costs: &[u64]) -> bool {
         self.figures
             .iter()
-            .map(|f| {
-                let remaining = f.left.saturating_add(self.units).min(f.requests);
+            .enumerate()
+            .all(|(i, f)| i128::from(f.units) >= i128::from(cost_at(costs, i)))
+    }
+
+    /// Whether some limit cannot pay for `costs` even with all the store has left.
+    fn short(&self, costs: &[u64]) -> bool {
+        self.figures
+            .iter()
+            .enumerate()
+            .any(|(i, f)| f.short(cost_at(costs, i)))
+    }
+
+    /// Requests' worth the units held pay for (`costs` each), for refilling ahead.
+    fn worth(&self, costs: &[u64]) -> u64 {
+        self.figures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let cost = cost_at(costs, i);
+                (cost > 0).then(|| u64::try_from(f.units.max(0)).unwrap_or(0) / cost)
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn usages(&self, costs: &[u64], violated: bool) -> Vec<Usage> {
+        self.figures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let cost = cost_at(costs, i);
+                let room = (i128::from(f.left) + i128::from(f.units)).max(0);
+                let remaining = u64::try_from(room).unwrap_or(u64::MAX).min(f.requests);
                 Usage {
                     used: f.requests - remaining,
                     requests: f.requests,
@@ -155,12 +217,35 @@ impl Lease {
                         start: f.start,
                         end: f.end,
                     },
-                    violated: violated && f.left == 0,
-                    cost: 1,
+                    violated: violated && f.short(cost),
+                    cost,
                 }
             })
             .collect()
     }
+}
+
+/// Figures for windows the lease knows nothing of yet: nothing used that this Envoy knows.
+fn unknown(windows: &[(Bounds, u64)], costs: &[u64]) -> Vec<Usage> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, (bounds, requests))| Usage {
+            used: 0,
+            requests: *requests,
+            bounds: *bounds,
+            violated: false,
+            cost: cost_at(costs, i),
+        })
+        .collect()
+}
+
+/// Whether some limit is smaller than what the request costs in it.
+fn too_large(windows: &[(Bounds, u64)], costs: &[u64]) -> bool {
+    windows
+        .iter()
+        .enumerate()
+        .any(|(i, (_, requests))| cost_at(costs, i) > *requests)
 }
 
 /// The time of a request: Unix seconds (windows) and milliseconds (claims, sizing).
@@ -173,7 +258,7 @@ pub struct Clock {
 /// The fleet settings a take needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Terms {
-    /// Largest lease (`store.rls.lease`).
+    /// Largest lease (`store.rls.lease`), in requests' worth.
     pub lease: u64,
     pub timeout_ms: i64,
     pub utc_offset: i64,
@@ -190,22 +275,36 @@ impl Terms {
     }
 }
 
-/// A store call to make: take `hits` from every limit, in these windows.
+/// A store call to make: take `hits[i]` from limit `i`, in these windows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
-    pub hits: u64,
+    /// Per limit, what to take.
+    pub hits: Vec<u64>,
+    /// Per limit, the least of `hits` that pays for the request waiting on this call (0: none
+    /// waits, or it is paid already): an answer with less room than that refuses it.
+    pub needs: Vec<u64>,
+    /// Requests' worth of `hits` (sizing the next lease).
+    pub worth: u64,
     pub windows: Vec<(Bounds, u64)>,
+}
+
+impl Ask {
+    /// Whether this call takes nothing (the usage endpoint's look).
+    pub fn is_look(&self) -> bool {
+        self.hits.iter().all(|h| *h == 0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
-    /// A unit was spent: admit. Usages from the store's last figures and the lease left.
-    /// With an [`Ask`], the lease ran low and this request claimed its refill ahead of time:
-    /// make the call without holding the request (see [`ahead`]).
+    /// The request's cost was spent: admit. Usages from the store's last figures and the lease
+    /// left. With an [`Ask`], the lease ran low and this request claimed its refill ahead of
+    /// time: make the call without holding the request (see [`ahead`]).
     Admitted(Vec<Usage>, Option<Ask>),
-    /// The store said a limit is spent in its current window, and the lease is empty.
+    /// The store said a limit cannot pay for the request in its current window, and the lease
+    /// cannot either.
     Refused(Vec<Usage>),
-    /// The lease is empty and this request claimed its refill: ask the store.
+    /// The lease cannot pay and this request claimed its refill: ask the store.
     Refill(Ask),
     /// Another request of this Envoy is refilling until `until_ms` at the latest: wait.
     Wait { until_ms: i64 },
@@ -218,23 +317,36 @@ fn current(limits: &[Limit], now: i64, utc_offset: i64) -> Vec<(Bounds, u64)> {
         .collect()
 }
 
-/// How much to ask for: at most the lease, a [`SHARE`] of what the store last said was
-/// left (of the limit sizes, for the first call of a window), and about a
-/// [`LEASE_LIFETIME_MS`]'s worth at the consumer's recent rate; at least 1.
+/// How many requests' worth (of `costs` each) to hold: at most the lease, a [`SHARE`] of what
+/// the store last said was left (of the limit sizes, for the first call of a window), and
+/// about a [`LEASE_LIFETIME_MS`]'s worth at the consumer's recent rate; at least 1.
 pub fn size(
     lease: &Lease,
     valid: bool,
     current: &[(Bounds, u64)],
+    costs: &[u64],
     terms: &Terms,
     now_ms: i64,
 ) -> u64 {
-    let left = if valid {
-        lease.figures.iter().map(|f| f.left).min()
+    let left = |i: usize| {
+        if valid {
+            lease.figures.get(i).map(|f| f.left)
+        } else {
+            current.get(i).map(|(_, requests)| *requests)
+        }
+    };
+    let count = if valid {
+        lease.figures.len()
     } else {
-        current.iter().map(|(_, requests)| *requests).min()
-    }
-    .unwrap_or(1);
-    let share = left / SHARE;
+        current.len()
+    };
+    let share = (0..count)
+        .filter_map(|i| {
+            let cost = cost_at(costs, i);
+            (cost > 0).then(|| left(i).unwrap_or(0) / SHARE / cost)
+        })
+        .min()
+        .unwrap_or(u64::MAX);
     let rate = if lease.granted > 0 && lease.granted_at_ms > 0 {
         let lasted = now_ms.saturating_sub(lease.granted_at_ms).max(1);
         if lasted <= LEASE_LIFETIME_MS {
@@ -250,27 +362,83 @@ pub fn size(
     terms.lease.min(share).min(rate).max(1)
 }
 
-/// Refill ahead: how much to ask for now, without holding anyone, from a (valid) lease that
-/// just spent a unit — 0 for nothing. Once at least half of the last grant is spent (and the
-/// grant was of [`AHEAD_MIN_GRANT`] or more: the consumer's traffic is real evidence, not one
-/// request), the lease is topped up to the size a refill would take now ([`size`]: the
-/// consumer's rate, a share of what is left, at most `lease`) while it still admits, so that a
-/// consumer with steady traffic never finds it empty (requests that would wait for the refill,
-/// on every worker, go on spending what is left). Not while a refill is in flight or one failed
-/// less than a timeout ago, not once the store said a limit is spent, not when the size is one
-/// (the last units of a quota go one call each, with the request they are for). Never more
-/// than `lease` units held: what an Envoy can lose stays one lease per consumer.
-pub fn ahead(lease: &Lease, now_ms: i64, terms: &Terms) -> u64 {
+/// What to ask the store for so that the lease holds `worth` requests of `costs` each (this
+/// request's included, if it is not `spent` from the lease already): per limit, what tops it
+/// up, and (`needs`) the least of that which pays for the request.
+fn hits_for(
+    lease: &Lease,
+    valid: bool,
+    count: usize,
+    costs: &[u64],
+    worth: u64,
+    spent: bool,
+) -> (Vec<u64>, Vec<u64>) {
+    (0..count)
+        .map(|i| {
+            let cost = cost_at(costs, i);
+            let units = if valid {
+                lease.figures.get(i).map_or(0, |f| i128::from(f.units))
+            } else {
+                0
+            };
+            let to = |target: i128| u64::try_from((target - units).max(0)).unwrap_or(u64::MAX);
+            let target = i128::try_from(u128::from(worth) * u128::from(cost)).unwrap_or(i128::MAX);
+            let need = if spent { 0 } else { to(i128::from(cost)) };
+            (to(target).max(need), need)
+        })
+        .unzip()
+}
+
+/// Refill ahead: what to ask for now, without holding anyone, from a (valid) lease that just
+/// paid for a request of `costs` — `None` for nothing. Once the lease holds at most half of
+/// the last grant's worth of such requests (and the grant was of [`AHEAD_MIN_GRANT`] or more:
+/// the consumer's traffic is real evidence, not one request), the lease is topped up to the
+/// size a refill would take now ([`size`]: the consumer's rate, a share of what is left, at
+/// most `lease`) while it still admits, so that a consumer with steady traffic never finds it
+/// empty (requests that would wait for the refill, on every worker, go on spending what is
+/// left). Not while a refill is in flight or one failed less than a timeout ago, not once the
+/// store said a limit cannot pay for another such request, not when the size is one (the
+/// last units of a quota go one call each, with the request they are for). Never more than
+/// `lease` requests' worth held: what an Envoy can lose stays one lease per consumer.
+pub fn ahead(lease: &Lease, costs: &[u64], now_ms: i64, terms: &Terms) -> Option<Ask> {
+    let held = lease.worth(costs);
     // Most requests stop at the first test.
-    if lease.units > lease.granted / 2
+    if held > lease.granted / 2
         || lease.granted < AHEAD_MIN_GRANT
         || lease.claim_until_ms > now_ms
         || failed(lease, now_ms, terms, None).is_some()
-        || lease.figures.iter().any(|f| f.left == 0)
+        || lease
+            .figures
+            .iter()
+            .enumerate()
+            .any(|(i, f)| f.left < cost_at(costs, i))
     {
-        return 0;
+        return None;
     }
-    size(lease, true, &[], terms, now_ms).saturating_sub(lease.units)
+    let worth = size(lease, true, &[], costs, terms, now_ms);
+    if worth <= held {
+        return None;
+    }
+    let (hits, needs) = hits_for(lease, true, lease.figures.len(), costs, worth, true);
+    let windows = lease
+        .figures
+        .iter()
+        .map(|f| {
+            (
+                Bounds {
+                    start: f.start,
+                    end: f.end,
+                },
+                f.requests,
+            )
+        })
+        .collect();
+    (hits.iter().any(|h| *h > 0)).then(|| Ask {
+        hits,
+        needs,
+        worth: worth - held,
+        windows,
+    })
 }
 
 /// Why a request that needs a refill fails without one: the refill it waited for failed, or
@@ -292,18 +460,41 @@ fn failed(
         .then_some("the rate limit service failed to answer less than a timeout ago")
 }
 
-/// Spends one unit of a consumer's lease, or says what to do instead. `waiting_since_ms` is
-/// set when the request already waited for a refill (since then): a refill that failed since
-/// fails it too.
+/// What [`take_or_look`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Pay for the request, or say how to get what pays for it.
+    Spend,
+    /// The usage endpoint: ask the store for its figures (a call that takes nothing).
+    Look,
+    /// A dry run: decide from the lease as it is — refused if it knows the request cannot be
+    /// paid for, else admitted — with no write and no call.
+    Peek,
+}
+
+/// Pays for a request of `costs` (one per limit; empty: 1 each) from a consumer's lease, or
+/// says what to do instead. `waiting_since_ms` is set when the request already waited for a
+/// refill (since then): a refill that failed since fails it too.
 pub fn take(
     store: &impl Store,
     key: &str,
     limits: &[Limit],
+    costs: &[u64],
     clock: Clock,
     terms: &Terms,
     waiting_since_ms: Option<i64>,
 ) -> Result<Take, CountError> {
-    take_or_look(store, key, limits, clock, terms, waiting_since_ms, true)
+    let mode = Mode::Spend;
+    take_or_look(
+        store,
+        key,
+        limits,
+        costs,
+        clock,
+        terms,
+        waiting_since_ms,
+        mode,
+    )
 }
 
 /// The usage endpoint's figures: [`take`] without spending. A `Refill` asks the store for 0
@@ -317,18 +508,43 @@ pub fn look(
     terms: &Terms,
     waiting_since_ms: Option<i64>,
 ) -> Result<Take, CountError> {
-    take_or_look(store, key, limits, clock, terms, waiting_since_ms, false)
+    let mode = Mode::Look;
+    take_or_look(
+        store,
+        key,
+        limits,
+        &[],
+        clock,
+        terms,
+        waiting_since_ms,
+        mode,
+    )
 }
 
-#[inline(never)] // one copy for requests and the usage endpoint (the .wasm's size budget)
+/// A dry run of [`take`]: `Refused` if the lease knows that the store and the lease together
+/// cannot pay for `costs`, else `Admitted` (nothing spent, no call, nothing written).
+pub fn peek(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    costs: &[u64],
+    clock: Clock,
+    terms: &Terms,
+) -> Result<Take, CountError> {
+    take_or_look(store, key, limits, costs, clock, terms, None, Mode::Peek)
+}
+
+#[inline(never)] // one copy for requests, dry runs and the usage endpoint (the .wasm's budget)
+#[allow(clippy::too_many_arguments)] // the three entry points' parameters, passed along
 fn take_or_look(
     store: &impl Store,
     key: &str,
     limits: &[Limit],
+    costs: &[u64],
     clock: Clock,
     terms: &Terms,
     waiting_since_ms: Option<i64>,
-    spend: bool,
+    mode: Mode,
 ) -> Result<Take, CountError> {
     let windows = current(limits, clock.now, terms.utc_offset);
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
@@ -336,24 +552,50 @@ fn take_or_look(
         let valid = lease.valid(&windows);
         // The usage endpoint asks the store each time (other Envoys spend too); figures
         // written since it started waiting are that answer (or a refill's, as fresh).
-        if valid && !spend && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since) {
-            return Ok(Rewrite::Keep(Take::Admitted(lease.usages(false), None)));
+        if valid
+            && mode == Mode::Look
+            && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since)
+        {
+            return Ok(Rewrite::Keep(Take::Admitted(
+                lease.usages(costs, false),
+                None,
+            )));
         }
-        if spend && valid && lease.units > 0 {
-            lease.units -= 1;
-            let hits = ahead(&lease, clock.now_ms, terms);
-            if hits > 0 {
+        if mode != Mode::Look && valid && lease.covers(costs) {
+            if mode == Mode::Peek {
+                return Ok(Rewrite::Keep(Take::Admitted(
+                    lease.usages(costs, false),
+                    None,
+                )));
+            }
+            for (i, f) in lease.figures.iter_mut().enumerate() {
+                f.units = add(f.units, -i128::from(cost_at(costs, i)));
+            }
+            let ask = ahead(&lease, costs, clock.now_ms, terms);
+            if ask.is_some() {
                 lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
             }
-            let ask = (hits > 0).then(|| Ask {
-                hits,
-                windows: windows.clone(),
-            });
-            let admitted = Take::Admitted(lease.usages(false), ask);
+            let admitted = Take::Admitted(lease.usages(costs, false), ask);
             return Ok(Rewrite::Write(lease.encode(), admitted));
         }
-        if valid && lease.figures.iter().any(|f| f.left == 0) {
-            return Ok(Rewrite::Keep(Take::Refused(lease.usages(true))));
+        if mode != Mode::Look && valid && lease.short(costs) {
+            return Ok(Rewrite::Keep(Take::Refused(lease.usages(costs, true))));
+        }
+        // A cost larger than its limit never fits, whatever the store says.
+        if mode != Mode::Look && too_large(&windows, costs) {
+            let mut usages = unknown(&windows, costs);
+            for u in &mut usages {
+                u.violated = u.cost > u.requests;
+            }
+            return Ok(Rewrite::Keep(Take::Refused(usages)));
+        }
+        if mode == Mode::Peek {
+            let usages = if valid {
+                lease.usages(costs, false)
+            } else {
+                unknown(&windows, costs)
+            };
+            return Ok(Rewrite::Keep(Take::Admitted(usages, None)));
         }
         if let Some(why) = failed(&lease, clock.now_ms, terms, waiting_since_ms) {
             return Err(CountError::Store(StoreError(why.into())));
@@ -363,19 +605,22 @@ fn take_or_look(
                 until_ms: lease.claim_until_ms,
             }));
         }
-        let hits = if spend {
-            size(&lease, valid, &windows, terms, clock.now_ms)
+        let (hits, needs, worth) = if mode == Mode::Spend {
+            let worth = size(&lease, valid, &windows, costs, terms, clock.now_ms);
+            let (hits, needs) = hits_for(&lease, valid, windows.len(), costs, worth, false);
+            (hits, needs, worth)
         } else {
-            0
+            (vec![0; windows.len()], vec![0; windows.len()], 0)
         };
         if !valid {
             // A new window (or a changed plan): what was left of the old lease is gone.
-            lease.units = 0;
             lease.figures.clear();
         }
         lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
         let refill = Take::Refill(Ask {
             hits,
+            needs,
+            worth,
             windows: windows.clone(),
         });
         Ok(Rewrite::Write(lease.encode(), refill))
@@ -387,7 +632,7 @@ fn take_or_look(
 pub enum Answer {
     /// Every limit had room: `hits` taken; what is left of each limit after it.
     Granted { left: Vec<u64> },
-    /// At least one limit had no room for `hits`; nothing taken; what is left of each.
+    /// At least one limit had no room for its hits; nothing taken; what is left of each.
     Over { left: Vec<u64> },
     /// No usable answer (unreachable, timeout, error status, a reply that breaks the
     /// protocol).
@@ -402,9 +647,50 @@ pub enum Answer {
 pub enum Applied {
     /// The lease holds the answer; the waiting requests take from it again.
     Done,
-    /// Every limit has some room, less than was asked: ask again for this much (the claim is
-    /// kept).
+    /// Every limit has room for what the waiting request needs, less than was asked: ask
+    /// again for this (the claim is kept).
     AskAgain(Ask),
+}
+
+/// The call to make after an `Over` answer with `left` per limit: the same ask scaled down
+/// to the limit with the least room for it (the limits stay in step, as a request takes from
+/// them all), at least what the waiting request needs — if every limit has room for that, and
+/// the call still takes something.
+fn again(ask: &Ask, left: &[u64]) -> Option<Ask> {
+    let room = |i: usize| left.get(i).copied().unwrap_or(0);
+    let needs_met = ask
+        .needs
+        .iter()
+        .enumerate()
+        .all(|(i, need)| room(i) >= *need);
+    // The smallest room / hits, as a fraction (numerator, denominator).
+    let (num, den) = ask
+        .hits
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h > 0)
+        .map(|(i, h)| (room(i).min(*h), *h))
+        .min_by(|(n1, d1), (n2, d2)| {
+            (u128::from(*n1) * u128::from(*d2)).cmp(&(u128::from(*n2) * u128::from(*d1)))
+        })?;
+    let scale = |value: u64| {
+        u64::try_from(u128::from(value) * u128::from(num) / u128::from(den)).unwrap_or(value)
+    };
+    let hits: Vec<u64> = ask
+        .hits
+        .iter()
+        .enumerate()
+        .map(|(i, h)| scale(*h).max(ask.needs.get(i).copied().unwrap_or(0)))
+        .collect();
+    if !needs_met || hits == ask.hits || hits.iter().all(|h| *h == 0) {
+        return None;
+    }
+    Some(Ask {
+        hits,
+        needs: ask.needs.clone(),
+        worth: scale(ask.worth).max(1),
+        windows: ask.windows.clone(),
+    })
 }
 
 /// Records the store's answer to `ask` in the lease, and releases the claim (unless asking
@@ -420,52 +706,55 @@ pub fn apply(
 ) -> Result<Applied, CountError> {
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
         let mut lease = Lease::decode(&bytes).unwrap_or_default();
-        let figures = |left: &[u64]| -> Vec<Figure> {
+        let same_windows = lease.valid(&ask.windows);
+        // What the lease holds per limit after the answer, with `granted` added.
+        let figures = |lease: &Lease, left: &[u64], granted: &[u64]| -> Vec<Figure> {
             ask.windows
                 .iter()
                 .zip(left)
-                .map(|((bounds, requests), left)| Figure {
-                    start: bounds.start,
-                    end: bounds.end,
-                    requests: *requests,
-                    left: (*left).min(*requests),
+                .enumerate()
+                .map(|(i, ((bounds, requests), left))| {
+                    let held = if same_windows {
+                        lease.figures.get(i).map_or(0, |f| f.units)
+                    } else {
+                        0
+                    };
+                    let grant = granted.get(i).copied().unwrap_or(0);
+                    Figure {
+                        start: bounds.start,
+                        end: bounds.end,
+                        requests: *requests,
+                        left: (*left).min(*requests),
+                        units: add(held, i128::from(grant)),
+                    }
                 })
                 .collect()
         };
-        let same_windows = lease.valid(&ask.windows);
+        let fits = |left: &Vec<u64>| {
+            left.len() == ask.windows.len() && ask.hits.len() == ask.windows.len()
+        };
         let mut applied = Applied::Done;
         match answer {
-            Answer::Granted { left } if left.len() == ask.windows.len() => {
-                lease.units = if same_windows {
-                    lease.units.saturating_add(ask.hits)
-                } else {
-                    ask.hits
-                };
-                lease.figures = figures(left);
+            Answer::Granted { left } if fits(left) => {
+                lease.figures = figures(&lease, left, &ask.hits);
                 lease.answered_at_ms = now_ms;
-                if ask.hits > 0 {
-                    lease.granted = ask.hits;
+                if !ask.is_look() {
+                    lease.granted = ask.worth;
                     lease.granted_at_ms = now_ms;
                 }
                 lease.claim_until_ms = 0;
                 lease.failed_at_ms = 0;
             }
-            Answer::Over { left } if left.len() == ask.windows.len() => {
-                if !same_windows {
-                    lease.units = 0;
-                }
-                lease.figures = figures(left);
+            Answer::Over { left } if fits(left) => {
+                lease.figures = figures(&lease, left, &[]);
                 lease.answered_at_ms = now_ms;
                 lease.failed_at_ms = 0;
-                match left.iter().min() {
-                    Some(&room) if room > 0 && room < ask.hits => {
+                match again(ask, left) {
+                    Some(ask) => {
                         lease.claim_until_ms = now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
-                        applied = Applied::AskAgain(Ask {
-                            hits: room,
-                            windows: ask.windows.clone(),
-                        });
+                        applied = Applied::AskAgain(ask);
                     }
-                    _ => lease.claim_until_ms = 0,
+                    None => lease.claim_until_ms = 0,
                 }
             }
             Answer::Abandoned => lease.claim_until_ms = 0,
@@ -473,6 +762,37 @@ pub fn apply(
                 lease.claim_until_ms = 0;
                 lease.failed_at_ms = now_ms.max(1);
             }
+        }
+        Ok(Rewrite::Write(lease.encode(), applied))
+    })
+}
+
+/// Settles a request paid from this lease: each limit's units go up by the refund or down by
+/// the overrun (to a debt the next grant pays first). A settlement for a window that is no
+/// longer the lease's is dropped: the store counted the reservation in that window, and can
+/// take nothing back. Returns how many settlements were applied.
+pub fn settle(
+    store: &impl Store,
+    key: &str,
+    settlements: &[Settlement],
+) -> Result<usize, CountError> {
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
+        let Some(mut lease) = Lease::decode(&bytes) else {
+            return Ok(Rewrite::Keep(0));
+        };
+        let mut applied = 0;
+        for s in settlements.iter().filter(|s| s.taken != s.actual) {
+            if let Some(f) = lease
+                .figures
+                .get_mut(s.limit)
+                .filter(|f| f.start == s.bounds.start && f.end == s.bounds.end)
+            {
+                f.units = add(f.units, i128::from(s.taken) - i128::from(s.actual));
+                applied += 1;
+            }
+        }
+        if applied == 0 {
+            return Ok(Rewrite::Keep(0));
         }
         Ok(Rewrite::Write(lease.encode(), applied))
     })

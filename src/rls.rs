@@ -121,14 +121,24 @@ mod wire {
 }
 
 /// Encodes a `RateLimitRequest`: `domain`, one descriptor per slice of (key, value) entries,
-/// and the request-wide `hits_addend`. Hits 0 (only look) cannot be said request-wide (proto3's
-/// default, which services read as 1): each descriptor then carries `hits_addend: {value: 0}`.
-pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: u32) -> Vec<u8> {
+/// and what to take from each (`hits`, one per descriptor; a missing one is 0). The same
+/// non-zero hits for every descriptor go in the request-wide `hits_addend` alone (what every
+/// server reads). Otherwise each descriptor carries its own `hits_addend` (0 only looks: it
+/// cannot be said request-wide, proto3's default, which services read as 1), and the
+/// request-wide field the largest of them — so that a server that reads only the request-wide
+/// field over-counts the other limits rather than admitting past one.
+pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: &[u64]) -> Vec<u8> {
+    let hit = |i: usize| hits.get(i).copied().unwrap_or(0);
+    let largest = (0..descriptors.len()).map(hit).max().unwrap_or(0);
+    let uniform = largest > 0
+        && u32::try_from(largest).is_ok()
+        && (0..descriptors.len()).all(|i| hit(i) == largest);
     let request = wire::RateLimitRequest {
         domain: domain.to_string(),
         descriptors: descriptors
             .iter()
-            .map(|entries| wire::RateLimitDescriptor {
+            .enumerate()
+            .map(|(i, entries)| wire::RateLimitDescriptor {
                 entries: entries
                     .iter()
                     .map(|(key, value)| wire::Entry {
@@ -136,10 +146,10 @@ pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, &str)>], hits: u32
                         value: value.to_string(),
                     })
                     .collect(),
-                hits_addend: (hits == 0).then_some(wire::UInt64Value { value: 0 }),
+                hits_addend: (!uniform).then_some(wire::UInt64Value { value: hit(i) }),
             })
             .collect(),
-        hits_addend: hits,
+        hits_addend: u32::try_from(largest).unwrap_or(u32::MAX),
     };
     request.encode_to_vec()
 }
@@ -183,11 +193,11 @@ mod tests {
                 ("window", "day"),
                 ("requests", "1000"),
             ]],
-            5,
+            &[5],
         );
         assert_eq!(bytes, REQUEST);
         // hits 0: on each descriptor, as an empty UInt64Value.
-        let bytes = encode_request("d", &[vec![("k", "v")]], 0);
+        let bytes = encode_request("d", &[vec![("k", "v")]], &[0]);
         assert_eq!(
             bytes,
             b"\x0a\x01d\x12\x0a\x0a\x06\x0a\x01k\x12\x01v\x1a\x00"
@@ -197,7 +207,7 @@ mod tests {
     #[test]
     fn long_fields_get_multi_byte_lengths() {
         let value = "x".repeat(300);
-        let bytes = encode_request("d", &[vec![("k", value.as_str())]], 300);
+        let bytes = encode_request("d", &[vec![("k", value.as_str())]], &[300]);
         // 300 = 0xAC 0x02 as a varint.
         assert!(bytes.windows(3).any(|w| w == b"\x12\xac\x02"));
         assert!(bytes.ends_with(b"\x18\xac\x02"));

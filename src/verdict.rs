@@ -11,7 +11,7 @@ use crate::admission::decide_with;
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
 use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{Attempt, Caller, Charged, Decision, Denial};
+use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Price};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
@@ -240,6 +240,7 @@ pub fn handle_with<'c>(
                     consumer: caller.consumer.id,
                     usages: usages.clone(),
                     output_cap: attempt.price.tokens.map(|t| t.cap_for(caller.plan)),
+                    in_record: config.store.is_none(),
                 });
             }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
@@ -264,7 +265,15 @@ pub fn handle_with<'c>(
     };
 
     refuse(
-        config, request, now, store, memo, shadow_log, forward, denial,
+        config,
+        request,
+        now,
+        store,
+        memo,
+        shadow_log,
+        forward,
+        denial,
+        attempt.price,
     )
 }
 
@@ -300,6 +309,7 @@ fn refuse<'c>(
     shadow_log: &ShadowLog,
     mut forward: Forward<'c>,
     mut denial: Denial<'c>,
+    price: Price,
 ) -> Verdict<'c> {
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
@@ -312,6 +322,7 @@ fn refuse<'c>(
         &mut forward,
         &mut denial,
         &mut metrics,
+        price,
     ) {
         return verdict;
     }
@@ -375,6 +386,7 @@ fn refuse<'c>(
 /// forwarded (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted);
 /// `None` when it goes on being refused — as a quota refusal (`denial` replaced) when `local`
 /// found the plan spent. The store error's metric is pushed either way.
+#[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
 fn store_error<'c>(
     config: &'c Config,
     now: i64,
@@ -383,6 +395,7 @@ fn store_error<'c>(
     forward: &mut Forward<'c>,
     denial: &mut Denial<'c>,
     metrics: &mut Increments,
+    price: Price,
 ) -> Option<Verdict<'c>> {
     let Denial::StoreUnavailable {
         contended, reason, ..
@@ -414,14 +427,15 @@ fn store_error<'c>(
             })
         }
         // Fleet mode's local fallback: this Envoy's own record, as in local mode (a refusal is
-        // not remembered: the fleet may have room once its store is back).
+        // not remembered: the fleet may have room once its store is back). A priced request
+        // takes its price there, and is settled there.
         (OnStoreError::Local, Some(c)) => {
             let limits = &c.plan.limits;
             match check_and_take(
                 store,
                 &c.consumer.store_key,
                 limits,
-                &[],
+                &price.costs(config, c.plan),
                 now,
                 config.utc_offset,
             ) {
@@ -431,7 +445,15 @@ fn store_error<'c>(
                         denial.describe()
                     );
                     metrics.push(Metric::Allowed, plan);
-                    let forward = std::mem::take(forward);
+                    let mut forward = std::mem::take(forward);
+                    if !price.is_plain() {
+                        forward.charged = Some(Charged {
+                            consumer: c.consumer.id,
+                            usages: counted.usages.clone(),
+                            output_cap: price.tokens.map(|t| t.cap_for(c.plan)),
+                            in_record: true,
+                        });
+                    }
                     Some(admit(
                         config,
                         memo,

@@ -25,7 +25,7 @@ type Descriptors<'a> = Vec<Vec<(&'a str, &'a str)>>;
 #[test]
 fn requests_encode_byte_for_byte_as_prost() {
     let long = "v".repeat(300);
-    let cases: Vec<(&str, Descriptors, u32)> = vec![
+    let cases: Vec<(&str, Descriptors, Vec<u64>)> = vec![
         (
             "tollgate",
             vec![vec![
@@ -34,7 +34,7 @@ fn requests_encode_byte_for_byte_as_prost() {
                 ("window", "day"),
                 ("requests", "1000"),
             ]],
-            5,
+            vec![5],
         ),
         (
             "d",
@@ -53,22 +53,39 @@ fn requests_encode_byte_for_byte_as_prost() {
                     ("requests", "999999999999999"),
                 ],
             ],
-            0,
+            vec![0, 0],
         ),
-        ("x", vec![vec![("k", long.as_str())]], u32::MAX),
+        // A limit in tokens beside one in requests: each descriptor its own hits.
+        (
+            "tollgate",
+            vec![
+                vec![("consumer", "c"), ("limit", "daily")],
+                vec![("consumer", "c"), ("limit", "tokens")],
+                vec![("consumer", "c"), ("limit", "free")],
+            ],
+            vec![3, 12_000_000_000, 0],
+        ),
+        (
+            "x",
+            vec![vec![("k", long.as_str())]],
+            vec![u64::from(u32::MAX)],
+        ),
     ];
     for (domain, descriptors, hits) in cases {
-        let ours = rls::encode_request(domain, &descriptors, hits);
+        let ours = rls::encode_request(domain, &descriptors, &hits);
+        let largest = hits.iter().copied().max().unwrap();
+        let uniform = largest > 0 && hits.iter().all(|h| *h == largest);
         let theirs = RateLimitRequest {
             domain: domain.into(),
             descriptors: descriptors
                 .iter()
-                .map(|entries| RateLimitDescriptor {
-                    hits_addend: (hits == 0).then_some(UInt64Value { value: 0 }),
+                .zip(&hits)
+                .map(|(entries, hits)| RateLimitDescriptor {
+                    hits_addend: (!uniform).then_some(UInt64Value { value: *hits }),
                     ..descriptor(entries)
                 })
                 .collect(),
-            hits_addend: hits,
+            hits_addend: u32::try_from(largest).unwrap_or(u32::MAX),
         };
         println!("{}", hex(&theirs.encode_to_vec()));
         assert_eq!(ours, theirs.encode_to_vec(), "{domain}");

@@ -14,42 +14,7 @@ use super::keys::{parse_key, KeyBuilder};
 use super::model::*;
 use super::plan::*;
 use super::raw::*;
-use super::routes::{compile_llm, compile_routes, output_cap, Routes};
-
-/// Fleet mode spends one lease unit per request: limits in other units, and routes that price
-/// requests otherwise, are refused there until leases hold units per limit.
-fn refuse_units_in_fleet(plans: &[Plan], routes: &Routes) -> Result<(), ConfigError> {
-    for plan in plans {
-        if let Some((i, limit)) = plan
-            .limits
-            .iter()
-            .enumerate()
-            .find(|(_, l)| l.unit != Unit::Requests)
-        {
-            return Err(ConfigError(format!(
-                "plans.{}.limits[{i}]: a limit in {} is not supported with store.rls yet (fleet mode counts requests); count it in local mode",
-                plan.name,
-                limit.unit.name()
-            )));
-        }
-    }
-    if let Some(route) = routes.iter().find(|r| r.llm.is_some()) {
-        return Err(ConfigError(format!(
-            "routes.{}.llm: LLM routes are not supported with store.rls yet (fleet mode counts requests); run them in local mode",
-            route.name
-        )));
-    }
-    if let Some(route) = routes
-        .iter()
-        .find(|r| r.costs.iter().any(|(_, c)| *c != 1) || !r.cost_headers.is_empty())
-    {
-        return Err(ConfigError(format!(
-            "routes.{}: costs other than 1 request are not supported with store.rls yet (fleet mode counts requests)",
-            route.name
-        )));
-    }
-    Ok(())
-}
+use super::routes::{compile_llm, compile_routes, output_cap};
 
 pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if valid_name(name) {
@@ -568,9 +533,6 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let store = compile_store(raw.store, raw.on_store_error, events.as_ref())?;
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
-    if store.is_some() {
-        refuse_units_in_fleet(&plans, &routes)?;
-    }
     Ok(Config {
         challenge: challenge(&credentials),
         credentials,

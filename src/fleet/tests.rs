@@ -100,14 +100,20 @@ impl Fake {
 
     /// A request of `acme` arrives on `context`: decided, and held if it must wait.
     fn request(&self, runtime: &Rc<Runtime>, context: u32, now_ms: i64) -> Step {
-        self.effective.set(context);
         let attempt = Attempt {
             now_ms,
             ..Attempt::default()
         };
-        let step = self.decide(runtime, &attempt, now_ms);
+        self.attempt(runtime, context, attempt)
+    }
+
+    /// [`Fake::request`] for this attempt (a price, headers gone upstream).
+    fn attempt(&self, runtime: &Rc<Runtime>, context: u32, attempt: Attempt) -> Step {
+        self.effective.set(context);
+        let now_ms = attempt.now_ms;
+        let step = self.decide(context, runtime, &attempt, now_ms);
         match &step {
-            Step::Wait(wait) => hold(self, context, runtime, wait.clone(), now_ms),
+            Step::Wait(wait) => hold(self, context, runtime, wait.clone(), &attempt, now_ms),
             Step::Continue {
                 refill: Some((consumer, ask)),
                 ..
@@ -212,7 +218,7 @@ impl FleetHost for Fake {
         self.body.borrow().clone()
     }
 
-    fn decide(&self, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+    fn decide(&self, _context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
         self.decided
             .borrow_mut()
             .push((self.effective.get(), attempt.clone()));
@@ -608,4 +614,39 @@ fn a_request_is_held_until_its_deadline_and_not_a_millisecond_more() {
     assert_eq!(host.decided.borrow().last().unwrap().1.failed, None);
     on_tick(&host, deadline);
     assert_eq!(host.held(), 0);
+}
+
+#[test]
+fn a_held_request_is_decided_again_at_its_own_price() {
+    let rt = runtime_with(10, r#", "routes": {"img": {"cost": {"requests": 5}}}"#);
+    let host = Fake::new(&rt);
+    let priced = Attempt {
+        now_ms: NOW_MS,
+        price: Price {
+            route: Some(0),
+            tokens: None,
+        },
+        headers_forwarded: true,
+        ..Attempt::default()
+    };
+    assert!(matches!(host.attempt(&rt, 7, priced), Step::Wait(_)));
+    let (token, _, hits) = host.calls()[0];
+    // 100 / 8 / 5: two requests' worth of 5.
+    assert_eq!(hits, 10);
+    *host.body.borrow_mut() = answer(1, &[90]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert_eq!(host.resumed(), [7]);
+    let (context, again) = host.decided.borrow().last().cloned().unwrap();
+    assert_eq!(context, 7);
+    assert_eq!(
+        (
+            again.price.route,
+            again.headers_forwarded,
+            again.waiting_since_ms
+        ),
+        (Some(0), true, Some(NOW_MS))
+    );
+    let lease =
+        crate::lease::Lease::decode(&host.store.value("tollgate:v1:lease:acme").unwrap()).unwrap();
+    assert_eq!(lease.figures[0].units, 5, "10 granted, 5 paid");
 }

@@ -92,7 +92,11 @@ impl FleetHost for Host {
             .unwrap_or_default()
     }
 
-    fn decide(&self, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+    fn decide(&self, context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {
+        if attempt.headers_forwarded {
+            // An LLM request held at its body: its headers are gone upstream.
+            return super::held::decide_held_body(context, runtime, attempt, now_ms);
+        }
         run(runtime, attempt, now_ms)
     }
 
@@ -125,11 +129,11 @@ pub fn retick() {
     core::retick(&Host::default());
 }
 
-/// Holds the request of `context` (paused by the caller), and makes the store call if it
-/// claimed the refill.
+/// Holds the request of `context` (paused by the caller after `attempt`), and makes the store
+/// call if it claimed the refill.
 #[inline(never)]
-pub fn hold(context: u32, runtime: &Rc<Runtime>, wait: Wait, now_ms: i64) {
-    core::hold(&Host::default(), context, runtime, wait, now_ms);
+pub fn hold(context: u32, runtime: &Rc<Runtime>, wait: Wait, attempt: &Attempt, now_ms: i64) {
+    core::hold(&Host::default(), context, runtime, wait, attempt, now_ms);
 }
 
 /// Refills a consumer's lease ahead of time, on the root context's next tick.

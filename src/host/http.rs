@@ -12,6 +12,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use super::buffers;
 use super::clock::now_ms;
 use super::fleet;
+use super::held::{put_entry, rewrite_body, take_entry, HeldBody, CHARGED, HELD_BODIES};
 use super::request::{log_failure, request_header, run_with, send, unavailable};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
@@ -37,6 +38,9 @@ pub struct Filter {
     kept_headers: Vec<(String, Option<Vec<u8>>)>,
     /// A priced, admitted request, until its settlement is written.
     pending: Option<Pending>,
+    /// An LLM request held at its body (fleet mode): its metering, for the settlement once
+    /// it is admitted from another context.
+    held_llm: Option<(Api, crate::config::Weights, usize)>,
     /// The request's route in `routes` (a priced route), from its headers.
     route: Option<usize>,
     /// The store, made while the request's headers were there (in a fault-injection build it
@@ -54,6 +58,7 @@ impl Filter {
             awaiting_body: None,
             kept_headers: Vec::new(),
             pending: None,
+            held_llm: None,
             route: None,
             store: SharedData::default(),
         }
@@ -64,6 +69,7 @@ impl Filter {
     fn go_on(
         &mut self,
         runtime: &Rc<Runtime>,
+        attempt: &Attempt,
         step: Step,
         llm: Option<(Api, crate::config::Weights, usize)>,
         route: Option<usize>,
@@ -78,21 +84,17 @@ impl Filter {
                 if let Some((consumer, ask)) = refill {
                     fleet::refill_ahead(runtime, consumer, ask);
                 }
-                let config = &runtime.config;
-                let route = route.and_then(|i| config.routes.get(i));
-                // Only local mode settles (fleet mode prices every request at 1).
-                let settles = config.store.is_none()
-                    && (llm.is_some() || route.is_some_and(|r| !r.cost_headers.is_empty()));
-                if let Some(charged) = charged.as_ref().filter(|_| settles) {
-                    self.pending = Some(Pending::new(charged.clone(), route, llm));
+                if let Some(charged) = &charged {
+                    self.pending = pending_for(runtime, charged, route, llm);
                 }
                 Ok(charged)
             }
             Step::Replied => Err(Action::Pause),
             Step::Wait(wait) => {
                 self.held = true;
+                self.held_llm = llm;
                 let now_ms = now_ms().unwrap_or(0);
-                fleet::hold(self.context_id, runtime, wait, now_ms);
+                fleet::hold(self.context_id, runtime, wait, attempt, now_ms);
                 Err(Action::Pause)
             }
         }
@@ -129,8 +131,29 @@ impl Filter {
         };
         let store = self.store;
         let step = run_with(runtime, &attempt, now_ms, &mut from_kept, &store);
+        if let Step::Wait(_) = step {
+            // Fleet mode: held until the lease is refilled, then decided again from another
+            // context (`decide_held_body`), which needs what this one has.
+            put_entry(
+                &HELD_BODIES,
+                HeldBody {
+                    context: self.context_id,
+                    kept_headers: kept.clone(),
+                    store,
+                    body: request.body,
+                    cap: request.ask.cap,
+                    size,
+                },
+            );
+            let llm = Some((api, request.weights, request.model));
+            return match self.go_on(runtime, &attempt, step, llm, Some(route)) {
+                Ok(_) => Action::Continue,
+                Err(action) => action,
+            };
+        }
         let charged = match self.go_on(
             runtime,
+            &attempt,
             step,
             Some((api, request.weights, request.model)),
             Some(route),
@@ -141,13 +164,19 @@ impl Filter {
         let cap = charged
             .and_then(|c| c.output_cap)
             .unwrap_or(request.ask.cap);
-        let (rewritten, _) = request.body.rewrite(cap);
-        if !buffers::set(BufferType::HttpRequestBody, 0, size, &rewritten) {
+        if !rewrite_body(request.body, cap, size) {
             // Never forward a body whose cap was not set: the reservation would not bound it.
             log::error!("LLM request: the body could not be rewritten with its output cap");
             return unavailable("tollgate could not set the request's output cap\n");
         }
         Action::Continue
+    }
+
+    /// A held request was admitted from another context: its settlement is this one's.
+    fn adopt(&mut self, charged: Charged) {
+        if let Some(runtime) = self.runtime.clone() {
+            self.pending = pending_for(&runtime, &charged, self.route, self.held_llm);
+        }
     }
 
     /// Writes the settlement of a priced request, once (`complete`: its response ended).
@@ -165,6 +194,19 @@ impl Filter {
     }
 }
 
+/// The settlement a priced, admitted request waits for, if it has one: an LLM request's, or a
+/// route's that states its cost in a response header.
+fn pending_for(
+    runtime: &Runtime,
+    charged: &Charged,
+    route: Option<usize>,
+    llm: Option<(Api, crate::config::Weights, usize)>,
+) -> Option<Pending> {
+    let route = route.and_then(|i| runtime.config.routes.get(i));
+    let settles = llm.is_some() || route.is_some_and(|r| !r.cost_headers.is_empty());
+    settles.then(|| Pending::new(charged.clone(), route, llm))
+}
+
 impl Context for Filter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let now_ms = now_ms().unwrap_or(0);
@@ -174,6 +216,12 @@ impl Context for Filter {
     fn on_done(&mut self) -> bool {
         if self.held {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
+            let context = self.context_id;
+            take_entry(&HELD_BODIES, |h| h.context == context);
+            if let Some(charged) = take_entry(&CHARGED, |(c, _)| *c == context) {
+                // Admitted, and gone before its response: charged its reservation.
+                self.adopt(charged.1);
+            }
         }
         // A response torn down before its end (a cut stream, a client gone): charged its
         // reservation (or released, if it was an error).
@@ -231,7 +279,7 @@ impl Filter {
         match step {
             Step::Continue { .. } => {}
             Step::Replied => return Action::Pause,
-            // Fleet mode has no LLM routes (the configuration refuses them).
+            // A dry run never waits (fleet mode only looks at the lease).
             Step::Wait(_) => return unavailable("tollgate cannot price this request\n"),
         }
         if end {
@@ -299,7 +347,7 @@ impl HttpContext for Filter {
         };
         let store = self.store;
         let step = run_with(&runtime, &attempt, now_ms, &mut request_header, &store);
-        match self.go_on(&runtime, step, None, price.route) {
+        match self.go_on(&runtime, &attempt, step, None, price.route) {
             Ok(_) => Action::Continue,
             Err(action) => action,
         }
@@ -323,6 +371,12 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.held && self.pending.is_none() {
+            let context = self.context_id;
+            if let Some((_, charged)) = take_entry(&CHARGED, |(c, _)| *c == context) {
+                self.adopt(charged);
+            }
+        }
         if self.pending.is_none() {
             // Not settled (shadow mode forwarded it, or it went uncounted): the upstream's cost
             // headers are still never the client's.

@@ -7,6 +7,7 @@ mod clock;
 mod entitlements;
 mod events;
 mod fleet;
+mod held;
 mod http;
 mod logger;
 mod meter;

@@ -51,10 +51,11 @@ impl Service {
             .windows
             .iter()
             .zip(&self.used)
-            .all(|((_, requests), used)| used + ask.hits <= *requests);
+            .zip(&ask.hits)
+            .all(|(((_, requests), used), hits)| used + hits <= *requests);
         if fits {
-            for u in &mut self.used {
-                *u += ask.hits;
+            for (u, hits) in self.used.iter_mut().zip(&ask.hits) {
+                *u += hits;
             }
         }
         let left = ask
@@ -87,7 +88,7 @@ fn fill(store: &MemoryStore, service: &mut Service, mut ask: Ask, now_ms: i64) {
 fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Clock) -> u64 {
     let mut admitted = 0;
     for _ in 0..100_000 {
-        match take(store, K, limits, clock, &TERMS, None).unwrap() {
+        match take(store, K, limits, &[], clock, &TERMS, None).unwrap() {
             Take::Admitted(_, ahead) => {
                 admitted += 1;
                 if let Some(ask) = ahead {
@@ -108,7 +109,6 @@ fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Cl
 #[test]
 fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
     let lease = Lease {
-        units: 7,
         answered_at_ms: 11,
         claim_until_ms: 123,
         failed_at_ms: -5,
@@ -120,6 +120,7 @@ fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
                 end: 2,
                 requests: 3,
                 left: 4,
+                units: -7,
             },
             Figure::default(),
         ],
@@ -154,7 +155,7 @@ fn a_drained_lease_admits_exactly_the_quota_then_refuses_without_a_call() {
         );
         // Refused again from the lease alone.
         assert!(matches!(
-            take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+            take(&store, K, &limits, &[], at(10), &TERMS, None).unwrap(),
             Take::Refused(_)
         ));
     }
@@ -173,7 +174,7 @@ fn two_envoys_sharing_one_service_admit_exactly_the_quota() {
         while !(refused[0] && refused[1]) {
             let store = if turn % 2 == 0 { &a } else { &b };
             turn += 1;
-            match take(store, K, &limits, at(0), &TERMS, None).unwrap() {
+            match take(store, K, &limits, &[], at(0), &TERMS, None).unwrap() {
                 Take::Admitted(_, ahead) => {
                     admitted += 1;
                     if let Some(ask) = ahead {
@@ -194,16 +195,16 @@ fn two_envoys_sharing_one_service_admit_exactly_the_quota() {
 fn lease_sizes_shrink_to_one_near_the_end() {
     let store = fresh();
     let limits = limits(&[(1000, Window::Day)]);
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() else {
         panic!()
     };
-    assert_eq!(ask.hits, 100, "the lease, below 1000/8");
+    assert_eq!(ask.hits, [100], "the lease, below 1000/8");
     let small = Terms { lease: 1, ..TERMS };
     let store = fresh();
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &small, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &small, None).unwrap() else {
         panic!()
     };
-    assert_eq!(ask.hits, 1, "lease 1: one call per request");
+    assert_eq!(ask.hits, [1], "lease 1: one call per request");
     let lease = |left: u64| Lease {
         granted: 10,
         granted_at_ms: NOW * 1000,
@@ -212,27 +213,38 @@ fn lease_sizes_shrink_to_one_near_the_end() {
             end: 0,
             requests: 1000,
             left,
+            units: 0,
         }],
         ..Lease::default()
     };
     let windows = current(&limits, NOW, 0);
     assert_eq!(
-        size(&lease(80), true, &windows, &TERMS, NOW * 1000 + 10),
+        size(&lease(80), true, &windows, &[], &TERMS, NOW * 1000 + 10),
         10
     );
-    assert_eq!(size(&lease(7), true, &windows, &TERMS, NOW * 1000 + 10), 1);
     assert_eq!(
-        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 10),
+        size(&lease(7), true, &windows, &[], &TERMS, NOW * 1000 + 10),
+        1
+    );
+    assert_eq!(
+        size(&lease(900), true, &windows, &[], &TERMS, NOW * 1000 + 10),
         20,
         "doubles"
     );
     assert_eq!(
-        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 5000),
+        size(&lease(900), true, &windows, &[], &TERMS, NOW * 1000 + 5000),
         2,
         "10 in 5 s: 2 a second"
     );
     assert_eq!(
-        size(&lease(900), true, &windows, &TERMS, NOW * 1000 + 60_000),
+        size(
+            &lease(900),
+            true,
+            &windows,
+            &[],
+            &TERMS,
+            NOW * 1000 + 60_000
+        ),
         1
     );
 }
@@ -242,43 +254,45 @@ fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
     let store = fresh();
     let limits = limits(&[(10_000, Window::Day)]);
     let mut service = Service { used: vec![0] };
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() else {
         panic!()
     };
-    assert_eq!(ask.hits, 100);
+    assert_eq!(ask.hits, [100]);
     fill(&store, &mut service, ask, at(0).now_ms);
     // 100 granted: the first 49 requests leave more than half; the 50th claims the refill.
     for i in 1..50 {
         assert!(
             matches!(
-                take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+                take(&store, K, &limits, &[], at(1), &TERMS, None).unwrap(),
                 Take::Admitted(_, None)
             ),
             "request {i}"
         );
     }
-    let Take::Admitted(_, Some(early)) = take(&store, K, &limits, at(1), &TERMS, None).unwrap()
+    let Take::Admitted(_, Some(early)) =
+        take(&store, K, &limits, &[], at(1), &TERMS, None).unwrap()
     else {
         panic!("down to 50 of 100: refill ahead")
     };
     assert_eq!(
-        early.hits, 50,
+        early.hits,
+        [50],
         "200 by the rate, capped at the lease: 50 held + 50"
     );
     // While it is in flight, requests spend and nobody else calls.
     for _ in 0..50 {
         assert!(matches!(
-            take(&store, K, &limits, at(2), &TERMS, None).unwrap(),
+            take(&store, K, &limits, &[], at(2), &TERMS, None).unwrap(),
             Take::Admitted(_, None)
         ));
     }
     assert!(matches!(
-        take(&store, K, &limits, at(3), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(3), &TERMS, None).unwrap(),
         Take::Wait { .. }
     ));
     fill(&store, &mut service, early, at(3).now_ms);
     let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
-    assert_eq!((lease.units, lease.claim_until_ms), (50, 0));
+    assert_eq!((lease.figures[0].units, lease.claim_until_ms), (50, 0));
     assert_eq!(service.used, [150]);
 
     // Topped up to the size a refill would have; none after a failure less than a timeout
@@ -300,17 +314,19 @@ fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
     ];
     for (units, granted, failed_at_ms, left, hits, why) in cases {
         let lease = Lease {
-            units,
             granted,
             granted_at_ms: at(0).now_ms,
             failed_at_ms,
             figures: vec![Figure {
                 left,
+                units,
                 ..lease.figures[0]
             }],
             ..Lease::default()
         };
-        assert_eq!(ahead(&lease, at(10).now_ms, &TERMS), hits, "{why}");
+        let asked = ahead(&lease, &[], at(10).now_ms, &TERMS).map(|a| a.hits);
+        let want = (hits > 0).then(|| vec![hits]);
+        assert_eq!(asked, want, "{why}");
     }
 }
 
@@ -319,17 +335,26 @@ fn one_refill_at_a_time_and_a_dead_refiller_blocks_only_until_its_deadline() {
     let store = fresh();
     let limits = limits(&[(100, Window::Day)]);
     assert!(matches!(
-        take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap(),
         Take::Refill(_)
     ));
     let until = NOW * 1000 + 50 + CLAIM_MARGIN_MS;
     assert_eq!(
-        take(&store, K, &limits, at(10), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(10), &TERMS, None).unwrap(),
         Take::Wait { until_ms: until }
     );
     // The claimer never answers: once its deadline passes, the next request claims.
     assert!(matches!(
-        take(&store, K, &limits, at(50 + CLAIM_MARGIN_MS), &TERMS, None).unwrap(),
+        take(
+            &store,
+            K,
+            &limits,
+            &[],
+            at(50 + CLAIM_MARGIN_MS),
+            &TERMS,
+            None
+        )
+        .unwrap(),
         Take::Refill(_)
     ));
 }
@@ -338,12 +363,12 @@ fn one_refill_at_a_time_and_a_dead_refiller_blocks_only_until_its_deadline() {
 fn a_failed_refill_fails_its_waiters_and_not_the_next_request() {
     let store = fresh();
     let limits = limits(&[(100, Window::Day)]);
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() else {
         panic!()
     };
     let waiting_since = Some(NOW * 1000 + 5);
     assert!(matches!(
-        take(&store, K, &limits, at(5), &TERMS, waiting_since).unwrap(),
+        take(&store, K, &limits, &[], at(5), &TERMS, waiting_since).unwrap(),
         Take::Wait { .. }
     ));
     assert_eq!(
@@ -351,16 +376,16 @@ fn a_failed_refill_fails_its_waiters_and_not_the_next_request() {
         Applied::Done
     );
     assert!(matches!(
-        take(&store, K, &limits, at(60), &TERMS, waiting_since),
+        take(&store, K, &limits, &[], at(60), &TERMS, waiting_since),
         Err(CountError::Store(_))
     ));
     // Within a timeout of the failure, new requests fail at once too; then they call.
     assert!(matches!(
-        take(&store, K, &limits, at(99), &TERMS, None),
+        take(&store, K, &limits, &[], at(99), &TERMS, None),
         Err(CountError::Store(_))
     ));
     assert!(matches!(
-        take(&store, K, &limits, at(100), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(100), &TERMS, None).unwrap(),
         Take::Refill(_)
     ));
 }
@@ -369,7 +394,7 @@ fn a_failed_refill_fails_its_waiters_and_not_the_next_request() {
 fn over_limit_with_room_asks_again_for_the_room() {
     let store = fresh();
     let limits = limits(&[(100, Window::Day), (100, Window::Month)]);
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() else {
         panic!()
     };
     let answer = Answer::Over { left: vec![3, 9] };
@@ -377,10 +402,10 @@ fn over_limit_with_room_asks_again_for_the_room() {
     else {
         panic!()
     };
-    assert_eq!(again.hits, 3);
+    assert_eq!(again.hits, [3, 3], "in step: the limit with the least room");
     // Still claimed while asking again.
     assert!(matches!(
-        take(&store, K, &limits, at(1), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(1), &TERMS, None).unwrap(),
         Take::Wait { .. }
     ));
     let answer = Answer::Granted { left: vec![0, 6] };
@@ -388,7 +413,7 @@ fn over_limit_with_room_asks_again_for_the_room() {
         apply(&store, K, &again, &answer, at(1).now_ms, &TERMS).unwrap(),
         Applied::Done
     );
-    let Take::Admitted(usages, None) = take(&store, K, &limits, at(2), &TERMS, None).unwrap()
+    let Take::Admitted(usages, None) = take(&store, K, &limits, &[], at(2), &TERMS, None).unwrap()
     else {
         panic!()
     };
@@ -403,7 +428,7 @@ fn over_limit_with_room_asks_again_for_the_room() {
 fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
     let store = fresh();
     let limits = limits(&[(100, Window::Day)]);
-    let Take::Refill(ask) = take(&store, K, &limits, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() else {
         panic!()
     };
     let answer = Answer::Granted { left: vec![88] };
@@ -412,7 +437,7 @@ fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
     let Take::Refill(look_ask) = look(&store, K, &limits, at(2), &TERMS, None).unwrap() else {
         panic!("the usage endpoint asks the store")
     };
-    assert_eq!(look_ask.hits, 0);
+    assert_eq!(look_ask.hits, [0]);
     let answer = Answer::Granted { left: vec![80] };
     apply(&store, K, &look_ask, &answer, at(3).now_ms, &TERMS).unwrap();
     let Take::Admitted(usages, None) =
@@ -424,7 +449,7 @@ fn the_usage_endpoint_asks_the_store_for_nothing_and_spends_nothing() {
     assert_eq!(usages[0].remaining(), 92);
     let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
     assert_eq!(
-        (lease.units, lease.granted),
+        (lease.figures[0].units, lease.granted),
         (12, 12),
         "nothing spent, sizing kept"
     );
@@ -439,22 +464,27 @@ fn a_new_window_drops_the_old_lease() {
         now: s,
         now_ms: s * 1000,
     };
-    let Take::Refill(ask) = take(&store, K, &limits, clock(start), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &limits, &[], clock(start), &TERMS, None).unwrap()
+    else {
         panic!()
     };
     let answer = Answer::Granted { left: vec![900] };
     apply(&store, K, &ask, &answer, start * 1000, &TERMS).unwrap();
     assert!(matches!(
-        take(&store, K, &limits, clock(start + 59), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], clock(start + 59), &TERMS, None).unwrap(),
         Take::Admitted(..)
     ));
-    let Take::Refill(next) = take(&store, K, &limits, clock(start + 60), &TERMS, None).unwrap()
+    let Take::Refill(next) =
+        take(&store, K, &limits, &[], clock(start + 60), &TERMS, None).unwrap()
     else {
         panic!("the next minute needs a new lease")
     };
     assert_eq!(next.windows[0].0.start, start + 60);
     let lease = Lease::decode(&store.value(K).unwrap()).unwrap();
-    assert_eq!(lease.units, 0, "98 units of the last minute are gone");
+    assert!(
+        lease.figures.is_empty(),
+        "98 units of the last minute are gone"
+    );
 }
 
 #[test]
@@ -462,7 +492,7 @@ fn a_missing_lease_is_a_store_error_and_leases_are_created_once() {
     let store = MemoryStore::new();
     let limits = limits(&[(10, Window::Day)]);
     assert!(matches!(
-        take(&store, K, &limits, at(0), &TERMS, None),
+        take(&store, K, &limits, &[], at(0), &TERMS, None),
         Err(CountError::Store(_))
     ));
     let config = Config::from_json(
@@ -478,7 +508,7 @@ fn a_missing_lease_is_a_store_error_and_leases_are_created_once() {
         "unlimited: no lease"
     );
     assert!(matches!(
-        take(&store, K, &limits, at(0), &TERMS, None).unwrap(),
+        take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap(),
         Take::Refill(_)
     ));
 }
@@ -491,7 +521,7 @@ fn stored(store: &MemoryStore) -> Lease {
 fn a_refill_claim_lasts_the_calls_timeout_and_the_margin_exactly() {
     let store = fresh();
     let l = limits(&[(1000, Window::Day)]);
-    let Take::Refill(_) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(_) = take(&store, K, &l, &[], at(0), &TERMS, None).unwrap() else {
         panic!("an empty lease is refilled");
     };
     let deadline = NOW * 1000 + TERMS.timeout_ms + CLAIM_MARGIN_MS;
@@ -502,6 +532,7 @@ fn a_refill_claim_lasts_the_calls_timeout_and_the_margin_exactly() {
             &store,
             K,
             &l,
+            &[],
             at(TERMS.timeout_ms + CLAIM_MARGIN_MS - 1),
             &TERMS,
             None
@@ -514,6 +545,7 @@ fn a_refill_claim_lasts_the_calls_timeout_and_the_margin_exactly() {
             &store,
             K,
             &l,
+            &[],
             at(TERMS.timeout_ms + CLAIM_MARGIN_MS),
             &TERMS,
             None
@@ -527,7 +559,7 @@ fn a_refill_claim_lasts_the_calls_timeout_and_the_margin_exactly() {
 fn an_answer_for_another_number_of_limits_is_a_failure_not_figures() {
     let store = fresh();
     let l = limits(&[(1000, Window::Day), (10, Window::Fixed(60))]);
-    let Take::Refill(ask) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(0), &TERMS, None).unwrap() else {
         panic!("an empty lease is refilled");
     };
     for answer in [
@@ -538,7 +570,7 @@ fn an_answer_for_another_number_of_limits_is_a_failure_not_figures() {
     ] {
         apply(&store, K, &ask, &answer, NOW * 1000 + 5, &TERMS).unwrap();
         let lease = stored(&store);
-        assert_eq!(lease.units, 0, "{answer:?}");
+        assert!(lease.figures.iter().all(|f| f.units == 0), "{answer:?}");
         assert_eq!(lease.failed_at_ms, NOW * 1000 + 5, "{answer:?}");
         assert!(lease.figures.is_empty(), "{answer:?}");
     }
@@ -548,10 +580,10 @@ fn an_answer_for_another_number_of_limits_is_a_failure_not_figures() {
 fn over_with_room_for_less_asks_again_for_that_room_and_keeps_the_claim() {
     let store = fresh();
     let l = limits(&[(1000, Window::Day)]);
-    let Take::Refill(ask) = take(&store, K, &l, at(0), &TERMS, None).unwrap() else {
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(0), &TERMS, None).unwrap() else {
         panic!("an empty lease is refilled");
     };
-    assert!(ask.hits > 3);
+    assert!(ask.hits[0] > 3);
     let now_ms = NOW * 1000 + 7;
     let again = apply(
         &store,
@@ -565,7 +597,9 @@ fn over_with_room_for_less_asks_again_for_that_room_and_keeps_the_claim() {
     assert_eq!(
         again,
         Applied::AskAgain(Ask {
-            hits: 3,
+            hits: vec![3],
+            needs: vec![1],
+            worth: 3,
             windows: ask.windows.clone()
         })
     );
@@ -575,7 +609,7 @@ fn over_with_room_for_less_asks_again_for_that_room_and_keeps_the_claim() {
     );
     // Room for exactly what was asked is not "less": nothing to ask again.
     let exact = Ask {
-        hits: 3,
+        hits: vec![3],
         ..ask.clone()
     };
     assert_eq!(
@@ -603,6 +637,7 @@ fn a_lease_for_the_same_windows_but_another_size_is_not_valid() {
         end: bounds.end,
         requests: 1000,
         left: 10,
+        units: 0,
     }];
     assert!(lease.valid(&[(bounds, 1000)]));
     assert!(!lease.valid(&[(bounds, 999)]), "a resized limit");
@@ -611,4 +646,236 @@ fn a_lease_for_the_same_windows_but_another_size_is_not_valid() {
         "another plan"
     );
     assert!(!lease.valid(&[]));
+}
+
+/// A plan of a request limit and a token limit (costs `[1, tokens]` per request).
+fn with_tokens(requests: u64, tokens: u64) -> Vec<Limit> {
+    let mut l = limits(&[(requests, Window::Day), (tokens, Window::Day)]);
+    l[1].unit = crate::config::Unit::Tokens;
+    l
+}
+
+#[test]
+fn a_lease_holds_each_limit_in_its_own_unit_and_asks_for_requests_worth() {
+    let store = fresh();
+    let l = with_tokens(1000, 100_000);
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 500], at(0), &TERMS, None).unwrap() else {
+        panic!("an empty lease is refilled");
+    };
+    // 1000/8 = 125 requests, 100000/8/500 = 25 of these: 25 requests' worth, in each unit.
+    assert_eq!(
+        (ask.hits.clone(), ask.needs.clone(), ask.worth),
+        (vec![25, 12_500], vec![1, 500], 25)
+    );
+    let mut service = Service { used: vec![0, 0] };
+    fill(&store, &mut service, ask, at(0).now_ms);
+    let Take::Admitted(usages, None) = take(&store, K, &l, &[1, 500], at(1), &TERMS, None).unwrap()
+    else {
+        panic!("paid from the lease");
+    };
+    assert_eq!(
+        (usages[1].cost, usages[1].remaining()),
+        (500, 100_000 - 500)
+    );
+    let lease = stored(&store);
+    assert_eq!(
+        lease.figures.iter().map(|f| f.units).collect::<Vec<_>>(),
+        [24, 12_000]
+    );
+    // A cheaper request takes less; a request that costs nothing in a limit takes nothing.
+    take(&store, K, &l, &[1, 20], at(2), &TERMS, None).unwrap();
+    take(&store, K, &l, &[0, 30], at(2), &TERMS, None).unwrap();
+    assert_eq!(
+        stored(&store)
+            .figures
+            .iter()
+            .map(|f| f.units)
+            .collect::<Vec<_>>(),
+        [23, 11_950]
+    );
+    assert_eq!(service.used, [25, 12_500], "the store was asked once");
+}
+
+#[test]
+fn settlements_refund_into_the_lease_and_an_overrun_is_a_debt_the_next_grant_pays() {
+    let store = fresh();
+    let l = with_tokens(1000, 4_000);
+    let mut service = Service { used: vec![0, 0] };
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 500], at(0), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    assert_eq!(ask.hits, [1, 500], "4000/8/500: one request's worth");
+    fill(&store, &mut service, ask, at(0).now_ms);
+    let Take::Admitted(usages, _) = take(&store, K, &l, &[1, 500], at(1), &TERMS, None).unwrap()
+    else {
+        panic!();
+    };
+    let settle_as = |actual: u64, taken: u64| {
+        let s = Settlement {
+            limit: 1,
+            bounds: usages[1].bounds,
+            taken,
+            actual,
+        };
+        settle(&store, K, &[s]).unwrap()
+    };
+    // Used 300 of the 500 reserved: 200 back into this lease (the store keeps its 500).
+    assert_eq!(settle_as(300, 500), 1);
+    assert_eq!(stored(&store).figures[1].units, 200);
+    // The next request reserves 500: the lease has 200, so it asks for what it lacks (and
+    // a requests' worth on top: 3500/8/500 = 0, so only that).
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 500], at(2), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    assert_eq!(
+        (ask.hits.clone(), ask.needs.clone()),
+        (vec![1, 300], vec![1, 300])
+    );
+    fill(&store, &mut service, ask, at(2).now_ms);
+    let Take::Admitted(..) = take(&store, K, &l, &[1, 500], at(3), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    // It used 900: 400 more than reserved, a debt of 400 the next grant pays first.
+    assert_eq!(settle_as(900, 500), 1);
+    assert_eq!(stored(&store).figures[1].units, -400);
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 500], at(4), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    assert_eq!(ask.needs, [1, 900], "the debt and the request");
+    fill(&store, &mut service, ask, at(4).now_ms);
+    assert!(matches!(
+        take(&store, K, &l, &[1, 500], at(5), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+    // What the store counted is what was used, plus what this lease holds.
+    let held = stored(&store).figures[1].units;
+    assert_eq!(service.used[1] as i64 - held, 300 + 900 + 500);
+    // A settlement for another window is dropped: nothing to take back there.
+    let old = Settlement {
+        limit: 1,
+        bounds: Bounds {
+            start: 0,
+            end: 86_400,
+        },
+        taken: 500,
+        actual: 0,
+    };
+    assert_eq!(settle(&store, K, &[old]).unwrap(), 0);
+    assert_eq!(stored(&store).figures[1].units, held);
+}
+
+#[test]
+fn a_request_the_lease_and_the_store_cannot_pay_is_refused_without_a_call() {
+    let store = fresh();
+    let l = with_tokens(1000, 4_000);
+    let mut service = Service {
+        used: vec![0, 3_700],
+    };
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 200], at(0), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    fill(&store, &mut service, ask, at(0).now_ms);
+    // Two requests' worth asked (4000/8/200), 300 left: cut to the room, all of it.
+    assert_eq!(service.used, [1, 4_000]);
+    // 300 held and none in the store cannot pay for 500: refused from the lease alone; the
+    // request limit is not the one violated.
+    let Take::Refused(usages) = take(&store, K, &l, &[1, 500], at(1), &TERMS, None).unwrap() else {
+        panic!("refused");
+    };
+    assert_eq!(
+        usages
+            .iter()
+            .map(|u| (u.violated, u.remaining()))
+            .collect::<Vec<_>>(),
+        [(false, 1000), (true, 300)]
+    );
+    // A request for 250 fits in the lease.
+    assert!(matches!(
+        take(&store, K, &l, &[1, 250], at(2), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+    // A cost larger than the limit is refused before any call, even with an empty lease.
+    let empty = fresh();
+    let Take::Refused(usages) = take(&empty, K, &l, &[1, 4_001], at(3), &TERMS, None).unwrap()
+    else {
+        panic!("never fits");
+    };
+    assert!(usages[1].violated && !usages[0].violated);
+    assert_eq!(stored(&empty), Lease::default(), "nothing claimed");
+}
+
+#[test]
+fn a_dry_run_peeks_at_the_lease_and_never_writes_or_calls() {
+    let store = fresh();
+    let l = with_tokens(1000, 4_000);
+    // Nothing known yet: admitted, nothing claimed.
+    assert!(matches!(
+        peek(&store, K, &l, &[1, 0], at(0), &TERMS).unwrap(),
+        Take::Admitted(_, None)
+    ));
+    assert_eq!(stored(&store), Lease::default());
+    let mut service = Service {
+        used: vec![1000, 0],
+    };
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 0], at(0), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    fill(&store, &mut service, ask, at(0).now_ms);
+    let before = stored(&store);
+    // The request limit is spent: the dry run refuses, and writes nothing.
+    assert!(matches!(
+        peek(&store, K, &l, &[1, 0], at(1), &TERMS).unwrap(),
+        Take::Refused(_)
+    ));
+    assert_eq!(stored(&store), before);
+}
+
+#[test]
+fn two_envoys_paying_token_reservations_never_take_more_than_the_quota() {
+    // Reservations of 500 settled at 300, from two Envoys over one service: the used tokens
+    // never pass the quota, and each Envoy refuses only when it and the store cannot pay.
+    for quota in [500, 999, 4_000, 10_000, 33_333] {
+        let stores = [fresh(), fresh()];
+        let l = with_tokens(1_000_000, quota);
+        let mut service = Service { used: vec![0, 0] };
+        let mut used = 0;
+        let mut refused = [false, false];
+        let mut turn = 0;
+        while !(refused[0] && refused[1]) {
+            let e = turn % 2;
+            turn += 1;
+            let store = &stores[e];
+            match take(store, K, &l, &[1, 500], at(turn as i64), &TERMS, None).unwrap() {
+                Take::Admitted(usages, ahead) => {
+                    used += 300;
+                    let s = Settlement {
+                        limit: 1,
+                        bounds: usages[1].bounds,
+                        taken: 500,
+                        actual: 300,
+                    };
+                    settle(store, K, &[s]).unwrap();
+                    if let Some(ask) = ahead {
+                        fill(store, &mut service, ask, at(turn as i64).now_ms);
+                    }
+                }
+                Take::Refused(_) => refused[e] = true,
+                Take::Refill(ask) => fill(store, &mut service, ask, at(turn as i64).now_ms),
+                Take::Wait { .. } => unreachable!(),
+            }
+            assert!(turn < 100_000);
+        }
+        let held: i64 = stores
+            .iter()
+            .map(|s| Lease::decode(&s.value(K).unwrap()).unwrap().figures[1].units)
+            .sum();
+        assert!(used <= quota, "{quota}: used {used}");
+        assert_eq!(
+            service.used[1] as i64 - held,
+            used as i64,
+            "{quota}: counted = used + held"
+        );
+        // What is lost to the fleet: under one reservation in the store and in each lease.
+        assert!(quota - used < 3 * 500, "{quota}: used {used}");
+    }
 }

@@ -34,6 +34,7 @@ fn charged(costs: &[u64]) -> Charged {
             })
             .collect(),
         output_cap: Some(100),
+        in_record: true,
     }
 }
 
@@ -340,6 +341,7 @@ fn write_settles_into_the_consumers_record_once_and_counts_how() {
         consumer: 0,
         usages: taken.usages,
         output_cap: Some(100),
+        in_record: true,
     };
     let mut p = Pending::new(
         charged,
@@ -365,6 +367,7 @@ fn write_settles_into_the_consumers_record_once_and_counts_how() {
             consumer: 0,
             usages: used,
             output_cap: None,
+            in_record: true,
         },
         None,
         Some((Api::OpenAiChat, Weights::default(), 0)),
