@@ -263,6 +263,8 @@ fn from_lease<'c>(
             }
             Decision::Deny(Denial::QuotaExceeded { caller, usages })
         }
+        // The store said no without saying which limit: nothing to remember.
+        Ok(Take::Over(usages)) => Decision::Deny(Denial::QuotaExceeded { caller, usages }),
         Ok(Take::Refill(ask)) => Decision::Wait {
             caller,
             refill: Some(ask),

@@ -112,6 +112,8 @@ struct Call<R> {
     runtime: Rc<R>,
     consumer: usize,
     ask: Ask,
+    /// When it was made (ms): a failure after the whole timeout is the timeout.
+    started_ms: i64,
 }
 
 /// One VM's requests in waiting and calls in flight.
@@ -284,6 +286,7 @@ fn dispatch<H: FleetHost>(
                 runtime: Rc::clone(runtime),
                 consumer,
                 ask,
+                started_ms: now_ms,
             };
             host.with(|s| s.calls.push((token, call)));
         }
@@ -353,7 +356,16 @@ pub fn on_response<H: FleetHost>(host: &H, token: u32, status: u32, size: usize,
     } else {
         Vec::new()
     };
-    let (answer, reason) = read_answer(status, &body);
+    let (answer, mut reason) = read_answer(status, &body);
+    // Envoy ends a call that outlived its timeout with a status of its own (UNAVAILABLE):
+    // say what happened, the service answered nothing.
+    let timeout_ms = terms(H::config(&call.runtime)).map_or(i64::MAX, |(t, _)| t.timeout_ms);
+    if status != 0 && now_ms.saturating_sub(call.started_ms) >= timeout_ms {
+        reason = Some(format!(
+            "the rate limit service did not answer within the timeout ({timeout_ms} ms; \
+             gRPC status {status} from Envoy)"
+        ));
+    }
     if let Some(reason) = &reason {
         let name = H::config(&call.runtime)
             .consumers
@@ -403,7 +415,18 @@ fn finish<H: FleetHost>(
         // A reply that does not fit the request (statuses for other limits) was stored as a
         // failure by `apply`.
         Ok(Applied::Done) => match answer {
-            Answer::Granted { left } | Answer::Over { left } if left.len() != ask.windows.len() => {
+            Answer::Granted { left } | Answer::Over { left }
+                if left.is_empty() && terms.lease != 1 =>
+            {
+                Some(
+                    "the rate limit service answered without a status per limit (as Limitador \
+                     does): set store.rls.lease to 1 for such a server"
+                        .to_string(),
+                )
+            }
+            Answer::Granted { left } | Answer::Over { left }
+                if !left.is_empty() && left.len() != ask.windows.len() =>
+            {
                 Some("the rate limit service answered for other limits".to_string())
             }
             _ => reason,

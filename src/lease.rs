@@ -30,9 +30,12 @@
 //! i64 answered_at_ms                       when the store last answered (figures updated)
 //! i64 claim_until_ms                       a refill is in flight until then (0: none)
 //! i64 failed_at_ms                         when the last refill failed (0: it did not)
+//! i64 refused_at_ms                        when the store last refused without saying which
+//!                                          limit (an answer with no statuses; 0: never)
 //! u64 granted, i64 granted_at_ms           requests' worth and time of the last grant (sizing)
 //! u8 n, then n × (i64 start, i64 end,      the windows the lease is for, each limit's size,
-//!                 u64 size, u64 left,      what the store said was left after its call,
+//!                 u64 size, u64 left,      what the store said was left after its call
+//!                                          (u64::MAX: it did not say),
 //!                 i64 units)               and the units this Envoy holds (negative: a debt)
 //! ```
 //!
@@ -46,7 +49,7 @@ use crate::store::{create_set, read_modify_write, CountError, Rewrite, Store, St
 use crate::window::Bounds;
 
 const MAGIC: &[u8] = b"TL\x02";
-const HEAD: usize = 3 + 8 * 5 + 1;
+const HEAD: usize = 3 + 8 * 6 + 1;
 const PER_LIMIT: usize = 8 * 5;
 /// Prefix of the lease keys (one per consumer).
 pub const LEASE_PREFIX: &str = "tollgate:v1:lease:";
@@ -61,6 +64,9 @@ pub const LEASE_LIFETIME_MS: i64 = 1_000;
 pub const AHEAD_MIN_GRANT: u64 = 4;
 /// Margin added to the call's timeout for a refill claim's deadline.
 pub const CLAIM_MARGIN_MS: i64 = 250;
+/// A figure's `left` when the store did not say (a server that answers only `overall_code`,
+/// such as Limitador): never short, and no RateLimit fields from it.
+pub const UNKNOWN_LEFT: u64 = u64::MAX;
 
 /// The shared-data key of a consumer's lease.
 pub fn key(consumer: &str) -> String {
@@ -93,6 +99,8 @@ pub struct Lease {
     pub answered_at_ms: i64,
     pub claim_until_ms: i64,
     pub failed_at_ms: i64,
+    /// When the store last refused without statuses (the requests waiting then are refused).
+    pub refused_at_ms: i64,
     /// Requests' worth of the last grant, for sizing.
     pub granted: u64,
     pub granted_at_ms: i64,
@@ -121,6 +129,7 @@ impl Lease {
         out.extend_from_slice(&self.answered_at_ms.to_le_bytes());
         out.extend_from_slice(&self.claim_until_ms.to_le_bytes());
         out.extend_from_slice(&self.failed_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.refused_at_ms.to_le_bytes());
         out.extend_from_slice(&self.granted.to_le_bytes());
         out.extend_from_slice(&self.granted_at_ms.to_le_bytes());
         out.push(u8::try_from(self.figures.len()).unwrap_or(u8::MAX));
@@ -159,8 +168,9 @@ impl Lease {
             answered_at_ms: read_i64(bytes, 3)?,
             claim_until_ms: read_i64(bytes, 11)?,
             failed_at_ms: read_i64(bytes, 19)?,
-            granted: read_u64(bytes, 27)?,
-            granted_at_ms: read_i64(bytes, 35)?,
+            refused_at_ms: read_i64(bytes, 27)?,
+            granted: read_u64(bytes, 35)?,
+            granted_at_ms: read_i64(bytes, 43)?,
             figures,
         })
     }
@@ -202,7 +212,12 @@ impl Lease {
             .unwrap_or(u64::MAX)
     }
 
+    /// What each limit has used and has left, for the RateLimit fields, the usage endpoint,
+    /// a refusal's body and a settlement; none if the store did not say ([`UNKNOWN_LEFT`]).
     fn usages(&self, costs: &[u64], violated: bool) -> Vec<Usage> {
+        if self.figures.iter().any(|f| f.left == UNKNOWN_LEFT) {
+            return Vec::new();
+        }
         self.figures
             .iter()
             .enumerate()
@@ -304,6 +319,10 @@ pub enum Take {
     /// The store said a limit cannot pay for the request in its current window, and the lease
     /// cannot either.
     Refused(Vec<Usage>),
+    /// The store refused the refill this request waited for without saying which limit (an
+    /// answer without statuses): refuse it, naming the limit whose window ends first; nothing
+    /// lasts (nothing is remembered).
+    Over(Vec<Usage>),
     /// The lease cannot pay and this request claimed its refill: ask the store.
     Refill(Ask),
     /// Another request of this Envoy is refilling until `until_ms` at the latest: wait.
@@ -561,6 +580,22 @@ fn take_or_look(
                 None,
             )));
         }
+        if mode == Mode::Spend && waiting_since_ms.is_some_and(|since| lease.refused_at_ms >= since)
+        {
+            // Which limit is spent is not known: the one whose window ends first is named (the
+            // earliest a retry may pass), with nothing said to be left.
+            let mut usages = unknown(&windows, costs);
+            let first_end = usages
+                .iter()
+                .filter(|u| u.cost > 0)
+                .map(|u| u.bounds.end)
+                .min();
+            for u in &mut usages {
+                u.violated = u.cost > 0 && Some(u.bounds.end) == first_end;
+                u.used = if u.violated { u.requests } else { 0 };
+            }
+            return Ok(Rewrite::Keep(Take::Over(usages)));
+        }
         if mode != Mode::Look && valid && lease.covers(costs) {
             if mode == Mode::Peek {
                 return Ok(Rewrite::Keep(Take::Admitted(
@@ -724,7 +759,11 @@ pub fn apply(
                         start: bounds.start,
                         end: bounds.end,
                         requests: *requests,
-                        left: (*left).min(*requests),
+                        left: if *left == UNKNOWN_LEFT {
+                            UNKNOWN_LEFT
+                        } else {
+                            (*left).min(*requests)
+                        },
                         units: add(held, i128::from(grant)),
                     }
                 })
@@ -733,8 +772,27 @@ pub fn apply(
         let fits = |left: &Vec<u64>| {
             left.len() == ask.windows.len() && ask.hits.len() == ask.windows.len()
         };
+        // A server that answers only `overall_code` (no statuses), with one call per request.
+        let silent = |left: &Vec<u64>| {
+            left.is_empty() && terms.lease == 1 && ask.hits.len() == ask.windows.len()
+        };
         let mut applied = Applied::Done;
         match answer {
+            Answer::Granted { left } if silent(left) => {
+                let unknown = vec![UNKNOWN_LEFT; ask.windows.len()];
+                lease.figures = figures(&lease, &unknown, &ask.hits);
+                lease.answered_at_ms = now_ms;
+                lease.claim_until_ms = 0;
+                lease.failed_at_ms = 0;
+            }
+            Answer::Over { left } if silent(left) => {
+                if !same_windows {
+                    lease.figures.clear();
+                }
+                lease.refused_at_ms = now_ms.max(1);
+                lease.claim_until_ms = 0;
+                lease.failed_at_ms = 0;
+            }
             Answer::Granted { left } if fits(left) => {
                 lease.figures = figures(&lease, left, &ask.hits);
                 lease.answered_at_ms = now_ms;

@@ -36,16 +36,19 @@ pub enum Metric {
     Released,
     /// The settlement could not be written (shared data failed): the reservation stays.
     SettleFailed,
+    /// A store error's log line was held back (see [`crate::shadow_log`]).
+    StoreLogSuppressed,
 }
 
-/// What to count for one request: at most three metric increments (a store error, what became of the
-/// request, a shadow-mode log line held back), each with the index of the plan it concerns.
+/// What to count for one request: at most four metric increments (a store error, its log line
+/// held back, what became of the request, a shadow-mode log line held back), each with the
+/// index of the plan it concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Increments([Option<(Metric, Option<usize>)>; 3]);
+pub struct Increments([Option<(Metric, Option<usize>)>; 4]);
 
 impl Increments {
     pub fn one(metric: Metric, plan: Option<usize>) -> Increments {
-        Increments([Some((metric, plan)), None, None])
+        Increments([Some((metric, plan)), None, None, None])
     }
 
     pub fn push(&mut self, metric: Metric, plan: Option<usize>) {
@@ -66,7 +69,7 @@ impl<const N: usize> PartialEq<[(Metric, Option<usize>); N]> for Increments {
 }
 
 const GLOBAL_PREFIX: &str = "tollgate.";
-const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 9;
+const GLOBALS: usize = 1 + 2 * Reason::ALL.len() + 10;
 const PLAN_REASONS: [Reason; 5] = Reason::OF_CONSUMERS;
 const PER_PLAN: usize = 1 + 2 * PLAN_REASONS.len();
 
@@ -97,6 +100,7 @@ pub fn names(plans: &[Plan]) -> Vec<String> {
     out.push(format!("{GLOBAL_PREFIX}settlements.unreported"));
     out.push(format!("{GLOBAL_PREFIX}settlements.released"));
     out.push(format!("{GLOBAL_PREFIX}errors.settle"));
+    out.push(format!("{GLOBAL_PREFIX}logs.store_error_suppressed"));
     for plan in plans {
         let p = format!("{GLOBAL_PREFIX}plan.{}.", plan.name);
         out.push(format!("{p}allowed"));
@@ -119,15 +123,16 @@ pub fn indices(metric: Metric, plan: Option<usize>) -> [Option<usize>; 2] {
             1 + Reason::ALL.len() + reason_index(r),
             plan_reason_index(r).map(|i| 1 + PLAN_REASONS.len() + i),
         ),
-        Metric::Preflight => (GLOBALS - 9, None),
-        Metric::Usage => (GLOBALS - 8, None),
-        Metric::StoreFailed => (GLOBALS - 7, None),
-        Metric::Contended => (GLOBALS - 6, None),
-        Metric::ShadowLogSuppressed => (GLOBALS - 5, None),
-        Metric::Settled => (GLOBALS - 4, None),
-        Metric::Unreported => (GLOBALS - 3, None),
-        Metric::Released => (GLOBALS - 2, None),
-        Metric::SettleFailed => (GLOBALS - 1, None),
+        Metric::Preflight => (GLOBALS - 10, None),
+        Metric::Usage => (GLOBALS - 9, None),
+        Metric::StoreFailed => (GLOBALS - 8, None),
+        Metric::Contended => (GLOBALS - 7, None),
+        Metric::ShadowLogSuppressed => (GLOBALS - 6, None),
+        Metric::Settled => (GLOBALS - 5, None),
+        Metric::Unreported => (GLOBALS - 4, None),
+        Metric::Released => (GLOBALS - 3, None),
+        Metric::SettleFailed => (GLOBALS - 2, None),
+        Metric::StoreLogSuppressed => (GLOBALS - 1, None),
     };
     let plan_counter = match (plan, per_plan) {
         (Some(plan), Some(offset)) => Some(GLOBALS + plan * PER_PLAN + offset),
@@ -239,6 +244,10 @@ mod tests {
         assert_eq!(
             named(Metric::SettleFailed, None),
             ["tollgate.errors.settle"]
+        );
+        assert_eq!(
+            named(Metric::StoreLogSuppressed, Some(1)),
+            ["tollgate.logs.store_error_suppressed"]
         );
         assert_eq!(
             named(Metric::Refused(Reason::StoreError), Some(1)),

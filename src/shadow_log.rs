@@ -4,9 +4,15 @@
 //! consumer and reason; the lines it holds back are counted (metric
 //! `tollgate.logs.shadow_suppressed`) and the next line says how many there were.
 //!
+//! The same bound holds the log lines of store errors (see `verdict::store_error`): an outage
+//! fails every request that needs the store, so those lines go under one key for all consumers
+//! — one line a minute per VM — and what is held back is counted in
+//! `tollgate.logs.store_error_suppressed`.
+//!
 //! Memory is bounded by the configuration: one entry per configured consumer (plus one for
-//! requests without a consumer: missing or invalid credentials), each with at most one slot per
-//! reason. One per configuration and VM, like the memo of exhausted consumers.
+//! requests without a consumer: missing or invalid credentials, and one for store errors), each
+//! with at most one slot per reason. One per configuration and VM, like the memo of exhausted
+//! consumers.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

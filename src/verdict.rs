@@ -11,7 +11,7 @@ use crate::admission::decide_with;
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
 use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Price};
+use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Price, Reason};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
@@ -319,6 +319,7 @@ fn refuse<'c>(
         now,
         store,
         memo,
+        shadow_log,
         &mut forward,
         &mut denial,
         &mut metrics,
@@ -386,12 +387,17 @@ fn refuse<'c>(
 /// forwarded (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted);
 /// `None` when it goes on being refused — as a quota refusal (`denial` replaced) when `local`
 /// found the plan spent. The store error's metric is pushed either way.
+/// The shadow log's key for store-error lines: not a consumer name (names are never empty
+/// with a NUL), so one line a minute per VM for every consumer together.
+const STORE_ERROR_LINE: &str = "\0store";
+
 #[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
 fn store_error<'c>(
     config: &'c Config,
     now: i64,
     store: &impl Store,
     memo: &Memo,
+    log_limit: &ShadowLog,
     forward: &mut Forward<'c>,
     denial: &mut Denial<'c>,
     metrics: &mut Increments,
@@ -403,21 +409,41 @@ fn store_error<'c>(
     else {
         return None;
     };
-    log::error!("cannot count the request: {reason}");
     let error = if *contended {
         Metric::Contended
     } else {
         Metric::StoreFailed
     };
     metrics.push(error, None);
+    // An outage refuses (or forwards) every request that needs the store: one line a minute
+    // per VM says so, with how many were held back (all counted in `errors.*` anyway).
+    let logged = match log_limit.admit(STORE_ERROR_LINE, Reason::StoreError, now) {
+        Some(0) => {
+            log::error!("cannot count the request: {reason}");
+            true
+        }
+        Some(held_back) => {
+            log::error!(
+                "cannot count the request: {reason} ({held_back} more store errors not logged \
+                 since the last such line)"
+            );
+            true
+        }
+        None => {
+            metrics.push(Metric::StoreLogSuppressed, None);
+            false
+        }
+    };
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
     match (config.on_store_error, caller) {
         (OnStoreError::Allow, _) => {
-            log::warn!(
-                "on_store_error=allow: forwarding uncounted ({})",
-                denial.describe()
-            );
+            if logged {
+                log::warn!(
+                    "on_store_error=allow: forwarding uncounted ({})",
+                    denial.describe()
+                );
+            }
             forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
             metrics.push(Metric::Allowed, plan);
             Some(Verdict {
@@ -440,10 +466,12 @@ fn store_error<'c>(
                 config.utc_offset,
             ) {
                 Ok(counted) if counted.admitted => {
-                    log::warn!(
-                        "on_store_error=local: counted in this Envoy ({})",
-                        denial.describe()
-                    );
+                    if logged {
+                        log::warn!(
+                            "on_store_error=local: counted in this Envoy ({})",
+                            denial.describe()
+                        );
+                    }
                     metrics.push(Metric::Allowed, plan);
                     let mut forward = std::mem::take(forward);
                     if !price.is_plain() {
@@ -572,7 +600,9 @@ fn usage_endpoint<'c>(
     let counts = match &config.store {
         Some(rls) if !plan.limits.is_empty() => {
             match look_at_lease(config, rls, consumer, plan, now, store, attempt) {
-                Ok(Take::Admitted(usages, _) | Take::Refused(usages)) => Ok(usages),
+                Ok(Take::Admitted(usages, _) | Take::Refused(usages) | Take::Over(usages)) => {
+                    Ok(usages)
+                }
                 Ok(Take::Refill(ask)) => return wait(consumer.id, Some(ask)),
                 Ok(Take::Wait { .. }) => return wait(consumer.id, None),
                 Err(e) => Err(e),

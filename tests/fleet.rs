@@ -234,6 +234,16 @@ fn on_store_error_local_counts_in_the_envoy_while_quotad_is_down_then_the_store_
         "the store errors to be counted",
         || (envoy.counter("tollgate.errors.store") >= 4).then_some(()),
     );
+    // One error line a minute per worker says so (one connection: one worker), the others
+    // are counted as held back.
+    let lines = |text: &str| envoy.log().matches(text).count();
+    assert_eq!(lines("cannot count the request"), 1, "{}", envoy.log());
+    assert_eq!(lines("on_store_error=local: counted in this Envoy"), 1);
+    poll(
+        Duration::from_secs(20),
+        "held-back lines to be counted",
+        || (envoy.counter("tollgate.logs.store_error_suppressed") >= 3).then_some(()),
+    );
 
     // The store is back: it decides again (the local refusal was not remembered) and counts
     // from its own figure: 2 more.
@@ -466,4 +476,50 @@ fn a_cluster_envoy_does_not_know_is_a_store_error_naming_it() {
     assert!(!log.contains("panicked"), "the VM did not trap");
     // Consumers without limits are unaffected.
     assert_eq!(envoy.get_with_key("ops-key").status, 200);
+}
+
+#[test]
+fn a_server_that_answers_only_overall_code_decides_each_request_with_lease_one() {
+    // Kuadrant's Limitador answers `overall_code` and no per-limit statuses. With `lease: 1`
+    // each request is decided by its own call: OK admits it (without RateLimit fields: nothing
+    // is known of what is left), OVER_LIMIT refuses it with the plan's status, never a 503.
+    let server = OverallOnlyRls::start(7);
+    let envoy = Envoy::start_with(fleet_options_at(
+        server.port,
+        &config("deny", "500ms", 1, 1000),
+        2,
+    ));
+    let mut conn = Conn::new(envoy.port);
+    for i in 0..7 {
+        let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(r.header("ratelimit"), None, "request {i}: {r:?}");
+    }
+    let r = conn.get("/", &[("x-api-key", b"acme-key")]);
+    assert_eq!(r.status, 402, "{}", r.body);
+    assert_eq!(
+        r.json()["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    // The day ends before the month: the daily limit is named, and the retry is for its end.
+    assert_eq!(r.json()["violated-policies"], serde_json::json!(["daily"]));
+    assert_eq!(server.calls(), 8, "one call per request");
+    // Not remembered: the next request asks the server again.
+    assert_eq!(conn.get("/", &[("x-api-key", b"acme-key")]).status, 402);
+    assert_eq!(server.calls(), 9);
+
+    // With a lease above 1, such answers cannot size a lease: a 503 and a log line that says
+    // what to set.
+    let bigger = Envoy::start_with(fleet_options_at(
+        server.port,
+        &config("deny", "500ms", 100, 1000),
+        2,
+    ));
+    assert_eq!(bigger.get_with_key("hooli-key").status, 503);
+    poll(Duration::from_secs(10), "the log line", || {
+        bigger
+            .log()
+            .contains("set store.rls.lease to 1 for such a server")
+            .then_some(())
+    });
 }

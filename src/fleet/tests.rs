@@ -362,7 +362,24 @@ fn a_failed_call_fails_every_request_waiting_on_it() {
         .collect();
     assert_eq!(failed.len(), 2);
     assert!(failed[0].contains("gRPC status 14"), "{}", failed[0]);
+    assert!(!failed[0].contains("timeout"), "{}", failed[0]);
     assert_eq!(host.held(), 0, "answered (on_store_error), not held on");
+}
+
+#[test]
+fn a_call_that_ends_after_the_timeout_is_named_a_timeout() {
+    let rt = runtime(10);
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    // The timeout is 50 ms: Envoy ends the call with UNAVAILABLE of its own.
+    on_response(&host, token, 14, 0, NOW_MS + 50);
+    let decided = host.decided.borrow();
+    let failed = decided.iter().find_map(|(_, a)| a.failed.clone()).unwrap();
+    assert_eq!(
+        failed,
+        "the rate limit service did not answer within the timeout (50 ms; gRPC status 14 from Envoy)"
+    );
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn drain(store: &MemoryStore, limits: &[Limit], service: &mut Service, clock: Cl
                 return admitted;
             }
             Take::Refill(ask) => fill(store, service, ask, clock.now_ms),
-            Take::Wait { .. } => panic!("nobody else is refilling"),
+            Take::Wait { .. } | Take::Over(_) => panic!("nobody else is refilling"),
         }
     }
     panic!("never refused")
@@ -112,6 +112,7 @@ fn the_record_round_trips_and_foreign_bytes_are_an_empty_lease() {
         answered_at_ms: 11,
         claim_until_ms: 123,
         failed_at_ms: -5,
+        refused_at_ms: 77,
         granted: 9,
         granted_at_ms: 99,
         figures: vec![
@@ -183,7 +184,7 @@ fn two_envoys_sharing_one_service_admit_exactly_the_quota() {
                 }
                 Take::Refused(_) => refused[turn % 2] = true,
                 Take::Refill(ask) => fill(store, &mut service, ask, 0),
-                Take::Wait { .. } => unreachable!(),
+                Take::Wait { .. } | Take::Over(_) => unreachable!(),
             }
             assert!(turn < 100_000);
         }
@@ -861,7 +862,7 @@ fn two_envoys_paying_token_reservations_never_take_more_than_the_quota() {
                 }
                 Take::Refused(_) => refused[e] = true,
                 Take::Refill(ask) => fill(store, &mut service, ask, at(turn as i64).now_ms),
-                Take::Wait { .. } => unreachable!(),
+                Take::Wait { .. } | Take::Over(_) => unreachable!(),
             }
             assert!(turn < 100_000);
         }
@@ -878,4 +879,62 @@ fn two_envoys_paying_token_reservations_never_take_more_than_the_quota() {
         // What is lost to the fleet: under one reservation in the store and in each lease.
         assert!(quota - used < 3 * 500, "{quota}: used {used}");
     }
+}
+
+#[test]
+fn a_server_that_answers_only_overall_code_decides_each_request_with_lease_one() {
+    // Limitador answers `overall_code` and no statuses: with lease 1, OK pays for the request
+    // (no figures: no RateLimit fields), OVER_LIMIT refuses the request that waited for it
+    // (every limit named, nothing remembered), and the next request asks again.
+    let one = Terms { lease: 1, ..TERMS };
+    let store = fresh();
+    let l = limits(&[(5, Window::Day), (50, Window::Month)]);
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(0), &one, None).unwrap() else {
+        panic!();
+    };
+    let granted = Answer::Granted { left: vec![] };
+    assert_eq!(
+        apply(&store, K, &ask, &granted, at(1).now_ms, &one).unwrap(),
+        Applied::Done
+    );
+    assert_eq!(stored(&store).failed_at_ms, 0);
+    let Take::Admitted(usages, None) =
+        take(&store, K, &l, &[], at(2), &one, Some(at(0).now_ms)).unwrap()
+    else {
+        panic!("admitted from the grant");
+    };
+    assert!(usages.is_empty(), "no figures: no RateLimit fields");
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(3), &one, None).unwrap() else {
+        panic!("the next request asks again");
+    };
+    let over = Answer::Over { left: vec![] };
+    assert_eq!(
+        apply(&store, K, &ask, &over, at(4).now_ms, &one).unwrap(),
+        Applied::Done
+    );
+    let Take::Over(usages) = take(&store, K, &l, &[], at(5), &one, Some(at(3).now_ms)).unwrap()
+    else {
+        panic!("the request that waited is refused");
+    };
+    // The day ends before the month: the daily limit is named, with nothing left.
+    assert_eq!(
+        usages
+            .iter()
+            .map(|u| (u.violated, u.remaining()))
+            .collect::<Vec<_>>(),
+        [(true, 0), (false, 50)]
+    );
+    // A request that came after the answer asks again (the server may have room by then).
+    assert!(matches!(
+        take(&store, K, &l, &[], at(6), &one, Some(at(5).now_ms)).unwrap(),
+        Take::Refill(_)
+    ));
+    // With a lease above 1 such an answer is a failure: sizes need figures.
+    let store = fresh();
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(0), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    apply(&store, K, &ask, &granted, at(1).now_ms, &TERMS).unwrap();
+    assert_eq!(stored(&store).failed_at_ms, at(1).now_ms);
+    assert!(stored(&store).figures.is_empty());
 }

@@ -371,6 +371,11 @@ pub fn fleet_envoy(quotad: &Quotad, plugin: &str, concurrency: u32) -> Envoy {
 }
 
 pub fn fleet_options(quotad: &Quotad, plugin: &str, concurrency: u32) -> Options {
+    fleet_options_at(quotad.grpc, plugin, concurrency)
+}
+
+/// [`fleet_options`] with the quotad cluster pointed at another rate limit server's port.
+pub fn fleet_options_at(grpc_port: u16, plugin: &str, concurrency: u32) -> Options {
     Options {
         bootstrap: "envoy/fleet/tollgate.yaml".into(),
         plugin: Some(plugin.to_string()),
@@ -378,7 +383,7 @@ pub fn fleet_options(quotad: &Quotad, plugin: &str, concurrency: u32) -> Options
         file_ports: (10310, 10311, 9941),
         replace: vec![(
             "port_value: 8081".to_string(),
-            format!("port_value: {}", quotad.grpc),
+            format!("port_value: {grpc_port}"),
         )],
         ..Options::default()
     }

@@ -3,10 +3,14 @@
 
 mod control_plane;
 mod llm;
+#[cfg(feature = "rls")]
+mod rls_server;
 mod server;
 mod sink;
 
 pub use control_plane::*;
 pub use llm::*;
+#[cfg(feature = "rls")]
+pub use rls_server::*;
 pub use server::*;
 pub use sink::*;
