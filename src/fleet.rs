@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use crate::config::{format_utc_offset, Config, Rls};
 use crate::decision::{Attempt, Price};
+use crate::events::{crossings, Crossing};
 use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
+use crate::quota::Usage;
 use crate::response::RateLimitFields;
 use crate::rls::{self, Code};
 use crate::store::Store;
@@ -84,6 +86,8 @@ pub trait FleetHost {
         now_ms: i64,
     ) -> Step;
     fn count(&self, which: Count);
+    /// Alert thresholds a grant reached, for the events sink (see [`grant_crossings`]).
+    fn alert(&self, runtime: &Rc<Self::Runtime>, crossings: Vec<Crossing>);
     /// Shared data, where the leases are.
     fn store(&self) -> &Self::Store;
 }
@@ -407,7 +411,14 @@ fn finish<H: FleetHost>(
         return;
     };
     let key = lease::key(&who.name);
-    let failed = match lease::apply(host.store(), &key, ask, answer, now_ms, &terms) {
+    let applied = lease::apply(host.store(), &key, ask, answer, now_ms, &terms);
+    if let (Ok(Applied::Done), Answer::Granted { left }) = (&applied, answer) {
+        let reached = grant_crossings(config, consumer, ask, left, now_ms);
+        if !reached.is_empty() {
+            host.alert(runtime, reached);
+        }
+    }
+    let failed = match applied {
         Ok(Applied::AskAgain(again)) => {
             dispatch(host, context, runtime, consumer, again, now_ms);
             return;
@@ -434,6 +445,62 @@ fn finish<H: FleetHost>(
         Err(error) => Some(format!("cannot record the lease: {}", error.reason())),
     };
     wake(host, runtime, consumer, failed, now_ms);
+}
+
+/// The alert thresholds a grant reached: quotad counts every take atomically and answers what
+/// is left after it, so each grant is a known range of the window's count, disjoint from every
+/// other Envoy's — the one grant whose range holds a threshold's unit number crosses it, once
+/// for the whole fleet, without a call of its own. A limit above quotad's 32-bit
+/// `limit_remaining` has no known count (`left` saturated): no alert from it. A look (no hits)
+/// and an answer without statuses cross nothing.
+pub fn grant_crossings(
+    config: &Config,
+    consumer: usize,
+    ask: &Ask,
+    left: &[u64],
+    now_ms: i64,
+) -> Vec<Crossing> {
+    let mut out = Vec::new();
+    let Some(thresholds) = config
+        .consumers
+        .get(consumer)
+        .and_then(|c| config.events.as_ref()?.alerts.get(c.plan))
+        .filter(|t| !t.is_empty())
+    else {
+        return out;
+    };
+    if left.len() != ask.windows.len() {
+        return out;
+    }
+    let saturated = u64::from(u32::MAX);
+    let usages: Vec<Usage> = ask
+        .windows
+        .iter()
+        .zip(left)
+        .enumerate()
+        .map(|(i, ((bounds, size), left))| {
+            let known = *left < saturated || *size < saturated;
+            Usage {
+                used: size.saturating_sub(*left),
+                requests: *size,
+                bounds: *bounds,
+                violated: false,
+                cost: if known {
+                    ask.hits.get(i).copied().unwrap_or(0)
+                } else {
+                    0
+                },
+            }
+        })
+        .collect();
+    crossings(
+        thresholds,
+        consumer,
+        &usages,
+        now_ms.div_euclid(1000),
+        &mut out,
+    );
+    out
 }
 
 /// Decides the held requests of `consumer` again (each in its own context).

@@ -244,7 +244,8 @@ pub fn handle_with<'c>(
                 });
             }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
-            let mut verdict = admit(config, memo, forward, caller, &usages, now, metrics);
+            let local = config.store.is_none();
+            let mut verdict = admit(config, memo, forward, caller, &usages, now, metrics, local);
             if attempt.dry_run {
                 // Nothing was counted: no threshold was crossed.
                 verdict.metered.crossings.clear();
@@ -490,6 +491,7 @@ fn store_error<'c>(
                         &counted.usages,
                         now,
                         *metrics,
+                        true,
                     ))
                 }
                 Ok(counted) => {
@@ -509,9 +511,11 @@ fn store_error<'c>(
     }
 }
 
-/// The RateLimit fields for a counted caller (none for an unlimited plan).
 /// Forward a counted request: its caller named, its RateLimit fields, and the alert thresholds
-/// its count reached.
+/// its count reached — when the count is this Envoy's (local mode, or fleet mode's
+/// `on_store_error: local`); in fleet mode the store's count decides them, on its grants
+/// (see [`crate::fleet`]).
+#[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
 fn admit<'c>(
     config: &'c Config,
     memo: &Memo,
@@ -520,6 +524,7 @@ fn admit<'c>(
     usages: &[Usage],
     now: i64,
     metrics: Increments,
+    counted_here: bool,
 ) -> Verdict<'c> {
     forward.caller = Some((&caller.consumer.name, &caller.plan.name));
     forward.rate_limit = rate_limit_fields(config, memo, &caller, usages, now);
@@ -528,6 +533,7 @@ fn admit<'c>(
         .events
         .as_ref()
         .and_then(|e| e.alerts.get(caller.consumer.plan))
+        .filter(|_| counted_here)
     {
         crossings(
             thresholds,

@@ -9,7 +9,7 @@ use crate::window::Window;
 
 use super::entitlements::compile_settings;
 use super::errors::ConfigError;
-use super::events::{compile as compile_events, EventsConfig};
+use super::events::compile as compile_events;
 use super::keys::{parse_key, KeyBuilder};
 use super::model::*;
 use super::plan::*;
@@ -365,12 +365,10 @@ fn parse_timeout(text: &str) -> Option<u64> {
     parse_ms(text).filter(|ms| (1..=MAX_RLS_TIMEOUT_MS).contains(ms))
 }
 
-/// `store` (fleet mode) and what it rules out: `on_store_error: local` without it, threshold
-/// alerts with it.
+/// `store` (fleet mode) and what it rules out: `on_store_error: local` without it.
 fn compile_store(
     raw: Option<RawStore>,
     on_store_error: OnStoreError,
-    events: Option<&EventsConfig>,
 ) -> Result<Option<Rls>, ConfigError> {
     let store = match raw {
         Some(store) => Some(compile_rls(store.rls)?),
@@ -380,15 +378,6 @@ fn compile_store(
         return Err(ConfigError(
             "on_store_error: `local` counts in this Envoy's shared data when the fleet store \
              (store.rls) fails; without store.rls counts are always local: use deny or allow"
-                .into(),
-        ));
-    }
-    // A threshold is crossed by the one request whose count equals it, which only this Envoy's
-    // own CAS can tell; in fleet mode the count is quotad's (docs/fleet.md).
-    if store.is_some() && events.is_some_and(|e| e.alerts.iter().any(|a| !a.is_empty())) {
-        return Err(ConfigError(
-            "events.alerts (and plans.<plan>.alerts): threshold alerts are not available with \
-             store.rls yet; usage events and reminders are"
                 .into(),
         ));
     }
@@ -530,7 +519,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let events = compile_events(raw.events, &plans, plan_alerts)?;
-    let store = compile_store(raw.store, raw.on_store_error, events.as_ref())?;
+    let store = compile_store(raw.store, raw.on_store_error)?;
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
     Ok(Config {

@@ -655,18 +655,18 @@ fn store_rls_defaults_and_validation_name_the_field() {
 }
 
 #[test]
-fn threshold_alerts_are_refused_in_fleet_mode_and_usage_events_are_not() {
+fn threshold_alerts_and_usage_events_are_configured_in_fleet_mode_as_in_local_mode() {
     let config = |events: &str| {
         format!(
             r#"{{"plans": {{"p": {{"limits": [{{"name": "d", "requests": 5, "window": "day"}}]}}}},
                 "store": {{"rls": {{"cluster": "quotad"}}}}, "events": {events}}}"#
         )
     };
-    let message = err(&config(
-        r#"{"cluster": "sink", "url": "http://sink/", "alerts": [80]}"#,
-    ));
-    assert!(message.starts_with("events.alerts"), "{message}");
-    assert!(message.contains("store.rls"), "{message}");
+    let fleet = Config::from_json(
+        config(r#"{"cluster": "sink", "url": "http://sink/", "alerts": [80]}"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(fleet.events.unwrap().alerts, [vec![80]]);
     Config::from_json(config(r#"{"cluster": "sink", "url": "http://sink/"}"#).as_bytes()).unwrap();
 }
 

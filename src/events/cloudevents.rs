@@ -221,9 +221,16 @@ pub fn threshold_event(config: &Config, origin: &Origin, x: &Crossing) -> Pendin
         .and_then(|c| config.plan_of(c))
         .and_then(|p| p.limits.get(x.limit))
         .map_or("", |l| l.name.as_str());
+    // Fleet mode: one id for the whole fleet (no node id), so that a sink deduplicates the
+    // copies an `on_store_error: local` period may add (docs/fleet.md).
+    let instance = if config.store.is_some() {
+        ""
+    } else {
+        origin.instance.as_str()
+    };
     let id = event_id(&[
         "threshold",
-        &origin.instance,
+        instance,
         consumer,
         limit,
         &x.window_start.to_string(),

@@ -74,6 +74,8 @@ struct Fake {
     beta: RefCell<Vec<u32>>,
     /// The calls' messages, by token.
     messages: RefCell<Vec<(u32, Vec<u8>)>>,
+    /// Thresholds reached, as the host was told.
+    alerts: RefCell<Vec<Crossing>>,
 }
 
 impl Fake {
@@ -93,6 +95,7 @@ impl Fake {
             decided: RefCell::new(Vec::new()),
             beta: RefCell::new(Vec::new()),
             messages: RefCell::new(Vec::new()),
+            alerts: RefCell::new(Vec::new()),
         };
         set_root(&fake, ROOT, Duration::from_secs(1));
         fake
@@ -168,6 +171,10 @@ impl Fake {
 impl FleetHost for Fake {
     type Runtime = Runtime;
     type Store = MemoryStore;
+
+    fn alert(&self, _runtime: &Rc<Runtime>, crossings: Vec<Crossing>) {
+        self.alerts.borrow_mut().extend(crossings);
+    }
 
     fn config(runtime: &Runtime) -> &Config {
         &runtime.config
@@ -666,4 +673,100 @@ fn a_held_request_is_decided_again_at_its_own_price() {
     let lease =
         crate::lease::Lease::decode(&host.store.value("tollgate:v1:lease:acme").unwrap()).unwrap();
     assert_eq!(lease.figures[0].units, 5, "10 granted, 5 paid");
+}
+
+#[test]
+fn a_grant_whose_range_holds_a_threshold_crosses_it_once_for_the_fleet() {
+    let rt = runtime_with(
+        10,
+        r#", "events": {"cluster": "sink", "url": "http://sink/events", "alerts": [50, 80, 100]}"#,
+    );
+    let host = Fake::new(&rt);
+    // acme's daily limit is 100. This Envoy asks for 10; quotad says 52 are left after it:
+    // the grant holds counts 39..48 — no threshold.
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, hits) = host.calls()[0];
+    assert_eq!(hits, 10);
+    *host.body.borrow_mut() = answer(1, &[52]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert!(host.alerts.borrow().is_empty());
+    // Its next grant, after other Envoys took 30: counts 79..88 hold 80.
+    let ask = Ask {
+        hits: vec![10],
+        needs: vec![1],
+        worth: 10,
+        windows: lease::Lease::decode(&host.store.value("tollgate:v1:lease:acme").unwrap())
+            .unwrap()
+            .figures
+            .iter()
+            .map(|f| {
+                (
+                    crate::window::Bounds {
+                        start: f.start,
+                        end: f.end,
+                    },
+                    f.requests,
+                )
+            })
+            .collect(),
+    };
+    let reached = grant_crossings(&rt.config, 0, &ask, &[12], NOW_MS + 10);
+    assert_eq!(
+        reached
+            .iter()
+            .map(|c| (c.threshold, c.used))
+            .collect::<Vec<_>>(),
+        [(80, 88)]
+    );
+    // The range 89..100 holds 100 (the last unit): that grant alerts for 100, once.
+    let last = grant_crossings(
+        &rt.config,
+        0,
+        &Ask {
+            hits: vec![12],
+            ..ask.clone()
+        },
+        &[0],
+        NOW_MS,
+    );
+    assert_eq!(last.iter().map(|c| c.threshold).collect::<Vec<_>>(), [100]);
+    // A look (no hits) and an answer of another shape cross nothing.
+    assert!(grant_crossings(
+        &rt.config,
+        0,
+        &Ask {
+            hits: vec![0],
+            ..ask.clone()
+        },
+        &[0],
+        NOW_MS
+    )
+    .is_empty());
+    assert!(grant_crossings(&rt.config, 0, &ask, &[], NOW_MS).is_empty());
+    // A plan without alerts (beta's own plan has them too: the global list) ... and a
+    // configuration without events: nothing.
+    let quiet = runtime(10);
+    assert!(grant_crossings(&quiet.config, 0, &ask, &[12], NOW_MS).is_empty());
+}
+
+#[test]
+fn the_answer_to_a_refill_is_where_a_fleet_alert_comes_from() {
+    let rt = runtime_with(
+        10,
+        r#", "events": {"cluster": "sink", "url": "http://sink/events", "alerts": [50]}"#,
+    );
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    // 10 granted, 45 left after: counts 46..55 hold 50.
+    *host.body.borrow_mut() = answer(1, &[45]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    let alerts = host.alerts.borrow();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        (alerts[0].threshold, alerts[0].used, alerts[0].requests),
+        (50, 55, 100)
+    );
+    // The admission itself reached no threshold of its own (the lease's view is not a count).
+    assert_eq!(host.resumed(), [7]);
 }

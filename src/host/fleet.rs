@@ -16,6 +16,7 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::{Config, Rls};
 use crate::decision::Attempt;
+use crate::events::Crossing;
 use crate::fleet::{self as core, Count, FleetHost, State};
 use crate::lease::Ask;
 use crate::response::RateLimitFields;
@@ -109,6 +110,12 @@ impl FleetHost for Host {
             *slot.get_or_insert_with(|| define_counter(Count::NAMES.get(index)?))
         });
         bump(id, 1);
+    }
+
+    fn alert(&self, runtime: &Rc<Runtime>, crossings: Vec<Crossing>) {
+        if let Some(meter) = &runtime.meter {
+            meter.record_crossings(crossings);
+        }
     }
 
     fn store(&self) -> &SharedData {

@@ -37,11 +37,17 @@ impl Meter {
             tally.record(consumer, now, verdict.metrics.iter().map(|(e, _)| e));
         }
         if !verdict.metered.crossings.is_empty() {
-            if let Ok(mut crossings) = self.crossings.try_borrow_mut() {
-                let room = self.max_crossings.saturating_sub(crossings.len());
-                let n = verdict.metered.crossings.len().min(room);
-                crossings.extend(verdict.metered.crossings.drain(..n));
-            }
+            self.record_crossings(std::mem::take(&mut verdict.metered.crossings));
+        }
+    }
+
+    /// Keeps thresholds reached (a request's, or in fleet mode a grant's) for the next tick,
+    /// at most `events.buffer` of them.
+    pub fn record_crossings(&self, mut reached: Vec<Crossing>) {
+        if let Ok(mut crossings) = self.crossings.try_borrow_mut() {
+            let room = self.max_crossings.saturating_sub(crossings.len());
+            reached.truncate(room);
+            crossings.extend(reached);
         }
     }
 
