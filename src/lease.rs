@@ -183,12 +183,13 @@ impl Lease {
             })
     }
 
-    /// Whether the units held pay for `costs` in every limit.
+    /// Whether the units held pay for `costs` in every limit (a limit the request does not
+    /// take from is no obstacle, even in debt).
     fn covers(&self, costs: &[u64]) -> bool {
-        self.figures
-            .iter()
-            .enumerate()
-            .all(|(i, f)| i128::from(f.units) >= i128::from(cost_at(costs, i)))
+        self.figures.iter().enumerate().all(|(i, f)| {
+            let cost = cost_at(costs, i);
+            cost == 0 || i128::from(f.units) >= i128::from(cost)
+        })
     }
 
     /// Whether some limit cannot pay for `costs` even with all the store has left.
@@ -402,7 +403,11 @@ fn hits_for(
             };
             let to = |target: i128| u64::try_from((target - units).max(0)).unwrap_or(u64::MAX);
             let target = i128::try_from(u128::from(worth) * u128::from(cost)).unwrap_or(i128::MAX);
-            let need = if spent { 0 } else { to(i128::from(cost)) };
+            let need = if spent || cost == 0 {
+                0
+            } else {
+                to(i128::from(cost))
+            };
             (to(target).max(need), need)
         })
         .unzip()

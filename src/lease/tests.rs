@@ -938,3 +938,90 @@ fn a_server_that_answers_only_overall_code_decides_each_request_with_lease_one()
     assert_eq!(stored(&store).failed_at_ms, at(1).now_ms);
     assert!(stored(&store).figures.is_empty());
 }
+
+#[test]
+fn what_the_lease_holds_counts_with_what_the_store_has_left() {
+    // A lease holding 400 tokens (refunds) and a store with 100 left can pay for 450: it asks
+    // the store for what it lacks instead of refusing; for 501 it refuses.
+    let store = fresh();
+    let l = with_tokens(1000, 4_000);
+    let mut service = Service {
+        used: vec![0, 3_500],
+    };
+    let Take::Refill(ask) = take(&store, K, &l, &[1, 500], at(0), &TERMS, None).unwrap() else {
+        panic!();
+    };
+    fill(&store, &mut service, ask, at(0).now_ms);
+    let Take::Admitted(usages, _) = take(&store, K, &l, &[1, 500], at(1), &TERMS, None).unwrap()
+    else {
+        panic!();
+    };
+    let refund = Settlement {
+        limit: 1,
+        bounds: usages[1].bounds,
+        taken: 500,
+        actual: 100,
+    };
+    settle(&store, K, &[refund]).unwrap();
+    // 400 held, 0 left in the store.
+    assert_eq!(stored(&store).figures[1].units, 400);
+    assert_eq!(stored(&store).figures[1].left, 0);
+    assert!(matches!(
+        take(&store, K, &l, &[1, 450], at(2), &TERMS, None).unwrap(),
+        Take::Refused(_)
+    ));
+    // With 100 left in the store (as a fresher answer would say), 450 is worth a call.
+    let mut lease = stored(&store);
+    lease.figures[1].left = 100;
+    store.set(K, &lease.encode(), 0).unwrap();
+    assert!(matches!(
+        take(&store, K, &l, &[1, 450], at(3), &TERMS, None).unwrap(),
+        Take::Refill(_)
+    ));
+    assert!(matches!(
+        take(&store, K, &l, &[1, 501], at(300), &TERMS, None).unwrap(),
+        Take::Refused(_)
+    ));
+    // A limit in debt with nothing left refuses only what takes from it.
+    let mut lease = stored(&store);
+    lease.claim_until_ms = 0;
+    lease.figures[0].units = 5;
+    lease.figures[1] = Figure {
+        units: -50,
+        left: 0,
+        ..lease.figures[1]
+    };
+    store.set(K, &lease.encode(), 0).unwrap();
+    assert!(matches!(
+        take(&store, K, &l, &[1, 0], at(400), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+}
+
+#[test]
+fn a_lease_is_refilled_ahead_in_requests_worth_of_the_request_that_spends_it() {
+    // Granted 8 requests' worth of 500 tokens; once at most half of that is held (4 × 500),
+    // the request that spends down to it claims a refill ahead — in tokens.
+    let figure = |units: i64| Figure {
+        start: 0,
+        end: 86_400,
+        requests: 1_000_000,
+        left: 900_000,
+        units,
+    };
+    let lease = |units: i64| Lease {
+        granted: 8,
+        granted_at_ms: at(0).now_ms,
+        figures: vec![figure(units)],
+        ..Lease::default()
+    };
+    assert_eq!(
+        ahead(&lease(2_500), &[500], at(10).now_ms, &TERMS),
+        None,
+        "5 held: more than half"
+    );
+    let ask = ahead(&lease(2_000), &[500], at(10).now_ms, &TERMS).unwrap();
+    // 16 by the rate (8 in 10 ms, doubled): 16 × 500, less the 2 000 held; worth 16 − 4.
+    assert_eq!((ask.hits.clone(), ask.worth), (vec![6_000], 12));
+    assert_eq!(ask.needs, [0], "nobody waits on a refill ahead");
+}
