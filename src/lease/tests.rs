@@ -280,6 +280,11 @@ fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
         [50],
         "200 by the rate, capped at the lease: 50 held + 50"
     );
+    // Claimed like a refill: until the call's timeout and the margin.
+    assert_eq!(
+        stored(&store).claim_until_ms,
+        at(1).now_ms + TERMS.timeout_ms + CLAIM_MARGIN_MS
+    );
     // While it is in flight, requests spend and nobody else calls.
     for _ in 0..50 {
         assert!(matches!(
