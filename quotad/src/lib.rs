@@ -8,6 +8,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - `main.rs`: flags, start, health, `/metrics` and `/healthz`, graceful shutdown.
 
+pub mod bounds;
 pub mod metrics;
 pub mod request;
 pub mod service;

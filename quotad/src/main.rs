@@ -15,6 +15,7 @@ use tokio::sync::watch;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use tollgate_quotad::bounds;
 use tollgate_quotad::metrics::Metrics;
 use tollgate_quotad::service::Service;
 use tollgate_quotad::store::{Store, Target};
@@ -68,6 +69,11 @@ struct Flags {
     #[arg(long, env = "QUOTAD_TTL_MARGIN_SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(i64).range(0..=86_400))]
     ttl_margin_seconds: i64,
+    /// Longest a request may take, its body read and its decision made, in milliseconds; then
+    /// CANCELLED (a client that trickles its bytes holds a stream no longer than this).
+    #[arg(long, env = "QUOTAD_REQUEST_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    request_timeout_ms: u64,
     /// Threads that serve requests (0: one per CPU). 1 runs everything on one thread, which
     /// wastes no CPU on handing work between threads: where quotad shares a machine with Redis,
     /// 1 is fastest (quotad/README.md, "Speed").
@@ -274,12 +280,21 @@ async fn run(flags: Flags) -> Result<(), String> {
     };
     let grpc_server = {
         let mut stop = stop_rx.clone();
+        // What one client can make quotad hold is bounded (src/bounds.rs).
         tokio::spawn(
             tonic::transport::Server::builder()
+                .initial_connection_window_size(bounds::CONNECTION_WINDOW)
+                .initial_stream_window_size(bounds::STREAM_WINDOW)
+                .max_concurrent_streams(bounds::MAX_STREAMS)
+                .concurrency_limit_per_connection(bounds::MAX_IN_FLIGHT)
+                .timeout(Duration::from_millis(flags.request_timeout_ms))
                 .add_service(health_service)
-                .add_service(RateLimitServiceServer::new(service))
+                .add_service(
+                    RateLimitServiceServer::new(service)
+                        .max_decoding_message_size(bounds::MAX_MESSAGE_BYTES),
+                )
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    bounds::capped_incoming(grpc, bounds::MAX_CONNECTIONS),
                     async move {
                         let _ = stop.changed().await;
                     },

@@ -25,11 +25,32 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Longest `grpc-message`: an error names the value it refuses, and a value may be as long
+/// as a message (64 KiB) — a header that long breaks the client's HTTP/2 (header lists are
+/// limited to 16 KiB by default), so it would never read why.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `message`, cut at [`MAX_ERROR_MESSAGE`] bytes (on a character boundary) with a mark.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all)",
+        message.get(..end).unwrap_or(""),
+        message.len()
+    )
+}
+
 impl Service {
     async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let decision = decide(request, now(), self.margin).map_err(|e| {
             self.metrics.invalid_argument.inc();
-            Status::invalid_argument(e)
+            Status::invalid_argument(bounded(e))
         })?;
         let outcome = self.store.take(&decision).await.map_err(|e| {
             match e {
