@@ -62,6 +62,28 @@ impl Window {
         Ok(Window::Fixed(seconds))
     }
 
+    /// One spelling per window, for names that must agree however the window was written
+    /// (quotad's Redis keys: `1d`, `24h`, `86400s` and `01d` are one counter). The named
+    /// lengths keep their names (`second`, `minute`, `hour`), calendar windows theirs; another
+    /// fixed length is written in its largest whole unit (`1d`, `2h`, `90s`).
+    pub fn canonical(self) -> String {
+        match self {
+            Window::Fixed(1) => "second".into(),
+            Window::Fixed(60) => "minute".into(),
+            Window::Fixed(3600) => "hour".into(),
+            Window::Fixed(seconds) => {
+                let units = [(DAY, 'd'), (3600, 'h'), (60, 'm')];
+                match units.iter().find(|(len, _)| seconds % len == 0) {
+                    Some((len, unit)) => format!("{}{unit}", seconds / len),
+                    None => format!("{seconds}s"),
+                }
+            }
+            Window::Day => "day".into(),
+            Window::Week => "week".into(),
+            Window::Month => "month".into(),
+        }
+    }
+
     /// The window that contains `now` (Unix seconds), for calendar windows on the calendar
     /// `utc_offset` seconds east of UTC.
     pub fn bounds(self, now: i64, utc_offset: i64) -> Bounds {
@@ -133,6 +155,29 @@ impl Bounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_a_window_has_one_canonical_form_that_parses_back() {
+        for (spellings, canonical) in [
+            (&["1d", "24h", "86400s", "01d", "1440m"][..], "1d"),
+            (&["second", "1s"][..], "second"),
+            (&["minute", "60s", "1m"][..], "minute"),
+            (&["hour", "60m", "3600s", "1h"][..], "hour"),
+            (&["2h", "120m", "7200s"][..], "2h"),
+            (&["90s"][..], "90s"),
+            (&["10m", "600s"][..], "10m"),
+            (&["7d", "168h"][..], "7d"),
+            (&["day"][..], "day"),
+            (&["week"][..], "week"),
+            (&["month"][..], "month"),
+        ] {
+            for text in spellings {
+                let window = Window::parse(text).unwrap();
+                assert_eq!(window.canonical(), canonical, "{text}");
+                assert_eq!(Window::parse(canonical).unwrap(), window, "{text}");
+            }
+        }
+    }
     use crate::time::parse_rfc3339;
 
     fn at(text: &str) -> i64 {

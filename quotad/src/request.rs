@@ -21,6 +21,22 @@ pub const MAX_DESCRIPTORS: usize = 16;
 /// numbers (doubles: exact to 2^53).
 pub const MAX_HITS: u64 = MAX_REQUESTS;
 
+/// Longest consumer value, in bytes: identities an identity provider issues (an e-mail
+/// address, `auth0|5f…`, a URL-shaped subject) fit; a key part is never longer than a digest.
+pub const MAX_CONSUMER_BYTES: usize = 512;
+
+/// The consumer's part of a Redis key: the value itself when it is a name (what tollgate's
+/// filter sends, and what keys have always held), else `~` and the first 32 hex digits of its
+/// SHA-256 — any bytes, one key per value, nothing that could break the hash tag (`~` is not a
+/// name character, so a digest never equals a name).
+pub fn consumer_key(consumer: &str) -> String {
+    if valid_name(consumer) {
+        return consumer.to_string();
+    }
+    let hex = tollgate::sha256::to_hex(&tollgate::sha256::sha256(consumer.as_bytes()));
+    format!("~{}", hex.get(..32).unwrap_or(&hex))
+}
+
 /// The entries of a descriptor, in contract order.
 const ENTRIES: [&str; 5] = ["consumer", "limit", "window", "requests", "utc_offset"];
 
@@ -105,7 +121,11 @@ pub fn decide(request: &RateLimitRequest, now: i64, margin: i64) -> Result<Decis
         let bounds = parsed.window.bounds(now, parsed.utc_offset);
         let key = format!(
             "{STORE_PREFIX}{{{}:{}}}:{}:{}:{}",
-            request.domain, parsed.consumer, parsed.limit, parsed.window_text, bounds.start
+            request.domain,
+            consumer_key(&parsed.consumer),
+            parsed.limit,
+            parsed.window.canonical(),
+            bounds.start
         );
         asks.push(Ask {
             limit: parsed.limit,
@@ -128,7 +148,6 @@ struct Parsed {
     consumer: String,
     limit: String,
     window: Window,
-    window_text: String,
     requests: u64,
     utc_offset: i64,
     hits: u64,
@@ -180,7 +199,12 @@ fn parse_descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Parsed
     let limit = limit.ok_or_else(|| missing("limit"))?;
     let window_text = window.ok_or_else(|| missing("window"))?;
     let requests = requests.ok_or_else(|| missing("requests"))?;
-    name("consumer", consumer)?;
+    if consumer.is_empty() || consumer.len() > MAX_CONSUMER_BYTES {
+        return Err(format!(
+            "consumer: {} bytes; a consumer is 1-{MAX_CONSUMER_BYTES} bytes",
+            consumer.len()
+        ));
+    }
     name("limit", limit)?;
     let window = Window::parse(window_text)?;
     let bad_requests =
@@ -209,7 +233,6 @@ fn parse_descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Parsed
         consumer: consumer.to_string(),
         limit: limit.to_string(),
         window,
-        window_text: window_text.to_string(),
         requests,
         utc_offset,
         hits,
@@ -385,8 +408,12 @@ mod tests {
                 "requests `1000000000000000`",
             ),
             (
-                request(vec![limit("a}b", "x", "day", "5")]),
-                "consumer `a}b`",
+                request(vec![limit(&"c".repeat(513), "x", "day", "5")]),
+                "consumer: 513 bytes; a consumer is 1-512 bytes",
+            ),
+            (
+                request(vec![limit("", "x", "day", "5")]),
+                "consumer: 0 bytes",
             ),
             (request(vec![limit("a", "", "day", "5")]), "limit ``"),
             (
@@ -435,6 +462,55 @@ mod tests {
         assert!(decide(&r, 0, 0)
             .unwrap_err()
             .contains("utc_offset `+25:00`"));
+    }
+
+    #[test]
+    fn any_consumer_bytes_get_a_key_of_their_own_and_every_spelling_of_a_window_one_key() {
+        let key = |consumer: &str, window: &str| {
+            decide(&request(vec![limit(consumer, "daily", window, "5")]), 0, 0)
+                .unwrap()
+                .asks[0]
+                .key
+                .clone()
+        };
+        // A name is its own key part, as always.
+        assert_eq!(
+            key("acme", "day"),
+            "tollgate:v1:{tollgate:acme}:daily:day:0"
+        );
+        // What identity providers issue: accepted, keyed by a digest, one key each.
+        let long = "u".repeat(512);
+        let others = [
+            "alice@example.com",
+            "auth0|5f1b2c",
+            "a}b{c",
+            long.as_str(),
+            "ünïcode",
+        ];
+        let keys: Vec<String> = others.iter().map(|c| key(c, "day")).collect();
+        for (consumer, k) in others.iter().zip(&keys) {
+            let part = k
+                .strip_prefix("tollgate:v1:{tollgate:~")
+                .and_then(|rest| rest.strip_suffix("}:daily:day:0"))
+                .unwrap_or_else(|| panic!("{consumer}: {k}"));
+            assert_eq!(part.len(), 32, "{k}");
+            assert!(part.bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        }
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "one key per consumer");
+        assert_eq!(
+            key("alice@example.com", "day"),
+            keys[0],
+            "the same value, the same key"
+        );
+        // 1d, 24h, 86400s and 01d are one window: one counter.
+        let day = key("acme", "1d");
+        for spelling in ["24h", "86400s", "01d", "1440m"] {
+            assert_eq!(key("acme", spelling), day, "{spelling}");
+        }
+        assert!(day.ends_with(":daily:1d:0"), "{day}");
     }
 
     #[test]

@@ -51,6 +51,20 @@ fn a_day_limit_admits_exactly_its_size() {
     );
     // Another consumer has its own count.
     assert_eq!(envoy.statuses("/reports", "globex", 1), [200]);
+    // Consumers an identity provider names (an e-mail address, a provider-prefixed subject,
+    // anything past 64 characters) are counted too, each in its own key: before, quotad
+    // refused them and Envoy (failure_mode_deny: false) let them all through uncounted.
+    for consumer in ["alice@example.com", "auth0|5f1b2c3d", &"s".repeat(100)] {
+        assert_eq!(
+            envoy.statuses("/reports", consumer, 5),
+            [200, 200, 200, 200, 429],
+            "{consumer}"
+        );
+    }
+    assert_eq!(
+        redis.keys("tollgate:v1:{tollgate:~*}:reports:day:*").len(),
+        3
+    );
 
     let keys = redis.keys(&key_pattern("acme", "reports"));
     assert_eq!(keys.len(), 1, "{keys:?}");

@@ -75,15 +75,15 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
             "utc_offset `+5:30`",
         ),
         (
-            request(vec![limit("ac}me", "daily", "day", 10)]),
-            "consumer `ac}me`",
+            request(vec![limit(&"c".repeat(513), "daily", "day", 10)]),
+            "a consumer is 1-512 bytes",
         ),
         (
             request(vec![limit("acme", "da:ily", "day", 10)]),
             "limit `da:ily`",
         ),
         (
-            request(vec![limit(&"x".repeat(65), "daily", "day", 10)]),
+            request(vec![limit("acme", &"x".repeat(65), "day", 10)]),
             "must be 1-64 characters",
         ),
         (
