@@ -575,15 +575,19 @@ fn take_or_look(
         let mut lease = Lease::decode(&bytes).unwrap_or_default();
         let valid = lease.valid(&windows);
         // The usage endpoint asks the store each time (other Envoys spend too); figures
-        // written since it started waiting are that answer (or a refill's, as fresh).
-        if valid
-            && mode == Mode::Look
-            && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since)
+        // written since it started waiting are that answer (or a refill's, as fresh). With
+        // `lease: 1` — servers other than quotad, which count a look (`hits_addend` 0) as a hit
+        // — it never calls: the figures of this Envoy's last answer, none before one.
+        if mode == Mode::Look
+            && (terms.lease == 1
+                || valid && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since))
         {
-            return Ok(Rewrite::Keep(Take::Admitted(
-                lease.usages(costs, false),
-                None,
-            )));
+            let usages = if valid {
+                lease.usages(costs, false)
+            } else {
+                Vec::new()
+            };
+            return Ok(Rewrite::Keep(Take::Admitted(usages, None)));
         }
         if mode == Mode::Spend && waiting_since_ms.is_some_and(|since| lease.refused_at_ms >= since)
         {

@@ -11,7 +11,7 @@ use crate::admission::decide_with;
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
 use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Price, Reason};
+use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Reason};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
@@ -266,15 +266,7 @@ pub fn handle_with<'c>(
     };
 
     refuse(
-        config,
-        request,
-        now,
-        store,
-        memo,
-        shadow_log,
-        forward,
-        denial,
-        attempt.price,
+        config, request, now, store, memo, shadow_log, forward, denial, attempt,
     )
 }
 
@@ -310,7 +302,7 @@ fn refuse<'c>(
     shadow_log: &ShadowLog,
     mut forward: Forward<'c>,
     mut denial: Denial<'c>,
-    price: Price,
+    attempt: &Attempt,
 ) -> Verdict<'c> {
     let caller = denial.caller();
     let plan = caller.as_ref().and_then(plan_index);
@@ -324,7 +316,7 @@ fn refuse<'c>(
         &mut forward,
         &mut denial,
         &mut metrics,
-        price,
+        attempt,
     ) {
         return verdict;
     }
@@ -384,14 +376,15 @@ fn refuse<'c>(
     }
 }
 
-/// `on_store_error` for a request that could not be counted: the verdict when it is
-/// forwarded (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted);
-/// `None` when it goes on being refused — as a quota refusal (`denial` replaced) when `local`
-/// found the plan spent. The store error's metric is pushed either way.
-/// The shadow log's key for store-error lines: not a consumer name (names are never empty
-/// with a NUL), so one line a minute per VM for every consumer together.
+/// The shadow log's key for store-error lines: not a consumer name (names never hold a NUL),
+/// so one line a minute per VM for every consumer together.
 const STORE_ERROR_LINE: &str = "\0store";
 
+/// `on_store_error` for a request that could not be counted: the verdict when it is
+/// forwarded (`allow`: uncounted; `local`: counted in this Envoy's own record and admitted —
+/// a dry run only looks there); `None` when it goes on being refused — as a quota refusal
+/// (`denial` replaced) when `local` found the plan spent. The store error's metric is pushed
+/// either way.
 #[allow(clippy::too_many_arguments)] // the request's whole context, passed along as it is
 fn store_error<'c>(
     config: &'c Config,
@@ -402,8 +395,9 @@ fn store_error<'c>(
     forward: &mut Forward<'c>,
     denial: &mut Denial<'c>,
     metrics: &mut Increments,
-    price: Price,
+    attempt: &Attempt,
 ) -> Option<Verdict<'c>> {
+    let price = attempt.price;
     let Denial::StoreUnavailable {
         contended, reason, ..
     } = &*denial
@@ -456,6 +450,30 @@ fn store_error<'c>(
         // Fleet mode's local fallback: this Envoy's own record, as in local mode (a refusal is
         // not remembered: the fleet may have room once its store is back). A priced request
         // takes its price there, and is settled there.
+        // A dry run (an LLM request's headers) only looks at the record: its body counts.
+        (OnStoreError::Local, Some(c)) if attempt.dry_run => {
+            let costs = price.costs(config, c.plan);
+            match crate::quota::look(
+                store,
+                &c.consumer.store_key,
+                &c.plan.limits,
+                &costs,
+                now,
+                config.utc_offset,
+            ) {
+                Ok(usages) if usages.iter().any(|u| u.violated) => {
+                    *denial = Denial::QuotaExceeded { caller: c, usages };
+                    None
+                }
+                Ok(usages) => {
+                    let forward = std::mem::take(forward);
+                    Some(admit(
+                        config, memo, forward, c, &usages, now, *metrics, false,
+                    ))
+                }
+                Err(_) => None,
+            }
+        }
         (OnStoreError::Local, Some(c)) => {
             let limits = &c.plan.limits;
             match check_and_take(

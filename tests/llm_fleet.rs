@@ -522,7 +522,15 @@ fn with_lease_one_every_llm_request_is_held_for_the_store_and_still_rewritten() 
             1,
         );
         let envoy = gateway(&fake, &quotad, &cfg);
-        assert_eq!(remaining(&envoy, &key, "tokens"), QUOTA);
+        // With lease 1 the usage endpoint never calls the store (other servers count a look):
+        // before the consumer's first answer it has no figures.
+        let usage = request(
+            envoy.port,
+            "GET",
+            "/tollgate/usage",
+            &[("x-api-key", key.as_bytes())],
+        );
+        assert_eq!(usage.json()["limits"], json!([]), "{usage:?}");
 
         // One at a time. With lease 1 every grant is the shortfall: the first takes 500 from
         // the store; each settles to 300, its refund of 200 staying in the lease, so each later
@@ -532,7 +540,11 @@ fn with_lease_one_every_llm_request_is_held_for_the_store_and_still_rewritten() 
         let refused = loop {
             let k = admitted + 1;
             let stream = k % 2 == 1;
-            let before = remaining(&envoy, &key, "tokens");
+            let before = if k == 1 {
+                QUOTA
+            } else {
+                remaining(&envoy, &key, "tokens")
+            };
             let calls = quotad.decisions();
             let r = chat(&envoy, &key, stream, false, 0);
             let calls = quotad.decisions() - calls;
@@ -610,5 +622,63 @@ fn with_lease_one_every_llm_request_is_held_for_the_store_and_still_rewritten() 
             admitted,
             "the refused request never reached the provider"
         );
+    });
+}
+
+#[test]
+fn a_cost_header_settles_a_request_held_for_the_store_into_the_lease() {
+    // `lease: 1`: every image waits for its own store call (held, then admitted from the
+    // context that got quotad's answer). The upstream says each cost 7 of the 10 reserved:
+    // the settlement belongs to the request's own context all the same, and its refund of 3
+    // goes into this Envoy's lease.
+    let redis = Redis::start_aof();
+    let quotad = Quotad::fleet(&redis);
+    within_one_window(86_400, 300.0, 2, |attempt| {
+        let consumer = format!("acme{attempt}");
+        let key = format!("{consumer}-key");
+        let fake = FakeLlm::start();
+        let mut cfg = config(
+            &consumer,
+            json!([{"name": "credits", "units": 100, "unit": "credits", "window": "day"}]),
+            1,
+        );
+        cfg["routes"]["images"]["cost_headers"] = json!({"credits": "x-upstream-cost"});
+        let envoy = gateway(&fake, &quotad, &cfg);
+        let header = format!("x-api-key: {key}");
+        for k in 1..=3u64 {
+            let calls = quotad.decisions();
+            let r = post(
+                envoy.port,
+                "/v1/images/generations",
+                &[&header, "x-fake-status: 200", "x-fake-cost: 7"],
+                b"{}",
+                false,
+            );
+            assert_eq!(r.response.status, 200, "image {k}: {:?}", r.response);
+            assert!(
+                quotad.decisions() > calls,
+                "image {k}: held for a store call"
+            );
+            assert_eq!(
+                r.response.header("x-upstream-cost"),
+                None,
+                "{:?}",
+                r.response
+            );
+            // Settled at 7: what is left is 100 - 7k (the store's figure plus the refunds the
+            // lease holds), as the usage endpoint shows once the response is done.
+            let settled = 100 - 7 * k;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while remaining(&envoy, &key, "credits") != settled {
+                assert!(
+                    Instant::now() < deadline,
+                    "image {k}: {} left, not {settled}",
+                    remaining(&envoy, &key, "credits")
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // The store granted 10, then 7 and 7 (each the shortfall after a refund of 3): 24.
+        assert_eq!(redis.counted("tollgate", &consumer, "credits"), 24);
     });
 }

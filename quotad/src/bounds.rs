@@ -8,8 +8,12 @@
 //!   towards quotad (a stream [`STREAM_WINDOW`]), so an unread body costs at most that;
 //! - a connection may open [`MAX_STREAMS`] streams at once and have [`MAX_IN_FLIGHT`] of them
 //!   decided at once (the others wait, unread);
-//! - at most [`MAX_CONNECTIONS`] connections are served at once: beyond, quotad stops accepting
-//!   and the kernel's backlog holds the rest;
+//! - at most [`MAX_CONNECTIONS`] (`--max-connections`) connections are served at once: beyond,
+//!   quotad stops accepting and the kernel's backlog holds the rest; a peer that died without
+//!   closing frees its slot when keepalive ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`])
+//!   gives up on it. A client that connects and never speaks HTTP/2 holds a slot: the
+//!   listener must be reachable by Envoys only (mutual TLS and a network policy, the trust
+//!   boundary);
 //! - a request (its body read and its decision) gets `--request-timeout-ms` in all, then
 //!   `CANCELLED`, so a client that trickles its bytes holds a stream no longer.
 
@@ -35,8 +39,12 @@ pub const STREAM_WINDOW: u32 = 64 * 1024;
 pub const MAX_STREAMS: u32 = 256;
 /// Requests of one connection decided at once.
 pub const MAX_IN_FLIGHT: usize = 256;
-/// Connections served at once.
+/// Connections served at once, by default (`--max-connections`).
 pub const MAX_CONNECTIONS: usize = 512;
+/// HTTP/2 pings on an idle connection this often; TCP keepalive probes too.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A ping unanswered this long closes the connection (and frees its slot).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection, holding one of the [`MAX_CONNECTIONS`] permits until it closes.
 pub struct Capped {

@@ -74,6 +74,11 @@ struct Flags {
     #[arg(long, env = "QUOTAD_REQUEST_TIMEOUT_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     request_timeout_ms: u64,
+    /// Most gRPC connections served at once; beyond, quotad stops accepting until one closes
+    /// (an Envoy opens one per worker). Dead peers' connections close on keepalive.
+    #[arg(long, env = "QUOTAD_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_connections: u64,
     /// Threads that serve requests (0: one per CPU). 1 runs everything on one thread, which
     /// wastes no CPU on handing work between threads: where quotad shares a machine with Redis,
     /// 1 is fastest (quotad/README.md, "Speed").
@@ -288,13 +293,21 @@ async fn run(flags: Flags) -> Result<(), String> {
                 .max_concurrent_streams(bounds::MAX_STREAMS)
                 .concurrency_limit_per_connection(bounds::MAX_IN_FLIGHT)
                 .timeout(Duration::from_millis(flags.request_timeout_ms))
+                // A peer that died without closing (a node lost, a NAT dropping the flow) must
+                // not keep a connection slot: HTTP/2 pings, and TCP keepalive under them.
+                .http2_keepalive_interval(Some(bounds::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(bounds::KEEPALIVE_TIMEOUT))
+                .tcp_keepalive(Some(bounds::KEEPALIVE_INTERVAL))
                 .add_service(health_service)
                 .add_service(
                     RateLimitServiceServer::new(service)
                         .max_decoding_message_size(bounds::MAX_MESSAGE_BYTES),
                 )
                 .serve_with_incoming_shutdown(
-                    bounds::capped_incoming(grpc, bounds::MAX_CONNECTIONS),
+                    bounds::capped_incoming(
+                        grpc,
+                        usize::try_from(flags.max_connections).unwrap_or(usize::MAX),
+                    ),
                     async move {
                         let _ = stop.changed().await;
                     },

@@ -98,7 +98,17 @@ impl FleetHost for Host {
             // An LLM request held at its body: its headers are gone upstream.
             return super::held::decide_held_body(context, runtime, attempt, now_ms);
         }
-        run(runtime, attempt, now_ms)
+        let step = run(runtime, attempt, now_ms);
+        // A priced request (a route's cost) admitted from another context: its own context
+        // settles it (a cost header), as one that was never held.
+        if let Step::Continue {
+            charged: Some(charged),
+            ..
+        } = &step
+        {
+            super::held::hand_over(context, charged.clone());
+        }
+        step
     }
 
     #[inline(never)]

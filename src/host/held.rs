@@ -54,6 +54,12 @@ pub fn put_entry<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>, entry
     });
 }
 
+/// A charge for the request of `context`, admitted from another context: its own context
+/// picks it up for the settlement (`Filter::adopt`).
+pub fn hand_over(context: u32, charged: Charged) {
+    put_entry(&CHARGED, (context, charged));
+}
+
 /// Forwards the body with the output cap the decision set; false if Envoy would not take it.
 pub fn rewrite_body(body: crate::llm::Body, cap: u64, size: usize) -> bool {
     let (rewritten, _) = body.rewrite(cap);

@@ -1030,3 +1030,37 @@ fn a_lease_is_refilled_ahead_in_requests_worth_of_the_request_that_spends_it() {
     assert_eq!((ask.hits.clone(), ask.worth), (vec![6_000], 12));
     assert_eq!(ask.needs, [0], "nobody waits on a refill ahead");
 }
+
+#[test]
+fn with_lease_one_the_usage_endpoint_never_calls_the_store() {
+    // Servers other than quotad count a look (hits_addend 0) as one hit: with lease 1 the
+    // usage endpoint shows the figures of the last answer, and none before one.
+    let one = Terms { lease: 1, ..TERMS };
+    let store = fresh();
+    let l = limits(&[(100, Window::Day)]);
+    assert_eq!(
+        look(&store, K, &l, at(0), &one, None).unwrap(),
+        Take::Admitted(Vec::new(), None)
+    );
+    let Take::Refill(ask) = take(&store, K, &l, &[], at(0), &one, None).unwrap() else {
+        panic!();
+    };
+    apply(
+        &store,
+        K,
+        &ask,
+        &Answer::Granted { left: vec![70] },
+        at(1).now_ms,
+        &one,
+    )
+    .unwrap();
+    let Take::Admitted(usages, None) = look(&store, K, &l, at(2), &one, None).unwrap() else {
+        panic!("no call");
+    };
+    assert_eq!(
+        usages[0].remaining(),
+        71,
+        "70 in the store and the unit this lease holds"
+    );
+    assert_eq!(stored(&store).claim_until_ms, 0, "nothing claimed");
+}

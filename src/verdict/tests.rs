@@ -714,3 +714,38 @@ fn a_dry_run_counts_nothing_and_refuses_what_the_body_cannot_change() {
     let refused = decide(&attempt(true));
     assert_eq!(replied(&refused).status, 402);
 }
+
+#[test]
+fn a_dry_run_during_a_store_outage_only_looks_at_this_envoys_record() {
+    let config = config(r#", "store": {"rls": {"cluster": "q"}}, "on_store_error": "local""#);
+    let store = counted(&config);
+    crate::lease::create_leases(&config, &store).unwrap();
+    let memo = Memo::default();
+    let down = |dry_run: bool| Attempt {
+        now_ms: NOW * 1000,
+        dry_run,
+        failed: Some("the rate limit service did not answer".into()),
+        ..Attempt::default()
+    };
+    let h = get(&[("x-api-key", "acme")]);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let decide = |attempt: &Attempt| {
+        handle_with(
+            &config,
+            &mut req(&pairs),
+            NOW,
+            &store,
+            &memo,
+            &ShadowLog::default(),
+            attempt,
+        )
+    };
+    // The plan allows 1 a day: dry runs pass and take nothing...
+    for _ in 0..3 {
+        let v = decide(&down(true));
+        assert_eq!(forwarded(&v).caller, Some(("acme", "free")));
+    }
+    // ... so the request itself is still admitted, then the next one's dry run refuses.
+    forwarded(&decide(&down(false)));
+    assert_eq!(replied(&decide(&down(true))).status, 402);
+}
