@@ -15,6 +15,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_yaml::Value;
 
 fn documents() -> Vec<Value> {
@@ -100,18 +101,142 @@ fn the_kubernetes_manifest_runs_quotad_as_documented() {
         port_named(ports, target);
     }
 
-    // The Redis quotad is pointed at is the Service deployed beside it.
+    // The Redis quotad is pointed at is the Service deployed beside it, and its URL (which
+    // holds a password) comes from a Secret through the environment: never an argument.
+    assert!(
+        args.iter()
+            .all(|a| !a.starts_with("--redis=") && !a.contains('@')),
+        "no Redis URL on the command line: {args:?}"
+    );
+    let env = container["env"].as_sequence().unwrap();
+    let url_from = env
+        .iter()
+        .find(|e| e["name"] == "QUOTAD_REDIS")
+        .expect("QUOTAD_REDIS in the environment");
+    assert!(url_from.get("value").is_none(), "{url_from:?}");
+    let secret_ref = &url_from["valueFrom"]["secretKeyRef"];
+    let secret = kind(&docs, "Secret", secret_ref["name"].as_str().unwrap());
+    let url = secret["stringData"][secret_ref["key"].as_str().unwrap()]
+        .as_str()
+        .unwrap();
     let redis_service = kind(&docs, "Service", "redis");
     let namespace = redis_service["metadata"]["namespace"].as_str().unwrap();
     let redis_port = port_named(&redis_service["spec"]["ports"], "redis");
-    assert_eq!(
-        flag("redis"),
-        format!("redis://redis.{namespace}.svc.cluster.local:{redis_port}")
+    assert!(
+        url.starts_with("redis://quotad:")
+            && url.ends_with(&format!(
+                "@redis.{namespace}.svc.cluster.local:{redis_port}"
+            )),
+        "{url}"
     );
     let redis = kind(&docs, "StatefulSet", "redis");
     let redis_args = format!(
         "{:?}",
         redis["spec"]["template"]["spec"]["containers"][0]["args"]
     );
-    assert!(redis_args.contains("appendonly"), "{redis_args}");
+    for setting in ["appendonly", "aclfile", "maxmemory", "noeviction"] {
+        assert!(redis_args.contains(setting), "{setting}: {redis_args}");
+    }
+}
+
+/// The manifest's Redis settings as redis-server arguments, with its ACL file written to `dir`.
+fn manifest_redis(dir: &std::path::Path) -> (Vec<String>, String) {
+    let docs = documents();
+    let users = kind(&docs, "Secret", "redis-users")["stringData"]["users.acl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let acl = dir.join("users.acl");
+    // And a user of the test's own, to look at what quotad wrote.
+    std::fs::write(&acl, format!("{users}user admin on >admin ~* &* +@all\n")).unwrap();
+    let redis = kind(&docs, "StatefulSet", "redis");
+    let mut args: Vec<String> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let at = args.iter().position(|a| a == "--aclfile").unwrap();
+    args[at + 1] = acl.display().to_string();
+    let url = kind(&docs, "Secret", "quotad-redis")["stringData"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (args, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_redis_acl_lets_quotad_decide_and_nothing_more() {
+    clear_of_day_boundary();
+    let dir = TempDir::named("acl");
+    let (args, manifest_url) = manifest_redis(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Real redis-server with the manifest's settings (ACL, maxmemory, noeviction, AOF).
+    let redis = Redis::start_with(&args);
+    // quotad as the manifest's user, on this Redis.
+    let password = manifest_url
+        .strip_prefix("redis://quotad:")
+        .and_then(|rest| rest.split('@').next())
+        .unwrap();
+    let url = format!("redis://quotad:{password}@127.0.0.1:{}", redis.port);
+    let quotad = Quotad::start(QUOTAD, &["--redis", &url]);
+    quotad.wait_healthy();
+    let mut client = quotad.client().await;
+    for _ in 0..2 {
+        let answer = ask(
+            &mut client,
+            request(vec![limit("acme", "daily", "day", 10)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.overall_code, Code::Ok as i32);
+    }
+    // After a SCRIPT FLUSH (as after a Redis restart) quotad loads its script again.
+    redis_cli_as(&redis, "quotad", password, &["SCRIPT", "FLUSH"]);
+    let answer = ask(
+        &mut client,
+        request(vec![limit("acme", "daily", "day", 10)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    let counted = redis_cli_as(&redis, "quotad", password, &["GET", &redis_key(&redis)]);
+    assert_eq!(counted.trim(), "3");
+    // Nothing more: the default user only pings, quotad's user touches only its keys and
+    // cannot flush, configure or read other keys.
+    assert!(redis.cli(&["GET", "x"]).contains("NOPERM"), "default user");
+    for forbidden in [
+        vec!["FLUSHALL"],
+        vec!["CONFIG", "SET", "maxmemory", "0"],
+        vec!["GET", "other:key"],
+        vec!["KEYS", "*"],
+    ] {
+        let out = redis_cli_as(&redis, "quotad", password, &forbidden);
+        assert!(out.contains("NOPERM"), "{forbidden:?}: {out}");
+    }
+}
+
+/// The one counter quotad wrote (listed as the test's own user).
+fn redis_key(redis: &Redis) -> String {
+    redis_cli_as(redis, "admin", "admin", &["KEYS", "tollgate:v1:*"])
+        .trim()
+        .to_string()
+}
+
+/// redis-cli as `user`.
+fn redis_cli_as(redis: &Redis, user: &str, password: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--user",
+            user,
+            "--pass",
+            password,
+        ])
+        .arg("--no-auth-warning")
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
