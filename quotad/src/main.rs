@@ -41,6 +41,14 @@ struct Flags {
         conflicts_with = "redis_cluster"
     )]
     redis: String,
+    /// One Redis node's URL read from this file instead (a mounted Secret, say): the password
+    /// then appears in neither the arguments nor the environment. Read once, at start.
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_FILE",
+        conflicts_with_all = ["redis", "redis_cluster", "redis_sentinel"]
+    )]
+    redis_file: Option<std::path::PathBuf>,
     /// A Redis Cluster instead: seed nodes, comma-separated (redis://host:port,redis://...).
     #[arg(
         long,
@@ -228,7 +236,24 @@ fn http_routes(metrics: Metrics, redis_up: Arc<AtomicBool>) -> axum::Router {
         )
 }
 
-async fn run(flags: Flags) -> Result<(), String> {
+/// The URL in a `--redis-file`: its first line, trimmed.
+fn read_redis_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--redis-file {}: cannot read it: {e}", path.display()))?;
+    let url = text.lines().next().unwrap_or("").trim().to_string();
+    if url.is_empty() {
+        return Err(format!(
+            "--redis-file {}: it is empty (it holds one Redis URL)",
+            path.display()
+        ));
+    }
+    Ok(url)
+}
+
+async fn run(mut flags: Flags) -> Result<(), String> {
+    if let Some(path) = &flags.redis_file {
+        flags.redis = read_redis_file(path)?;
+    }
     let timeout = Duration::from_millis(flags.redis_timeout_ms);
     let (target, redis_text) = redis_target(&flags);
     let store = Store::new(&target, timeout)?;

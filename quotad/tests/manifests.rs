@@ -109,16 +109,36 @@ fn the_kubernetes_manifest_runs_quotad_as_documented() {
         "no Redis URL on the command line: {args:?}"
     );
     let env = container["env"].as_sequence().unwrap();
-    let url_from = env
+    assert!(
+        env.iter().all(|e| e["name"] != "QUOTAD_REDIS"),
+        "the URL is not in the environment either"
+    );
+    let file = env
         .iter()
-        .find(|e| e["name"] == "QUOTAD_REDIS")
-        .expect("QUOTAD_REDIS in the environment");
-    assert!(url_from.get("value").is_none(), "{url_from:?}");
-    let secret_ref = &url_from["valueFrom"]["secretKeyRef"];
-    let secret = kind(&docs, "Secret", secret_ref["name"].as_str().unwrap());
-    let url = secret["stringData"][secret_ref["key"].as_str().unwrap()]
-        .as_str()
+        .find(|e| e["name"] == "QUOTAD_REDIS_FILE")
+        .and_then(|e| e["value"].as_str())
+        .expect("QUOTAD_REDIS_FILE");
+    // The file is a key of a Secret mounted where it says.
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("a volume mounted at QUOTAD_REDIS_FILE's directory");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
         .unwrap();
+    let secret = kind(
+        &docs,
+        "Secret",
+        volume["secret"]["secretName"].as_str().unwrap(),
+    );
+    let key = file.rsplit('/').next().unwrap();
+    let url = secret["stringData"][key].as_str().unwrap();
     let redis_service = kind(&docs, "Service", "redis");
     let namespace = redis_service["metadata"]["namespace"].as_str().unwrap();
     let redis_port = port_named(&redis_service["spec"]["ports"], "redis");

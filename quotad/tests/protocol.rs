@@ -266,3 +266,47 @@ async fn health_metrics_and_a_graceful_sigterm() {
     );
     assert!(quotad.log().contains("quotad stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_url_can_come_from_a_file_and_a_bad_file_is_named() {
+    clear_of_day_boundary();
+    let redis = Redis::start();
+    let dir = TempDir::named("secret");
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, format!("{}\n", redis.url())).unwrap();
+    let path = file.display().to_string();
+    let quotad = Quotad::start(QUOTAD, &["--redis-file", &path]);
+    quotad.wait_healthy();
+    let mut client = quotad.client().await;
+    let answer = ask(
+        &mut client,
+        request(vec![limit("acme", "daily", "day", 10)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(redis.counted("tollgate", "acme", "daily"), 1);
+    // A file that cannot be read, or holds nothing: quotad does not start, and says why.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (bad, why) in [
+        (dir.path().join("missing"), "cannot read it"),
+        (empty, "it is empty"),
+    ] {
+        let out = std::process::Command::new(QUOTAD)
+            .args(["--redis-file", &bad.display().to_string()])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("--redis-file") && log.contains(why), "{log}");
+    }
+    // And it is one way to name Redis, not two.
+    let both = std::process::Command::new(QUOTAD)
+        .args(["--redis-file", &path, "--redis", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}
