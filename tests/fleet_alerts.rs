@@ -95,25 +95,6 @@ fn load(ports: &[u16], key: &str, n: u64) -> (u64, u64) {
         .fold((0, 0), |(a, b), (ok, refused)| (a + ok, b + refused))
 }
 
-/// Sends requests with `key` to each Envoy until it refuses (what its lease still held is
-/// spent); returns how many were admitted.
-fn drain(ports: &[u16], key: &str, bound: u64) -> u64 {
-    let mut admitted = 0;
-    for port in ports {
-        let mut conn = Conn::new(*port);
-        loop {
-            let r = conn.get("/", &[("x-api-key", key.as_bytes())]);
-            match r.status {
-                200 => admitted += 1,
-                402 => break,
-                other => panic!("status {other} while draining port {port}: {}", r.body),
-            }
-            assert!(admitted <= bound, "draining never ends");
-        }
-    }
-    admitted
-}
-
 /// Every threshold event the sink received, in every batch, duplicates kept (the sink answers
 /// 200 at once: a batch is sent once).
 fn threshold_events(sink: &Sink) -> Vec<Value> {
@@ -266,7 +247,7 @@ fn three_envoys_send_each_threshold_exactly_once() {
 
         // From 0 to past 100 %, then what the leases still hold.
         let (admitted, refused) = load(&ports, &key, QUOTA * 13 / 10);
-        let drained = drain(&ports, &key, QUOTA);
+        let drained = drain_until_refused(&ports, &key, QUOTA);
         eprintln!("admitted {admitted} + {drained} drained, refused {refused}");
         assert_eq!(
             admitted + drained,
@@ -341,7 +322,7 @@ fn a_killed_envoy_loses_at_most_the_alerts_of_its_unsent_grants() {
         let ports: Vec<u16> = envoys.iter().map(|e| e.port).collect();
 
         let (second, refused) = load(&ports, &key, QUOTA * 12 / 10);
-        let drained = drain(&ports, &key, QUOTA);
+        let drained = drain_until_refused(&ports, &key, QUOTA);
         let admitted = first + second + drained;
         eprintln!(
             "admitted {first} + {second} + {drained} drained = {admitted}, lost {} with the \

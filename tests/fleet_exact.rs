@@ -117,21 +117,7 @@ fn load(ports: &[u16], attempt: u32, factor: f64) -> Vec<u64> {
 
 /// Sends requests of consumer `i` to each Envoy until it refuses; returns the admitted count.
 fn drain(ports: &[u16], attempt: u32, i: usize) -> u64 {
-    let key = format!("{}-key", name(attempt, i));
-    let mut admitted = 0;
-    for port in ports {
-        let mut conn = Conn::new(*port);
-        loop {
-            let r = conn.get("/", &[("x-api-key", key.as_bytes())]);
-            match r.status {
-                200 => admitted += 1,
-                402 => break,
-                other => panic!("status {other} while draining: {}", r.body),
-            }
-            assert!(admitted <= 1000, "draining never ends");
-        }
-    }
-    admitted
+    drain_until_refused(ports, &format!("{}-key", name(attempt, i)), 1000)
 }
 
 /// Sends the uncounted `warm` consumer's requests to each Envoy until one is admitted: after a

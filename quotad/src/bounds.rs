@@ -40,7 +40,7 @@ pub const MAX_STREAMS: u32 = 256;
 /// Requests of one connection decided at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Connections served at once, by default (`--max-connections`).
-pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: u64 = 512;
 /// HTTP/2 pings on an idle connection this often; TCP keepalive probes too.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A ping unanswered this long closes the connection (and frees its slot).

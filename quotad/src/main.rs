@@ -84,7 +84,7 @@ struct Flags {
     request_timeout_ms: u64,
     /// Most gRPC connections served at once; beyond, quotad stops accepting until one closes
     /// (an Envoy opens one per worker). Dead peers' connections close on keepalive.
-    #[arg(long, env = "QUOTAD_MAX_CONNECTIONS", default_value_t = 512,
+    #[arg(long, env = "QUOTAD_MAX_CONNECTIONS", default_value_t = bounds::MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_connections: u64,
     /// Threads that serve requests (0: one per CPU). 1 runs everything on one thread, which

@@ -202,7 +202,11 @@ async fn the_manifests_redis_acl_lets_quotad_decide_and_nothing_more() {
     let quotad = Quotad::start(QUOTAD, &["--redis", &url]);
     quotad.wait_healthy();
     let mut client = quotad.client().await;
-    for _ in 0..2 {
+    for i in 0..3 {
+        if i == 2 {
+            // After a SCRIPT FLUSH (as after a Redis restart) quotad loads its script again.
+            redis_cli_as(&redis, "quotad", password, &["SCRIPT", "FLUSH"]);
+        }
         let answer = ask(
             &mut client,
             request(vec![limit("acme", "daily", "day", 10)]),
@@ -211,15 +215,6 @@ async fn the_manifests_redis_acl_lets_quotad_decide_and_nothing_more() {
         .unwrap();
         assert_eq!(answer.overall_code, Code::Ok as i32);
     }
-    // After a SCRIPT FLUSH (as after a Redis restart) quotad loads its script again.
-    redis_cli_as(&redis, "quotad", password, &["SCRIPT", "FLUSH"]);
-    let answer = ask(
-        &mut client,
-        request(vec![limit("acme", "daily", "day", 10)]),
-    )
-    .await
-    .unwrap();
-    assert_eq!(answer.overall_code, Code::Ok as i32);
     let counted = redis_cli_as(&redis, "quotad", password, &["GET", &redis_key(&redis)]);
     assert_eq!(counted.trim(), "3");
     // Nothing more: the default user only pings, quotad's user touches only its keys and

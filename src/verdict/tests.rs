@@ -63,6 +63,27 @@ fn run<'c>(config: &'c Config, store: &MemoryStore, headers: &[(&str, &str)]) ->
     )
 }
 
+/// [`run`] for one attempt, with this memo.
+fn run_with<'c>(
+    config: &'c Config,
+    store: &MemoryStore,
+    memo: &Memo,
+    headers: &[(&str, &str)],
+    attempt: &Attempt,
+) -> Verdict<'c> {
+    let h = get(headers);
+    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    handle_with(
+        config,
+        &mut req(&pairs),
+        NOW,
+        store,
+        memo,
+        &ShadowLog::default(),
+        attempt,
+    )
+}
+
 fn forwarded<'a, 'c>(v: &'a Verdict<'c>) -> &'a Forward<'c> {
     match &v.action {
         Action::Forward(f) => f,
@@ -620,19 +641,7 @@ fn on_store_error_local_counts_in_this_envoys_record_when_the_fleet_store_fails(
         failed: Some("the rate limit service did not answer".into()),
         ..Attempt::default()
     };
-    let h = get(&[("x-api-key", "acme")]);
-    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let decide = || {
-        handle_with(
-            &config,
-            &mut req(&pairs),
-            NOW,
-            &store,
-            &memo,
-            &ShadowLog::default(),
-            &down,
-        )
-    };
+    let decide = || run_with(&config, &store, &memo, &[("x-api-key", "acme")], &down);
     // The plan allows 1 a day: counted in this Envoy's record, with its RateLimit fields.
     let v = decide();
     let forward = forwarded(&v);
@@ -676,8 +685,6 @@ fn a_dry_run_counts_nothing_and_refuses_what_the_body_cannot_change() {
     );
     let store = counted(&config);
     let memo = Memo::default();
-    let h = get(&[("x-api-key", "acme")]);
-    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let attempt = |dry_run: bool| Attempt {
         now_ms: NOW * 1000,
         price: crate::decision::Price {
@@ -687,17 +694,7 @@ fn a_dry_run_counts_nothing_and_refuses_what_the_body_cannot_change() {
         dry_run,
         ..Attempt::default()
     };
-    let decide = |a: &Attempt| {
-        handle_with(
-            &config,
-            &mut req(&pairs),
-            NOW,
-            &store,
-            &memo,
-            &ShadowLog::default(),
-            a,
-        )
-    };
+    let decide = |a: &Attempt| run_with(&config, &store, &memo, &[("x-api-key", "acme")], a);
     // Twice in a dry run: admitted, nothing taken, no charge to settle.
     for _ in 0..2 {
         let v = decide(&attempt(true));
@@ -727,19 +724,8 @@ fn a_dry_run_during_a_store_outage_only_looks_at_this_envoys_record() {
         failed: Some("the rate limit service did not answer".into()),
         ..Attempt::default()
     };
-    let h = get(&[("x-api-key", "acme")]);
-    let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let decide = |attempt: &Attempt| {
-        handle_with(
-            &config,
-            &mut req(&pairs),
-            NOW,
-            &store,
-            &memo,
-            &ShadowLog::default(),
-            attempt,
-        )
-    };
+    let decide =
+        |attempt: &Attempt| run_with(&config, &store, &memo, &[("x-api-key", "acme")], attempt);
     // The plan allows 1 a day: dry runs pass and take nothing...
     for _ in 0..3 {
         let v = decide(&down(true));

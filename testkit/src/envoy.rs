@@ -389,6 +389,26 @@ pub fn fleet_options_at(grpc_port: u16, plugin: &str, concurrency: u32) -> Optio
     }
 }
 
+/// Sends GETs with API key `key` to each port in turn, each until it answers 402 (what that
+/// Envoy's lease still held is spent); returns how many were admitted. Anything but 200 and
+/// 402, or more than `bound` admitted, fails the test.
+pub fn drain_until_refused(ports: &[u16], key: &str, bound: u64) -> u64 {
+    let mut admitted = 0;
+    for port in ports {
+        let mut conn = crate::http::Conn::new(*port);
+        loop {
+            let r = conn.get("/", &[("x-api-key", key.as_bytes())]);
+            match r.status {
+                200 => admitted += 1,
+                402 => break,
+                other => panic!("status {other} while draining port {port}: {}", r.body),
+            }
+            assert!(admitted <= bound, "draining never ends");
+        }
+    }
+    admitted
+}
+
 /// Adds STATIC HTTP/1.1 clusters on 127.0.0.1 under the bootstrap's top-level `clusters:`.
 fn with_clusters(yaml: &str, clusters: &[(String, u16)]) -> String {
     if clusters.is_empty() {
