@@ -236,10 +236,20 @@ fn http_routes(metrics: Metrics, redis_up: Arc<AtomicBool>) -> axum::Router {
         )
 }
 
-/// The URL in a `--redis-file`: its first line, trimmed.
+/// Most of a `--redis-file` read: a URL is far shorter.
+const MAX_REDIS_FILE_BYTES: u64 = 4096;
+
+/// The URL in a `--redis-file`: its first line, trimmed (of at most 4 KiB read).
 fn read_redis_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--redis-file {}: cannot read it: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| format!("--redis-file {}: cannot read it: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_REDIS_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
     let url = text.lines().next().unwrap_or("").trim().to_string();
     if url.is_empty() {
         return Err(format!(
