@@ -3,10 +3,10 @@
 
 use serde::Deserialize;
 
-use crate::names::{is_header_value, valid_cluster, CLUSTER_RULE};
+use crate::names::{valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
-use super::secret::Secret;
+use super::secret::{authorization, Env, Secret};
 
 /// Longest refresh period accepted.
 pub const MAX_REFRESH_MS: u64 = 24 * 3600 * 1000;
@@ -23,6 +23,9 @@ pub struct RawSettings {
     pub path: String,
     #[serde(default)]
     pub authorization: Option<String>,
+    /// The name of the Wasm VM's environment variable holding the `Authorization` value.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
     #[serde(default)]
     pub refresh: Option<String>,
     #[serde(default)]
@@ -42,8 +45,9 @@ pub struct Settings {
     pub timeout_ms: u64,
 }
 
-/// Validates the `entitlements` member; every error names its field.
-pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
+/// Validates the `entitlements` member (`authorization_env` read with `env`); every error
+/// names its field.
+pub fn compile_settings(raw: RawSettings, env: Env) -> Result<Settings, ConfigError> {
     let err = |field: &str, why: String| Err(ConfigError(format!("entitlements.{field}: {why}")));
     if !valid_cluster(&raw.cluster) {
         return err("cluster", CLUSTER_RULE.into());
@@ -60,15 +64,12 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
             ),
         );
     }
-    if let Some(value) = &raw.authorization {
-        // Not echoed: it is a secret.
-        if !is_header_value(value) {
-            return err(
-                "authorization",
-                "must be a non-empty header value of visible ASCII (e.g. \"Bearer …\")".into(),
-            );
-        }
-    }
+    let authorization = authorization(
+        "entitlements",
+        raw.authorization,
+        raw.authorization_env,
+        env,
+    )?;
     let refresh_ms = match &raw.refresh {
         None => DEFAULT_REFRESH_MS,
         Some(text) => match crate::duration::parse_ms(text) {
@@ -105,7 +106,7 @@ pub fn compile_settings(raw: RawSettings) -> Result<Settings, ConfigError> {
     Ok(Settings {
         cluster: raw.cluster,
         path: raw.path,
-        authorization: raw.authorization.map(Secret),
+        authorization,
         refresh_ms,
         timeout_ms,
     })
@@ -120,25 +121,30 @@ mod tests {
             cluster: "control_plane".into(),
             path: "/v1/consumers".into(),
             authorization: Some("Bearer s3cret".into()),
+            authorization_env: None,
             refresh: refresh.map(str::to_string),
             timeout: timeout.map(str::to_string),
         }
+    }
+
+    fn compile_settings_(raw: RawSettings) -> Result<Settings, ConfigError> {
+        compile_settings(raw, &|_| None)
     }
 
     #[test]
     fn durations_and_defaults() {
         // The grammar is crate::duration's; the fields keep their ranges.
         assert_eq!(
-            compile_settings(raw(Some("1d"), None)).unwrap().refresh_ms,
+            compile_settings_(raw(Some("1d"), None)).unwrap().refresh_ms,
             86_400_000
         );
         for bad in ["500ms", "25h", "10 s", "10"] {
-            let e = compile_settings(raw(Some(bad), None)).unwrap_err();
+            let e = compile_settings_(raw(Some(bad), None)).unwrap_err();
             assert!(e.0.starts_with("entitlements.refresh:"), "{bad}: {e:?}");
         }
-        let s = compile_settings(raw(None, None)).unwrap();
+        let s = compile_settings_(raw(None, None)).unwrap();
         assert_eq!((s.refresh_ms, s.timeout_ms), (10_000, 5_000));
-        let s = compile_settings(raw(Some("1s"), None)).unwrap();
+        let s = compile_settings_(raw(Some("1s"), None)).unwrap();
         assert_eq!(
             (s.refresh_ms, s.timeout_ms),
             (1_000, 1_000),
@@ -152,7 +158,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = |r: RawSettings| compile_settings(r).unwrap_err().0;
+        let e = |r: RawSettings| compile_settings_(r).unwrap_err().0;
         assert!(e(raw(Some("500ms"), None)).starts_with("entitlements.refresh: "));
         assert!(e(raw(Some("2d"), None)).starts_with("entitlements.refresh: "));
         assert!(e(raw(Some("5s"), Some("6s"))).starts_with("entitlements.timeout: "));

@@ -3,6 +3,10 @@
 //! plans — pulled from the control plane, compiled together with the rest of the plugin
 //! configuration exactly as a configuration load would compile them, so that a snapshot gets
 //! the same schema, the same validation and the same error messages.
+//!
+//! Secrets named by `*_env` fields are read from the environment when the configuration is
+//! compiled: [`Config::from_json`] and [`Config::with_snapshot`] read this process's (the Wasm
+//! VM's, in the filter); the `_in` forms take another (the command line's stand-in, tests).
 
 use serde::Deserialize;
 
@@ -10,16 +14,22 @@ use super::compile::compile;
 use super::errors::{json_error, ConfigError};
 use super::model::Config;
 use super::raw::{RawConfig, RawConsumer, RawPlan, UniqueMap};
+use super::secret::{process_env, Env};
 
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        build(bytes, None)
+        build(bytes, None, &process_env)
+    }
+
+    /// [`Config::from_json`], with secrets' variables read from `env`.
+    pub fn from_json_in(bytes: &[u8], env: Env) -> Result<Config, ConfigError> {
+        build(bytes, None, env)
     }
 }
 
 /// Stage 1 alone (also for [`Config::with_snapshot`], which replaces the consumers).
-fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+pub(super) fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
         None => {
             return Err(ConfigError(
@@ -80,7 +90,16 @@ impl Config {
         plugin_configuration: &[u8],
         snapshot: &[u8],
     ) -> Result<Config, ConfigError> {
-        build(plugin_configuration, Some(snapshot))
+        build(plugin_configuration, Some(snapshot), &process_env)
+    }
+
+    /// [`Config::with_snapshot`], with secrets' variables read from `env`.
+    pub fn with_snapshot_in(
+        plugin_configuration: &[u8],
+        snapshot: &[u8],
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        build(plugin_configuration, Some(snapshot), env)
     }
 }
 
@@ -89,6 +108,7 @@ impl Config {
 pub(super) fn build(
     plugin_configuration: &[u8],
     snapshot: Option<&[u8]>,
+    env: Env,
 ) -> Result<Config, ConfigError> {
     let mut raw = parse_raw(plugin_configuration)?;
     if let Some(snapshot) = snapshot {
@@ -98,7 +118,7 @@ pub(super) fn build(
             raw.plans = plans;
         }
     }
-    compile(raw)
+    compile(raw, env)
 }
 
 #[cfg(test)]
