@@ -11,6 +11,8 @@ use std::path::Path;
 use serde_yaml::Value;
 use tollgate::config::{Config, ConfigError};
 
+use crate::environment::Environment;
+
 const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -37,10 +39,10 @@ impl Found {
         }
     }
 
-    /// Compiles the configuration as the filter does.
-    pub fn compile(&self) -> Result<Config, ConfigError> {
+    /// Compiles the configuration as the filter does (secrets' variables read from `env`).
+    pub fn compile(&self, env: &Environment) -> Result<Config, ConfigError> {
         match &self.text {
-            Ok(text) => Config::from_json(text.as_bytes()),
+            Ok(text) => Config::from_json_in(text.as_bytes(), &|name| env.var(name)),
             Err(e) => Err(ConfigError(e.clone())),
         }
     }

@@ -85,6 +85,9 @@ pub struct Options {
     /// TLS block uses in place of `envoy/fleet/certs/`; `None` removes the block (a plaintext
     /// rate limit server).
     pub quotad_certs: Option<PathBuf>,
+    /// Extra environment variables of the Envoy process (e.g. secrets its Wasm VM gets through
+    /// `vm_config.environment_variables.host_env_keys`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             clusters: Vec::new(),
             replace: Vec::new(),
             quotad_certs: None,
+            env: Vec::new(),
         }
     }
 }
@@ -256,7 +260,8 @@ impl Envoy {
             .arg("--disable-hot-restart")
             // wasm at debug: every decision is logged, so tests can check no key ever is.
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
-            .args(&options.args);
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         // Envoy logs to stderr rather than --log-path: a log file is flushed every 10 s,
         // stderr per line.
         let process = Process::spawn("Envoy", command, dir.join("envoy.log"));
@@ -344,6 +349,11 @@ impl Envoy {
     /// The statuses of `n` GETs in a row as `consumer` (see [`Envoy::get_as`]).
     pub fn statuses(&self, path: &str, consumer: &str, n: usize) -> Vec<u16> {
         (0..n).map(|_| self.get_as(path, consumer).status).collect()
+    }
+
+    /// Envoy's admin `/config_dump` (every resource Envoy holds, as JSON text).
+    pub fn config_dump(&self) -> String {
+        request(self.admin, "GET", "/config_dump", &[]).body
     }
 
     /// Envoy's admin `/stats` output.
