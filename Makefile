@@ -32,7 +32,7 @@ QUOTAD        := target/quotad/quotad
 # The fleet-mode tests (tests/fleet*.rs) start the built quotad.
 export TOLLGATE_QUOTAD := $(CURDIR)/$(QUOTAD)
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet fleet-certs images buildah test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet fleet-certs images buildah cargo-deny test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -137,7 +137,13 @@ unit: ## Unit tests of the pure core only (no Envoy)
 e2e: wasm build-fault quotad envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
-lint: toolchain ## rustfmt, clippy -D warnings (host and wasm), and no import circle between modules
+cargo-deny: # cargo-deny (crates.io), installed where missing
+	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+
+lint: toolchain cargo-deny ## rustfmt, clippy -D warnings (host and wasm), no import circle, cargo deny (licenses, bans, sources, advisories)
+	cargo deny check bans licenses sources
+	@if cargo deny fetch db >/dev/null 2>&1; then cargo deny check advisories; \
+	else echo "cargo deny: the RustSec advisory database cannot be fetched from here: advisories not checked"; fi
 	python3 tools/test_circles.py
 	python3 tools/circles.py src quotad/src cli/src
 	cargo fmt --all -- --check
