@@ -72,10 +72,14 @@ impl Process {
     /// SIGKILL (nothing flushed, no drain, as a crash would), and waits for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // A stopped process must be continued to die of SIGKILL promptly.
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            // A stopped process must be continued to die of SIGKILL promptly (one that has
+            // exited already is left alone: its PID is no longer its own).
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
