@@ -3,7 +3,9 @@
 //! Where each behaviour lives:
 //! - [`request`]: the descriptor contract: an RLS request becomes a decision (consumer, limits,
 //!   Redis keys and TTLs), and the store's answer becomes the RLS response.
-//! - [`store`]: Redis (one node or a Cluster) and the atomic Lua script (`take.lua`).
+//! - [`store`]: Redis (one node, a Cluster or Sentinel) and the atomic Lua script (`take.lua`).
+//! - [`redis_access`]: TLS towards Redis (a private CA, a client certificate) and the
+//!   credentials of the data nodes behind Sentinel, read from files at start.
 //! - [`service`]: the gRPC service, translating and counting outcomes.
 //! - [`policy`]: what a caller may claim (domains, largest limit and hits_addend, windows).
 //! - [`metrics`]: the Prometheus metrics.
@@ -14,6 +16,7 @@
 pub mod bounds;
 pub mod metrics;
 pub mod policy;
+pub mod redis_access;
 pub mod request;
 pub mod service;
 pub mod store;

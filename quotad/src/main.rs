@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate_quotad::bounds;
 use tollgate_quotad::metrics::Metrics;
 use tollgate_quotad::policy::Policy;
+use tollgate_quotad::redis_access::{Credentials, RedisTls};
 use tollgate_quotad::service::Service;
 use tollgate_quotad::store::{Store, Target};
 use tollgate_quotad::tls::{self, Tls};
@@ -35,7 +36,7 @@ struct Flags {
     /// HTTP address of /metrics and /healthz.
     #[arg(long, env = "QUOTAD_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: SocketAddr,
-    /// One Redis node: redis://[user:password@]host:port[/db] (rediss:// is not built in).
+    /// One Redis node: redis://[user:password@]host:port[/db], or rediss:// for TLS.
     #[arg(
         long,
         env = "QUOTAD_REDIS",
@@ -71,6 +72,25 @@ struct Flags {
     /// The name of the primary the sentinels watch (`sentinel monitor <name> ...`).
     #[arg(long, env = "QUOTAD_REDIS_SENTINEL_PRIMARY")]
     redis_sentinel_primary: Option<String>,
+    /// The credentials of the primary (and replicas) behind Sentinel, from this file: its first
+    /// line is `password` or `user:password` (of at most 4 KiB read). The sentinels' URLs carry
+    /// only the sentinels' own.
+    #[arg(
+        long,
+        env = "QUOTAD_REDIS_SENTINEL_AUTH_FILE",
+        requires = "redis_sentinel"
+    )]
+    redis_sentinel_auth_file: Option<std::path::PathBuf>,
+    /// rediss:// only: trust the CA certificates in this PEM file instead of the system's roots
+    /// (a private CA).
+    #[arg(long, env = "QUOTAD_REDIS_CA")]
+    redis_ca: Option<std::path::PathBuf>,
+    /// rediss:// only: present this PEM certificate chain to Redis (for `tls-auth-clients yes`).
+    #[arg(long, env = "QUOTAD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    redis_client_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --redis-client-cert.
+    #[arg(long, env = "QUOTAD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    redis_client_key: Option<std::path::PathBuf>,
     /// Longest wait for Redis per decision, in milliseconds; then the answer is UNAVAILABLE.
     #[arg(long, env = "QUOTAD_REDIS_TIMEOUT_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -191,7 +211,7 @@ async fn shutdown_signal() {
 
 /// Where Redis is (a node, Sentinel, or Cluster seeds), and how the start-up line names it
 /// (credentials redacted).
-fn redis_target(flags: &Flags) -> (Target, String) {
+fn redis_target(flags: &Flags, sentinel_auth: Option<Credentials>) -> (Target, String) {
     if let (false, Some(primary)) = (
         flags.redis_sentinel.is_empty(),
         &flags.redis_sentinel_primary,
@@ -201,6 +221,7 @@ fn redis_target(flags: &Flags) -> (Target, String) {
             Target::Sentinel {
                 nodes: flags.redis_sentinel.clone(),
                 primary: primary.clone(),
+                auth: sentinel_auth,
             },
             format!("redis sentinels [{}] primary {primary}", nodes.join(", ")),
         )
@@ -218,6 +239,9 @@ fn redis_target(flags: &Flags) -> (Target, String) {
     }
 }
 
+/// Most different reasons logged while Redis stays unreachable.
+const MAX_REASONS_LOGGED: usize = 8;
+
 /// Health: one PING a second; gRPC health, /healthz and quotad_redis_up follow it. Reports
 /// NOT_SERVING once `stop` changes.
 fn spawn_health(
@@ -229,19 +253,29 @@ fn spawn_health(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut first = true;
+        // The reasons logged in this outage, each once: a timeout often comes first, and the
+        // connection's own error (a certificate refused, NOAUTH) at a later check.
+        let mut reasons: Vec<String> = Vec::new();
         loop {
             let result = store.ping().await;
             let up = result.is_ok();
             let was = redis_up.swap(up, Ordering::SeqCst);
             metrics.redis_up.set(i64::from(up));
+            match &result {
+                Ok(()) => reasons.clear(),
+                Err(e) => {
+                    let reason = e.to_string();
+                    if reasons.len() < MAX_REASONS_LOGGED && !reasons.contains(&reason) {
+                        log::warn!("Redis is unreachable: {reason}");
+                        reasons.push(reason);
+                    }
+                }
+            }
             if up != was || first {
                 let status = if up {
                     log::info!("Redis answers");
                     tonic_health::ServingStatus::Serving
                 } else {
-                    if let Err(e) = &result {
-                        log::warn!("Redis is unreachable: {e}");
-                    }
                     tonic_health::ServingStatus::NotServing
                 };
                 reporter.set_service_status(SERVICE_NAME, status).await;
@@ -333,8 +367,19 @@ async fn run(mut flags: Flags) -> Result<(), String> {
         flags.redis = read_redis_file(path)?;
     }
     let timeout = Duration::from_millis(flags.redis_timeout_ms);
-    let (target, redis_text) = redis_target(&flags);
-    let store = Store::new(&target, timeout)?;
+    let sentinel_auth = match &flags.redis_sentinel_auth_file {
+        Some(path) => Some(Credentials::read_file(path, "--redis-sentinel-auth-file")?),
+        None => None,
+    };
+    let redis_tls = RedisTls::load(
+        flags.redis_ca.as_deref(),
+        flags
+            .redis_client_cert
+            .as_deref()
+            .zip(flags.redis_client_key.as_deref()),
+    )?;
+    let (target, redis_text) = redis_target(&flags, sentinel_auth);
+    let store = Store::new(&target, &redis_tls, timeout)?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
 
     let policy = Policy::new(

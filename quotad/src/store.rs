@@ -1,8 +1,14 @@
-//! Where the counts live: Redis (one node, or a Redis Cluster), one Lua script per decision.
+//! Where the counts live: Redis (one node, a Redis Cluster, or the primary Redis Sentinel
+//! names), one Lua script per decision.
 //!
 //! The script (`take.lua`) checks every limit of a request and takes from all of them or from
 //! none, atomically. `redis::Script` sends it by SHA (EVALSHA) and loads it again when Redis
 //! answers NOSCRIPT (after a restart or a failover). Every call is bounded by a timeout.
+//!
+//! `rediss://` URLs are TLS (rustls): the server's certificate is checked against the system's
+//! roots or `--redis-ca`, and its name against the host (for Cluster and Sentinel, the address
+//! the node announces). A target's URLs are all `redis://` or all `rediss://`; behind rediss://
+//! sentinels the data nodes are reached over TLS too, with the same certificates.
 
 use std::time::Duration;
 
@@ -12,9 +18,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, Script};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, TlsMode,
+};
 
+use crate::redis_access::{install_crypto_provider, Credentials, RedisTls};
 use crate::request::{Decision, Outcome};
 
 const TAKE: &str = include_str!("take.lua");
@@ -73,6 +82,66 @@ impl SentinelPrimary {
     }
 }
 
+/// A client of the sentinels that names the primary. The sentinels' URLs carry the sentinels'
+/// credentials (one set for all: redis-rs authenticates to every sentinel alike); `auth` is the
+/// data nodes'. rediss:// sentinels mean TLS data nodes, with the same certificates.
+fn sentinel_client(
+    nodes: &[String],
+    primary: &str,
+    auth: Option<&Credentials>,
+    tls: &RedisTls,
+) -> Result<SentinelClient, String> {
+    let flag = "--redis-sentinel";
+    let infos = nodes
+        .iter()
+        .map(|n| connection_info(n, flag))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls_on = uses_tls(&infos, flag, tls)?;
+    let credentials = |i: &ConnectionInfo| {
+        let r = i.redis_settings();
+        (
+            r.username().map(str::to_string),
+            r.password().map(str::to_string),
+        )
+    };
+    let sentinel_auth = infos.first().map(credentials).unwrap_or_default();
+    if infos.iter().any(|i| credentials(i) != sentinel_auth) {
+        return Err(format!(
+            "{flag}: the sentinels' URLs carry different credentials; quotad authenticates to \
+             every sentinel with one user and password"
+        ));
+    }
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        primary,
+        SentinelServerType::Master,
+    )
+    .map_err(|e| format!("{flag}: {e}"))?
+    .set_client_to_sentinel_tcp_settings(tcp())
+    .set_client_to_redis_tcp_settings(tcp());
+    if let (user, Some(password)) = sentinel_auth {
+        if let Some(user) = user {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(auth) = auth {
+        if let Some(user) = &auth.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        builder = builder.set_client_to_redis_password(&auth.password);
+    }
+    if tls_on {
+        builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if !tls.is_empty() {
+            builder = builder
+                .set_client_to_sentinel_certificates(tls.certificates())
+                .set_client_to_redis_certificates(tls.certificates());
+        }
+    }
+    builder.build().map_err(|e| format!("{flag}: {e}"))
+}
+
 /// The Redis store. Cheap to clone: one multiplexed connection (per node) shared by all requests.
 #[derive(Clone)]
 pub struct Store {
@@ -88,8 +157,13 @@ pub enum Target {
     Node(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
-    /// Redis Sentinel nodes and the name of the primary they watch.
-    Sentinel { nodes: Vec<String>, primary: String },
+    /// Redis Sentinel nodes, the name of the primary they watch, and the credentials of the
+    /// primary (and replicas) they name.
+    Sentinel {
+        nodes: Vec<String>,
+        primary: String,
+        auth: Option<Credentials>,
+    },
 }
 
 /// redis-rs leaves Nagle's algorithm on by default. With many decisions in flight on one
@@ -105,10 +179,43 @@ fn connection_info(url: &str, flag: &str) -> Result<ConnectionInfo, String> {
         .set_tcp_settings(tcp()))
 }
 
+/// Whether these URLs are TLS (`rediss://`): all of them or none. Certificate checks cannot be
+/// turned off (`#insecure`), and TLS files need TLS URLs (else they would silently not apply).
+fn uses_tls(infos: &[ConnectionInfo], flag: &str, tls: &RedisTls) -> Result<bool, String> {
+    let mut schemes = Vec::new();
+    for info in infos {
+        match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(format!(
+                    "{flag}: #insecure is refused: quotad always checks Redis's certificate \
+                     (give --redis-ca to trust a private CA)"
+                ))
+            }
+            ConnectionAddr::TcpTls { .. } => schemes.push(true),
+            _ => schemes.push(false),
+        }
+    }
+    let tls_on = schemes.first().copied().unwrap_or(false);
+    if schemes.iter().any(|s| *s != tls_on) {
+        return Err(format!(
+            "{flag}: the URLs mix redis:// and rediss://; use one for all"
+        ));
+    }
+    if !tls_on && !tls.is_empty() {
+        return Err(format!(
+            "{} apply to TLS: {flag} needs rediss:// URLs",
+            tls.flags()
+        ));
+    }
+    Ok(tls_on)
+}
+
 impl Store {
     /// Connects lazily: quotad starts (and answers `UNAVAILABLE`) while Redis is still down, and
     /// reconnects by itself whenever the connection is lost.
-    pub fn new(target: &Target, timeout: Duration) -> Result<Store, String> {
+    pub fn new(target: &Target, tls: &RedisTls, timeout: Duration) -> Result<Store, String> {
+        // Before any TLS connection is made (they are made lazily, by redis-rs).
+        install_crypto_provider();
         let connection = match target {
             Target::Node(url) => {
                 let mut info = connection_info(url, "--redis")?;
@@ -122,7 +229,12 @@ impl Store {
                         .set_protocol(redis::ProtocolVersion::RESP3);
                     info = info.set_redis_settings(settings);
                 }
-                let client = redis::Client::open(info).map_err(|e| format!("--redis: {e}"))?;
+                let client = if uses_tls(std::slice::from_ref(&info), "--redis", tls)? {
+                    redis::Client::build_with_tls(info, tls.certificates())
+                } else {
+                    redis::Client::open(info)
+                }
+                .map_err(|e| format!("--redis: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -140,10 +252,15 @@ impl Store {
                     .iter()
                     .map(|n| connection_info(n, "--redis-cluster"))
                     .collect::<Result<Vec<_>, _>>()?;
-                let client = ClusterClientBuilder::new(nodes)
+                let tls_on = uses_tls(&nodes, "--redis-cluster", tls)?;
+                let mut builder = ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .retries(2)
+                    .retries(2);
+                if tls_on {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client = builder
                     .build()
                     .map_err(|e| format!("--redis-cluster: {e}"))?;
                 Connection::Cluster(
@@ -154,18 +271,12 @@ impl Store {
                     ),
                 )
             }
-            Target::Sentinel { nodes, primary } => {
-                let client = SentinelClient::build(
-                    nodes.clone(),
-                    primary.clone(),
-                    Some(
-                        <&SentinelNodeConnectionInfo>::default()
-                            .clone()
-                            .set_tcp_settings(tcp()),
-                    ),
-                    SentinelServerType::Master,
-                )
-                .map_err(|e| format!("--redis-sentinel: {e}"))?;
+            Target::Sentinel {
+                nodes,
+                primary,
+                auth,
+            } => {
+                let client = sentinel_client(nodes, primary, auth.as_ref(), tls)?;
                 Connection::Sentinel(Arc::new(SentinelPrimary {
                     client: tokio::sync::Mutex::new(client),
                     current: tokio::sync::RwLock::new(None),
