@@ -142,13 +142,52 @@ fn the_kubernetes_manifest_runs_quotad_as_documented() {
     let redis_service = kind(&docs, "Service", "redis");
     let namespace = redis_service["metadata"]["namespace"].as_str().unwrap();
     let redis_port = port_named(&redis_service["spec"]["ports"], "redis");
+    let redis_host = format!("redis.{namespace}.svc.cluster.local");
     assert!(
-        url.starts_with("redis://quotad:")
-            && url.ends_with(&format!(
-                "@redis.{namespace}.svc.cluster.local:{redis_port}"
-            )),
-        "{url}"
+        url.starts_with("rediss://quotad:")
+            && url.ends_with(&format!("@{redis_host}:{redis_port}")),
+        "TLS to the Redis deployed beside it: {url}"
     );
+    // Its certificate is checked against the CA of the Secret cert-manager writes for Redis,
+    // whose names include the URL's host; quotad mounts only that Secret's `ca.crt`.
+    let redis_ca = env
+        .iter()
+        .find(|e| e["name"] == "QUOTAD_REDIS_CA")
+        .and_then(|e| e["value"].as_str())
+        .expect("QUOTAD_REDIS_CA");
+    let ca_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| redis_ca == format!("{}/ca.crt", m["mountPath"].as_str().unwrap()))
+        .expect("a volume mounted at QUOTAD_REDIS_CA's directory");
+    let ca_volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == ca_mount["name"])
+        .unwrap();
+    let redis_certificate = kind(&docs, "Certificate", "redis-tls");
+    assert_eq!(
+        ca_volume["secret"]["secretName"],
+        redis_certificate["spec"]["secretName"]
+    );
+    assert_eq!(
+        format!("{:?}", ca_volume["secret"]["items"]),
+        format!("{:?}", documents_value("[{key: ca.crt, path: ca.crt}]")),
+        "only the CA, not Redis's private key"
+    );
+    assert!(
+        format!("{:?}", redis_certificate["spec"]["dnsNames"]).contains(&redis_host),
+        "Redis's certificate names {redis_host}"
+    );
+    // Every QUOTAD_ variable is one quotad reads.
+    for e in env {
+        let name = e["name"].as_str().unwrap();
+        if name.starts_with("QUOTAD_") {
+            assert!(help_text.contains(name), "{name} is not in quotad --help");
+        }
+    }
     // Mutual TLS: quotad's files are the keys of the Secret cert-manager writes for it, whose
     // names include the Service's; the allow-list names the gateways' client certificate.
     let value = |name: &str| -> String {
@@ -213,13 +252,63 @@ fn the_kubernetes_manifest_runs_quotad_as_documented() {
         "{:?}",
         redis["spec"]["template"]["spec"]["containers"][0]["args"]
     );
-    for setting in ["appendonly", "aclfile", "maxmemory", "noeviction"] {
+    for setting in [
+        "appendonly",
+        "aclfile",
+        "maxmemory",
+        "noeviction",
+        "tls-port",
+    ] {
         assert!(redis_args.contains(setting), "{setting}: {redis_args}");
+    }
+    // Redis's TLS files are the keys of its certificate's Secret, mounted where the args say.
+    let redis_pod = &redis["spec"]["template"]["spec"];
+    let tls_dir = redis_pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("Redis's TLS volume");
+    let redis_tls_volume = redis_pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap();
+    assert_eq!(
+        redis_tls_volume["secret"]["secretName"],
+        redis_certificate["spec"]["secretName"]
+    );
+    let redis_arg_list: Vec<&str> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for (flag, key) in [
+        ("--tls-cert-file", "tls.crt"),
+        ("--tls-key-file", "tls.key"),
+        ("--tls-ca-cert-file", "ca.crt"),
+    ] {
+        let path = format!("{tls_dir}/{key}");
+        assert!(
+            redis_arg_list
+                .windows(2)
+                .any(|w| w[0] == flag && w[1] == path),
+            "{flag} {path}: {redis_arg_list:?}"
+        );
     }
 }
 
-/// The manifest's Redis settings as redis-server arguments, with its ACL file written to `dir`.
-fn manifest_redis(dir: &std::path::Path) -> (Vec<String>, String) {
+fn documents_value(yaml: &str) -> Value {
+    serde_norway::from_str(yaml).unwrap()
+}
+
+/// The manifest's Redis settings as redis-server arguments, with its ACL file written to `dir`;
+/// its ports and TLS files are left to the test's Redis ([`Access`]: TLS only, on a free port,
+/// with the test's certificates). Also its readiness probe's command.
+fn manifest_redis(dir: &std::path::Path) -> (Vec<String>, String, Vec<String>) {
     let docs = documents();
     let users = kind(&docs, "Secret", "redis-users")["stringData"]["users.acl"]
         .as_str()
@@ -237,28 +326,71 @@ fn manifest_redis(dir: &std::path::Path) -> (Vec<String>, String) {
         .collect();
     let at = args.iter().position(|a| a == "--aclfile").unwrap();
     args[at + 1] = acl.display().to_string();
+    for flag in [
+        "--port",
+        "--tls-port",
+        "--tls-cert-file",
+        "--tls-key-file",
+        "--tls-ca-cert-file",
+    ] {
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+        args.drain(at..at + 2);
+    }
     let url = kind(&docs, "Secret", "quotad-redis")["stringData"]["url"]
         .as_str()
         .unwrap()
         .to_string();
-    (args, url)
+    let probe = redis["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]
+        ["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    (args, url, probe)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_redis_acl_lets_quotad_decide_and_nothing_more() {
     clear_of_day_boundary();
     let dir = TempDir::named("acl");
-    let (args, manifest_url) = manifest_redis(dir.path());
+    let (args, manifest_url, probe) = manifest_redis(dir.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // Real redis-server with the manifest's settings (ACL, maxmemory, noeviction, AOF).
-    let redis = Redis::start_with(&args);
-    // quotad as the manifest's user, on this Redis.
+    // Real redis-server with the manifest's settings (ACL, maxmemory, noeviction, AOF, TLS
+    // only without client certificates).
+    let pki = tollgate_testkit::tls::Pki::new(dir.path(), "ca");
+    let certs = RedisCerts::new(&pki);
+    let access = Access {
+        tls: Some(certs.clone()),
+        password: None,
+    };
+    let redis = Redis::start_with_access(&access, &args);
+    // The readiness probe answers (its CA file the test's, on the test's port).
+    let mut probe_command = Command::new(&probe[0]);
+    probe_command.args(["-p", &redis.port.to_string()]);
+    for a in &probe[1..] {
+        match a.as_str() {
+            "/etc/redis/tls/ca.crt" => probe_command.arg(&certs.ca),
+            a => probe_command.arg(a),
+        };
+    }
+    let out = probe_command.output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
+    // quotad as the manifest's user, over TLS, on this Redis.
     let password = manifest_url
-        .strip_prefix("redis://quotad:")
+        .strip_prefix("rediss://quotad:")
         .and_then(|rest| rest.split('@').next())
         .unwrap();
-    let url = format!("redis://quotad:{password}@127.0.0.1:{}", redis.port);
-    let quotad = Quotad::start(QUOTAD, &["--redis", &url]);
+    let url = format!("rediss://quotad:{password}@127.0.0.1:{}", redis.port);
+    let ca = certs.ca.display().to_string();
+    let quotad = Quotad::start(QUOTAD, &["--redis", &url, "--redis-ca", &ca]);
     quotad.wait_healthy();
     let mut client = quotad.client().await;
     for i in 0..3 {
@@ -275,6 +407,15 @@ async fn the_manifests_redis_acl_lets_quotad_decide_and_nothing_more() {
         assert_eq!(answer.overall_code, Code::Ok as i32);
     }
     let counted = redis_cli_as(&redis, "quotad", password, &["GET", &redis_key(&redis)]);
+    // Plaintext is not served at all.
+    let plain = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("PONG"),
+        "{plain:?}"
+    );
     assert_eq!(counted.trim(), "3");
     // Nothing more: the default user only pings, quotad's user touches only its keys and
     // cannot flush, configure or read other keys.
@@ -299,7 +440,11 @@ fn redis_key(redis: &Redis) -> String {
 
 /// redis-cli as `user`.
 fn redis_cli_as(redis: &Redis, user: &str, password: &str, args: &[&str]) -> String {
+    let ca = redis.tls_ca().expect("the test's Redis speaks TLS");
     let out = Command::new("redis-cli")
+        .arg("--tls")
+        .arg("--cacert")
+        .arg(ca)
         .args([
             "-p",
             &redis.port.to_string(),
