@@ -4,7 +4,7 @@
 //! draining connections, then Envoy stops it (`on_done`) when the drain ends — with a short
 //! drain (`--drain-time-s`), before its open interval has closed or its buffer has been sent.
 //! Its events must not die with it. Shared data outlives it (one map per `vm_id` and process),
-//! so the stopping VM writes what it has into a **handover record** of its own, lists it, and
+//! so the stopping VM lists and writes what it has into a **handover record** of its own, and
 //! whichever VM of the Envoy with an `events` block ticks next **claims** it with one CAS
 //! write, moves its events into its own buffer and sends them — with their ids unchanged.
 //!
@@ -13,9 +13,18 @@
 //!   header line (`handover v1 <in flight> <until>`) and one line per event (`<id> <json>`;
 //!   the JSON of an event is compact, without a newline). `in flight` events at its front are
 //!   in a batch whose answer the stopping VM still awaits, until `until` (Unix seconds).
-//! - The list of records to claim: `tollgate:v1:events:handover:pending`, one slot per line
-//!   after its header, created at configuration time (the CAS of a read-modify-write only
-//!   protects an existing key).
+//! - The list of records to claim: `tollgate:v1:events:handover:pending`, one line per record
+//!   after its header (`<worker slot> <events> <listed at>`), created at configuration time
+//!   (the CAS of a read-modify-write only protects an existing key). A stopping VM lists its
+//!   record *before* writing it, in the same CAS write that checks the bound below, so the
+//!   bound holds however many VMs stop at once; a claimer waits for a listed record that is
+//!   not written yet, and forgets it [`SETTLE_MARGIN`] seconds after its listing (the write
+//!   failed: shared data refused it).
+//! - **The bound**: at most [`MAX_LISTED`] events wait in listed records at any time, per
+//!   Envoy process and `vm_id` (≈450 bytes each: a few MB of shared data at most, and a
+//!   claimer's read of one record copies no more). A stopping VM that finds less room hands
+//!   over its oldest events that fit (a batch in flight first) and drops the rest: counted
+//!   and logged once, by the VM that drops them.
 //! - A claim replaces the record's value by [`CLAIMED`] with the CAS of the read: exactly one
 //!   VM wins it, so no event is taken twice and none is left behind. The key itself stays
 //!   (shared data has no delete): a few bytes per stopped VM that had something to hand over.
@@ -41,6 +50,10 @@ pub const CLAIMED: &[u8] = b"handover v1 claimed\n";
 
 /// Extra seconds a claimer leaves a stopping VM beyond the timeout of its call in flight.
 pub const SETTLE_MARGIN: i64 = 2;
+
+/// At most this many events wait in listed handover records (all VMs of the Envoy process and
+/// `vm_id` together).
+pub const MAX_LISTED: usize = 10_000;
 
 /// Attempts of a read-modify-write of the list or a record before giving up (for this tick).
 const ATTEMPTS: u32 = 16;
@@ -131,13 +144,47 @@ impl Record {
     }
 }
 
-/// The slots listed in the list's bytes (lines after the header; unreadable ones skipped).
-fn listed(bytes: &[u8]) -> Vec<u64> {
+/// One line of the list: a record to claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listed {
+    slot: u64,
+    /// Events in the record (what it holds of the bound).
+    events: usize,
+    /// When it was listed (Unix seconds): a record still missing [`SETTLE_MARGIN`] seconds
+    /// later was never written.
+    at: i64,
+}
+
+impl Listed {
+    fn line(&self) -> String {
+        format!("{} {} {}\n", self.slot, self.events, self.at)
+    }
+}
+
+/// The records listed in the list's bytes (lines after the header; unreadable ones skipped).
+fn listed(bytes: &[u8]) -> Vec<Listed> {
     String::from_utf8_lossy(bytes)
         .lines()
         .skip(1)
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let slot = words.next()?.parse().ok()?;
+            let events = words.next()?.parse().ok()?;
+            let at = words.next()?.parse().ok()?;
+            Some(Listed { slot, events, at })
+        })
         .collect()
+}
+
+/// The list's bytes without the records of `slots`.
+fn unlisted(bytes: &[u8], slots: &[u64]) -> Vec<u8> {
+    let mut next = PENDING_HEADER.to_vec();
+    for entry in listed(bytes) {
+        if !slots.contains(&entry.slot) {
+            next.extend_from_slice(entry.line().as_bytes());
+        }
+    }
+    next
 }
 
 fn store_error(key: &str, error: CountError) -> StoreError {
@@ -160,49 +207,79 @@ pub fn settle_deadline(now: i64, timeout_ms: u64) -> i64 {
 pub enum Stopped {
     /// Nothing was unsent: nothing to hand over.
     Empty,
-    /// `events` were written to the worker's record and listed; with `awaiting`, the first
-    /// of them are in a batch in flight: the VM should wait for its answer, then [`settle`].
-    HandedOver { events: usize, awaiting: bool },
+    /// `events` were listed and written to the worker's record; `dropped` did not fit in the
+    /// bound ([`MAX_LISTED`]). With `awaiting`, the first of them are in a batch in flight:
+    /// the VM should wait for its answer, then [`settle`].
+    HandedOver {
+        events: usize,
+        dropped: usize,
+        awaiting: bool,
+    },
 }
 
-/// Hands `outbox` over (its events leave it): written to the record of `worker`, then listed.
-/// `until`: when claimers may take a batch still in flight.
+/// Hands `outbox` over (its events leave it): listed at `now` within the bound, then written
+/// to the record of `worker`. `until`: when claimers may take a batch still in flight. On an
+/// error, the events are lost (the caller says so).
 pub fn hand_over(
     store: &impl Store,
     worker: u64,
     outbox: &mut Outbox,
+    now: i64,
     until: i64,
 ) -> Result<Stopped, StoreError> {
     if outbox.is_empty() {
         return Ok(Stopped::Empty);
     }
-    let (events, in_flight) = outbox.take_all();
-    let count = events.len();
-    let record = Record::Open {
-        in_flight,
-        until,
-        events,
-    };
     let key = record_key(worker);
     // The slot is this VM's alone: its record cannot exist yet, unless a slot was reused (a
     // worker without a slot from shared data numbers itself from the clock).
     if store.get(&key)?.is_some() {
         return Err(StoreError(format!("{key} exists already")));
     }
+    let (mut events, in_flight) = outbox.take_all();
+    let count = events.len();
+    let list = pending_key();
+    let kept = read_modify_write(store, &list, ATTEMPTS, |bytes, _| {
+        let waiting = listed(&bytes)
+            .iter()
+            .fold(0usize, |sum, e| sum.saturating_add(e.events));
+        let kept = count.min(MAX_LISTED.saturating_sub(waiting));
+        if kept == 0 {
+            return Ok(Rewrite::Keep(0));
+        }
+        let mut next = bytes;
+        let entry = Listed {
+            slot: worker,
+            events: kept,
+            at: now,
+        };
+        next.extend_from_slice(entry.line().as_bytes());
+        Ok(Rewrite::Write(next, kept))
+    })
+    .map_err(|e| store_error(&list, e))?;
+    let dropped = count.saturating_sub(kept);
+    if kept == 0 {
+        return Ok(Stopped::HandedOver {
+            events: 0,
+            dropped,
+            awaiting: false,
+        });
+    }
+    events.truncate(kept);
+    let in_flight = in_flight.min(kept);
+    let record = Record::Open {
+        in_flight,
+        until,
+        events,
+    };
     match store.set(&key, &record.render(), 0) {
         Ok(()) => {}
         Err(SetError::CasMismatch) => return Err(StoreError(format!("{key} exists already"))),
         Err(SetError::Failed(e)) => return Err(e),
     }
-    let list = pending_key();
-    read_modify_write(store, &list, ATTEMPTS, |bytes, _| {
-        let mut next = bytes;
-        next.extend_from_slice(format!("{worker}\n").as_bytes());
-        Ok(Rewrite::Write(next, ()))
-    })
-    .map_err(|e| store_error(&list, e))?;
     Ok(Stopped::HandedOver {
-        events: count,
+        events: kept,
+        dropped,
         awaiting: in_flight > 0,
     })
 }
@@ -259,8 +336,9 @@ pub struct Claims {
     pub dropped: usize,
     /// Records left for later: a batch still awaited, or no room in the outbox yet.
     pub waiting: usize,
-    /// Records that could not be read as one (left as they are, and logged by the caller).
-    pub unreadable: Vec<String>,
+    /// Listed records skipped for good (unreadable, or never written), each with why: left
+    /// as they are, and logged by the caller.
+    pub skipped: Vec<String>,
     /// Shared data failed: the round stopped there (what it claimed before is in the outbox).
     pub error: Option<StoreError>,
 }
@@ -287,14 +365,14 @@ fn claim_into(
     let Some((bytes, _)) = store.get(&list)? else {
         return Ok(());
     };
-    let slots = listed(&bytes);
-    if slots.is_empty() {
+    let entries = listed(&bytes);
+    if entries.is_empty() {
         return Ok(());
     }
     let mut finished: Vec<u64> = Vec::new();
     let mut failure = None;
-    for slot in slots {
-        let key = record_key(slot);
+    for entry in entries {
+        let key = record_key(entry.slot);
         let found = match store.get(&key) {
             Ok(found) => found,
             Err(e) => {
@@ -303,13 +381,21 @@ fn claim_into(
             }
         };
         let Some((bytes, cas)) = found else {
-            // Listed after being written: a missing record is not ours to wait for.
-            finished.push(slot);
+            // Listed, and written right after by the stopping VM: wait for it, unless that
+            // write failed (the VM said so in its log).
+            if now >= entry.at.saturating_add(SETTLE_MARGIN) {
+                claims
+                    .skipped
+                    .push(format!("{key}: listed at {} and never written", entry.at));
+                finished.push(entry.slot);
+            } else {
+                claims.waiting += 1;
+            }
             continue;
         };
         let (in_flight, until, events) = match Record::parse(&bytes) {
             Ok(Record::Claimed) => {
-                finished.push(slot);
+                finished.push(entry.slot);
                 continue;
             }
             Ok(Record::Open {
@@ -318,8 +404,8 @@ fn claim_into(
                 events,
             }) => (in_flight, until, events),
             Err(e) => {
-                claims.unreadable.push(format!("{key}: {e}"));
-                finished.push(slot);
+                claims.skipped.push(format!("{key}: {e}"));
+                finished.push(entry.slot);
                 continue;
             }
         };
@@ -342,7 +428,7 @@ fn claim_into(
             }
         }
         claims.records += 1;
-        finished.push(slot);
+        finished.push(entry.slot);
         for event in events {
             if outbox.push(event) {
                 claims.events += 1;
@@ -353,13 +439,7 @@ fn claim_into(
     }
     if !finished.is_empty() {
         read_modify_write(store, &list, ATTEMPTS, |bytes, _| {
-            let mut next = PENDING_HEADER.to_vec();
-            for slot in listed(&bytes) {
-                if !finished.contains(&slot) {
-                    next.extend_from_slice(format!("{slot}\n").as_bytes());
-                }
-            }
-            Ok(Rewrite::Write(next, ()))
+            Ok(Rewrite::Write(unlisted(&bytes, &finished), ()))
         })
         .map_err(|e| store_error(&list, e))?;
     }

@@ -29,6 +29,7 @@ struct Counters {
     reminders: Option<u32>,
     handed_over: Option<u32>,
     taken_over: Option<u32>,
+    handover_overflow: Option<u32>,
     near_limit: Vec<Option<u32>>,
 }
 
@@ -42,6 +43,7 @@ impl Counters {
             reminders: define_counter("tollgate.events.reminder"),
             handed_over: define_counter("tollgate.events.handed_over"),
             taken_over: define_counter("tollgate.events.taken_over"),
+            handover_overflow: define_counter("tollgate.events.handover_overflow"),
             near_limit: config
                 .plans
                 .iter()
@@ -287,8 +289,8 @@ impl Sender {
             self.dropped_unlogged += claims.dropped;
             bump(self.counters.dropped, claims.dropped);
         }
-        for record in &claims.unreadable {
-            log::warn!("events: a handover record is unreadable and left alone: {record}");
+        for record in &claims.skipped {
+            log::warn!("events: a handover record is skipped: {record}");
         }
         if let Some(e) = claims.error {
             log::warn!("events: handover records not taken over: {}", e.0);
@@ -408,11 +410,24 @@ impl Sender {
             &SharedData::default(),
             self.origin.worker,
             &mut self.outbox,
+            now,
             until,
         ) {
             Ok(Stopped::Empty) => true,
-            Ok(Stopped::HandedOver { events, awaiting }) => {
+            Ok(Stopped::HandedOver {
+                events,
+                dropped,
+                awaiting,
+            }) => {
                 bump(self.counters.handed_over, events);
+                if dropped > 0 {
+                    bump(self.counters.dropped, dropped);
+                    bump(self.counters.handover_overflow, dropped);
+                    log::warn!(
+                        "events: VM stopping: {dropped} unsent events dropped: the handover holds at most {} events waiting to be taken over",
+                        handover::MAX_LISTED
+                    );
+                }
                 let waiting = self.token.is_some() && awaiting;
                 log::info!(
                     "events: VM stopping: {events} unsent events handed over through shared data (worker slot {}){}",

@@ -41,6 +41,9 @@ fn want(events: impl IntoIterator<Item = usize>) -> Vec<String> {
 
 fn listed_slots(store: &MemoryStore) -> Vec<u64> {
     listed(&store.value(&pending_key()).unwrap())
+        .iter()
+        .map(|e| e.slot)
+        .collect()
 }
 
 #[test]
@@ -86,7 +89,7 @@ fn a_record_reads_back_as_written() {
 fn an_empty_outbox_hands_over_nothing() {
     let store = prepared();
     let mut o = Outbox::new(10);
-    assert_eq!(hand_over(&store, 3, &mut o, 0), Ok(Stopped::Empty));
+    assert_eq!(hand_over(&store, 3, &mut o, 0, 0), Ok(Stopped::Empty));
     assert_eq!(store.value(&record_key(3)), None);
     assert!(listed_slots(&store).is_empty());
     assert_eq!(claim(&store, &mut o, 0), Claims::default());
@@ -97,9 +100,10 @@ fn handed_over_events_are_taken_over_once_with_their_ids() {
     let store = prepared();
     let mut stopping = outbox_of(10, 1..=4);
     assert_eq!(
-        hand_over(&store, 7, &mut stopping, 100),
+        hand_over(&store, 7, &mut stopping, 0, 100),
         Ok(Stopped::HandedOver {
             events: 4,
+            dropped: 0,
             awaiting: false
         })
     );
@@ -144,7 +148,7 @@ impl Store for RivalClaims<'_> {
 #[test]
 fn two_vms_claiming_at_once_take_each_event_once() {
     let store = prepared();
-    hand_over(&store, 1, &mut outbox_of(10, [1, 2]), 0).unwrap();
+    hand_over(&store, 1, &mut outbox_of(10, [1, 2]), 0, 0).unwrap();
     let racing = RivalClaims {
         inner: &store,
         rival: Cell::new(true),
@@ -176,7 +180,7 @@ impl Store for RivalStops<'_> {
             self.rivals.set(rival - 1);
             let slot = self.base + rival;
             let mut theirs = outbox_of(10, [slot as usize]);
-            hand_over(self.inner, slot, &mut theirs, 0).unwrap();
+            hand_over(self.inner, slot, &mut theirs, 0, 0).unwrap();
         }
         self.inner.set(key, value, cas)
     }
@@ -190,7 +194,7 @@ fn workers_stopping_together_are_all_listed_and_all_taken_over() {
         base: 100,
         rivals: Cell::new(3),
     };
-    hand_over(&racing, 1, &mut outbox_of(10, [1]), 0).unwrap();
+    hand_over(&racing, 1, &mut outbox_of(10, [1]), 0, 0).unwrap();
     let mut slots = listed_slots(&store);
     slots.sort_unstable();
     assert_eq!(slots, [1, 101, 102, 103]);
@@ -224,9 +228,10 @@ fn a_batch_in_flight_is_left_to_the_stopping_vm_until_it_is_answered() {
     let mut stopping = outbox_of(10, 1..=5);
     stopping.next_batch(0, 2).unwrap();
     assert_eq!(
-        hand_over(&store, 4, &mut stopping, 107),
+        hand_over(&store, 4, &mut stopping, 100, 107),
         Ok(Stopped::HandedOver {
             events: 5,
+            dropped: 0,
             awaiting: true
         })
     );
@@ -247,7 +252,7 @@ fn a_batch_in_flight_is_left_to_the_stopping_vm_until_it_is_answered() {
     let store = prepared();
     let mut stopping = outbox_of(10, 1..=5);
     stopping.next_batch(0, 2).unwrap();
-    hand_over(&store, 4, &mut stopping, 107).unwrap();
+    hand_over(&store, 4, &mut stopping, 100, 107).unwrap();
     assert_eq!(
         settle(&store, 4, false),
         Ok(Settled::Released {
@@ -263,7 +268,7 @@ fn a_batch_in_flight_is_left_to_the_stopping_vm_until_it_is_answered() {
     let store = prepared();
     let mut stopping = outbox_of(10, 1..=2);
     stopping.next_batch(0, 5).unwrap();
-    hand_over(&store, 4, &mut stopping, 107).unwrap();
+    hand_over(&store, 4, &mut stopping, 100, 107).unwrap();
     assert_eq!(
         settle(&store, 4, true),
         Ok(Settled::Released {
@@ -290,7 +295,7 @@ fn an_answer_that_never_comes_leaves_the_whole_record_to_claimers_after_the_dead
     let store = prepared();
     let mut stopping = outbox_of(10, 1..=3);
     stopping.next_batch(0, 2).unwrap();
-    hand_over(&store, 4, &mut stopping, 107).unwrap();
+    hand_over(&store, 4, &mut stopping, 100, 107).unwrap();
     let mut next = Outbox::new(10);
     assert_eq!(claim(&store, &mut next, 106).waiting, 1);
     let claims = claim(&store, &mut next, 107);
@@ -307,7 +312,7 @@ fn an_answer_that_never_comes_leaves_the_whole_record_to_claimers_after_the_dead
 #[test]
 fn a_record_waits_for_room_and_an_empty_outbox_takes_what_fits() {
     let store = prepared();
-    hand_over(&store, 2, &mut outbox_of(10, 1..=4), 0).unwrap();
+    hand_over(&store, 2, &mut outbox_of(10, 1..=4), 0, 0).unwrap();
     // 3 free places for 4 events: later.
     let mut busy = outbox_of(5, [90, 91]);
     let claims = claim(&store, &mut busy, 0);
@@ -325,7 +330,7 @@ fn a_record_waits_for_room_and_an_empty_outbox_takes_what_fits() {
 fn failing_shared_data_loses_nothing_it_holds_and_says_so() {
     let store = FailingStore;
     let mut o = outbox_of(10, [1]);
-    assert!(hand_over(&store, 1, &mut o, 0).is_err());
+    assert!(hand_over(&store, 1, &mut o, 0, 0).is_err());
     let mut next = outbox_of(10, [2]);
     let claims = claim(&store, &mut next, 0);
     assert!(claims.error.is_some());
@@ -334,18 +339,18 @@ fn failing_shared_data_loses_nothing_it_holds_and_says_so() {
     let store = prepared();
     store.set(&record_key(5), b"garbage", 0).unwrap();
     store
-        .set(&pending_key(), b"handover v1\n5\nnot-a-slot\n", 0)
+        .set(&pending_key(), b"handover v1\n5 1 0\nnot-a-slot\n", 0)
         .unwrap();
-    hand_over(&store, 6, &mut outbox_of(10, [1]), 0).unwrap();
+    hand_over(&store, 6, &mut outbox_of(10, [1]), 0, 0).unwrap();
     let claims = claim(&store, &mut next, 0);
-    assert_eq!(claims.unreadable.len(), 1, "{claims:?}");
+    assert_eq!(claims.skipped.len(), 1, "{claims:?}");
     assert_eq!(claims.events, 1);
     assert!(listed_slots(&store).is_empty());
     // A record key taken already (a reused slot) is not overwritten.
     store
         .set(&record_key(8), b"handover v1 claimed\n", 0)
         .unwrap();
-    assert!(hand_over(&store, 8, &mut outbox_of(10, [1]), 0).is_err());
+    assert!(hand_over(&store, 8, &mut outbox_of(10, [1]), 0, 0).is_err());
     assert_eq!(store.value(&record_key(8)).unwrap(), CLAIMED);
 }
 
@@ -379,7 +384,7 @@ fn a_push_in_the_middle_of_an_interval_loses_no_request() {
         for closed in tally.close(1_006, true) {
             assert!(outbox.push(usage_event(&config, &origin, &closed)));
         }
-        hand_over(&store, worker, &mut outbox, 0).unwrap();
+        hand_over(&store, worker, &mut outbox, 0, 0).unwrap();
     }
     let claims = claim(&store, &mut next, 1_006);
     assert_eq!((claims.records, claims.events), (2, 4));
@@ -394,4 +399,119 @@ fn a_push_in_the_middle_of_an_interval_loses_no_request() {
             .or_default() += e["data"]["admitted"].as_u64().unwrap();
     }
     assert_eq!(admitted, [("acme".into(), 24), ("wayne".into(), 24)].into());
+}
+
+#[test]
+fn the_handover_holds_at_most_max_listed_events_and_drops_the_newest_beyond() {
+    let store = prepared();
+    // A first VM takes all the room but 3.
+    let mut big = outbox_of(MAX_LISTED, 0..MAX_LISTED - 3);
+    assert_eq!(
+        hand_over(&store, 1, &mut big, 0, 0),
+        Ok(Stopped::HandedOver {
+            events: MAX_LISTED - 3,
+            dropped: 0,
+            awaiting: false
+        })
+    );
+    // A second one, with a batch in flight: its oldest 3 (the batch first) are kept.
+    let mut second = outbox_of(10, 100..105);
+    second.next_batch(0, 2).unwrap();
+    assert_eq!(
+        hand_over(&store, 2, &mut second, 0, 7),
+        Ok(Stopped::HandedOver {
+            events: 3,
+            dropped: 2,
+            awaiting: true
+        })
+    );
+    assert!(second.is_empty());
+    assert_eq!(
+        Record::parse(&store.value(&record_key(2)).unwrap()),
+        Ok(Record::Open {
+            in_flight: 2,
+            until: 7,
+            events: vec![event(100), event(101), event(102)],
+        })
+    );
+    // A third finds no room: nothing listed, no record written, all of it dropped.
+    assert_eq!(
+        hand_over(&store, 3, &mut outbox_of(10, [200, 201]), 0, 0),
+        Ok(Stopped::HandedOver {
+            events: 0,
+            dropped: 2,
+            awaiting: false
+        })
+    );
+    assert_eq!(store.value(&record_key(3)), None);
+    assert_eq!(listed_slots(&store), [1, 2]);
+    // Taking the first over frees its room for the next VM that stops.
+    let mut next = Outbox::new(MAX_LISTED);
+    assert_eq!(claim(&store, &mut next, 0).events, MAX_LISTED - 3);
+    assert_eq!(
+        hand_over(&store, 4, &mut outbox_of(10, [300]), 0, 0),
+        Ok(Stopped::HandedOver {
+            events: 1,
+            dropped: 0,
+            awaiting: false
+        })
+    );
+}
+
+#[test]
+fn the_bound_holds_when_vms_stop_at_once() {
+    let store = prepared();
+    hand_over(
+        &store,
+        1,
+        &mut outbox_of(MAX_LISTED, 0..MAX_LISTED - 1),
+        0,
+        0,
+    )
+    .unwrap();
+    // Another VM lists its one event (the last place) between this VM's read of the list
+    // and its write: the write fails its CAS, the list is read again, and no room is left.
+    let racing = RivalStops {
+        inner: &store,
+        base: 100,
+        rivals: Cell::new(1),
+    };
+    assert_eq!(
+        hand_over(&racing, 2, &mut outbox_of(10, [7]), 0, 0),
+        Ok(Stopped::HandedOver {
+            events: 0,
+            dropped: 1,
+            awaiting: false
+        })
+    );
+    let entries = listed(&store.value(&pending_key()).unwrap());
+    let total: usize = entries.iter().map(|e| e.events).sum();
+    assert_eq!(total, MAX_LISTED);
+    assert_eq!(listed_slots(&store), [1, 101]);
+}
+
+#[test]
+fn a_listed_record_not_written_yet_is_awaited_then_forgotten() {
+    let store = prepared();
+    // Listed at 50 by a VM whose write of the record failed (or is a moment away).
+    store
+        .set(&pending_key(), b"handover v1\n9 4 50\n", 0)
+        .unwrap();
+    let mut next = Outbox::new(10);
+    let claims = claim(&store, &mut next, 50 + SETTLE_MARGIN - 1);
+    assert_eq!((claims.waiting, claims.skipped.len()), (1, 0));
+    assert_eq!(listed_slots(&store), [9]);
+    let claims = claim(&store, &mut next, 50 + SETTLE_MARGIN);
+    assert_eq!((claims.waiting, claims.skipped.len()), (0, 1), "{claims:?}");
+    assert!(listed_slots(&store).is_empty());
+    // Its room is free again.
+    let mut full = outbox_of(MAX_LISTED, 0..MAX_LISTED);
+    assert_eq!(
+        hand_over(&store, 10, &mut full, 0, 0),
+        Ok(Stopped::HandedOver {
+            events: MAX_LISTED,
+            dropped: 0,
+            awaiting: false
+        })
+    );
 }
