@@ -678,6 +678,25 @@ fn a_push_with_a_short_drain_hands_the_unsent_events_over() {
     let want = sent.billed(&[1000, 2000]);
     usage_adds_up(&sink, &want);
     each_usage_event_once(&sink);
+    // Every event the sink refused before the push was accepted after it, under its own id.
+    let accepted: BTreeSet<String> = sink
+        .accepted()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let refused: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .filter(|r| matches!(r.mode, SinkMode::Fail(_)))
+        .flat_map(|r| r.events())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!refused.is_empty());
+    assert!(
+        refused.is_subset(&accepted),
+        "refused and never accepted: {:?}",
+        refused.difference(&accepted).collect::<Vec<_>>()
+    );
     // They went through shared data: every event handed over was taken over.
     let log = envoy.tollgate_log().join("\n");
     assert!(
