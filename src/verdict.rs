@@ -610,7 +610,7 @@ fn usage_endpoint<'c>(
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
             Some(consumer) => consumer,
-            None => return refuse(Denial::UnknownKey),
+            None => return refuse(config.unknown_key()),
         },
         // Without a key there is nobody to report on (anonymous usage is shared, not the caller's).
         Credential::Missing => return refuse(Denial::MissingCredential),
