@@ -796,3 +796,24 @@ fn before_the_first_snapshot_an_unknown_key_is_unavailable_not_invalid() {
         [(Metric::Shadowed(Reason::InvalidCredential), None)]
     );
 }
+
+#[test]
+fn with_identity_headers_off_a_clients_identity_headers_are_still_removed() {
+    let c = config(r#", "identity_headers": false, "plan_header": "x-plan", "mode": "shadow""#);
+    let store = counted(&c);
+    for headers in [
+        &[("x-api-key", "acme"), ("x-tollgate-consumer", "mallory")][..],
+        &[("x-api-key", "nobody")],
+        &[("x-api-key", "initech")],
+        &[],
+    ] {
+        let v = run(&c, &store, headers);
+        let f = forwarded(&v);
+        assert!(f.set_headers().is_empty(), "{headers:?}: nobody is named");
+        assert_eq!(
+            f.removed(),
+            ["x-tollgate-consumer", "x-plan"],
+            "{headers:?}"
+        );
+    }
+}
