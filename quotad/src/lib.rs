@@ -6,10 +6,12 @@
 //! - [`store`]: Redis (one node or a Cluster) and the atomic Lua script (`take.lua`).
 //! - [`service`]: the gRPC service, translating and counting outcomes.
 //! - [`metrics`]: the Prometheus metrics.
-//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`, graceful shutdown.
+//! - [`shutdown`]: draining after SIGTERM/SIGINT, with a deadline; a second signal exits.
+//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`.
 
 pub mod bounds;
 pub mod metrics;
 pub mod request;
 pub mod service;
+pub mod shutdown;
 pub mod store;
