@@ -180,7 +180,7 @@ bench-entitlements: ## Compile time of a 100 000-consumer entitlements snapshot 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
 FUZZ_SECONDS   ?= 600
-FUZZ_TARGETS   ?= config credentials record window request
+FUZZ_TARGETS   ?= config credentials record window request rls_response quotad_request
 FUZZ_SANITIZER ?= address
 
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; not part of `make test`
