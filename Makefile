@@ -32,7 +32,7 @@ QUOTAD        := target/quotad/quotad
 # The fleet-mode tests (tests/fleet*.rs) start the built quotad.
 export TOLLGATE_QUOTAD := $(CURDIR)/$(QUOTAD)
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet fleet-certs test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -99,18 +99,23 @@ redis: # redis-server, redis-cli and redis-benchmark (Debian's packages), instal
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
 
-run-fleet: quotad envoy redis ## Redis on :6379, quotad on :8081 (metrics :8080), Envoy with envoy/fleet/envoy.yaml on :10300
+fleet-certs: # Development certificates for the fleet examples' mutual TLS (envoy/fleet/certs/, kept)
+	@sh envoy/fleet/certs.sh envoy/fleet/certs
+
+run-fleet: quotad envoy redis fleet-certs ## Redis on :6379, quotad on :8081 (mutual TLS, metrics :8080), Envoy with envoy/fleet/envoy.yaml on :10300
 	@dir=$$(mktemp -d); trap 'kill $$redis $$quotad 2>/dev/null; rm -rf $$dir' EXIT; \
 	redis-server --port 6379 --bind 127.0.0.1 --dir $$dir --save "" --appendonly yes & redis=$$!; \
-	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
+	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 \
+	    --tls-cert envoy/fleet/certs/quotad.crt --tls-key envoy/fleet/certs/quotad.key --tls-client-ca envoy/fleet/certs/ca.crt --tls-allow gateway.tollgate & quotad=$$!; \
 	$(ENVOY) -c envoy/fleet/envoy.yaml --concurrency 2 --base-id 7001 -l info
 
 # Fleet mode for a newcomer: Redis and quotad as in run-fleet, and two Envoys running tollgate with
 # store.rls (envoy/fleet/tollgate.yaml): gateways on :10310 and :10320 share every count.
-fleet: wasm quotad envoy redis ## Redis, quotad and two Envoys in fleet mode: gateways :10310 and :10320, one count
+fleet: wasm quotad envoy redis fleet-certs ## Redis, quotad and two Envoys in fleet mode: gateways :10310 and :10320, one count
 	@dir=$$(mktemp -d); trap 'kill $$redis $$quotad $$envoy 2>/dev/null; rm -rf $$dir' EXIT; \
 	redis-server --port 6379 --bind 127.0.0.1 --dir $$dir --save "" --appendonly yes >$$dir/redis.log & redis=$$!; \
-	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 & quotad=$$!; \
+	$(QUOTAD) --listen 127.0.0.1:8081 --http-listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379 \
+	    --tls-cert envoy/fleet/certs/quotad.crt --tls-key envoy/fleet/certs/quotad.key --tls-client-ca envoy/fleet/certs/ca.crt --tls-allow gateway.tollgate & quotad=$$!; \
 	sed -e 's/port_value: 10310/port_value: 10320/' -e 's/port_value: 10311/port_value: 10321/' \
 	    -e 's/port_value: 9941/port_value: 9942/' envoy/fleet/tollgate.yaml > $$dir/second.yaml; \
 	$(ENVOY) -c $$dir/second.yaml --concurrency 2 --base-id 7011 -l warn & envoy=$$!; \

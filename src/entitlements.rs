@@ -18,11 +18,16 @@
 //! 3. Every VM reads the head on each tick (a few bytes); a version above its own makes it
 //!    read the document, compile it and switch its runtime between two requests.
 //!
+//! Beside them, the **digest** record (`[version][SHA-256 of the body]`, written between the
+//! document and the head) lets a fetcher see that a 200's body is the one already published
+//! (a control plane without ETags answers the same body every refresh): it is then neither
+//! republished nor recompiled by any VM.
+//!
 //! Record keys carry a digest of the source (cluster and path), so two plugin configurations
 //! that share a `vm_id` but pull from different places do not mix their snapshots.
 
-use crate::config::{Settings, STORE_PREFIX};
-use crate::sha256::{sha256, to_hex};
+use crate::config::{Config, Settings, STORE_PREFIX};
+use crate::sha256::{sha256, to_hex, Digest};
 
 /// The shared-data keys of one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +35,7 @@ pub struct Keys {
     pub schedule: String,
     pub head: String,
     pub document: String,
+    pub digest: String,
 }
 
 impl Keys {
@@ -44,6 +50,7 @@ impl Keys {
             schedule: format!("{base}schedule"),
             head: format!("{base}head"),
             document: format!("{base}document"),
+            digest: format!("{base}digest"),
         }
     }
 }
@@ -107,6 +114,55 @@ pub fn decode_document(bytes: &[u8]) -> Option<(u64, &[u8])> {
     Some((version, bytes.get(8..)?))
 }
 
+/// The digest record: a published version and the SHA-256 of its body.
+pub fn encode_digest(version: u64, digest: &Digest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + digest.len());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(digest);
+    out
+}
+
+pub fn decode_digest(bytes: &[u8]) -> Option<(u64, Digest)> {
+    let version = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    Some((version, bytes.get(8..)?.try_into().ok()?))
+}
+
+/// Whether `body` is the published snapshot's: the digest record is of the head's version
+/// (a record of another version — written by an older filter, or not yet by the newer head's
+/// fetcher — says nothing) and holds `body`'s digest.
+pub fn unchanged(record: Option<&[u8]>, head_version: u64, body: &Digest) -> bool {
+    record
+        .and_then(decode_digest)
+        .is_some_and(|(version, digest)| version == head_version && digest == *body)
+}
+
+/// The consumers `current` serves that `next` does not have, by name (the anonymous consumer
+/// of `anonymous_plan` is not one).
+pub fn removed(current: &Config, next: &Config) -> usize {
+    fn named(c: &Config) -> impl Iterator<Item = &str> {
+        c.consumers
+            .iter()
+            .filter(move |consumer| Some(consumer.id) != c.anonymous)
+            .map(|consumer| consumer.name.as_str())
+    }
+    let kept: std::collections::HashSet<&str> = named(next).collect();
+    named(current).filter(|name| !kept.contains(name)).count()
+}
+
+/// `entitlements.max_removed_percent`: `Err` with the refusal's words when a snapshot removes
+/// more than `percent` of the `current` consumers served.
+pub fn check_removed(removed: usize, current: usize, percent: u8) -> Result<(), String> {
+    let over = (removed as u128) * 100 > (current as u128) * u128::from(percent);
+    if !over {
+        return Ok(());
+    }
+    let share = (removed as u128) * 100 / (current.max(1) as u128);
+    Err(format!(
+        "consumers: the snapshot removes {removed} of the {current} consumers served ({share}%), \
+         more than entitlements.max_removed_percent ({percent}%) allows"
+    ))
+}
+
 /// What an answer of the control plane means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -143,6 +199,7 @@ pub fn classify(status: Option<&[u8]>, etag: Option<&[u8]>) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Bounds;
 
     #[test]
     fn one_claim_per_due_instant() {
@@ -172,6 +229,60 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_unchanged_only_against_the_heads_own_digest() {
+        let (a, b) = (sha256(b"{\"consumers\": {}}"), sha256(b"other"));
+        let record = encode_digest(3, &a);
+        assert_eq!(decode_digest(&record), Some((3, a)));
+        assert!(unchanged(Some(&record), 3, &a));
+        assert!(!unchanged(Some(&record), 3, &b), "another body");
+        assert!(
+            !unchanged(Some(&record), 4, &a),
+            "a newer head without its digest"
+        );
+        assert!(!unchanged(None, 3, &a));
+        assert!(!unchanged(Some(b"short"), 3, &a));
+    }
+
+    #[test]
+    fn removals_are_counted_by_name_and_bounded_by_a_percentage() {
+        let config = |consumers: &str| {
+            Config::from_json(
+                format!(
+                    r#"{{"plans": {{"p": {{"limits": []}}}}, "anonymous_plan": "p",
+                        "consumers": {{{consumers}}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let current = config(r#""a": {"plan": "p"}, "b": {"plan": "p"}, "c": {"plan": "p"}"#);
+        assert_eq!(
+            removed(
+                &current,
+                &config(r#""c": {"plan": "p"}, "d": {"plan": "p"}"#)
+            ),
+            2
+        );
+        assert_eq!(
+            removed(&current, &config("")),
+            3,
+            "the anonymous consumer is not one"
+        );
+        assert_eq!(removed(&config(""), &current), 0);
+        assert_eq!(check_removed(1, 10, 10), Ok(()));
+        assert_eq!(check_removed(0, 0, 0), Ok(()));
+        assert_eq!(check_removed(0, 10, 0), Ok(()));
+        assert_eq!(
+            check_removed(2, 10, 10).unwrap_err(),
+            "consumers: the snapshot removes 2 of the 10 consumers served (20%), more than \
+             entitlements.max_removed_percent (10%) allows"
+        );
+        assert!(check_removed(1, 10, 0).is_err(), "0: no removal at all");
+        assert!(check_removed(1_000_000, 1_000_000, 99).is_err());
+        assert_eq!(check_removed(1_000_000, 1_000_000, 100), Ok(()));
+    }
+
+    #[test]
     fn keys_differ_by_source() {
         let a = Settings {
             cluster: "control_plane".into(),
@@ -179,6 +290,8 @@ mod tests {
             authorization: None,
             refresh_ms: 10_000,
             timeout_ms: 5_000,
+            bounds: Bounds::default(),
+            max_removed_percent: None,
         };
         let mut b = a.clone();
         b.path = "/v2/consumers".into();

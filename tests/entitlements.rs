@@ -25,6 +25,11 @@ const SWITCH: Duration = Duration::from_secs(30);
 /// The plugin configuration: two plans, one static consumer, entitlements from the test's
 /// control plane.
 fn config(refresh: &str, timeout: &str) -> String {
+    config_with(refresh, timeout, "")
+}
+
+/// [`config`] with more `entitlements` members (`extra`: JSON members, each after a comma).
+fn config_with(refresh: &str, timeout: &str, extra: &str) -> String {
     plugin(&format!(
         r#"{{
           "plans": {{
@@ -37,7 +42,7 @@ fn config(refresh: &str, timeout: &str) -> String {
           "usage_path": "/tollgate/usage",
           "entitlements": {{"cluster": "{CLUSTER}", "path": "/v1/consumers",
                             "authorization": "{SECRET}", "refresh": "{refresh}",
-                            "timeout": "{timeout}"}}
+                            "timeout": "{timeout}"{extra}}}
         }}"#
     ))
 }
@@ -608,4 +613,165 @@ fn plans_from_a_snapshot_replace_the_configurations_plans() {
     poll(SWITCH, "the new plan's counters", || {
         (envoy.counter("tollgate.plan.gold.allowed") == 2).then_some(())
     });
+}
+
+/// Waits for tollgate's log line holding every one of `parts`.
+fn logged(envoy: &Envoy, parts: &[&str]) {
+    poll(SWITCH, parts.join(" … ").as_str(), || {
+        envoy
+            .tollgate_log()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_document_beyond_the_bounds_is_refused_whole_and_the_previous_set_keeps_serving() {
+    let good = doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]}"#);
+    let mut plane = ControlPlane::start(&good);
+    let envoy = start(
+        &plane,
+        &config_with(
+            "1s",
+            "500ms",
+            r#", "max_document_bytes": 4096, "max_consumers": 3"#,
+        ),
+    );
+    until(&envoy, "acme-key", 200, "acme admitted");
+    // 5 000 bytes of consumers (each key within bounds), a long key, one consumer too many.
+    let padding: String = (0..100)
+        .map(|i| format!(r#", "pad{i:03}": {{"plan": "pro", "keys": ["pad-key-{i:03}"]}}"#))
+        .collect();
+    let big = doc(&format!(
+        r#""acme": {{"plan": "pro", "keys": ["acme-key"]}},
+           "intruder": {{"plan": "pro", "keys": ["intruder-key"]}}{padding}"#
+    ));
+    assert!(big.len() > 4096);
+    let long_key = "k".repeat(257);
+    let too_long = doc(&format!(
+        r#""acme": {{"plan": "pro", "keys": ["acme-key"]}},
+           "intruder": {{"plan": "pro", "keys": ["intruder-key", "{long_key}"]}}"#
+    ));
+    let too_many = doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+        "intruder": {"plan": "pro", "keys": ["intruder-key"]},
+        "b": {"plan": "pro"}, "c": {"plan": "pro"}"#);
+    let refusals = [
+        (
+            big.clone(),
+            format!(
+                "the entitlements document is {} bytes, more than entitlements.max_document_bytes \
+                 (4096) allows",
+                big.len()
+            ),
+        ),
+        (
+            too_long,
+            "consumers.intruder.keys[1]: a key of 257 bytes, longer than \
+             entitlements.max_key_bytes (256) allows"
+                .to_string(),
+        ),
+        (
+            too_many,
+            "consumers: 4 consumers, more than entitlements.max_consumers (3) allows".to_string(),
+        ),
+    ];
+    for (i, (document, message)) in refusals.iter().enumerate() {
+        plane.publish(document);
+        logged(&envoy, &["entitlements: snapshot refused", message]);
+        assert!(envoy.counter("tollgate.entitlements.fetch.refused") > i as u64);
+        assert_eq!(status(&envoy, "acme-key"), 200, "after {message}");
+        assert_eq!(status(&envoy, "intruder-key"), 401, "after {message}");
+    }
+    assert!(!envoy.log().contains(&long_key), "no key in the refusal");
+    // Within the bounds again: applied as usual.
+    plane.publish(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+           "intruder": {"plan": "pro", "keys": ["intruder-key"]}"#));
+    until(&envoy, "intruder-key", 200, "the snapshot within bounds");
+}
+
+#[test]
+fn a_snapshot_removing_more_than_max_removed_percent_is_refused() {
+    let four = doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+        "b": {"plan": "pro", "keys": ["b-key"]}, "c": {"plan": "pro", "keys": ["c-key"]},
+        "d": {"plan": "pro", "keys": ["d-key"]}"#);
+    let mut plane = ControlPlane::start(&four);
+    let envoy = start(
+        &plane,
+        &config_with("1s", "500ms", r#", "max_removed_percent": 25"#),
+    );
+    // The first snapshot replaces the static bootstrap consumer whole: not a removal.
+    until(&envoy, "d-key", 200, "the first snapshot applied");
+    // A control plane answering an empty set by mistake: refused, everyone keeps being served.
+    plane.publish(r#"{"consumers": {}}"#);
+    logged(
+        &envoy,
+        &[
+            "entitlements: snapshot refused",
+            "consumers: the snapshot removes 4 of the 4 consumers served (100%), more than \
+             entitlements.max_removed_percent (25%) allows",
+        ],
+    );
+    for key in ["acme-key", "b-key", "c-key", "d-key"] {
+        assert_eq!(status(&envoy, key), 200, "{key} after the empty snapshot");
+    }
+    // Two of four (50%): refused too.
+    plane.publish(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+        "b": {"plan": "pro", "keys": ["b-key"]}"#));
+    logged(&envoy, &["removes 2 of the 4 consumers served (50%)"]);
+    assert_eq!(status(&envoy, "d-key"), 200);
+    // One of four (25%): within the guard, applied.
+    plane.publish(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+        "b": {"plan": "pro", "keys": ["b-key"]}, "c": {"plan": "pro", "keys": ["c-key"]}"#));
+    until(&envoy, "d-key", 401, "d removed");
+    assert_eq!(status(&envoy, "acme-key"), 200);
+    assert_eq!(envoy.counter("tollgate.entitlements.fetch.refused"), 2);
+}
+
+#[test]
+fn an_unchanged_body_without_an_etag_is_neither_published_nor_recompiled_again() {
+    let mut plane = ControlPlane::start(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]}"#));
+    plane.without_etags();
+    let envoy = start(&plane, &config("1s", "500ms"));
+    until(&envoy, "acme-key", 200, "acme admitted");
+    let applied = envoy.counter("tollgate.entitlements.applied");
+    // Every refresh downloads the same body again (no ETag, no 304).
+    let from = plane.clock();
+    poll(Duration::from_secs(60), "five more full answers", || {
+        (plane
+            .fetches_since(from)
+            .iter()
+            .filter(|f| f.status == 200)
+            .count()
+            >= 5)
+            .then_some(())
+    });
+    let not_again = || {
+        assert_eq!(
+            envoy.counter("tollgate.entitlements.fetch.updated"),
+            1,
+            "published once"
+        );
+        assert_eq!(
+            envoy.counter("tollgate.entitlements.applied"),
+            applied,
+            "no VM compiled the same body again"
+        );
+    };
+    not_again();
+    poll(SWITCH, "the unchanged answers counted", || {
+        (envoy.counter("tollgate.entitlements.fetch.unchanged") >= 4).then_some(())
+    });
+    not_again();
+    let versions = envoy
+        .tollgate_log()
+        .iter()
+        .filter(|l| l.contains("entitlements: fetched version"))
+        .count();
+    assert_eq!(versions, 1, "one version published");
+    // A changed body is published as usual.
+    plane.publish(&doc(r#""acme": {"plan": "pro", "keys": ["acme-key"]},
+        "newbie": {"plan": "pro", "keys": ["newbie-key"]}"#));
+    until(&envoy, "newbie-key", 200, "the changed body applied");
+    assert_eq!(envoy.counter("tollgate.entitlements.fetch.updated"), 2);
 }

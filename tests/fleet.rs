@@ -318,9 +318,13 @@ fn live_reconfiguration_keeps_the_fleet_count() {
         relocate: Some("target/live-reload".into()),
         file_ports: (10200, 10201, 9921),
         plugin: Some(config("deny", "1s", 100, 12)),
+        // The fleet files' quotad cluster (mutual TLS) in place of the file's plaintext one.
         replace: vec![(
-            "port_value: 10202".to_string(),
-            format!("port_value: {}", quotad.grpc),
+            "  - name: tollgate_quotad\n".to_string(),
+            format!(
+                "{}  - name: plaintext_quotad_unused\n",
+                quotad_cluster(&quotad)
+            ),
         )],
         ..Options::default()
     });
@@ -354,13 +358,13 @@ fn live_reconfiguration_keeps_the_fleet_count() {
     });
 }
 
-fn manifest(path: &str) -> serde_yaml::Value {
+fn manifest(path: &str) -> serde_norway::Value {
     let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_norway::from_str(&text).unwrap()
 }
 
-fn fleet_config(value: &serde_yaml::Value) -> tollgate::config::Config {
+fn fleet_config(value: &serde_norway::Value) -> tollgate::config::Config {
     let json = serde_json::to_string(value).unwrap();
     let config = tollgate::config::Config::from_json(json.as_bytes())
         .unwrap_or_else(|e| panic!("not a valid tollgate configuration: {e}\n{json}"));
@@ -374,8 +378,8 @@ fn quotad_service() -> (String, String, u64) {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/quotad-k8s.yaml"),
     )
     .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let doc = serde_norway::Value::deserialize(doc).unwrap();
         if doc["kind"] == "Service" && doc["metadata"]["name"] == "quotad" {
             let port = doc["spec"]["ports"]
                 .as_sequence()
@@ -412,6 +416,35 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
         format!("outbound|{port}||{fqdn}")
     );
 
+    // Istio's own mutual TLS in front of quotad: STRICT, and only the gateway's identity
+    // may reach the gRPC port of the Deployment's pods.
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/istio-quotad-mtls.yaml"),
+    )
+    .unwrap();
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde_norway::Value::deserialize(d).unwrap())
+        .collect();
+    let peer = docs
+        .iter()
+        .find(|d| d["kind"] == "PeerAuthentication")
+        .unwrap();
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    let allow = docs
+        .iter()
+        .find(|d| d["kind"] == "AuthorizationPolicy")
+        .unwrap();
+    assert_eq!(
+        allow["metadata"]["namespace"].as_str(),
+        Some(namespace.as_str())
+    );
+    assert_eq!(allow["spec"]["action"], "ALLOW");
+    assert_eq!(peer["spec"]["selector"], allow["spec"]["selector"]);
+    assert_eq!(
+        allow["spec"]["rules"][0]["to"][0]["operation"]["ports"][0].as_str(),
+        Some(port.to_string().as_str())
+    );
+
     // Envoy Gateway: the policy's cluster is the one the patch adds, HTTP/2 to the Service.
     let policy = manifest("envoy/fleet/envoy-gateway-policy.yaml");
     assert_eq!(policy["kind"], "EnvoyExtensionPolicy");
@@ -435,12 +468,33 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
         ["address"]["socket_address"];
     assert_eq!(address["address"].as_str(), Some(fqdn.as_str()));
     assert_eq!(address["port_value"].as_u64(), Some(port));
-    // The cluster is one Envoy accepts: validated inside a bootstrap by Envoy itself.
+    // Mutual TLS: Envoy checks quotad's name, and presents the client certificate.
+    let tls = &cluster["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"].as_str(), Some(fqdn.as_str()));
+    assert_eq!(
+        tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+            ["matcher"]["exact"]
+            .as_str(),
+        Some(fqdn.as_str())
+    );
+    // The cluster is one Envoy accepts: validated inside a bootstrap by Envoy itself, with test
+    // certificates where the pods mount the Secret.
+    let dir = TempDir::named("fleet-patch");
+    let certs = FleetCerts::new();
+    for (from, to) in [
+        (&certs.gateway.cert, "tls.crt"),
+        (&certs.gateway.key, "tls.key"),
+        (&certs.pki.ca(), "ca.crt"),
+    ] {
+        std::fs::copy(from, dir.join(to)).unwrap();
+    }
+    let cluster_json = serde_json::to_string(cluster).unwrap().replace(
+        "/etc/tollgate/quotad-client",
+        &dir.path().display().to_string(),
+    );
     let bootstrap = serde_json::json!({
-        "static_resources": {"clusters": [serde_json::to_value(cluster).unwrap()]}
+        "static_resources": {"clusters": [serde_json::from_str::<serde_json::Value>(&cluster_json).unwrap()]}
     });
-    let dir = std::env::temp_dir().join(format!("tollgate-fleet-patch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bootstrap.json");
     std::fs::write(&file, bootstrap.to_string()).unwrap();
     let out = std::process::Command::new(envoy_path())
@@ -448,7 +502,6 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
         .arg(&file)
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "{}",

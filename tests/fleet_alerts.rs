@@ -356,14 +356,7 @@ fn a_killed_envoy_loses_at_most_the_alerts_of_its_unsent_grants() {
 /// The LLM gateway of `envoy/llm/envoy.yaml` (two workers) in fleet mode: its upstream the
 /// fake, plus the quotad cluster of `envoy/fleet/tollgate.yaml` and the sink's cluster.
 fn gateway(fake: &FakeLlm, quotad: &Quotad, sink: &Sink, plugin: &str, node: &str) -> Envoy {
-    let fleet = read_repo("envoy/fleet/tollgate.yaml");
-    let start = fleet
-        .find("  - name: tollgate_quotad\n")
-        .expect("envoy/fleet/tollgate.yaml defines the tollgate_quotad cluster");
-    let rest = &fleet[start..];
-    let end = rest[1..].find("\n  - ").map_or(rest.len(), |i| i + 2);
-    let quotad_cluster =
-        rest[..end].replace("port_value: 8081", &format!("port_value: {}", quotad.grpc));
+    let quotad_cluster = quotad_cluster(quotad);
     Envoy::start_with(Options {
         bootstrap: "envoy/llm/envoy.yaml".into(),
         file_ports: (10400, 10401, 9951),

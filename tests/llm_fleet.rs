@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_testkit::{
-    plugin, post, read_repo, request, within_one_window, Envoy, FakeLlm, Options, Posted, Quotad,
-    Redis,
+    plugin, post, quotad_cluster, request, within_one_window, Envoy, FakeLlm, Options, Posted,
+    Quotad, Redis,
 };
 
 /// The body of every chat request, in bytes (the input estimate at one byte a token).
@@ -66,19 +66,6 @@ fn config(consumer: &str, limits: Value, lease: u64) -> Value {
         },
         "usage_path": "/tollgate/usage"
     })
-}
-
-/// The quotad cluster as `envoy/fleet/tollgate.yaml` ships it (HTTP/2, for gRPC), pointed at
-/// `quotad`.
-fn quotad_cluster(quotad: &Quotad) -> String {
-    let fleet = read_repo("envoy/fleet/tollgate.yaml");
-    let start = fleet
-        .find("  - name: tollgate_quotad\n")
-        .expect("envoy/fleet/tollgate.yaml defines the tollgate_quotad cluster");
-    let rest = &fleet[start..];
-    // Up to the next cluster of the list, or the end of the file.
-    let end = rest[1..].find("\n  - ").map_or(rest.len(), |i| i + 2);
-    rest[..end].replace("port_value: 8081", &format!("port_value: {}", quotad.grpc))
 }
 
 /// Envoy (two workers) running the shipped LLM gateway with this plugin configuration, its

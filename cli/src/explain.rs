@@ -19,6 +19,8 @@ use tollgate::response::refusal;
 use tollgate::store::MemoryStore;
 use tollgate::time::format_rfc3339;
 
+use crate::environment::Environment;
+
 /// Explains `key` (`None`: a request without a credential) at `now` against every
 /// configuration in `file`.
 pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
@@ -33,7 +35,8 @@ pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
     let mut refused = false;
     for config in found {
         let heading = config.heading(&name);
-        match config.compile() {
+        // What a key meets does not depend on secrets: variables not set here stand in.
+        match config.compile(&Environment::default()) {
             Ok(compiled) => print!("{}", explain(&heading, &compiled, key, now)),
             Err(e) => {
                 refused = true;

@@ -8,8 +8,10 @@
 
 use std::path::Path;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 use tollgate::config::{Config, ConfigError};
+
+use crate::environment::Environment;
 
 const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
@@ -37,10 +39,10 @@ impl Found {
         }
     }
 
-    /// Compiles the configuration as the filter does.
-    pub fn compile(&self) -> Result<Config, ConfigError> {
+    /// Compiles the configuration as the filter does (secrets' variables read from `env`).
+    pub fn compile(&self, env: &Environment) -> Result<Config, ConfigError> {
         match &self.text {
-            Ok(text) => Config::from_json(text.as_bytes()),
+            Ok(text) => Config::from_json_in(text.as_bytes(), &|name| env.var(name)),
             Err(e) => Err(ConfigError(e.clone())),
         }
     }
@@ -68,7 +70,7 @@ pub fn read(path: &Path) -> Result<Vec<Found>, String> {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
     let documents: Vec<Value> = if yaml {
         let mut documents = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in serde_norway::Deserializer::from_str(&text) {
             let value = serde::Deserialize::deserialize(document)
                 .map_err(|e| format!("not valid YAML: {e}"))?;
             documents.push(value);

@@ -15,10 +15,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod environment;
 mod exit;
 mod explain;
 mod locate;
 
+use environment::Environment;
 use exit::{REFUSED, USAGE};
 
 const EXIT_CODES: &str = "Exit codes: 0 accepted (or done), 1 a configuration or its file was \
@@ -134,9 +136,12 @@ fn now() -> i64 {
 }
 
 /// `tollgate check`: every configuration in every file (with the entitlements document, if
-/// one is given); 1 if any is refused.
+/// one is given); 1 if any is refused. Secrets held in an accepted configuration (an inline
+/// `authorization`, plaintext keys) are warned about on stderr, and variables of
+/// `authorization_env` that could not be checked here are noted.
 fn check(files: &[PathBuf], document: Option<&[u8]>) -> ExitCode {
     let mut refused = false;
+    let env = Environment::default();
     for file in files {
         let name = file.display();
         let found = match locate::read(file) {
@@ -151,14 +156,27 @@ fn check(files: &[PathBuf], document: Option<&[u8]>) -> ExitCode {
             let heading = config.heading(&name.to_string());
             let compiled = match (document, &config.text) {
                 (Some(document), Ok(text)) => {
-                    tollgate::config::Config::with_snapshot(text.as_bytes(), document).map_err(
-                        |e| tollgate::config::ConfigError(format!("entitlements document: {e}")),
-                    )
+                    tollgate::config::Config::with_snapshot_in(text.as_bytes(), document, &|name| {
+                        env.var(name)
+                    })
+                    .map_err(|e| {
+                        tollgate::config::ConfigError(format!("entitlements document: {e}"))
+                    })
                 }
-                _ => config.compile(),
+                _ => config.compile(&env),
             };
+            let notes = env.notes();
             match compiled {
-                Ok(compiled) => println!("{heading}: accepted\n  {}", compiled.summary()),
+                Ok(compiled) => {
+                    println!("{heading}: accepted\n  {}", compiled.summary());
+                    for note in notes {
+                        println!("  {note}");
+                    }
+                    let text = config.text.as_deref().unwrap_or_default();
+                    for warning in tollgate::config::warnings(text.as_bytes()) {
+                        eprintln!("{heading}: warning: {warning}");
+                    }
+                }
                 Err(e) => {
                     refused = true;
                     eprintln!("{heading}: configuration refused: {e}");

@@ -26,7 +26,31 @@ fn check_accepts_every_shipped_configuration_and_prints_the_filters_summary() {
     ];
     let out = tollgate(&[&["check"], &files[..]].concat(), "");
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.stderr, "", "{out:?}");
+    // The demo gateways keep plaintext keys (their READMEs' sessions send them): warned about,
+    // not refused. The manifests meant to be adapted hold only sha256: keys.
+    let warning = |file: &str, keys: &str| {
+        format!(
+            "{file}: listener gateway, plugin tollgate: warning: consumers: {keys}, which Envoy's \
+             admin /config_dump shows; list each as sha256:<hex> instead (`tollgate hash-key` \
+             prints it)\n"
+        )
+    };
+    assert_eq!(
+        out.stderr,
+        [
+            warning(
+                "envoy/envoy.yaml",
+                "6 plaintext keys (of acme, wayne, initech, umbrella, ops)"
+            ),
+            warning("envoy/per-route.yaml", "1 plaintext key (of acme)"),
+            warning(
+                "envoy/live-reload/listeners.yaml",
+                "2 plaintext keys (of acme, globex)"
+            ),
+        ]
+        .concat(),
+        "{out:?}"
+    );
     assert!(
         out.stdout.contains(
             "envoy/envoy.yaml: listener gateway, plugin tollgate: accepted\n  4 plans [free (2 limits), \
@@ -222,12 +246,20 @@ fn every_tollgate_filter_of_a_file_is_checked_and_other_wasm_filters_are_left_al
         "{out:?}"
     );
     assert_eq!(
-        out.stderr,
+        out.stderr.lines().nth(1).unwrap_or_default(),
         format!(
             "{file}: listener partners, plugin tollgate: configuration refused: anonymous_plan: plan \
-             `gold` does not exist (plans: free, trial, pro, internal)\n"
-        )
+             `gold` does not exist (plans: free, trial, pro, internal)"
+        ),
+        "{out:?}"
     );
+    assert!(
+        out.stderr.starts_with(&format!(
+            "{file}: listener gateway, plugin tollgate: warning: consumers: 6 plaintext keys"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 2, "{out:?}");
     assert!(!out.stdout.contains("other"), "{out:?}");
 
     // No tollgate filter at all: refused, naming what was there.
@@ -628,4 +660,78 @@ fn check_and_explain_a_fleet_mode_configuration() {
         ),
         "{out:?}"
     );
+}
+
+/// `tollgate ARGS` with extra environment variables.
+fn tollgate_with_env(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.args(args).current_dir(repo());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    run_with_input(&mut command, "")
+}
+
+#[test]
+fn check_warns_about_secrets_in_the_configuration_and_checks_variables_it_can_see() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "secrets.json",
+        r#"{"plans": {"p": {"limits": []}},
+            "consumers": {"a": {"plan": "p", "keys": ["sk_live_PLAINTEXT"]}},
+            "events": {"cluster": "sink", "url": "http://sink/e", "authorization": "Bearer INLINE_SECRET"},
+            "entitlements": {"cluster": "cp", "path": "/c", "authorization_env": "TOLLGATE_TEST_CP_AUTH"}}"#,
+    );
+    // The variable is the Wasm VM's, which the command line cannot see: noted, not refused.
+    let out = tollgate_with_env(&["check", &file], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.ends_with(
+            "  note: environment variable `TOLLGATE_TEST_CP_AUTH` is not set here, so its value \
+             was not checked; Envoy refuses the configuration unless the Wasm VM gets it \
+             (vm_config.environment_variables)\n"
+        ),
+        "{out:?}"
+    );
+    let warnings: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(warnings.len(), 2, "{out:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{file}: warning: events.authorization: the secret is in the plugin configuration, \
+             which Envoy's admin /config_dump shows; name an environment variable of the Wasm VM \
+             instead (\"authorization_env\": \"TOLLGATE_EVENTS_AUTH\""
+        )),
+        "{out:?}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!(
+            "{file}: warning: consumers: 1 plaintext key (of a)"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("INLINE_SECRET") && !out.stderr.contains("PLAINTEXT"),
+        "no secret in the warnings: {out:?}"
+    );
+
+    // Set here: checked as the filter checks it, its value never printed.
+    let out = tollgate_with_env(
+        &["check", &file],
+        &[("TOLLGATE_TEST_CP_AUTH", "Bearer ok\u{1}NOT_SHOWN")],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "{file}: configuration refused: entitlements.authorization_env: environment variable \
+             `TOLLGATE_TEST_CP_AUTH` must hold a header value of visible ASCII (e.g. \"Bearer …\"; \
+             no line ending) (Envoy passes it with vm_config.environment_variables)\n"
+        )
+    );
+    let out = tollgate_with_env(
+        &["check", &file],
+        &[("TOLLGATE_TEST_CP_AUTH", "Bearer good")],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("note:"), "{out:?}");
 }

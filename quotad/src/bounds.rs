@@ -24,10 +24,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{self, Tls};
 
 /// Largest request message, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -46,9 +48,14 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A ping unanswered this long closes the connection (and frees its slot).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// A connection, holding one of the [`MAX_CONNECTIONS`] permits until it closes.
 pub struct Capped {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    info: TcpConnectInfo,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -96,14 +103,20 @@ impl Connected for Capped {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
 /// The listener's connections, at most `max` open at once (TCP_NODELAY set: decisions are
-/// small writes). An accept error (e.g. out of file descriptors) is logged and retried
-/// shortly, never the end of the server.
-pub fn capped_incoming(listener: TcpListener, max: usize) -> ReceiverStream<io::Result<Capped>> {
+/// small writes), over TLS when `tls` is given (each handshake in a task of its own, at most
+/// [`tls::HANDSHAKE_TIMEOUT`] long, holding its connection's slot). An accept error (e.g. out
+/// of file descriptors) is logged and retried shortly, never the end of the server; a failed
+/// handshake closes that connection only.
+pub fn capped_incoming(
+    listener: TcpListener,
+    max: usize,
+    tls: Option<Tls>,
+) -> ReceiverStream<io::Result<Capped>> {
     let (sender, receiver) = mpsc::channel(1);
     let permits = Arc::new(Semaphore::new(max));
     tokio::spawn(async move {
@@ -123,13 +136,48 @@ pub fn capped_incoming(listener: TcpListener, max: usize) -> ReceiverStream<io::
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("gRPC connection: cannot set TCP_NODELAY: {e}");
             }
-            let capped = Capped {
-                stream,
-                _permit: permit,
+            let info = stream.connect_info();
+            let Some(tls) = &tls else {
+                let capped = Capped {
+                    stream: Box::new(stream),
+                    info,
+                    _permit: permit,
+                };
+                if sender.send(Ok(capped)).await.is_err() {
+                    return; // the server stopped
+                }
+                continue;
             };
-            if sender.send(Ok(capped)).await.is_err() {
-                return; // the server stopped
-            }
+            let acceptor = tls.acceptor();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            log::debug!(
+                                "gRPC connection from {:?}: TLS handshake failed: {e}",
+                                info.remote_addr()
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            log::debug!(
+                                "gRPC connection from {:?}: TLS handshake timed out",
+                                info.remote_addr()
+                            );
+                            return;
+                        }
+                    };
+                let capped = Capped {
+                    stream: Box::new(stream),
+                    info,
+                    _permit: permit,
+                };
+                let _ = sender.send(Ok(capped)).await;
+            });
         }
     });
     ReceiverStream::new(receiver)

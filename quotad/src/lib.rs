@@ -6,6 +6,8 @@
 //! - [`store`]: Redis (one node or a Cluster) and the atomic Lua script (`take.lua`).
 //! - [`service`]: the gRPC service, translating and counting outcomes.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`bounds`]: what one client can make quotad hold; the capped listener.
+//! - [`tls`]: (mutual) TLS on the gRPC listener, the client allow-list, reloading certificates.
 //! - [`shutdown`]: draining after SIGTERM/SIGINT, with a deadline; a second signal exits.
 //! - `main.rs`: flags, start, health, `/metrics` and `/healthz`.
 
@@ -15,3 +17,4 @@ pub mod request;
 pub mod service;
 pub mod shutdown;
 pub mod store;
+pub mod tls;

@@ -20,6 +20,7 @@ use tollgate_quotad::metrics::Metrics;
 use tollgate_quotad::service::Service;
 use tollgate_quotad::shutdown::{self, Connections, Signals};
 use tollgate_quotad::store::{Store, Target};
+use tollgate_quotad::tls::{self, Tls};
 
 const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
 
@@ -99,6 +100,34 @@ struct Flags {
     #[arg(long, env = "QUOTAD_WORKER_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     worker_threads: u16,
+    /// TLS on the gRPC listener: this PEM certificate chain (reloaded when it changes).
+    #[arg(long, env = "QUOTAD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "QUOTAD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS: clients must present a certificate issued by a CA in this PEM file.
+    #[arg(long, env = "QUOTAD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Only clients whose certificate names one of these (DNS names or URIs such as SPIFFE
+    /// ids, comma-separated) may call; needs --tls-client-ca.
+    #[arg(
+        long,
+        env = "QUOTAD_TLS_ALLOW",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    tls_allow: Vec<String>,
+    /// How often the TLS files are read again, in milliseconds (a change applies to new
+    /// connections).
+    #[arg(long, env = "QUOTAD_TLS_RELOAD_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    tls_reload_ms: u64,
+    /// Serve gRPC without TLS on an address other machines can reach. Without TLS anyone who
+    /// reaches quotad can spend or read every consumer's quota: use it only where the network
+    /// itself is the boundary (a mesh's mutual TLS, a NetworkPolicy). Loopback needs no flag.
+    #[arg(long, env = "QUOTAD_PLAINTEXT", conflicts_with = "tls_cert")]
+    plaintext: bool,
 }
 
 /// A Redis URL without its password, for the log.
@@ -251,6 +280,32 @@ fn read_redis_file(path: &std::path::Path) -> Result<String, String> {
     Ok(url)
 }
 
+/// The gRPC listener's TLS, loaded (its reload started), or none: plaintext only on loopback
+/// or with --plaintext.
+fn listener_tls(flags: &Flags) -> Result<Option<Tls>, String> {
+    let (Some(cert), Some(key)) = (&flags.tls_cert, &flags.tls_key) else {
+        if !flags.plaintext && !flags.listen.ip().is_loopback() {
+            return Err(format!(
+                "--listen {}: other machines can reach this address, and without TLS anyone who \
+                 does can spend or read every consumer's quota. Give --tls-cert and --tls-key \
+                 (and --tls-client-ca for mutual TLS), or --plaintext where the network is the \
+                 boundary (quotad/README.md, \"TLS\")",
+                flags.listen
+            ));
+        }
+        return Ok(None);
+    };
+    let files = tls::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: flags.tls_client_ca.clone(),
+        allow: flags.tls_allow.clone(),
+    };
+    let (tls, contents) = Tls::load(&files)?;
+    tls.spawn_reload(files, contents, Duration::from_millis(flags.tls_reload_ms));
+    Ok(Some(tls))
+}
+
 async fn run(mut flags: Flags) -> Result<(), String> {
     if let Some(path) = &flags.redis_file {
         flags.redis = read_redis_file(path)?;
@@ -263,6 +318,7 @@ async fn run(mut flags: Flags) -> Result<(), String> {
     let mut signals = Signals::new()?;
     let connections = Connections::default();
 
+    let tls = listener_tls(&flags)?;
     let grpc = TcpListener::bind(flags.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
@@ -272,9 +328,15 @@ async fn run(mut flags: Flags) -> Result<(), String> {
     let grpc_addr = grpc.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
     log::info!(
-        "quotad {} started: grpc {grpc_addr}, http {http_addr}, {redis_text}, redis timeout {} ms, \
+        "quotad {} started: grpc {grpc_addr}, http {http_addr}, gRPC over {}, {redis_text}, redis timeout {} ms, \
          ttl margin {} s, worker threads {}",
         env!("CARGO_PKG_VERSION"),
+        match (&tls, &flags.tls_client_ca, flags.tls_allow.len()) {
+            (None, ..) => "plaintext".to_string(),
+            (Some(_), None, _) => "TLS".to_string(),
+            (Some(_), Some(_), 0) => "mutual TLS (any client certificate of the CA)".to_string(),
+            (Some(_), Some(_), n) => format!("mutual TLS ({n} client identities allowed)"),
+        },
         flags.redis_timeout_ms,
         flags.ttl_margin_seconds,
         match flags.worker_threads {
@@ -336,6 +398,7 @@ async fn run(mut flags: Flags) -> Result<(), String> {
                     connections.track(bounds::capped_incoming(
                         grpc,
                         usize::try_from(flags.max_connections).unwrap_or(usize::MAX),
+                        tls,
                     )),
                     async move {
                         let _ = stop.changed().await;

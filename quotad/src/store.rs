@@ -111,8 +111,18 @@ impl Store {
     pub fn new(target: &Target, timeout: Duration) -> Result<Store, String> {
         let connection = match target {
             Target::Node(url) => {
-                let client = redis::Client::open(connection_info(url, "--redis")?)
-                    .map_err(|e| format!("--redis: {e}"))?;
+                let mut info = connection_info(url, "--redis")?;
+                if !url.contains("protocol=") {
+                    // RESP3: the connection reports its own end (the server closed it, e.g. a
+                    // Redis restart) and the manager reconnects at once, so the next decision
+                    // is not sent down a dead connection (quotad/README.md, "Redis restarts").
+                    let settings = info
+                        .redis_settings()
+                        .clone()
+                        .set_protocol(redis::ProtocolVersion::RESP3);
+                    info = info.set_redis_settings(settings);
+                }
+                let client = redis::Client::open(info).map_err(|e| format!("--redis: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -181,7 +191,18 @@ impl Store {
         }
         let call = async {
             match &self.connection {
-                Connection::Node(c) => invocation.invoke_async::<Vec<u64>>(&mut c.clone()).await,
+                Connection::Node(c) => {
+                    let mut c = c.clone();
+                    match invocation.invoke_async::<Vec<u64>>(&mut c).await {
+                        // Refused: the call never reached Redis (nothing counted), and the
+                        // manager has begun a new connection; once more, on it. Any other
+                        // failure may have run the script: never retried.
+                        Err(e) if e.is_connection_refusal() => {
+                            invocation.invoke_async::<Vec<u64>>(&mut c).await
+                        }
+                        result => result,
+                    }
+                }
                 Connection::Cluster(c) => invocation.invoke_async::<Vec<u64>>(&mut c.clone()).await,
                 Connection::Sentinel(s) => {
                     let result = match s.connection().await {

@@ -16,11 +16,11 @@ use std::process::Command;
 
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn documents() -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("envoy/fleet/quotad-k8s.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
 }
@@ -148,6 +148,65 @@ fn the_kubernetes_manifest_runs_quotad_as_documented() {
                 "@redis.{namespace}.svc.cluster.local:{redis_port}"
             )),
         "{url}"
+    );
+    // Mutual TLS: quotad's files are the keys of the Secret cert-manager writes for it, whose
+    // names include the Service's; the allow-list names the gateways' client certificate.
+    let value = |name: &str| -> String {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("no {name} in the environment"))
+            .to_string()
+    };
+    let tls_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("the TLS Secret's volume");
+    let dir = tls_mount["mountPath"].as_str().unwrap();
+    for (name, key) in [
+        ("QUOTAD_TLS_CERT", "tls.crt"),
+        ("QUOTAD_TLS_KEY", "tls.key"),
+        ("QUOTAD_TLS_CLIENT_CA", "ca.crt"),
+    ] {
+        assert_eq!(value(name), format!("{dir}/{key}"));
+    }
+    let tls_volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap();
+    let serving = kind(&docs, "Certificate", "quotad-tls");
+    assert_eq!(
+        serving["spec"]["secretName"],
+        tls_volume["secret"]["secretName"]
+    );
+    let quotad_fqdn = format!(
+        "{}.{namespace}.svc.cluster.local",
+        service["metadata"]["name"].as_str().unwrap()
+    );
+    assert!(
+        format!("{:?}", serving["spec"]["dnsNames"]).contains(&quotad_fqdn),
+        "quotad's certificate names {quotad_fqdn}"
+    );
+    let client = kind(&docs, "Certificate", "gateway-quotad-client");
+    assert_eq!(
+        client["spec"]["dnsNames"][0].as_str().unwrap(),
+        value("QUOTAD_TLS_ALLOW")
+    );
+    assert_eq!(serving["spec"]["issuerRef"], client["spec"]["issuerRef"]);
+    // Network policies: quotad's gRPC port and Redis take no traffic from anywhere else.
+    let quotad_policy = kind(&docs, "NetworkPolicy", "quotad");
+    assert_eq!(
+        quotad_policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    let redis_policy = kind(&docs, "NetworkPolicy", "redis");
+    assert_eq!(
+        redis_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        deployment["spec"]["template"]["metadata"]["labels"]
     );
     let redis = kind(&docs, "StatefulSet", "redis");
     let redis_args = format!(

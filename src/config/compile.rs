@@ -15,6 +15,7 @@ use super::model::*;
 use super::plan::*;
 use super::raw::*;
 use super::routes::{compile_llm, compile_routes, output_cap};
+use super::secret::Env;
 
 pub(super) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if valid_name(name) {
@@ -461,7 +462,7 @@ fn compile_consumer(
     })
 }
 
-pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+pub(super) fn compile(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
     let credentials = compile_sources(raw.credentials)?;
     let (consumer_header, plan_header) =
         compile_identity_headers(raw.consumer_header, raw.plan_header, &credentials)?;
@@ -518,7 +519,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
-    let events = compile_events(raw.events, &plans, plan_alerts)?;
+    let events = compile_events(raw.events, &plans, plan_alerts, env)?;
     let store = compile_store(raw.store, raw.on_store_error)?;
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
@@ -541,7 +542,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         billing_url: compile_https_url("billing_url", raw.billing_url)?,
         events,
         store,
-        entitlements: raw.entitlements.map(compile_settings).transpose()?,
+        entitlements: raw
+            .entitlements
+            .map(|raw| compile_settings(raw, env))
+            .transpose()?,
         routes,
         llm,
         keys,

@@ -9,7 +9,7 @@ use crate::names::{is_header_value, valid_cluster, CLUSTER_RULE};
 
 use super::errors::ConfigError;
 use super::plan::Plan;
-use super::secret::Secret;
+use super::secret::{authorization, Env, Secret};
 
 /// Default interval of usage events, in seconds.
 pub const DEFAULT_INTERVAL: i64 = 10;
@@ -32,6 +32,9 @@ pub struct RawEvents {
     pub url: String,
     #[serde(default)]
     pub authorization: Option<String>,
+    /// The name of the Wasm VM's environment variable holding the `Authorization` value.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
     #[serde(default)]
     pub interval: Option<String>,
     #[serde(default = "default_buffer")]
@@ -124,11 +127,13 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
 }
 
 /// Validates the `events` block against the compiled plans.
-/// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order.
+/// `plan_alerts` are the plans' own `alerts` (`plans.<name>.alerts`), in plan order;
+/// `authorization_env` is read with `env`.
 pub fn compile(
     raw: Option<RawEvents>,
     plans: &[Plan],
     plan_alerts: Vec<Option<Vec<u64>>>,
+    env: Env,
 ) -> Result<Option<EventsConfig>, ConfigError> {
     let Some(raw) = raw else {
         if let Some((plan, _)) = plans.iter().zip(&plan_alerts).find(|(_, a)| a.is_some()) {
@@ -153,15 +158,7 @@ pub fn compile(
         );
     };
     let (authority, path) = (authority.to_string(), path.to_string());
-    if let Some(auth) = &raw.authorization {
-        if !is_header_value(auth) {
-            // Not echoed: it is a credential.
-            return err(
-                "authorization",
-                "must be a non-empty header value of printable ASCII".into(),
-            );
-        }
-    }
+    let authorization = authorization("events", raw.authorization, raw.authorization_env, env)?;
     let interval = match &raw.interval {
         None => DEFAULT_INTERVAL,
         Some(text) => match parse_seconds(text) {
@@ -194,7 +191,7 @@ pub fn compile(
         cluster: raw.cluster,
         path,
         authority,
-        authorization: raw.authorization.map(Secret),
+        authorization,
         interval,
         timeout_ms: DEFAULT_TIMEOUT_MS,
         buffer,

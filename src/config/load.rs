@@ -3,23 +3,34 @@
 //! plans — pulled from the control plane, compiled together with the rest of the plugin
 //! configuration exactly as a configuration load would compile them, so that a snapshot gets
 //! the same schema, the same validation and the same error messages.
+//!
+//! Secrets named by `*_env` fields are read from the environment when the configuration is
+//! compiled: [`Config::from_json`] and [`Config::with_snapshot`] read this process's (the Wasm
+//! VM's, in the filter); the `_in` forms take another (the command line's stand-in, tests).
 
 use serde::Deserialize;
 
 use super::compile::compile;
+use super::entitlements::{compile_bounds, Bounds};
 use super::errors::{json_error, ConfigError};
 use super::model::Config;
 use super::raw::{RawConfig, RawConsumer, RawPlan, UniqueMap};
+use super::secret::{process_env, Env};
 
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        build(bytes, None)
+        build(bytes, None, &process_env)
+    }
+
+    /// [`Config::from_json`], with secrets' variables read from `env`.
+    pub fn from_json_in(bytes: &[u8], env: Env) -> Result<Config, ConfigError> {
+        build(bytes, None, env)
     }
 }
 
 /// Stage 1 alone (also for [`Config::with_snapshot`], which replaces the consumers).
-fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+pub(super) fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
         None => {
             return Err(ConfigError(
@@ -80,8 +91,50 @@ impl Config {
         plugin_configuration: &[u8],
         snapshot: &[u8],
     ) -> Result<Config, ConfigError> {
-        build(plugin_configuration, Some(snapshot))
+        build(plugin_configuration, Some(snapshot), &process_env)
     }
+
+    /// [`Config::with_snapshot`], with secrets' variables read from `env`.
+    pub fn with_snapshot_in(
+        plugin_configuration: &[u8],
+        snapshot: &[u8],
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        build(plugin_configuration, Some(snapshot), env)
+    }
+}
+
+/// A snapshot's consumers and keys within `bounds` (before anything is compiled); errors
+/// name the field and the bound, never a key.
+fn check_counts(consumers: &UniqueMap<RawConsumer>, bounds: &Bounds) -> Result<(), ConfigError> {
+    let count = consumers.0.len();
+    if count > bounds.consumers {
+        return Err(ConfigError(format!(
+            "consumers: {count} consumers, more than entitlements.max_consumers ({}) allows",
+            bounds.consumers
+        )));
+    }
+    let mut keys = 0usize;
+    for (name, consumer) in &consumers.0 {
+        for (i, key) in consumer.keys.iter().enumerate() {
+            if key.len() > bounds.key_bytes {
+                return Err(ConfigError(format!(
+                    "consumers.{name}.keys[{i}]: a key of {} bytes, longer than \
+                     entitlements.max_key_bytes ({}) allows",
+                    key.len(),
+                    bounds.key_bytes
+                )));
+            }
+        }
+        keys = keys.saturating_add(consumer.keys.len());
+    }
+    if keys > bounds.keys {
+        return Err(ConfigError(format!(
+            "consumers: {keys} keys, more than entitlements.max_keys ({}) allows",
+            bounds.keys
+        )));
+    }
+    Ok(())
 }
 
 /// Both loads in one function, so that stage 1 and stage 2 keep one call site each (the
@@ -89,16 +142,23 @@ impl Config {
 pub(super) fn build(
     plugin_configuration: &[u8],
     snapshot: Option<&[u8]>,
+    env: Env,
 ) -> Result<Config, ConfigError> {
     let mut raw = parse_raw(plugin_configuration)?;
     if let Some(snapshot) = snapshot {
+        let bounds = match &raw.entitlements {
+            Some(settings) => compile_bounds(settings)?,
+            None => Bounds::default(),
+        };
+        bounds.check_document(snapshot.len())?;
         let document: RawSnapshot = parse(snapshot, "the entitlements document")?;
+        check_counts(&document.consumers, &bounds)?;
         raw.consumers = document.consumers;
         if let Some(plans) = document.plans {
             raw.plans = plans;
         }
     }
-    compile(raw)
+    compile(raw, env)
 }
 
 #[cfg(test)]
@@ -156,6 +216,60 @@ mod tests {
             e.0.starts_with("consumers.acme.plan: plan `free` does not exist"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_beyond_the_bounds_is_refused_naming_field_and_bound() {
+        let bounded = String::from_utf8(STATIC.to_vec()).unwrap().replace(
+            r#""refresh": "1s""#,
+            r#""refresh": "1s", "max_document_bytes": 1024, "max_consumers": 2,
+               "max_keys": 3, "max_key_bytes": 80"#,
+        );
+        let refused = |doc: &str| {
+            Config::with_snapshot(bounded.as_bytes(), doc.as_bytes())
+                .unwrap_err()
+                .0
+        };
+        let big = format!(
+            r#"{{"consumers": {{"a": {{"plan": "free", "keys": ["{}"]}}}}}}"#,
+            "k".repeat(1000)
+        );
+        assert_eq!(
+            refused(&big),
+            format!(
+                "the entitlements document is {} bytes, more than \
+                 entitlements.max_document_bytes (1024) allows",
+                big.len()
+            )
+        );
+        let long = format!(
+            r#"{{"consumers": {{"a": {{"plan": "free", "keys": ["ok", "{}"]}}}}}}"#,
+            "k".repeat(81)
+        );
+        assert_eq!(
+            refused(&long),
+            "consumers.a.keys[1]: a key of 81 bytes, longer than entitlements.max_key_bytes \
+             (80) allows"
+        );
+        assert_eq!(
+            refused(
+                r#"{"consumers": {"a": {"plan": "free"}, "b": {"plan": "free"},
+                                  "c": {"plan": "free"}}}"#
+            ),
+            "consumers: 3 consumers, more than entitlements.max_consumers (2) allows"
+        );
+        assert_eq!(
+            refused(
+                r#"{"consumers": {"a": {"plan": "free", "keys": ["1", "2"]},
+                                  "b": {"plan": "free", "keys": ["3", "4"]}}}"#
+            ),
+            "consumers: 4 keys, more than entitlements.max_keys (3) allows"
+        );
+        let fits = r#"{"consumers": {"a": {"plan": "free", "keys": ["1", "2"]},
+                                     "b": {"plan": "free", "keys": ["3"]}}}"#;
+        assert!(Config::with_snapshot(bounded.as_bytes(), fits.as_bytes()).is_ok());
+        // The plugin configuration's own consumers are not a snapshot: not bounded so.
+        assert!(Config::from_json(bounded.as_bytes()).is_ok());
     }
 
     #[test]

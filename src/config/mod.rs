@@ -17,6 +17,8 @@
 //! - [`load`]: the two loads (the plugin configuration, and with an entitlements snapshot);
 //! - [`keys`]: the key → consumer map (plaintext and `sha256:` keys);
 //! - [`errors`]: error messages with field paths, in a user's words, never showing a key;
+//! - [`secret`]: `Authorization` values, inline or from the Wasm VM's environment;
+//! - [`warnings`]: what `tollgate check` warns about (secrets held in the configuration);
 //! - [`summary`]: the one-line description logged at start and printed by `tollgate check`.
 
 mod compile;
@@ -33,9 +35,10 @@ mod secret;
 mod summary;
 #[cfg(test)]
 mod tests;
+mod warnings;
 
 pub use compile::{compile_https_url, parse_utc_offset, MAX_URL_LEN};
-pub use entitlements::{compile_settings, RawSettings, Settings};
+pub use entitlements::{compile_bounds, compile_settings, Bounds, RawSettings, Settings};
 pub use errors::ConfigError;
 pub use events::{EventsConfig, RawEvents};
 pub use keys::DigestHasher;
@@ -43,5 +46,6 @@ pub use model::*;
 pub use plan::*;
 pub use raw::{CorsPreflight, Mode, OnStoreError, UniqueMap};
 pub use routes::*;
-pub use secret::Secret;
+pub use secret::{process_env, Env, Secret};
 pub use summary::format_utc_offset;
+pub use warnings::warnings;

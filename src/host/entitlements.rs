@@ -1,8 +1,10 @@
 //! Live entitlements, the host glue (the algorithm is in [`crate::entitlements`]): on the root
 //! context's timer, switch to a newer snapshot if shared data has one, and — when the schedule
 //! says a fetch is due and this VM wins the claim — ask the control plane with
-//! `If-None-Match`. A 200 is validated whole, its new consumers' records are created, and the
-//! snapshot is published for every VM of this Envoy.
+//! `If-None-Match`. A 200 is bounded, compared with the published snapshot by digest (an
+//! unchanged body is not published again), validated whole (and against
+//! `max_removed_percent`), its new consumers' records are created, and the snapshot is
+//! published for every VM of this Envoy.
 //!
 //! The root context routes to [`Entitlements::on_http_call_response`] every call response;
 //! tokens that are not this module's are answered `None` and left to others.
@@ -17,9 +19,10 @@ use super::shared_data::SharedData;
 use crate::config::{Config, Settings};
 use crate::counters::create_counters;
 use crate::entitlements::{
-    claim, classify, decode_document, decode_schedule, encode_document, encode_schedule, Answer,
-    Head, Keys,
+    check_removed, claim, classify, decode_document, decode_schedule, encode_digest,
+    encode_document, encode_schedule, removed, unchanged, Answer, Head, Keys,
 };
+use crate::sha256::{sha256, Digest};
 use crate::store::{create_if_missing, SetError, Store};
 
 /// This module's counters (`wasmcustom.tollgate.entitlements.*`); rare events, so each is
@@ -27,6 +30,7 @@ use crate::store::{create_if_missing, SetError, Store};
 struct Counters {
     updated: Option<u32>,
     not_modified: Option<u32>,
+    unchanged: Option<u32>,
     refused: Option<u32>,
     failed: Option<u32>,
     applied: Option<u32>,
@@ -55,6 +59,9 @@ pub struct Entitlements {
     /// one's, so that a bad snapshot costs one download and one log line per VM, not one per
     /// refresh, until the control plane changes it.
     refused_etag: Option<String>,
+    /// The digest of the last body this VM refused: the same body again (a control plane
+    /// without ETags) is neither validated nor logged again.
+    refused_digest: Option<Digest>,
     counters: Counters,
 }
 
@@ -83,9 +90,11 @@ impl Entitlements {
             version: 0,
             pending: None,
             refused_etag: None,
+            refused_digest: None,
             counters: Counters {
                 updated: counter("fetch.updated"),
                 not_modified: counter("fetch.not_modified"),
+                unchanged: counter("fetch.unchanged"),
                 refused: counter("fetch.refused"),
                 failed: counter("fetch.failed"),
                 applied: counter("applied"),
@@ -236,8 +245,14 @@ impl Entitlements {
     }
 
     /// A call response: the configuration to switch to, if the call was this module's and
-    /// its answer brought a valid, new snapshot.
-    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) -> Option<Config> {
+    /// its answer brought a valid, new snapshot. `current` is the configuration this VM
+    /// serves (what `max_removed_percent` compares with).
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        body_size: usize,
+        current: Option<&Config>,
+    ) -> Option<Config> {
         if self.pending != Some(token) {
             return None;
         }
@@ -263,17 +278,39 @@ impl Entitlements {
                 );
                 None
             }
-            Answer::Snapshot { etag } => self.publish(etag, body_size),
+            Answer::Snapshot { etag } => self.publish(etag, body_size, current),
         }
     }
 
+    /// A snapshot refused: counted, logged once (naming the field), and remembered by ETag
+    /// and digest so that the same answer is not downloaded, validated or logged again.
+    fn refuse(&mut self, why: &str, etag: Vec<u8>, digest: Option<Digest>) {
+        bump(self.counters.refused, 1);
+        log::error!(
+            "entitlements: snapshot refused, version {} keeps serving: {why}",
+            self.version
+        );
+        self.refused_etag = String::from_utf8(etag).ok().filter(|e| !e.is_empty());
+        self.refused_digest = digest;
+    }
+
     /// Validates a 200's body, creates its new consumers' records, and publishes it.
-    fn publish(&mut self, etag: Vec<u8>, body_size: usize) -> Option<Config> {
+    fn publish(
+        &mut self,
+        etag: Vec<u8>,
+        body_size: usize,
+        current: Option<&Config>,
+    ) -> Option<Config> {
         let store = SharedData::default();
         let (head, head_cas) = self.head(&store).unwrap_or_default();
         if !etag.is_empty() && etag == head.etag && head.version > 0 {
             // A control plane that ignores If-None-Match: same ETag, same snapshot.
             bump(self.counters.not_modified, 1);
+            return None;
+        }
+        // Before the body is copied into the VM (Envoy has buffered it by now).
+        if let Err(e) = self.settings.bounds.check_document(body_size) {
+            self.refuse(&e.0, etag, None);
             return None;
         }
         let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
@@ -284,19 +321,55 @@ impl Entitlements {
                 return None;
             }
         };
+        let digest = sha256(&body);
+        if self.refused_digest == Some(digest) {
+            bump(self.counters.unchanged, 1);
+            log::debug!("entitlements: the snapshot refused last, unchanged");
+            return None;
+        }
+        let record = match store.get(&self.keys.digest) {
+            Ok(record) => record.map(|(bytes, _)| bytes),
+            Err(e) => {
+                log::warn!("entitlements: cannot read the snapshot digest: {}", e.0);
+                None
+            }
+        };
+        if unchanged(record.as_deref(), head.version, &digest) {
+            bump(self.counters.unchanged, 1);
+            log::debug!(
+                "entitlements: unchanged (the body of version {}), not published again",
+                head.version
+            );
+            if !etag.is_empty() && etag != head.etag {
+                // The same body under a new ETag: send that one in If-None-Match from now on.
+                let head = Head {
+                    version: head.version,
+                    etag,
+                };
+                let _ = store.set(&self.keys.head, &head.encode(), head_cas);
+            }
+            return None;
+        }
         let started = now_ms();
         let config = match Config::with_snapshot(&self.plugin_configuration, &body) {
             Ok(config) => config,
             Err(e) => {
-                bump(self.counters.refused, 1);
-                log::error!(
-                    "entitlements: snapshot refused, version {} keeps serving: {e}",
-                    self.version
-                );
-                self.refused_etag = String::from_utf8(etag).ok().filter(|e| !e.is_empty());
+                self.refuse(&e.0, etag, Some(digest));
                 return None;
             }
         };
+        // Only against a snapshot: the configuration's own consumers (version 0) are a
+        // bootstrap set that the first snapshot replaces whole.
+        if let (Some(percent), Some(current)) = (
+            self.settings.max_removed_percent,
+            current.filter(|_| self.version > 0),
+        ) {
+            let served = current.consumers.len() - usize::from(current.anonymous.is_some());
+            if let Err(why) = check_removed(removed(current, &config), served, percent) {
+                self.refuse(&why, etag, Some(digest));
+                return None;
+            }
+        }
         // New consumers' records (leases in fleet mode) must exist before any VM counts them
         // (see quota.rs).
         if let Err(e) = create_counters(&config, &SharedData::default()) {
@@ -311,6 +384,16 @@ impl Entitlements {
         let version = head.version.max(self.version) + 1;
         let document = encode_document(version, &body);
         let published = store.set(&self.keys.document, &document, 0).and_then(|()| {
+            // The digest before the head: a head is never newer than a digest that claims it.
+            if let Err(e) = store.set(&self.keys.digest, &encode_digest(version, &digest), 0) {
+                log::warn!(
+                    "entitlements: cannot store the snapshot digest (an unchanged body will be published again): {}",
+                    match e {
+                        SetError::CasMismatch => "CAS mismatch".to_string(),
+                        SetError::Failed(e) => e.0,
+                    }
+                );
+            }
             store.set(
                 &self.keys.head,
                 &Head {
@@ -338,6 +421,7 @@ impl Entitlements {
         bump(self.counters.updated, 1);
         self.version = version;
         self.refused_etag = None;
+        self.refused_digest = None;
         log::info!(
             "entitlements: fetched version {version} (ETag {}, {} bytes)",
             String::from_utf8_lossy(&etag),

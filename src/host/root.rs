@@ -104,9 +104,10 @@ impl Context for Root {
                 return;
             }
         }
+        let current = self.runtime.as_deref().map(|runtime| &runtime.config);
         let entitlements = self.entitlements.as_mut();
         if let Some(config) =
-            entitlements.and_then(|e| e.on_http_call_response(token_id, body_size))
+            entitlements.and_then(|e| e.on_http_call_response(token_id, body_size, current))
         {
             self.switch(config);
         }

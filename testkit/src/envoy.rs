@@ -81,6 +81,13 @@ pub struct Options {
     pub clusters: Vec<(String, u16)>,
     /// Further text substitutions in the files (e.g. quotad's port in envoy/fleet/).
     pub replace: Vec<(String, String)>,
+    /// The directory of quotad's certificates ([`crate::FleetCerts`]) the fleet files' mutual
+    /// TLS block uses in place of `envoy/fleet/certs/`; `None` removes the block (a plaintext
+    /// rate limit server).
+    pub quotad_certs: Option<PathBuf>,
+    /// Extra environment variables of the Envoy process (e.g. secrets its Wasm VM gets through
+    /// `vm_config.environment_variables.host_env_keys`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -96,6 +103,8 @@ impl Default for Options {
             wasm: None,
             clusters: Vec::new(),
             replace: Vec::new(),
+            quotad_certs: None,
+            env: Vec::new(),
         }
     }
 }
@@ -109,6 +118,7 @@ struct Render {
     wasm: Option<PathBuf>,
     relocate: Option<String>,
     replace: Vec<(String, String)>,
+    quotad_certs: Option<PathBuf>,
 }
 
 impl Render {
@@ -119,6 +129,7 @@ impl Render {
         for (from, to) in &self.replace {
             owned = owned.replace(from.as_str(), to);
         }
+        let owned = quotad_tls(&owned, self.quotad_certs.as_deref());
         let text = owned.as_str();
         let (port, backend, admin) = self.ports;
         let (file_port, file_backend, file_admin) = self.file_ports;
@@ -199,6 +210,7 @@ impl Envoy {
                 "port_value: 8081".to_string(),
                 format!("port_value: {}", quotad.grpc),
             )],
+            quotad_certs: quotad.certs.as_ref().map(|c| c.dir.path().to_path_buf()),
             ..Options::default()
         })
     }
@@ -224,6 +236,7 @@ impl Envoy {
             wasm: options.wasm.clone(),
             relocate: options.relocate.clone(),
             replace: options.replace.clone(),
+            quotad_certs: options.quotad_certs.clone(),
         };
         let plugin = options.plugin.as_deref();
         for file in &options.files {
@@ -247,7 +260,8 @@ impl Envoy {
             .arg("--disable-hot-restart")
             // wasm at debug: every decision is logged, so tests can check no key ever is.
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
-            .args(&options.args);
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         // Envoy logs to stderr rather than --log-path: a log file is flushed every 10 s,
         // stderr per line.
         let process = Process::spawn("Envoy", command, dir.join("envoy.log"));
@@ -337,6 +351,11 @@ impl Envoy {
         (0..n).map(|_| self.get_as(path, consumer).status).collect()
     }
 
+    /// Envoy's admin `/config_dump` (every resource Envoy holds, as JSON text).
+    pub fn config_dump(&self) -> String {
+        request(self.admin, "GET", "/config_dump", &[]).body
+    }
+
     /// Envoy's admin `/stats` output.
     pub fn stats(&self) -> String {
         request(self.admin, "GET", "/stats", &[]).body
@@ -371,10 +390,61 @@ pub fn fleet_envoy(quotad: &Quotad, plugin: &str, concurrency: u32) -> Envoy {
 }
 
 pub fn fleet_options(quotad: &Quotad, plugin: &str, concurrency: u32) -> Options {
-    fleet_options_at(quotad.grpc, plugin, concurrency)
+    Options {
+        quotad_certs: quotad.certs.as_ref().map(|c| c.dir.path().to_path_buf()),
+        ..fleet_options_at(quotad.grpc, plugin, concurrency)
+    }
 }
 
-/// [`fleet_options`] with the quotad cluster pointed at another rate limit server's port.
+/// The quotad cluster of `envoy/fleet/tollgate.yaml` as shipped (HTTP/2 for gRPC, mutual TLS
+/// with quotad's certificates, or none for a plaintext quotad), pointed at `quotad`: to add to
+/// another bootstrap's `clusters:`.
+pub fn quotad_cluster(quotad: &Quotad) -> String {
+    let fleet = std::fs::read_to_string(repo().join("envoy/fleet/tollgate.yaml")).unwrap();
+    let start = fleet
+        .find("  - name: tollgate_quotad\n")
+        .expect("envoy/fleet/tollgate.yaml defines the tollgate_quotad cluster");
+    let rest = &fleet[start..];
+    // Up to the next cluster of the list, or the end of the file.
+    let end = rest[1..].find("\n  - ").map_or(rest.len(), |i| i + 2);
+    let cluster = rest[..end].replace("port_value: 8081", &format!("port_value: {}", quotad.grpc));
+    quotad_tls(&cluster, quotad.certs.as_ref().map(|c| c.dir.path()))
+}
+
+/// The lines between `# quotad-tls-begin` and `# quotad-tls-end` (the Envoy side of quotad's
+/// mutual TLS in envoy/fleet/): kept with `envoy/fleet/certs/` replaced by `certs`, or removed
+/// when `certs` is `None`. The marker lines go either way.
+pub fn quotad_tls(yaml: &str, certs: Option<&Path>) -> String {
+    if !yaml.contains("# quotad-tls-begin") {
+        return yaml.to_string();
+    }
+    let mut out = String::new();
+    let mut inside = false;
+    for line in yaml.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# quotad-tls-begin") {
+            inside = true;
+            continue;
+        }
+        if trimmed.starts_with("# quotad-tls-end") {
+            inside = false;
+            continue;
+        }
+        match (inside, certs) {
+            (false, _) => out.push_str(line),
+            (true, Some(dir)) => {
+                out.push_str(&line.replace("envoy/fleet/certs/", &format!("{}/", dir.display())))
+            }
+            (true, None) => continue,
+        }
+        out.push('\n');
+    }
+    assert!(!inside, "a quotad-tls-begin marker without its end");
+    out
+}
+
+/// [`fleet_options`] with the quotad cluster pointed at another rate limit server's port
+/// (plaintext: the mutual TLS block removed).
 pub fn fleet_options_at(grpc_port: u16, plugin: &str, concurrency: u32) -> Options {
     Options {
         bootstrap: "envoy/fleet/tollgate.yaml".into(),

@@ -12,6 +12,8 @@
 //! - [`fakes`]: servers outside the product that the tests stand in for (the usage-events sink,
 //!   the control plane of live entitlements, an LLM provider).
 //! - `rls` (feature `rls`): quotad's gRPC client.
+//! - [`tls`]: a test CA and the certificates it issues (quotad and Envoy in mutual TLS; with
+//!   features `rls` and `tls`, a TLS client of quotad).
 //!
 //! The rules they keep, so that tests do not flake on a loaded 2-core machine: every listener on
 //! a free port, every Envoy with a `--base-id` of its own, every process in a temporary
@@ -30,6 +32,7 @@ pub mod redis;
 #[cfg(feature = "rls")]
 pub mod rls;
 pub mod temp;
+pub mod tls;
 
 pub use envoy::*;
 pub use fakes::*;

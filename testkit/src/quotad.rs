@@ -12,6 +12,57 @@ use crate::poll::{wait_for, DEADLINE, STARTUP_DEADLINE};
 use crate::process::Process;
 use crate::redis::Redis;
 use crate::temp::{next_id, TempDir};
+use crate::tls::{Pair, Pki};
+
+/// The name in quotad's certificate, which Envoys check (envoy/fleet/*.yaml).
+pub const QUOTAD_NAME: &str = "quotad.tollgate";
+/// The identity in the Envoys' client certificate, the one on quotad's `--tls-allow`.
+pub const GATEWAY_NAME: &str = "gateway.tollgate";
+
+/// The certificates of a quotad in mutual TLS, laid out as `make fleet-certs` writes them for
+/// the examples (envoy/fleet/certs/): `ca.crt`, `quotad.crt`/`.key`, `gateway.crt`/`.key`.
+pub struct FleetCerts {
+    pub dir: TempDir,
+    pub pki: Pki,
+    pub quotad: Pair,
+    pub gateway: Pair,
+}
+
+impl FleetCerts {
+    pub fn new() -> FleetCerts {
+        let dir = TempDir::named("certs");
+        let pki = Pki::new(dir.path(), "ca");
+        let quotad = pki.issue("quotad", &[QUOTAD_NAME, "127.0.0.1"]);
+        let gateway = pki.issue("gateway", &[GATEWAY_NAME]);
+        FleetCerts {
+            dir,
+            pki,
+            quotad,
+            gateway,
+        }
+    }
+
+    /// quotad's flags for mutual TLS with these files, allowing [`GATEWAY_NAME`] only.
+    pub fn quotad_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(&self.quotad.cert),
+            "--tls-key".into(),
+            path(&self.quotad.key),
+            "--tls-client-ca".into(),
+            path(&self.pki.ca()),
+            "--tls-allow".into(),
+            GATEWAY_NAME.into(),
+        ]
+    }
+}
+
+impl Default for FleetCerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A running quotad; its gRPC and HTTP (health, metrics) ports.
 pub struct Quotad {
@@ -22,6 +73,8 @@ pub struct Quotad {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dir: TempDir,
+    /// Its certificates when it speaks mutual TLS ([`Quotad::mutual_tls`]).
+    pub certs: Option<FleetCerts>,
 }
 
 impl Quotad {
@@ -56,7 +109,20 @@ impl Quotad {
             args,
             env,
             dir,
+            certs: None,
         }
+    }
+
+    /// `binary` with `args` and mutual TLS as the fleet examples run it: certificates of a CA
+    /// of its own, Envoys' client certificate ([`FleetCerts::gateway`]) the only one allowed.
+    pub fn mutual_tls(binary: impl AsRef<Path>, args: &[&str]) -> Quotad {
+        let certs = FleetCerts::new();
+        let tls = certs.quotad_args();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(tls.iter().map(String::as_str));
+        let mut quotad = Self::start(binary, &all);
+        quotad.certs = Some(certs);
+        quotad
     }
 
     /// `binary` on one Redis node.
@@ -64,10 +130,10 @@ impl Quotad {
         Self::start(binary, &["--redis", &redis.url()])
     }
 
-    /// The quotad `make quotad` builds, in front of `redis` as fleet-mode Envoys use it: a
-    /// 500 ms Redis timeout, and ready when `/healthz` says Redis answers.
+    /// The quotad `make quotad` builds, in front of `redis` as fleet-mode Envoys use it: mutual
+    /// TLS, a 500 ms Redis timeout, and ready when `/healthz` says Redis answers.
     pub fn fleet(redis: &Redis) -> Quotad {
-        let quotad = Self::start(
+        let quotad = Self::mutual_tls(
             quotad_path(),
             &["--redis", &redis.url(), "--redis-timeout-ms", "500"],
         );

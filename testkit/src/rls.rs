@@ -19,6 +19,34 @@ impl Quotad {
             .await
             .unwrap()
     }
+
+    /// A gRPC client of this quotad over TLS: trusting `ca`, naming the server `server_name`,
+    /// presenting `identity` (mutual TLS) if given. The error of a refused handshake is the
+    /// caller's to look at.
+    #[cfg(feature = "tls")]
+    pub async fn tls_client(
+        &self,
+        ca: &std::path::Path,
+        server_name: &str,
+        identity: Option<&crate::tls::Pair>,
+    ) -> Result<RateLimitServiceClient<Channel>, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+            .domain_name(server_name);
+        if let Some(pair) = identity {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(&pair.cert).unwrap(),
+                std::fs::read(&pair.key).unwrap(),
+            ));
+        }
+        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.grpc))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(RateLimitServiceClient::new(channel))
+    }
 }
 
 /// A descriptor from (key, value) entries.

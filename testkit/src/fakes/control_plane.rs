@@ -41,6 +41,9 @@ struct PlaneState {
     body: Vec<u8>,
     etag: String,
     answering: Answering,
+    /// Send an ETag with each 200 (and answer `If-None-Match`); false: a control plane
+    /// without ETags, which answers every request with the whole document.
+    etags: bool,
     fetches: Vec<Fetch>,
 }
 
@@ -63,6 +66,7 @@ impl ControlPlane {
             body: document.as_bytes().to_vec(),
             etag: "\"v1\"".into(),
             answering: Answering::Serve,
+            etags: true,
             fetches: Vec::new(),
         }));
         let started = Instant::now();
@@ -94,6 +98,11 @@ impl ControlPlane {
     /// instant was answered from it (both are taken under one lock).
     pub fn published_at(&self) -> f64 {
         self.state.lock().unwrap().published_at
+    }
+
+    /// From now on, answer as a control plane without ETags: no `etag` header, never a 304.
+    pub fn without_etags(&self) {
+        self.state.lock().unwrap().etags = false;
     }
 
     pub fn answer(&self, answering: Answering) {
@@ -138,13 +147,19 @@ fn serve(mut stream: TcpStream, state: &Mutex<PlaneState>, started: Instant, sto
     if let Answering::Slow(delay) = answering {
         std::thread::sleep(delay);
     }
-    let (body, etag, at) = {
+    let (body, etag, etags, at) = {
         let s = state.lock().unwrap();
         (
             s.body.clone(),
             s.etag.clone(),
+            s.etags,
             started.elapsed().as_secs_f64(),
         )
+    };
+    let etag_header = if etags {
+        format!("etag: {etag}\r\n")
+    } else {
+        String::new()
     };
     let (status, reply): (u16, Vec<u8>) = match answering {
         Answering::Refuse => (0, Vec::new()),
@@ -155,9 +170,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<PlaneState>, started: Instant, sto
         ),
         // RFC 9110 §13.1.2: If-None-Match is a list of entity tags.
         Answering::Serve | Answering::Slow(_)
-            if if_none_match
-                .as_deref()
-                .is_some_and(|list| list.split(',').any(|t| t.trim() == etag)) =>
+            if etags
+                && if_none_match
+                    .as_deref()
+                    .is_some_and(|list| list.split(',').any(|t| t.trim() == etag)) =>
         (
             304,
             format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\nconnection: close\r\n\r\n")
@@ -165,7 +181,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<PlaneState>, started: Instant, sto
         ),
         Answering::Serve | Answering::Slow(_) => {
             let mut reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: {etag}\r\n\
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{etag_header}\
                  content-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             )

@@ -1,0 +1,124 @@
+//! What `tollgate check` warns about: secrets held in the plugin configuration itself. Envoy
+//! shows the plugin configuration to anyone who can read its admin `/config_dump` (and Istio's
+//! `WasmPlugin` or Envoy Gateway's `EnvoyExtensionPolicy` to anyone who can read the resource),
+//! so an inline `authorization` or a plaintext key is readable there. The filter accepts them:
+//! these are warnings, not errors.
+
+use super::load::parse_raw;
+
+/// Consumers named in the plaintext-key warning before `… and N more`.
+const NAMED: usize = 5;
+
+/// One line per secret found in the plugin configuration `bytes`, each with the alternative;
+/// nothing for a configuration that does not parse (its error says why). No line holds a
+/// secret.
+pub fn warnings(bytes: &[u8]) -> Vec<String> {
+    let Ok(raw) = parse_raw(bytes) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let inline = [
+        (
+            "events",
+            raw.events.as_ref().and_then(|e| e.authorization.as_ref()),
+            "TOLLGATE_EVENTS_AUTH",
+        ),
+        (
+            "entitlements",
+            raw.entitlements
+                .as_ref()
+                .and_then(|e| e.authorization.as_ref()),
+            "TOLLGATE_ENTITLEMENTS_AUTH",
+        ),
+    ];
+    for (section, value, variable) in inline {
+        if value.is_some() {
+            out.push(format!(
+                "{section}.authorization: the secret is in the plugin configuration, which \
+                 Envoy's admin /config_dump shows; name an environment variable of the Wasm VM \
+                 instead (\"authorization_env\": \"{variable}\", given by \
+                 vm_config.environment_variables.host_env_keys; see docs/security.md#secrets)"
+            ));
+        }
+    }
+    let mut plaintext = 0usize;
+    let mut owners: Vec<&str> = Vec::new();
+    for (name, consumer) in &raw.consumers.0 {
+        let n = consumer
+            .keys
+            .iter()
+            .filter(|k| !k.starts_with("sha256:"))
+            .count();
+        if n > 0 {
+            plaintext += n;
+            owners.push(name);
+        }
+    }
+    if plaintext > 0 {
+        let mut named = owners
+            .iter()
+            .take(NAMED)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if owners.len() > NAMED {
+            named.push_str(&format!(" and {} more", owners.len() - NAMED));
+        }
+        out.push(format!(
+            "consumers: {plaintext} plaintext {} (of {}), which Envoy's admin /config_dump \
+             shows; list each as sha256:<hex> instead (`tollgate hash-key` prints it)",
+            if plaintext == 1 { "key" } else { "keys" },
+            named
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_secrets_and_plaintext_keys_are_named_never_shown() {
+        let config = br#"{
+          "plans": {"p": {"limits": []}},
+          "consumers": {"a": {"plan": "p", "keys": ["key-a1", "key-a2"]},
+                        "b": {"plan": "p", "keys": ["sha256:e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f"]},
+                        "c": {"plan": "p", "keys": ["key-c"]}},
+          "events": {"cluster": "sink", "url": "http://sink/e", "authorization": "Bearer ev-s3cret"},
+          "entitlements": {"cluster": "cp", "path": "/c", "authorization_env": "CP_AUTH"}
+        }"#;
+        let found = warnings(config);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("events.authorization: the secret is in the plugin configuration"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("\"authorization_env\": \"TOLLGATE_EVENTS_AUTH\""));
+        assert!(
+            found[1].starts_with("consumers: 3 plaintext keys (of a, c), "),
+            "{found:?}"
+        );
+        let all = found.join("\n");
+        assert!(!all.contains("s3cret") && !all.contains("key-a1"), "{all}");
+    }
+
+    #[test]
+    fn nothing_to_say_about_a_configuration_without_secrets_or_one_that_does_not_parse() {
+        let hashed = br#"{"plans": {"p": {"limits": []}},
+          "consumers": {"b": {"plan": "p", "keys": ["sha256:e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f"]}},
+          "events": {"cluster": "sink", "url": "http://sink/e", "authorization_env": "EV"}}"#;
+        assert!(warnings(hashed).is_empty());
+        assert!(warnings(b"{\"plans\": ").is_empty());
+        let many: String = (0..8)
+            .map(|i| format!(r#""c{i}": {{"plan": "p", "keys": ["k{i}"]}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let config = format!(r#"{{"plans": {{"p": {{"limits": []}}}}, "consumers": {{{many}}}}}"#);
+        assert_eq!(
+            warnings(config.as_bytes()),
+            ["consumers: 8 plaintext keys (of c0, c1, c2, c3, c4 and 3 more), which Envoy's admin \
+              /config_dump shows; list each as sha256:<hex> instead (`tollgate hash-key` prints it)"]
+        );
+    }
+}
