@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use tollgate_quotad::bounds;
 use tollgate_quotad::metrics::Metrics;
+use tollgate_quotad::policy::Policy;
 use tollgate_quotad::service::Service;
 use tollgate_quotad::shutdown::{self, Connections, Signals};
 use tollgate_quotad::store::{Store, Target};
@@ -100,6 +101,18 @@ struct Flags {
     #[arg(long, env = "QUOTAD_WORKER_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     worker_threads: u16,
+    /// Serve only these domains (comma-separated; default: any).
+    #[arg(long, env = "QUOTAD_ALLOW_DOMAINS", value_delimiter = ',')]
+    allow_domains: Vec<String>,
+    /// Refuse a limit whose `requests` is above this (default: no bound).
+    #[arg(long, env = "QUOTAD_MAX_REQUESTS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+    /// Refuse a `hits_addend` above this, per limit (default: no bound).
+    #[arg(long, env = "QUOTAD_MAX_HITS_ADDEND", value_parser = clap::value_parser!(u64).range(1..))]
+    max_hits_addend: Option<u64>,
+    /// Serve only limits of these windows (comma-separated, e.g. day,month,1s; default: any).
+    #[arg(long, env = "QUOTAD_ALLOW_WINDOWS", value_delimiter = ',')]
+    allow_windows: Vec<String>,
     /// TLS on the gRPC listener: this PEM certificate chain (reloaded when it changes).
     #[arg(long, env = "QUOTAD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -318,6 +331,12 @@ async fn run(mut flags: Flags) -> Result<(), String> {
     let mut signals = Signals::new()?;
     let connections = Connections::default();
 
+    let policy = Policy::new(
+        flags.allow_domains.clone(),
+        flags.max_requests,
+        flags.max_hits_addend,
+        &flags.allow_windows,
+    )?;
     let tls = listener_tls(&flags)?;
     let grpc = TcpListener::bind(flags.listen)
         .await
@@ -373,6 +392,7 @@ async fn run(mut flags: Flags) -> Result<(), String> {
         store,
         metrics,
         margin: flags.ttl_margin_seconds,
+        policy,
     };
     let grpc_server = {
         let mut stop = stop_rx.clone();
