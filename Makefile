@@ -32,7 +32,7 @@ QUOTAD        := target/quotad/quotad
 # The fleet-mode tests (tests/fleet*.rs) start the built quotad.
 export TOLLGATE_QUOTAD := $(CURDIR)/$(QUOTAD)
 
-.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet fleet-certs test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
+.PHONY: help build wasm cli quotad wasm-opt run run-fleet fleet fleet-certs images buildah cargo-deny test test-tools redis unit e2e lint fmt envoy toolchain bench bench-tools bench-filters bench-own bench-quotad bench-entitlements fuzz mutants build-fault clean
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -95,6 +95,13 @@ test-tools: redis # curl (gRPC tests), h2load and nghttp (HTTP/2), Redis (quotad
 	@command -v promtool >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
+buildah: # buildah (Debian's package): builds the images offline, no daemon
+	@command -v buildah >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq buildah; }
+
+images: wasm quotad buildah ## quotad and tollgate.wasm as OCI images (target/images/, OCI layout; images/build.sh)
+	@sh images/build.sh target/images
+
 redis: # redis-server, redis-cli and redis-benchmark (Debian's packages), installed where missing
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
@@ -121,7 +128,7 @@ fleet: wasm quotad envoy redis fleet-certs ## Redis, quotad and two Envoys in fl
 	$(ENVOY) -c $$dir/second.yaml --concurrency 2 --base-id 7011 -l warn & envoy=$$!; \
 	$(ENVOY) -c envoy/fleet/tollgate.yaml --concurrency 2 --base-id 7010 -l info
 
-test: wasm build-fault quotad envoy test-tools ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: wasm build-fault quotad envoy test-tools images ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
@@ -130,7 +137,13 @@ unit: ## Unit tests of the pure core only (no Envoy)
 e2e: wasm build-fault quotad envoy test-tools ## End-to-end tests only
 	cargo test --workspace --test '*' --no-fail-fast
 
-lint: toolchain ## rustfmt, clippy -D warnings (host and wasm), and no import circle between modules
+cargo-deny: # cargo-deny (crates.io), installed where missing
+	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+
+lint: toolchain cargo-deny ## rustfmt, clippy -D warnings (host and wasm), no import circle, cargo deny (licenses, bans, sources, advisories)
+	cargo deny check bans licenses sources
+	@if cargo deny fetch db >/dev/null 2>&1; then cargo deny check advisories; \
+	else echo "cargo deny: the RustSec advisory database cannot be fetched from here: advisories not checked"; fi
 	python3 tools/test_circles.py
 	python3 tools/circles.py src quotad/src cli/src
 	cargo fmt --all -- --check
@@ -185,7 +198,7 @@ bench-entitlements: ## Compile time of a 100 000-consumer entitlements snapshot 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
 FUZZ_SECONDS   ?= 600
-FUZZ_TARGETS   ?= config credentials record window request
+FUZZ_TARGETS   ?= config credentials record window request rls_response quotad_request
 FUZZ_SANITIZER ?= address
 
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; not part of `make test`

@@ -358,13 +358,13 @@ fn live_reconfiguration_keeps_the_fleet_count() {
     });
 }
 
-fn manifest(path: &str) -> serde_yaml::Value {
+fn manifest(path: &str) -> serde_norway::Value {
     let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_norway::from_str(&text).unwrap()
 }
 
-fn fleet_config(value: &serde_yaml::Value) -> tollgate::config::Config {
+fn fleet_config(value: &serde_norway::Value) -> tollgate::config::Config {
     let json = serde_json::to_string(value).unwrap();
     let config = tollgate::config::Config::from_json(json.as_bytes())
         .unwrap_or_else(|e| panic!("not a valid tollgate configuration: {e}\n{json}"));
@@ -378,8 +378,8 @@ fn quotad_service() -> (String, String, u64) {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/quotad-k8s.yaml"),
     )
     .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let doc = serde_norway::Value::deserialize(doc).unwrap();
         if doc["kind"] == "Service" && doc["metadata"]["name"] == "quotad" {
             let port = doc["spec"]["ports"]
                 .as_sequence()
@@ -422,8 +422,8 @@ fn the_mesh_manifests_have_fleet_variants_that_reach_quotad() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/fleet/istio-quotad-mtls.yaml"),
     )
     .unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde_norway::Value::deserialize(d).unwrap())
         .collect();
     let peer = docs
         .iter()

@@ -79,12 +79,12 @@ fn the_per_route_example_exempts_its_health_route() {
     assert_eq!(ok.remaining("daily"), 999);
 }
 
-fn manifest(name: &str) -> serde_yaml::Value {
+fn manifest(name: &str) -> serde_norway::Value {
     let text = std::fs::read_to_string(repo().join("envoy").join(name)).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_norway::from_str(&text).unwrap()
 }
 
-fn keys(value: &serde_yaml::Value) -> Vec<String> {
+fn keys(value: &serde_norway::Value) -> Vec<String> {
     value
         .as_mapping()
         .unwrap()
@@ -93,7 +93,7 @@ fn keys(value: &serde_yaml::Value) -> Vec<String> {
         .collect()
 }
 
-fn assert_valid_tollgate_config(value: &serde_yaml::Value) {
+fn assert_valid_tollgate_config(value: &serde_norway::Value) {
     let json = serde_json::to_string(value).unwrap();
     if let Err(e) = Config::from_json(json.as_bytes()) {
         panic!("not a valid tollgate configuration: {e}\n{json}");

@@ -53,7 +53,7 @@ fn metric_names(query: &str, names: &mut BTreeSet<String>, patterns: &mut BTreeS
 }
 
 fn queries() -> Vec<String> {
-    let rules: serde_yaml::Value = serde_yaml::from_str(&file("tollgate-alerts.yaml")).unwrap();
+    let rules: serde_norway::Value = serde_norway::from_str(&file("tollgate-alerts.yaml")).unwrap();
     let mut out: Vec<String> = rules["groups"][0]["rules"]
         .as_sequence()
         .unwrap()

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 use tollgate::config::{Config, ConfigError};
 
 use crate::environment::Environment;
@@ -70,7 +70,7 @@ pub fn read(path: &Path) -> Result<Vec<Found>, String> {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
     let documents: Vec<Value> = if yaml {
         let mut documents = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in serde_norway::Deserializer::from_str(&text) {
             let value = serde::Deserialize::deserialize(document)
                 .map_err(|e| format!("not valid YAML: {e}"))?;
             documents.push(value);

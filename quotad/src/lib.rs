@@ -5,14 +5,18 @@
 //!   Redis keys and TTLs), and the store's answer becomes the RLS response.
 //! - [`store`]: Redis (one node or a Cluster) and the atomic Lua script (`take.lua`).
 //! - [`service`]: the gRPC service, translating and counting outcomes.
+//! - [`policy`]: what a caller may claim (domains, largest limit and hits_addend, windows).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`bounds`]: what one client can make quotad hold; the capped listener.
 //! - [`tls`]: (mutual) TLS on the gRPC listener, the client allow-list, reloading certificates.
-//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`, graceful shutdown.
+//! - [`shutdown`]: draining after SIGTERM/SIGINT, with a deadline; a second signal exits.
+//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`.
 
 pub mod bounds;
 pub mod metrics;
+pub mod policy;
 pub mod request;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod tls;

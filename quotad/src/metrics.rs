@@ -7,7 +7,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Decisions by outcome: ok, over_limit, invalid_argument, unavailable.
+    /// Decisions by outcome: ok, over_limit, invalid_argument, denied, unavailable.
     pub decisions: IntCounterVec,
     /// Failed Redis calls by kind: timeout, error.
     pub redis_errors: IntCounterVec,
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub ok: IntCounter,
     pub over_limit: IntCounter,
     pub invalid_argument: IntCounter,
+    /// Refused by the policy (--allow-domains, --max-requests, ...).
+    pub denied: IntCounter,
     pub unavailable: IntCounter,
     pub redis_timeout: IntCounter,
     pub redis_error: IntCounter,
@@ -53,6 +55,7 @@ impl Metrics {
             ok: decisions.with_label_values(&["ok"]),
             over_limit: decisions.with_label_values(&["over_limit"]),
             invalid_argument: decisions.with_label_values(&["invalid_argument"]),
+            denied: decisions.with_label_values(&["denied"]),
             unavailable: decisions.with_label_values(&["unavailable"]),
             redis_timeout: redis_errors.with_label_values(&["timeout"]),
             redis_error: redis_errors.with_label_values(&["error"]),

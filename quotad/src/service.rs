@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::request::{decide, respond};
 use crate::store::{Store, StoreError};
 
@@ -16,6 +17,8 @@ pub struct Service {
     pub metrics: Metrics,
     /// Seconds added to every key's TTL beyond its window's end.
     pub margin: i64,
+    /// What a caller may claim.
+    pub policy: Policy,
 }
 
 fn now() -> i64 {
@@ -51,6 +54,10 @@ impl Service {
         let decision = decide(request, now(), self.margin).map_err(|e| {
             self.metrics.invalid_argument.inc();
             Status::invalid_argument(bounded(e))
+        })?;
+        self.policy.check(&request.domain, &decision).map_err(|e| {
+            self.metrics.denied.inc();
+            Status::permission_denied(bounded(e))
         })?;
         let outcome = self.store.take(&decision).await.map_err(|e| {
             match e {

@@ -16,11 +16,11 @@ use std::process::Command;
 
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn documents() -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("envoy/fleet/quotad-k8s.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
 }
