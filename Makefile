@@ -128,7 +128,7 @@ fleet: wasm quotad envoy redis fleet-certs ## Redis, quotad and two Envoys in fl
 	$(ENVOY) -c $$dir/second.yaml --concurrency 2 --base-id 7011 -l warn & envoy=$$!; \
 	$(ENVOY) -c envoy/fleet/tollgate.yaml --concurrency 2 --base-id 7010 -l info
 
-test: wasm build-fault quotad envoy test-tools images ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: wasm build-fault quotad envoy test-tools images fleet-certs ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
