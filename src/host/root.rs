@@ -17,7 +17,7 @@ use super::http::Filter;
 use super::logger;
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
-use crate::config::Config;
+use crate::config::{Config, Settings, UntilFirstSnapshot};
 use crate::counters::create_counters;
 
 proxy_wasm::main! {{
@@ -199,6 +199,16 @@ impl RootContext for Root {
             None => (None, None),
         };
         self.entitlements = entitlements;
+        let mut config = config;
+        if current.is_none() {
+            // No snapshot in shared data (a start, not a reconfiguration): until the first
+            // one, keys the configuration does not hold wait for it, if so configured.
+            config.awaiting_snapshot = config
+                .entitlements
+                .as_ref()
+                .filter(|s| s.until_first_snapshot == UntilFirstSnapshot::Unavailable)
+                .map(Settings::retry_after_s);
+        }
         self.runtime = Some(Rc::new(Runtime::new(config)));
         if let Some(current) = current {
             self.switch(current);
