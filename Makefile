@@ -128,7 +128,7 @@ fleet: wasm quotad envoy redis fleet-certs ## Redis, quotad and two Envoys in fl
 	$(ENVOY) -c $$dir/second.yaml --concurrency 2 --base-id 7011 -l warn & envoy=$$!; \
 	$(ENVOY) -c envoy/fleet/tollgate.yaml --concurrency 2 --base-id 7010 -l info
 
-test: wasm build-fault quotad envoy test-tools images ## Unit tests and end-to-end tests against real Envoy with the release .wasm
+test: wasm build-fault quotad envoy test-tools images fleet-certs ## Unit tests and end-to-end tests against real Envoy with the release .wasm
 	cargo test --workspace --no-fail-fast
 
 unit: ## Unit tests of the pure core only (no Envoy)
@@ -198,7 +198,7 @@ bench-entitlements: ## Compile time of a 100 000-consumer entitlements snapshot 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
 FUZZ_SECONDS   ?= 600
-FUZZ_TARGETS   ?= config credentials record window request
+FUZZ_TARGETS   ?= config credentials record window request rls_response quotad_request
 FUZZ_SANITIZER ?= address
 
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; not part of `make test`

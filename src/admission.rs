@@ -16,7 +16,7 @@ fn caller_of(config: &Config, credential: Credential) -> Result<Caller<'_>, Deni
     let consumer = match credential {
         Credential::Key(presented) => config
             .consumer_for_key(&presented.key)
-            .ok_or(Denial::UnknownKey)?,
+            .ok_or_else(|| config.unknown_key())?,
         Credential::Missing => config
             .anonymous
             .and_then(|i| config.consumers.get(i))

@@ -17,10 +17,13 @@ pub enum Reason {
     /// `past_due` after its grace period.
     PastDue,
     StoreError,
+    /// A key the configuration's consumers do not hold, while live entitlements have brought
+    /// no snapshot yet (`until_first_snapshot: unavailable`).
+    EntitlementsUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Quota,
         Reason::MissingCredential,
         Reason::InvalidCredential,
@@ -28,6 +31,7 @@ impl Reason {
         Reason::Expired,
         Reason::PastDue,
         Reason::StoreError,
+        Reason::EntitlementsUnavailable,
     ];
 
     /// The reasons that concern a known consumer: they have per-plan counters and are counted
@@ -49,12 +53,27 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::PastDue => "past_due",
             Reason::StoreError => "store_error",
+            Reason::EntitlementsUnavailable => "entitlements_unavailable",
         }
     }
 
     /// Reasons that concern a known consumer, and so also have a per-plan counter.
     pub fn has_plan(self) -> bool {
-        !matches!(self, Reason::MissingCredential | Reason::InvalidCredential)
+        !matches!(
+            self,
+            Reason::MissingCredential | Reason::InvalidCredential | Reason::EntitlementsUnavailable
+        )
+    }
+}
+
+impl Config {
+    /// The refusal of a key no consumer owns: 401, or 503 while live entitlements have
+    /// brought no snapshot ([`Config::awaiting_snapshot`]).
+    pub fn unknown_key(&self) -> Denial<'_> {
+        match self.awaiting_snapshot {
+            Some(retry_after) => Denial::EntitlementsUnavailable { retry_after },
+            None => Denial::UnknownKey,
+        }
     }
 }
 
@@ -173,6 +192,11 @@ pub enum Denial<'c> {
     MalformedCredential(&'static str),
     /// No consumer owns the key.
     UnknownKey,
+    /// No consumer of the configuration owns the key, and live entitlements have brought no
+    /// snapshot yet: it may be a consumer of the snapshot (503, retry after `retry_after` s).
+    EntitlementsUnavailable {
+        retry_after: u64,
+    },
     Suspended(Caller<'c>),
     Expired {
         caller: Caller<'c>,
@@ -203,6 +227,7 @@ impl<'c> Denial<'c> {
         match self {
             Denial::MissingCredential => Reason::MissingCredential,
             Denial::MalformedCredential(_) | Denial::UnknownKey => Reason::InvalidCredential,
+            Denial::EntitlementsUnavailable { .. } => Reason::EntitlementsUnavailable,
             Denial::Suspended(_) => Reason::Suspended,
             Denial::Expired { .. } => Reason::Expired,
             Denial::PaymentRequired { .. } => Reason::PastDue,
@@ -214,7 +239,10 @@ impl<'c> Denial<'c> {
     /// The consumer, when the refusal concerns a known one.
     pub fn caller(&self) -> Option<Caller<'c>> {
         match self {
-            Denial::MissingCredential | Denial::MalformedCredential(_) | Denial::UnknownKey => None,
+            Denial::MissingCredential
+            | Denial::MalformedCredential(_)
+            | Denial::UnknownKey
+            | Denial::EntitlementsUnavailable { .. } => None,
             Denial::Suspended(caller)
             | Denial::Expired { caller, .. }
             | Denial::PaymentRequired { caller, .. }

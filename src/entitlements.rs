@@ -292,6 +292,7 @@ mod tests {
             timeout_ms: 5_000,
             bounds: Bounds::default(),
             max_removed_percent: None,
+            until_first_snapshot: crate::config::UntilFirstSnapshot::Unavailable,
         };
         let mut b = a.clone();
         b.path = "/v2/consumers".into();

@@ -10,6 +10,8 @@
 //!   with no extra bookkeeping in the record.
 //! - [`Reminders`]: when each consumer's `expires_at` reminder is due.
 //! - [`Outbox`]: the bounded buffer of unsent events, batches, retries with backoff, drops.
+//! - [`handover`]: a stopping VM's unsent events handed to the VMs that go on, through shared
+//!   data (a configuration push must not lose them).
 //! - The event documents themselves (CloudEvents 1.0, JSON) and their deterministic ids:
 //!   `events/cloudevents.rs`. The `events` configuration block is `config/events.rs`.
 
@@ -35,6 +37,7 @@ pub const MAX_BACKOFF: i64 = 30;
 pub const REASONS: [Reason; 5] = Reason::OF_CONSUMERS;
 
 mod cloudevents;
+pub mod handover;
 
 pub use cloudevents::*;
 
@@ -475,12 +478,25 @@ impl Outbox {
         self.in_flight > 0
     }
 
-    /// Buffers an event; `false` if the buffer is full and it was dropped.
     /// Whether the next [`Outbox::push`] would be dropped.
     pub fn is_full(&self) -> bool {
         self.queue.len() >= self.capacity
     }
 
+    /// How many more events fit.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.queue.len())
+    }
+
+    /// Every buffered event, in order, and how many at the front are in the batch in flight;
+    /// the outbox is left empty (a stopping VM hands them over).
+    pub fn take_all(&mut self) -> (Vec<Pending>, usize) {
+        let in_flight = self.in_flight.min(self.queue.len());
+        self.in_flight = 0;
+        (std::mem::take(&mut self.queue), in_flight)
+    }
+
+    /// Buffers an event; `false` if the buffer is full and it was dropped.
     pub fn push(&mut self, event: Pending) -> bool {
         if self.queue.len() >= self.capacity {
             return false;

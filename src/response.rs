@@ -321,6 +321,19 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             p.retry_after = Some(1);
             p.reply(vec![("retry-after", "1".into())], grpc)
         }
+        Denial::EntitlementsUnavailable { retry_after } => {
+            // Not a 401: the key may well be valid; the gateway cannot tell yet.
+            let mut p = Problem::new(
+                UNAVAILABLE,
+                "Quota temporarily unavailable",
+                503,
+                "The consumers of this API are not loaded yet, so the API key cannot be \
+                 checked; try again shortly."
+                    .into(),
+            );
+            p.retry_after = Some(i64::try_from(*retry_after).unwrap_or(i64::MAX));
+            p.reply(vec![("retry-after", retry_after.to_string())], grpc)
+        }
     }
 }
 

@@ -37,8 +37,11 @@ impl<F: FnMut(&str) -> Option<Vec<u8>>> Request for F {
 /// Forward upstream, after these changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward<'c> {
-    /// The identity headers' names (consumer, plan), unless `identity_headers` is off.
-    pub identity_headers: Option<(&'c str, &'c str)>,
+    /// The identity headers' names (consumer, plan). Whatever a client sent in them never goes
+    /// upstream: they are set to the caller's names, or removed.
+    pub identity_headers: (&'c str, &'c str),
+    /// Whether the caller is named in them (`identity_headers`); off, they are only removed.
+    pub name_caller: bool,
     /// The names to set in them (consumer, plan). `None`: nobody is named, so whatever a
     /// client sent in the identity headers is removed. Setting a header replaces every value a
     /// client sent, so a named caller needs no removal (one host call per header).
@@ -60,20 +63,25 @@ impl<'c> Forward<'c> {
     /// Request headers this forward removes.
     pub fn removed(&self) -> Vec<&'c str> {
         let mut removed = Vec::new();
-        if let (Some((consumer, plan)), None) = (self.identity_headers, self.caller) {
+        if self.named().is_none() {
+            let (consumer, plan) = self.identity_headers;
             removed.extend([consumer, plan]);
         }
         removed.extend(self.hide_header);
         removed
     }
 
+    /// The names the identity headers are set to (consumer, plan); `None`: they are removed.
+    pub fn named(&self) -> Option<(&'c str, &'c str)> {
+        self.caller.filter(|_| self.name_caller)
+    }
+
     /// Request headers this forward sets, with their values.
     pub fn set_headers(&self) -> Vec<(&'c str, &'c str)> {
-        match (self.identity_headers, self.caller) {
-            (Some((consumer_header, plan_header)), Some((consumer, plan))) => {
-                vec![(consumer_header, consumer), (plan_header, plan)]
-            }
-            _ => Vec::new(),
+        let (consumer_header, plan_header) = self.identity_headers;
+        match self.named() {
+            Some((consumer, plan)) => vec![(consumer_header, consumer), (plan_header, plan)],
+            None => Vec::new(),
         }
     }
 
@@ -86,6 +94,9 @@ impl<'c> Forward<'c> {
     }
 }
 
+// One Action per request, moved once to the host layer: boxing Forward (the common case) would
+// add a heap allocation to every admitted request to save a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<'c> {
     Forward(Forward<'c>),
@@ -181,9 +192,8 @@ pub fn handle_with<'c>(
     attempt: &Attempt,
 ) -> Verdict<'c> {
     let mut forward = Forward {
-        identity_headers: config
-            .identity_headers
-            .then_some((config.consumer_header.as_str(), config.plan_header.as_str())),
+        identity_headers: (config.consumer_header.as_str(), config.plan_header.as_str()),
+        name_caller: config.identity_headers,
         ..Forward::default()
     };
     let mut path: Option<Option<Vec<u8>>> = None;
@@ -610,7 +620,7 @@ fn usage_endpoint<'c>(
     let consumer = match credential {
         Credential::Key(presented) => match config.consumer_for_key(&presented.key) {
             Some(consumer) => consumer,
-            None => return refuse(Denial::UnknownKey),
+            None => return refuse(config.unknown_key()),
         },
         // Without a key there is nobody to report on (anonymous usage is shared, not the caller's).
         Credential::Missing => return refuse(Denial::MissingCredential),

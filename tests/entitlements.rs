@@ -324,7 +324,9 @@ fn the_control_plane_down_or_slow_changes_nothing_for_requests() {
         200,
         "static consumers serve before a snapshot"
     );
-    assert_eq!(status(&envoy, "acme-key"), 401);
+    // Not a 401: it may be a consumer of the snapshot (`until_first_snapshot`, see the test
+    // after this one).
+    assert_eq!(status(&envoy, "acme-key"), 503);
     plane.answer(Answering::Serve);
     until(
         &envoy,
@@ -378,6 +380,96 @@ fn the_control_plane_down_or_slow_changes_nothing_for_requests() {
         200,
         "the change once the control plane is back",
     );
+}
+
+/// Sends `key` until the control plane has failed `failed` fetches (so that the VMs have had
+/// their chance at a snapshot), then returns what `key` and the static `boot-key` get.
+fn while_down(plane: &ControlPlane, envoy: &Envoy, key: &str) -> (Response, u16) {
+    poll(SWITCH, "two failed fetches", || {
+        (plane.fetches().iter().filter(|f| f.status == 503).count() >= 2).then_some(())
+    });
+    (envoy.get_with_key(key), status(envoy, "boot-key"))
+}
+
+#[test]
+fn a_start_with_the_control_plane_down_answers_503_until_the_first_snapshot_not_401() {
+    // An Envoy (re)started while its control plane is down: no snapshot in shared data.
+    let plane = ControlPlane::start(&doc(r#""acme": {"plan": "free", "keys": ["acme-key"]}"#));
+    plane.answer(Answering::Down);
+    let envoy = start(&plane, &config("1s", "500ms"));
+    let (refused, boot) = while_down(&plane, &envoy, "acme-key");
+    assert_eq!(refused.status, 503, "the default: unavailable, {refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("1"), "one refresh");
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    let problem = refused.json();
+    assert_eq!(problem["type"], "urn:tollgate:problem:quota-unavailable");
+    assert_eq!(problem["retry-after"], 1);
+    assert_eq!(refused.header("www-authenticate"), None);
+    assert_eq!(boot, 200, "the configuration's own consumers serve");
+    // Every worker answers so, and the usage endpoint too; nothing of acme's is counted.
+    for _ in 0..20 {
+        assert_eq!(status(&envoy, "acme-key"), 503);
+    }
+    assert_eq!(usage_status(&envoy, "acme-key"), 503);
+    assert_eq!(
+        envoy.get("/", &[]).status,
+        401,
+        "no key: no snapshot changes that"
+    );
+    // Counted as what it is (each VM flushes its counters every second).
+    poll(SWITCH, "the refusals counted", || {
+        (envoy.counter("tollgate.requests.refused.entitlements_unavailable") == 22).then_some(())
+    });
+    assert_eq!(
+        envoy.counter("tollgate.requests.refused.invalid_credential"),
+        0
+    );
+
+    plane.answer(Answering::Serve);
+    until(
+        &envoy,
+        "acme-key",
+        200,
+        "acme once the control plane answers",
+    );
+    let statuses: Vec<u16> = (0..4).map(|_| status(&envoy, "acme-key")).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 402],
+        "acme's 3 a day, all of them"
+    );
+    assert_eq!(
+        status(&envoy, "nobody-key"),
+        401,
+        "a snapshot says who is not"
+    );
+}
+
+#[test]
+fn until_first_snapshot_static_keeps_the_configurations_consumers_as_the_whole_set() {
+    let plane = ControlPlane::start(&doc(r#""acme": {"plan": "free", "keys": ["acme-key"]}"#));
+    plane.answer(Answering::Down);
+    let static_first = config_with("1s", "500ms", r#", "until_first_snapshot": "static""#);
+    let envoy = start(&plane, &static_first);
+    let (refused, boot) = while_down(&plane, &envoy, "acme-key");
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(
+        refused.json()["type"],
+        "urn:tollgate:problem:invalid-credential"
+    );
+    assert_eq!(boot, 200);
+    plane.answer(Answering::Serve);
+    until(
+        &envoy,
+        "acme-key",
+        200,
+        "acme once the control plane answers",
+    );
+    let statuses: Vec<u16> = (0..4).map(|_| status(&envoy, "acme-key")).collect();
+    assert_eq!(statuses, [200, 200, 200, 402]);
 }
 
 #[test]

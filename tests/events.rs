@@ -484,3 +484,313 @@ fn reminders_fire_once_per_consumer_and_lead_time() {
     assert_eq!(soon["data"]["plan"], "free");
     assert_eq!(stat(&envoy, "wasmcustom.tollgate.events.reminder"), 3);
 }
+
+// Configuration pushes (LDS, the pattern of tests/live_reload.rs): Envoy replaces every
+// worker's root context, serves the old connections with the old one for its drain time
+// (`--drain-time-s`, 600 s by default: what envoy/live-reload/ runs with), then stops it.
+// Whatever it had not sent must reach the sink anyway, counted exactly once.
+
+const LISTENERS: &str = "envoy/live-reload/listeners.yaml";
+
+/// The plugin configuration of a push: three consumers on a plan whose daily limit is
+/// `limit` (the change a push makes, seen in `RateLimit-Policy`), and `events` (a JSON
+/// object, or `None` for no `events` block).
+fn pushed(limit: u64, events: Option<&str>) -> String {
+    let events = events.map_or(String::new(), |e| format!(r#", "events": {e}"#));
+    plugin(&format!(
+        r#"{{"plans": {{"free": {{"limits": [{{"name": "daily", "requests": {limit}, "window": "day"}}]}}}},
+            "consumers": {{"acme": {{"plan": "free", "keys": ["acme-key"]}},
+                          "globex": {{"plan": "free", "keys": ["globex-key"]}},
+                          "initech": {{"plan": "free", "keys": ["initech-key"]}}}}
+            {events}}}"#
+    ))
+}
+
+const CONSUMERS: [&str; 3] = ["acme", "globex", "initech"];
+
+/// Envoy on envoy/live-reload/ with a sink cluster; `drain` seconds of `--drain-time-s`
+/// (`None`: Envoy's default, as the examples run).
+fn live(sink: &Sink, plugin: String, drain: Option<u32>) -> Envoy {
+    let mut args = vec!["--service-node".to_string(), "edge-1".to_string()];
+    if let Some(drain) = drain {
+        args.extend(["--drain-time-s".to_string(), drain.to_string()]);
+    }
+    Envoy::start_with(Options {
+        bootstrap: "envoy/live-reload/bootstrap.yaml".into(),
+        files: vec![LISTENERS.into()],
+        relocate: Some("target/live-reload".into()),
+        file_ports: (10200, 10201, 9921),
+        plugin: Some(plugin),
+        concurrency: 2,
+        clusters: vec![("sink".into(), sink.port)],
+        args,
+        ..Options::default()
+    })
+}
+
+/// Requests a consumer sent, by the configuration (daily limit) that answered them.
+#[derive(Default)]
+struct Sent {
+    /// (consumer, limit that served it) → admitted.
+    admitted: BTreeMap<(String, u64), u64>,
+}
+
+impl Sent {
+    /// `n` requests of each consumer, each on a new connection (a worker of the listener
+    /// that is current when it connects).
+    fn traffic(&mut self, envoy: &Envoy, n: usize) {
+        for _ in 0..n {
+            for consumer in CONSUMERS {
+                self.one(envoy, consumer);
+            }
+        }
+    }
+
+    /// One request; the daily limit its answer names.
+    fn one(&mut self, envoy: &Envoy, consumer: &str) -> u64 {
+        let r = envoy.get_with_key(&format!("{consumer}-key"));
+        assert_eq!(r.status, 200, "{r:?}");
+        let policy = r.header("ratelimit-policy").unwrap_or_default();
+        let limit: u64 = policy
+            .split(';')
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("no daily limit in {r:?}"));
+        *self
+            .admitted
+            .entry((consumer.to_string(), limit))
+            .or_default() += 1;
+        limit
+    }
+
+    /// Polls with `consumer`'s requests until the configuration with `limit` answers.
+    fn until_served_by(&mut self, envoy: &Envoy, limit: u64) {
+        poll(
+            DEADLINE,
+            &format!("the configuration with limit {limit}"),
+            || (self.one(envoy, "acme") == limit).then_some(()),
+        );
+    }
+
+    /// What the sink must report: the admitted requests of the configurations with `billed`
+    /// limits (those with an `events` block).
+    fn billed(&self, billed: &[u64]) -> BTreeMap<String, Totals> {
+        let mut out: BTreeMap<String, Totals> = BTreeMap::new();
+        for ((consumer, limit), n) in &self.admitted {
+            if billed.contains(limit) {
+                let t = out.entry(consumer.clone()).or_default();
+                t.admitted += n;
+                t.requests += n;
+            }
+        }
+        out
+    }
+}
+
+/// Renames the edited listeners file over the watched one, as envoy/live-reload/README.md does.
+fn push(envoy: &Envoy, plugin: &str) {
+    envoy.replace_file(LISTENERS, Some(plugin));
+}
+
+/// Waits until the old configuration's VMs have stopped: its filter chains drained and removed,
+/// and at least one VM said what it did with its unsent events (`events: VM stopping…`, a
+/// line both the lossy and the handover versions log when there was something unsent).
+fn old_vms_stopped(envoy: &Envoy, before: usize) {
+    poll(DEADLINE, "the old configuration's VMs stopping", || {
+        let draining = stat(envoy, "listener_manager.total_filter_chains_draining");
+        let stopping = stopping_lines(envoy);
+        (draining == 0 && stopping > before).then_some(())
+    });
+}
+
+fn stopping_lines(envoy: &Envoy) -> usize {
+    envoy
+        .tollgate_log()
+        .iter()
+        .filter(|l| l.contains("events: VM stopping"))
+        .count()
+}
+
+/// No usage event was accepted twice (a resend happens only after a lost answer, and none is
+/// lost in these tests), and copies of an id are identical (checked by [`unique`]).
+fn each_usage_event_once(sink: &Sink) {
+    let ids: Vec<String> = sink
+        .accepted()
+        .iter()
+        .filter(|e| e["type"] == "io.tollgate.usage")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), distinct.len(), "a usage event was sent twice");
+    unique(sink, "io.tollgate.usage");
+}
+
+/// Polls the sink until its usage events add up to `want`; says what they added up to if not.
+fn usage_adds_up(sink: &Sink, want: &BTreeMap<String, Totals>) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let got = usage(sink);
+        if got == *want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "after {DEADLINE:?}, the usage events add up to\n{got:?}\ninstead of\n{want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const EVENTS_V1: &str = r#"{"cluster": "sink", "url": "http://sink/v1", "interval": "1s"}"#;
+
+#[test]
+fn a_push_with_the_examples_drain_time_loses_no_usage() {
+    let sink = Sink::start();
+    let envoy = live(&sink, pushed(1000, Some(EVENTS_V1)), None);
+    let mut sent = Sent::default();
+    sent.traffic(&envoy, 12);
+    // Only a plan's limit changes; the events block is the same.
+    push(&envoy, &pushed(2000, Some(EVENTS_V1)));
+    sent.until_served_by(&envoy, 2000);
+    sent.traffic(&envoy, 3);
+    let want = sent.billed(&[1000, 2000]);
+    assert_eq!(want["globex"].admitted, 15);
+    usage_adds_up(&sink, &want);
+    each_usage_event_once(&sink);
+}
+
+#[test]
+fn a_push_with_a_short_drain_hands_the_unsent_events_over() {
+    let sink = Sink::start();
+    // The old VMs stop 1 s after the push, with events the failing sink did not take.
+    sink.set_default(SinkMode::Fail(503));
+    let envoy = live(&sink, pushed(1000, Some(EVENTS_V1)), Some(1));
+    let mut sent = Sent::default();
+    sent.traffic(&envoy, 12);
+    poll(DEADLINE, "a failed batch", || {
+        (!sink.received().is_empty()).then_some(())
+    });
+    push(&envoy, &pushed(2000, Some(EVENTS_V1)));
+    sent.until_served_by(&envoy, 2000);
+    old_vms_stopped(&envoy, 0);
+    sink.set_default(SinkMode::Accept);
+    sent.traffic(&envoy, 3);
+    let want = sent.billed(&[1000, 2000]);
+    usage_adds_up(&sink, &want);
+    each_usage_event_once(&sink);
+    // Every event the sink refused before the push was accepted after it, under its own id.
+    let accepted: BTreeSet<String> = sink
+        .accepted()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let refused: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .filter(|r| matches!(r.mode, SinkMode::Fail(_)))
+        .flat_map(|r| r.events())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!refused.is_empty());
+    assert!(
+        refused.is_subset(&accepted),
+        "refused and never accepted: {:?}",
+        refused.difference(&accepted).collect::<Vec<_>>()
+    );
+    // They went through shared data: every event handed over was taken over.
+    let log = envoy.tollgate_log().join("\n");
+    assert!(
+        log.contains("unsent events handed over through shared data"),
+        "{log}"
+    );
+    assert!(log.contains("events: took over"), "{log}");
+    poll(DEADLINE, "every handed-over event taken over", || {
+        let handed = stat(&envoy, "wasmcustom.tollgate.events.handed_over");
+        (handed > 0 && handed == stat(&envoy, "wasmcustom.tollgate.events.taken_over"))
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_batch_in_flight_when_the_vm_stops_is_awaited_then_handed_over() {
+    let sink = Sink::start();
+    // The sink takes batches and never answers: Envoy times each call out after 5 s.
+    sink.set_default(SinkMode::Hang);
+    let envoy = live(&sink, pushed(1000, Some(EVENTS_V1)), Some(1));
+    let mut sent = Sent::default();
+    sent.traffic(&envoy, 12);
+    poll(DEADLINE, "a batch in flight", || {
+        (!sink.received().is_empty()).then_some(())
+    });
+    push(&envoy, &pushed(2000, Some(EVENTS_V1)));
+    sent.until_served_by(&envoy, 2000);
+    old_vms_stopped(&envoy, 0);
+    sink.set_default(SinkMode::Accept);
+    let want = sent.billed(&[1000, 2000]);
+    usage_adds_up(&sink, &want);
+    each_usage_event_once(&sink);
+    // The stopped root context waited: Envoy delivered the time-out of its call to it, and it
+    // settled its record (nothing delivered, all of it claimable) before the claim.
+    let log = envoy.tollgate_log().join("\n");
+    assert!(
+        log.contains("waiting for the answer to the batch in flight"),
+        "{log}"
+    );
+    assert!(log.contains("VM stopping: last batch failed"), "{log}");
+}
+
+#[test]
+fn a_push_without_events_keeps_them_for_the_push_that_brings_a_new_sink() {
+    let sink = Sink::start();
+    sink.set_default(SinkMode::Fail(503));
+    let envoy = live(&sink, pushed(1000, Some(EVENTS_V1)), Some(1));
+    let mut sent = Sent::default();
+    sent.traffic(&envoy, 12);
+    poll(DEADLINE, "a failed batch", || {
+        (!sink.received().is_empty()).then_some(())
+    });
+    // No events block: the old VMs hand their events over, and nobody takes them (requests
+    // served meanwhile are not billed: no events block, no usage events).
+    push(&envoy, &pushed(2000, None));
+    sent.until_served_by(&envoy, 2000);
+    old_vms_stopped(&envoy, 0);
+    sink.set_default(SinkMode::Accept);
+    sent.traffic(&envoy, 2);
+    // Another sink path and interval: the events of the first configuration, kept in shared
+    // data, go to the new one, unchanged (ids, source, intervals).
+    push(
+        &envoy,
+        &pushed(
+            3000,
+            Some(r#"{"cluster": "sink", "url": "http://sink/v3", "interval": "2s"}"#),
+        ),
+    );
+    sent.until_served_by(&envoy, 3000);
+    sent.traffic(&envoy, 3);
+    let want = sent.billed(&[1000, 3000]);
+    poll(
+        DEADLINE,
+        "usage events adding up to the billed requests",
+        || (usage(&sink) == want).then_some(()),
+    );
+    each_usage_event_once(&sink);
+    let failed: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .filter(|r| matches!(r.mode, SinkMode::Fail(_)))
+        .flat_map(|r| r.events())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let accepted_at = |path: &str| -> BTreeSet<String> {
+        sink.received()
+            .iter()
+            .filter(|r| r.mode == SinkMode::Accept && r.path == path)
+            .flat_map(|r| r.events())
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let v3 = accepted_at("/v3");
+    assert!(!failed.is_empty());
+    assert!(failed.is_subset(&v3), "{failed:?} not all delivered to /v3");
+    assert!(accepted_at("/v1").is_empty());
+}

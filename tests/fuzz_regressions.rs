@@ -1,6 +1,8 @@
 //! Replays every saved fuzz input (`fuzz/regressions/<target>/*`: hand-written edge cases and
 //! any input a fuzzer ever crashed on) through the same harness the cargo-fuzz target runs
 //! (`fuzz/src/lib.rs`), so that `make test` keeps them fixed. No Envoy, well under a second.
+//! The harnesses that need quotad (`fuzz/src/quotad.rs`) are replayed by
+//! `quotad/tests/fuzz_regressions.rs`.
 
 // Tests fail loudly: unwrap, expect, panic and indexing are how they report.
 #![allow(
@@ -64,4 +66,9 @@ fn window_inputs() {
 #[test]
 fn request_inputs() {
     replay("request", harness::request);
+}
+
+#[test]
+fn rls_response_inputs() {
+    replay("rls_response", harness::rls_response);
 }

@@ -208,3 +208,133 @@ fn the_anonymous_plan_counts_keyless_requests_together() {
     assert_eq!(responses[3].status, 401);
     assert_eq!(counted_as(&responses[4]), "alpha");
 }
+
+/// What a client sends to pass for someone else.
+const SPOOFED: [(&str, &str); 2] = [
+    ("x-tollgate-consumer", "mallory"),
+    ("x-tollgate-plan", "gold"),
+];
+
+/// The identity headers envoy/envoy.yaml's demo backend received, from its echo of the request.
+fn upstream_identity(r: &Response) -> Vec<(String, String)> {
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(name, _)| name.starts_with("x-tollgate-"))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+/// envoy/envoy.yaml's one gateway route, as shipped.
+const DEMO_ROUTE: &str =
+    "              - match: { prefix: \"/\" }\n                route: { cluster: backend }\n";
+
+/// envoy/envoy.yaml's early strip of the identity headers, exactly as shipped.
+fn demo_strip() -> String {
+    let file = read_repo("envoy/envoy.yaml");
+    let start = file
+        .find("          early_header_mutation_extensions:\n")
+        .expect("envoy/envoy.yaml strips the identity headers on arrival");
+    let end = start + file[start..].find("          route_config:\n").unwrap();
+    file[start..end].to_string()
+}
+
+#[test]
+fn identity_headers_a_client_sends_never_reach_the_upstream_of_a_route_without_tollgate() {
+    // envoy/envoy.yaml as shipped, with tollgate disabled on its route.
+    let disabled = format!(
+        "{DEMO_ROUTE}                typed_per_filter_config:\n                  \
+         envoy.filters.http.wasm:\n                    \
+         \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    \
+         disabled: true\n"
+    );
+    let envoy = Envoy::start_with(Options {
+        plugin: Some(config("")),
+        replace: vec![(DEMO_ROUTE.to_string(), disabled)],
+        ..Options::default()
+    });
+    let r = envoy.get("/x", &SPOOFED);
+    assert_eq!(r.header("ratelimit"), None, "tollgate is off here: {r:?}");
+    assert_eq!(upstream_identity(&r), [], "{r:?}");
+    let r = envoy.get("/x", &[("x-api-key", "alpha-key"), SPOOFED[0]]);
+    assert_eq!(upstream_identity(&r), [], "{r:?}");
+}
+
+#[test]
+fn with_identity_headers_off_tollgate_itself_removes_what_a_client_sent() {
+    // Without the example's early strip: the filter alone.
+    let start = |extra: &str| {
+        Envoy::start_with(Options {
+            plugin: Some(config(extra)),
+            replace: vec![(demo_strip(), String::new())],
+            ..Options::default()
+        })
+    };
+    let off = start(r#", "identity_headers": false, "cors_preflight": "pass""#);
+    let sent = [("x-api-key", "alpha-key"), SPOOFED[0], SPOOFED[1]];
+    let r = off.get("/x", &sent);
+    assert_eq!(counted_as(&r), "alpha");
+    assert_eq!(upstream_identity(&r), [], "{r:?}");
+    // A preflight passes without a key, and without what it sent either.
+    let preflight = request(
+        off.port,
+        "OPTIONS",
+        "/x",
+        &[
+            ("access-control-request-method", b"GET"),
+            ("x-tollgate-consumer", b"mallory"),
+        ],
+    );
+    assert_eq!(upstream_identity(&preflight), []);
+    drop(off);
+    // On, the caller is named and only tollgate's values arrive.
+    let on = start("");
+    let r = on.get("/x", &sent);
+    assert_eq!(
+        upstream_identity(&r),
+        pairs(&[
+            ("x-tollgate-consumer", "alpha"),
+            ("x-tollgate-plan", "alpha")
+        ])
+    );
+}
+
+#[test]
+fn the_per_route_example_strips_identity_headers_on_its_public_route_and_keeps_tollgates() {
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/per-route.yaml".into(),
+        file_ports: (10100, 10101, 9911),
+        ..Options::default()
+    });
+    // Its backend answers with what it was told (`x-backend-saw-*`, absent when told nothing).
+    let public = envoy.get("/public/x", &SPOOFED);
+    assert_eq!(public.status, 200, "{public:?}");
+    assert_eq!(
+        public.header("ratelimit"),
+        None,
+        "not counted: tollgate is off"
+    );
+    assert_eq!(public.header("x-backend-saw-consumer"), None, "{public:?}");
+    assert_eq!(public.header("x-backend-saw-plan"), None, "{public:?}");
+    // On the guarded routes the strip leaves tollgate's own values.
+    let guarded = envoy.get(
+        "/v1/things",
+        &[("x-api-key", "acme-key"), SPOOFED[0], SPOOFED[1]],
+    );
+    assert_eq!(guarded.status, 200, "{guarded:?}");
+    assert_eq!(guarded.header("x-backend-saw-consumer"), Some("acme"));
+    assert_eq!(guarded.header("x-backend-saw-plan"), Some("free"));
+}

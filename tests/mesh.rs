@@ -281,3 +281,65 @@ fn every_example_has_ports_of_its_own() {
     }
     assert!(owner.len() >= 10, "{owner:?}");
 }
+
+/// envoy/envoy.yaml's HTTP connection manager: the one tests/identity.rs drives through Envoy.
+fn demo_connection_manager() -> serde_norway::Value {
+    let text = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let bootstrap: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        .clone()
+}
+
+#[test]
+fn the_mesh_examples_strip_identity_headers_as_the_envoy_example_does() {
+    let hcm = demo_connection_manager();
+    let strip = &hcm["early_header_mutation_extensions"];
+    let removed: Vec<&str> = strip[0]["typed_config"]["mutations"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["remove"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["x-tollgate-consumer", "x-tollgate-plan"]);
+
+    // Istio: an EnvoyFilter merging exactly that into the gateway's connection manager.
+    let istio = manifest("istio-strip-identity.yaml");
+    assert_eq!(istio["apiVersion"], "networking.istio.io/v1alpha3");
+    assert_eq!(istio["kind"], "EnvoyFilter");
+    let patch = &istio["spec"]["configPatches"][0];
+    assert_eq!(patch["applyTo"], "NETWORK_FILTER");
+    assert_eq!(patch["match"]["context"], "GATEWAY");
+    assert_eq!(
+        patch["match"]["listener"]["filterChain"]["filter"]["name"],
+        "envoy.filters.network.http_connection_manager"
+    );
+    assert_eq!(patch["patch"]["operation"], "MERGE");
+    let value = &patch["patch"]["value"]["typed_config"];
+    assert_eq!(value["@type"], hcm["@type"]);
+    assert_eq!(&value["early_header_mutation_extensions"], strip);
+    assert_eq!(
+        istio["spec"]["workloadSelector"]["labels"],
+        manifest("istio-wasmplugin.yaml")["spec"]["selector"]["matchLabels"],
+        "the gateway the WasmPlugin runs in"
+    );
+
+    // Envoy Gateway: a ClientTrafficPolicy on the Gateway, early request headers removed.
+    let eg = manifest("envoy-gateway-strip-identity.yaml");
+    assert_eq!(eg["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    assert_eq!(eg["kind"], "ClientTrafficPolicy");
+    assert_eq!(eg["spec"]["targetRefs"][0]["kind"], "Gateway");
+    let eg_removed: Vec<&str> = eg["spec"]["headers"]["earlyRequestHeaders"]["remove"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(eg_removed, removed);
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    for file in [
+        "envoy/istio-strip-identity.yaml",
+        "envoy/envoy-gateway-strip-identity.yaml",
+    ] {
+        assert!(doc.contains(file), "docs/security.md names {file}");
+    }
+}

@@ -693,3 +693,28 @@ pub fn request(data: &[u8]) {
         }
     }
 }
+
+/// `rls_response`: the bytes as the body of a `ShouldRateLimit` answer (what fleet mode reads
+/// from quotad or any rate limit service). Decoding never panics; a decoded answer holds no
+/// more statuses than the bytes can encode (each takes at least two: its tag and its length);
+/// and protobuf's rule for concatenated messages holds — the answer twice over decodes to its
+/// statuses twice, the same overall code — so that no field is read from the wrong place.
+/// `quotad::rls_response_agrees` checks the same bytes against `envoy-types`' decoder.
+pub fn rls_response(data: &[u8]) {
+    let Ok(response) = tollgate::rls::decode_response(data) else {
+        return;
+    };
+    assert!(
+        response.statuses.len() <= data.len() / 2,
+        "{} statuses from {} bytes",
+        response.statuses.len(),
+        data.len()
+    );
+    let twice = [data, data].concat();
+    let again = tollgate::rls::decode_response(&twice).expect("a message twice is a message");
+    assert_eq!(again.overall, response.overall);
+    assert_eq!(again.statuses.len(), 2 * response.statuses.len());
+    let (first, second) = again.statuses.split_at(response.statuses.len());
+    assert_eq!(first, response.statuses.as_slice());
+    assert_eq!(second, response.statuses.as_slice());
+}

@@ -11,7 +11,8 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`bounds`]: what one client can make quotad hold; the capped listener.
 //! - [`tls`]: (mutual) TLS on the gRPC listener, the client allow-list, reloading certificates.
-//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`, graceful shutdown.
+//! - [`shutdown`]: draining after SIGTERM/SIGINT, with a deadline; a second signal exits.
+//! - `main.rs`: flags, start, health, `/metrics` and `/healthz`.
 
 pub mod bounds;
 pub mod metrics;
@@ -19,5 +20,6 @@ pub mod policy;
 pub mod redis_access;
 pub mod request;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! quotad: flags, start, health checks, `/metrics` and `/healthz`, graceful shutdown.
+//! quotad: flags, start, health checks, `/metrics` and `/healthz`; shutdown is `shutdown.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,7 @@ use tollgate_quotad::metrics::Metrics;
 use tollgate_quotad::policy::Policy;
 use tollgate_quotad::redis_access::{Credentials, RedisTls};
 use tollgate_quotad::service::Service;
+use tollgate_quotad::shutdown::{self, Connections, Signals};
 use tollgate_quotad::store::{Store, Target};
 use tollgate_quotad::tls::{self, Tls};
 
@@ -104,6 +105,11 @@ struct Flags {
     #[arg(long, env = "QUOTAD_REQUEST_TIMEOUT_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     request_timeout_ms: u64,
+    /// After SIGTERM or SIGINT, the longest quotad waits for its connections to close, in
+    /// milliseconds; then it cuts them and exits. A second signal exits at once.
+    #[arg(long, env = "QUOTAD_SHUTDOWN_TIMEOUT_MS", default_value_t = shutdown::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    shutdown_timeout_ms: u64,
     /// Most gRPC connections served at once; beyond, quotad stops accepting until one closes
     /// (an Envoy opens one per worker). Dead peers' connections close on keepalive.
     #[arg(long, env = "QUOTAD_MAX_CONNECTIONS", default_value_t = bounds::MAX_CONNECTIONS,
@@ -191,21 +197,6 @@ fn main() {
     if let Err(e) = result {
         log::error!("quotad: {e}");
         std::process::exit(1);
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
     }
 }
 
@@ -381,6 +372,9 @@ async fn run(mut flags: Flags) -> Result<(), String> {
     let (target, redis_text) = redis_target(&flags, sentinel_auth);
     let store = Store::new(&target, &redis_tls, timeout)?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    // Caught before the start line: a signal from then on drains (src/shutdown.rs).
+    let mut signals = Signals::new()?;
+    let connections = Connections::default();
 
     let policy = Policy::new(
         flags.allow_domains.clone(),
@@ -466,11 +460,11 @@ async fn run(mut flags: Flags) -> Result<(), String> {
                         .max_decoding_message_size(bounds::MAX_MESSAGE_BYTES),
                 )
                 .serve_with_incoming_shutdown(
-                    bounds::capped_incoming(
+                    connections.track(bounds::capped_incoming(
                         grpc,
                         usize::try_from(flags.max_connections).unwrap_or(usize::MAX),
                         tls,
-                    ),
+                    )),
                     async move {
                         let _ = stop.changed().await;
                     },
@@ -478,20 +472,20 @@ async fn run(mut flags: Flags) -> Result<(), String> {
         )
     };
 
-    shutdown_signal().await;
-    log::info!("quotad stopping: finishing requests in flight");
+    let first = signals.next().await;
     let _ = stop_tx.send(true);
-    let _ = health.await;
-    let grpc_result = grpc_server.await;
-    let _ = http_server.await;
-    match grpc_result {
-        Ok(Ok(())) => {
-            log::info!("quotad stopped");
-            Ok(())
+    let stopped = async {
+        let _ = health.await;
+        let grpc_result = grpc_server.await;
+        let _ = http_server.await;
+        match grpc_result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("gRPC server: {e}")),
+            Err(e) => Err(format!("gRPC server: {e}")),
         }
-        Ok(Err(e)) => Err(format!("gRPC server: {e}")),
-        Err(e) => Err(format!("gRPC server: {e}")),
-    }
+    };
+    let deadline = Duration::from_millis(flags.shutdown_timeout_ms);
+    shutdown::drain(first, stopped, deadline, &mut signals, &connections).await
 }
 
 #[cfg(test)]

@@ -242,6 +242,23 @@ async fn health_metrics_and_a_graceful_sigterm() {
     );
     assert_eq!(quotad.metric("quotad_decision_duration_seconds_count"), 3.0);
     assert_eq!(quotad.metric("quotad_redis_up"), 1.0);
+    // Aggregates only (the HTTP listener binds all interfaces by default): no consumer, limit
+    // or domain reaches /metrics, and the only labels are the outcome, the error kind and the
+    // histogram's buckets.
+    let (_, body) = quotad.http_get("/metrics");
+    for name in ["acme", "burst", "tollgate"] {
+        assert!(!body.contains(name), "{name} in /metrics:\n{body}");
+    }
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let labels = line.split_once('{').map_or("", |(_, rest)| rest);
+        for label in labels.split(',').filter(|l| l.contains('=')) {
+            let key = label.split('=').next().unwrap();
+            assert!(
+                ["code", "kind", "le"].contains(&key),
+                "label {key} in /metrics: {line}"
+            );
+        }
+    }
 
     // One start line with the configuration, no per-request lines at info.
     let log = quotad.log();

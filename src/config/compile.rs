@@ -546,6 +546,7 @@ pub(super) fn compile(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
             .entitlements
             .map(|raw| compile_settings(raw, env))
             .transpose()?,
+        awaiting_snapshot: None,
         routes,
         llm,
         keys,

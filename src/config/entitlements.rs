@@ -58,6 +58,21 @@ pub struct RawSettings {
     pub max_key_bytes: Option<u64>,
     #[serde(default)]
     pub max_removed_percent: Option<u64>,
+    #[serde(default)]
+    pub until_first_snapshot: UntilFirstSnapshot,
+}
+
+/// What a key the configuration's own consumers do not hold gets until this Envoy serves its
+/// first snapshot (after a start with the control plane down, until it answers).
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UntilFirstSnapshot {
+    /// 503 `quota-unavailable` with `Retry-After`: the key may belong to a consumer of the
+    /// snapshot not yet pulled, so it is neither refused as invalid nor let through.
+    #[default]
+    Unavailable,
+    /// The configuration's consumers are all there is: 401 `invalid-credential`.
+    Static,
 }
 
 /// What a snapshot may hold; a document beyond any of them is refused whole.
@@ -150,6 +165,15 @@ pub struct Settings {
     /// Refuse a snapshot that removes more than this percentage of the consumers the current
     /// snapshot serves (`None`: no guard).
     pub max_removed_percent: Option<u8>,
+    pub until_first_snapshot: UntilFirstSnapshot,
+}
+
+impl Settings {
+    /// The `Retry-After` of a refusal while no snapshot is served, in seconds: the next fetch
+    /// comes within one refresh.
+    pub fn retry_after_s(&self) -> u64 {
+        self.refresh_ms.div_ceil(1000)
+    }
 }
 
 /// Validates the `entitlements` member (`authorization_env` read with `env`); every error
@@ -231,6 +255,7 @@ pub fn compile_settings(raw: RawSettings, env: Env) -> Result<Settings, ConfigEr
         timeout_ms,
         bounds,
         max_removed_percent,
+        until_first_snapshot: raw.until_first_snapshot,
     })
 }
 
@@ -251,6 +276,7 @@ mod tests {
             max_keys: None,
             max_key_bytes: None,
             max_removed_percent: None,
+            until_first_snapshot: UntilFirstSnapshot::default(),
         }
     }
 
@@ -271,6 +297,10 @@ mod tests {
         }
         let s = compile_settings_(raw(None, None)).unwrap();
         assert_eq!((s.refresh_ms, s.timeout_ms), (10_000, 5_000));
+        assert_eq!(s.until_first_snapshot, UntilFirstSnapshot::Unavailable);
+        assert_eq!(s.retry_after_s(), 10);
+        let s = compile_settings_(raw(Some("1500ms"), None)).unwrap();
+        assert_eq!(s.retry_after_s(), 2, "rounded up to whole seconds");
         let s = compile_settings_(raw(Some("1s"), None)).unwrap();
         assert_eq!(
             (s.refresh_ms, s.timeout_ms),

@@ -38,7 +38,9 @@ mod tests;
 mod warnings;
 
 pub use compile::{compile_https_url, parse_utc_offset, MAX_URL_LEN};
-pub use entitlements::{compile_bounds, compile_settings, Bounds, RawSettings, Settings};
+pub use entitlements::{
+    compile_bounds, compile_settings, Bounds, RawSettings, Settings, UntilFirstSnapshot,
+};
 pub use errors::ConfigError;
 pub use events::{EventsConfig, RawEvents};
 pub use keys::DigestHasher;

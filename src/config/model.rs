@@ -47,6 +47,11 @@ pub struct Config {
     pub store: Option<Rls>,
     /// Where live consumers are pulled from (`entitlements`), if anywhere.
     pub entitlements: Option<Settings>,
+    /// Set by the host while live entitlements have brought this VM no snapshot and
+    /// `entitlements.until_first_snapshot` is `unavailable`: a key none of these consumers
+    /// holds is answered 503 with this `Retry-After` (seconds) instead of 401. Never set by a
+    /// load.
+    pub awaiting_snapshot: Option<u64>,
     /// What requests cost per Envoy route (empty: 1 request each, and the route is never
     /// looked up).
     pub routes: Routes,

@@ -51,8 +51,12 @@ pub struct Entitlements {
     keys: Keys,
     /// The plugin configuration as loaded: every snapshot is compiled with it.
     plugin_configuration: Vec<u8>,
-    /// The snapshot version this VM serves (0: the configuration's own consumers).
+    /// The newest snapshot version this VM has compiled or tried to (0: none yet).
     version: u64,
+    /// Whether this VM serves a snapshot (not the configuration's own consumers): not when no
+    /// snapshot was ever published, nor when the one stored in shared data could not be
+    /// compiled with this configuration.
+    serving: bool,
     /// The token of this VM's fetch in flight.
     pending: Option<u32>,
     /// The ETag of the last snapshot this VM refused: sent in `If-None-Match` with the good
@@ -88,6 +92,7 @@ impl Entitlements {
             keys,
             plugin_configuration: plugin_configuration.to_vec(),
             version: 0,
+            serving: false,
             pending: None,
             refused_etag: None,
             refused_digest: None,
@@ -165,7 +170,8 @@ impl Entitlements {
         }
     }
 
-    fn applied(&self, config: &Config, started: Option<i64>) {
+    fn applied(&mut self, config: &Config, started: Option<i64>) {
+        self.serving = true;
         bump(self.counters.applied, 1);
         let took = match (started, now_ms()) {
             (Some(a), Some(b)) => b - a,
@@ -206,8 +212,12 @@ impl Entitlements {
                 return;
             }
         }
+        // A VM that serves no snapshot must get one: the published one's ETag would bring
+        // a 304 (after a reconfiguration that this VM could not compile the stored snapshot
+        // with, the control plane's answer is validated again with the new configuration).
         let good = self
             .head(&store)
+            .filter(|_| self.serving)
             .map(|(head, _)| head.etag)
             .filter(|etag| !etag.is_empty())
             .and_then(|etag| String::from_utf8(etag).ok());
@@ -303,7 +313,7 @@ impl Entitlements {
     ) -> Option<Config> {
         let store = SharedData::default();
         let (head, head_cas) = self.head(&store).unwrap_or_default();
-        if !etag.is_empty() && etag == head.etag && head.version > 0 {
+        if !etag.is_empty() && etag == head.etag && head.version > 0 && self.serving {
             // A control plane that ignores If-None-Match: same ETag, same snapshot.
             bump(self.counters.not_modified, 1);
             return None;
@@ -334,7 +344,7 @@ impl Entitlements {
                 None
             }
         };
-        if unchanged(record.as_deref(), head.version, &digest) {
+        if self.serving && unchanged(record.as_deref(), head.version, &digest) {
             bump(self.counters.unchanged, 1);
             log::debug!(
                 "entitlements: unchanged (the body of version {}), not published again",
@@ -358,11 +368,11 @@ impl Entitlements {
                 return None;
             }
         };
-        // Only against a snapshot: the configuration's own consumers (version 0) are a
-        // bootstrap set that the first snapshot replaces whole.
+        // Only against a snapshot: the configuration's own consumers are a bootstrap set
+        // that the first snapshot replaces whole.
         if let (Some(percent), Some(current)) = (
             self.settings.max_removed_percent,
-            current.filter(|_| self.version > 0),
+            current.filter(|_| self.serving),
         ) {
             let served = current.consumers.len() - usize::from(current.anonymous.is_some());
             if let Err(why) = check_removed(removed(current, &config), served, percent) {

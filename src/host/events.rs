@@ -11,6 +11,7 @@ use super::metrics::{bump, define_counter};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::Config;
+use crate::events::handover::{self, Settled, Stopped, PENDING_HEADER};
 use crate::events::{
     claim, reminder_event, reminder_key, reminder_mark, take_worker_slot, threshold_event,
     token_events, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders,
@@ -26,6 +27,9 @@ struct Counters {
     failed: Option<u32>,
     thresholds: Option<u32>,
     reminders: Option<u32>,
+    handed_over: Option<u32>,
+    taken_over: Option<u32>,
+    handover_overflow: Option<u32>,
     near_limit: Vec<Option<u32>>,
 }
 
@@ -37,6 +41,9 @@ impl Counters {
             failed: define_counter("tollgate.events.failed_batches"),
             thresholds: define_counter("tollgate.events.threshold"),
             reminders: define_counter("tollgate.events.reminder"),
+            handed_over: define_counter("tollgate.events.handed_over"),
+            taken_over: define_counter("tollgate.events.taken_over"),
+            handover_overflow: define_counter("tollgate.events.handover_overflow"),
             near_limit: config
                 .plans
                 .iter()
@@ -56,6 +63,18 @@ pub struct Sender {
     counters: Counters,
     /// Dropped since the last log line about drops.
     dropped_unlogged: usize,
+    /// The VM is stopping with its record handed over and a batch in flight: the answer is
+    /// awaited until then (Unix seconds), then the VM is done either way.
+    stopping: Option<i64>,
+}
+
+/// What the root context does after an answer of the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// Go on.
+    Running,
+    /// The stopping VM's last batch is settled: tell Envoy it is done.
+    Finished,
 }
 
 /// The node id Envoy was started with (`node.id`, `--service-node`), if any.
@@ -79,7 +98,8 @@ fn now_nanos() -> u64 {
 }
 
 /// Prepares shared data at configuration time (the canary VM on the main thread does it
-/// before any worker serves): the worker counter and each expiring consumer's reminder key.
+/// before any worker serves): the worker counter, the list of handover records and each
+/// expiring consumer's reminder key.
 pub fn prepare(config: &Config) -> Result<(), String> {
     let Some(events) = &config.events else {
         return Ok(());
@@ -87,6 +107,7 @@ pub fn prepare(config: &Config) -> Result<(), String> {
     let store = SharedData::default();
     let incarnation = format!("{} 0", now_nanos());
     create_if_missing(&store, &workers_key(), incarnation.as_bytes()).map_err(|e| e.0)?;
+    create_if_missing(&store, &handover::pending_key(), PENDING_HEADER).map_err(|e| e.0)?;
     if !events.reminders.is_empty() {
         for consumer in config.consumers.iter().filter(|c| c.expires_at.is_some()) {
             create_if_missing(&store, &reminder_key(&consumer.name), b"\n").map_err(|e| e.0)?;
@@ -158,6 +179,7 @@ impl Sender {
             reminders,
             counters: Counters::define(config),
             dropped_unlogged,
+            stopping: None,
         })
     }
 
@@ -249,9 +271,40 @@ impl Sender {
         }
     }
 
-    /// The timer: close intervals, queue reminders, send a batch if none is in flight.
+    /// Takes over the events stopped VMs handed over (a configuration push), if any.
+    fn take_over(&mut self, now: i64) {
+        if self.outbox.is_full() {
+            return;
+        }
+        let claims = handover::claim(&SharedData::default(), &mut self.outbox, now);
+        if claims.records > 0 {
+            bump(self.counters.taken_over, claims.events);
+            log::info!(
+                "events: took over {} unsent events from {} stopped VMs",
+                claims.events,
+                claims.records
+            );
+        }
+        if claims.dropped > 0 {
+            self.dropped_unlogged += claims.dropped;
+            bump(self.counters.dropped, claims.dropped);
+        }
+        for record in &claims.skipped {
+            log::warn!("events: a handover record is skipped: {record}");
+        }
+        if let Some(e) = claims.error {
+            log::warn!("events: handover records not taken over: {}", e.0);
+        }
+    }
+
+    /// The timer: close intervals, take over stopped VMs' events, queue reminders, send a
+    /// batch if none is in flight. A stopping VM only waits for its last answer.
     pub fn tick(&mut self, runtime: &Runtime, now: i64) {
+        if self.stopping.is_some() {
+            return;
+        }
         self.close_intervals(runtime, now, false);
+        self.take_over(now);
         if !self.reminders.is_empty() {
             self.remind(runtime, now);
         }
@@ -318,7 +371,7 @@ impl Sender {
     }
 
     /// The sink answered (or the call failed: no `:status`).
-    pub fn response(&mut self, runtime: &Runtime, now: i64) {
+    pub fn response(&mut self, runtime: &Runtime, now: i64) -> Answered {
         self.token = None;
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
@@ -327,6 +380,10 @@ impl Sender {
             .as_deref()
             .and_then(|s| s.parse::<u16>().ok())
             .is_some_and(|s| (200..300).contains(&s));
+        if self.stopping.is_some() {
+            self.settle(ok);
+            return Answered::Finished;
+        }
         if ok {
             bump(self.counters.sent, self.outbox.delivered());
             // More waiting: keep going without waiting for the next tick.
@@ -337,16 +394,91 @@ impl Sender {
                 .unwrap_or("nothing (timeout, reset, no host)");
             self.failed(now, answer);
         }
+        Answered::Running
     }
 
-    /// The VM is going away: what is still unsent is lost (said in the log).
-    pub fn done(&mut self, runtime: &Runtime, now: i64) {
+    /// The VM is going away (`on_done`): its open intervals are closed into events, and every
+    /// unsent event is handed over through shared data to the VMs that go on. `true`: done;
+    /// `false`: a batch is in flight, its answer is awaited (see [`Sender::response`], and
+    /// [`Sender::overdue`] should it never come).
+    pub fn stop(&mut self, runtime: &Runtime, now: i64) -> bool {
         self.close_intervals(runtime, now, true);
-        if !self.outbox.is_empty() {
-            log::warn!(
-                "events: VM stopping with {} unsent events; they are lost",
-                self.outbox.len()
-            );
+        let timeout_ms = runtime.config.events.as_ref().map_or(0, |e| e.timeout_ms);
+        let until = handover::settle_deadline(now, timeout_ms);
+        let unsent = self.outbox.len();
+        match handover::hand_over(
+            &SharedData::default(),
+            self.origin.worker,
+            &mut self.outbox,
+            now,
+            until,
+        ) {
+            Ok(Stopped::Empty) => true,
+            Ok(Stopped::HandedOver {
+                events,
+                dropped,
+                awaiting,
+            }) => {
+                bump(self.counters.handed_over, events);
+                if dropped > 0 {
+                    bump(self.counters.dropped, dropped);
+                    bump(self.counters.handover_overflow, dropped);
+                    log::warn!(
+                        "events: VM stopping: {dropped} unsent events dropped: the handover holds at most {} events waiting to be taken over",
+                        handover::MAX_LISTED
+                    );
+                }
+                let waiting = self.token.is_some() && awaiting;
+                log::info!(
+                    "events: VM stopping: {events} unsent events handed over through shared data (worker slot {}){}",
+                    self.origin.worker,
+                    if waiting { "; waiting for the answer to the batch in flight" } else { "" }
+                );
+                if waiting {
+                    self.stopping = Some(until);
+                }
+                !waiting
+            }
+            Err(e) => {
+                bump(self.counters.dropped, unsent);
+                log::warn!(
+                    "events: VM stopping with {unsent} unsent events; they are lost: shared data failed: {}",
+                    e.0
+                );
+                true
+            }
+        }
+    }
+
+    /// A stopping VM whose answer has not come by its deadline (claimers may take its whole
+    /// record from then on): it should stop waiting.
+    pub fn overdue(&self, now: i64) -> bool {
+        self.stopping.is_some_and(|until| now >= until)
+    }
+
+    /// Whether this VM is stopping (waiting for its last answer).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The stopping VM's last batch was answered: its record loses the delivered events and
+    /// becomes claimable.
+    fn settle(&mut self, delivered: bool) {
+        match handover::settle(&SharedData::default(), self.origin.worker, delivered) {
+            Ok(Settled::Released { delivered, left }) => {
+                bump(self.counters.sent, delivered);
+                log::info!(
+                    "events: VM stopping: last batch {}; {left} events left to take over",
+                    if delivered > 0 { "delivered" } else { "failed" }
+                );
+            }
+            Ok(Settled::ClaimedBefore) => log::info!(
+                "events: VM stopping: its events were taken over before the last batch was answered (it may reach the sink twice, same ids)"
+            ),
+            Err(e) => log::warn!(
+                "events: VM stopping: the handover record was not settled: {}",
+                e.0
+            ),
         }
     }
 }

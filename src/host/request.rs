@@ -81,16 +81,16 @@ pub fn run_with(
         },
         verdict::Action::Forward(forward) => {
             let headers = MapType::HttpRequestHeaders;
-            if let Some((consumer_header, plan_header)) = forward.identity_headers {
-                // Setting replaces whatever a client sent; with nobody to name, remove it.
-                let (consumer, plan) = match forward.caller {
-                    Some((consumer, plan)) => (Some(consumer), Some(plan)),
-                    None => (None, None),
-                };
-                for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
-                    if let Err(status) = hostcalls::set_map_value(headers, name, value) {
-                        log_failure("set request header", status);
-                    }
+            // Setting replaces whatever a client sent; with nobody to name (or
+            // `identity_headers` off), setting none removes it.
+            let (consumer_header, plan_header) = forward.identity_headers;
+            let (consumer, plan) = match forward.named() {
+                Some((consumer, plan)) => (Some(consumer), Some(plan)),
+                None => (None, None),
+            };
+            for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
+                if let Err(status) = hostcalls::set_map_value(headers, name, value) {
+                    log_failure("set request header", status);
                 }
             }
             if let Some(name) = forward.hide_header {

@@ -17,7 +17,7 @@ use super::http::Filter;
 use super::logger;
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
-use crate::config::Config;
+use crate::config::{Config, Settings, UntilFirstSnapshot};
 use crate::counters::create_counters;
 
 proxy_wasm::main! {{
@@ -71,6 +71,22 @@ impl Root {
     }
 }
 
+// The SDK's `done()` panics on any status but Ok; here the status is read as a plain integer.
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_done() -> u32;
+}
+
+/// Tells Envoy that this root context, which answered `false` to `on_done`, is done now.
+fn done() {
+    // SAFETY: no arguments; the host only looks up the calling root context.
+    let status = unsafe { proxy_done() };
+    if status != 0 {
+        log::debug!("proxy_done: status {status}");
+    }
+}
+
 /// How often each VM hands its counts to Envoy.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
@@ -81,14 +97,18 @@ impl Context for Root {
         fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
+    // A configuration push (or Envoy's stop) ends this root context. With a batch of events
+    // in flight it is not done yet: Envoy keeps it until `proxy_done` (the answer, or the
+    // tick past the deadline, calls it).
     fn on_done(&mut self) -> bool {
-        if let Some(runtime) = &self.runtime {
-            runtime.metrics.flush();
-            if let (Some(sender), Some(now)) = (&mut self.events, now()) {
-                sender.done(runtime, now);
-            }
+        let Some(runtime) = &self.runtime else {
+            return true;
+        };
+        runtime.metrics.flush();
+        match &mut self.events {
+            Some(sender) => sender.stop(runtime, now().unwrap_or_default()),
+            None => true,
         }
-        true
     }
 
     fn on_http_call_response(
@@ -100,7 +120,14 @@ impl Context for Root {
     ) {
         if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
             if sender.owns(token_id) {
-                sender.response(runtime, now().unwrap_or_default());
+                if sender.response(runtime, now().unwrap_or_default()) == events::Answered::Finished
+                {
+                    done();
+                }
+                return;
+            }
+            // A stopped root context only waits for its last batch: no snapshot switch.
+            if sender.is_stopping() {
                 return;
             }
         }
@@ -172,6 +199,16 @@ impl RootContext for Root {
             None => (None, None),
         };
         self.entitlements = entitlements;
+        let mut config = config;
+        if current.is_none() {
+            // No snapshot in shared data (a start, not a reconfiguration): until the first
+            // one, keys the configuration does not hold wait for it, if so configured.
+            config.awaiting_snapshot = config
+                .entitlements
+                .as_ref()
+                .filter(|s| s.until_first_snapshot == UntilFirstSnapshot::Unavailable)
+                .map(Settings::retry_after_s);
+        }
         self.runtime = Some(Rc::new(Runtime::new(config)));
         if let Some(current) = current {
             self.switch(current);
@@ -180,6 +217,14 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        // A stopped root context waiting for its last answer does nothing else.
+        if let Some(sender) = self.events.as_ref().filter(|s| s.is_stopping()) {
+            if sender.overdue(now().unwrap_or_default()) {
+                log::info!("events: VM stopping: no answer to the last batch; done");
+                done();
+            }
+            return;
+        }
         if let Some(runtime) = &self.runtime {
             runtime.metrics.flush();
             if let (Some(sender), Some(now)) = (&mut self.events, now()) {

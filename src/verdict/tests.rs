@@ -735,3 +735,85 @@ fn a_dry_run_during_a_store_outage_only_looks_at_this_envoys_record() {
     forwarded(&decide(&down(false)));
     assert_eq!(replied(&decide(&down(true))).status, 402);
 }
+
+#[test]
+fn before_the_first_snapshot_an_unknown_key_is_unavailable_not_invalid() {
+    let mut c = config(r#", "usage_path": "/usage", "on_store_error": "allow""#);
+    c.awaiting_snapshot = Some(10);
+    let store = counted(&c);
+    let unknown = run(&c, &store, &[("x-api-key", "mallory")]);
+    let reply = replied(&unknown);
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.contains(&("retry-after", "10".into())));
+    assert!(
+        reply
+            .body
+            .contains("urn:tollgate:problem:quota-unavailable")
+            && reply.body.contains(r#""retry-after":10"#),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+    assert_eq!(
+        unknown.metrics,
+        [(Metric::Refused(Reason::EntitlementsUnavailable), None)],
+        "not a store error: on_store_error does not forward it"
+    );
+    let usage = run(&c, &store, &[(":path", "/usage"), ("x-api-key", "mallory")]);
+    assert_eq!(replied(&usage).status, 503);
+    // The configuration's own consumers serve; what no snapshot can change is answered as ever.
+    assert!(matches!(
+        run(&c, &store, &[("x-api-key", "acme")]).action,
+        Action::Forward(_)
+    ));
+    assert_eq!(replied(&run(&c, &store, &[])).status, 401);
+    assert_eq!(
+        replied(&run(&c, &store, &[(":path", "/?api_key=%zz")])).status,
+        401
+    );
+    let grpc = run(
+        &c,
+        &store,
+        &[
+            ("x-api-key", "mallory"),
+            ("content-type", "application/grpc"),
+        ],
+    );
+    assert_eq!(replied(&grpc).grpc_status, Some(14));
+    // Shadow mode refuses nothing, this included.
+    let mut c = config(r#", "mode": "shadow""#);
+    c.awaiting_snapshot = Some(10);
+    let v = run(&c, &store, &[("x-api-key", "mallory")]);
+    assert!(forwarded(&v).set_headers().is_empty());
+    assert_eq!(
+        v.metrics,
+        [(Metric::Shadowed(Reason::EntitlementsUnavailable), None)]
+    );
+    // Without the flag (a snapshot applied, or until_first_snapshot static): 401.
+    c.awaiting_snapshot = None;
+    assert_eq!(
+        run(&c, &store, &[("x-api-key", "mallory")]).metrics,
+        [(Metric::Shadowed(Reason::InvalidCredential), None)]
+    );
+}
+
+#[test]
+fn with_identity_headers_off_a_clients_identity_headers_are_still_removed() {
+    let c = config(r#", "identity_headers": false, "plan_header": "x-plan", "mode": "shadow""#);
+    let store = counted(&c);
+    for headers in [
+        &[("x-api-key", "acme"), ("x-tollgate-consumer", "mallory")][..],
+        &[("x-api-key", "nobody")],
+        &[("x-api-key", "initech")],
+        &[],
+    ] {
+        let v = run(&c, &store, headers);
+        let f = forwarded(&v);
+        assert!(f.set_headers().is_empty(), "{headers:?}: nobody is named");
+        assert_eq!(
+            f.removed(),
+            ["x-tollgate-consumer", "x-plan"],
+            "{headers:?}"
+        );
+    }
+}

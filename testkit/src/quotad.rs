@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use crate::http::try_request;
 use crate::paths::quotad_path;
@@ -70,6 +71,7 @@ pub struct Quotad {
     pub http: u16,
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: TempDir,
     /// Its certificates when it speaks mutual TLS ([`Quotad::mutual_tls`]).
     pub certs: Option<FleetCerts>,
@@ -81,13 +83,23 @@ impl Quotad {
     /// ready when it has logged its start line, which names them; Redis may still be down
     /// ([`Quotad::wait_healthy`] waits for it).
     pub fn start(binary: impl AsRef<Path>, args: &[&str]) -> Quotad {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// [`Quotad::start`] with these environment variables too (`QUOTAD_*` settings: a binary
+    /// that does not know one ignores it, where it would refuse an unknown flag).
+    pub fn start_with_env(binary: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> Quotad {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.iter().any(|a| a == "--redis-timeout-ms") {
             args.extend(["--redis-timeout-ms".to_string(), "300".to_string()]);
         }
         let dir = TempDir::named("quotad");
         let binary = binary.as_ref().to_path_buf();
-        let mut process = Self::spawn(&binary, (0, 0), &args, &dir);
+        let mut process = Self::spawn(&binary, (0, 0), &args, &env, &dir);
         let (grpc, http) = Self::wait_started(&mut process);
         Quotad {
             process,
@@ -95,6 +107,7 @@ impl Quotad {
             http,
             binary,
             args,
+            env,
             dir,
             certs: None,
         }
@@ -128,12 +141,19 @@ impl Quotad {
         quotad
     }
 
-    fn spawn(binary: &Path, (grpc, http): (u16, u16), args: &[String], dir: &TempDir) -> Process {
+    fn spawn(
+        binary: &Path,
+        (grpc, http): (u16, u16),
+        args: &[String],
+        env: &[(String, String)],
+        dir: &TempDir,
+    ) -> Process {
         let mut command = Command::new(binary);
         command
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info");
         // A log per process: a restart's start line is not the first one's.
         let log = dir.join(format!("quotad-{}.log", next_id()));
@@ -180,10 +200,26 @@ impl Quotad {
         self.process.terminate(DEADLINE)
     }
 
+    /// Sends `signal` (`TERM`, `INT`, …) and returns at once.
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
+    /// Waits (at most `deadline`) for quotad to exit: its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(deadline)
+    }
+
     /// Starts it again on the same ports and arguments, and waits until it is healthy.
     pub fn restart(&mut self) {
         self.process.stop();
-        self.process = Self::spawn(&self.binary, (self.grpc, self.http), &self.args, &self.dir);
+        self.process = Self::spawn(
+            &self.binary,
+            (self.grpc, self.http),
+            &self.args,
+            &self.env,
+            &self.dir,
+        );
         Self::wait_started(&mut self.process);
         self.wait_healthy();
     }
