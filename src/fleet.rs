@@ -238,11 +238,22 @@ pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option
     let plan = config.plan_of(who)?;
     let offset = (config.utc_offset != 0).then(|| format_utc_offset(config.utc_offset));
     let sizes: Vec<String> = plan.limits.iter().map(|l| l.requests.to_string()).collect();
+    // Limits counted by each Envoy alone (`scope: envoy`) are not the store's.
+    let asked = |i: usize| ask.asks(i);
+    let hits: Vec<u64> = ask
+        .hits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| asked(*i))
+        .map(|(_, h)| *h)
+        .collect();
     let descriptors: Vec<Vec<(&str, &str)>> = plan
         .limits
         .iter()
         .zip(&sizes)
-        .map(|(limit, size)| {
+        .enumerate()
+        .filter(|(i, _)| asked(*i))
+        .map(|(_, (limit, size))| {
             let mut entries = vec![
                 ("consumer", who.name.as_str()),
                 ("limit", limit.name.as_str()),
@@ -255,7 +266,10 @@ pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option
             entries
         })
         .collect();
-    Some(rls::encode_request(&rls.domain, &descriptors, &ask.hits))
+    if descriptors.is_empty() {
+        return None;
+    }
+    Some(rls::encode_request(&rls.domain, &descriptors, &hits))
 }
 
 /// Calls the rate limit service for `ask` from `context` (the context the host is running).
@@ -361,6 +375,8 @@ pub fn on_response<H: FleetHost>(host: &H, token: u32, status: u32, size: usize,
         Vec::new()
     };
     let (answer, mut reason) = read_answer(status, &body);
+    // Per limit of the plan (the call left out the limits counted here alone).
+    let answer = answer.spread(&call.ask);
     // Envoy ends a call that outlived its timeout with a status of its own (UNAVAILABLE):
     // say what happened, the service answered nothing.
     let timeout_ms = terms(H::config(&call.runtime)).map_or(i64::MAX, |(t, _)| t.timeout_ms);

@@ -87,6 +87,23 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A `per_envoy` limit's figure at the start of its window: all of it held, nothing in the
+    /// store (`left` 0: the units held are all there is).
+    fn fresh((bounds, requests): &(Bounds, u64)) -> Figure {
+        Figure {
+            start: bounds.start,
+            end: bounds.end,
+            requests: *requests,
+            left: 0,
+            units: i64::try_from(*requests).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Whether this figure is for that window and size.
+    fn is_for(&self, (bounds, requests): &(Bounds, u64)) -> bool {
+        self.start == bounds.start && self.end == bounds.end && self.requests == *requests
+    }
+
     /// Whether the store and this lease together cannot cover `cost` any more in this window.
     fn short(&self, cost: u64) -> bool {
         cost > 0 && i128::from(self.left) + i128::from(self.units) < i128::from(cost)
@@ -120,6 +137,16 @@ fn read_i64(bytes: &[u8], at: usize) -> Option<i64> {
 fn add(units: i64, delta: i128) -> i64 {
     let sum = i128::from(units).saturating_add(delta);
     i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Whether limit `i` is counted by this Envoy alone (`scope: envoy`); missing: not.
+fn is_per_envoy(per_envoy: &[bool], i: usize) -> bool {
+    per_envoy.get(i).copied().unwrap_or(false)
+}
+
+/// Per limit, whether it is counted by each Envoy alone (`scope: envoy`).
+pub fn scopes(limits: &[Limit]) -> Vec<bool> {
+    limits.iter().map(|l| l.per_envoy).collect()
 }
 
 impl Lease {
@@ -175,12 +202,37 @@ impl Lease {
         })
     }
 
-    /// Whether the lease is for these limits' current windows and sizes.
-    fn valid(&self, current: &[(Bounds, u64)]) -> bool {
+    /// Whether the lease is for these limits' current windows and sizes (the store's limits:
+    /// a `per_envoy` limit's figure is this Envoy's own count, rolled by [`Lease::roll`]).
+    fn valid(&self, current: &[(Bounds, u64)], per_envoy: &[bool]) -> bool {
         self.figures.len() == current.len()
-            && self.figures.iter().zip(current).all(|(f, (b, requests))| {
-                f.start == b.start && f.end == b.end && f.requests == *requests
-            })
+            && self
+                .figures
+                .iter()
+                .zip(current)
+                .enumerate()
+                .all(|(i, (f, now))| is_per_envoy(per_envoy, i) || f.is_for(now))
+    }
+
+    /// Starts the `per_envoy` limits whose window (or size) changed afresh: their whole size
+    /// held, nothing asked of the store. A plan of `per_envoy` limits only is never asked: its
+    /// lease starts here.
+    fn roll(&mut self, current: &[(Bounds, u64)], per_envoy: &[bool]) {
+        if !per_envoy.contains(&true) {
+            return;
+        }
+        if self.figures.len() != current.len() {
+            if per_envoy.contains(&false) || per_envoy.len() != current.len() {
+                return;
+            }
+            self.figures = current.iter().map(Figure::fresh).collect();
+            return;
+        }
+        for (i, (f, now)) in self.figures.iter_mut().zip(current).enumerate() {
+            if is_per_envoy(per_envoy, i) && !f.is_for(now) {
+                *f = Figure::fresh(now);
+            }
+        }
     }
 
     /// Whether the units held pay for `costs` in every limit (a limit the request does not
@@ -200,14 +252,16 @@ impl Lease {
             .any(|(i, f)| f.short(cost_at(costs, i)))
     }
 
-    /// Requests' worth the units held pay for (`costs` each), for refilling ahead.
-    fn worth(&self, costs: &[u64]) -> u64 {
+    /// Requests' worth the units held pay for (`costs` each) in the store's limits, for
+    /// refilling ahead.
+    fn worth(&self, costs: &[u64], per_envoy: &[bool]) -> u64 {
         self.figures
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
                 let cost = cost_at(costs, i);
-                (cost > 0).then(|| u64::try_from(f.units.max(0)).unwrap_or(0) / cost)
+                (cost > 0 && !is_per_envoy(per_envoy, i))
+                    .then(|| u64::try_from(f.units.max(0)).unwrap_or(0) / cost)
             })
             .min()
             .unwrap_or(u64::MAX)
@@ -302,12 +356,40 @@ pub struct Ask {
     /// Requests' worth of `hits` (sizing the next lease).
     pub worth: u64,
     pub windows: Vec<(Bounds, u64)>,
+    /// Per limit, whether it is counted by this Envoy alone (`scope: envoy`): not in the call,
+    /// its `hits` and `needs` 0 (empty: none is).
+    pub per_envoy: Vec<bool>,
 }
 
 impl Ask {
     /// Whether this call takes nothing (the usage endpoint's look).
     pub fn is_look(&self) -> bool {
         self.hits.iter().all(|h| *h == 0)
+    }
+
+    /// Whether limit `i` is in the call (counted by the store).
+    pub fn asks(&self, i: usize) -> bool {
+        !is_per_envoy(&self.per_envoy, i)
+    }
+
+    /// The store's answer per limit of the call, laid out per limit of the plan (0 where a
+    /// limit is counted here alone, whose figure `apply` keeps); an answer for some other
+    /// number of limits is left as it is (`apply` refuses it).
+    pub fn spread(&self, left: &[u64]) -> Vec<u64> {
+        let asked = (0..self.windows.len()).filter(|i| self.asks(*i)).count();
+        if asked == self.windows.len() || left.len() != asked {
+            return left.to_vec();
+        }
+        let mut answers = left.iter();
+        (0..self.windows.len())
+            .map(|i| {
+                if self.asks(i) {
+                    answers.next().copied().unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .collect()
     }
 }
 
@@ -345,6 +427,7 @@ pub fn size(
     valid: bool,
     current: &[(Bounds, u64)],
     costs: &[u64],
+    per_envoy: &[bool],
     terms: &Terms,
     now_ms: i64,
 ) -> u64 {
@@ -363,7 +446,7 @@ pub fn size(
     let share = (0..count)
         .filter_map(|i| {
             let cost = cost_at(costs, i);
-            (cost > 0).then(|| left(i).unwrap_or(0) / SHARE / cost)
+            (cost > 0 && !is_per_envoy(per_envoy, i)).then(|| left(i).unwrap_or(0) / SHARE / cost)
         })
         .min()
         .unwrap_or(u64::MAX);
@@ -390,11 +473,16 @@ fn hits_for(
     valid: bool,
     count: usize,
     costs: &[u64],
+    per_envoy: &[bool],
     worth: u64,
     spent: bool,
 ) -> (Vec<u64>, Vec<u64>) {
     (0..count)
         .map(|i| {
+            if is_per_envoy(per_envoy, i) {
+                // Counted here alone: nothing to take from the store.
+                return (0, 0);
+            }
             let cost = cost_at(costs, i);
             let units = if valid {
                 lease.figures.get(i).map_or(0, |f| i128::from(f.units))
@@ -424,8 +512,14 @@ fn hits_for(
 /// store said a limit cannot pay for another such request, not when the size is one (the
 /// last units of a quota go one call each, with the request they are for). Never more than
 /// `lease` requests' worth held: what an Envoy can lose stays one lease per consumer.
-pub fn ahead(lease: &Lease, costs: &[u64], now_ms: i64, terms: &Terms) -> Option<Ask> {
-    let held = lease.worth(costs);
+pub fn ahead(
+    lease: &Lease,
+    costs: &[u64],
+    per_envoy: &[bool],
+    now_ms: i64,
+    terms: &Terms,
+) -> Option<Ask> {
+    let held = lease.worth(costs, per_envoy);
     // Most requests stop at the first test.
     if held > lease.granted / 2
         || lease.granted < AHEAD_MIN_GRANT
@@ -435,15 +529,23 @@ pub fn ahead(lease: &Lease, costs: &[u64], now_ms: i64, terms: &Terms) -> Option
             .figures
             .iter()
             .enumerate()
-            .any(|(i, f)| f.left < cost_at(costs, i))
+            .any(|(i, f)| !is_per_envoy(per_envoy, i) && f.left < cost_at(costs, i))
     {
         return None;
     }
-    let worth = size(lease, true, &[], costs, terms, now_ms);
+    let worth = size(lease, true, &[], costs, per_envoy, terms, now_ms);
     if worth <= held {
         return None;
     }
-    let (hits, needs) = hits_for(lease, true, lease.figures.len(), costs, worth, true);
+    let (hits, needs) = hits_for(
+        lease,
+        true,
+        lease.figures.len(),
+        costs,
+        per_envoy,
+        worth,
+        true,
+    );
     let windows = lease
         .figures
         .iter()
@@ -462,6 +564,7 @@ pub fn ahead(lease: &Lease, costs: &[u64], now_ms: i64, terms: &Terms) -> Option
         needs,
         worth: worth - held,
         windows,
+        per_envoy: per_envoy.to_vec(),
     })
 }
 
@@ -571,15 +674,20 @@ fn take_or_look(
     mode: Mode,
 ) -> Result<Take, CountError> {
     let windows = current(limits, clock.now, terms.utc_offset);
+    let per_envoy = scopes(limits);
+    // No limit the store counts: the lease is this Envoy's own count, never asked for.
+    let all_here = !per_envoy.contains(&false);
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
         let mut lease = Lease::decode(&bytes).unwrap_or_default();
-        let valid = lease.valid(&windows);
+        lease.roll(&windows, &per_envoy);
+        let valid = lease.valid(&windows, &per_envoy);
         // The usage endpoint asks the store each time (other Envoys spend too); figures
         // written since it started waiting are that answer (or a refill's, as fresh). With
         // `lease: 1` — servers other than quotad, which count a look (`hits_addend` 0) as a hit
         // — it never calls: the figures of this Envoy's last answer, none before one.
         if mode == Mode::Look
             && (terms.lease == 1
+                || all_here
                 || valid && waiting_since_ms.is_some_and(|since| lease.answered_at_ms >= since))
         {
             let usages = if valid {
@@ -615,7 +723,7 @@ fn take_or_look(
             for (i, f) in lease.figures.iter_mut().enumerate() {
                 f.units = add(f.units, -i128::from(cost_at(costs, i)));
             }
-            let ask = ahead(&lease, costs, clock.now_ms, terms);
+            let ask = ahead(&lease, costs, &per_envoy, clock.now_ms, terms);
             if ask.is_some() {
                 lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
             }
@@ -650,14 +758,32 @@ fn take_or_look(
             }));
         }
         let (hits, needs, worth) = if mode == Mode::Spend {
-            let worth = size(&lease, valid, &windows, costs, terms, clock.now_ms);
-            let (hits, needs) = hits_for(&lease, valid, windows.len(), costs, worth, false);
+            let worth = size(
+                &lease,
+                valid,
+                &windows,
+                costs,
+                &per_envoy,
+                terms,
+                clock.now_ms,
+            );
+            let (hits, needs) = hits_for(
+                &lease,
+                valid,
+                windows.len(),
+                costs,
+                &per_envoy,
+                worth,
+                false,
+            );
             (hits, needs, worth)
         } else {
             (vec![0; windows.len()], vec![0; windows.len()], 0)
         };
-        if !valid {
-            // A new window (or a changed plan): what was left of the old lease is gone.
+        if !valid && !per_envoy.contains(&true) {
+            // A new window (or a changed plan): what was left of the old lease is gone. (With
+            // limits counted here alone, the figures stay for `apply`, which keeps theirs and
+            // drops the store's limits' units of another window.)
             lease.figures.clear();
         }
         lease.claim_until_ms = clock.now_ms + terms.timeout_ms + CLAIM_MARGIN_MS;
@@ -666,6 +792,7 @@ fn take_or_look(
             needs,
             worth,
             windows: windows.clone(),
+            per_envoy: per_envoy.clone(),
         });
         Ok(Rewrite::Write(lease.encode(), refill))
     })
@@ -684,6 +811,21 @@ pub enum Answer {
     /// The call was given up (its request went away): release the claim, so that another
     /// request refills at once.
     Abandoned,
+}
+
+impl Answer {
+    /// The answer laid out per limit of the plan ([`Ask::spread`]).
+    pub fn spread(self, ask: &Ask) -> Answer {
+        match self {
+            Answer::Granted { left } => Answer::Granted {
+                left: ask.spread(&left),
+            },
+            Answer::Over { left } => Answer::Over {
+                left: ask.spread(&left),
+            },
+            other => other,
+        }
+    }
 }
 
 /// What follows from an answer.
@@ -734,6 +876,7 @@ fn again(ask: &Ask, left: &[u64]) -> Option<Ask> {
         needs: ask.needs.clone(),
         worth: scale(ask.worth).max(1),
         windows: ask.windows.clone(),
+        per_envoy: ask.per_envoy.clone(),
     })
 }
 
@@ -750,7 +893,7 @@ pub fn apply(
 ) -> Result<Applied, CountError> {
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
         let mut lease = Lease::decode(&bytes).unwrap_or_default();
-        let same_windows = lease.valid(&ask.windows);
+        let same_windows = lease.valid(&ask.windows, &ask.per_envoy);
         // What the lease holds per limit after the answer, with `granted` added.
         let figures = |lease: &Lease, left: &[u64], granted: &[u64]| -> Vec<Figure> {
             ask.windows
@@ -758,6 +901,14 @@ pub fn apply(
                 .zip(left)
                 .enumerate()
                 .map(|(i, ((bounds, requests), left))| {
+                    if !ask.asks(i) {
+                        // Counted here alone: its count goes on in its window, or starts.
+                        let now = (*bounds, *requests);
+                        return match lease.figures.get(i) {
+                            Some(f) if f.is_for(&now) => *f,
+                            _ => Figure::fresh(&now),
+                        };
+                    }
                     let held = if same_windows {
                         lease.figures.get(i).map_or(0, |f| f.units)
                     } else {
@@ -795,7 +946,7 @@ pub fn apply(
                 lease.failed_at_ms = 0;
             }
             Answer::Over { left } if silent(left) => {
-                if !same_windows {
+                if !same_windows && !ask.per_envoy.contains(&true) {
                     lease.figures.clear();
                 }
                 lease.refused_at_ms = now_ms.max(1);

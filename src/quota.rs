@@ -294,6 +294,7 @@ mod tests {
             window,
             window_text: String::new(),
             status: 402,
+            per_envoy: false,
         }
     }
 

@@ -51,7 +51,7 @@ fn bad_configurations_are_refused_with_a_line_naming_the_field() {
     let cases = [
         ("{\n  \"plans\": {\n    \"free\": {\"limits\": [}\n  }\n}".to_string(), "invalid JSON at line 3 column 25 of the plugin configuration: expected value"),
         (format!(r#"{{{plans}, "consumer": {{}}}}"#), "unknown field `consumer`"),
-        (r#"{"plans": {"free": {"limits": [{"name": "daily", "requets": 10, "window": "day"}]}}}"#.to_string(), "plans.free.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`"),
+        (r#"{"plans": {"free": {"limits": [{"name": "daily", "requets": 10, "window": "day"}]}}}"#.to_string(), "plans.free.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`, `scope`"),
         (r#"{"plans": {"free": {"limits": [{"name": "daily", "requests": "100", "window": "day"}]}}}"#.to_string(), "plans.free.limits[0].requests: expected a whole number, found a string (write numbers without quotes)"),
         (format!(r#"{{{plans}, "consumers": {{"acme": {{"plan": "gold", "keys": ["k"]}}}}}}"#), "consumers.acme.plan: plan `gold` does not exist (plans: free)"),
         (format!(r#"{{{plans}, "consumers": {{"a": {{"plan": "free", "keys": ["k1"]}}, "b": {{"plan": "free", "keys": ["k1"]}}}}}}"#), "consumers.b.keys[0]: this key is listed twice (also a key of consumer `a`)"),

@@ -576,3 +576,74 @@ fn a_server_that_answers_only_overall_code_decides_each_request_with_lease_one()
             .then_some(())
     });
 }
+
+/// The usual plan of an API: a daily quota fleet-wide, and a burst limit each Envoy counts on
+/// its own (`scope: envoy`): a quiet consumer's new burst window costs no store call.
+#[test]
+fn a_per_envoy_burst_limit_is_counted_by_each_envoy_and_never_asks_the_store() {
+    let redis = Redis::start();
+    let quotad = Quotad::fleet(&redis);
+    let consumers: String = (0..3)
+        .map(|i| format!(r#""quiet-{i}": {{"plan": "api", "keys": ["quiet-{i}-key"]}}"#))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let plugin = plugin(&format!(
+        r#"{{
+          "store": {{"rls": {{"cluster": "tollgate_quotad", "timeout": "1s", "lease": 100}}}},
+          "plans": {{"api": {{"limits": [
+            {{"name": "daily", "requests": 1000, "window": "day"}},
+            {{"name": "burst", "requests": 5, "window": "10s", "status": 429, "scope": "envoy"}}
+          ]}}}},
+          "consumers": {{ {consumers} }}
+        }}"#
+    ));
+    let envoys = [
+        fleet_envoy(&quotad, &plugin, 2),
+        fleet_envoy(&quotad, &plugin, 2),
+    ];
+    let send = |envoy: &Envoy, key: &str, n: usize| -> Vec<Response> {
+        let mut conn = Conn::new(envoy.port);
+        (0..n)
+            .map(|_| conn.get("/", &[("x-api-key", key.as_bytes())]))
+            .collect()
+    };
+    // Within one 10 s window: each Envoy admits the burst, 5 — 10 across the two.
+    let who = within_one_window(10, 6.0, 3, |attempt| {
+        let key = format!("quiet-{attempt}-key");
+        for envoy in &envoys {
+            let responses = send(envoy, &key, 8);
+            let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+            assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+            let refused = &responses[5];
+            assert_eq!(
+                refused.json()["violated-policies"][0],
+                "burst",
+                "{refused:?}"
+            );
+            assert!(refused.header("retry-after").is_some(), "{refused:?}");
+        }
+        format!("quiet-{attempt}")
+    });
+    assert_eq!(
+        redis.counted("tollgate", &who, "burst"),
+        0,
+        "the burst limit never reaches the store"
+    );
+    let daily = redis.counted("tollgate", &who, "daily");
+    assert!((10..=200).contains(&daily), "two daily leases: {daily}");
+    // The next 10 s window: the burst starts again in each Envoy, from the daily leases they
+    // hold, without a store call.
+    let calls = quotad.decisions();
+    align_to_window(10, 10.0);
+    let key = format!("{who}-key");
+    for envoy in &envoys {
+        let statuses: Vec<u16> = send(envoy, &key, 3).iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 200, 200]);
+    }
+    assert_eq!(
+        quotad.decisions(),
+        calls,
+        "a new burst window costs no store call"
+    );
+    assert_eq!(redis.counted("tollgate", &who, "daily"), daily);
+}

@@ -132,6 +132,9 @@ fn limit_lines(limits: &[Limit], usages: &[Usage], now: i64) -> Vec<(&'static st
             plural(limit.requests, "request"),
             limit.window_text
         );
+        if limit.per_envoy {
+            text.push_str(" in each Envoy (scope: envoy)");
+        }
         if let Some(usage) = usages.get(i) {
             let _ = write!(
                 text,

@@ -101,7 +101,7 @@ fn a_plugin_json_file_is_checked_as_the_filter_checks_it() {
         out.stderr,
         format!(
             "{typo}: configuration refused: plans.p.limits[0]: unknown field `requets`, expected one of \
-             `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`\n"
+             `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`, `scope`\n"
         )
     );
 
@@ -171,7 +171,7 @@ fn a_refusal_inside_an_envoy_file_names_the_field_and_a_syntax_error_its_line_in
         out.stderr,
         format!(
             "{typo}: listener gateway, plugin tollgate: configuration refused: plans.free.limits[0]: \
-             unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`\n"
+             unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`, `scope`\n"
         )
     );
 

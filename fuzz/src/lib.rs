@@ -403,6 +403,7 @@ pub fn record(data: &[u8]) {
         window,
         window_text: String::new(),
         status: 402,
+        per_envoy: false,
     };
     let plans = [
         vec![limit("a", 5, Window::Fixed(DAY))],

@@ -116,6 +116,16 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
                 "{field}.status: {status} is not an HTTP error status (400-599)"
             )));
         }
+        let per_envoy = match limit.scope.as_deref() {
+            None | Some("fleet") => false,
+            Some("envoy") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "{field}.scope: `{}` is not a scope (`fleet` or `envoy`)",
+                    other.chars().take(64).collect::<String>()
+                )))
+            }
+        };
         limits.push(Limit {
             name: limit.name,
             requests: size,
@@ -123,6 +133,7 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
             window,
             window_text: limit.window,
             status,
+            per_envoy,
         });
     }
     let upgrade_url = compile_https_url(&format!("plans.{name}.upgrade_url"), raw.upgrade_url)?;

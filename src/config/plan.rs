@@ -51,6 +51,10 @@ pub struct Limit {
     pub window_text: String,
     /// HTTP status sent when this limit is exhausted.
     pub status: u16,
+    /// `scope: envoy`: in fleet mode, counted by each Envoy on its own in its shared data,
+    /// never asked of the store (a burst limit beside fleet-wide quotas). Local mode counts
+    /// every limit per Envoy anyway.
+    pub per_envoy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

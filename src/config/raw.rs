@@ -207,6 +207,9 @@ pub(super) struct RawLimit {
     pub(super) window: String,
     #[serde(default)]
     pub(super) status: Option<u16>,
+    /// `fleet` (the default) or `envoy`.
+    #[serde(default)]
+    pub(super) scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

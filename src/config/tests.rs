@@ -145,7 +145,7 @@ fn refuses_bad_configurations_naming_the_field() {
         (format!(r#"{{{plans}, "bogus": 1}}"#), "unknown field `bogus`, expected one of `credentials`, `plans`"),
         (r#"{"plans": {}}"#.into(), "plans: at least one plan"),
         (r#"{"plans": {"p": {"limits": [], "x": 1}}}"#.into(), "plans.p: unknown field `x`, expected one of `limits`, `upgrade_url`, `alerts`"),
-        (r#"{"plans": {"p": {"limits": [{"name": "d", "requets": 1, "window": "day"}]}}}"#.into(), "plans.p.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`"),
+        (r#"{"plans": {"p": {"limits": [{"name": "d", "requets": 1, "window": "day"}]}}}"#.into(), "plans.p.limits[0]: unknown field `requets`, expected one of `name`, `requests`, `tokens`, `units`, `unit`, `window`, `status`, `scope`"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "window": "day"}]}}}"#.into(), "plans.p.limits[0]: give exactly one of `requests`, `tokens` or `units` (with `unit`)"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "requests": 1, "tokens": 5, "window": "day"}]}}}"#.into(), "plans.p.limits[0]: give exactly one of `requests`, `tokens` or `units` (with `unit`)"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "units": 5, "window": "day"}]}}}"#.into(), "plans.p.limits[0].unit: `units` needs the unit's name (e.g. \"unit\": \"credits\")"),
@@ -730,4 +730,26 @@ fn routes_and_llm_bounds_are_inclusive_and_refused_one_past() {
     );
     assert!(c.routes.find(b"other").is_none());
     assert!(with("").unwrap().routes.is_empty());
+}
+
+#[test]
+fn a_limit_scope_is_fleet_by_default_or_envoy_and_nothing_else() {
+    let plan = |scope: &str| {
+        format!(
+            r#"{{"plans": {{"p": {{"limits": [
+                {{"name": "daily", "requests": 1000, "window": "day"}},
+                {{"name": "burst", "requests": 5, "window": "1s"{scope}}}]}}}}}}"#
+        )
+    };
+    let scopes = |json: &str| -> Vec<bool> {
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        c.plans[0].limits.iter().map(|l| l.per_envoy).collect()
+    };
+    assert_eq!(scopes(&plan("")), [false, false]);
+    assert_eq!(scopes(&plan(r#", "scope": "fleet""#)), [false, false]);
+    assert_eq!(scopes(&plan(r#", "scope": "envoy""#)), [false, true]);
+    assert_eq!(
+        err(&plan(r#", "scope": "worker""#)),
+        "plans.p.limits[1].scope: `worker` is not a scope (`fleet` or `envoy`)"
+    );
 }

@@ -709,6 +709,7 @@ fn a_grant_whose_range_holds_a_threshold_crosses_it_once_for_the_fleet() {
                 )
             })
             .collect(),
+        per_envoy: Vec::new(),
     };
     let reached = grant_crossings(&rt.config, 0, &ask, &[12], NOW_MS + 10);
     assert_eq!(

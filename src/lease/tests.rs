@@ -23,6 +23,7 @@ fn limits(sizes: &[(u64, Window)]) -> Vec<Limit> {
             window: *window,
             window_text: String::new(),
             status: 402,
+            per_envoy: false,
         })
         .collect()
 }
@@ -220,20 +221,44 @@ fn lease_sizes_shrink_to_one_near_the_end() {
     };
     let windows = current(&limits, NOW, 0);
     assert_eq!(
-        size(&lease(80), true, &windows, &[], &TERMS, NOW * 1000 + 10),
+        size(
+            &lease(80),
+            true,
+            &windows,
+            &[],
+            &[],
+            &TERMS,
+            NOW * 1000 + 10
+        ),
         10
     );
     assert_eq!(
-        size(&lease(7), true, &windows, &[], &TERMS, NOW * 1000 + 10),
+        size(&lease(7), true, &windows, &[], &[], &TERMS, NOW * 1000 + 10),
         1
     );
     assert_eq!(
-        size(&lease(900), true, &windows, &[], &TERMS, NOW * 1000 + 10),
+        size(
+            &lease(900),
+            true,
+            &windows,
+            &[],
+            &[],
+            &TERMS,
+            NOW * 1000 + 10
+        ),
         20,
         "doubles"
     );
     assert_eq!(
-        size(&lease(900), true, &windows, &[], &TERMS, NOW * 1000 + 5000),
+        size(
+            &lease(900),
+            true,
+            &windows,
+            &[],
+            &[],
+            &TERMS,
+            NOW * 1000 + 5000
+        ),
         2,
         "10 in 5 s: 2 a second"
     );
@@ -242,6 +267,7 @@ fn lease_sizes_shrink_to_one_near_the_end() {
             &lease(900),
             true,
             &windows,
+            &[],
             &[],
             &TERMS,
             NOW * 1000 + 60_000
@@ -330,7 +356,7 @@ fn a_lease_down_to_half_is_refilled_ahead_once_and_never_past_the_lease() {
             }],
             ..Lease::default()
         };
-        let asked = ahead(&lease, &[], at(10).now_ms, &TERMS).map(|a| a.hits);
+        let asked = ahead(&lease, &[], &[], at(10).now_ms, &TERMS).map(|a| a.hits);
         let want = (hits > 0).then(|| vec![hits]);
         assert_eq!(asked, want, "{why}");
     }
@@ -606,7 +632,8 @@ fn over_with_room_for_less_asks_again_for_that_room_and_keeps_the_claim() {
             hits: vec![3],
             needs: vec![1],
             worth: 3,
-            windows: ask.windows.clone()
+            windows: ask.windows.clone(),
+            per_envoy: ask.per_envoy.clone(),
         })
     );
     assert_eq!(
@@ -645,13 +672,13 @@ fn a_lease_for_the_same_windows_but_another_size_is_not_valid() {
         left: 10,
         units: 0,
     }];
-    assert!(lease.valid(&[(bounds, 1000)]));
-    assert!(!lease.valid(&[(bounds, 999)]), "a resized limit");
+    assert!(lease.valid(&[(bounds, 1000)], &[]));
+    assert!(!lease.valid(&[(bounds, 999)], &[]), "a resized limit");
     assert!(
-        !lease.valid(&[(bounds, 1000), (bounds, 1000)]),
+        !lease.valid(&[(bounds, 1000), (bounds, 1000)], &[]),
         "another plan"
     );
-    assert!(!lease.valid(&[]));
+    assert!(!lease.valid(&[], &[]));
 }
 
 /// A plan of a request limit and a token limit (costs `[1, tokens]` per request).
@@ -1021,11 +1048,11 @@ fn a_lease_is_refilled_ahead_in_requests_worth_of_the_request_that_spends_it() {
         ..Lease::default()
     };
     assert_eq!(
-        ahead(&lease(2_500), &[500], at(10).now_ms, &TERMS),
+        ahead(&lease(2_500), &[500], &[], at(10).now_ms, &TERMS),
         None,
         "5 held: more than half"
     );
-    let ask = ahead(&lease(2_000), &[500], at(10).now_ms, &TERMS).unwrap();
+    let ask = ahead(&lease(2_000), &[500], &[], at(10).now_ms, &TERMS).unwrap();
     // 16 by the rate (8 in 10 ms, doubled): 16 × 500, less the 2 000 held; worth 16 − 4.
     assert_eq!((ask.hits.clone(), ask.worth), (vec![6_000], 12));
     assert_eq!(ask.needs, [0], "nobody waits on a refill ahead");
@@ -1063,4 +1090,163 @@ fn with_lease_one_the_usage_endpoint_never_calls_the_store() {
         "70 in the store and the unit this lease holds"
     );
     assert_eq!(stored(&store).claim_until_ms, 0, "nothing claimed");
+}
+
+/// `limits`, with those at `per_envoy` marked `scope: envoy`.
+fn scoped(sizes: &[(u64, Window)], per_envoy: &[usize]) -> Vec<Limit> {
+    let mut limits = limits(sizes);
+    for i in per_envoy {
+        limits[*i].per_envoy = true;
+    }
+    limits
+}
+
+/// The call the filter makes for `ask` (the store's limits only, as `fleet::request` sends
+/// them), answered by `service` (one count per limit of the call), laid out per limit of the
+/// plan again and applied, with its asks again. Returns the calls made.
+fn fill_scoped(store: &MemoryStore, service: &mut Service, mut ask: Ask, now_ms: i64) -> usize {
+    let mut calls = 0;
+    loop {
+        let sent = Ask {
+            hits: (0..ask.hits.len())
+                .filter(|i| ask.asks(*i))
+                .map(|i| ask.hits[i])
+                .collect(),
+            windows: (0..ask.windows.len())
+                .filter(|i| ask.asks(*i))
+                .map(|i| ask.windows[i])
+                .collect(),
+            needs: Vec::new(),
+            worth: ask.worth,
+            per_envoy: Vec::new(),
+        };
+        assert!(!sent.windows.is_empty(), "a call with no limit: {ask:?}");
+        calls += 1;
+        let answer = service.answer(&sent).spread(&ask);
+        match apply(store, K, &ask, &answer, now_ms, &TERMS).unwrap() {
+            Applied::Done => return calls,
+            Applied::AskAgain(again) => ask = again,
+        }
+    }
+}
+
+/// Takes at `clock` until refused, as [`drain`] does through [`fill_scoped`]: (admitted,
+/// calls, the refusal's violated limits).
+fn drain_scoped(
+    store: &MemoryStore,
+    limits: &[Limit],
+    service: &mut Service,
+    clock: Clock,
+) -> (u64, usize, Vec<usize>) {
+    let (mut admitted, mut calls) = (0, 0);
+    for _ in 0..100_000 {
+        match take(store, K, limits, &[], clock, &TERMS, None).unwrap() {
+            Take::Admitted(_, ahead) => {
+                admitted += 1;
+                if let Some(ask) = ahead {
+                    calls += fill_scoped(store, service, ask, clock.now_ms);
+                }
+            }
+            Take::Refused(usages) => {
+                let violated = (0..usages.len()).filter(|i| usages[*i].violated).collect();
+                return (admitted, calls, violated);
+            }
+            Take::Refill(ask) => calls += fill_scoped(store, service, ask, clock.now_ms),
+            Take::Wait { .. } | Take::Over(_) => panic!("nobody else is refilling"),
+        }
+    }
+    panic!("never refused")
+}
+
+#[test]
+fn a_per_envoy_limit_is_counted_here_and_never_asked_of_the_store() {
+    // The usual plan: 1 000 a day fleet-wide, 5 a second per Envoy.
+    let limits = scoped(&[(1000, Window::Day), (5, Window::Fixed(1))], &[1]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    let mut calls = 0;
+    for second in 0..4 {
+        let (admitted, made, violated) =
+            drain_scoped(&store, &limits, &mut service, at(second * 1000));
+        assert_eq!(admitted, 5, "second {second}: the burst, exactly");
+        assert_eq!(violated, [1], "second {second}: refused by the burst limit");
+        calls += made;
+    }
+    // One call for the daily lease; each new second's burst starts here without one.
+    assert_eq!(calls, 1);
+    assert_eq!(
+        service.used,
+        [100],
+        "the daily lease: the store counts only it"
+    );
+    let lease = stored(&store);
+    assert_eq!(
+        lease.figures[0].units,
+        100 - 20,
+        "20 spent from the daily lease"
+    );
+    assert_eq!(
+        lease.figures[1].left, 0,
+        "nothing of the burst is in the store"
+    );
+}
+
+#[test]
+fn a_per_envoy_count_goes_on_when_the_stores_window_turns() {
+    // The store's limit turns every 10 s; the per-Envoy one is per minute.
+    let limits = scoped(&[(100, Window::Fixed(10)), (7, Window::Fixed(60))], &[1]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    // NOW is 40 s into a minute and at a 10 s boundary: 4 now, 3 in the next 10 s window of
+    // the same minute (after a refill for that window), then the minute's 7 are spent.
+    for _ in 0..4 {
+        match take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() {
+            Take::Admitted(..) => {}
+            Take::Refill(ask) => {
+                fill_scoped(&store, &mut service, ask, at(0).now_ms);
+                assert!(matches!(
+                    take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap(),
+                    Take::Admitted(..)
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    service.used = vec![0];
+    let (admitted, calls, violated) = drain_scoped(&store, &limits, &mut service, at(10_000));
+    assert_eq!(
+        (admitted, violated),
+        (3, vec![1]),
+        "the minute's count went on"
+    );
+    assert!(calls >= 1, "a refill for the new 10 s window");
+    // A new minute and a new 10 s window: 7 more.
+    let (admitted, _, violated) = drain_scoped(&store, &limits, &mut service, at(20_000));
+    assert_eq!((admitted, violated), (7, vec![1]), "a new window");
+}
+
+#[test]
+fn a_plan_of_per_envoy_limits_only_never_calls_the_store() {
+    let limits = scoped(&[(3, Window::Fixed(1)), (10, Window::Day)], &[0, 1]);
+    let store = fresh();
+    let mut service = Service { used: vec![] };
+    let mut total = 0;
+    for second in 0..5 {
+        let (admitted, calls, violated) =
+            drain_scoped(&store, &limits, &mut service, at(second * 1000));
+        assert_eq!(calls, 0);
+        total += admitted;
+        if total < 10 {
+            assert_eq!((admitted, violated.clone()), (3, vec![0]), "{second}");
+        } else {
+            assert_eq!(violated, [1], "{second}: the day is spent");
+        }
+    }
+    assert_eq!(total, 10);
+    // The usage endpoint reads the count here, with no call.
+    let Take::Admitted(usages, None) = look(&store, K, &limits, at(5000), &TERMS, None).unwrap()
+    else {
+        panic!("a look needs no call")
+    };
+    assert_eq!(usages[1].used, 10);
 }

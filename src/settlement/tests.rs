@@ -17,6 +17,7 @@ fn limit(name: &str, unit: Unit) -> Limit {
         window: crate::window::Window::parse("day").unwrap(),
         window_text: "day".into(),
         status: 402,
+        per_envoy: false,
     }
 }
 
