@@ -165,14 +165,16 @@ ROUTER = {
 
 def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
                     events: bool = False, fleet: bool = False, lease: int = 0,
-                    tokens: bool = False) -> str:
+                    tokens: bool = False, burst_scope: str = "") -> str:
     """Consumers c0.. with keys key-0.., spread over two plans of two limits each. With `refuse`,
     every consumer is on a plan whose monthly quota is 1, so that once each consumer has made
-    one request, everything is refused with 402."""
+    one request, everything is refused with 402. `burst_scope` sets the per-second limit's
+    `scope` (`envoy`: each Envoy counts it alone, fleet mode asks the store for the monthly one)."""
     if refuse:
         plans = {"spent": {"limits": limits(monthly=1)}}
     else:
-        plans = {"basic": {"limits": limits(HUGE)}, "pro": {"limits": limits(HUGE)}}
+        plans = {"basic": {"limits": limits(HUGE, burst_scope)},
+                 "pro": {"limits": limits(HUGE, burst_scope)}}
     names = list(plans)
     config = {
         "credentials": [{"header": "x-api-key"}],
@@ -201,11 +203,11 @@ def tollgate_plugin(consumers: int, refuse: bool = False, lean: bool = False,
     return json.dumps(config, separators=(",", ":"))
 
 
-def limits(monthly: int) -> list:
-    return [
-        {"name": "monthly", "requests": monthly, "window": "month"},
-        {"name": "per-second", "requests": HUGE, "window": "1s"},
-    ]
+def limits(monthly: int, burst_scope: str = "") -> list:
+    burst = {"name": "per-second", "requests": HUGE, "window": "1s"}
+    if burst_scope:
+        burst["scope"] = burst_scope
+    return [{"name": "monthly", "requests": monthly, "window": "month"}, burst]
 
 
 def wasm_filter(name: str, path: Path, configuration: str = "") -> dict:
@@ -589,6 +591,9 @@ def variants(args) -> list:
              [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, fleet=True))], 200, False),
             ("tollgate-fleet-lease1",
              [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, fleet=True, lease=1))], 200, False),
+            ("tollgate-fleet-burst-envoy",
+             [wasm_filter("tollgate", shipped,
+                          tollgate_plugin(CONSUMERS, fleet=True, burst_scope="envoy"))], 200, False),
         ] if args.quotad else []),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),
@@ -611,7 +616,11 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
     sink = hanging_sink() if name == "tollgate-sink-hang" else None
     with Envoy(args.envoy, name, filters, upstream=upstream, sink=sink) as envoy:
         post = llm_request(name)
-        warmup = warm_up(envoy, status, args.warmup, post)
+        # Fleet mode: every consumer's first request takes its monthly lease (one store call per
+        # consumer and month); the warm-up sends every key once, so the measurement is the
+        # steady state, as local mode's records exist from the configuration on.
+        every_key = status != 200 or name.startswith("tollgate-fleet")
+        warmup = warm_up(envoy, every_key, args.warmup, post)
         probe = get(envoy.port, "key-1", post)
         if probe.status != status:
             raise RuntimeError(envoy.failure(f"answered {probe.status}, expected {status}"))
@@ -721,10 +730,11 @@ class FleetStore:
         QUOTAD_PORT = QUOTAD_HTTP = 0
 
 
-def warm_up(envoy: Envoy, status: int, seconds: int, post=None) -> int:
-    """A discarded wrk run. For the refused variant it also spends every consumer's quota of 1,
-    so one run must send at least one request per key: on a slow machine, a longer run."""
-    if status == 200:
+def warm_up(envoy: Envoy, every_key: bool, seconds: int, post=None) -> int:
+    """A discarded wrk run. With `every_key` (the refused variant, which also spends every
+    consumer's quota of 1; the fleet variants, which take every consumer's first lease) one run
+    must send at least one request per key: on a slow machine, a longer run."""
+    if not every_key:
         return wrk(envoy.port, seconds, CONSUMERS, post)["requests"]
     for seconds in (2, 4, 8):
         sent = wrk(envoy.port, seconds, CONSUMERS)["requests"]
