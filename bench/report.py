@@ -36,6 +36,9 @@ ABOUT = {
     "tollgate-fleet-lease1": "fleet mode with `lease: 1`: one store call per request",
     "tollgate-fleet-burst-envoy": "fleet mode with the per-second limit `scope: envoy` (counted "
     "by each Envoy), the monthly quota in the store",
+    "native-rls": "Envoy's own rate limit filter calling quotad once per request, the same two "
+    "limits (the standard RLS path), on the proxied route",
+    "tollgate-fleet-proxied": "tollgate-fleet on the proxied route, against native-rls",
     "tollgate-oz": 'tollgate built for size: opt-level "z" + wasm-opt -O3 (the shipped build is '
     "opt-level 3 + wasm-opt -O3, the faster one in Envoy)",
     "proxied": "a realistic route, no filter: Envoy proxies each request to an upstream (another "
@@ -62,6 +65,8 @@ RATIOS = [  # (label, numerator, denominator)
      "tollgate"),
     ("tollgate-fleet-burst-envoy / tollgate (fleet mode, per-second limit per Envoy)",
      "tollgate-fleet-burst-envoy", "tollgate"),
+    ("tollgate-fleet-proxied / native-rls (fleet mode over the standard RLS path)",
+     "tollgate-fleet-proxied", "native-rls"),
 ]
 TARGET_OWN_CODE = 1.25  # tollgate's CPU above the empty filter, over the floor's
 TARGET_VS_EMPTY = 0.75  # req/s, default configuration (stretch 0.85)

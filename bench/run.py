@@ -27,6 +27,13 @@ same `direct_response` route (no upstream hop); only the HTTP filters before the
                 (pinned to the load generator's CPU), with the default `lease` (1000) and with `lease: 1`
                 (one store call per request); each result also has the store calls per 1 000
                 requests (quotad's decision count). Only with --quotad.
+  tollgate-fleet-burst-envoy
+                tollgate-fleet with the per-second limit `scope: envoy` (counted by each Envoy)
+  native-rls, tollgate-fleet-proxied
+                Envoy's own rate limit filter calling quotad once per request with the same two
+                limits (the consumer is the x-api-key value): the standard RLS path; and
+                tollgate-fleet, both on the proxied route (the filter needs a route entry). Only
+                with --quotad.
   proxied, tollgate-proxied
                 a realistic route: Envoy proxies to an upstream (another Envoy answering with a
                 direct response, pinned to the load generator's CPU) over kept-alive HTTP/1.1
@@ -208,6 +215,33 @@ def limits(monthly: int, burst_scope: str = "") -> list:
     if burst_scope:
         burst["scope"] = burst_scope
     return [{"name": "monthly", "requests": monthly, "window": "month"}, burst]
+
+
+def native_rls_filter() -> dict:
+    """Envoy's own rate limit filter calling quotad once per request, with the bench plan's two
+    limits as quotad descriptors (consumer, limit, window, requests) and the consumer taken from
+    x-api-key as it is: the path every RLS deployment takes today. The descriptors come from the
+    filter's own `rate_limits`; the filter calls only on a route entry (the proxied route)."""
+    policy = [{"actions": [
+        {"request_headers": {"header_name": "x-api-key", "descriptor_key": "consumer"}},
+        {"generic_key": {"descriptor_key": "limit", "descriptor_value": limit["name"]}},
+        {"generic_key": {"descriptor_key": "window", "descriptor_value": limit["window"]}},
+        {"generic_key": {"descriptor_key": "requests", "descriptor_value": str(limit["requests"])}},
+    ]} for limit in limits(HUGE)]
+    return {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "tollgate",
+            "failure_mode_deny": True,
+            "timeout": "1s",
+            "rate_limits": policy,
+            "rate_limit_service": {
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate_quotad"}},
+            },
+        },
+    }
 
 
 def wasm_filter(name: str, path: Path, configuration: str = "") -> dict:
@@ -594,6 +628,11 @@ def variants(args) -> list:
             ("tollgate-fleet-burst-envoy",
              [wasm_filter("tollgate", shipped,
                           tollgate_plugin(CONSUMERS, fleet=True, burst_scope="envoy"))], 200, False),
+            # Envoy's ratelimit filter needs a route entry (a direct_response has none): these
+            # two run on the proxied route, each against the other.
+            ("native-rls", [native_rls_filter()], 200, True),
+            ("tollgate-fleet-proxied",
+             [wasm_filter("tollgate", shipped, tollgate_plugin(CONSUMERS, fleet=True))], 200, True),
         ] if args.quotad else []),
         ("proxied", [], 200, True),
         ("tollgate-proxied", tollgate, 200, True),
@@ -619,7 +658,7 @@ def measure(args, name: str, filters: list, status: int, upstream, round_: int) 
         # Fleet mode: every consumer's first request takes its monthly lease (one store call per
         # consumer and month); the warm-up sends every key once, so the measurement is the
         # steady state, as local mode's records exist from the configuration on.
-        every_key = status != 200 or name.startswith("tollgate-fleet")
+        every_key = status != 200 or name.startswith(("tollgate-fleet", "native-rls"))
         warmup = warm_up(envoy, every_key, args.warmup, post)
         probe = get(envoy.port, "key-1", post)
         if probe.status != status:
@@ -673,7 +712,7 @@ def quotad_decisions() -> float:
 
 def store_calls(name: str, load) -> dict:
     """Runs `load`; for the fleet variants adds the store calls per 1 000 requests."""
-    if not name.startswith("tollgate-fleet"):
+    if not name.startswith(("tollgate-fleet", "native-rls")):
         return load()
     before = quotad_decisions()
     result = load()
