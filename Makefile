@@ -177,6 +177,7 @@ bench: wasm quotad redis envoy bench-tools bench-filters ## Benchmark (~20 min):
 	$(PYTHON) bench/report.py
 	$(MAKE) bench-quotad
 	$(MAKE) bench-entitlements
+	$(MAKE) bench-million
 
 bench-own: bench-filters ## tollgate's own code in instructions per request (callgrind, Node's V8; ~8 min): bench/out/own.json
 	@command -v valgrind >/dev/null && command -v node >/dev/null || \
@@ -194,6 +195,9 @@ bench-entitlements: ## Compile time of a 100 000-consumer entitlements snapshot 
 	@mkdir -p bench/out
 	cargo test --release -p tollgate --test entitlements_bench -- --ignored --nocapture --test-threads 1 \
 		| grep -o '{"consumers".*}' | tee bench/out/entitlements.json
+
+bench-million: wasm envoy bench-filters ## Memory per consumer and time until ready with 1 000 000 consumers, tollgate vs the empty filter (~1 min): bench/out/million.json
+	$(PYTHON) bench/million.py --envoy $(ENVOY) --tollgate $(WASM) --empty $(EMPTY_WASM)
 
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
