@@ -421,19 +421,19 @@ fn compile_identity_headers(
 /// One consumer of `consumers` (its keys are the key map's), at `index`.
 fn compile_consumer(
     index: usize,
-    name: String,
-    consumer: &RawConsumer,
+    name: &str,
+    consumer: &RawConsumer<'_>,
     plans: &[Plan],
 ) -> Result<Consumer, ConfigError> {
     let field = || format!("consumers.{name}");
-    check_name(&field(), &name)?;
+    check_name(&field(), name)?;
     if name == ANONYMOUS {
         return Err(ConfigError(format!(
             "{}: the name `{ANONYMOUS}` is reserved for requests without a credential (see anonymous_plan)",
             field()
         )));
     }
-    let plan = match plans.iter().position(|p| p.name == consumer.plan) {
+    let plan = match plans.iter().position(|p| *p.name == *consumer.plan) {
         Some(plan) => plan,
         None => plan_index(plans, &format!("{}.plan", field()), &consumer.plan)?,
     };
@@ -465,7 +465,7 @@ fn compile_consumer(
     Ok(Consumer {
         id: index,
         store_key: format!("{STORE_PREFIX}consumer:{name}"),
-        name,
+        name: name.to_string(),
         plan,
         status,
         expires_at,
@@ -473,7 +473,7 @@ fn compile_consumer(
     })
 }
 
-pub(super) fn compile(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
+pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigError> {
     let credentials = compile_sources(raw.credentials)?;
     let (consumer_header, plan_header) =
         compile_identity_headers(raw.consumer_header, raw.plan_header, &credentials)?;
@@ -491,20 +491,25 @@ pub(super) fn compile(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
     if plans.is_empty() {
         return Err(ConfigError("plans: at least one plan is required".into()));
     }
-    let mut consumers = Vec::with_capacity(raw.consumers.0.len() + 1);
-    let mut keys = KeyBuilder::default();
-    for (name, mut consumer) in raw.consumers.0 {
+    let mut consumers = Vec::with_capacity(raw.consumers.len() + 1);
+    let (mut plain, mut hashed) = (0, 0);
+    for key in raw.consumers.iter().flat_map(|(_, c)| c.keys.iter()) {
+        if key.starts_with("sha256:") {
+            hashed += 1;
+        } else {
+            plain += 1;
+        }
+    }
+    let mut keys = KeyBuilder::with_capacity(plain, hashed);
+    for (name, consumer) in raw.consumers.into_members() {
         let index = consumers.len();
-        let raw_keys = std::mem::take(&mut consumer.keys);
-        let compiled = compile_consumer(index, name, &consumer, &plans)?;
-        let name = &compiled.name;
-        for (k, key) in raw_keys.into_iter().enumerate() {
+        let compiled = compile_consumer(index, &name, &consumer, &plans)?;
+        let name = compiled.name.as_str();
+        for (k, key) in consumer.keys.iter().enumerate() {
             let key_field = || format!("consumers.{name}.keys[{k}]");
             let form = parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))?;
             if let Err(other) = keys.add(form, index) {
-                let owner = consumers
-                    .get(other)
-                    .map_or(name.as_str(), |c: &Consumer| c.name.as_str());
+                let owner = consumers.get(other).map_or(name, |c: &Consumer| c.name.as_str());
                 return Err(ConfigError(format!(
                     "{}: this key is listed twice (also a key of consumer `{owner}`)",
                     key_field()

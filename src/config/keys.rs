@@ -52,11 +52,11 @@ impl Keys {
 
 /// A configured key: plaintext, or the digest of a `sha256:` key.
 pub(super) enum KeyForm {
-    Plain(Vec<u8>),
+    Plain(Box<[u8]>),
     Hashed(Digest),
 }
 
-pub(super) fn parse_key(key: String) -> Result<KeyForm, &'static str> {
+pub(super) fn parse_key(key: &str) -> Result<KeyForm, &'static str> {
     if let Some(hex) = key.strip_prefix("sha256:") {
         return from_hex(hex)
             .map(KeyForm::Hashed)
@@ -65,7 +65,7 @@ pub(super) fn parse_key(key: String) -> Result<KeyForm, &'static str> {
     if key.is_empty() {
         return Err("a key cannot be empty");
     }
-    Ok(KeyForm::Plain(key.into_bytes()))
+    Ok(KeyForm::Plain(key.as_bytes().into()))
 }
 
 /// The key map as consumers are compiled: refuses a key listed twice, plaintext or hashed.
@@ -78,6 +78,19 @@ pub(super) struct KeyBuilder {
 }
 
 impl KeyBuilder {
+    /// A builder with room for `plain` plaintext and `hashed` hashed keys (the maps are not
+    /// grown, and copied, on the way: the filter's memory never shrinks below its high-water
+    /// mark).
+    pub(super) fn with_capacity(plain: usize, hashed: usize) -> KeyBuilder {
+        KeyBuilder {
+            keys: Keys {
+                plain: HashMap::with_capacity(plain),
+                hashed: KeyMap::with_capacity_and_hasher(hashed, Default::default()),
+            },
+            plain_digests: None,
+        }
+    }
+
     /// Adds a key of consumer `index`; `Err` with the index of the consumer that has it already.
     pub(super) fn add(&mut self, form: KeyForm, index: usize) -> Result<(), usize> {
         let keys = &mut self.keys;
@@ -90,7 +103,7 @@ impl KeyBuilder {
                     }
                     digests.insert(digest, index);
                 }
-                match keys.plain.insert(bytes.into_boxed_slice(), index) {
+                match keys.plain.insert(bytes, index) {
                     Some(other) => Err(other),
                     None => Ok(()),
                 }

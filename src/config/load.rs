@@ -14,7 +14,7 @@ use super::compile::compile;
 use super::entitlements::{compile_bounds, Bounds};
 use super::errors::{json_error, ConfigError};
 use super::model::Config;
-use super::raw::{RawConfig, RawConsumer, RawPlan, UniqueMap};
+use super::raw::{RawConfig, RawConsumers, RawPlan, UniqueMap};
 use super::secret::{process_env, Env};
 
 impl Config {
@@ -30,7 +30,7 @@ impl Config {
 }
 
 /// Stage 1 alone (also for [`Config::with_snapshot`], which replaces the consumers).
-pub(super) fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+pub(super) fn parse_raw(bytes: &[u8]) -> Result<RawConfig<'_>, ConfigError> {
     match bytes.iter().find(|c| !c.is_ascii_whitespace()) {
         None => {
             return Err(ConfigError(
@@ -60,8 +60,9 @@ pub(super) fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
 /// replace the configuration's plans whole.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSnapshot {
-    consumers: UniqueMap<RawConsumer>,
+struct RawSnapshot<'a> {
+    #[serde(borrow)]
+    consumers: RawConsumers<'a>,
     #[serde(default)]
     plans: Option<UniqueMap<RawPlan>>,
 }
@@ -106,8 +107,8 @@ impl Config {
 
 /// A snapshot's consumers and keys within `bounds` (before anything is compiled); errors
 /// name the field and the bound, never a key.
-fn check_counts(consumers: &UniqueMap<RawConsumer>, bounds: &Bounds) -> Result<(), ConfigError> {
-    let count = consumers.0.len();
+fn check_counts(consumers: &RawConsumers<'_>, bounds: &Bounds) -> Result<(), ConfigError> {
+    let count = consumers.len();
     if count > bounds.consumers {
         return Err(ConfigError(format!(
             "consumers: {count} consumers, more than entitlements.max_consumers ({}) allows",
@@ -115,7 +116,7 @@ fn check_counts(consumers: &UniqueMap<RawConsumer>, bounds: &Bounds) -> Result<(
         )));
     }
     let mut keys = 0usize;
-    for (name, consumer) in &consumers.0 {
+    for (name, consumer) in consumers.iter() {
         for (i, key) in consumer.keys.iter().enumerate() {
             if key.len() > bounds.key_bytes {
                 return Err(ConfigError(format!(

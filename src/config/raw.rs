@@ -1,6 +1,7 @@
 //! Stage 1: the JSON model, as serde reads it (`deny_unknown_fields`, defaults, duplicate
 //! members refused). [`super::compile`] turns it into the compiled [`super::Config`].
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::fmt;
@@ -16,12 +17,12 @@ use super::keys::DigestHasher;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawConfig {
+pub(super) struct RawConfig<'a> {
     #[serde(default)]
     pub(super) credentials: Option<Vec<RawSource>>,
     pub(super) plans: UniqueMap<RawPlan>,
-    #[serde(default)]
-    pub(super) consumers: UniqueMap<RawConsumer>,
+    #[serde(default, borrow)]
+    pub(super) consumers: RawConsumers<'a>,
     #[serde(default)]
     pub(super) anonymous_plan: Option<String>,
     #[serde(default)]
@@ -214,10 +215,12 @@ pub(super) struct RawLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawConsumer {
-    pub(super) plan: String,
-    #[serde(default)]
-    pub(super) keys: Vec<String>,
+pub(super) struct RawConsumer<'a> {
+    #[serde(borrow)]
+    pub(super) plan: Text<'a>,
+    /// A boxed slice: serde's `Vec` keeps room for 4 keys where most consumers have one.
+    #[serde(default, borrow)]
+    pub(super) keys: Box<[Text<'a>]>,
     #[serde(default)]
     pub(super) status: Option<RawStatus>,
     #[serde(default)]
@@ -236,44 +239,180 @@ pub(super) enum RawStatus {
     PastDue,
 }
 
+/// A string of the configuration borrowed from the document where it has no escape (a
+/// million consumers' names, plans and keys are then no allocation each while the document is
+/// compiled), owned where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Text<'a>(pub(super) Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
 /// A JSON object kept in document order that refuses duplicate member names (serde's maps
 /// would silently keep the last one, hiding a copy-paste mistake in a consumer list).
 #[derive(Debug)]
-pub struct UniqueMap<V>(pub Vec<(String, V)>);
+pub struct UniqueMap<V, K = String>(pub Vec<(K, V)>);
 
-impl<V> Default for UniqueMap<V> {
+impl<V, K> Default for UniqueMap<V, K> {
     fn default() -> Self {
         UniqueMap(Vec::new())
     }
 }
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct UniqueVisitor<V>(PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
-            type Value = UniqueMap<V>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                // Hashes of the names seen, not copies of them (100 000 consumers): a hash seen
-                // before is confirmed against the names themselves.
-                let state = RandomState::new();
-                let mut seen: HashSet<u64, BuildHasherDefault<DigestHasher>> = HashSet::default();
-                let mut entries: Vec<(String, V)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if !seen.insert(state.hash_one(&name))
-                        && entries.iter().any(|(n, _)| *n == name)
-                    {
-                        return Err(serde::de::Error::custom(format!(
-                            "`{name}` is listed twice"
-                        )));
-                    }
-                    entries.push((name, map.next_value()?));
-                }
-                Ok(UniqueMap(entries))
-            }
-        }
-        deserializer.deserialize_map(UniqueVisitor(PhantomData))
+/// Where a [`UniqueMap`]'s or a [`Chunked`] map's visitor puts the members.
+trait Entries<K, V>: Default {
+    fn push(&mut self, entry: (K, V));
+    fn has(&self, name: &K) -> bool;
+}
+
+impl<K: PartialEq, V> Entries<K, V> for UniqueMap<V, K> {
+    fn push(&mut self, entry: (K, V)) {
+        self.0.push(entry);
+    }
+    fn has(&self, name: &K) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
     }
 }
+
+/// Members per chunk of a [`Chunked`] map.
+const CHUNK: usize = 16_384;
+
+/// A [`UniqueMap`] kept in chunks of [`CHUNK`] members: a million consumers grow it without
+/// the copy (and the moment both copies exist) each doubling of one `Vec` costs; the filter's
+/// memory never shrinks below its high-water mark, so that moment would stay.
+#[derive(Debug)]
+pub(super) struct Chunked<V, K>(Vec<Vec<(K, V)>>);
+
+impl<V, K> Default for Chunked<V, K> {
+    fn default() -> Self {
+        Chunked(Vec::new())
+    }
+}
+
+impl<V, K> Chunked<V, K> {
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(K, V)> {
+        self.0.iter().flatten()
+    }
+
+    /// The members in document order, each chunk freed once it has been gone through.
+    pub(super) fn into_members(self) -> impl Iterator<Item = (K, V)> {
+        self.0.into_iter().flatten()
+    }
+}
+
+impl<K: PartialEq, V> Entries<K, V> for Chunked<V, K> {
+    fn push(&mut self, entry: (K, V)) {
+        match self.0.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(entry);
+                self.0.push(chunk);
+            }
+        }
+    }
+    fn has(&self, name: &K) -> bool {
+        self.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// The members of a JSON object into `E`, refusing a name listed twice.
+fn unique<'de, D, K, V, E>(deserializer: D) -> Result<E, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + std::hash::Hash + PartialEq + fmt::Display,
+    V: Deserialize<'de>,
+    E: Entries<K, V>,
+{
+    struct UniqueVisitor<K, V, E>(PhantomData<(K, V, E)>);
+    impl<'de, K, V, E> Visitor<'de> for UniqueVisitor<K, V, E>
+    where
+        K: Deserialize<'de> + std::hash::Hash + PartialEq + fmt::Display,
+        V: Deserialize<'de>,
+        E: Entries<K, V>,
+    {
+        type Value = E;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // Hashes of the names seen, not copies of them (100 000 consumers): a hash seen
+            // before is confirmed against the names themselves.
+            let state = RandomState::new();
+            let mut seen: HashSet<u64, BuildHasherDefault<DigestHasher>> = HashSet::default();
+            let mut entries = E::default();
+            while let Some(name) = map.next_key::<K>()? {
+                if !seen.insert(state.hash_one(&name)) && entries.has(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{name}` is listed twice"
+                    )));
+                }
+                entries.push((name, map.next_value()?));
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(UniqueVisitor(PhantomData))
+}
+
+impl<'de, V, K> Deserialize<'de> for UniqueMap<V, K>
+where
+    K: Deserialize<'de> + std::hash::Hash + PartialEq + fmt::Display,
+    V: Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        unique(deserializer)
+    }
+}
+
+impl<'de, V, K> Deserialize<'de> for Chunked<V, K>
+where
+    K: Deserialize<'de> + std::hash::Hash + PartialEq + fmt::Display,
+    V: Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        unique(deserializer)
+    }
+}
+
+/// The consumers of a configuration or a snapshot, by name.
+pub(super) type RawConsumers<'a> = Chunked<RawConsumer<'a>, Text<'a>>;

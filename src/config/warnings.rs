@@ -43,7 +43,7 @@ pub fn warnings(bytes: &[u8]) -> Vec<String> {
     }
     let mut plaintext = 0usize;
     let mut owners: Vec<&str> = Vec::new();
-    for (name, consumer) in &raw.consumers.0 {
+    for (name, consumer) in raw.consumers.iter() {
         let n = consumer
             .keys
             .iter()
