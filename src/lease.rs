@@ -1020,16 +1020,17 @@ pub fn settle(
 /// as [`crate::quota::create_records`] does for local records, and for the same reason: Envoy
 /// checks no CAS when a key is created. Returns how many were created.
 pub fn create_leases(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
-    let counted: Vec<String> = config
-        .consumers
-        .iter()
-        .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
-        .map(|c| key(&c.name))
-        .collect();
+    let counted = || {
+        config
+            .consumers
+            .iter()
+            .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
+            .map(|c| key(&c.name))
+    };
     create_set(
         store,
         &format!("{STORE_PREFIX}leases:"),
-        &counted,
+        counted,
         &Lease::default().encode(),
     )
 }

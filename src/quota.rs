@@ -133,16 +133,17 @@ fn evaluate(
 /// Creates the record of every consumer whose plan has limits (at configuration time, before
 /// any request is counted). Returns how many were created.
 pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
-    let counted: Vec<&str> = config
-        .consumers
-        .iter()
-        .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
-        .map(|c| c.store_key.as_str())
-        .collect();
+    let counted = || {
+        config
+            .consumers
+            .iter()
+            .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
+            .map(|c| c.store_key.as_str())
+    };
     create_set(
         store,
         &format!("{STORE_PREFIX}records:"),
-        &counted,
+        counted,
         empty_record(),
     )
 }

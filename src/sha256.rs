@@ -15,6 +15,36 @@ pub fn sha256(data: &[u8]) -> Digest {
     sha2::Sha256::digest(data).into()
 }
 
+/// The SHA-256 digest of parts joined by a separator, hashed as they are pushed (without
+/// joining them in memory).
+pub struct Joined {
+    hasher: sha2::Sha256,
+    separator: u8,
+    first: bool,
+}
+
+impl Joined {
+    pub fn new(separator: u8) -> Joined {
+        Joined {
+            hasher: sha2::Sha256::new(),
+            separator,
+            first: true,
+        }
+    }
+
+    pub fn push(&mut self, part: &[u8]) {
+        if !self.first {
+            self.hasher.update([self.separator]);
+        }
+        self.first = false;
+        self.hasher.update(part);
+    }
+
+    pub fn finish(self) -> Digest {
+        self.hasher.finalize().into()
+    }
+}
+
 /// Lowercase hex of a digest.
 pub fn to_hex(digest: &Digest) -> String {
     let mut out = String::with_capacity(64);

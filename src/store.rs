@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::sha256::{sha256, to_hex};
+use crate::sha256::{to_hex, Joined};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
@@ -115,23 +115,26 @@ pub fn create_if_missing(
 /// a marker, `marker_prefix` and a digest of the set, records that the whole set exists, so the
 /// later VMs skip 100 000 look-ups; a changed set has another digest and is checked again.
 /// Returns how many keys this call created.
-pub fn create_set<K: AsRef<str>>(
+pub fn create_set<K: AsRef<str>, I: Iterator<Item = K>>(
     store: &impl Store,
     marker_prefix: &str,
-    keys: &[K],
+    keys: impl Fn() -> I,
     initial: &[u8],
 ) -> Result<usize, StoreError> {
-    let joined: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-    let marker = format!(
-        "{marker_prefix}{}",
-        to_hex(&sha256(joined.join("\n").as_bytes()))
-    );
+    // The digest of the keys joined by newlines, hashed as they come (a million keys joined
+    // would be a copy of them all in the VM's memory, which never shrinks).
+    let mut digest = Joined::new(b'\n');
+    for key in keys() {
+        digest.push(key.as_ref().as_bytes());
+    }
+    let digest = digest.finish();
+    let marker = format!("{marker_prefix}{}", to_hex(&digest));
     if store.get(&marker)?.is_some() {
         return Ok(0);
     }
     let mut created = 0;
-    for key in joined {
-        if create_if_missing(store, key, initial)? {
+    for key in keys() {
+        if create_if_missing(store, key.as_ref(), initial)? {
             created += 1;
         }
     }
@@ -314,14 +317,19 @@ mod tests {
         let inner = MemoryStore::new();
         inner.set("b", b"kept", 0).unwrap();
         let store = CountingStore::new(&inner);
-        assert_eq!(create_set(&store, "m:", &["a", "b", "c"], b"0"), Ok(2));
+        let abc = || ["a", "b", "c"].into_iter();
+        assert_eq!(create_set(&store, "m:", abc, b"0"), Ok(2));
+        // The marker is named by the digest of the keys joined by newlines (as before they
+        // were hashed one by one: a marker written by an older build is still found).
+        let marker = format!("m:{}", to_hex(&crate::sha256::sha256(b"a\nb\nc")));
+        assert_eq!(inner.get(&marker).unwrap().unwrap().0, b"1");
         assert_eq!(inner.get("b").unwrap().unwrap().0, b"kept");
         assert_eq!(inner.get("c").unwrap().unwrap().0, b"0");
         store.gets.set(0);
-        assert_eq!(create_set(&store, "m:", &["a", "b", "c"], b"0"), Ok(0));
+        assert_eq!(create_set(&store, "m:", abc, b"0"), Ok(0));
         assert_eq!(store.gets.get(), 1, "the marker alone is read");
         assert_eq!(
-            create_set(&store, "m:", &["a", "d"], b"0"),
+            create_set(&store, "m:", || ["a", "d"].into_iter(), b"0"),
             Ok(1),
             "another set"
         );
