@@ -51,7 +51,7 @@ fn from_record<'c>(
             if counted.replaced_corrupt {
                 log::warn!(
                     "consumer {}: its shared-data record was not readable and was reset",
-                    consumer.name
+                    consumer.name()
                 );
             }
             if counted.admitted {
@@ -236,7 +236,7 @@ fn from_lease<'c>(
         now,
         now_ms: attempt.now_ms,
     };
-    let key = lease::key(&caller.consumer.name);
+    let key = lease::key(caller.consumer.name());
     let limits = &caller.plan.limits;
     let taken = if attempt.dry_run {
         lease::peek(store, &key, limits, costs, clock, &terms)
@@ -311,7 +311,7 @@ mod tests {
 
     fn name(d: &Decision) -> String {
         match d {
-            Decision::Allow { caller, .. } => format!("allow {}", caller.consumer.name),
+            Decision::Allow { caller, .. } => format!("allow {}", caller.consumer.name()),
             Decision::Wait { .. } => "wait".into(),
             Decision::Deny(denial) => format!("{denial:?}")
                 .split([' ', '('])

@@ -256,13 +256,13 @@ impl<'c> Denial<'c> {
         match self {
             Denial::MalformedCredential(why) => format!("invalid_credential ({why})"),
             Denial::StoreUnavailable { caller, reason, .. } => {
-                format!("store_error consumer={} ({reason})", caller.consumer.name)
+                format!("store_error consumer={} ({reason})", caller.consumer.name())
             }
             other => match other.caller() {
                 Some(c) => format!(
                     "{} consumer={} plan={}",
                     other.reason().name(),
-                    c.consumer.name,
+                    c.consumer.name(),
                     c.plan.name
                 ),
                 None => other.reason().name().to_string(),

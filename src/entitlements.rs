@@ -143,7 +143,7 @@ pub fn removed(current: &Config, next: &Config) -> usize {
         c.consumers
             .iter()
             .filter(move |consumer| Some(consumer.id) != c.anonymous)
-            .map(|consumer| consumer.name.as_str())
+            .map(|consumer| consumer.name())
     }
     let kept: std::collections::HashSet<&str> = named(next).collect();
     named(current).filter(|name| !kept.contains(name)).count()

@@ -255,7 +255,7 @@ pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option
         .filter(|(i, _)| asked(*i))
         .map(|(_, (limit, size))| {
             let mut entries = vec![
-                ("consumer", who.name.as_str()),
+                ("consumer", who.name()),
                 ("limit", limit.name.as_str()),
                 ("window", limit.window_text.as_str()),
                 ("requests", size.as_str()),
@@ -294,10 +294,7 @@ fn dispatch<H: FleetHost>(
     match host.call(rls, &message) {
         Ok(token) => {
             host.count(Count::StoreCalls);
-            let name = config
-                .consumers
-                .get(consumer)
-                .map_or("?", |c| c.name.as_str());
+            let name = config.consumers.get(consumer).map_or("?", |c| c.name());
             log::debug!("fleet: asking for {:?} of consumer {name}", ask.hits);
             let call = Call {
                 context,
@@ -390,7 +387,7 @@ pub fn on_response<H: FleetHost>(host: &H, token: u32, status: u32, size: usize,
         let name = H::config(&call.runtime)
             .consumers
             .get(call.consumer)
-            .map_or("?", |c| c.name.as_str());
+            .map_or("?", |c| c.name());
         log::warn!("fleet: refill of consumer {name} failed: {reason}");
     }
     host.with(|s| s.current = Some(call.context));
@@ -426,7 +423,7 @@ fn finish<H: FleetHost>(
     let Some(who) = config.consumers.get(consumer) else {
         return;
     };
-    let key = lease::key(&who.name);
+    let key = lease::key(who.name());
     let applied = lease::apply(host.store(), &key, ask, answer, now_ms, &terms);
     if let (Ok(Applied::Done), Answer::Granted { left }) = (&applied, answer) {
         let reached = grant_crossings(config, consumer, ask, left, now_ms);
@@ -687,7 +684,7 @@ pub fn forget<H: FleetHost>(host: &H, context: u32, now_ms: i64) {
         {
             let _ = lease::apply(
                 host.store(),
-                &lease::key(&who.name),
+                &lease::key(who.name()),
                 &call.ask,
                 &Answer::Abandoned,
                 now_ms,

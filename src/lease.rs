@@ -1025,7 +1025,7 @@ pub fn create_leases(config: &Config, store: &impl Store) -> Result<usize, Store
             .consumers
             .iter()
             .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
-            .map(|c| key(&c.name))
+            .map(|c| key(c.name()))
     };
     create_set(
         store,

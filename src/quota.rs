@@ -138,7 +138,7 @@ pub fn create_records(config: &Config, store: &impl Store) -> Result<usize, Stor
             .consumers
             .iter()
             .filter(|c| config.plan_of(c).is_some_and(|p| !p.limits.is_empty()))
-            .map(|c| c.store_key.as_str())
+            .map(|c| &*c.store_key)
     };
     create_set(
         store,

@@ -196,7 +196,7 @@ impl<'a> Problem<'a> {
     }
 
     fn of(mut self, caller: &Caller<'a>) -> Self {
-        self.consumer = Some(&caller.consumer.name);
+        self.consumer = Some(caller.consumer.name());
         self.plan = Some(&caller.plan.name);
         self
     }
@@ -265,7 +265,7 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
             402,
             format!(
                 "The subscription of consumer {} is suspended.",
-                caller.consumer.name
+                caller.consumer.name()
             ),
         )
         .of(caller)
@@ -277,7 +277,7 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
                 402,
                 format!(
                     "The subscription of consumer {} expired at {}.",
-                    caller.consumer.name,
+                    caller.consumer.name(),
                     format_rfc3339(*expired_at)
                 ),
             )
@@ -300,7 +300,7 @@ pub fn refusal(config: &Config, denial: &Denial, now: i64, grpc: bool) -> Reply 
                 format!(
                     "The payment for the subscription of consumer {} is past due{since}; \
                      the payment method needs attention.",
-                    caller.consumer.name
+                    caller.consumer.name()
                 ),
             )
             .of(caller);
@@ -382,7 +382,7 @@ impl QuotaRefusal {
             Some((limit, usage)) => (
                 limit.status,
                 usage.bounds.end,
-                quota_detail(&caller.consumer.name, limit, usage),
+                quota_detail(caller.consumer.name(), limit, usage),
             ),
             None => (402, i64::MIN, "The quota is exceeded.".to_string()),
         };
@@ -546,7 +546,7 @@ pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
         })
         .collect();
     let body = to_json(&UsageDocument {
-        consumer: &caller.consumer.name,
+        consumer: caller.consumer.name(),
         plan: &caller.plan.name,
         status: standing.name(),
         grace_until: standing.grace_until().map(format_rfc3339),

@@ -331,14 +331,14 @@ pub fn write(
         // Fleet mode: into this Envoy's lease (a refund is spent here; the store can take
         // nothing back); local mode: into the consumer's record.
         let written = if !pending.charged.in_record {
-            crate::lease::settle(store, &crate::lease::key(&consumer.name), &settlements)
+            crate::lease::settle(store, &crate::lease::key(consumer.name()), &settlements)
         } else {
             settle(store, &consumer.store_key, &plan.limits, &settlements)
         };
         if let Err(e) = written {
             log::error!(
                 "consumer {}: the settlement could not be written ({}); the reservation stays",
-                consumer.name,
+                consumer.name(),
                 e.reason()
             );
             metrics.push(Metric::SettleFailed, None);

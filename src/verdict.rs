@@ -241,7 +241,7 @@ pub fn handle_with<'c>(
         } => {
             log::debug!(
                 "allow consumer={} plan={}",
-                caller.consumer.name,
+                caller.consumer.name(),
                 caller.plan.name
             );
             forward.refill = refill.map(|ask| (caller.consumer.id, ask));
@@ -332,7 +332,7 @@ fn refuse<'c>(
     }
 
     if config.mode == Mode::Shadow {
-        let who = caller.as_ref().map_or("", |c| c.consumer.name.as_str());
+        let who = caller.as_ref().map_or("", |c| c.consumer.name());
         match shadow_log.admit(who, denial.reason(), now) {
             Some(0) => log::info!("shadow mode: would refuse {}", denial.describe()),
             Some(held_back) => log::info!(
@@ -342,7 +342,7 @@ fn refuse<'c>(
             ),
             None => metrics.push(Metric::ShadowLogSuppressed, None),
         }
-        forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
+        forward.caller = caller.map(|c| (c.consumer.name(), c.plan.name.as_str()));
         if let Denial::QuotaExceeded { caller, usages } = &denial {
             forward.rate_limit = rate_limit_fields(config, memo, caller, usages, now);
         }
@@ -449,7 +449,7 @@ fn store_error<'c>(
                     denial.describe()
                 );
             }
-            forward.caller = caller.map(|c| (c.consumer.name.as_str(), c.plan.name.as_str()));
+            forward.caller = caller.map(|c| (c.consumer.name(), c.plan.name.as_str()));
             metrics.push(Metric::Allowed, plan);
             Some(Verdict {
                 action: Action::Forward(std::mem::take(forward)),
@@ -554,7 +554,7 @@ fn admit<'c>(
     metrics: Increments,
     counted_here: bool,
 ) -> Verdict<'c> {
-    forward.caller = Some((&caller.consumer.name, &caller.plan.name));
+    forward.caller = Some((caller.consumer.name(), &caller.plan.name));
     forward.rate_limit = rate_limit_fields(config, memo, &caller, usages, now);
     let mut metered = Metered::of(Some(&caller));
     if let Some(thresholds) = config
@@ -699,7 +699,7 @@ fn look_at_lease(
     };
     crate::lease::look(
         store,
-        &crate::lease::key(&consumer.name),
+        &crate::lease::key(consumer.name()),
         &plan.limits,
         clock,
         &terms,

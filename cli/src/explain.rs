@@ -61,7 +61,7 @@ fn caller_lines(decision: &Decision, keyed: bool, now: i64) -> Vec<(&'static str
     match caller {
         Some(caller) => {
             let who = if keyed {
-                caller.consumer.name.clone()
+                caller.consumer.name().to_string()
             } else {
                 "anonymous (no credential; anonymous_plan)".to_string()
             };

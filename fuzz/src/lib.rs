@@ -237,7 +237,8 @@ pub fn config(data: &[u8]) {
                 &ShadowLog::default(),
             );
             check_verdict(&config, &verdict);
-            let Some(consumer) = config.consumers.iter().find(|c| c.name == *consumer_name) else {
+            let Some(consumer) = config.consumers.iter().find(|c| c.name() == *consumer_name)
+            else {
                 panic!("consumer {consumer_name} of the JSON is not in the configuration");
             };
             let in_good_standing = consumer.standing(now).admitted();
@@ -252,7 +253,7 @@ pub fn config(data: &[u8]) {
                 };
                 assert!(forward
                     .set_headers()
-                    .contains(&(config.consumer_header.as_str(), consumer.name.as_str())));
+                    .contains(&(config.consumer_header.as_str(), consumer.name())));
                 counted.push(consumer_name.as_str());
             }
         }

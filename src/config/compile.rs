@@ -464,8 +464,7 @@ fn compile_consumer(
     .map(String::into_boxed_str);
     Ok(Consumer {
         id: index,
-        store_key: format!("{STORE_PREFIX}consumer:{name}"),
-        name: name.to_string(),
+        store_key: consumer_store_key(name),
         plan,
         status,
         expires_at,
@@ -504,12 +503,12 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
     for (name, consumer) in raw.consumers.into_members() {
         let index = consumers.len();
         let compiled = compile_consumer(index, &name, &consumer, &plans)?;
-        let name = compiled.name.as_str();
+        let name = compiled.name();
         for (k, key) in consumer.keys.iter().enumerate() {
             let key_field = || format!("consumers.{name}.keys[{k}]");
             let form = parse_key(key).map_err(|e| ConfigError(format!("{}: {e}", key_field())))?;
             if let Err(other) = keys.add(form, index) {
-                let owner = consumers.get(other).map_or(name, |c: &Consumer| c.name.as_str());
+                let owner = consumers.get(other).map_or(name, |c: &Consumer| c.name());
                 return Err(ConfigError(format!(
                     "{}: this key is listed twice (also a key of consumer `{owner}`)",
                     key_field()
@@ -524,12 +523,11 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
             let plan = plan_index(&plans, "anonymous_plan", &plan_name)?;
             consumers.push(Consumer {
                 id: consumers.len(),
-                name: ANONYMOUS.to_string(),
                 plan,
                 status: Status::Active,
                 expires_at: None,
                 billing_url: None,
-                store_key: format!("{STORE_PREFIX}anonymous"),
+                store_key: format!("{STORE_PREFIX}{ANONYMOUS}").into_boxed_str(),
             });
             Some(consumers.len() - 1)
         }

@@ -182,10 +182,10 @@ mod tests {
         .unwrap();
         assert!(config.consumer_for_key(b"boot-key").is_none());
         let acme = config.consumer_for_key(b"acme-key").unwrap();
-        assert_eq!(acme.name, "acme");
+        assert_eq!(acme.name(), "acme");
         assert_eq!(config.plan_of(acme).unwrap().name, "pro");
         assert_eq!(
-            acme.store_key, "tollgate:v1:consumer:acme",
+            &*acme.store_key, "tollgate:v1:consumer:acme",
             "counted by name"
         );
         assert_eq!(config.entitlements.as_ref().unwrap().refresh_ms, 1_000);

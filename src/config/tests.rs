@@ -47,7 +47,7 @@ fn compiles_the_documented_example() {
         "both on by default"
     );
     let acme = c.consumer_for_key(b"acme-key-2").unwrap();
-    assert_eq!(acme.name, "acme");
+    assert_eq!(acme.name(), "acme");
     assert_eq!(c.plan_of(acme).unwrap().name, "free");
     assert_eq!(
         c.consumer_for_key(b"acme-key-1").unwrap().store_key,
@@ -55,12 +55,12 @@ fn compiles_the_documented_example() {
     );
     // "foo" hashes to 2c26b4...: hashed keys match the plaintext a client sends.
     let globex = c.consumer_for_key(b"foo").unwrap();
-    assert_eq!(globex.name, "globex");
+    assert_eq!(globex.name(), "globex");
     assert_eq!(globex.expires_at, Some(1_798_761_600));
     assert!(c.consumer_for_key(b"initech-key").unwrap().status == Status::Suspended);
     assert!(c.consumer_for_key(b"nobody").is_none());
     let anon = &c.consumers[c.anonymous.unwrap()];
-    assert_eq!((anon.name.as_str(), anon.plan), ("anonymous", 0));
+    assert_eq!((anon.name(), anon.plan), ("anonymous", 0));
     assert_eq!(c.key_count(), 4);
     assert_eq!(
         c.challenge,
@@ -399,7 +399,7 @@ fn standing_follows_status_expiry_and_grace() {
     let at = |name: &str, now: i64| {
         c.consumers
             .iter()
-            .find(|x| x.name == name)
+            .find(|x| x.name() == name)
             .unwrap()
             .standing(now)
     };

@@ -114,10 +114,7 @@ fn plan_name(config: &Config, consumer: usize) -> (&str, &str) {
     let Some(c) = config.consumers.get(consumer) else {
         return ("", "");
     };
-    (
-        c.name.as_str(),
-        config.plan_of(c).map_or("", |p| p.name.as_str()),
-    )
+    (c.name(), config.plan_of(c).map_or("", |p| p.name.as_str()))
 }
 
 /// The event's JSON: `data` in its CloudEvents envelope.

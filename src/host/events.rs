@@ -110,7 +110,7 @@ pub fn prepare(config: &Config) -> Result<(), String> {
     create_if_missing(&store, &handover::pending_key(), PENDING_HEADER).map_err(|e| e.0)?;
     if !events.reminders.is_empty() {
         for consumer in config.consumers.iter().filter(|c| c.expires_at.is_some()) {
-            create_if_missing(&store, &reminder_key(&consumer.name), b"\n").map_err(|e| e.0)?;
+            create_if_missing(&store, &reminder_key(consumer.name()), b"\n").map_err(|e| e.0)?;
         }
     }
     Ok(())
@@ -249,7 +249,7 @@ impl Sender {
             };
             match claim(
                 &store,
-                &reminder_key(&consumer.name),
+                &reminder_key(consumer.name()),
                 &reminder_mark(&reminder),
             ) {
                 Ok(true) => {
@@ -264,7 +264,7 @@ impl Sender {
                 Ok(false) => {}
                 Err(e) => log::warn!(
                     "events: reminder for consumer {} not claimed: {}",
-                    consumer.name,
+                    consumer.name(),
                     e.0
                 ),
             }
