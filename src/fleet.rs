@@ -371,9 +371,13 @@ pub fn on_response<H: FleetHost>(host: &H, token: u32, status: u32, size: usize,
     } else {
         Vec::new()
     };
-    let (answer, mut reason) = read_answer(status, &body);
+    let (read, mut reason) = read_answer(status, &body);
     // Per limit of the plan (the call left out the limits counted here alone).
-    let answer = answer.spread(&call.ask);
+    let answered = !matches!(read, Answer::Failed);
+    let answer = read.spread(&call.ask);
+    if answered && answer == Answer::Failed {
+        reason = Some("the rate limit service answered for other limits".to_string());
+    }
     // Envoy ends a call that outlived its timeout with a status of its own (UNAVAILABLE):
     // say what happened, the service answered nothing.
     let timeout_ms = terms(H::config(&call.runtime)).map_or(i64::MAX, |(t, _)| t.timeout_ms);

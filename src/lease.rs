@@ -35,7 +35,8 @@
 //! u64 granted, i64 granted_at_ms           requests' worth and time of the last grant (sizing)
 //! u8 n, then n × (i64 start, i64 end,      the windows the lease is for, each limit's size,
 //!                 u64 size, u64 left,      what the store said was left after its call
-//!                                          (u64::MAX: it did not say),
+//!                                          (u64::MAX: it did not say; u64::MAX - 1: the
+//!                                          limit is counted here alone, `scope: envoy`),
 //!                 i64 units)               and the units this Envoy holds (negative: a debt)
 //! ```
 //!
@@ -67,6 +68,11 @@ pub const CLAIM_MARGIN_MS: i64 = 250;
 /// A figure's `left` when the store did not say (a server that answers only `overall_code`,
 /// such as Limitador): never short, and no RateLimit fields from it.
 pub const UNKNOWN_LEFT: u64 = u64::MAX;
+/// A figure's `left` when the limit is counted by this Envoy alone (`scope: envoy`): the units
+/// held are all there is. The record so says which figures are the store's, and a limit whose
+/// scope changed (a reload, another plan) is never read as the other kind. (The store's `left`
+/// is at most the limit's size, far below.)
+pub const HERE_LEFT: u64 = u64::MAX - 1;
 
 /// The shared-data key of a consumer's lease.
 pub fn key(consumer: &str) -> String {
@@ -94,19 +100,37 @@ impl Figure {
             start: bounds.start,
             end: bounds.end,
             requests: *requests,
-            left: 0,
+            left: HERE_LEFT,
             units: i64::try_from(*requests).unwrap_or(i64::MAX),
         }
     }
 
-    /// Whether this figure is for that window and size.
-    fn is_for(&self, (bounds, requests): &(Bounds, u64)) -> bool {
-        self.start == bounds.start && self.end == bounds.end && self.requests == *requests
+    /// Whether this figure is counted by this Envoy alone ([`HERE_LEFT`]).
+    fn here(&self) -> bool {
+        self.left == HERE_LEFT
+    }
+
+    /// Whether this figure is for that window and size, counted here (`per_envoy`) or by the
+    /// store.
+    fn is_for(&self, (bounds, requests): &(Bounds, u64), per_envoy: bool) -> bool {
+        self.start == bounds.start
+            && self.end == bounds.end
+            && self.requests == *requests
+            && self.here() == per_envoy
+    }
+
+    /// What can still be spent in this window: the units held, and what the store had left.
+    fn room(&self) -> i128 {
+        if self.here() {
+            i128::from(self.units)
+        } else {
+            i128::from(self.left) + i128::from(self.units)
+        }
     }
 
     /// Whether the store and this lease together cannot cover `cost` any more in this window.
     fn short(&self, cost: u64) -> bool {
-        cost > 0 && i128::from(self.left) + i128::from(self.units) < i128::from(cost)
+        cost > 0 && self.room() < i128::from(cost)
     }
 }
 
@@ -211,7 +235,7 @@ impl Lease {
                 .iter()
                 .zip(current)
                 .enumerate()
-                .all(|(i, (f, now))| is_per_envoy(per_envoy, i) || f.is_for(now))
+                .all(|(i, (f, now))| is_per_envoy(per_envoy, i) || f.is_for(now, false))
     }
 
     /// Starts the `per_envoy` limits whose window (or size) changed afresh: their whole size
@@ -229,10 +253,38 @@ impl Lease {
             return;
         }
         for (i, (f, now)) in self.figures.iter_mut().zip(current).enumerate() {
-            if is_per_envoy(per_envoy, i) && !f.is_for(now) {
+            if is_per_envoy(per_envoy, i) && !f.is_for(now, true) {
                 *f = Figure::fresh(now);
             }
         }
+    }
+
+    /// A refusal by a limit counted here alone, decided from the record when the store's
+    /// limits' lease is not valid (a new window of theirs, none yet): the request makes no call.
+    fn refused_here(
+        &self,
+        current: &[(Bounds, u64)],
+        costs: &[u64],
+        per_envoy: &[bool],
+    ) -> Option<Vec<Usage>> {
+        if self.figures.len() != current.len() {
+            return None;
+        }
+        let short = |i: usize, f: &Figure| {
+            is_per_envoy(per_envoy, i) && f.here() && f.short(cost_at(costs, i))
+        };
+        if !self.figures.iter().enumerate().any(|(i, f)| short(i, f)) {
+            return None;
+        }
+        let mut usages = unknown(current, costs);
+        for (i, (u, f)) in usages.iter_mut().zip(&self.figures).enumerate() {
+            if is_per_envoy(per_envoy, i) && f.here() {
+                let room = u64::try_from(f.room().max(0)).unwrap_or(u64::MAX);
+                u.used = u.requests - room.min(u.requests);
+                u.violated = short(i, f);
+            }
+        }
+        Some(usages)
     }
 
     /// Whether the units held pay for `costs` in every limit (a limit the request does not
@@ -278,7 +330,7 @@ impl Lease {
             .enumerate()
             .map(|(i, f)| {
                 let cost = cost_at(costs, i);
-                let room = (i128::from(f.left) + i128::from(f.units)).max(0);
+                let room = f.room().max(0);
                 let remaining = u64::try_from(room).unwrap_or(u64::MAX).min(f.requests);
                 Usage {
                     used: f.requests - remaining,
@@ -373,23 +425,29 @@ impl Ask {
     }
 
     /// The store's answer per limit of the call, laid out per limit of the plan (0 where a
-    /// limit is counted here alone, whose figure `apply` keeps); an answer for some other
-    /// number of limits is left as it is (`apply` refuses it).
-    pub fn spread(&self, left: &[u64]) -> Vec<u64> {
+    /// limit is counted here alone, whose figure `apply` keeps); `None` for an answer about
+    /// some other number of limits. Without limits counted here, and for an answer without
+    /// statuses, the answer as it is (`apply` judges it).
+    pub fn spread(&self, left: &[u64]) -> Option<Vec<u64>> {
         let asked = (0..self.windows.len()).filter(|i| self.asks(*i)).count();
-        if asked == self.windows.len() || left.len() != asked {
-            return left.to_vec();
+        if asked == self.windows.len() || left.is_empty() {
+            return Some(left.to_vec());
+        }
+        if left.len() != asked {
+            return None;
         }
         let mut answers = left.iter();
-        (0..self.windows.len())
-            .map(|i| {
-                if self.asks(i) {
-                    answers.next().copied().unwrap_or(0)
-                } else {
-                    0
-                }
-            })
-            .collect()
+        Some(
+            (0..self.windows.len())
+                .map(|i| {
+                    if self.asks(i) {
+                        answers.next().copied().unwrap_or(0)
+                    } else {
+                        0
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -701,14 +759,17 @@ fn take_or_look(
         {
             // Which limit is spent is not known: the one whose window ends first is named (the
             // earliest a retry may pass), with nothing said to be left.
+            // (The store's limits only: it was asked for no other.)
             let mut usages = unknown(&windows, costs);
             let first_end = usages
                 .iter()
-                .filter(|u| u.cost > 0)
-                .map(|u| u.bounds.end)
+                .enumerate()
+                .filter(|(i, u)| u.cost > 0 && !is_per_envoy(&per_envoy, *i))
+                .map(|(_, u)| u.bounds.end)
                 .min();
-            for u in &mut usages {
-                u.violated = u.cost > 0 && Some(u.bounds.end) == first_end;
+            for (i, u) in usages.iter_mut().enumerate() {
+                u.violated =
+                    u.cost > 0 && !is_per_envoy(&per_envoy, i) && Some(u.bounds.end) == first_end;
                 u.used = if u.violated { u.requests } else { 0 };
             }
             return Ok(Rewrite::Keep(Take::Over(usages)));
@@ -732,6 +793,11 @@ fn take_or_look(
         }
         if mode != Mode::Look && valid && lease.short(costs) {
             return Ok(Rewrite::Keep(Take::Refused(lease.usages(costs, true))));
+        }
+        if mode != Mode::Look && !valid {
+            if let Some(usages) = lease.refused_here(&windows, costs, &per_envoy) {
+                return Ok(Rewrite::Keep(Take::Refused(usages)));
+            }
         }
         // A cost larger than its limit never fits, whatever the store says.
         if mode != Mode::Look && too_large(&windows, costs) {
@@ -814,15 +880,16 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// The answer laid out per limit of the plan ([`Ask::spread`]).
+    /// The answer laid out per limit of the plan ([`Ask::spread`]); `Failed` for one about
+    /// other limits than the call's.
     pub fn spread(self, ask: &Ask) -> Answer {
         match self {
-            Answer::Granted { left } => Answer::Granted {
-                left: ask.spread(&left),
-            },
-            Answer::Over { left } => Answer::Over {
-                left: ask.spread(&left),
-            },
+            Answer::Granted { left } => ask
+                .spread(&left)
+                .map_or(Answer::Failed, |left| Answer::Granted { left }),
+            Answer::Over { left } => ask
+                .spread(&left)
+                .map_or(Answer::Failed, |left| Answer::Over { left }),
             other => other,
         }
     }
@@ -902,11 +969,17 @@ pub fn apply(
                 .enumerate()
                 .map(|(i, ((bounds, requests), left))| {
                     if !ask.asks(i) {
-                        // Counted here alone: its count goes on in its window, or starts.
-                        let now = (*bounds, *requests);
+                        // Counted here alone: its count goes on in its window — or in a later
+                        // one, rolled to while the call was in flight — or starts.
                         return match lease.figures.get(i) {
-                            Some(f) if f.is_for(&now) => *f,
-                            _ => Figure::fresh(&now),
+                            Some(f)
+                                if f.here()
+                                    && f.requests == *requests
+                                    && f.start >= bounds.start =>
+                            {
+                                *f
+                            }
+                            _ => Figure::fresh(&(*bounds, *requests)),
                         };
                     }
                     let held = if same_windows {

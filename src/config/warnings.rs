@@ -41,6 +41,26 @@ pub fn warnings(bytes: &[u8]) -> Vec<String> {
             ));
         }
     }
+    // A per-Envoy limit over a long window: each Envoy admits all of it (N Envoys: N times).
+    if raw.store.is_some() {
+        for (plan, raw_plan) in &raw.plans.0 {
+            for (i, limit) in raw_plan.limits.iter().enumerate() {
+                let long = match crate::window::Window::parse(&limit.window) {
+                    Ok(crate::window::Window::Fixed(seconds)) => seconds >= 3600,
+                    Ok(_) => true,
+                    Err(_) => false,
+                };
+                if long && limit.scope.as_deref() == Some("envoy") {
+                    out.push(format!(
+                        "plans.{plan}.limits[{i}]: scope envoy on a `{}` window: each Envoy \
+                         admits all of it, so N Envoys admit up to N times it; keep a quota you \
+                         bill for fleet-wide (docs/fleet.md#limits-counted-per-envoy-scope-envoy)",
+                        limit.window.chars().take(16).collect::<String>()
+                    ));
+                }
+            }
+        }
+    }
     let mut plaintext = 0usize;
     let mut owners: Vec<&str> = Vec::new();
     for (name, consumer) in raw.consumers.iter() {
@@ -101,6 +121,27 @@ mod tests {
         );
         let all = found.join("\n");
         assert!(!all.contains("s3cret") && !all.contains("key-a1"), "{all}");
+    }
+
+    #[test]
+    fn a_per_envoy_limit_over_a_long_window_is_warned_about_in_fleet_mode_only() {
+        let config = |store: &str| {
+            format!(
+                r#"{{"plans": {{"p": {{"limits": [
+                  {{"name": "monthly", "requests": 9, "window": "month", "scope": "envoy"}},
+                  {{"name": "burst", "requests": 5, "window": "1s", "scope": "envoy"}},
+                  {{"name": "hourly", "requests": 5, "window": "60m", "scope": "envoy"}},
+                  {{"name": "daily", "requests": 5, "window": "day"}}]}}}}{store}}}"#
+            )
+        };
+        let fleet = warnings(config(r#", "store": {"rls": {"cluster": "q"}}"#).as_bytes());
+        assert_eq!(fleet.len(), 2, "{fleet:?}");
+        assert!(fleet[0].starts_with("plans.p.limits[0]: scope envoy on a `month` window"));
+        assert!(fleet[1].starts_with("plans.p.limits[2]: scope envoy on a `60m` window"));
+        assert!(
+            warnings(config("").as_bytes()).is_empty(),
+            "local mode: all per Envoy"
+        );
     }
 
     #[test]

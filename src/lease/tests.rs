@@ -1186,8 +1186,8 @@ fn a_per_envoy_limit_is_counted_here_and_never_asked_of_the_store() {
         "20 spent from the daily lease"
     );
     assert_eq!(
-        lease.figures[1].left, 0,
-        "nothing of the burst is in the store"
+        lease.figures[1].left, HERE_LEFT,
+        "the burst is counted here alone"
     );
 }
 
@@ -1249,4 +1249,198 @@ fn a_plan_of_per_envoy_limits_only_never_calls_the_store() {
         panic!("a look needs no call")
     };
     assert_eq!(usages[1].used, 10);
+}
+// Found by an independent review of `scope: envoy`; each failed before its fix.
+
+/// a refill ahead asked in one per-Envoy window and answered in the next resets the
+/// per-Envoy count of the new window (apply writes `Figure::fresh` of the ask's, older, window
+/// over the rolled figure, and the next take rolls it again, to a full window).
+#[test]
+fn an_answer_after_the_per_envoy_window_turned_keeps_the_new_windows_count() {
+    let limits = scoped(&[(1000, Window::Day), (60, Window::Fixed(1))], &[1]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    // Second 0: a lease of 100 for the day, then spend until a refill ahead is claimed.
+    let mut pending = None;
+    for _ in 0..60 {
+        match take(&store, K, &limits, &[], at(0), &TERMS, None).unwrap() {
+            Take::Refill(ask) => {
+                fill_scoped(&store, &mut service, ask, at(0).now_ms);
+            }
+            Take::Admitted(_, Some(ask)) => {
+                pending = Some(ask);
+                break;
+            }
+            Take::Admitted(_, None) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let ask = pending.expect("a refill ahead in second 0");
+    // Second 1, before the answer arrives: 3 requests spend the new second's burst.
+    for _ in 0..3 {
+        assert!(matches!(
+            take(&store, K, &limits, &[], at(1000), &TERMS, None).unwrap(),
+            Take::Admitted(..)
+        ));
+    }
+    assert_eq!(
+        stored(&store).figures[1].units,
+        57,
+        "3 of second 1's 60 spent"
+    );
+    // The answer to the refill ahead arrives (in second 1).
+    fill_scoped(&store, &mut service, ask, at(1000).now_ms);
+    let Take::Admitted(usages, _) = take(&store, K, &limits, &[], at(1000), &TERMS, None).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        usages[1].used, 4,
+        "second 1's burst count must go on (3 + this one)"
+    );
+}
+
+/// a limit whose scope changes from `envoy` to `fleet` (config reload, or the
+/// consumer moved to a plan with the same limit sizes) keeps this Envoy's own count as if it
+/// were units taken from the store: the store never counts those requests, and once they are
+/// spent the limit is refused from the lease (left 0) for the rest of the window.
+#[test]
+fn a_limit_changed_from_envoy_to_fleet_is_counted_by_the_store() {
+    let before = scoped(&[(1000, Window::Day), (50, Window::Day)], &[1]);
+    let after = limits(&[(1000, Window::Day), (50, Window::Day)]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    let (admitted, _, _) = {
+        // one request under the old plan
+        match take(&store, K, &before, &[], at(0), &TERMS, None).unwrap() {
+            Take::Refill(ask) => fill_scoped(&store, &mut service, ask, at(0).now_ms),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            take(&store, K, &before, &[], at(0), &TERMS, None).unwrap(),
+            Take::Admitted(..)
+        ));
+        (1, 0, 0)
+    };
+    let _ = admitted;
+    // The limit is fleet-wide now: the store starts counting it.
+    let mut service = Service {
+        used: vec![service.used[0], 0],
+    };
+    let (admitted, _calls, _violated) = drain_scoped(&store, &after, &mut service, at(1000));
+    assert_eq!(
+        service.used[1],
+        admitted.min(50),
+        "every request admitted under the fleet-wide limit is counted by the store \
+         (admitted {admitted}, store counted {:?})",
+        service.used
+    );
+}
+
+/// a limit whose scope changes from `fleet` to `envoy` keeps the store's lease figure
+/// (left > 0) as its per-Envoy count: once its units are spent the take is neither covered
+/// nor short, and a plan of per-Envoy limits only claims a refill that `fleet::request` never
+/// sends (None) — the claim hangs and the request waits out its deadline (on_store_error).
+#[test]
+fn a_limit_changed_from_fleet_to_envoy_never_asks_for_a_refill() {
+    let before = limits(&[(10, Window::Day)]);
+    let after = scoped(&[(10, Window::Day)], &[0]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    drain(&store, &before, &mut service, at(0));
+    // 10 admitted from the store; make the lease hold nothing but the store say 5 left:
+    let mut lease = stored(&store);
+    lease.figures[0].units = 0;
+    lease.figures[0].left = 5;
+    store.set(K, &lease.encode(), 0).ok();
+    if let Take::Refill(ask) = take(&store, K, &after, &[], at(1000), &TERMS, None).unwrap() {
+        panic!("a plan of per-Envoy limits only claimed a refill: {ask:?}");
+    }
+}
+
+/// with a server that answers without statuses (`lease: 1`), a silent Over names the
+/// per-Envoy limit (its window ends first) though it was not in the call and has room.
+#[test]
+fn a_silent_over_never_names_a_per_envoy_limit() {
+    let terms = Terms { lease: 1, ..TERMS };
+    let limits = scoped(&[(1000, Window::Day), (5, Window::Fixed(1))], &[1]);
+    let store = fresh();
+    let Take::Refill(ask) = take(&store, K, &limits, &[], at(0), &terms, None).unwrap() else {
+        panic!()
+    };
+    let answer = Answer::Over { left: vec![] }.spread(&ask);
+    apply(&store, K, &ask, &answer, at(10).now_ms, &terms).unwrap();
+    let Take::Over(usages) =
+        take(&store, K, &limits, &[], at(20), &terms, Some(at(0).now_ms)).unwrap()
+    else {
+        panic!()
+    };
+    let violated: Vec<usize> = (0..usages.len()).filter(|i| usages[*i].violated).collect();
+    assert_eq!(
+        violated,
+        [0],
+        "the store refused its own limit, not the burst"
+    );
+}
+
+/// "one refused by the per-Envoy limit ... makes no call: it is refused from the
+/// record" — not when the store's limits' lease is of another window.
+#[test]
+fn a_request_over_the_per_envoy_limit_makes_no_call() {
+    let limits = scoped(&[(1000, Window::Fixed(10)), (5, Window::Fixed(60))], &[1]);
+    let store = fresh();
+    let mut service = Service { used: vec![0] };
+    let (admitted, _, violated) = drain_scoped(&store, &limits, &mut service, at(0));
+    assert_eq!((admitted, violated), (5, vec![1]));
+    // Same minute, the store's 10 s window turned.
+    match take(&store, K, &limits, &[], at(10_000), &TERMS, None).unwrap() {
+        Take::Refused(_) => {}
+        other => panic!("refused from the record expected, got {other:?}"),
+    }
+}
+
+/// (Mixed plan.) after `fleet` -> `envoy`, once the kept figure's units are spent every
+/// take claims a refill that takes nothing (hits 0 for the store's limits too): a store call
+/// per attempt, the request neither admitted nor refused until its deadline.
+#[test]
+fn a_limit_changed_from_fleet_to_envoy_in_a_mixed_plan_settles() {
+    let before = limits(&[(1000, Window::Day), (10, Window::Day)]);
+    let after = scoped(&[(1000, Window::Day), (10, Window::Day)], &[1]);
+    let store = fresh();
+    let mut service = Service { used: vec![0, 0] };
+    let Take::Refill(ask) = take(&store, K, &before, &[], at(0), &TERMS, None).unwrap() else {
+        panic!()
+    };
+    fill(&store, &mut service, ask, at(0).now_ms); // share of 10: 1 unit of l1 held, left 9
+    assert!(matches!(
+        take(&store, K, &before, &[], at(0), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+    let mut service = Service {
+        used: vec![service.used[0]],
+    };
+    let mut refills = 0;
+    for _ in 0..5 {
+        match take(
+            &store,
+            K,
+            &after,
+            &[],
+            at(1000),
+            &TERMS,
+            Some(at(1000).now_ms),
+        )
+        .unwrap()
+        {
+            Take::Refill(ask) => {
+                refills += 1;
+                fill_scoped(&store, &mut service, ask, at(1000).now_ms);
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        refills < 5,
+        "the request was decided (admitted or refused), not refilled forever"
+    );
 }
