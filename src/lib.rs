@@ -29,6 +29,7 @@ pub mod store;
 pub mod time;
 pub mod verdict;
 pub mod window;
+pub mod x402;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
