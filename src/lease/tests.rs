@@ -1252,9 +1252,9 @@ fn a_plan_of_per_envoy_limits_only_never_calls_the_store() {
 }
 // Found by an independent review of `scope: envoy`; each failed before its fix.
 
-/// a refill ahead asked in one per-Envoy window and answered in the next resets the
-/// per-Envoy count of the new window (apply writes `Figure::fresh` of the ask's, older, window
-/// over the rolled figure, and the next take rolls it again, to a full window).
+/// A refill ahead asked in one per-Envoy window and answered in the next keeps the new
+/// window's per-Envoy count. (Before the fix, apply wrote a fresh figure of the ask's, older,
+/// window over the rolled one, and the next take rolled it again, to a full window.)
 #[test]
 fn an_answer_after_the_per_envoy_window_turned_keeps_the_new_windows_count() {
     let limits = scoped(&[(1000, Window::Day), (60, Window::Fixed(1))], &[1]);
@@ -1300,47 +1300,43 @@ fn an_answer_after_the_per_envoy_window_turned_keeps_the_new_windows_count() {
     );
 }
 
-/// a limit whose scope changes from `envoy` to `fleet` (config reload, or the
-/// consumer moved to a plan with the same limit sizes) keeps this Envoy's own count as if it
-/// were units taken from the store: the store never counts those requests, and once they are
-/// spent the limit is refused from the lease (left 0) for the rest of the window.
+/// A limit whose scope changes from `envoy` to `fleet` (a reload, or the consumer moved to a
+/// plan with the same limit sizes) is counted by the store from then on. (Before the fix, this
+/// Envoy's own count was read as units taken from the store: the store never counted those
+/// requests, and once they were spent the limit was refused for the rest of the window.)
 #[test]
 fn a_limit_changed_from_envoy_to_fleet_is_counted_by_the_store() {
     let before = scoped(&[(1000, Window::Day), (50, Window::Day)], &[1]);
     let after = limits(&[(1000, Window::Day), (50, Window::Day)]);
     let store = fresh();
     let mut service = Service { used: vec![0] };
-    let (admitted, _, _) = {
-        // one request under the old plan
-        match take(&store, K, &before, &[], at(0), &TERMS, None).unwrap() {
-            Take::Refill(ask) => fill_scoped(&store, &mut service, ask, at(0).now_ms),
-            other => panic!("{other:?}"),
-        };
-        assert!(matches!(
-            take(&store, K, &before, &[], at(0), &TERMS, None).unwrap(),
-            Take::Admitted(..)
-        ));
-        (1, 0, 0)
+    // One request under the old plan: the burst limit counted here.
+    let Take::Refill(ask) = take(&store, K, &before, &[], at(0), &TERMS, None).unwrap() else {
+        panic!("the first request asks for the daily lease")
     };
-    let _ = admitted;
-    // The limit is fleet-wide now: the store starts counting it.
+    fill_scoped(&store, &mut service, ask, at(0).now_ms);
+    assert!(matches!(
+        take(&store, K, &before, &[], at(0), &TERMS, None).unwrap(),
+        Take::Admitted(..)
+    ));
+    // The limit is fleet-wide now: the store counts every request admitted under it, all 50
+    // (what this Envoy counted alone is not in the store's count).
     let mut service = Service {
         used: vec![service.used[0], 0],
     };
-    let (admitted, _calls, _violated) = drain_scoped(&store, &after, &mut service, at(1000));
+    let (admitted, _, violated) = drain_scoped(&store, &after, &mut service, at(1000));
+    assert_eq!((admitted, violated), (50, vec![1]));
     assert_eq!(
-        service.used[1],
-        admitted.min(50),
-        "every request admitted under the fleet-wide limit is counted by the store \
-         (admitted {admitted}, store counted {:?})",
+        service.used[1], 50,
+        "counted by the store: {:?}",
         service.used
     );
 }
 
-/// a limit whose scope changes from `fleet` to `envoy` keeps the store's lease figure
-/// (left > 0) as its per-Envoy count: once its units are spent the take is neither covered
-/// nor short, and a plan of per-Envoy limits only claims a refill that `fleet::request` never
-/// sends (None) — the claim hangs and the request waits out its deadline (on_store_error).
+/// A limit whose scope changes from `fleet` to `envoy` starts a per-Envoy count and never
+/// asks the store. (Before the fix, the store's lease figure was kept as the per-Envoy count:
+/// once its units were spent a plan of per-Envoy limits only claimed a refill that
+/// `fleet::request` never sends, and the request waited out its deadline.)
 #[test]
 fn a_limit_changed_from_fleet_to_envoy_never_asks_for_a_refill() {
     let before = limits(&[(10, Window::Day)]);
@@ -1358,8 +1354,9 @@ fn a_limit_changed_from_fleet_to_envoy_never_asks_for_a_refill() {
     }
 }
 
-/// with a server that answers without statuses (`lease: 1`), a silent Over names the
-/// per-Envoy limit (its window ends first) though it was not in the call and has room.
+/// With a server that answers without statuses (`lease: 1`), a silent refusal names the
+/// store's limit, never the per-Envoy one (not in the call, with room, its window ending
+/// first).
 #[test]
 fn a_silent_over_never_names_a_per_envoy_limit() {
     let terms = Terms { lease: 1, ..TERMS };
@@ -1383,8 +1380,8 @@ fn a_silent_over_never_names_a_per_envoy_limit() {
     );
 }
 
-/// "one refused by the per-Envoy limit ... makes no call: it is refused from the
-/// record" — not when the store's limits' lease is of another window.
+/// A request over the per-Envoy limit is refused from the record without a call, also when
+/// the store's limits' lease is of another window (docs/fleet.md says so).
 #[test]
 fn a_request_over_the_per_envoy_limit_makes_no_call() {
     let limits = scoped(&[(1000, Window::Fixed(10)), (5, Window::Fixed(60))], &[1]);
@@ -1399,9 +1396,9 @@ fn a_request_over_the_per_envoy_limit_makes_no_call() {
     }
 }
 
-/// (Mixed plan.) after `fleet` -> `envoy`, once the kept figure's units are spent every
-/// take claims a refill that takes nothing (hits 0 for the store's limits too): a store call
-/// per attempt, the request neither admitted nor refused until its deadline.
+/// The same in a mixed plan: after `fleet` -> `envoy` a request is decided. (Before the fix,
+/// once the kept figure's units were spent every take claimed a refill that took nothing: a
+/// store call per attempt, the request neither admitted nor refused until its deadline.)
 #[test]
 fn a_limit_changed_from_fleet_to_envoy_in_a_mixed_plan_settles() {
     let before = limits(&[(1000, Window::Day), (10, Window::Day)]);
