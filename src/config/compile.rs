@@ -490,7 +490,7 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
     if plans.is_empty() {
         return Err(ConfigError("plans: at least one plan is required".into()));
     }
-    let mut consumers = Vec::with_capacity(raw.consumers.len() + 1);
+    let mut consumers = Consumers::default();
     let (mut plain, mut hashed) = (0, 0);
     for key in raw.consumers.iter().flat_map(|(_, c)| c.keys.iter()) {
         if key.starts_with("sha256:") {

@@ -5,7 +5,7 @@ use crate::credentials::Source;
 use super::entitlements::Settings;
 use super::events::EventsConfig;
 use super::keys::Keys;
-use super::plan::{Consumer, Plan};
+use super::plan::{Consumer, Consumers, Plan};
 use super::raw::{CorsPreflight, Mode, OnStoreError};
 use super::routes::{Llm, Routes};
 
@@ -17,7 +17,7 @@ pub const STORE_PREFIX: &str = "tollgate:v1:";
 pub struct Config {
     pub credentials: Vec<Source>,
     pub plans: Vec<Plan>,
-    pub consumers: Vec<Consumer>,
+    pub consumers: Consumers,
     /// Index into `consumers` of the anonymous consumer, with `anonymous_plan`.
     pub anonymous: Option<usize>,
     /// The `WWW-Authenticate` challenge sent with every 401.

@@ -148,6 +148,78 @@ pub fn consumer_store_key(name: &str) -> Box<str> {
 /// What precedes a consumer's name in its shared-data key.
 const CONSUMER_KEY_PREFIX: &str = "tollgate:v1:consumer:";
 
+/// Consumers per chunk of [`Consumers`] (a power of two: an index splits with a shift and a
+/// mask).
+const CONSUMER_CHUNK: usize = 1 << 14;
+
+/// The configuration's consumers, by index, in chunks of [`CONSUMER_CHUNK`]: compiled while the
+/// parsed consumers are freed chunk by chunk, a new chunk takes the memory an old one gave
+/// back, where one `Vec` of a million would be allocated beside all of them — and a VM's memory
+/// never shrinks below that peak (docs/benchmarks.md, A million consumers).
+#[derive(Debug, Default)]
+pub struct Consumers(Vec<Vec<Consumer>>);
+
+impl Consumers {
+    pub fn get(&self, index: usize) -> Option<&Consumer> {
+        self.0
+            .get(index / CONSUMER_CHUNK)?
+            .get(index % CONSUMER_CHUNK)
+    }
+
+    pub fn len(&self) -> usize {
+        match self.0.last() {
+            Some(last) => (self.0.len() - 1) * CONSUMER_CHUNK + last.len(),
+            None => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Consumer> + Clone {
+        self.0.iter().flatten()
+    }
+
+    pub fn push(&mut self, consumer: Consumer) {
+        match self.0.last_mut() {
+            Some(chunk) if chunk.len() < CONSUMER_CHUNK => chunk.push(consumer),
+            _ => {
+                let mut chunk = Vec::with_capacity(CONSUMER_CHUNK);
+                chunk.push(consumer);
+                self.0.push(chunk);
+            }
+        }
+    }
+}
+
+impl From<Vec<Consumer>> for Consumers {
+    fn from(all: Vec<Consumer>) -> Consumers {
+        let mut consumers = Consumers::default();
+        for consumer in all {
+            consumers.push(consumer);
+        }
+        consumers
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<usize> for Consumers {
+    type Output = Consumer;
+    #[allow(clippy::expect_used)] // tests only: a missing consumer is the test's failure
+    fn index(&self, index: usize) -> &Consumer {
+        self.get(index).expect("no consumer at this index")
+    }
+}
+
+impl<'a> IntoIterator for &'a Consumers {
+    type Item = &'a Consumer;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<Consumer>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().flatten()
+    }
+}
+
 impl Consumer {
     /// The consumer's name, as configured. (Not inlined: it has forty callers.)
     #[inline(never)]
