@@ -168,8 +168,12 @@ fn is_per_envoy(per_envoy: &[bool], i: usize) -> bool {
     per_envoy.get(i).copied().unwrap_or(false)
 }
 
-/// Per limit, whether it is counted by each Envoy alone (`scope: envoy`).
+/// Per limit, whether it is counted by each Envoy alone (`scope: envoy`); empty (no
+/// allocation on the request path) when none is, which [`is_per_envoy`] reads alike.
 pub fn scopes(limits: &[Limit]) -> Vec<bool> {
+    if !limits.iter().any(|l| l.per_envoy) {
+        return Vec::new();
+    }
     limits.iter().map(|l| l.per_envoy).collect()
 }
 
@@ -734,7 +738,7 @@ fn take_or_look(
     let windows = current(limits, clock.now, terms.utc_offset);
     let per_envoy = scopes(limits);
     // No limit the store counts: the lease is this Envoy's own count, never asked for.
-    let all_here = !per_envoy.contains(&false);
+    let all_here = limits.iter().all(|l| l.per_envoy);
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
         let mut lease = Lease::decode(&bytes).unwrap_or_default();
         lease.roll(&windows, &per_envoy);

@@ -15,33 +15,7 @@
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
 
-use std::path::PathBuf;
-
-/// Runs `harness` on every file of `fuzz/regressions/<target>/`; fails naming each input that
-/// panics.
-fn replay(target: &str, harness: fn(&[u8])) {
-    let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "fuzz", "regressions", target]
-        .iter()
-        .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no inputs in {}", dir.display());
-    let failed: Vec<String> = files
-        .iter()
-        .filter(|path| {
-            let data = std::fs::read(path).unwrap();
-            std::panic::catch_unwind(|| harness(&data)).is_err()
-        })
-        .map(|path| path.display().to_string())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{target}: these inputs fail: {failed:#?}"
-    );
-}
+use tollgate_testkit::replay_fuzz_inputs as replay;
 
 #[test]
 fn config_inputs() {

@@ -68,3 +68,27 @@ pub fn quotad_path() -> PathBuf {
         "it builds quotad first",
     )
 }
+
+/// Runs `harness` on every file of `fuzz/regressions/<target>/` (the inputs a cargo-fuzz target
+/// keeps fixed); fails naming each input that panics.
+pub fn replay_fuzz_inputs(target: &str, harness: fn(&[u8])) {
+    let dir = repo().join("fuzz").join("regressions").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no inputs in {}", dir.display());
+    let failed: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            let data = std::fs::read(path).unwrap();
+            std::panic::catch_unwind(|| harness(&data)).is_err()
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{target}: these inputs fail: {failed:#?}"
+    );
+}
