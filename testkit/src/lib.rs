@@ -11,6 +11,7 @@
 //! - [`http`]: HTTP/1.1 clients (one request, a kept-alive connection) and h2load.
 //! - [`fakes`]: servers outside the product that the tests stand in for (the usage-events sink,
 //!   the control plane of live entitlements, an LLM provider).
+//! - [`x402`]: x402 payment headers as a paying client sends them.
 //! - `rls` (feature `rls`): quotad's gRPC client.
 //! - [`tls`]: a test CA and the certificates it issues (quotad and Envoy in mutual TLS; with
 //!   features `rls` and `tls`, a TLS client of quotad).
@@ -33,6 +34,7 @@ pub mod redis;
 pub mod rls;
 pub mod temp;
 pub mod tls;
+pub mod x402;
 
 pub use envoy::*;
 pub use fakes::*;
@@ -44,3 +46,4 @@ pub use process::*;
 pub use quotad::*;
 pub use redis::*;
 pub use temp::*;
+pub use x402::*;
