@@ -10,7 +10,7 @@
 //!   its own and polled until ready.
 //! - [`http`]: HTTP/1.1 clients (one request, a kept-alive connection) and h2load.
 //! - [`fakes`]: servers outside the product that the tests stand in for (the usage-events sink,
-//!   the control plane of live entitlements, an LLM provider).
+//!   the control plane of live entitlements, an LLM provider, an x402 facilitator).
 //! - [`x402`]: x402 payment headers as a paying client sends them.
 //! - `rls` (feature `rls`): quotad's gRPC client.
 //! - [`tls`]: a test CA and the certificates it issues (quotad and Envoy in mutual TLS; with

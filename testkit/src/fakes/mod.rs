@@ -2,6 +2,7 @@
 //! process and stopped (its threads joined) when dropped.
 
 mod control_plane;
+mod facilitator;
 mod llm;
 #[cfg(feature = "rls")]
 mod rls_server;
@@ -9,6 +10,7 @@ mod server;
 mod sink;
 
 pub use control_plane::*;
+pub use facilitator::*;
 pub use llm::*;
 #[cfg(feature = "rls")]
 pub use rls_server::*;

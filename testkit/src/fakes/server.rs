@@ -1,7 +1,7 @@
 //! The core of the tests' own HTTP/1.1 servers ([`super::Sink`], [`super::ControlPlane`],
-//! [`super::FakeLlm`]): a free port, a thread that accepts and hands each connection to its own
-//! thread, and a stop that joins the accept thread when dropped; and one request read off a
-//! connection.
+//! [`super::FakeLlm`], [`super::Facilitator`]): a free port, a thread that accepts and hands
+//! each connection to its own thread, and a stop that joins the accept thread when dropped; and
+//! one request read off a connection.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
