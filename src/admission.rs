@@ -6,7 +6,7 @@ use crate::credentials::Credential;
 use crate::decision::{Attempt, Caller, Decision, Denial};
 use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
-use crate::quota::{check_and_take, cost_at, look, Usage};
+use crate::quota::{check_and_take_with, cost_at, look, Usage};
 use crate::store::CountError;
 use crate::store::Store;
 
@@ -39,11 +39,12 @@ fn from_record<'c>(
     memo: &Memo,
 ) -> Decision<'c> {
     let (consumer, plan) = (caller.consumer, caller.plan);
-    match check_and_take(
+    match check_and_take_with(
         store,
         &consumer.store_key,
         &plan.limits,
         costs,
+        &plan.credits,
         now,
         config.utc_offset,
     ) {
@@ -85,9 +86,11 @@ fn from_record<'c>(
 /// for the consumer until then: every violated limit is spent (not merely short of this
 /// request's cost) and counts requests (counts in settled units go down with refunds).
 fn lasting(plan: &Plan, usages: &[Usage]) -> bool {
-    plan.limits.iter().zip(usages).all(|(limit, usage)| {
-        !usage.violated || (!limit.unit.settled() && usage.used >= usage.requests)
-    })
+    // A plan with credits: a purchase may cure the refusal at any time.
+    plan.credits.is_empty()
+        && plan.limits.iter().zip(usages).all(|(limit, usage)| {
+            !usage.violated || (!limit.unit.settled() && usage.used >= usage.requests)
+        })
 }
 
 /// The memo's answer for a consumer known to be refused, if it refuses this request: a
@@ -127,7 +130,14 @@ fn look_at_record<'c>(
         now,
         config.utc_offset,
     ) {
-        Ok(usages) if usages.iter().any(|u| u.violated) => {
+        // A limit credits stand in for is left to the decision with the body (which draws
+        // on the balance, or refuses).
+        Ok(usages)
+            if usages
+                .iter()
+                .enumerate()
+                .any(|(i, u)| u.violated && !plan.credits.contains(&i)) =>
+        {
             Decision::Deny(Denial::QuotaExceeded { caller, usages })
         }
         Ok(usages) => Decision::Allow {

@@ -2,13 +2,28 @@
 //! record (local mode) or lease (fleet mode). Envoy checks no CAS when a key is first written
 //! (see `quota.rs`), so they are created when the configuration is loaded, not by a request.
 
-use crate::config::{Config, OnStoreError};
+use crate::config::{Config, OnStoreError, STORE_PREFIX};
 use crate::lease::create_leases;
 use crate::quota::create_records;
-use crate::store::{Store, StoreError};
+use crate::store::{create_if_missing, Store, StoreError};
 
-/// Creates the records or leases that do not exist yet; returns how many were created.
+/// Shards of the payment claims (`crate::payments`), each a shared-data entry holding a JSON
+/// list of claims, created with a configuration that sells credits.
+pub const PAYMENT_SHARDS: usize = 16;
+
+/// The shared-data key of payment claim shard `i`.
+pub fn payment_shard_key(i: usize) -> String {
+    format!("{STORE_PREFIX}payments:{i}")
+}
+
+/// Creates the records or leases that do not exist yet (and, with `payments`, the claim
+/// shards); returns how many records or leases were created.
 pub fn create_counters(config: &Config, store: &impl Store) -> Result<usize, StoreError> {
+    if config.payments.is_some() {
+        for i in 0..PAYMENT_SHARDS {
+            create_if_missing(store, &payment_shard_key(i), b"[]")?;
+        }
+    }
     match config.store {
         None => create_records(config, store),
         Some(_) => {

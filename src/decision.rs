@@ -182,6 +182,9 @@ pub struct Attempt {
     pub waiting_since_ms: Option<i64>,
     /// The refill this request waited for failed, so: a store error.
     pub failed: Option<String>,
+    /// The request's payment was settled and credited: the response header that says so
+    /// (name, value). The request is decided as usual, its payment headers ignored.
+    pub paid: Option<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -559,6 +559,7 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
         waiting_since_ms: Some(held.since_ms),
         failed,
         dry_run: false,
+        paid: None,
     };
     match host.decide(held.context, &held.runtime, &attempt, now_ms) {
         Step::Continue { fields, refill, .. } => {
@@ -572,7 +573,8 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
                 log::warn!("fleet: a held request could not be resumed");
             }
         }
-        Step::Replied => {}
+        // Payments are refused in fleet mode by the configuration: no held request pays.
+        Step::Replied | Step::Pay(_) => {}
         Step::Wait(wait) => {
             let runtime = Rc::clone(&held.runtime);
             let root = host

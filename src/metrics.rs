@@ -157,6 +157,7 @@ mod tests {
                 limits: vec![],
                 upgrade_url: None,
                 max_output_tokens: None,
+                credits: Vec::new(),
             })
             .collect()
     }

@@ -3,6 +3,8 @@
 
 /// Longest plan, consumer or limit name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Longest URL a configuration may hold (remedy pages, x402 resources).
+pub const MAX_URL_LEN: usize = 2048;
 
 /// Whether a plan, consumer or limit name follows the name rules: 1-[`MAX_NAME_LEN`] characters
 /// of `A-Z a-z 0-9 _ - .` (they appear in metric names, shared-data keys and RLS descriptors).

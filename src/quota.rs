@@ -82,6 +82,10 @@ pub struct Counted {
     pub replaced_corrupt: bool,
     /// Read-evaluate-write cycles used (1 without contention).
     pub attempts: u32,
+    /// Credits the request was paid with (0: its limits had room, or it was refused).
+    pub drawn: u64,
+    /// The balance left, when credits were drawn or could have cured a refusal.
+    pub balance: Option<u64>,
 }
 
 /// What a request takes from the limit at `index` of its plan: `costs[index]`, 1 where the
@@ -158,6 +162,58 @@ pub fn check_and_take(
     now: i64,
     utc_offset: i64,
 ) -> Result<Counted, CountError> {
+    check_and_take_with(store, key, limits, costs, &[], now, utc_offset)
+}
+
+/// The name of a record's prepaid credit balance (a `$` never starts a limit's name).
+pub const CREDITS: &str = "$credits";
+/// The prefix of a ledger entry: a settlement credited to this record, by its digest.
+pub const LEDGER_PREFIX: &str = "$tx:";
+/// Most ledger entries a record keeps (the oldest goes first).
+pub const MAX_LEDGER: usize = 16;
+/// How long a ledger entry is kept at least, in seconds.
+pub const LEDGER_SECONDS: i64 = 7 * 86_400;
+
+/// Whether an entry is not a limit's counter (a balance, a ledger entry): kept as it is by
+/// every write of the record's limits.
+fn is_account(entry: &Entry) -> bool {
+    entry.name.first() == Some(&b'$')
+}
+
+/// The record's prepaid credit balance.
+pub fn balance(record: &Record) -> u64 {
+    record.entry(CREDITS).map_or(0, |e| e.count)
+}
+
+/// The record's limit counters as `next`, followed by its other entries (balance, ledger) as
+/// they were: `next` holds the limits only.
+fn with_accounts(mut next: Vec<u8>, record: &Record, read: usize) -> Vec<u8> {
+    // Without account entries the record is exactly its limits: nothing to look for when the
+    // limits were written back at the length they were read (the usual case).
+    if read <= next.len() {
+        return next;
+    }
+    let accounts: Vec<Entry> = record.entries().into_iter().filter(is_account).collect();
+    if !accounts.is_empty() {
+        let tail = record::encode(accounts.iter().copied());
+        next.extend_from_slice(tail.get(record::empty().len()..).unwrap_or_default());
+    }
+    next
+}
+
+/// [`check_and_take`], with prepaid credits standing in for the limits at the indices
+/// `credits`: a request that only those refuse is paid from the record's balance instead
+/// (one credit per unit of the largest cost among them) and counted in the other limits
+/// only, in the same compare-and-swap cycle. [`Counted::drawn`] says what it took.
+pub fn check_and_take_with(
+    store: &impl Store,
+    key: &str,
+    limits: &[Limit],
+    costs: &[u64],
+    credits: &[usize],
+    now: i64,
+    utc_offset: i64,
+) -> Result<Counted, CountError> {
     let mut replaced_corrupt = false;
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, attempt| {
         let record = match Record::decode(&bytes) {
@@ -167,21 +223,55 @@ pub fn check_and_take(
                 Record::default()
             }
         };
-        let usages = evaluate(limits, costs, &record, now, utc_offset);
+        let mut usages = evaluate(limits, costs, &record, now, utc_offset);
+        let mut drawn = 0;
+        let mut paid = 0;
         if usages.iter().any(|u| u.violated) {
-            return Ok(Rewrite::Keep(Counted {
-                admitted: false,
-                usages,
-                replaced_corrupt,
-                attempts: attempt,
-            }));
+            let covered = |i: usize| credits.contains(&i);
+            let curable = !credits.is_empty()
+                && usages
+                    .iter()
+                    .enumerate()
+                    .all(|(i, u)| !u.violated || covered(i));
+            let draw = usages
+                .iter()
+                .enumerate()
+                .filter(|(i, u)| u.violated && covered(*i))
+                .map(|(_, u)| u.cost)
+                .max()
+                .unwrap_or(0);
+            let balance = balance(&record);
+            if !curable || draw > balance {
+                return Ok(Rewrite::Keep(Counted {
+                    admitted: false,
+                    usages,
+                    replaced_corrupt,
+                    attempts: attempt,
+                    drawn: 0,
+                    balance: (!credits.is_empty()).then_some(balance),
+                }));
+            }
+            // Paid from the balance: the limits credits stand in for count nothing of it.
+            for (i, u) in usages.iter_mut().enumerate() {
+                if covered(i) {
+                    u.cost = 0;
+                    u.violated = false;
+                }
+            }
+            drawn = draw;
+            paid = balance - draw;
         }
-        let next = record::encode(limits.iter().zip(&usages).map(|(limit, usage)| Entry {
+        let limits_part = record::encode(limits.iter().zip(&usages).map(|(limit, usage)| Entry {
             name: limit.name.as_bytes(),
             start: usage.bounds.start,
             end: usage.bounds.end,
             count: usage.used.saturating_add(usage.cost),
         }));
+        let next = if drawn > 0 {
+            set_account(&record, limits_part, CREDITS, paid, 0, i64::MAX)
+        } else {
+            with_accounts(limits_part, &record, bytes.len())
+        };
         let usages = usages
             .into_iter()
             .map(|u| Usage {
@@ -196,6 +286,103 @@ pub fn check_and_take(
                 usages,
                 replaced_corrupt,
                 attempts: attempt,
+                drawn,
+                balance: (drawn > 0).then_some(paid),
+            },
+        ))
+    })
+}
+
+/// `limits_part` (a record of limits only) followed by `record`'s account entries, with the
+/// one called `name` set to `count` over `[start, end)` (added if missing).
+fn set_account(
+    record: &Record,
+    limits_part: Vec<u8>,
+    name: &str,
+    count: u64,
+    start: i64,
+    end: i64,
+) -> Vec<u8> {
+    let mut accounts: Vec<Entry> = record
+        .entries()
+        .into_iter()
+        .filter(|e| is_account(e) && e.name != name.as_bytes())
+        .collect();
+    accounts.insert(
+        0,
+        Entry {
+            name: name.as_bytes(),
+            start,
+            end,
+            count,
+        },
+    );
+    let mut next = limits_part;
+    let tail = record::encode(accounts.iter().copied());
+    next.extend_from_slice(tail.get(record::empty().len()..).unwrap_or_default());
+    next
+}
+
+/// What crediting a settlement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credited {
+    /// False: the ledger already had this settlement (a retry): nothing was added.
+    pub added: bool,
+    pub balance: u64,
+}
+
+/// Adds `credits` to the balance of the record at `key`, with a ledger entry named by
+/// `ledger` (a settlement's digest), in one compare-and-swap cycle: a settlement the ledger
+/// already holds adds nothing, so a retried settlement is credited once. The ledger keeps its
+/// [`MAX_LEDGER`] newest entries. The record's limits are kept as they are.
+pub fn credit(
+    store: &impl Store,
+    key: &str,
+    credits: u64,
+    ledger: &str,
+    now: i64,
+) -> Result<Credited, CountError> {
+    let ledger_name = format!("{LEDGER_PREFIX}{ledger}");
+    read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
+        let record = Record::decode(&bytes).unwrap_or_default();
+        let entries = record.entries();
+        let balance = balance(&record);
+        if entries.iter().any(|e| e.name == ledger_name.as_bytes()) {
+            return Ok(Rewrite::Keep(Credited {
+                added: false,
+                balance,
+            }));
+        }
+        let total = balance.saturating_add(credits);
+        let limits = entries.iter().filter(|e| !is_account(e));
+        let mut ledger: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.name.starts_with(LEDGER_PREFIX.as_bytes()))
+            .copied()
+            .collect();
+        // Newest first; the oldest beyond the bound go.
+        ledger.sort_by_key(|e| std::cmp::Reverse(e.start));
+        ledger.truncate(MAX_LEDGER - 1);
+        let head = [
+            Entry {
+                name: CREDITS.as_bytes(),
+                start: 0,
+                end: i64::MAX,
+                count: total,
+            },
+            Entry {
+                name: ledger_name.as_bytes(),
+                start: now,
+                end: now.saturating_add(LEDGER_SECONDS),
+                count: credits,
+            },
+        ];
+        let all: Vec<Entry> = limits.copied().chain(head).chain(ledger).collect();
+        Ok(Rewrite::Write(
+            record::encode(all.iter().copied()),
+            Credited {
+                added: true,
+                balance: total,
             },
         ))
     })

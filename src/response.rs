@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use crate::config::{Config, Limit, Plan, Standing, Unit};
+use crate::config::{Config, Limit, Payments, Plan, Standing, Unit};
 use crate::decision::{Caller, Denial};
 use crate::quota::Usage;
 use crate::time::format_rfc3339;
@@ -20,6 +20,12 @@ pub const PAYMENT_REQUIRED: &str = "urn:tollgate:problem:payment-required";
 pub const UNAVAILABLE: &str = "urn:tollgate:problem:quota-unavailable";
 pub const INVALID_BODY: &str = "urn:tollgate:problem:invalid-body";
 pub const BODY_TOO_LARGE: &str = "urn:tollgate:problem:body-too-large";
+pub const PAYMENT_MALFORMED: &str = "urn:tollgate:problem:payment-malformed";
+pub const PAYMENT_REFUSED: &str = "urn:tollgate:problem:payment-refused";
+pub const PAYMENT_PENDING: &str = "urn:tollgate:problem:payment-pending";
+pub const PAYMENT_UNRESOLVED: &str = "urn:tollgate:problem:payment-unresolved";
+/// The x402 `error` of a 402 that offers credits.
+pub const CREDITS_OFFERED: &str = "quota spent: buy credits";
 
 /// The `Link` relation types of the remedy links (RFC 8288): IANA's registered `payment` ("a
 /// resource where payment is accepted", which both pages are) for generic clients, and an
@@ -168,6 +174,13 @@ struct Problem<'a> {
     grace_until: Option<String>,
     #[serde(rename = "billing-url", skip_serializing_if = "Option::is_none")]
     billing_url: Option<&'a str>,
+    /// x402 v1 members of a refusal credits can cure: the offers for a v1 client.
+    #[serde(rename = "x402Version", skip_serializing_if = "Option::is_none")]
+    x402_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepts: Option<&'a [crate::x402::RequirementsV1]>,
     /// Last of the members a quota refusal has: [`QuotaRefusal`] appends `retry-after`.
     #[serde(rename = "upgrade-url", skip_serializing_if = "Option::is_none")]
     upgrade_url: Option<&'a str>,
@@ -191,8 +204,21 @@ impl<'a> Problem<'a> {
             expired_at: None,
             grace_until: None,
             billing_url: None,
+            x402_version: None,
+            error: None,
+            accepts: None,
             upgrade_url: None,
         }
+    }
+
+    /// The offers of prepaid credits, for an x402 v1 client (when a pack has a v1 network).
+    fn offering(mut self, payments: &'a Payments, error: &'a str) -> Self {
+        if !payments.v1_body.accepts.is_empty() {
+            self.x402_version = Some(1);
+            self.error = Some(error);
+            self.accepts = Some(&payments.v1_body.accepts);
+        }
+        self
     }
 
     fn of(mut self, caller: &Caller<'a>) -> Self {
@@ -347,7 +373,11 @@ fn quota_exceeded(
     let policy = config
         .ratelimit_policy
         .then(|| rate_limit_policy(caller.plan, usages).into());
-    QuotaRefusal::new(caller, usages, grpc, policy).at(caller.plan, usages, now)
+    QuotaRefusal::new(caller, usages, grpc, policy, config.payments.as_ref()).at(
+        caller.plan,
+        usages,
+        now,
+    )
 }
 
 /// A refusal for a spent quota, rendered up to its seconds. While a consumer stays refused
@@ -365,10 +395,29 @@ pub struct QuotaRefusal {
     policy: Option<Rc<str>>,
     /// The plan's upgrade page as a `Link` header value, rendered with the rest.
     link: Option<String>,
+    /// Credits would cure it: the offers (x402 v2 `PAYMENT-REQUIRED`).
+    offers: Option<String>,
+}
+
+/// Whether prepaid credits would cure a refusal with these usages: the plan has credits and
+/// every violated limit is one they stand in for.
+pub fn curable(plan: &Plan, usages: &[Usage]) -> bool {
+    !plan.credits.is_empty()
+        && usages
+            .iter()
+            .enumerate()
+            .all(|(i, u)| !u.violated || plan.credits.contains(&i))
 }
 
 impl QuotaRefusal {
-    pub fn new(caller: &Caller, usages: &[Usage], grpc: bool, policy: Option<Rc<str>>) -> Self {
+    pub fn new(
+        caller: &Caller,
+        usages: &[Usage],
+        grpc: bool,
+        policy: Option<Rc<str>>,
+        payments: Option<&Payments>,
+    ) -> Self {
+        let payments = payments.filter(|_| curable(caller.plan, usages));
         let violated: Vec<(&crate::config::Limit, &Usage)> = caller
             .plan
             .limits
@@ -386,6 +435,8 @@ impl QuotaRefusal {
             ),
             None => (402, i64::MIN, "The quota is exceeded.".to_string()),
         };
+        // Payable: 402 whatever the limit's own status.
+        let status = if payments.is_some() { 402 } else { status };
         let head = if grpc {
             detail
         } else {
@@ -407,6 +458,9 @@ impl QuotaRefusal {
             }
             p.reset = (reset != i64::MIN).then(|| format_rfc3339(reset));
             p.upgrade_url = caller.plan.upgrade_url.as_deref();
+            if let Some(payments) = payments {
+                p = p.offering(payments, CREDITS_OFFERED);
+            }
             // `retry-after` is the last member: the document is this one without its closing
             // brace, then `,"retry-after":<seconds>}` (what serde_json would write).
             let mut body = to_json(&p);
@@ -426,6 +480,7 @@ impl QuotaRefusal {
             reset,
             policy,
             link,
+            offers: payments.map(|p| p.required_header.clone()),
         }
     }
 
@@ -446,6 +501,9 @@ impl QuotaRefusal {
         let mut headers = fields.headers();
         if let Some(link) = &self.link {
             headers.push(("link", link.clone()));
+        }
+        if let Some(offers) = &self.offers {
+            headers.push(("payment-required", offers.clone()));
         }
         if self.grpc {
             headers.push(("retry-after", seconds));
@@ -583,6 +641,49 @@ pub fn body_too_large(max: u64) -> Reply {
         format!("The request body is larger than {max} bytes, the most this API reads."),
     )
     .reply(Vec::new(), false)
+}
+
+/// What becomes of a request that carries a payment, when it is not served: `kind` one of
+/// the `PAYMENT_*` problem types. A refused payment (402) comes with the offers again and
+/// `error` saying why, so that a client can pay differently; a payment whose outcome is
+/// pending or unknown (503) with `Retry-After`, never with offers (it must not be paid again).
+pub fn payment_reply(
+    payments: &Payments,
+    caller: Option<&Caller>,
+    kind: &'static str,
+    detail: String,
+    retry_after: Option<u64>,
+) -> Reply {
+    let (status, title) = match kind {
+        PAYMENT_MALFORMED => (400, "Malformed payment"),
+        PAYMENT_REFUSED => (402, "Payment refused"),
+        PAYMENT_UNRESOLVED => (409, "Payment unresolved"),
+        _ => (503, "Payment pending"),
+    };
+    let mut headers = Vec::new();
+    let error = detail.clone();
+    let mut p = Problem::new(kind, title, status, detail);
+    if let Some(caller) = caller {
+        p = p.of(caller);
+    }
+    if status == 402 {
+        headers.push((
+            "payment-required",
+            crate::x402::encode(&crate::x402::PaymentRequired {
+                x402_version: 2,
+                error: Some(error.clone()),
+                resource: payments.resource.clone(),
+                accepts: payments.packs.iter().map(|p| p.offer.clone()).collect(),
+            }),
+        ));
+        p = p.offering(payments, &error);
+        return p.reply(headers, false);
+    }
+    if let Some(seconds) = retry_after {
+        p.retry_after = Some(i64::try_from(seconds).unwrap_or(i64::MAX));
+        headers.push(("retry-after", seconds.to_string()));
+    }
+    p.reply(headers, false)
 }
 
 /// 405 for anything but GET/HEAD on the usage path.

@@ -15,6 +15,7 @@ use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Reason};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
+use crate::payments::{self, Claimed, Pay, Refused};
 use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
@@ -104,6 +105,9 @@ pub enum Action<'c> {
     /// Fleet mode: hold the request until the consumer's lease is refilled (by this request's
     /// own store call, `refill`, or another's), then handle it again.
     Wait(Wait),
+    /// The request carries a payment, claimed for it: hold it while the facilitator
+    /// verifies and settles the payment, then handle it again (with `Attempt::paid`).
+    Pay(Pay),
 }
 
 /// A request held for a lease refill.
@@ -130,6 +134,8 @@ pub enum Step {
     Replied,
     /// Fleet mode: hold it for a lease refill.
     Wait(Wait),
+    /// Hold it while its payment is verified and settled.
+    Pay(Pay),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +235,20 @@ pub fn handle_with<'c>(
         }
     }
 
+    // An LLM route's payment is not read (its dry run must not claim it, and its body's
+    // decision comes after its headers went upstream).
+    let payable = !attempt.dry_run && !attempt.headers_forwarded && attempt.paid.is_none();
+    if config.payments.is_some() && payable {
+        for header in [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT] {
+            if let Some(value) = cached(header) {
+                if let Some(verdict) = pay(config, &credential, header, &value, store, attempt) {
+                    return verdict;
+                }
+                break;
+            }
+        }
+    }
+
     if config.hide_credentials {
         hide(config, &credential, &mut forward, || cached(":path"));
     }
@@ -278,6 +298,98 @@ pub fn handle_with<'c>(
     refuse(
         config, request, now, store, memo, shadow_log, forward, denial, attempt,
     )
+}
+
+/// A request that carries a payment (`header`): read it, match it to a pack, and claim it —
+/// or refuse it. `None`: the payment is not this request's business (no consumer whose plan
+/// has credits, or a replay of a settled payment), and the request is decided as usual.
+fn pay<'c>(
+    config: &'c Config,
+    credential: &Credential,
+    header: &str,
+    value: &[u8],
+    store: &impl Store,
+    attempt: &Attempt,
+) -> Option<Verdict<'c>> {
+    let payments = config.payments.as_ref()?;
+    let consumer = match credential {
+        Credential::Key(presented) => config.consumer_for_key(&presented.key)?,
+        Credential::Missing => config.anonymous.and_then(|i| config.consumers.get(i))?,
+        Credential::Malformed(_) => return None,
+    };
+    let plan = config.plan_of(consumer)?;
+    if plan.credits.is_empty() {
+        return None;
+    }
+    let caller = Caller { consumer, plan };
+    let reply = |kind: &'static str, detail: String, retry: Option<u64>| Verdict {
+        action: Action::Reply(payments::reply(payments, &caller, kind, detail, retry)),
+        metrics: Increments::default(),
+        metered: Metered::of(Some(&caller)),
+    };
+    let presented = match payments::read(payments, header, value, attempt.now_ms.div_euclid(1000)) {
+        Ok(presented) => presented,
+        Err(Refused::Malformed(why)) => {
+            log::debug!("consumer={}: malformed payment ({why})", consumer.name());
+            return Some(reply(crate::response::PAYMENT_MALFORMED, why, None));
+        }
+        Err(Refused::Mismatch(why)) => {
+            log::debug!("consumer={}: payment refused ({why})", consumer.name());
+            return Some(reply(crate::response::PAYMENT_REFUSED, why, None));
+        }
+    };
+    let stale = payments::stale_ms(payments);
+    let verify = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
+        Ok(Claimed::Fresh) => true,
+        Ok(Claimed::Retry) => false,
+        Ok(Claimed::Settled) => return None,
+        Ok(Claimed::Busy) => {
+            return Some(reply(
+                crate::response::PAYMENT_PENDING,
+                "This payment is being settled; try again shortly.".into(),
+                Some(1),
+            ))
+        }
+        Ok(Claimed::Failed) => {
+            return Some(reply(
+                crate::response::PAYMENT_REFUSED,
+                "this payment was refused before".into(),
+                None,
+            ))
+        }
+        Ok(Claimed::Taken) => {
+            return Some(reply(
+                crate::response::PAYMENT_REFUSED,
+                "this payment has been used".into(),
+                None,
+            ))
+        }
+        Ok(Claimed::Full) => {
+            log::warn!("payments: a claim shard is full; payments are refused until claims expire");
+            return Some(reply(
+                crate::response::PAYMENT_PENDING,
+                "Too many payments are being settled; try again later.".into(),
+                Some(60),
+            ));
+        }
+        Err(e) => {
+            log::error!("payments: cannot claim a payment: {}", e.reason());
+            return Some(reply(
+                crate::response::PAYMENT_PENDING,
+                "The payment cannot be taken now; try again shortly.".into(),
+                Some(1),
+            ));
+        }
+    };
+    Some(Verdict {
+        action: Action::Pay(Pay {
+            consumer: consumer.id,
+            presented,
+            verify,
+        }),
+        metrics: Increments::default(),
+        metered: Metered::default(),
+    })
 }
 
 /// What to hide of the credential if the request goes upstream (`hide_credentials`).
@@ -367,7 +479,7 @@ fn refuse<'c>(
                 let policy = config
                     .ratelimit_policy
                     .then(|| memo.policy(caller.consumer.plan, caller.plan, usages));
-                QuotaRefusal::new(caller, usages, grpc, policy)
+                QuotaRefusal::new(caller, usages, grpc, policy, config.payments.as_ref())
             };
             let plain = usages.iter().all(|u| u.cost <= 1);
             let refusal = if plain {

@@ -117,6 +117,8 @@ fn check_verdict(config: &Config, verdict: &Verdict) {
         }
         // Fleet mode only (the fuzzed configurations have no store).
         Action::Wait(_) => {}
+        // A payment claimed: only with `payments` configured.
+        Action::Pay(_) => assert!(config.payments.is_some()),
         Action::Reply(reply) => {
             if reply.grpc_status.is_some() {
                 return;
@@ -421,6 +423,7 @@ pub fn record(data: &[u8]) {
             limits: limits.clone(),
             upgrade_url: None,
             max_output_tokens: None,
+            credits: Vec::new(),
         };
         for (now, offset) in [(NOW, 0), (NOW + 40 * DAY, -MAX_UTC_OFFSET)] {
             let store = MemoryStore::new();

@@ -12,6 +12,7 @@ use super::errors::ConfigError;
 use super::events::compile as compile_events;
 use super::keys::{parse_key, KeyBuilder};
 use super::model::*;
+use super::payments::compile as compile_payments;
 use super::plan::*;
 use super::raw::*;
 use super::routes::{compile_llm, compile_routes, output_cap};
@@ -137,15 +138,55 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
         });
     }
     let upgrade_url = compile_https_url(&format!("plans.{name}.upgrade_url"), raw.upgrade_url)?;
+    let credits = credit_cover(name, &limits, raw.credits)?;
     Ok(Plan {
         name: name.to_string(),
         limits,
         upgrade_url,
+        credits,
         max_output_tokens: output_cap(
             &format!("plans.{name}.max_output_tokens"),
             raw.max_output_tokens,
         )?,
     })
+}
+
+/// `plans.<name>.credits`: the limits prepaid credits stand in for, by name, each once; limits
+/// that count requests (a credit is one request's worth).
+fn credit_cover(
+    name: &str,
+    limits: &[Limit],
+    raw: Option<Vec<String>>,
+) -> Result<Vec<usize>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    if raw.is_empty() {
+        return Err(ConfigError(format!(
+            "plans.{name}.credits: name at least one limit (or leave `credits` out)"
+        )));
+    }
+    let mut cover = Vec::with_capacity(raw.len());
+    for (i, limit_name) in raw.iter().enumerate() {
+        let field = format!("plans.{name}.credits[{i}]");
+        let Some(at) = limits.iter().position(|l| l.name == *limit_name) else {
+            return Err(ConfigError(format!(
+                "{field}: plan `{name}` has no limit `{}`",
+                limit_name.chars().take(64).collect::<String>()
+            )));
+        };
+        if cover.contains(&at) {
+            return Err(ConfigError(format!("{field}: listed twice")));
+        }
+        if limits.get(at).is_some_and(|l| l.unit != Unit::Requests) {
+            return Err(ConfigError(format!(
+                "{field}: credits stand in for limits that count requests; `{limit_name}` counts {}",
+                limits.get(at).map_or("", |l| l.unit.name())
+            )));
+        }
+        cover.push(at);
+    }
+    Ok(cover)
 }
 
 /// A limit's size and unit: exactly one of `requests`, `tokens`, `units` (with `unit`).
@@ -187,8 +228,7 @@ fn limit_size(field: &str, limit: &RawLimit) -> Result<(&'static str, u64, Unit)
     Ok((size_field, size, unit))
 }
 
-/// Longest remedy URL accepted.
-pub const MAX_URL_LEN: usize = 2048;
+pub use crate::names::MAX_URL_LEN;
 
 /// Validates a remedy link: an absolute `https` URL with a host, in the characters RFC 3986
 /// allows (so that it can stand between `<` and `>` in a `Link` header as it is), without
@@ -537,6 +577,22 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
     let store = compile_store(raw.store, raw.on_store_error)?;
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
+    let payments = compile_payments(raw.payments, env)?;
+    if let Some(plan) = plans.iter().find(|p| !p.credits.is_empty()) {
+        if payments.is_none() {
+            return Err(ConfigError(format!(
+                "plans.{}.credits: credits are bought through `payments`: configure it too",
+                plan.name
+            )));
+        }
+    }
+    if payments.is_some() && store.is_some() {
+        return Err(ConfigError(
+            "payments: prepaid credits are counted in this Envoy's shared data for now; \
+             fleet mode (store.rls) cannot sell them yet"
+                .into(),
+        ));
+    }
     Ok(Config {
         challenge: challenge(&credentials),
         credentials,
@@ -563,6 +619,7 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
         awaiting_snapshot: None,
         routes,
         llm,
+        payments,
         keys,
     })
 }

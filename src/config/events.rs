@@ -112,7 +112,7 @@ fn reminders(raw: &[String]) -> Result<Vec<i64>, ConfigError> {
 }
 
 /// `http://host[:port]/path` (or `https://`) → its `:authority` and `:path`.
-fn split_url(url: &str) -> Option<(&str, &str)> {
+pub(super) fn split_url(url: &str) -> Option<(&str, &str)> {
     url.strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .filter(|rest| is_header_value(rest) && !rest.contains(' '))

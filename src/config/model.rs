@@ -5,6 +5,7 @@ use crate::credentials::Source;
 use super::entitlements::Settings;
 use super::events::EventsConfig;
 use super::keys::Keys;
+use super::payments::Payments;
 use super::plan::{Consumer, Consumers, Plan};
 use super::raw::{CorsPreflight, Mode, OnStoreError};
 use super::routes::{Llm, Routes};
@@ -57,6 +58,8 @@ pub struct Config {
     pub routes: Routes,
     /// LLM routes' bounds, models and weights.
     pub llm: Option<Llm>,
+    /// Prepaid credits sold through x402 (`payments`), if offered.
+    pub payments: Option<Payments>,
     pub(super) keys: Keys,
 }
 

@@ -65,6 +65,9 @@ pub struct Plan {
     pub upgrade_url: Option<String>,
     /// The largest output cap (`max_tokens` and kin) this plan's LLM requests may ask for.
     pub max_output_tokens: Option<u64>,
+    /// The limits (indices into `limits`) that prepaid credits stand in for: a request they
+    /// refuse is paid from the consumer's balance instead (`payments`). Empty: no credits.
+    pub credits: Vec<usize>,
 }
 
 /// A consumer's configured `status`.

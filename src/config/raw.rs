@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::entitlements::RawSettings;
 use super::events::RawEvents;
 use super::keys::DigestHasher;
+use super::payments::RawPayments;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +62,8 @@ pub(super) struct RawConfig<'a> {
     /// LLM routes' body bound, models and weights.
     #[serde(default)]
     pub(super) llm: Option<RawLlm>,
+    #[serde(default)]
+    pub(super) payments: Option<RawPayments>,
 }
 
 /// `routes.<route name>`: the Envoy route's name (`xds.route_name`) keys it.
@@ -190,6 +193,9 @@ pub(super) struct RawPlan {
     pub(super) alerts: Option<Vec<u64>>,
     #[serde(default)]
     pub(super) max_output_tokens: Option<u64>,
+    /// The limits prepaid credits stand in for, by name (see `payments`).
+    #[serde(default)]
+    pub(super) credits: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

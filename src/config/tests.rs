@@ -753,3 +753,112 @@ fn a_limit_scope_is_fleet_by_default_or_envoy_and_nothing_else() {
         "plans.p.limits[1].scope: `worker` is not a scope (`fleet` or `envoy`)"
     );
 }
+
+fn with_payments(plan_extra: &str, payments: &str) -> String {
+    format!(
+        r#"{{"plans": {{"p": {{"limits": [{{"name": "daily", "requests": 5, "window": "day"}},
+                                          {{"name": "tok", "tokens": 5, "window": "day"}}]{plan_extra}}}}},
+            "consumers": {{"a": {{"plan": "p", "keys": ["k"]}}}}{payments}}}"#
+    )
+}
+
+const PACK: &str = r#"{"name": "ten", "credits": 10, "network": "eip155:84532",
+    "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "10000",
+    "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"}"#;
+
+fn payments_section(packs: &str) -> String {
+    format!(
+        r#", "payments": {{"facilitator": {{"cluster": "f", "url": "http://f/x402"}},
+             "resource": {{"url": "https://api.example.com/"}}, "packs": [{packs}]}}"#
+    )
+}
+
+#[test]
+fn payments_are_validated_naming_the_field() {
+    let ok = Config::from_json(
+        with_payments(r#", "credits": ["daily"]"#, &payments_section(PACK)).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(ok.plans[0].credits, vec![0]);
+    let p = ok.payments.unwrap();
+    assert_eq!((p.authority.as_str(), p.base_path.as_str()), ("f", "/x402"));
+    assert_eq!(p.packs[0].offer.max_timeout_seconds, 60);
+    let cases = [
+        (
+            with_payments(r#", "credits": ["daily"]"#, ""),
+            "plans.p.credits: credits are bought through `payments`",
+        ),
+        (
+            with_payments(r#", "credits": ["nope"]"#, &payments_section(PACK)),
+            "plans.p.credits[0]: plan `p` has no limit `nope`",
+        ),
+        (
+            with_payments(r#", "credits": ["tok"]"#, &payments_section(PACK)),
+            "plans.p.credits[0]: credits stand in for limits that count requests",
+        ),
+        (
+            with_payments(
+                r#", "credits": ["daily", "daily"]"#,
+                &payments_section(PACK),
+            ),
+            "plans.p.credits[1]: listed twice",
+        ),
+        (
+            with_payments("", &payments_section(&PACK.replace("10000", "0"))),
+            "payments.packs[0].amount",
+        ),
+        (
+            with_payments("", &payments_section(&PACK.replace("eip155:84532", "base"))),
+            "payments.packs[0].network",
+        ),
+        (
+            with_payments("", &payments_section(&PACK.replace("0x2096", "0x96"))),
+            "payments.packs[0].pay_to",
+        ),
+        (
+            with_payments(
+                "",
+                &payments_section(&format!(
+                    "{PACK}, {}",
+                    PACK.replace("\"ten\"", "\"eleven\"")
+                )),
+            ),
+            "payments.packs[1].amount: pack `ten` has the same",
+        ),
+        (
+            with_payments("", &payments_section("")),
+            "payments.packs: from 1 to 8 packs",
+        ),
+        (
+            with_payments(
+                "",
+                &payments_section(&PACK.replace("\"credits\": 10", "\"credits\": 0")),
+            ),
+            "payments.packs[0].credits",
+        ),
+        (
+            with_payments(
+                "",
+                &payments_section(PACK).replace("http://f/x402", "f/x402"),
+            ),
+            "payments.facilitator.url",
+        ),
+        (
+            with_payments(
+                "",
+                &format!(
+                    r#"{}, "store": {{"rls": {{"cluster": "q"}}}}"#,
+                    payments_section(PACK)
+                ),
+            ),
+            "payments: prepaid credits are counted in this Envoy's shared data",
+        ),
+    ];
+    for (json, expected) in cases {
+        let e = err(&json);
+        assert!(
+            e.contains(expected),
+            "{json}\n=> {e}\n(expected {expected})"
+        );
+    }
+}

@@ -247,6 +247,7 @@ impl FleetHost for Fake {
         match verdict.action {
             Action::Reply(_) => Step::Replied,
             Action::Wait(wait) => Step::Wait(wait),
+            Action::Pay(pay) => Step::Pay(pay),
             Action::Forward(forward) => Step::Continue {
                 fields: forward.rate_limit,
                 refill: forward.refill,

@@ -104,7 +104,8 @@ pub fn decide_held_body(
             }
         }
         Step::Wait(_) => put_entry(&HELD_BODIES, held),
-        Step::Replied => {}
+        // A request whose headers went upstream pays nothing (its payment headers are ignored).
+        Step::Replied | Step::Pay(_) => {}
     }
     step
 }

@@ -13,6 +13,7 @@ use super::buffers;
 use super::clock::now_ms;
 use super::fleet;
 use super::held::{put_entry, rewrite_body, take_entry, HeldBody, CHARGED, HELD_BODIES};
+use super::payments::{self, Paying};
 use super::request::{log_failure, request_header, run_with, send, unavailable};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
@@ -46,6 +47,10 @@ pub struct Filter {
     /// The store, made while the request's headers were there (in a fault-injection build it
     /// reads one, and Envoy lends them no longer).
     store: SharedData,
+    /// A request held while its payment is verified and settled.
+    paying: Option<Paying>,
+    /// The paid request's `PAYMENT-RESPONSE` (or `X-PAYMENT-RESPONSE`), for its response.
+    payment_response: Option<(&'static str, String)>,
 }
 
 impl Filter {
@@ -61,6 +66,8 @@ impl Filter {
             held_llm: None,
             route: None,
             store: SharedData::default(),
+            paying: None,
+            payment_response: None,
         }
     }
 
@@ -90,6 +97,11 @@ impl Filter {
                 Ok(charged)
             }
             Step::Replied => Err(Action::Pause),
+            Step::Pay(pay) => {
+                let now_ms = now_ms().unwrap_or(0);
+                self.paying = payments::start(runtime, pay, &self.store, now_ms);
+                Err(Action::Pause)
+            }
             Step::Wait(wait) => {
                 self.held = true;
                 self.held_llm = llm;
@@ -213,7 +225,44 @@ impl Context for Filter {
         fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(paying), Some(runtime)) = (self.paying.take(), self.runtime.clone()) else {
+            return;
+        };
+        if paying.token != token_id {
+            self.paying = Some(paying);
+            return;
+        }
+        let now_ms = now_ms().unwrap_or(0);
+        let store = self.store;
+        match payments::on_answer(&runtime, paying, &store, num_headers, body_size, now_ms) {
+            payments::Next::Held(paying) => self.paying = Some(paying),
+            payments::Next::Done(Some(step), paid) => {
+                let attempt = Attempt {
+                    now_ms,
+                    ..Attempt::default()
+                };
+                if matches!(step, Step::Continue { .. }) {
+                    self.payment_response = paid;
+                }
+                if self.go_on(&runtime, &attempt, step, None, None).is_ok() {
+                    payments::resume();
+                }
+            }
+            payments::Next::Done(None, _) => {}
+        }
+    }
+
     fn on_done(&mut self) -> bool {
+        if let Some(paying) = self.paying.take() {
+            payments::abandon(&paying, &self.store, now_ms().unwrap_or(0));
+        }
         if self.held {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
             let context = self.context_id;
@@ -279,8 +328,10 @@ impl Filter {
         match step {
             Step::Continue { .. } => {}
             Step::Replied => return Action::Pause,
-            // A dry run never waits (fleet mode only looks at the lease).
-            Step::Wait(_) => return unavailable("tollgate cannot price this request\n"),
+            // A dry run never waits (fleet mode only looks at the lease), nor pays.
+            Step::Wait(_) | Step::Pay(_) => {
+                return unavailable("tollgate cannot price this request\n")
+            }
         }
         if end {
             // A CORS preflight (passed by the dry run) has no body to price; anything else must.
@@ -405,6 +456,13 @@ impl HttpContext for Filter {
             None if self.held => fleet::fields_of(self.context_id),
             None => None,
         };
+        if let Some((name, value)) = self.payment_response.take() {
+            if let Err(status) =
+                hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value)
+            {
+                log_failure("add response header", status);
+            }
+        }
         if let Some(fields) = fields {
             let headers = MapType::HttpResponseHeaders;
             if let Some(policy) = &fields.policy {

@@ -12,6 +12,7 @@ mod http;
 mod logger;
 mod meter;
 mod metrics;
+mod payments;
 mod request;
 mod root;
 mod runtime;

@@ -12,6 +12,7 @@ use super::logger::host_log;
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::Attempt;
+use crate::payments;
 use crate::response::Reply;
 use crate::shadow_log::ShadowLog;
 use crate::verdict::{self, handle_with, Request, Step};
@@ -68,11 +69,15 @@ pub fn run_with(
         }
     }
     match verdict.action {
-        verdict::Action::Reply(reply) => {
+        verdict::Action::Reply(mut reply) => {
+            if let Some((name, value)) = &attempt.paid {
+                reply.headers.push((name, value.clone()));
+            }
             send(&reply);
             Step::Replied
         }
         verdict::Action::Wait(wait) => Step::Wait(wait),
+        verdict::Action::Pay(pay) => Step::Pay(pay),
         // The headers were forwarded after a dry run: what the request headers need was done then.
         verdict::Action::Forward(forward) if attempt.headers_forwarded => Step::Continue {
             fields: forward.rate_limit,
@@ -91,6 +96,14 @@ pub fn run_with(
             for (name, value) in [(consumer_header, consumer), (plan_header, plan)] {
                 if let Err(status) = hostcalls::set_map_value(headers, name, value) {
                     log_failure("set request header", status);
+                }
+            }
+            // A payment is tollgate's business: the upstream never sees one.
+            if runtime.config.payments.is_some() {
+                for name in [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT] {
+                    if let Err(status) = hostcalls::remove_map_value(headers, name) {
+                        log_failure("remove request header", status);
+                    }
                 }
             }
             if let Some(name) = forward.hide_header {

@@ -817,3 +817,190 @@ fn with_identity_headers_off_a_clients_identity_headers_are_still_removed() {
         );
     }
 }
+
+mod payments {
+    use super::*;
+    use crate::payments::{claim, mark, read, stale_ms, Claimed, State, PAYMENT_SIGNATURE};
+    use crate::x402::{self, Authorization, ExactPayload};
+
+    const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+    const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{
+              "credentials": [{{"header": "x-api-key"}}],
+              "plans": {{"metered": {{"limits": [{{"name": "daily", "requests": 1, "window": "day", "status": 429}}],
+                                      "credits": ["daily"]}},
+                         "free": {{"limits": [{{"name": "daily", "requests": 1, "window": "day"}}]}}}},
+              "consumers": {{"acme": {{"plan": "metered", "keys": ["acme"]}},
+                             "hooli": {{"plan": "free", "keys": ["hooli"]}}}},
+              "payments": {{
+                "facilitator": {{"cluster": "facilitator", "url": "http://facilitator/x402"}},
+                "resource": {{"url": "https://api.example.com/"}},
+                "packs": [{{"name": "ten", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
+                            "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}"}}]
+              }}
+            }}"#
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn payment(config: &Config, value: &str, nonce: char) -> String {
+        x402::encode(&x402::PaymentPayload {
+            x402_version: 2,
+            resource: None,
+            accepted: config.payments.as_ref().unwrap().packs[0].offer.clone(),
+            payload: ExactPayload {
+                signature: format!("0x{}", "ab".repeat(65)),
+                authorization: Authorization {
+                    from: format!("0x{}", "1".repeat(40)),
+                    to: PAY_TO.into(),
+                    value: value.into(),
+                    valid_after: "0".into(),
+                    valid_before: (NOW + 60).to_string(),
+                    nonce: format!("0x{}", nonce.to_string().repeat(64)),
+                },
+            },
+        })
+    }
+
+    fn reply(v: Verdict) -> Reply {
+        match v.action {
+            Action::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn store_for(config: &Config) -> MemoryStore {
+        let store = MemoryStore::new();
+        crate::counters::create_counters(config, &store).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_refusal_credits_would_cure_offers_them_and_is_a_402() {
+        let config = config();
+        let store = store_for(&config);
+        assert!(matches!(
+            run(&config, &store, &[("x-api-key", "acme")]).action,
+            Action::Forward(_)
+        ));
+        let refused = reply(run(&config, &store, &[("x-api-key", "acme")]));
+        // The limit says 429; an offer of credits makes it a 402.
+        assert_eq!(refused.status, 402);
+        let offers: x402::PaymentRequired = x402::decode(
+            header(&refused, "payment-required").unwrap().as_bytes(),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(offers.x402_version, 2);
+        assert_eq!(offers.accepts.len(), 1);
+        assert_eq!(offers.accepts[0].amount, "10000");
+        assert_eq!(offers.resource.url, "https://api.example.com/");
+        let body: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+        assert_eq!(body["x402Version"], 1);
+        assert_eq!(body["accepts"][0]["network"], "base-sepolia");
+        assert_eq!(body["accepts"][0]["maxAmountRequired"], "10000");
+        assert_eq!(header(&refused, "cache-control"), Some("no-store"));
+        // A plan without credits offers nothing.
+        run(&config, &store, &[("x-api-key", "hooli")]);
+        let plain = reply(run(&config, &store, &[("x-api-key", "hooli")]));
+        assert!(header(&plain, "payment-required").is_none());
+        assert!(!plain.body.contains("accepts"));
+    }
+
+    #[test]
+    fn a_payment_is_claimed_once_and_held_for_its_settlement() {
+        let config = config();
+        let store = store_for(&config);
+        let pay = payment(&config, "10000", '1');
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
+        match run(&config, &store, &headers).action {
+            Action::Pay(p) => assert!(p.verify && p.presented.pack == 0),
+            other => panic!("{other:?}"),
+        }
+        // A copy while it is settled: 503, never a second call.
+        let busy = reply(run(&config, &store, &headers));
+        assert_eq!(busy.status, 503);
+        assert_eq!(header(&busy, "retry-after"), Some("1"));
+        assert!(header(&busy, "payment-required").is_none());
+        // Another consumer presenting it: refused, with the offers.
+        let p = config.payments.as_ref().unwrap();
+        let presented = read(p, PAYMENT_SIGNATURE, pay.as_bytes(), NOW).unwrap();
+        mark(&store, &presented.replay, Some(State::Settled), NOW * 1000).unwrap();
+        // Settled: a replay is decided as if it carried nothing (credits nothing).
+        assert!(matches!(
+            run(&config, &store, &headers).action,
+            Action::Forward(_)
+        ));
+        assert_eq!(reply(run(&config, &store, &headers)).status, 402);
+        assert_eq!(
+            claim(&store, &presented, "acme", NOW * 1000, stale_ms(p)).unwrap(),
+            Claimed::Settled
+        );
+    }
+
+    #[test]
+    fn a_bad_payment_is_answered_before_any_claim() {
+        let config = config();
+        let store = store_for(&config);
+        let malformed = reply(run(
+            &config,
+            &store,
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, "%%%")],
+        ));
+        assert_eq!(malformed.status, 400);
+        assert!(malformed.body.contains("payment-malformed"));
+        let cheap = payment(&config, "1", '2');
+        let refused = reply(run(
+            &config,
+            &store,
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, cheap.as_str())],
+        ));
+        assert_eq!(refused.status, 402);
+        assert!(refused.body.contains("payment-refused"));
+        let offers: x402::PaymentRequired = x402::decode(
+            header(&refused, "payment-required").unwrap().as_bytes(),
+            "t",
+        )
+        .unwrap();
+        assert!(offers.error.unwrap().contains("amount"));
+        // Nothing was claimed: the shards hold no claim.
+        for i in 0..crate::counters::PAYMENT_SHARDS {
+            let key = crate::counters::payment_shard_key(i);
+            assert_eq!(store.value(&key).unwrap(), b"[]");
+        }
+        // A consumer whose plan sells no credits: the payment is not looked at.
+        let pay = payment(&config, "10000", '3');
+        let v = run(
+            &config,
+            &store,
+            &[("x-api-key", "hooli"), (PAYMENT_SIGNATURE, pay.as_str())],
+        );
+        assert!(matches!(v.action, Action::Forward(_)));
+    }
+
+    #[test]
+    fn a_paid_request_is_decided_without_its_payment() {
+        let config = config();
+        let store = store_for(&config);
+        let pay = payment(&config, "10000", '4');
+        let attempt = Attempt {
+            now_ms: NOW * 1000,
+            paid: Some(("payment-response", "x".into())),
+            ..Attempt::default()
+        };
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
+        let v = run_with(&config, &store, &Memo::default(), &headers, &attempt);
+        assert!(matches!(v.action, Action::Forward(_)));
+    }
+}

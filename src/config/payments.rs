@@ -1,0 +1,335 @@
+//! The `payments` section: prepaid credits sold through x402 (the feature is
+//! `crate::payments`); its JSON model and its validation. Every offer a 402 makes comes from
+//! here, never from the request: the packs (what a payment buys, on which network, in which
+//! asset, to whom), the resource they are sold for, and the facilitator that verifies and
+//! settles payments (an Envoy cluster, called with `dispatch_http_call`).
+
+use serde::Deserialize;
+
+use crate::duration::parse_ms;
+use crate::names::{valid_cluster, valid_name, CLUSTER_RULE};
+use crate::x402::{self, Requirements, RequirementsV1, Resource};
+
+use super::errors::ConfigError;
+use super::events::split_url;
+use super::plan::MAX_REQUESTS;
+use super::secret::{authorization, Env, Secret};
+
+/// Most packs a configuration may offer (each is one offer of every curable 402).
+pub const MAX_PACKS: usize = 8;
+/// Default and longest facilitator timeout (each of `/verify` and `/settle`).
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Longest `max_timeout_seconds` of a pack: an authorization valid longer is refused (its
+/// replay claim is kept until it expires).
+pub const MAX_AUTHORIZATION_SECONDS: u64 = 3_600;
+/// Longest `extra` of a pack, as JSON.
+pub const MAX_EXTRA: usize = 1_024;
+/// Longest `resource.description` and `resource.mime_type`.
+pub const MAX_DESCRIPTION: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayments {
+    pub facilitator: RawFacilitator,
+    pub resource: RawResource,
+    pub packs: Vec<RawPack>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFacilitator {
+    pub cluster: String,
+    /// `http(s)://host[:port]/base`: the `:authority` of the calls, and the path `/verify`,
+    /// `/settle` and `/supported` are under.
+    pub url: String,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub authorization: Option<String>,
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    pub url: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPack {
+    pub name: String,
+    pub credits: u64,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    pub network: String,
+    /// The network's x402 v1 name (`base-sepolia`): with it, the pack is also offered to v1
+    /// clients (`accepts` in the 402 body) and `X-PAYMENT` on that network is read.
+    #[serde(default)]
+    pub v1_network: Option<String>,
+    pub asset: String,
+    pub amount: String,
+    pub pay_to: String,
+    #[serde(default)]
+    pub max_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A credit pack: what one payment buys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pack {
+    pub name: String,
+    /// Credits added to the payer's balance.
+    pub credits: u64,
+    /// The offer, as `accepts` lists it and as a v2 payment echoes it.
+    pub offer: Requirements,
+    pub v1_network: Option<String>,
+}
+
+/// The validated `payments` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payments {
+    pub cluster: String,
+    pub authority: String,
+    /// The base path (no trailing `/`): calls go to `<base>/verify` and `<base>/settle`.
+    pub base_path: String,
+    pub timeout_ms: u64,
+    pub authorization: Option<Secret>,
+    pub resource: Resource,
+    pub packs: Vec<Pack>,
+    /// `PAYMENT-REQUIRED` (v2) of a curable 402: base64 JSON, rendered once.
+    pub required_header: String,
+    /// The x402 v1 members of a curable 402's body (`x402Version`, `error`, `accepts`).
+    pub v1_body: x402::PaymentRequiredV1,
+}
+
+fn hex(text: &str, digits: usize) -> bool {
+    text.len() == 2 + digits
+        && text.starts_with("0x")
+        && text.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
+}
+
+/// CAIP-2: `namespace:reference` (`eip155:8453`).
+fn caip2(text: &str) -> bool {
+    let Some((namespace, reference)) = text.split_once(':') else {
+        return false;
+    };
+    (3..=8).contains(&namespace.len())
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && (1..=32).contains(&reference.len())
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn compile_pack(i: usize, raw: RawPack, packs: &[Pack]) -> Result<Pack, ConfigError> {
+    let err =
+        |member: &str, why: &str| Err(ConfigError(format!("payments.packs[{i}].{member}: {why}")));
+    if !valid_name(&raw.name) {
+        return err(
+            "name",
+            "1-64 characters of letters, digits, `-`, `_` and `.`",
+        );
+    }
+    if packs.iter().any(|p| p.name == raw.name) {
+        return err("name", "another pack has this name");
+    }
+    if raw.credits == 0 || raw.credits > MAX_REQUESTS {
+        return err("credits", &format!("from 1 to {MAX_REQUESTS}"));
+    }
+    let scheme = raw.scheme.unwrap_or_else(|| "exact".into());
+    if scheme != "exact" {
+        return err("scheme", "only `exact` (EIP-3009 transfers) is supported");
+    }
+    if !caip2(&raw.network) {
+        return err("network", "a CAIP-2 network id like \"eip155:8453\"");
+    }
+    if let Some(v1) = &raw.v1_network {
+        if !valid_name(v1) {
+            return err(
+                "v1_network",
+                "an x402 v1 network name like \"base-sepolia\"",
+            );
+        }
+    }
+    if !hex(&raw.asset, 40) {
+        return err(
+            "asset",
+            "the token contract's address (0x and 40 hex digits)",
+        );
+    }
+    if !hex(&raw.pay_to, 40) {
+        return err("pay_to", "an address (0x and 40 hex digits)");
+    }
+    let amount_ok = (1..=78).contains(&raw.amount.len())
+        && raw.amount.bytes().all(|b| b.is_ascii_digit())
+        && raw.amount.bytes().any(|b| b != b'0');
+    if !amount_ok {
+        return err(
+            "amount",
+            "the price in the asset's atomic units: a decimal integer above 0 (at most 78 digits)",
+        );
+    }
+    let max_timeout_seconds = raw.max_timeout_seconds.unwrap_or(60);
+    if !(1..=MAX_AUTHORIZATION_SECONDS).contains(&max_timeout_seconds) {
+        return err(
+            "max_timeout_seconds",
+            &format!("from 1 to {MAX_AUTHORIZATION_SECONDS}"),
+        );
+    }
+    if let Some(extra) = &raw.extra {
+        if serde_json::to_vec(extra).map_or(usize::MAX, |v| v.len()) > MAX_EXTRA {
+            return err("extra", &format!("at most {MAX_EXTRA} bytes of JSON"));
+        }
+    }
+    // A v1 payment names no pack: it is matched by network, payee and amount.
+    let alike = |p: &Pack| {
+        p.offer.network == raw.network
+            && p.offer.asset.eq_ignore_ascii_case(&raw.asset)
+            && p.offer.pay_to.eq_ignore_ascii_case(&raw.pay_to)
+            && p.offer.amount == raw.amount
+    };
+    if let Some(other) = packs.iter().find(|p| alike(p)) {
+        return err(
+            "amount",
+            &format!(
+                "pack `{}` has the same network, asset, pay_to and amount: a payment could not say which it buys",
+                other.name
+            ),
+        );
+    }
+    Ok(Pack {
+        name: raw.name,
+        credits: raw.credits,
+        offer: Requirements {
+            scheme,
+            network: raw.network,
+            amount: raw.amount,
+            asset: raw.asset,
+            pay_to: raw.pay_to,
+            max_timeout_seconds,
+            extra: raw.extra,
+        },
+        v1_network: raw.v1_network,
+    })
+}
+
+fn text(field: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.len() > MAX_DESCRIPTION || v.chars().any(char::is_control) => {
+            Err(ConfigError(format!(
+                "{field}: at most {MAX_DESCRIPTION} bytes, no control characters"
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Validates the `payments` block.
+pub fn compile(raw: Option<RawPayments>, env: Env) -> Result<Option<Payments>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let f = raw.facilitator;
+    if !valid_cluster(&f.cluster) {
+        return Err(ConfigError(format!(
+            "payments.facilitator.cluster: {CLUSTER_RULE}"
+        )));
+    }
+    let Some((authority, path)) = split_url(&f.url) else {
+        return Err(ConfigError(format!(
+            "payments.facilitator.url: `{}` must be an http(s) URL like \"https://facilitator.example.com/x402\"",
+            f.url.chars().take(200).collect::<String>()
+        )));
+    };
+    let (authority, base_path) = (
+        authority.to_string(),
+        path.trim_end_matches('/').to_string(),
+    );
+    let timeout_ms = match &f.timeout {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(text) => match parse_ms(text) {
+            Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => ms,
+            _ => {
+                return Err(ConfigError(format!(
+                    "payments.facilitator.timeout: `{}` must be a duration up to 60s",
+                    text.chars().take(64).collect::<String>()
+                )))
+            }
+        },
+    };
+    let authorization = authorization(
+        "payments.facilitator",
+        f.authorization,
+        f.authorization_env,
+        env,
+    )?;
+    let url = raw.resource.url;
+    if split_url(&url).is_none() || url.len() > crate::names::MAX_URL_LEN {
+        return Err(ConfigError(
+            "payments.resource.url: an http(s) URL: what the packs are sold for".into(),
+        ));
+    }
+    let resource = Resource {
+        url,
+        description: text("payments.resource.description", raw.resource.description)?,
+        mime_type: text("payments.resource.mime_type", raw.resource.mime_type)?,
+    };
+    if raw.packs.is_empty() || raw.packs.len() > MAX_PACKS {
+        return Err(ConfigError(format!(
+            "payments.packs: from 1 to {MAX_PACKS} packs"
+        )));
+    }
+    let mut packs: Vec<Pack> = Vec::with_capacity(raw.packs.len());
+    for (i, pack) in raw.packs.into_iter().enumerate() {
+        let pack = compile_pack(i, pack, &packs)?;
+        packs.push(pack);
+    }
+    let required_header = x402::encode(&x402::PaymentRequired {
+        x402_version: 2,
+        error: Some("quota spent: buy credits".into()),
+        resource: resource.clone(),
+        accepts: packs.iter().map(|p| p.offer.clone()).collect(),
+    });
+    let v1_body = x402::PaymentRequiredV1 {
+        x402_version: 1,
+        error: "quota spent: buy credits".into(),
+        accepts: packs
+            .iter()
+            .filter_map(|p| {
+                Some(RequirementsV1 {
+                    scheme: p.offer.scheme.clone(),
+                    network: p.v1_network.clone()?,
+                    max_amount_required: p.offer.amount.clone(),
+                    asset: p.offer.asset.clone(),
+                    pay_to: p.offer.pay_to.clone(),
+                    resource: resource.url.clone(),
+                    description: resource.description.clone().unwrap_or_default(),
+                    mime_type: resource.mime_type.clone(),
+                    max_timeout_seconds: p.offer.max_timeout_seconds,
+                    extra: p.offer.extra.clone(),
+                })
+            })
+            .collect(),
+    };
+    Ok(Some(Payments {
+        cluster: f.cluster,
+        authority,
+        base_path,
+        timeout_ms,
+        authorization,
+        resource,
+        packs,
+        required_header,
+        v1_body,
+    }))
+}

@@ -1,0 +1,524 @@
+//! Prepaid credits bought with x402 payments: reading a payment a request carries, matching it
+//! to one of the configured packs, the replay claim that lets one payment be settled once,
+//! what the facilitator's answers mean, and the credit. Pure apart from the [`Store`]; the
+//! host makes the calls (`src/host/payments.rs`).
+//!
+//! A payment goes through these states, one claim per payment in shared data (its replay key:
+//! network, asset, payer and the authorization's nonce, so one payment is one claim whoever
+//! presents it and however often):
+//!
+//! ```text
+//!  (none) ──claim──▶ VERIFYING ──valid──▶ SETTLING ──settled──▶ credited ──▶ SETTLED
+//!                       │                    │
+//!                   invalid/refused      refused before broadcast ──▶ FAILED
+//!                       ▼                    │
+//!                     FAILED             timeout, 5xx, cut, "receipt unknown" ──▶ UNKNOWN
+//! ```
+//!
+//! - A claim is taken (a compare-and-swap on its shard) **before** any facilitator call, so
+//!   concurrent copies of a payment make one call: the others are answered 503 with
+//!   `Retry-After` (pending) and see the outcome when they retry.
+//! - `SETTLED` and `FAILED` are final: a replay credits nothing and calls nothing (a settled
+//!   payment's request is decided as if it carried none; a failed one is refused again).
+//! - `UNKNOWN` (the facilitator may have settled): 503 with `Retry-After`, never a fresh 402.
+//!   The same payment presented again is settled again; a facilitator that answers a settled
+//!   payment's retry with its transaction gets it credited then, once (the ledger in the
+//!   consumer's record is keyed by the transaction). One that answers `nonce_already_used`
+//!   leaves it unresolved (409): the operator settles it from the facilitator's records.
+//! - A VERIFYING claim whose request went away (or whose VM stopped) is taken over after
+//!   [`stale_ms`]; a SETTLING one becomes UNKNOWN.
+//! - Claims live in this Envoy's shared data: lost with it on a restart (with the counts and
+//!   the balances: see docs/payments.md).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Pack, Payments};
+use crate::counters::{payment_shard_key, PAYMENT_SHARDS};
+use crate::decision::Caller;
+use crate::quota::{credit, Credited};
+use crate::response::{payment_reply, Reply};
+use crate::sha256::{sha256, to_hex};
+use crate::store::{read_modify_write, CountError, Rewrite, Store};
+use crate::x402::{self, PaymentPayload, PaymentPayloadV1, SettleResponse};
+
+/// The request headers a payment comes in (v2, then v1).
+pub const PAYMENT_SIGNATURE: &str = "payment-signature";
+pub const X_PAYMENT: &str = "x-payment";
+/// The response headers that say what became of it.
+pub const PAYMENT_RESPONSE: &str = "payment-response";
+pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
+
+/// Most claims a shard keeps (claims go when their authorization has expired).
+pub const MAX_CLAIMS_PER_SHARD: usize = 512;
+/// An authorization must stay valid at least this long (seconds) to be settled.
+pub const MIN_VALID_SECONDS: i64 = 5;
+/// How long after its authorization expired a claim is kept (an UNKNOWN one: a day).
+const KEEP_SECONDS: i64 = 60;
+const KEEP_UNKNOWN_SECONDS: i64 = 86_400;
+/// Attempts of a claim's compare-and-swap cycle.
+const ATTEMPTS: u32 = 32;
+
+/// A payment as a request presents it, matched to a pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    /// 1 (`X-PAYMENT`) or 2 (`PAYMENT-SIGNATURE`).
+    pub version: u32,
+    /// The pack's index in `payments.packs`.
+    pub pack: usize,
+    /// The claim's key (hex digest of network, asset, payer and nonce).
+    pub replay: String,
+    /// The authorization's `validBefore` (Unix seconds).
+    pub valid_before: i64,
+    /// The body of `/verify` and `/settle`: the payment as sent, and the pack's requirements
+    /// from the configuration (never the client's copy).
+    pub call_body: Vec<u8>,
+    pub network: String,
+}
+
+/// A request held while its payment is verified (if `verify`) and settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pay {
+    /// The consumer's index in the configuration.
+    pub consumer: usize,
+    pub presented: Presented,
+    /// False: a retry of a settlement whose outcome was unknown (settle only).
+    pub verify: bool,
+}
+
+impl Eq for Pay {}
+
+/// The reply to a payment that is not served (see [`crate::response::payment_reply`]).
+pub fn reply(
+    payments: &Payments,
+    caller: &Caller,
+    kind: &'static str,
+    detail: String,
+    retry_after: Option<u64>,
+) -> Reply {
+    payment_reply(payments, Some(caller), kind, detail, retry_after)
+}
+
+/// Why a payment was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a payment message (400): says where, never a value.
+    Malformed(String),
+    /// A payment, but not for one of the offers, or not valid now (402 with the offers).
+    Mismatch(String),
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Reads the payment of `header` (`payment-signature` or `x-payment`) at `now` (Unix
+/// seconds) and finds the pack it pays for.
+pub fn read(
+    payments: &Payments,
+    header: &str,
+    value: &[u8],
+    now: i64,
+) -> Result<Presented, Refused> {
+    let malformed = |e: x402::X402Error| Refused::Malformed(e.0);
+    let mismatch = |why: &str| Refused::Mismatch(why.to_string());
+    let raw: serde_json::Value = x402::decode(value, header).map_err(malformed)?;
+    let (version, pack, authorization, network) = if header == PAYMENT_SIGNATURE {
+        let payment: PaymentPayload = x402::decode(value, header).map_err(malformed)?;
+        if payment.x402_version != 2 {
+            return Err(mismatch(
+                "PAYMENT-SIGNATURE carries x402 version 2 payments",
+            ));
+        }
+        let a = &payment.accepted;
+        let pack = payments.packs.iter().position(|p| {
+            let o = &p.offer;
+            o.scheme == a.scheme
+                && o.network == a.network
+                && o.amount == a.amount
+                && same(&o.asset, &a.asset)
+                && same(&o.pay_to, &a.pay_to)
+        });
+        let Some(pack) = pack else {
+            return Err(mismatch("the payment does not accept one of the offers"));
+        };
+        (2, pack, payment.payload.authorization, a.network.clone())
+    } else {
+        let payment: PaymentPayloadV1 = x402::decode(value, header).map_err(malformed)?;
+        if payment.x402_version != 1 {
+            return Err(mismatch("X-PAYMENT carries x402 version 1 payments"));
+        }
+        let a = &payment.payload.authorization;
+        let pack = payments.packs.iter().position(|p| {
+            p.offer.scheme == payment.scheme
+                && p.v1_network.as_deref() == Some(payment.network.as_str())
+                && same(&p.offer.pay_to, &a.to)
+                && p.offer.amount == a.value
+        });
+        let Some(pack) = pack else {
+            return Err(mismatch("the payment does not match one of the offers"));
+        };
+        let network = payments
+            .packs
+            .get(pack)
+            .map(|p| p.offer.network.clone())
+            .unwrap_or_default();
+        (1, pack, payment.payload.authorization, network)
+    };
+    authorization.check().map_err(malformed)?;
+    let Some(offer) = payments.packs.get(pack).map(|p: &Pack| &p.offer) else {
+        return Err(mismatch("no such offer"));
+    };
+    // What is signed must be what is offered: the payee and the amount.
+    if !same(&authorization.to, &offer.pay_to) || authorization.value != offer.amount {
+        return Err(mismatch(
+            "the authorization does not pay the offer's amount to its payee",
+        ));
+    }
+    let after: i64 = authorization.valid_after.parse().unwrap_or(i64::MAX);
+    let before: i64 = authorization.valid_before.parse().unwrap_or(0);
+    if after > now {
+        return Err(mismatch("the authorization is not valid yet"));
+    }
+    if before < now.saturating_add(MIN_VALID_SECONDS) {
+        return Err(mismatch("the authorization has expired"));
+    }
+    let longest = i64::try_from(offer.max_timeout_seconds).unwrap_or(i64::MAX);
+    if before > now.saturating_add(longest).saturating_add(KEEP_SECONDS) {
+        return Err(mismatch(
+            "the authorization is valid for longer than the offer's maxTimeoutSeconds",
+        ));
+    }
+    let replay = replay_key(
+        &network,
+        &offer.asset,
+        &authorization.from,
+        &authorization.nonce,
+    );
+    let requirements = match version {
+        2 => serde_json::to_value(offer),
+        // The v1 offer of the pack (`accepts` lists one per pack with a v1 network).
+        _ => serde_json::to_value(payments.v1_body.accepts.iter().find(|r| {
+            payments.packs.get(pack).and_then(|p| p.v1_network.as_ref()) == Some(&r.network)
+                && r.max_amount_required == offer.amount
+                && r.pay_to == offer.pay_to
+                && r.asset == offer.asset
+        })),
+    }
+    .unwrap_or_default();
+    let call_body = serde_json::to_vec(&serde_json::json!({
+        "x402Version": version,
+        "paymentPayload": raw,
+        "paymentRequirements": requirements,
+    }))
+    .unwrap_or_default();
+    Ok(Presented {
+        version,
+        pack,
+        replay,
+        valid_before: before,
+        call_body,
+        network,
+    })
+}
+
+/// A payment's claim key: one per authorization, whoever presents it.
+pub fn replay_key(network: &str, asset: &str, from: &str, nonce: &str) -> String {
+    let text = format!(
+        "{network}|{}|{}|{}",
+        asset.to_ascii_lowercase(),
+        from.to_ascii_lowercase(),
+        nonce.to_ascii_lowercase()
+    );
+    let mut hex = to_hex(&sha256(text.as_bytes()));
+    hex.truncate(32);
+    hex
+}
+
+/// A settlement's ledger name in the consumer's record (network and transaction).
+pub fn ledger_key(network: &str, transaction: &str) -> String {
+    let mut hex = to_hex(&sha256(
+        format!("{network}|{}", transaction.to_ascii_lowercase()).as_bytes(),
+    ));
+    hex.truncate(24);
+    hex
+}
+
+fn shard_of(replay: &str) -> String {
+    let i = replay
+        .get(..2)
+        .and_then(|h| usize::from_str_radix(h, 16).ok())
+        .unwrap_or(0);
+    payment_shard_key(i % PAYMENT_SHARDS)
+}
+
+/// Where a claimed payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Verifying,
+    Settling,
+    Settled,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Claim {
+    /// Replay key.
+    k: String,
+    s: State,
+    /// The consumer who presented it.
+    c: String,
+    /// When the state was set (ms).
+    t: i64,
+    /// Kept until (Unix seconds).
+    u: i64,
+}
+
+/// What claiming a payment found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// New (or a stale verification taken over): verify, then settle.
+    Fresh,
+    /// Its settlement's outcome was unknown: settle again (no verification).
+    Retry,
+    /// Another request is verifying or settling it now.
+    Busy,
+    /// Settled and credited already: a replay.
+    Settled,
+    /// Refused before.
+    Failed,
+    /// Presented before by another consumer.
+    Taken,
+    /// Its shard holds [`MAX_CLAIMS_PER_SHARD`] live claims.
+    Full,
+}
+
+/// How long a VERIFYING or SETTLING claim may go without news before another request takes
+/// it over: both calls' timeouts and a margin.
+pub fn stale_ms(payments: &Payments) -> i64 {
+    i64::try_from(payments.timeout_ms.saturating_mul(2))
+        .unwrap_or(i64::MAX)
+        .saturating_add(5_000)
+}
+
+fn decode_claims(bytes: &[u8]) -> Vec<Claim> {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+/// Claims `presented` for `consumer` at `now_ms`.
+pub fn claim(
+    store: &impl Store,
+    presented: &Presented,
+    consumer: &str,
+    now_ms: i64,
+    stale_ms: i64,
+) -> Result<Claimed, CountError> {
+    let key = shard_of(&presented.replay);
+    let now = now_ms.div_euclid(1000);
+    read_modify_write(store, &key, ATTEMPTS, |bytes, _| {
+        let mut claims = decode_claims(&bytes);
+        claims.retain(|c| c.u >= now);
+        let write = |claims: &[Claim], done: Claimed| {
+            Ok(Rewrite::Write(
+                serde_json::to_vec(claims).unwrap_or_else(|_| b"[]".to_vec()),
+                done,
+            ))
+        };
+        let Some(at) = claims.iter().position(|c| c.k == presented.replay) else {
+            if claims.len() >= MAX_CLAIMS_PER_SHARD {
+                return Ok(Rewrite::Keep(Claimed::Full));
+            }
+            claims.push(Claim {
+                k: presented.replay.clone(),
+                s: State::Verifying,
+                c: consumer.to_string(),
+                t: now_ms,
+                u: presented.valid_before.saturating_add(KEEP_SECONDS),
+            });
+            return write(&claims, Claimed::Fresh);
+        };
+        let Some(c) = claims.get_mut(at) else {
+            return Ok(Rewrite::Keep(Claimed::Full));
+        };
+        if c.c != consumer {
+            return Ok(Rewrite::Keep(Claimed::Taken));
+        }
+        let stale = now_ms.saturating_sub(c.t) > stale_ms;
+        let (state, done) = match c.s {
+            State::Settled => return Ok(Rewrite::Keep(Claimed::Settled)),
+            State::Failed => return Ok(Rewrite::Keep(Claimed::Failed)),
+            State::Verifying | State::Settling if !stale => {
+                return Ok(Rewrite::Keep(Claimed::Busy))
+            }
+            State::Verifying => (State::Verifying, Claimed::Fresh),
+            State::Settling | State::Unknown => (State::Settling, Claimed::Retry),
+        };
+        c.s = state;
+        c.t = now_ms;
+        write(&claims, done)
+    })
+}
+
+/// Sets the state of a claim (`None`: drops it, so the payment may be presented again — a
+/// verification that could not be made moved no money).
+pub fn mark(
+    store: &impl Store,
+    replay: &str,
+    state: Option<State>,
+    now_ms: i64,
+) -> Result<(), CountError> {
+    let key = shard_of(replay);
+    read_modify_write(store, &key, ATTEMPTS, |bytes, _| {
+        let mut claims = decode_claims(&bytes);
+        match state {
+            None => claims.retain(|c| c.k != replay),
+            Some(state) => {
+                if let Some(c) = claims.iter_mut().find(|c| c.k == replay) {
+                    c.s = state;
+                    c.t = now_ms;
+                    if state == State::Unknown {
+                        c.u =
+                            c.u.max(now_ms.div_euclid(1000).saturating_add(KEEP_UNKNOWN_SECONDS));
+                    }
+                }
+            }
+        }
+        Ok(Rewrite::Write(
+            serde_json::to_vec(&claims).unwrap_or_else(|_| b"[]".to_vec()),
+            (),
+        ))
+    })
+}
+
+/// The state of a claim, if there is one (tests, `tollgate explain`).
+pub fn state_of(store: &impl Store, replay: &str) -> Option<State> {
+    let (bytes, _) = store.get(&shard_of(replay)).ok()??;
+    decode_claims(&bytes)
+        .into_iter()
+        .find(|c| c.k == replay)
+        .map(|c| c.s)
+}
+
+/// What a facilitator's `/verify` answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    Valid,
+    /// The facilitator refused it (the reason it gave, bounded).
+    Invalid(String),
+    /// No usable answer (status, timeout, not JSON): nothing happened to the money.
+    Unavailable(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyResponse {
+    is_valid: bool,
+    #[serde(default)]
+    invalid_reason: Option<String>,
+}
+
+/// A reason from a facilitator, as a client may read it: at most 64 visible ASCII characters.
+fn reason(text: Option<String>) -> String {
+    let text = text.unwrap_or_else(|| "refused".into());
+    let clean: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "refused".into()
+    } else {
+        clean
+    }
+}
+
+/// Reads `/verify`'s answer: `status` (None: no answer) and body.
+pub fn verified(status: Option<u16>, body: &[u8]) -> Verified {
+    if status != Some(200) {
+        return Verified::Unavailable(match status {
+            Some(s) => format!("the facilitator answered {s}"),
+            None => "the facilitator did not answer".into(),
+        });
+    }
+    match serde_json::from_slice::<VerifyResponse>(body) {
+        Ok(v) if v.is_valid => Verified::Valid,
+        Ok(v) => Verified::Invalid(reason(v.invalid_reason)),
+        Err(_) => Verified::Unavailable("the facilitator's answer is not a verify response".into()),
+    }
+}
+
+/// Settlement failures that happen after the transfer was broadcast: its outcome is unknown.
+const BROADCAST_UNKNOWN: [&str; 2] = [
+    "invalid_exact_evm_failed_to_get_receipt",
+    "unexpected_settle_error",
+];
+
+/// What a facilitator's `/settle` answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Settled in this transaction; the answer is passed on in `PAYMENT-RESPONSE`.
+    Done {
+        transaction: String,
+        response: SettleResponse,
+    },
+    /// Refused before any transfer: no money moved.
+    Refused(String),
+    /// The payment's nonce was used already: by this payment (a retry whose first answer was
+    /// lost) or another transfer — the facilitator does not say which.
+    NonceUsed,
+    /// No usable answer, or a failure after broadcast: the money may have moved.
+    Unknown(String),
+}
+
+/// Reads `/settle`'s answer.
+pub fn settled(status: Option<u16>, body: &[u8]) -> Settled {
+    if status != Some(200) {
+        return Settled::Unknown(match status {
+            Some(s) => format!("the facilitator answered {s}"),
+            None => "the facilitator did not answer".into(),
+        });
+    }
+    let Ok(answer) = serde_json::from_slice::<SettleResponse>(body) else {
+        return Settled::Unknown("the facilitator's answer is not a settle response".into());
+    };
+    if answer.success {
+        let tx = &answer.transaction;
+        if tx.is_empty() || tx.len() > 256 || !tx.bytes().all(|b| b.is_ascii_graphic()) {
+            return Settled::Unknown("the settlement names no transaction".into());
+        }
+        return Settled::Done {
+            transaction: tx.clone(),
+            response: answer,
+        };
+    }
+    let why = answer.error_reason.clone().unwrap_or_default();
+    if why == "nonce_already_used" {
+        return Settled::NonceUsed;
+    }
+    if BROADCAST_UNKNOWN.contains(&why.as_str()) {
+        return Settled::Unknown(reason(Some(why)));
+    }
+    Settled::Refused(reason(Some(why)))
+}
+
+/// Credits a settled payment's pack to the consumer's record (once per transaction) and
+/// marks its claim settled.
+pub fn credit_settled(
+    store: &impl Store,
+    record_key: &str,
+    presented: &Presented,
+    credits: u64,
+    transaction: &str,
+    now_ms: i64,
+) -> Result<Credited, CountError> {
+    let ledger = ledger_key(&presented.network, transaction);
+    let credited = credit(store, record_key, credits, &ledger, now_ms.div_euclid(1000))?;
+    // Credited: a lost mark leaves the claim SETTLING, so a retry settles again and the
+    // ledger credits nothing twice.
+    mark(store, &presented.replay, Some(State::Settled), now_ms)?;
+    Ok(credited)
+}
+
+#[cfg(test)]
+mod tests;

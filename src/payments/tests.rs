@@ -1,0 +1,441 @@
+//! Unit tests of [`crate::payments`]: matching a payment to a pack, the claim's states, the
+//! facilitator's answers, and credits drawn and added exactly.
+
+use super::*;
+use crate::config::Config;
+use crate::counters::create_counters;
+use crate::quota::{balance, check_and_take, check_and_take_with};
+use crate::record::Record;
+use crate::store::MemoryStore;
+use crate::x402::{Authorization, ExactPayload, Requirements};
+
+const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+const NOW: i64 = 1_800_000_000;
+
+fn config() -> Config {
+    let json = format!(
+        r#"{{
+      "plans": {{
+        "metered": {{ "limits": [
+            {{"name": "daily", "requests": 2, "window": "day"}},
+            {{"name": "burst", "requests": 5, "window": "1s"}}
+          ], "credits": ["daily"] }},
+        "free": {{ "limits": [{{"name": "daily", "requests": 2, "window": "day"}}] }}
+      }},
+      "consumers": {{
+        "acme": {{ "plan": "metered", "keys": ["acme-key"] }},
+        "globex": {{ "plan": "metered", "keys": ["globex-key"] }}
+      }},
+      "payments": {{
+        "facilitator": {{ "cluster": "facilitator", "url": "http://facilitator/x402" }},
+        "resource": {{ "url": "https://api.example.com/", "description": "API credits" }},
+        "packs": [
+          {{ "name": "small", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
+             "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}" }},
+          {{ "name": "large", "credits": 100, "network": "eip155:84532",
+             "asset": "{ASSET}", "amount": "90000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 300 }}
+        ]
+      }}
+    }}"#
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+fn payments(config: &Config) -> &Payments {
+    config.payments.as_ref().unwrap()
+}
+
+fn authorization(value: &str, nonce_digit: char) -> Authorization {
+    Authorization {
+        from: PAYER.into(),
+        to: PAY_TO.into(),
+        value: value.into(),
+        valid_after: "0".into(),
+        valid_before: (NOW + 60).to_string(),
+        nonce: format!("0x{}", nonce_digit.to_string().repeat(64)),
+    }
+}
+
+fn v2(accepted: Requirements, authorization: Authorization) -> String {
+    x402::encode(&x402::PaymentPayload {
+        x402_version: 2,
+        resource: None,
+        accepted,
+        payload: ExactPayload {
+            signature: format!("0x{}", "ab".repeat(65)),
+            authorization,
+        },
+    })
+}
+
+fn small(config: &Config) -> Requirements {
+    payments(config).packs[0].offer.clone()
+}
+
+#[test]
+fn a_v2_payment_is_matched_to_the_pack_it_accepts() {
+    let config = config();
+    let value = v2(small(&config), authorization("10000", '1'));
+    let presented = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+    assert_eq!((presented.version, presented.pack), (2, 0));
+    assert_eq!(presented.valid_before, NOW + 60);
+    // The facilitator is sent the configured requirements, and the payment as it came.
+    let body: serde_json::Value = serde_json::from_slice(&presented.call_body).unwrap();
+    assert_eq!(body["x402Version"], 2);
+    assert_eq!(body["paymentRequirements"]["amount"], "10000");
+    assert_eq!(body["paymentRequirements"]["payTo"], PAY_TO);
+    assert_eq!(
+        body["paymentPayload"]["payload"]["authorization"]["nonce"],
+        format!("0x{}", "1".repeat(64))
+    );
+    let large = payments(&config).packs[1].offer.clone();
+    let value = v2(large, authorization("90000", '2'));
+    let presented = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+    assert_eq!(presented.pack, 1);
+}
+
+#[test]
+fn a_tampered_payment_is_refused_before_any_call() {
+    let config = config();
+    let p = payments(&config);
+    let mismatch = |value: String| match read(p, PAYMENT_SIGNATURE, value.as_bytes(), NOW) {
+        Err(Refused::Mismatch(why)) => why,
+        other => panic!("expected a mismatch, got {other:?}"),
+    };
+    // An amount no pack asks for.
+    let mut cheap = small(&config);
+    cheap.amount = "1".into();
+    mismatch(v2(cheap, authorization("1", '1')));
+    // The offer echoed right, but the signed transfer pays less, or someone else.
+    assert!(mismatch(v2(small(&config), authorization("9999", '1'))).contains("amount"));
+    let mut elsewhere = authorization("10000", '1');
+    elsewhere.to = format!("0x{}", "9".repeat(40));
+    assert!(mismatch(v2(small(&config), elsewhere)).contains("payee"));
+    // Another payee in the offer.
+    let mut other = small(&config);
+    other.pay_to = format!("0x{}", "9".repeat(40));
+    mismatch(v2(other, authorization("10000", '1')));
+    // Expired, not yet valid, valid for too long.
+    let mut expired = authorization("10000", '1');
+    expired.valid_before = (NOW + 2).to_string();
+    assert!(mismatch(v2(small(&config), expired)).contains("expired"));
+    let mut later = authorization("10000", '1');
+    later.valid_after = (NOW + 10).to_string();
+    assert!(mismatch(v2(small(&config), later)).contains("not valid yet"));
+    let mut long = authorization("10000", '1');
+    long.valid_before = (NOW + 3600).to_string();
+    assert!(mismatch(v2(small(&config), long)).contains("maxTimeoutSeconds"));
+}
+
+#[test]
+fn a_malformed_payment_is_named_without_its_value() {
+    let config = config();
+    let p = payments(&config);
+    for value in ["not base64!", "e30=", "eyJ4NDAyVmVyc2lvbiI6Mn0="] {
+        match read(p, PAYMENT_SIGNATURE, value.as_bytes(), NOW) {
+            Err(Refused::Malformed(why)) => assert!(why.starts_with("payment-signature")),
+            other => panic!("{value}: {other:?}"),
+        }
+    }
+    let mut bad_nonce = authorization("10000", '1');
+    bad_nonce.nonce = "0x12".into();
+    match read(
+        p,
+        PAYMENT_SIGNATURE,
+        v2(small(&config), bad_nonce).as_bytes(),
+        NOW,
+    ) {
+        Err(Refused::Malformed(why)) => assert!(why.contains("nonce"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_v1_payment_is_matched_by_network_payee_and_amount() {
+    let config = config();
+    let p = payments(&config);
+    let payment = |network: &str, value: &str| {
+        x402::encode(&x402::PaymentPayloadV1 {
+            x402_version: 1,
+            scheme: "exact".into(),
+            network: network.into(),
+            payload: ExactPayload {
+                signature: format!("0x{}", "ab".repeat(65)),
+                authorization: authorization(value, '3'),
+            },
+        })
+    };
+    let presented = read(
+        p,
+        X_PAYMENT,
+        payment("base-sepolia", "10000").as_bytes(),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!((presented.version, presented.pack), (1, 0));
+    assert_eq!(presented.network, "eip155:84532");
+    let body: serde_json::Value = serde_json::from_slice(&presented.call_body).unwrap();
+    assert_eq!(body["paymentRequirements"]["maxAmountRequired"], "10000");
+    assert_eq!(body["paymentRequirements"]["network"], "base-sepolia");
+    // The large pack has no v1 network; another network is no offer.
+    assert!(read(
+        p,
+        X_PAYMENT,
+        payment("base-sepolia", "90000").as_bytes(),
+        NOW
+    )
+    .is_err());
+    assert!(read(p, X_PAYMENT, payment("base", "10000").as_bytes(), NOW).is_err());
+}
+
+#[test]
+fn one_payment_is_one_claim_whoever_presents_it() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let value = v2(small(&config), authorization("10000", '4'));
+    let presented = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+    let stale = stale_ms(payments(&config));
+    let at = NOW * 1000;
+    let claim_at =
+        |consumer: &str, ms: i64| claim(&store, &presented, consumer, ms, stale).unwrap();
+    assert_eq!(claim_at("acme", at), Claimed::Fresh);
+    // Concurrent copies: busy while it is verified, whoever sends them.
+    assert_eq!(claim_at("acme", at + 10), Claimed::Busy);
+    assert_eq!(claim_at("globex", at + 10), Claimed::Taken);
+    // A verification nobody finished is taken over once stale.
+    assert_eq!(claim_at("acme", at + stale + 1), Claimed::Fresh);
+    mark(
+        &store,
+        &presented.replay,
+        Some(State::Settling),
+        at + stale + 2,
+    )
+    .unwrap();
+    assert_eq!(claim_at("acme", at + stale + 3), Claimed::Busy);
+    // A settlement whose outcome is unknown is settled again (never verified again), once.
+    mark(
+        &store,
+        &presented.replay,
+        Some(State::Unknown),
+        at + stale + 4,
+    )
+    .unwrap();
+    assert_eq!(claim_at("acme", at + stale + 5), Claimed::Retry);
+    assert_eq!(claim_at("acme", at + stale + 6), Claimed::Busy);
+    mark(
+        &store,
+        &presented.replay,
+        Some(State::Settled),
+        at + stale + 7,
+    )
+    .unwrap();
+    assert_eq!(claim_at("acme", at + stale + 8), Claimed::Settled);
+    assert_eq!(state_of(&store, &presented.replay), Some(State::Settled));
+    // Another payment: failed is final; a released one may come again.
+    let other = v2(small(&config), authorization("10000", '5'));
+    let other = read(payments(&config), PAYMENT_SIGNATURE, other.as_bytes(), NOW).unwrap();
+    let claim_other = |ms: i64| claim(&store, &other, "acme", ms, stale).unwrap();
+    assert_eq!(claim_other(at), Claimed::Fresh);
+    mark(&store, &other.replay, None, at).unwrap();
+    assert_eq!(claim_other(at + 1), Claimed::Fresh);
+    mark(&store, &other.replay, Some(State::Failed), at + 2).unwrap();
+    assert_eq!(claim_other(at + 3), Claimed::Failed);
+}
+
+#[test]
+fn claims_expire_with_their_authorization_and_a_shard_is_bounded() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let stale = stale_ms(payments(&config));
+    // Payments whose claims fall into one shard, until it is full.
+    let mut in_shard = Vec::new();
+    let mut n = 0u64;
+    while in_shard.len() <= MAX_CLAIMS_PER_SHARD {
+        n += 1;
+        let mut a = authorization("10000", '0');
+        a.nonce = format!("0x{n:064x}");
+        let value = v2(small(&config), a);
+        let p = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+        if shard_of(&p.replay) == payment_shard_key(0) {
+            in_shard.push(p);
+        }
+    }
+    let (last, first) = in_shard.split_last().unwrap();
+    for p in first {
+        assert_eq!(
+            claim(&store, p, "acme", NOW * 1000, stale).unwrap(),
+            Claimed::Fresh
+        );
+    }
+    assert_eq!(
+        claim(&store, last, "acme", NOW * 1000, stale).unwrap(),
+        Claimed::Full
+    );
+    // Once their authorizations expired (and the margin passed), the claims go.
+    let later = (NOW + 60 + KEEP_SECONDS + 1) * 1000;
+    assert_eq!(
+        claim(&store, last, "acme", later, stale).unwrap(),
+        Claimed::Fresh
+    );
+}
+
+#[test]
+fn what_the_facilitators_answers_mean() {
+    assert_eq!(
+        verified(Some(200), br#"{"isValid":true,"payer":"0x"}"#),
+        Verified::Valid
+    );
+    assert_eq!(
+        verified(
+            Some(200),
+            br#"{"isValid":false,"invalidReason":"insufficient_funds"}"#
+        ),
+        Verified::Invalid("insufficient_funds".into())
+    );
+    assert!(matches!(verified(Some(500), b""), Verified::Unavailable(_)));
+    assert!(matches!(verified(None, b""), Verified::Unavailable(_)));
+    assert!(matches!(
+        verified(Some(200), b"<html>"),
+        Verified::Unavailable(_)
+    ));
+
+    let ok = br#"{"success":true,"transaction":"0xabc","network":"eip155:84532","payer":"0x1"}"#;
+    assert!(
+        matches!(settled(Some(200), ok), Settled::Done { transaction, .. } if transaction == "0xabc")
+    );
+    let used =
+        br#"{"success":false,"errorReason":"nonce_already_used","transaction":"","network":"n"}"#;
+    assert_eq!(settled(Some(200), used), Settled::NonceUsed);
+    let funds =
+        br#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"n"}"#;
+    assert_eq!(
+        settled(Some(200), funds),
+        Settled::Refused("insufficient_funds".into())
+    );
+    let receipt = br#"{"success":false,"errorReason":"invalid_exact_evm_failed_to_get_receipt","transaction":"","network":"n"}"#;
+    assert!(matches!(settled(Some(200), receipt), Settled::Unknown(_)));
+    // Success without a transaction cannot be credited (the ledger is keyed by it).
+    let empty = br#"{"success":true,"transaction":"","network":"n"}"#;
+    assert!(matches!(settled(Some(200), empty), Settled::Unknown(_)));
+    assert!(matches!(settled(Some(502), ok), Settled::Unknown(_)));
+    assert!(matches!(settled(None, b""), Settled::Unknown(_)));
+}
+
+#[test]
+fn a_settlement_is_credited_once_and_drawn_exactly() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let acme = config.consumer_for_key(b"acme-key").unwrap();
+    let plan = config.plan_of(acme).unwrap();
+    let key = &*acme.store_key;
+    let take =
+        || check_and_take_with(&store, key, &plan.limits, &[], &plan.credits, NOW, 0).unwrap();
+    assert!(take().admitted && take().admitted);
+    let refused = take();
+    assert!(!refused.admitted);
+    assert_eq!(refused.balance, Some(0));
+
+    let value = v2(small(&config), authorization("10000", '6'));
+    let presented = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+    let stale = stale_ms(payments(&config));
+    assert_eq!(
+        claim(&store, &presented, "acme", NOW * 1000, stale).unwrap(),
+        Claimed::Fresh
+    );
+    let first = credit_settled(&store, key, &presented, 3, "0xfeed", NOW * 1000).unwrap();
+    assert!(first.added);
+    // The same settlement again (a retry whose first answer was lost): nothing added.
+    let again = credit_settled(&store, key, &presented, 3, "0xFEED", NOW * 1000).unwrap();
+    assert_eq!((again.added, again.balance), (false, 3));
+    assert_eq!(state_of(&store, &presented.replay), Some(State::Settled));
+
+    for left in [2, 1, 0] {
+        let c = take();
+        assert!(c.admitted);
+        assert_eq!((c.drawn, c.balance), (1, Some(left)));
+        // Paid from credits: the daily count stays at its size, the burst counts it.
+        assert_eq!(c.usages[0].used, 2);
+    }
+    assert_eq!(
+        take().usages[1].used,
+        5,
+        "the burst counted every admitted request"
+    );
+    // The burst limit (not covered) still refuses, with credits or without.
+    credit_settled(&store, key, &presented, 3, "0xbeef", NOW * 1000).unwrap();
+    let c = take();
+    assert!(!c.admitted && c.usages[1].violated);
+    let bytes = store.value(key).unwrap();
+    assert_eq!(balance(&Record::decode(&bytes).unwrap()), 3);
+}
+
+#[test]
+fn a_balance_survives_every_other_write_of_the_record() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let acme = config.consumer_for_key(b"acme-key").unwrap();
+    let plan = config.plan_of(acme).unwrap();
+    let key = &*acme.store_key;
+    crate::quota::credit(&store, key, 7, "aaaa", NOW).unwrap();
+    // A plain take (room in every limit), a take under another plan, a new day.
+    assert!(
+        check_and_take(&store, key, &plan.limits, &[], NOW, 0)
+            .unwrap()
+            .admitted
+    );
+    let free = &config
+        .plans
+        .iter()
+        .find(|p| p.name == "free")
+        .unwrap()
+        .limits;
+    assert!(
+        check_and_take(&store, key, free, &[], NOW, 0)
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        check_and_take(&store, key, &plan.limits, &[], NOW + 86_400, 0)
+            .unwrap()
+            .admitted
+    );
+    let bytes = store.value(key).unwrap();
+    assert_eq!(balance(&Record::decode(&bytes).unwrap()), 7);
+}
+
+#[test]
+fn the_ledger_keeps_its_newest_entries() {
+    let store = MemoryStore::new();
+    store.set("k", crate::record::empty(), 0).unwrap();
+    for i in 0..(crate::quota::MAX_LEDGER as i64 + 4) {
+        let c = crate::quota::credit(&store, "k", 1, &format!("{i:04}"), NOW + i).unwrap();
+        assert!(c.added);
+    }
+    let bytes = store.value("k").unwrap();
+    let record = Record::decode(&bytes).unwrap();
+    assert_eq!(balance(&record), crate::quota::MAX_LEDGER as u64 + 4);
+    let ledger = record
+        .entries()
+        .into_iter()
+        .filter(|e| e.name.starts_with(b"$tx:"))
+        .count();
+    assert_eq!(ledger, crate::quota::MAX_LEDGER);
+    // The newest is still known; the oldest was dropped.
+    let newest = format!("{:04}", crate::quota::MAX_LEDGER + 3);
+    assert!(
+        !crate::quota::credit(&store, "k", 1, &newest, NOW)
+            .unwrap()
+            .added
+    );
+    assert!(
+        crate::quota::credit(&store, "k", 1, "0000", NOW)
+            .unwrap()
+            .added
+    );
+}
