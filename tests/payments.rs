@@ -1,0 +1,419 @@
+//! Prepaid credits bought with x402, end to end: real Envoy (two workers) with the release
+//! .wasm, a spent consumer's 402 offering credit packs, and a fake facilitator (the test kit's
+//! [`Facilitator`], through an Envoy cluster) that verifies and settles as scripted.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use tollgate_testkit::*;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A plan of 2 requests a day that credits stand in for, beside a burst limit they do not;
+/// packs of 5 (v2 and v1) and 20 credits.
+fn plugin_json(timeout: &str) -> String {
+    format!(
+        r#"{{
+      "plans": {{
+        "metered": {{ "limits": [ {{"name": "daily", "requests": 2, "window": "day"}},
+                                  {{"name": "burst", "requests": 1000, "window": "1m"}} ],
+                      "credits": ["daily"] }},
+        "free": {{ "limits": [ {{"name": "daily", "requests": 2, "window": "day"}} ] }}
+      }},
+      "consumers": {{
+        "acme":    {{ "plan": "metered", "keys": ["acme-key"] }},
+        "globex":  {{ "plan": "metered", "keys": ["globex-key"] }},
+        "initech": {{ "plan": "metered", "keys": ["initech-key"] }},
+        "hooli":   {{ "plan": "free",    "keys": ["hooli-key"] }}
+      }},
+      "payments": {{
+        "facilitator": {{ "cluster": "facilitator", "url": "http://facilitator.test/x402", "timeout": "{timeout}" }},
+        "resource": {{ "url": "https://api.example.com/", "description": "API credits" }},
+        "packs": [
+          {{ "name": "five", "credits": 5, "network": "eip155:84532", "v1_network": "base-sepolia",
+             "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600,
+             "extra": {{"name": "USDC", "version": "2"}} }},
+          {{ "name": "twenty", "credits": 20, "network": "eip155:84532",
+             "asset": "{ASSET}", "amount": "35000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600 }}
+        ]
+      }}
+    }}"#
+    )
+}
+
+fn start(facilitator: &Facilitator, timeout: &str) -> Envoy {
+    Envoy::start_with(Options {
+        plugin: Some(plugin(&plugin_json(timeout))),
+        concurrency: 2,
+        clusters: vec![("facilitator".into(), facilitator.port)],
+        ..Options::default()
+    })
+}
+
+/// Spends `key`'s daily quota (2 requests): the third is the 402 that offers credits.
+fn spend(envoy: &Envoy, key: &str) -> Response {
+    for _ in 0..2 {
+        assert_eq!(envoy.get_with_key(key).status, 200);
+    }
+    let refused = envoy.get_with_key(key);
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    refused
+}
+
+/// The v2 offers of a 402.
+fn offers(refused: &Response) -> Value {
+    decode_x402(
+        refused
+            .header("payment-required")
+            .expect("a PAYMENT-REQUIRED header"),
+    )
+}
+
+fn pay(envoy: &Envoy, key: &str, payment: &str) -> Response {
+    envoy.get("/", &[("x-api-key", key), ("payment-signature", payment)])
+}
+
+/// Requests as `key` until one is refused: how many were served.
+fn served_until_refused(envoy: &Envoy, key: &str) -> usize {
+    let mut served = 0;
+    loop {
+        let r = envoy.get_with_key(key);
+        match r.status {
+            200 => served += 1,
+            402 => return served,
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+        assert!(served < 1000, "never refused");
+    }
+}
+
+#[test]
+fn a_spent_consumer_pays_for_a_pack_and_is_served_exactly_its_credits() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let refused = spend(&envoy, "acme-key");
+    // The offers: v2 in the header, v1 in the body beside the problem, never cached.
+    let v2 = offers(&refused);
+    assert_eq!(v2["x402Version"], 2);
+    assert_eq!(v2["resource"]["url"], "https://api.example.com/");
+    let accepts = v2["accepts"].as_array().unwrap();
+    assert_eq!(accepts.len(), 2);
+    assert_eq!(accepts[0]["amount"], "10000");
+    assert_eq!(accepts[0]["payTo"], PAY_TO);
+    assert_eq!(accepts[0]["network"], "eip155:84532");
+    assert_eq!(accepts[0]["extra"]["name"], "USDC");
+    assert_eq!(accepts[1]["amount"], "35000");
+    let body = refused.json();
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(body["x402Version"], 1);
+    assert_eq!(body["accepts"][0]["network"], "base-sepolia");
+    assert_eq!(body["accepts"][0]["maxAmountRequired"], "10000");
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+
+    // Paying the first pack serves this request, from the credits it bought.
+    let nonce = x402_nonce(1);
+    let paid = pay(
+        &envoy,
+        "acme-key",
+        &payment_signature(&accepts[0], PAYER, &nonce),
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let receipt = decode_x402(paid.header("payment-response").expect("PAYMENT-RESPONSE"));
+    assert_eq!(receipt["success"], true);
+    assert_eq!(
+        receipt["transaction"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
+    // The upstream never sees the payment.
+    let seen = paid.json()["headers"].to_string();
+    assert!(!seen.contains("payment-signature"), "{seen}");
+    // One verify and one settle, each with the configured offer (not the client's copy).
+    let calls = facilitator.calls();
+    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["/x402/verify", "/x402/settle"]);
+    for call in &calls {
+        assert_eq!(call.body["paymentRequirements"]["amount"], "10000");
+        assert_eq!(call.body["paymentRequirements"]["payTo"], PAY_TO);
+        assert_eq!(call.body["x402Version"], 2);
+    }
+    // 5 credits: the paying request took one, 4 more are served, then 402 again with offers.
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+    let again = envoy.get_with_key("acme-key");
+    assert!(again.header("payment-required").is_some());
+    assert_eq!(facilitator.settles(), 1);
+}
+
+#[test]
+fn thirty_two_copies_of_one_payment_settle_once_and_credit_once() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let accepted = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
+    // The settlement takes a while, so that the copies arrive while it is under way.
+    facilitator.script_settle(&[Outcome::Slow(Duration::from_millis(500))]);
+    let payment = payment_signature(&accepted, PAYER, &x402_nonce(7));
+    let port = envoy.port;
+    let copies: Vec<_> = (0..32)
+        .map(|_| {
+            let payment = payment.clone();
+            std::thread::spawn(move || {
+                request(
+                    port,
+                    "GET",
+                    "/",
+                    &[
+                        ("x-api-key", b"acme-key"),
+                        ("payment-signature", payment.as_bytes()),
+                    ],
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<Response> = copies.into_iter().map(|h| h.join().unwrap()).collect();
+    let served = answers.iter().filter(|r| r.status == 200).count();
+    for r in &answers {
+        assert!(
+            [200, 503].contains(&r.status),
+            "a copy got {}: {}",
+            r.status,
+            r.body
+        );
+        if r.status == 503 {
+            assert!(r.header("retry-after").is_some());
+            assert!(
+                r.header("payment-required").is_none(),
+                "never asked to pay again"
+            );
+        }
+    }
+    assert_eq!(facilitator.settles(), 1, "one settlement for one payment");
+    assert_eq!(facilitator.verifies(), 1);
+    // One credit of 5: whatever the copies were served, and the rest, add up to 5.
+    assert_eq!(served + served_until_refused(&envoy, "acme-key"), 5);
+}
+
+#[test]
+fn a_payment_is_redeemed_once_by_the_consumer_who_presented_it() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let accepted = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
+    spend(&envoy, "globex-key");
+    let payment = payment_signature(&accepted, PAYER, &x402_nonce(11));
+    assert_eq!(pay(&envoy, "acme-key", &payment).status, 200);
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+    // A replay credits nothing (no call: decided as a request without payment).
+    let replay = pay(&envoy, "acme-key", &payment);
+    assert_eq!(replay.status, 402);
+    assert!(replay.header("payment-response").is_none());
+    // Another consumer presenting it: refused, with the offers, no call.
+    let stolen = pay(&envoy, "globex-key", &payment);
+    assert_eq!(stolen.status, 402);
+    assert_eq!(
+        stolen.json()["type"],
+        "urn:tollgate:problem:payment-refused"
+    );
+    assert!(offers(&stolen)["error"].as_str().unwrap().contains("used"));
+    assert_eq!(facilitator.settles(), 1);
+
+    // Tampered: an amount below the offer's, or another payee: refused before any call.
+    let calls = facilitator.calls().len();
+    let mut cheap = accepted.clone();
+    cheap["amount"] = "1".into();
+    let r = pay(
+        &envoy,
+        "globex-key",
+        &payment_signature(&cheap, PAYER, &x402_nonce(12)),
+    );
+    assert_eq!(r.status, 402);
+    assert_eq!(r.json()["type"], "urn:tollgate:problem:payment-refused");
+    let mut elsewhere = accepted.clone();
+    elsewhere["payTo"] = "0x000000000000000000000000000000000000dEaD".into();
+    let r = pay(
+        &envoy,
+        "globex-key",
+        &payment_signature(&elsewhere, PAYER, &x402_nonce(13)),
+    );
+    assert_eq!(r.status, 402);
+    // Malformed: 400.
+    let r = pay(&envoy, "globex-key", "not-a-payment");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["type"], "urn:tollgate:problem:payment-malformed");
+    assert_eq!(
+        facilitator.calls().len(),
+        calls,
+        "no facilitator call for a bad payment"
+    );
+    assert_eq!(envoy.get_with_key("globex-key").status, 402);
+}
+
+#[test]
+fn an_unknown_settlement_is_a_503_and_the_same_payment_is_credited_once_later() {
+    let facilitator = Facilitator::start("/x402");
+    facilitator.set_idempotent(true);
+    let envoy = start(&facilitator, "1s");
+    let accepted = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
+    // The facilitator settles, but answers after tollgate's timeout.
+    facilitator.script_settle(&[Outcome::Slow(Duration::from_secs(3))]);
+    let nonce = x402_nonce(21);
+    let payment = payment_signature(&accepted, PAYER, &nonce);
+    let unknown = pay(&envoy, "acme-key", &payment);
+    assert_eq!(unknown.status, 503, "{}", unknown.body);
+    assert_eq!(
+        unknown.json()["type"],
+        "urn:tollgate:problem:payment-pending"
+    );
+    assert!(unknown.header("retry-after").is_some());
+    assert!(
+        unknown.header("payment-required").is_none(),
+        "never asked to pay again"
+    );
+    // Nothing credited meanwhile.
+    assert_eq!(envoy.get_with_key("acme-key").status, 402);
+    poll(DEADLINE, "the facilitator to have settled", || {
+        facilitator.settled().contains(&nonce).then_some(())
+    });
+    // The same payment again: settled again (no second verification), credited once.
+    let paid = pay(&envoy, "acme-key", &payment);
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let receipt = decode_x402(paid.header("payment-response").unwrap());
+    assert_eq!(
+        receipt["transaction"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
+    assert_eq!(facilitator.verifies(), 1);
+    assert_eq!(facilitator.settles(), 2);
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+    assert_eq!(
+        pay(&envoy, "acme-key", &payment).status,
+        402,
+        "credited once"
+    );
+}
+
+#[test]
+fn facilitator_failures_never_credit_and_say_whether_to_pay_again() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "1s");
+    let accepted = offers(&spend(&envoy, "initech-key"))["accepts"][0].clone();
+    let payment = |n: u64| payment_signature(&accepted, PAYER, &x402_nonce(n));
+    let kind = |r: &Response| r.json()["type"].as_str().unwrap_or_default().to_string();
+
+    // Refused by verification: 402 with the offers and the reason; no settlement.
+    facilitator.script_verify(&[Outcome::Invalid("insufficient_funds")]);
+    let r = pay(&envoy, "initech-key", &payment(31));
+    assert_eq!(
+        (r.status, kind(&r).as_str()),
+        (402, "urn:tollgate:problem:payment-refused")
+    );
+    assert_eq!(offers(&r)["error"], "insufficient_funds");
+    assert_eq!(facilitator.settles(), 0);
+    // ...and final: the same payment again calls nothing.
+    let calls = facilitator.calls().len();
+    assert_eq!(pay(&envoy, "initech-key", &payment(31)).status, 402);
+    assert_eq!(facilitator.calls().len(), calls);
+
+    // Verification unavailable: 503, and the payment may be presented again.
+    facilitator.script_verify(&[Outcome::Status(500)]);
+    let r = pay(&envoy, "initech-key", &payment(32));
+    assert_eq!(r.status, 503);
+    facilitator.script_verify(&[Outcome::Drop]);
+    assert_eq!(pay(&envoy, "initech-key", &payment(32)).status, 503);
+    assert_eq!(facilitator.settles(), 0);
+
+    // Settlement refused before any transfer: 402; its nonce used already on a first try: 402.
+    facilitator.script_settle(&[Outcome::Invalid("insufficient_funds")]);
+    assert_eq!(pay(&envoy, "initech-key", &payment(33)).status, 402);
+    facilitator.script_settle(&[Outcome::NonceAlreadyUsed]);
+    assert_eq!(pay(&envoy, "initech-key", &payment(34)).status, 402);
+    // Settlement answered 500 or cut: unknown, 503 (the money may have moved).
+    facilitator.script_settle(&[Outcome::Status(500)]);
+    let r = pay(&envoy, "initech-key", &payment(35));
+    assert_eq!(
+        (r.status, kind(&r).as_str()),
+        (503, "urn:tollgate:problem:payment-pending")
+    );
+    facilitator.script_settle(&[Outcome::Drop]);
+    assert_eq!(pay(&envoy, "initech-key", &payment(36)).status, 503);
+    // An unknown settlement whose retry finds the nonce used, without a transaction: not
+    // credited, and not a fresh 402 either.
+    facilitator.script_settle(&[Outcome::NonceAlreadyUsed]);
+    let r = pay(&envoy, "initech-key", &payment(35));
+    assert_eq!(
+        (r.status, kind(&r).as_str()),
+        (409, "urn:tollgate:problem:payment-unresolved")
+    );
+    // Through all of it, nothing was credited.
+    assert_eq!(envoy.get_with_key("initech-key").status, 402);
+    let logged = envoy.log();
+    assert!(
+        !logged.contains(&payment(35)),
+        "a payment header was logged"
+    );
+}
+
+#[test]
+fn a_v1_client_pays_with_x_payment() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let refused = spend(&envoy, "acme-key");
+    let offer = &refused.json()["accepts"][0];
+    let nonce = x402_nonce(41);
+    let payment = x_payment_v1(
+        offer["network"].as_str().unwrap(),
+        offer["payTo"].as_str().unwrap(),
+        offer["maxAmountRequired"].as_str().unwrap(),
+        PAYER,
+        &nonce,
+    );
+    let paid = envoy.get("/", &[("x-api-key", "acme-key"), ("x-payment", &payment)]);
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let receipt = decode_x402(
+        paid.header("x-payment-response")
+            .expect("X-PAYMENT-RESPONSE"),
+    );
+    assert_eq!(
+        receipt["transaction"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
+    let settle = facilitator
+        .calls()
+        .into_iter()
+        .find(|c| c.path == "/x402/settle")
+        .unwrap();
+    assert_eq!(settle.body["x402Version"], 1);
+    assert_eq!(
+        settle.body["paymentRequirements"]["network"],
+        "base-sepolia"
+    );
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+}
+
+#[test]
+fn a_plan_without_credits_offers_none_and_ignores_payments() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let refused = spend(&envoy, "hooli-key");
+    assert!(refused.header("payment-required").is_none());
+    assert!(refused.json().get("accepts").is_none());
+    let offer = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
+    let r = pay(
+        &envoy,
+        "hooli-key",
+        &payment_signature(&offer, PAYER, &x402_nonce(51)),
+    );
+    assert_eq!(r.status, 402);
+    assert!(facilitator.calls().is_empty());
+}
