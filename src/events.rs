@@ -29,6 +29,22 @@ pub const USAGE_TYPE: &str = "io.tollgate.usage";
 pub const TOKENS_TYPE: &str = "io.tollgate.tokens";
 pub const THRESHOLD_TYPE: &str = "io.tollgate.quota.threshold";
 pub const REMINDER_TYPE: &str = "io.tollgate.subscription.reminder";
+pub const PAYMENT_TYPE: &str = "io.tollgate.payment.settled";
+
+/// A payment settled and credited (see [`crate::payments`]): a `payment.settled` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentSettled {
+    pub consumer: usize,
+    /// The pack's index in `payments.packs`.
+    pub pack: usize,
+    pub credits: u64,
+    /// The balance after it was credited.
+    pub balance: u64,
+    pub network: String,
+    pub transaction: String,
+    pub payer: String,
+    pub at: i64,
+}
 
 /// Longest wait between two attempts while the sink fails, in seconds.
 pub const MAX_BACKOFF: i64 = 30;

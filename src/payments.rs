@@ -73,6 +73,8 @@ pub struct Presented {
     /// from the configuration (never the client's copy).
     pub call_body: Vec<u8>,
     pub network: String,
+    /// The authorization's `from`.
+    pub payer: String,
 }
 
 /// A request held while its payment is verified (if `verify`) and settled.
@@ -218,6 +220,7 @@ pub fn read(
         valid_before: before,
         call_body,
         network,
+        payer: authorization.from.clone(),
     })
 }
 

@@ -23,6 +23,11 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// A plan of 2 requests a day that credits stand in for, beside a burst limit they do not;
 /// packs of 5 (v2 and v1) and 20 credits.
 fn plugin_json(timeout: &str) -> String {
+    plugin_json_with(timeout, "")
+}
+
+/// [`plugin_json`] with more top-level members (`extra` starts with a comma).
+fn plugin_json_with(timeout: &str, extra: &str) -> String {
     format!(
         r#"{{
       "plans": {{
@@ -47,7 +52,7 @@ fn plugin_json(timeout: &str) -> String {
           {{ "name": "twenty", "credits": 20, "network": "eip155:84532",
              "asset": "{ASSET}", "amount": "35000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600 }}
         ]
-      }}
+      }}{extra}
     }}"#
     )
 }
@@ -155,6 +160,8 @@ fn a_spent_consumer_pays_for_a_pack_and_is_served_exactly_its_credits() {
     let again = envoy.get_with_key("acme-key");
     assert!(again.header("payment-required").is_some());
     assert_eq!(facilitator.settles(), 1);
+    assert_eq!(envoy.counter("tollgate.payments.settled"), 1);
+    assert_eq!(envoy.counter("tollgate.payments.credits"), 5);
 }
 
 #[test]
@@ -357,6 +364,15 @@ fn facilitator_failures_never_credit_and_say_whether_to_pay_again() {
     );
     // Through all of it, nothing was credited.
     assert_eq!(envoy.get_with_key("initech-key").status, 402);
+    let counters = [
+        "settled",
+        "refused",
+        "unknown",
+        "unresolved",
+        "facilitator_unavailable",
+    ]
+    .map(|c| envoy.counter(&format!("tollgate.payments.{c}")));
+    assert_eq!(counters, [0, 3, 2, 1, 2]);
     let logged = envoy.log();
     assert!(
         !logged.contains(&payment(35)),
@@ -416,4 +432,54 @@ fn a_plan_without_credits_offers_none_and_ignores_payments() {
     );
     assert_eq!(r.status, 402);
     assert!(facilitator.calls().is_empty());
+}
+
+#[test]
+fn a_settled_payment_is_a_usage_event_named_by_its_transaction() {
+    let facilitator = Facilitator::start("/x402");
+    let sink = Sink::start();
+    let envoy = Envoy::start_with(Options {
+        plugin: Some(plugin(&plugin_json_with(
+            "5s",
+            r#", "events": {"cluster": "sink", "url": "http://events.test/ingest", "interval": "1s"}"#,
+        ))),
+        concurrency: 2,
+        clusters: vec![
+            ("facilitator".into(), facilitator.port),
+            ("sink".into(), sink.port),
+        ],
+        ..Options::default()
+    });
+    let accepted = offers(&spend(&envoy, "acme-key"))["accepts"][1].clone();
+    let nonce = x402_nonce(61);
+    assert_eq!(
+        pay(
+            &envoy,
+            "acme-key",
+            &payment_signature(&accepted, PAYER, &nonce)
+        )
+        .status,
+        200
+    );
+    let event = poll(DEADLINE, "a payment.settled event", || {
+        sink.accepted()
+            .into_iter()
+            .find(|e| e["type"] == "io.tollgate.payment.settled")
+    });
+    let data = &event["data"];
+    assert_eq!(event["subject"], "acme");
+    assert_eq!(data["consumer"], "acme");
+    assert_eq!(data["plan"], "metered");
+    assert_eq!(data["pack"], "twenty");
+    assert_eq!(data["credits"], 20);
+    // The paying request took one credit.
+    assert_eq!(data["balance"], 20);
+    assert_eq!(data["amount"], "35000");
+    assert_eq!(data["pay_to"], PAY_TO);
+    assert_eq!(data["payer"], PAYER);
+    assert_eq!(data["network"], "eip155:84532");
+    assert_eq!(
+        data["transaction"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
 }

@@ -103,6 +103,45 @@ struct ThresholdData<'a> {
 }
 
 #[derive(Serialize)]
+struct PaymentData<'a> {
+    consumer: &'a str,
+    plan: &'a str,
+    pack: &'a str,
+    credits: u64,
+    balance: u64,
+    network: &'a str,
+    asset: &'a str,
+    amount: &'a str,
+    pay_to: &'a str,
+    payer: &'a str,
+    transaction: &'a str,
+}
+
+/// A settled payment. Its id names the network and the transaction only: a retried
+/// settlement, or another Envoy's copy, is the same event.
+pub fn payment_event(config: &Config, origin: &Origin, p: &PaymentSettled) -> Pending {
+    let (consumer, plan) = plan_name(config, p.consumer);
+    let pack = config.payments.as_ref().and_then(|c| c.packs.get(p.pack));
+    let offer = pack.map(|pack| &pack.offer);
+    let id = event_id(&["payment", &p.network, &p.transaction]);
+    let data = PaymentData {
+        consumer,
+        plan,
+        pack: pack.map_or("", |pack| pack.name.as_str()),
+        credits: p.credits,
+        balance: p.balance,
+        network: &p.network,
+        asset: offer.map_or("", |o| o.asset.as_str()),
+        amount: offer.map_or("", |o| o.amount.as_str()),
+        pay_to: offer.map_or("", |o| o.pay_to.as_str()),
+        payer: &p.payer,
+        transaction: &p.transaction,
+    };
+    let json = envelope(&id, origin, PAYMENT_TYPE, consumer, p.at, data);
+    Pending { id, json }
+}
+
+#[derive(Serialize)]
 struct ReminderData<'a> {
     consumer: &'a str,
     plan: &'a str,

@@ -13,9 +13,9 @@ use super::shared_data::SharedData;
 use crate::config::Config;
 use crate::events::handover::{self, Settled, Stopped, PENDING_HEADER};
 use crate::events::{
-    claim, reminder_event, reminder_key, reminder_mark, take_worker_slot, threshold_event,
-    token_events, usage_event, workers_key, Crossing, Origin, Outbox, Pending, Reminders,
-    CONTENT_TYPE,
+    claim, payment_event, reminder_event, reminder_key, reminder_mark, take_worker_slot,
+    threshold_event, token_events, usage_event, workers_key, Crossing, Origin, Outbox, Pending,
+    Reminders, CONTENT_TYPE,
 };
 use crate::store::create_if_missing;
 
@@ -238,6 +238,13 @@ impl Sender {
             self.push_with(|origin| threshold_event(&runtime.config, origin, crossing));
         }
         bump(self.counters.thresholds, crossings.len());
+        let payments = match meter.payments.try_borrow_mut() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => Vec::new(),
+        };
+        for payment in &payments {
+            self.push_with(|origin| payment_event(&runtime.config, origin, payment));
+        }
     }
 
     /// Claims and queues the reminders due at `now` (one VM of the Envoy wins each).

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use crate::config::Config;
-use crate::events::{Crossing, Tally};
+use crate::events::{Crossing, PaymentSettled, Tally};
 use crate::settlement::Billed;
 use crate::verdict::Verdict;
 
@@ -12,7 +12,9 @@ use crate::verdict::Verdict;
 pub struct Meter {
     pub tally: RefCell<Tally>,
     pub crossings: RefCell<Vec<Crossing>>,
-    /// Most crossings kept between two ticks.
+    /// Payments settled since the last tick.
+    pub payments: RefCell<Vec<PaymentSettled>>,
+    /// Most crossings (and payments) kept between two ticks.
     max_crossings: usize,
 }
 
@@ -23,6 +25,7 @@ impl Meter {
         Some(Meter {
             tally: RefCell::new(Tally::new(config.consumers.len(), events.interval)),
             crossings: RefCell::new(Vec::new()),
+            payments: RefCell::new(Vec::new()),
             max_crossings: events.buffer,
         })
     }
@@ -48,6 +51,15 @@ impl Meter {
             let room = self.max_crossings.saturating_sub(crossings.len());
             reached.truncate(room);
             crossings.extend(reached);
+        }
+    }
+
+    /// Keeps a settled payment for the next tick's `payment.settled` event.
+    pub fn record_payment(&self, payment: PaymentSettled) {
+        if let Ok(mut payments) = self.payments.try_borrow_mut() {
+            if payments.len() < self.max_crossings {
+                payments.push(payment);
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! (made from its own HTTP context, which stays paused meanwhile), and what their answers make
 //! of the request. What an answer means, and the claim's states, are [`crate::payments`].
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::buffers;
+use super::metrics::{bump, define_counter};
 use super::request::{run, send};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
@@ -21,6 +23,46 @@ use crate::verdict::Step;
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_continue_stream(stream_type: u32) -> u32;
+}
+
+/// tollgate's payment counters (`wasmcustom.tollgate.payments.*`), defined on first use.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    /// Payments settled and credited.
+    Settled = 0,
+    /// Credits those payments added.
+    Credits = 1,
+    /// Payments the facilitator refused.
+    Refused = 2,
+    /// Settlements whose outcome is unknown (503).
+    Unknown = 3,
+    /// Unknown settlements that cannot be confirmed (409, for the operator).
+    Unresolved = 4,
+    /// Calls the facilitator did not answer usably (timeouts, 5xx, cut).
+    Unavailable = 5,
+}
+
+const COUNT_NAMES: [&str; 6] = [
+    "tollgate.payments.settled",
+    "tollgate.payments.credits",
+    "tollgate.payments.refused",
+    "tollgate.payments.unknown",
+    "tollgate.payments.unresolved",
+    "tollgate.payments.facilitator_unavailable",
+];
+
+thread_local! {
+    static COUNTERS: RefCell<[Option<Option<u32>>; 6]> = const { RefCell::new([None; 6]) };
+}
+
+fn count(which: Count, by: u64) {
+    let index = which as usize;
+    let id = COUNTERS.with(|ids| {
+        let mut ids = ids.try_borrow_mut().ok()?;
+        let slot = ids.get_mut(index)?;
+        *slot.get_or_insert_with(|| define_counter(COUNT_NAMES.get(index)?))
+    });
+    bump(id, usize::try_from(by).unwrap_or(usize::MAX));
 }
 
 /// Which call a paying request waits for.
@@ -184,12 +226,14 @@ pub fn on_answer(
                 }
             }
             Verified::Invalid(why) => {
+                count(Count::Refused, 1);
                 mark(Some(State::Failed));
                 log::info!("payments: a payment was refused by the facilitator ({why})");
                 reply(runtime, &pay, PAYMENT_REFUSED, why, None);
                 Next::Done(None, None)
             }
             Verified::Unavailable(why) => {
+                count(Count::Unavailable, 1);
                 mark(None);
                 log::warn!("payments: verify failed: {why}");
                 reply(
@@ -208,12 +252,14 @@ pub fn on_answer(
                 response,
             } => settled_payment(runtime, &pay, store, &transaction, response, now_ms),
             Settled::Refused(why) => {
+                count(Count::Refused, 1);
                 mark(Some(State::Failed));
                 log::info!("payments: a settlement was refused ({why})");
                 reply(runtime, &pay, PAYMENT_REFUSED, why, None);
                 Next::Done(None, None)
             }
             Settled::NonceUsed if pay.verify => {
+                count(Count::Refused, 1);
                 mark(Some(State::Failed));
                 reply(
                     runtime,
@@ -225,6 +271,7 @@ pub fn on_answer(
                 Next::Done(None, None)
             }
             Settled::NonceUsed => {
+                count(Count::Unresolved, 1);
                 mark(Some(State::Unknown));
                 log::error!(
                     "payments: a payment whose settlement was unknown is now `nonce_already_used` \
@@ -242,6 +289,7 @@ pub fn on_answer(
                 Next::Done(None, None)
             }
             Settled::Unknown(why) => {
+                count(Count::Unknown, 1);
                 mark(Some(State::Unknown));
                 log::warn!("payments: the outcome of a settlement is unknown: {why}");
                 reply(
@@ -286,16 +334,36 @@ fn settled_payment(
         transaction,
         now_ms,
     ) {
-        Ok(credited) => log::info!(
-            "payments: consumer={} bought {credits} credits ({}; balance {})",
-            consumer.name(),
+        Ok(credited) => {
             if credited.added {
-                "credited"
-            } else {
-                "already credited"
-            },
-            credited.balance
-        ),
+                count(Count::Settled, 1);
+                count(Count::Credits, credits);
+            }
+            log::info!(
+                "payments: consumer={} bought {credits} credits ({}; balance {})",
+                consumer.name(),
+                if credited.added {
+                    "credited"
+                } else {
+                    "already credited"
+                },
+                credited.balance
+            );
+            // Also when it was credited already: the event's id is the transaction's, so a
+            // sink keeps one (a VM that stopped before its tick may have lost the first).
+            if let Some(meter) = &runtime.meter {
+                meter.record_payment(crate::events::PaymentSettled {
+                    consumer: pay.consumer,
+                    pack: pay.presented.pack,
+                    credits,
+                    balance: credited.balance,
+                    network: pay.presented.network.clone(),
+                    transaction: transaction.to_string(),
+                    payer: pay.presented.payer.clone(),
+                    at: now_ms.div_euclid(1000),
+                });
+            }
+        }
         Err(e) => {
             let _ = core::mark(store, &pay.presented.replay, Some(State::Unknown), now_ms);
             log::error!(
