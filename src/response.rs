@@ -542,6 +542,8 @@ struct UsageDocument<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     grace_until: Option<String>,
     limits: Vec<LimitUsage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -586,8 +588,9 @@ fn quota_detail(consumer: &str, limit: &Limit, usage: &Usage) -> String {
     }
 }
 
-/// The usage endpoint's answer: the caller's consumer, plan, standing and every limit.
-pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
+/// The usage endpoint's answer: the caller's consumer, plan, standing, every limit, and its
+/// prepaid credits (`credits`, when its plan has them).
+pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage], credits: Option<u64>) -> Reply {
     let limits = caller
         .plan
         .limits
@@ -609,6 +612,7 @@ pub fn usage(caller: &Caller, standing: Standing, usages: &[Usage]) -> Reply {
         status: standing.name(),
         grace_until: standing.grace_until().map(format_rfc3339),
         limits,
+        credits,
     });
     Reply {
         status: 200,

@@ -764,7 +764,12 @@ fn usage_endpoint<'c>(
     };
     match counts {
         Ok(usages) => Verdict {
-            action: Action::Reply(usage(&caller, standing, &usages)),
+            action: Action::Reply(usage(
+                &caller,
+                standing,
+                &usages,
+                credit_balance(config, consumer, plan, store),
+            )),
             metrics: Increments::one(Metric::Usage, Some(consumer.plan)),
             metered: Metered::default(),
         },
@@ -781,6 +786,22 @@ fn usage_endpoint<'c>(
             }
         }
     }
+}
+
+/// A consumer's prepaid credits, when its plan has them (local mode: its record's balance).
+fn credit_balance(
+    config: &Config,
+    consumer: &crate::config::Consumer,
+    plan: &crate::config::Plan,
+    store: &impl Store,
+) -> Option<u64> {
+    if plan.credits.is_empty() || config.store.is_some() {
+        return None;
+    }
+    let bytes = store.get(&consumer.store_key).ok()??.0;
+    Some(crate::quota::balance(
+        &crate::record::Record::decode(&bytes).unwrap_or_default(),
+    ))
 }
 
 fn wait<'c>(consumer: usize, refill: Option<crate::lease::Ask>) -> Verdict<'c> {

@@ -52,7 +52,8 @@ fn plugin_json_with(timeout: &str, extra: &str) -> String {
           {{ "name": "twenty", "credits": 20, "network": "eip155:84532",
              "asset": "{ASSET}", "amount": "35000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600 }}
         ]
-      }}{extra}
+      }},
+      "usage_path": "/tollgate/usage"{extra}
     }}"#
     )
 }
@@ -155,6 +156,10 @@ fn a_spent_consumer_pays_for_a_pack_and_is_served_exactly_its_credits() {
         assert_eq!(call.body["paymentRequirements"]["payTo"], PAY_TO);
         assert_eq!(call.body["x402Version"], 2);
     }
+    let usage = envoy
+        .get("/tollgate/usage", &[("x-api-key", "acme-key")])
+        .json();
+    assert_eq!(usage["credits"], 4);
     // 5 credits: the paying request took one, 4 more are served, then 402 again with offers.
     assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
     let again = envoy.get_with_key("acme-key");
@@ -482,4 +487,33 @@ fn a_settled_payment_is_a_usage_event_named_by_its_transaction() {
         data["transaction"],
         Facilitator::transaction_for(&nonce).as_str()
     );
+}
+
+#[test]
+fn the_shipped_example_sells_credits() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = Envoy::start_with(Options {
+        bootstrap: "envoy/payments/envoy.yaml".into(),
+        file_ports: (10500, 10501, 9961),
+        replace: vec![(
+            "port_value: 10402".to_string(),
+            format!("port_value: {}", facilitator.port),
+        )],
+        concurrency: 2,
+        ..Options::default()
+    });
+    let refused = spend(&envoy, "acme-key");
+    let accepts = offers(&refused)["accepts"].clone();
+    assert_eq!(accepts.as_array().unwrap().len(), 2);
+    let paid = pay(
+        &envoy,
+        "acme-key",
+        &payment_signature(&accepts[1], PAYER, &x402_nonce(71)),
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let usage = envoy
+        .get("/tollgate/usage", &[("x-api-key", "acme-key")])
+        .json();
+    assert_eq!(usage["credits"], 999);
+    assert_eq!(facilitator.settles(), 1);
 }

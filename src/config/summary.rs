@@ -60,6 +60,12 @@ impl Config {
                 ", entitlements from cluster {} path {} every {} ms",
                 e.cluster, e.path, e.refresh_ms
             )
+        }) + &self.payments.as_ref().map_or(String::new(), |p| {
+            format!(
+                ", payments ({}, facilitator cluster {})",
+                count(p.packs.len(), "pack"),
+                p.cluster
+            )
         })
     }
 }

@@ -862,3 +862,33 @@ fn payments_are_validated_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn payments_show_in_the_summary_and_an_inline_facilitator_secret_is_warned_about() {
+    let json = with_payments(r#", "credits": ["daily"]"#, &payments_section(PACK));
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    assert!(
+        config
+            .summary()
+            .ends_with(", payments (1 pack, facilitator cluster f)"),
+        "{}",
+        config.summary()
+    );
+    let about = |json: &str| -> Vec<String> {
+        warnings(json.as_bytes())
+            .into_iter()
+            .filter(|w| w.starts_with("payments"))
+            .collect()
+    };
+    assert!(about(&json).is_empty());
+    let inline = json.replace(
+        r#""url": "http://f/x402""#,
+        r#""url": "http://f/x402", "authorization": "Bearer SECRET""#,
+    );
+    let found = about(&inline);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with(
+        "payments.facilitator.authorization: the secret is in the plugin configuration"
+    ));
+    assert!(found[0].contains("TOLLGATE_FACILITATOR_AUTH") && !found[0].contains("SECRET"));
+}

@@ -30,6 +30,13 @@ pub fn warnings(bytes: &[u8]) -> Vec<String> {
                 .and_then(|e| e.authorization.as_ref()),
             "TOLLGATE_ENTITLEMENTS_AUTH",
         ),
+        (
+            "payments.facilitator",
+            raw.payments
+                .as_ref()
+                .and_then(|p| p.facilitator.authorization.as_ref()),
+            "TOLLGATE_FACILITATOR_AUTH",
+        ),
     ];
     for (section, value, variable) in inline {
         if value.is_some() {
