@@ -202,7 +202,7 @@ bench-million: wasm envoy bench-filters ## Memory per consumer and time until re
 # Fuzzing (cargo-fuzz, libFuzzer): each target for FUZZ_SECONDS, one after the other (one core).
 # The machine's stable toolchain is enough: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
 FUZZ_SECONDS   ?= 600
-FUZZ_TARGETS   ?= config credentials record window request rls_response quotad_request
+FUZZ_TARGETS   ?= config credentials record window request rls_response quotad_request payment
 FUZZ_SANITIZER ?= address
 
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 600), one at a time; not part of `make test`

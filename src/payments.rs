@@ -123,9 +123,10 @@ pub fn read(
 ) -> Result<Presented, Refused> {
     let malformed = |e: x402::X402Error| Refused::Malformed(e.0);
     let mismatch = |why: &str| Refused::Mismatch(why.to_string());
-    let raw: serde_json::Value = x402::decode(value, header).map_err(malformed)?;
+    // The document as sent goes to the facilitator; it is read here to check it.
+    let raw = x402::decode_json(value, header).map_err(malformed)?;
     let (version, pack, authorization, network) = if header == PAYMENT_SIGNATURE {
-        let payment: PaymentPayload = x402::decode(value, header).map_err(malformed)?;
+        let payment: PaymentPayload = x402::from_json(&raw, header).map_err(malformed)?;
         if payment.x402_version != 2 {
             return Err(mismatch(
                 "PAYMENT-SIGNATURE carries x402 version 2 payments",
@@ -145,7 +146,7 @@ pub fn read(
         };
         (2, pack, payment.payload.authorization, a.network.clone())
     } else {
-        let payment: PaymentPayloadV1 = x402::decode(value, header).map_err(malformed)?;
+        let payment: PaymentPayloadV1 = x402::from_json(&raw, header).map_err(malformed)?;
         if payment.x402_version != 1 {
             return Err(mismatch("X-PAYMENT carries x402 version 1 payments"));
         }
@@ -197,9 +198,9 @@ pub fn read(
         &authorization.nonce,
     );
     let requirements = match version {
-        2 => serde_json::to_value(offer),
+        2 => serde_json::to_vec(offer),
         // The v1 offer of the pack (`accepts` lists one per pack with a v1 network).
-        _ => serde_json::to_value(payments.v1_body.accepts.iter().find(|r| {
+        _ => serde_json::to_vec(&payments.v1_body.accepts.iter().find(|r| {
             payments.packs.get(pack).and_then(|p| p.v1_network.as_ref()) == Some(&r.network)
                 && r.max_amount_required == offer.amount
                 && r.pay_to == offer.pay_to
@@ -207,12 +208,16 @@ pub fn read(
         })),
     }
     .unwrap_or_default();
-    let call_body = serde_json::to_vec(&serde_json::json!({
-        "x402Version": version,
-        "paymentPayload": raw,
-        "paymentRequirements": requirements,
-    }))
-    .unwrap_or_default();
+    // `{"x402Version":V,"paymentPayload":<the payment as sent>,"paymentRequirements":<ours>}`:
+    // the payment's JSON was read whole above (one document, nothing after it).
+    let mut call_body = Vec::with_capacity(raw.len() + requirements.len() + 64);
+    call_body.extend_from_slice(b"{\"x402Version\":");
+    call_body.extend_from_slice(version.to_string().as_bytes());
+    call_body.extend_from_slice(b",\"paymentPayload\":");
+    call_body.extend_from_slice(&raw);
+    call_body.extend_from_slice(b",\"paymentRequirements\":");
+    call_body.extend_from_slice(&requirements);
+    call_body.push(b'}');
     Ok(Presented {
         version,
         pack,
@@ -372,8 +377,10 @@ pub fn mark(
     now_ms: i64,
 ) -> Result<(), CountError> {
     let key = shard_of(replay);
+    let now = now_ms.div_euclid(1000);
     read_modify_write(store, &key, ATTEMPTS, |bytes, _| {
         let mut claims = decode_claims(&bytes);
+        claims.retain(|c| c.u >= now || c.k == replay);
         match state {
             None => claims.retain(|c| c.k != replay),
             Some(state) => {

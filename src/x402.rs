@@ -147,18 +147,33 @@ pub struct SettleResponse {
 /// A message read from a header value: base64 (standard, padded), at most [`MAX_HEADER`]
 /// bytes, of a JSON document of type `T`.
 pub fn decode<T: serde::de::DeserializeOwned>(value: &[u8], header: &str) -> Result<T, X402Error> {
+    let json = decode_json(value, header)?;
+    from_json(&json, header)
+}
+
+/// The JSON text of a header value (base64, standard, padded; at most [`MAX_HEADER`] bytes),
+/// not yet read: [`from_json`] reads it.
+pub fn decode_json(value: &[u8], header: &str) -> Result<Vec<u8>, X402Error> {
     if value.len() > MAX_HEADER {
         return Err(X402Error(format!(
             "{header}: {} bytes; at most {MAX_HEADER} are read",
             value.len()
         )));
     }
-    let json = STANDARD
+    STANDARD
         .decode(value)
-        .map_err(|_| X402Error(format!("{header}: not base64 (standard, padded)")))?;
+        .map_err(|_| X402Error(format!("{header}: not base64 (standard, padded)")))
+}
+
+/// Reads one JSON document of type `T` from `json` (nothing after it), naming where it is
+/// wrong, never a value.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    json: &[u8],
+    header: &str,
+) -> Result<T, X402Error> {
     // Errors name where, never a value (which may be a signature): serde's own messages quote
     // the values of mistyped members.
-    let mut de = serde_json::Deserializer::from_slice(&json);
+    let mut de = serde_json::Deserializer::from_slice(json);
     let message = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner();
         if inner.is_syntax() || inner.is_eof() {

@@ -46,3 +46,8 @@ fn request_inputs() {
 fn rls_response_inputs() {
     replay("rls_response", harness::rls_response);
 }
+
+#[test]
+fn payment_inputs() {
+    replay("payment", harness::payment);
+}

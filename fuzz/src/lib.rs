@@ -723,3 +723,113 @@ pub fn rls_response(data: &[u8]) {
     assert_eq!(first, response.statuses.as_slice());
     assert_eq!(second, response.statuses.as_slice());
 }
+
+/// The configuration of the `payment` harness: two packs (one also for x402 v1).
+fn payment_config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let json = r#"{
+          "plans": {"p": {"limits": [{"name": "daily", "requests": 2, "window": "day"}], "credits": ["daily"]}},
+          "consumers": {"a": {"plan": "p", "keys": ["k"]}},
+          "payments": {
+            "facilitator": {"cluster": "f", "url": "http://f/x402"},
+            "resource": {"url": "https://api.example.com/"},
+            "packs": [
+              {"name": "s", "credits": 5, "network": "eip155:84532", "v1_network": "base-sepolia",
+               "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "10000",
+               "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "max_timeout_seconds": 3600},
+              {"name": "l", "credits": 50, "network": "eip155:84532",
+               "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "90000",
+               "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "max_timeout_seconds": 60}
+            ]
+          }
+        }"#;
+        Config::from_json(json.as_bytes()).expect("the payment harness's configuration")
+    })
+}
+
+/// `payment`: a flags byte (bit 0: the value is an `X-PAYMENT`, else a `PAYMENT-SIGNATURE`),
+/// the header value up to the first `\n`, then what every claim shard holds. Reading a payment
+/// never panics; one that is taken names a configured pack, pays its amount to its payee, and
+/// gives the facilitator a JSON body with the pack's requirements; a refusal says why in a
+/// bounded line that never repeats the value. Claiming and marking it against any shard content
+/// never panics, and leaves every shard a JSON list within its bound.
+pub fn payment(data: &[u8]) {
+    use tollgate::counters::{payment_shard_key, PAYMENT_SHARDS};
+    use tollgate::payments::{
+        claim, mark, read, stale_ms, Refused, State, MAX_CLAIMS_PER_SHARD, PAYMENT_SIGNATURE,
+        X_PAYMENT,
+    };
+    let config = payment_config();
+    let payments = config.payments.as_ref().expect("payments");
+    let mut input = Bytes(data);
+    let flags = input.u8();
+    let mut parts = input.rest().splitn(2, |c| *c == b'\n');
+    let value = parts.next().unwrap_or_default();
+    let shards = parts.next().unwrap_or_default();
+    let header = if flags & 1 == 1 {
+        X_PAYMENT
+    } else {
+        PAYMENT_SIGNATURE
+    };
+    let now = NOW + i64::from(flags >> 1) * 3600;
+    let presented = match read(payments, header, value, now) {
+        Ok(p) => p,
+        Err(Refused::Malformed(why) | Refused::Mismatch(why)) => {
+            assert!(why.len() < 300, "{why}");
+            if value.len() >= 16 {
+                let text = String::from_utf8_lossy(value);
+                assert!(
+                    !why.contains(text.as_ref()),
+                    "the refusal repeats the value"
+                );
+            }
+            return;
+        }
+    };
+    let pack = payments
+        .packs
+        .get(presented.pack)
+        .expect("a configured pack");
+    assert_eq!(presented.replay.len(), 32);
+    assert!(presented.replay.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(presented.valid_before > now);
+    let body: serde_json::Value =
+        serde_json::from_slice(&presented.call_body).expect("the facilitator's body is JSON");
+    assert_eq!(body["x402Version"], u64::from(presented.version));
+    let amount = if presented.version == 2 {
+        &body["paymentRequirements"]["amount"]
+    } else {
+        &body["paymentRequirements"]["maxAmountRequired"]
+    };
+    assert_eq!(amount.as_str(), Some(pack.offer.amount.as_str()));
+    let store = MemoryStore::new();
+    for i in 0..PAYMENT_SHARDS {
+        store
+            .set(&payment_shard_key(i), shards, 0)
+            .expect("a MemoryStore does not fail");
+    }
+    let stale = stale_ms(payments);
+    let _ = claim(&store, &presented, "a", now * 1000, stale).expect("claim");
+    for state in [
+        Some(State::Settling),
+        Some(State::Unknown),
+        None,
+        Some(State::Settled),
+    ] {
+        mark(&store, &presented.replay, state, now * 1000).expect("mark");
+    }
+    let _ = claim(&store, &presented, "b", now * 1000, stale).expect("claim");
+    // Claims are only ever added within the bound (a shard someone else filled beyond it is
+    // only ever shrunk).
+    let original = serde_json::from_slice::<Vec<serde_json::Value>>(shards).map_or(0, |v| v.len());
+    for i in 0..PAYMENT_SHARDS {
+        let bytes = store.value(&payment_shard_key(i)).unwrap_or_default();
+        if bytes == shards {
+            continue;
+        }
+        let claims: Vec<serde_json::Value> =
+            serde_json::from_slice(&bytes).expect("a written shard is a JSON list");
+        assert!(claims.len() <= MAX_CLAIMS_PER_SHARD.max(original));
+    }
+}
