@@ -75,6 +75,9 @@ pub struct Presented {
     pub network: String,
     /// The authorization's `from`.
     pub payer: String,
+    /// Why it cannot be settled now (not valid yet, expired, valid for too long), if so: a
+    /// fresh payment is refused for it, one whose settlement is under way or unknown is not.
+    pub untimely: Option<&'static str>,
 }
 
 /// A request held while its payment is verified (if `verify`) and settled.
@@ -177,20 +180,20 @@ pub fn read(
             "the authorization does not pay the offer's amount to its payee",
         ));
     }
+    // Whether it can be settled now is for the caller to weigh against its claim: a payment
+    // whose settlement is under way or unknown is never refused for its time.
     let after: i64 = authorization.valid_after.parse().unwrap_or(i64::MAX);
     let before: i64 = authorization.valid_before.parse().unwrap_or(0);
-    if after > now {
-        return Err(mismatch("the authorization is not valid yet"));
-    }
-    if before < now.saturating_add(MIN_VALID_SECONDS) {
-        return Err(mismatch("the authorization has expired"));
-    }
     let longest = i64::try_from(offer.max_timeout_seconds).unwrap_or(i64::MAX);
-    if before > now.saturating_add(longest).saturating_add(KEEP_SECONDS) {
-        return Err(mismatch(
-            "the authorization is valid for longer than the offer's maxTimeoutSeconds",
-        ));
-    }
+    let untimely = if after > now {
+        Some("the authorization is not valid yet")
+    } else if before < now.saturating_add(MIN_VALID_SECONDS) {
+        Some("the authorization has expired")
+    } else if before > now.saturating_add(longest).saturating_add(KEEP_SECONDS) {
+        Some("the authorization is valid for longer than the offer's maxTimeoutSeconds")
+    } else {
+        None
+    };
     let replay = replay_key(
         &network,
         &offer.asset,
@@ -226,6 +229,7 @@ pub fn read(
         call_body,
         network,
         payer: authorization.from.clone(),
+        untimely,
     })
 }
 
@@ -401,7 +405,25 @@ pub fn mark(
     })
 }
 
-/// The state of a claim, if there is one (tests, `tollgate explain`).
+/// Most claims one consumer may hold that are not settled (being verified or settled, refused,
+/// unknown): a consumer sending payments nobody will settle fills its own quota of claims,
+/// not every consumer's.
+pub const MAX_OPEN_CLAIMS_PER_CONSUMER: usize = 16;
+
+/// How many claims of `consumer` are not settled (live ones, in every shard).
+pub fn open_claims(store: &impl Store, consumer: &str, now: i64) -> usize {
+    (0..PAYMENT_SHARDS)
+        .filter_map(|i| store.get(&payment_shard_key(i)).ok().flatten())
+        .map(|(bytes, _)| {
+            decode_claims(&bytes)
+                .iter()
+                .filter(|c| c.c == consumer && c.s != State::Settled && c.u >= now)
+                .count()
+        })
+        .sum()
+}
+
+/// The state of a claim, if there is one.
 pub fn state_of(store: &impl Store, replay: &str) -> Option<State> {
     let (bytes, _) = store.get(&shard_of(replay)).ok()??;
     decode_claims(&bytes)
@@ -445,24 +467,61 @@ fn reason(text: Option<String>) -> String {
 
 /// Reads `/verify`'s answer: `status` (None: no answer) and body.
 pub fn verified(status: Option<u16>, body: &[u8]) -> Verified {
-    if status != Some(200) {
-        return Verified::Unavailable(match status {
+    let unavailable = || {
+        Verified::Unavailable(match status {
             Some(s) => format!("the facilitator answered {s}"),
             None => "the facilitator did not answer".into(),
-        });
-    }
+        })
+    };
+    // x402's facilitators answer a refusal with its verify response under a 4xx too.
+    let Some(status @ (200 | 400..=499)) = status else {
+        return unavailable();
+    };
     match serde_json::from_slice::<VerifyResponse>(body) {
-        Ok(v) if v.is_valid => Verified::Valid,
-        Ok(v) => Verified::Invalid(reason(v.invalid_reason)),
-        Err(_) => Verified::Unavailable("the facilitator's answer is not a verify response".into()),
+        Ok(v) if v.is_valid && status == 200 => Verified::Valid,
+        Ok(v) if !v.is_valid => Verified::Invalid(reason(v.invalid_reason)),
+        _ => unavailable(),
     }
 }
 
-/// Settlement failures that happen after the transfer was broadcast: its outcome is unknown.
-const BROADCAST_UNKNOWN: [&str; 2] = [
-    "invalid_exact_evm_failed_to_get_receipt",
-    "unexpected_settle_error",
+/// Settlement refusals known to come before any transfer (the reasons of x402's reference
+/// facilitators, with or without their `invalid_exact_evm_` prefix): no money moved. Any other
+/// refusal — a reverted or unconfirmed transaction, a reason this list does not know — may
+/// have moved it, so its outcome is unknown.
+const BEFORE_TRANSFER: [&str; 27] = [
+    "insufficient_funds",
+    "insufficient_balance",
+    "invalid_scheme",
+    "invalid_network",
+    "invalid_payload",
+    "invalid_payment_requirements",
+    "invalid_x402_version",
+    "scheme",
+    "network_mismatch",
+    "payload",
+    "payload_missing_signature",
+    "missing_eip712_domain",
+    "recipient_mismatch",
+    "authorization_value",
+    "required_amount",
+    "payload_authorization_value_mismatch",
+    "signature_format",
+    "failed_to_verify_signature",
+    "signature",
+    "payload_authorization_valid_before",
+    "payload_authorization_valid_after",
+    "token_name_mismatch",
+    "token_version_mismatch",
+    "eip3009_not_supported",
+    "transaction_simulation_failed",
+    "verification_failed",
+    "failed_to_parse_signature",
 ];
+
+fn before_transfer(reason: &str) -> bool {
+    let short = reason.strip_prefix("invalid_exact_evm_").unwrap_or(reason);
+    BEFORE_TRANSFER.contains(&short) || BEFORE_TRANSFER.contains(&reason)
+}
 
 /// What a facilitator's `/settle` answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,24 +536,31 @@ pub enum Settled {
     /// The payment's nonce was used already: by this payment (a retry whose first answer was
     /// lost) or another transfer — the facilitator does not say which.
     NonceUsed,
-    /// No usable answer, or a failure after broadcast: the money may have moved.
+    /// No usable answer, or a refusal that may come after a transfer: the money may have moved.
     Unknown(String),
 }
 
-/// Reads `/settle`'s answer.
+/// Reads `/settle`'s answer (a refusal may come under a 4xx, as x402's facilitators send it).
 pub fn settled(status: Option<u16>, body: &[u8]) -> Settled {
-    if status != Some(200) {
-        return Settled::Unknown(match status {
+    let unknown = || {
+        Settled::Unknown(match status {
             Some(s) => format!("the facilitator answered {s}"),
             None => "the facilitator did not answer".into(),
-        });
-    }
+        })
+    };
+    let Some(status @ (200 | 400..=499)) = status else {
+        return unknown();
+    };
     let Ok(answer) = serde_json::from_slice::<SettleResponse>(body) else {
-        return Settled::Unknown("the facilitator's answer is not a settle response".into());
+        return unknown();
     };
     if answer.success {
         let tx = &answer.transaction;
-        if tx.is_empty() || tx.len() > 256 || !tx.bytes().all(|b| b.is_ascii_graphic()) {
+        if status != 200
+            || tx.is_empty()
+            || tx.len() > 256
+            || !tx.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Settled::Unknown("the settlement names no transaction".into());
         }
         return Settled::Done {
@@ -503,13 +569,13 @@ pub fn settled(status: Option<u16>, body: &[u8]) -> Settled {
         };
     }
     let why = answer.error_reason.clone().unwrap_or_default();
-    if why == "nonce_already_used" {
+    if why.ends_with("nonce_already_used") {
         return Settled::NonceUsed;
     }
-    if BROADCAST_UNKNOWN.contains(&why.as_str()) {
-        return Settled::Unknown(reason(Some(why)));
+    if before_transfer(&why) {
+        return Settled::Refused(reason(Some(why)));
     }
-    Settled::Refused(reason(Some(why)))
+    Settled::Unknown(reason(Some(why)))
 }
 
 /// Credits a settled payment's pack to the consumer's record (once per transaction) and
@@ -524,9 +590,14 @@ pub fn credit_settled(
 ) -> Result<Credited, CountError> {
     let ledger = ledger_key(&presented.network, transaction);
     let credited = credit(store, record_key, credits, &ledger, now_ms.div_euclid(1000))?;
-    // Credited: a lost mark leaves the claim SETTLING, so a retry settles again and the
-    // ledger credits nothing twice.
-    mark(store, &presented.replay, Some(State::Settled), now_ms)?;
+    // Credited, whatever comes next: a lost mark leaves the claim SETTLING, so a retry settles
+    // again and the ledger credits nothing twice.
+    if let Err(e) = mark(store, &presented.replay, Some(State::Settled), now_ms) {
+        log::warn!(
+            "payments: a credited payment's claim could not be marked settled ({})",
+            e.reason()
+        );
+    }
     Ok(credited)
 }
 

@@ -169,9 +169,9 @@ pub fn check_and_take(
 pub const CREDITS: &str = "$credits";
 /// The prefix of a ledger entry: a settlement credited to this record, by its digest.
 pub const LEDGER_PREFIX: &str = "$tx:";
-/// Most ledger entries a record keeps (the oldest goes first).
-pub const MAX_LEDGER: usize = 16;
-/// How long a ledger entry is kept at least, in seconds.
+/// Most ledger entries a record keeps: expired ones go first, then the oldest.
+pub const MAX_LEDGER: usize = 32;
+/// How long a ledger entry is meant to be kept, in seconds (longer than any claim lives).
 pub const LEDGER_SECONDS: i64 = 7 * 86_400;
 
 /// Whether an entry is not a limit's counter (a balance, a ledger entry): kept as it is by
@@ -187,10 +187,9 @@ pub fn balance(record: &Record) -> u64 {
 
 /// The record's limit counters as `next`, followed by its other entries (balance, ledger) as
 /// they were: `next` holds the limits only.
-fn with_accounts(mut next: Vec<u8>, record: &Record, read: usize) -> Vec<u8> {
-    // Without account entries the record is exactly its limits: nothing to look for when the
-    // limits were written back at the length they were read (the usual case).
-    if read <= next.len() {
+fn with_accounts(mut next: Vec<u8>, record: &Record) -> Vec<u8> {
+    // Most records have no account entry: one walk over the names says so, nothing allocated.
+    if !record.any_name(|name| name.first() == Some(&b'$')) {
         return next;
     }
     let accounts: Vec<Entry> = record.entries().into_iter().filter(is_account).collect();
@@ -270,7 +269,7 @@ pub fn check_and_take_with(
         let next = if drawn > 0 {
             set_account(&record, limits_part, CREDITS, paid, 0, i64::MAX)
         } else {
-            with_accounts(limits_part, &record, bytes.len())
+            with_accounts(limits_part, &record)
         };
         let usages = usages
             .into_iter()
@@ -360,7 +359,10 @@ pub fn credit(
             .filter(|e| e.name.starts_with(LEDGER_PREFIX.as_bytes()))
             .copied()
             .collect();
-        // Newest first; the oldest beyond the bound go.
+        // Expired entries go first, then the oldest beyond the bound (newest first).
+        if ledger.len() >= MAX_LEDGER {
+            ledger.retain(|e| e.end > now);
+        }
         ledger.sort_by_key(|e| std::cmp::Reverse(e.start));
         ledger.truncate(MAX_LEDGER - 1);
         let head = [

@@ -98,6 +98,23 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// Whether an entry's name passes `test` (walked in place, nothing allocated).
+    pub fn any_name(&self, test: impl Fn(&[u8]) -> bool) -> bool {
+        match self {
+            Record::Binary(body) => {
+                let mut rest = *body;
+                while let Ok((entry, tail)) = next_entry(rest) {
+                    if test(entry.name) {
+                        return true;
+                    }
+                    rest = tail;
+                }
+                false
+            }
+            Record::Text(entries) => entries.iter().any(|e| test(e.name)),
+        }
+    }
+
     /// Every entry, in stored order.
     pub fn entries(&self) -> Vec<Entry<'a>> {
         match self {

@@ -321,13 +321,39 @@ fn pay<'c>(
     if plan.credits.is_empty() {
         return None;
     }
+    let now = attempt.now_ms.div_euclid(1000);
+    // A consumer that credits would not let through (its standing, or a limit credits do not
+    // stand in for, such as a burst) is refused as usual, before any money moves.
+    if !matches!(
+        consumer.standing(now),
+        crate::config::Standing::Active | crate::config::Standing::Grace { .. }
+    ) {
+        return None;
+    }
+    let costs = attempt.price.costs(config, plan);
+    if let Ok(usages) = crate::quota::look(
+        store,
+        &consumer.store_key,
+        &plan.limits,
+        &costs,
+        now,
+        config.utc_offset,
+    ) {
+        let uncured = usages
+            .iter()
+            .enumerate()
+            .any(|(i, u)| u.violated && !plan.credits.contains(&i));
+        if uncured {
+            return None;
+        }
+    }
     let caller = Caller { consumer, plan };
     let reply = |kind: &'static str, detail: String, retry: Option<u64>| Verdict {
         action: Action::Reply(payments::reply(payments, &caller, kind, detail, retry)),
         metrics: Increments::default(),
         metered: Metered::of(Some(&caller)),
     };
-    let presented = match payments::read(payments, header, value, attempt.now_ms.div_euclid(1000)) {
+    let presented = match payments::read(payments, header, value, now) {
         Ok(presented) => presented,
         Err(Refused::Malformed(why)) => {
             log::debug!("consumer={}: malformed payment ({why})", consumer.name());
@@ -338,6 +364,32 @@ fn pay<'c>(
             return Some(reply(crate::response::PAYMENT_REFUSED, why, None));
         }
     };
+    // A payment whose settlement is under way, unknown or done is never refused for its time
+    // (its claim decides); a fresh one that cannot be settled now is.
+    let state = payments::state_of(store, &presented.replay);
+    let claimed = matches!(
+        state,
+        Some(payments::State::Settling | payments::State::Unknown | payments::State::Settled)
+    );
+    if let (Some(why), false) = (presented.untimely, claimed) {
+        return Some(reply(crate::response::PAYMENT_REFUSED, why.into(), None));
+    }
+    if state.is_none()
+        && payments::open_claims(store, consumer.name(), now)
+            >= payments::MAX_OPEN_CLAIMS_PER_CONSUMER
+    {
+        log::warn!(
+            "consumer={}: {} payments not settled; its next ones wait",
+            consumer.name(),
+            payments::MAX_OPEN_CLAIMS_PER_CONSUMER
+        );
+        return Some(reply(
+            crate::response::PAYMENT_PENDING,
+            "Too many of this consumer's payments are pending or were refused; try again later."
+                .into(),
+            Some(60),
+        ));
+    }
     let stale = payments::stale_ms(payments);
     let verify = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
         Ok(Claimed::Fresh) => true,

@@ -160,7 +160,10 @@ fn verify_answers_valid_then_as_scripted() {
         json!({"isValid": false, "invalidReason": "insufficient_funds", "payer": PAYER})
     );
     let (_, answer) = client.post("/x402/verify", &call_body_v1(&nonce));
-    assert_eq!(answer["invalidReason"], "nonce_already_used");
+    assert_eq!(
+        answer["invalidReason"],
+        "invalid_exact_evm_nonce_already_used"
+    );
     let (_, answer) = client.post("/x402/verify", &call_body_v1(&nonce));
     assert_eq!(answer, json!({"isValid": true, "payer": PAYER}));
 
@@ -201,7 +204,7 @@ fn settle_settles_a_nonce_once() {
     assert_eq!(
         answer,
         json!({
-            "success": false, "errorReason": "nonce_already_used", "transaction": "",
+            "success": false, "errorReason": "invalid_exact_evm_nonce_already_used", "transaction": "",
             "network": "eip155:84532", "payer": PAYER,
         })
     );
@@ -271,7 +274,11 @@ fn scripted_failures_settle_nothing() {
             &answer["errorReason"],
             &answer["transaction"]
         ),
-        (&json!(false), &json!("nonce_already_used"), &json!(""))
+        (
+            &json!(false),
+            &json!("invalid_exact_evm_nonce_already_used"),
+            &json!("")
+        )
     );
     assert!(fake.settled().is_empty());
 
@@ -320,7 +327,10 @@ fn slow_settle_settles_at_once_and_answers_late() {
 
     // Then as ever: the nonce is spent.
     let (_, answer) = client.post("/x402/settle", &call_body(&late));
-    assert_eq!(answer["errorReason"], "nonce_already_used");
+    assert_eq!(
+        answer["errorReason"],
+        "invalid_exact_evm_nonce_already_used"
+    );
 }
 
 #[test]

@@ -50,7 +50,8 @@ fn plugin_json_with(timeout: &str, extra: &str) -> String {
              "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600,
              "extra": {{"name": "USDC", "version": "2"}} }},
           {{ "name": "twenty", "credits": 20, "network": "eip155:84532",
-             "asset": "{ASSET}", "amount": "35000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600 }}
+             "asset": "{ASSET}", "amount": "35000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600,
+             "extra": {{"name": "USDC", "version": "2"}} }}
         ]
       }},
       "usage_path": "/tollgate/usage"{extra}
@@ -511,9 +512,67 @@ fn the_shipped_example_sells_credits() {
         &payment_signature(&accepts[1], PAYER, &x402_nonce(71)),
     );
     assert_eq!(paid.status, 200, "{}", paid.body);
-    let usage = envoy
-        .get("/tollgate/usage", &[("x-api-key", "acme-key")])
-        .json();
-    assert_eq!(usage["credits"], 999);
+    let credits = || {
+        envoy
+            .get("/tollgate/usage", &[("x-api-key", "acme-key")])
+            .json()["credits"]
+            .clone()
+    };
+    assert_eq!(credits(), 999);
+    // The priced route costs 5, also for the request that carries the payment.
+    let payment = payment_signature(&accepts[0], PAYER, &x402_nonce(72));
+    let forecast = envoy.get(
+        "/forecast",
+        &[("x-api-key", "acme-key"), ("payment-signature", &payment)],
+    );
+    assert_eq!(forecast.status, 200, "{}", forecast.body);
+    assert!(forecast.body.contains("forecast"));
+    assert_eq!(credits(), 999 + 100 - 5);
+    assert_eq!(facilitator.settles(), 2);
+}
+
+#[test]
+fn a_client_gone_during_settlement_gets_the_same_payment_credited_once_later() {
+    use std::io::Write;
+    let facilitator = Facilitator::start("/x402");
+    facilitator.set_idempotent(true);
+    let envoy = start(&facilitator, "1s");
+    let accepted = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
+    // The settlement answers within the call's timeout, but after the client has gone.
+    facilitator.script_settle(&[Outcome::Slow(Duration::from_millis(700))]);
+    let nonce = x402_nonce(81);
+    let payment = payment_signature(&accepted, PAYER, &nonce);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    write!(
+        client,
+        "GET / HTTP/1.1\r\nhost: t\r\nx-api-key: acme-key\r\npayment-signature: {payment}\r\n\r\n"
+    )
+    .unwrap();
+    poll(DEADLINE, "the settle call", || {
+        (facilitator.settles() == 1).then_some(())
+    });
+    drop(client);
+    // While that call may still be under way, the same payment is not settled a second time.
+    let busy = pay(&envoy, "acme-key", &payment);
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert!(busy.header("payment-required").is_none());
     assert_eq!(facilitator.settles(), 1);
+    // Once the claim is stale (2 × timeout + 5 s), the same payment settles again and is
+    // credited, once.
+    let paid = poll(DEADLINE, "the retried payment to be served", || {
+        let r = pay(&envoy, "acme-key", &payment);
+        match r.status {
+            200 => Some(r),
+            503 => None,
+            other => panic!("{other}: {}", r.body),
+        }
+    });
+    let receipt = decode_x402(paid.header("payment-response").unwrap());
+    assert_eq!(
+        receipt["transaction"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
+    assert_eq!(facilitator.settles(), 2);
+    assert_eq!(facilitator.verifies(), 1);
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
 }

@@ -586,6 +586,18 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
             )));
         }
     }
+    if let Some(plan) = anonymous
+        .and_then(|i| consumers.get(i))
+        .and_then(|c| plans.get(c.plan))
+        .filter(|p| !p.credits.is_empty())
+    {
+        return Err(ConfigError(format!(
+            "anonymous_plan: plan `{}` has credits, which a caller without a key would buy for \
+             everyone without one (and any caller could make the gateway call the facilitator): \
+             give the anonymous plan one without `credits`",
+            plan.name
+        )));
+    }
     if payments.is_some() && store.is_some() {
         return Err(ConfigError(
             "payments: prepaid credits are counted in this Envoy's shared data for now; \

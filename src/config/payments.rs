@@ -191,6 +191,20 @@ fn compile_pack(i: usize, raw: RawPack, packs: &[Pack]) -> Result<Pack, ConfigEr
             return err("extra", &format!("at most {MAX_EXTRA} bytes of JSON"));
         }
     }
+    // An EVM `exact` payment is an EIP-3009 authorization signed over the token's EIP-712
+    // domain: clients and facilitators take its name and version from here.
+    let domain = |member: &str| {
+        raw.extra
+            .as_ref()
+            .and_then(|e| e.get(member))
+            .is_some_and(|v| v.as_str().is_some_and(|t| !t.is_empty()))
+    };
+    if raw.network.starts_with("eip155:") && !(domain("name") && domain("version")) {
+        return err(
+            "extra",
+            "an EVM pack names its token's EIP-712 domain: {\"name\": \"USD Coin\", \"version\": \"2\"} (the token contract's own)",
+        );
+    }
     // A v1 payment names no pack: it is matched by network, payee and amount.
     let alike = |p: &Pack| {
         p.offer.network == raw.network
@@ -198,6 +212,22 @@ fn compile_pack(i: usize, raw: RawPack, packs: &[Pack]) -> Result<Pack, ConfigEr
             && p.offer.pay_to.eq_ignore_ascii_case(&raw.pay_to)
             && p.offer.amount == raw.amount
     };
+    // A v1 payment names no asset either: its network, payee and amount must tell packs apart.
+    let alike_v1 = |p: &Pack| {
+        raw.v1_network.is_some()
+            && p.v1_network == raw.v1_network
+            && p.offer.pay_to.eq_ignore_ascii_case(&raw.pay_to)
+            && p.offer.amount == raw.amount
+    };
+    if let Some(other) = packs.iter().find(|p| alike_v1(p)) {
+        return err(
+            "v1_network",
+            &format!(
+                "pack `{}` has the same v1_network, pay_to and amount: an x402 v1 payment (which names no asset) could not say which it buys",
+                other.name
+            ),
+        );
+    }
     if let Some(other) = packs.iter().find(|p| alike(p)) {
         return err(
             "amount",

@@ -764,7 +764,7 @@ fn with_payments(plan_extra: &str, payments: &str) -> String {
 
 const PACK: &str = r#"{"name": "ten", "credits": 10, "network": "eip155:84532",
     "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "10000",
-    "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"}"#;
+    "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "extra": {"name": "USDC", "version": "2"}}"#;
 
 fn payments_section(packs: &str) -> String {
     format!(
@@ -842,6 +842,23 @@ fn payments_are_validated_naming_the_field() {
                 &payments_section(PACK).replace("http://f/x402", "f/x402"),
             ),
             "payments.facilitator.url",
+        ),
+        (
+            with_payments(
+                "",
+                &payments_section(
+                    &PACK.replace(r#", "extra": {"name": "USDC", "version": "2"}"#, ""),
+                ),
+            ),
+            "payments.packs[0].extra: an EVM pack names its token's EIP-712 domain",
+        ),
+        (
+            with_payments(r#", "credits": ["daily"]"#, &payments_section(PACK)).replacen(
+                '{',
+                r#"{"anonymous_plan": "p", "#,
+                1,
+            ),
+            "anonymous_plan: plan `p` has credits",
         ),
         (
             with_payments(

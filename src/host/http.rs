@@ -99,7 +99,8 @@ impl Filter {
             Step::Replied => Err(Action::Pause),
             Step::Pay(pay) => {
                 let now_ms = now_ms().unwrap_or(0);
-                self.paying = payments::start(runtime, pay, &self.store, now_ms);
+                self.route = route;
+                self.paying = payments::start(runtime, pay, attempt.price, &self.store, now_ms);
                 Err(Action::Pause)
             }
             Step::Wait(wait) => {
@@ -251,7 +252,8 @@ impl Context for Filter {
                 if matches!(step, Step::Continue { .. }) {
                     self.payment_response = paid;
                 }
-                if self.go_on(&runtime, &attempt, step, None, None).is_ok() {
+                let route = self.route;
+                if self.go_on(&runtime, &attempt, step, None, route).is_ok() {
                     payments::resume();
                 }
             }

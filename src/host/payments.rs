@@ -14,7 +14,7 @@ use super::metrics::{bump, define_counter};
 use super::request::{run, send};
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
-use crate::decision::{Attempt, Caller};
+use crate::decision::{Attempt, Caller, Price};
 use crate::payments::{self as core, Pay, Settled, State, Verified};
 use crate::response::{PAYMENT_PENDING, PAYMENT_REFUSED, PAYMENT_UNRESOLVED};
 use crate::verdict::Step;
@@ -77,6 +77,8 @@ pub struct Paying {
     pub pay: Pay,
     pub stage: Stage,
     pub token: u32,
+    /// What the request costs (its route's), for its decision once paid.
+    pub price: Price,
 }
 
 /// Seconds a client is told to wait when a payment's outcome is not known yet.
@@ -132,14 +134,25 @@ pub fn call(runtime: &Runtime, pay: &Pay, stage: Stage) -> Option<u32> {
 }
 
 /// Starts the calls of a claimed payment: `Some` (hold the request) or `None` (replied).
-pub fn start(runtime: &Runtime, pay: Pay, store: &SharedData, now_ms: i64) -> Option<Paying> {
+pub fn start(
+    runtime: &Runtime,
+    pay: Pay,
+    price: Price,
+    store: &SharedData,
+    now_ms: i64,
+) -> Option<Paying> {
     let stage = if pay.verify {
         Stage::Verify
     } else {
         Stage::Settle
     };
     match call(runtime, &pay, stage) {
-        Some(token) => Some(Paying { pay, stage, token }),
+        Some(token) => Some(Paying {
+            pay,
+            stage,
+            token,
+            price,
+        }),
         None => {
             // Nothing was asked: the payment may be presented again.
             let state = match stage {
@@ -195,7 +208,9 @@ pub fn on_answer(
     now_ms: i64,
 ) -> Next {
     let (status, body) = answer(num_headers, body_size);
-    let Paying { pay, stage, .. } = paying;
+    let Paying {
+        pay, stage, price, ..
+    } = paying;
     let replay = pay.presented.replay.clone();
     let mark = |state: Option<State>| {
         if let Err(e) = core::mark(store, &replay, state, now_ms) {
@@ -211,6 +226,7 @@ pub fn on_answer(
                         pay,
                         stage: Stage::Settle,
                         token,
+                        price,
                     }),
                     None => {
                         mark(None);
@@ -250,7 +266,12 @@ pub fn on_answer(
             Settled::Done {
                 transaction,
                 response,
-            } => settled_payment(runtime, &pay, store, &transaction, response, now_ms),
+            } => settled_payment(runtime, &pay, price, store, &transaction, response, now_ms),
+            // A retry of a settlement whose outcome was unknown: whatever refuses it now (the
+            // nonce used, the funds gone) may be the first settlement's doing.
+            Settled::Refused(_) | Settled::NonceUsed if !pay.verify => {
+                unresolved(runtime, &pay, &mark)
+            }
             Settled::Refused(why) => {
                 count(Count::Refused, 1);
                 mark(Some(State::Failed));
@@ -258,7 +279,7 @@ pub fn on_answer(
                 reply(runtime, &pay, PAYMENT_REFUSED, why, None);
                 Next::Done(None, None)
             }
-            Settled::NonceUsed if pay.verify => {
+            Settled::NonceUsed => {
                 count(Count::Refused, 1);
                 mark(Some(State::Failed));
                 reply(
@@ -266,24 +287,6 @@ pub fn on_answer(
                     &pay,
                     PAYMENT_REFUSED,
                     "the authorization's nonce was used already".into(),
-                    None,
-                );
-                Next::Done(None, None)
-            }
-            Settled::NonceUsed => {
-                count(Count::Unresolved, 1);
-                mark(Some(State::Unknown));
-                log::error!(
-                    "payments: a payment whose settlement was unknown is now `nonce_already_used` \
-                     without a transaction: not credited; resolve it from the facilitator's records"
-                );
-                reply(
-                    runtime,
-                    &pay,
-                    PAYMENT_UNRESOLVED,
-                    "The settlement of this payment cannot be confirmed; it was not credited. \
-                     Contact the API's operator."
-                        .into(),
                     None,
                 );
                 Next::Done(None, None)
@@ -307,11 +310,39 @@ pub fn on_answer(
     }
 }
 
+/// The retry of an unknown settlement that the facilitator refuses: not credited, never a
+/// fresh 402; the operator resolves it (the log line and `tollgate.payments.unresolved`).
+fn unresolved(runtime: &Runtime, pay: &Pay, mark: &dyn Fn(Option<State>)) -> Next {
+    count(Count::Unresolved, 1);
+    mark(Some(State::Unknown));
+    let consumer = runtime
+        .config
+        .consumers
+        .get(pay.consumer)
+        .map_or("?", |c| c.name());
+    log::error!(
+        "payments: consumer={consumer}: a payment whose settlement was unknown is refused on its \
+         retry: not credited; resolve it from the facilitator's records (replay key {})",
+        pay.presented.replay
+    );
+    reply(
+        runtime,
+        pay,
+        PAYMENT_UNRESOLVED,
+        "The settlement of this payment cannot be confirmed; it was not credited. \
+         Contact the API's operator."
+            .into(),
+        None,
+    );
+    Next::Done(None, None)
+}
+
 /// A settled payment: credit it, then decide the request as usual (it now draws on the
 /// balance) with the settlement's response header.
 fn settled_payment(
     runtime: &Rc<Runtime>,
     pay: &Pay,
+    price: Price,
     store: &SharedData,
     transaction: &str,
     response: crate::x402::SettleResponse,
@@ -392,6 +423,7 @@ fn settled_payment(
     let paid = (header, crate::x402::encode(&response));
     let attempt = Attempt {
         now_ms,
+        price,
         paid: Some(paid.clone()),
         ..Attempt::default()
     };
@@ -407,12 +439,12 @@ pub fn resume() {
     }
 }
 
-/// A paying request went away before its answer: a verification leaves nothing (the claim is
-/// dropped), a settlement's outcome is unknown.
+/// A paying request went away before its answer (whose answer the SDK then drops): a
+/// verification leaves nothing (the claim is dropped); a settlement's claim stays SETTLING —
+/// its call may still be under way — until it is stale, when the same payment presented again
+/// settles again (`crate::payments::stale_ms`).
 pub fn abandon(paying: &Paying, store: &SharedData, now_ms: i64) {
-    let state = match paying.stage {
-        Stage::Verify => None,
-        Stage::Settle => Some(State::Unknown),
-    };
-    let _ = core::mark(store, &paying.pay.presented.replay, state, now_ms);
+    if paying.stage == Stage::Verify {
+        let _ = core::mark(store, &paying.pay.presented.replay, None, now_ms);
+    }
 }

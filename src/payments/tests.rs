@@ -33,9 +33,10 @@ fn config() -> Config {
         "resource": {{ "url": "https://api.example.com/", "description": "API credits" }},
         "packs": [
           {{ "name": "small", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
-             "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}" }},
+             "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}", "extra": {{"name": "USDC", "version": "2"}} }},
           {{ "name": "large", "credits": 100, "network": "eip155:84532",
-             "asset": "{ASSET}", "amount": "90000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 300 }}
+             "asset": "{ASSET}", "amount": "90000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 300,
+             "extra": {{"name": "USDC", "version": "2"}} }}
         ]
       }}
     }}"#
@@ -117,16 +118,24 @@ fn a_tampered_payment_is_refused_before_any_call() {
     let mut other = small(&config);
     other.pay_to = format!("0x{}", "9".repeat(40));
     mismatch(v2(other, authorization("10000", '1')));
-    // Expired, not yet valid, valid for too long.
+    // Expired, not yet valid, valid for too long: read, and said why it cannot be settled
+    // now (the verdict refuses a fresh one for it; see `crate::verdict`'s tests).
+    let untimely = |a: Authorization| {
+        read(p, PAYMENT_SIGNATURE, v2(small(&config), a).as_bytes(), NOW)
+            .unwrap()
+            .untimely
+            .unwrap_or_default()
+    };
     let mut expired = authorization("10000", '1');
     expired.valid_before = (NOW + 2).to_string();
-    assert!(mismatch(v2(small(&config), expired)).contains("expired"));
+    assert!(untimely(expired).contains("expired"));
     let mut later = authorization("10000", '1');
     later.valid_after = (NOW + 10).to_string();
-    assert!(mismatch(v2(small(&config), later)).contains("not valid yet"));
+    assert!(untimely(later).contains("not valid yet"));
     let mut long = authorization("10000", '1');
     long.valid_before = (NOW + 3600).to_string();
-    assert!(mismatch(v2(small(&config), long)).contains("maxTimeoutSeconds"));
+    assert!(untimely(long).contains("maxTimeoutSeconds"));
+    assert_eq!(untimely(authorization("10000", '1')), "");
 }
 
 #[test]
@@ -310,12 +319,59 @@ fn what_the_facilitators_answers_mean() {
     let used =
         br#"{"success":false,"errorReason":"nonce_already_used","transaction":"","network":"n"}"#;
     assert_eq!(settled(Some(200), used), Settled::NonceUsed);
-    let funds =
+    let funds: &[u8] =
         br#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"n"}"#;
     assert_eq!(
         settled(Some(200), funds),
         Settled::Refused("insufficient_funds".into())
     );
+    // What x402's reference facilitators say (TypeScript, Go, Python).
+    let reference = br#"{"success":false,"errorReason":"invalid_exact_evm_nonce_already_used","transaction":"","network":"n"}"#;
+    assert_eq!(settled(Some(200), reference), Settled::NonceUsed);
+    let refusal = |why: &str| {
+        format!(r#"{{"success":false,"errorReason":"{why}","transaction":"","network":"n"}}"#)
+    };
+    // Refusals known to come before any transfer, with or without the scheme's prefix.
+    for why in [
+        "invalid_exact_evm_insufficient_balance",
+        "invalid_exact_evm_signature",
+        "insufficient_funds",
+    ] {
+        let body = refusal(why);
+        assert!(
+            matches!(settled(Some(200), body.as_bytes()), Settled::Refused(_)),
+            "{why}"
+        );
+    }
+    // After a broadcast (reverted, no receipt), or a reason nobody listed: unknown.
+    for why in [
+        "invalid_exact_evm_transaction_failed",
+        "invalid_exact_evm_failed_to_execute_transfer",
+        "something_new",
+    ] {
+        let body = refusal(why);
+        assert!(
+            matches!(settled(Some(200), body.as_bytes()), Settled::Unknown(_)),
+            "{why}"
+        );
+    }
+    // A refusal under a 4xx is read as a refusal (x402's facilitator client does so too).
+    assert_eq!(
+        settled(Some(400), funds),
+        Settled::Refused("insufficient_funds".into())
+    );
+    assert_eq!(
+        verified(
+            Some(400),
+            br#"{"isValid":false,"invalidReason":"invalid_exact_evm_signature"}"#
+        ),
+        Verified::Invalid("invalid_exact_evm_signature".into())
+    );
+    assert!(matches!(
+        verified(Some(400), br#"{"isValid":true}"#),
+        Verified::Unavailable(_)
+    ));
+    assert!(matches!(settled(Some(400), ok), Settled::Unknown(_)));
     let receipt = br#"{"success":false,"errorReason":"invalid_exact_evm_failed_to_get_receipt","transaction":"","network":"n"}"#;
     assert!(matches!(settled(Some(200), receipt), Settled::Unknown(_)));
     // Success without a transaction cannot be credited (the ledger is keyed by it).
@@ -438,4 +494,98 @@ fn the_ledger_keeps_its_newest_entries() {
             .unwrap()
             .added
     );
+}
+
+/// Found by review: a record rewritten for a plan that gained limits kept its limits only,
+/// and lost the balance and the ledger.
+#[test]
+fn a_balance_survives_a_plan_that_gains_limits() {
+    use crate::config::{Limit, Unit};
+    use crate::window::Window;
+    let store = MemoryStore::new();
+    store.set("k", crate::record::empty(), 0).unwrap();
+    let limit = |name: &str| Limit {
+        name: name.into(),
+        requests: 1_000,
+        unit: Unit::Requests,
+        window: Window::Fixed(86_400),
+        window_text: String::new(),
+        status: 402,
+        per_envoy: false,
+    };
+    let before = [limit("daily")];
+    assert!(
+        check_and_take(&store, "k", &before, &[], NOW, 0)
+            .unwrap()
+            .admitted
+    );
+    crate::quota::credit(&store, "k", 1_000, "0123456789abcdef01234567", NOW).unwrap();
+    let after = [limit("daily"), limit("aaaa"), limit("bbbb"), limit("cccc")];
+    assert!(
+        check_and_take(&store, "k", &after, &[], NOW, 0)
+            .unwrap()
+            .admitted
+    );
+    let bytes = store.value("k").unwrap();
+    let record = Record::decode(&bytes).unwrap();
+    assert_eq!(balance(&record), 1_000, "the balance was wiped");
+    assert!(
+        !crate::quota::credit(&store, "k", 1, "0123456789abcdef01234567", NOW)
+            .unwrap()
+            .added,
+        "the ledger was wiped"
+    );
+}
+
+/// Found by review: x402 v1 payments name no asset, so two packs alike but for their asset
+/// could not be told apart.
+#[test]
+fn v1_packs_must_differ_by_more_than_their_asset() {
+    let json = format!(
+        r#"{{
+      "plans": {{ "m": {{ "limits": [{{"name": "daily", "requests": 2, "window": "day"}}], "credits": ["daily"] }} }},
+      "consumers": {{ "acme": {{ "plan": "m", "keys": ["k"] }} }},
+      "payments": {{
+        "facilitator": {{ "cluster": "f", "url": "http://f/x402" }},
+        "resource": {{ "url": "https://api.example.com/" }},
+        "packs": [
+          {{ "name": "a", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
+             "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}", "extra": {{"name": "USDC", "version": "2"}} }},
+          {{ "name": "b", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
+             "asset": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", "amount": "10000", "pay_to": "{PAY_TO}",
+             "extra": {{"name": "USD Coin", "version": "2"}} }}
+        ]
+      }}
+    }}"#
+    );
+    let e = Config::from_json(json.as_bytes()).unwrap_err().0;
+    assert!(
+        e.starts_with("payments.packs[1].v1_network: pack `a` has the same"),
+        "{e}"
+    );
+    // Without a v1 network, the asset tells them apart (a v2 payment echoes it).
+    let v2_only = json.replace(r#""v1_network": "base-sepolia","#, "");
+    assert!(Config::from_json(v2_only.as_bytes()).is_ok());
+}
+
+#[test]
+fn open_claims_are_counted_per_consumer() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let stale = stale_ms(payments(&config));
+    for n in 0..3 {
+        let mut a = authorization("10000", '0');
+        a.nonce = format!("0x{n:064x}");
+        let value = v2(small(&config), a);
+        let p = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
+        claim(&store, &p, "acme", NOW * 1000, stale).unwrap();
+        if n == 2 {
+            mark(&store, &p.replay, Some(State::Settled), NOW * 1000).unwrap();
+        }
+    }
+    assert_eq!(open_claims(&store, "acme", NOW), 2);
+    assert_eq!(open_claims(&store, "globex", NOW), 0);
+    // Gone with their authorizations.
+    assert_eq!(open_claims(&store, "acme", NOW + 60 + KEEP_SECONDS + 1), 0);
 }

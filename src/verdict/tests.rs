@@ -830,16 +830,19 @@ mod payments {
         let json = format!(
             r#"{{
               "credentials": [{{"header": "x-api-key"}}],
-              "plans": {{"metered": {{"limits": [{{"name": "daily", "requests": 1, "window": "day", "status": 429}}],
+              "plans": {{"metered": {{"limits": [{{"name": "daily", "requests": 1, "window": "day", "status": 429}},
+                                                 {{"name": "burst", "requests": 3, "window": "1h"}}],
                                       "credits": ["daily"]}},
                          "free": {{"limits": [{{"name": "daily", "requests": 1, "window": "day"}}]}}}},
               "consumers": {{"acme": {{"plan": "metered", "keys": ["acme"]}},
+                             "initech": {{"plan": "metered", "keys": ["initech"], "status": "suspended"}},
                              "hooli": {{"plan": "free", "keys": ["hooli"]}}}},
               "payments": {{
                 "facilitator": {{"cluster": "facilitator", "url": "http://facilitator/x402"}},
                 "resource": {{"url": "https://api.example.com/"}},
                 "packs": [{{"name": "ten", "credits": 10, "network": "eip155:84532", "v1_network": "base-sepolia",
-                            "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}"}}]
+                            "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}",
+                            "extra": {{"name": "USDC", "version": "2"}}}}]
               }}
             }}"#
         );
@@ -847,6 +850,14 @@ mod payments {
     }
 
     fn payment(config: &Config, value: &str, nonce: char) -> String {
+        payment_until(config, value, nonce, NOW + 60)
+    }
+
+    fn payment_until(config: &Config, value: &str, nonce: char, before: i64) -> String {
+        payment_with(config, value, &nonce.to_string().repeat(64), before)
+    }
+
+    fn payment_with(config: &Config, value: &str, nonce: &str, before: i64) -> String {
         x402::encode(&x402::PaymentPayload {
             x402_version: 2,
             resource: None,
@@ -858,8 +869,8 @@ mod payments {
                     to: PAY_TO.into(),
                     value: value.into(),
                     valid_after: "0".into(),
-                    valid_before: (NOW + 60).to_string(),
-                    nonce: format!("0x{}", nonce.to_string().repeat(64)),
+                    valid_before: before.to_string(),
+                    nonce: format!("0x{nonce}"),
                 },
             },
         })
@@ -1002,5 +1013,98 @@ mod payments {
         let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
         let v = run_with(&config, &store, &Memo::default(), &headers, &attempt);
         assert!(matches!(v.action, Action::Forward(_)));
+    }
+
+    #[test]
+    fn an_expired_payment_is_refused_unless_its_settlement_is_under_way_or_unknown() {
+        let config = config();
+        let store = store_for(&config);
+        let p = config.payments.as_ref().unwrap();
+        let late = payment_until(&config, "10000", '5', NOW + 2);
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, late.as_str())];
+        let refused = reply(run(&config, &store, &headers));
+        assert_eq!(refused.status, 402);
+        assert!(refused.body.contains("expired"));
+        // The same payment, whose settlement's outcome became unknown before it expired: its
+        // retry settles again, never a fresh 402.
+        let presented = read(p, PAYMENT_SIGNATURE, late.as_bytes(), NOW - 100).unwrap();
+        assert_eq!(
+            claim(&store, &presented, "acme", (NOW - 100) * 1000, stale_ms(p)).unwrap(),
+            Claimed::Fresh
+        );
+        mark(
+            &store,
+            &presented.replay,
+            Some(State::Unknown),
+            (NOW - 99) * 1000,
+        )
+        .unwrap();
+        match run(&config, &store, &headers).action {
+            Action::Pay(pay) => assert!(!pay.verify),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_payment_that_would_not_let_the_request_through_is_not_taken() {
+        let config = config();
+        let store = store_for(&config);
+        // Suspended: refused as usual, nothing claimed.
+        let pay = payment(&config, "10000", '6');
+        let v = run(
+            &config,
+            &store,
+            &[("x-api-key", "initech"), (PAYMENT_SIGNATURE, pay.as_str())],
+        );
+        assert_eq!(reply(v).status, 402);
+        // The burst (which credits do not stand in for) spent: refused as usual.
+        let acme = config.consumer_for_key(b"acme").unwrap();
+        crate::quota::credit(&store, &acme.store_key, 10, "0000", NOW).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                run(&config, &store, &[("x-api-key", "acme")]).action,
+                Action::Forward(_)
+            ));
+        }
+        let v = run(
+            &config,
+            &store,
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())],
+        );
+        let refused = reply(v);
+        // Both limits violated: the daily one (429) resets last, and binds.
+        assert_eq!(refused.status, 429);
+        assert!(refused.body.contains("quota-exceeded") && refused.body.contains("burst"));
+        assert!(
+            header(&refused, "payment-required").is_none(),
+            "credits would not cure it"
+        );
+        for i in 0..crate::counters::PAYMENT_SHARDS {
+            let key = crate::counters::payment_shard_key(i);
+            assert_eq!(store.value(&key).unwrap(), b"[]");
+        }
+    }
+
+    #[test]
+    fn a_consumer_holds_a_bounded_number_of_open_claims() {
+        let config = config();
+        let store = store_for(&config);
+        for n in 0..crate::payments::MAX_OPEN_CLAIMS_PER_CONSUMER {
+            let pay = payment_with(&config, "10000", &format!("{n:064x}"), NOW + 60);
+            let v = run(
+                &config,
+                &store,
+                &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())],
+            );
+            assert!(matches!(v.action, Action::Pay(_)), "payment {n}");
+        }
+        let more = payment_with(&config, "10000", &format!("{:064x}", 999), NOW + 60);
+        let v = run(
+            &config,
+            &store,
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, more.as_str())],
+        );
+        let r = reply(v);
+        assert_eq!((r.status, header(&r, "retry-after")), (503, Some("60")));
     }
 }

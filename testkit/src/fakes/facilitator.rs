@@ -13,7 +13,7 @@
 //! `payload.authorization.from`, N is `Q.network` (else the payload's network). The fake checks
 //! no signature, amount or time: it answers what the test scripted ([`Outcome`], one per call
 //! of a route, then [`Outcome::Valid`]). What it keeps is the chain's part: a settled nonce
-//! stays settled, so settling it again fails with `nonce_already_used` as the reference
+//! stays settled, so settling it again fails with `invalid_exact_evm_nonce_already_used` as the reference
 //! facilitator's does (or, [`Facilitator::set_idempotent`], answers the first settlement again).
 //! A settlement's transaction is predictable: [`Facilitator::transaction_for`] its nonce.
 //!
@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// What x402's reference facilitators (TypeScript, Go, Python) answer for a nonce used already.
+pub const NONCE_USED: &str = "invalid_exact_evm_nonce_already_used";
+
 use super::server::{read_request, Request, TestServer};
 
 /// How the fake answers one call of `/verify` or `/settle` (see [`Facilitator::script_verify`]).
@@ -40,7 +43,7 @@ pub enum Outcome {
     /// Verify: `isValid: false` with this `invalidReason`. Settle: `success: false` with this
     /// `errorReason` (`"insufficient_funds"`, say); nothing settled.
     Invalid(&'static str),
-    /// As the facilitator answers a nonce already used on chain: `nonce_already_used` (verify:
+    /// As the facilitator answers a nonce already used on chain: [`NONCE_USED`] (verify:
     /// as its `invalidReason`; settle: as its `errorReason`, no transaction). Nothing settled.
     NonceAlreadyUsed,
     /// What `Valid` does (a settlement is recorded at once, before the wait), answered only
@@ -185,7 +188,7 @@ impl Facilitator {
     }
 
     /// `true`: a settle of a nonce already settled answers that first settlement's success
-    /// again (same transaction) instead of `nonce_already_used` (the default).
+    /// again (same transaction) instead of [`NONCE_USED`] (the default).
     pub fn set_idempotent(&self, idempotent: bool) {
         self.state.lock().unwrap().idempotent = idempotent;
     }
@@ -378,7 +381,7 @@ fn verify(outcome: Outcome, body: &Value) -> Reply {
         |reason: &str| json!({"isValid": false, "invalidReason": reason, "payer": payment.payer});
     match outcome {
         Outcome::Invalid(reason) => Reply::json(200, invalid(reason)),
-        Outcome::NonceAlreadyUsed => Reply::json(200, invalid("nonce_already_used")),
+        Outcome::NonceAlreadyUsed => Reply::json(200, invalid(NONCE_USED)),
         _ => {
             let mut reply = Reply::json(200, json!({"isValid": true, "payer": payment.payer}));
             if let Outcome::Slow(delay) = outcome {
@@ -410,7 +413,7 @@ fn settle(outcome: Outcome, body: &Value, st: &mut FacilitatorState) -> Reply {
     };
     let delay = match outcome {
         Outcome::Invalid(reason) => return Reply::json(200, failed(reason)),
-        Outcome::NonceAlreadyUsed => return Reply::json(200, failed("nonce_already_used")),
+        Outcome::NonceAlreadyUsed => return Reply::json(200, failed(NONCE_USED)),
         Outcome::Slow(delay) => delay,
         _ => Duration::ZERO,
     };
@@ -420,7 +423,7 @@ fn settle(outcome: Outcome, body: &Value, st: &mut FacilitatorState) -> Reply {
         .find(|(nonce, _)| nonce.eq_ignore_ascii_case(&payment.nonce));
     let answer = match before {
         Some((_, first)) if st.idempotent => first.clone(),
-        Some(_) => failed("nonce_already_used"),
+        Some(_) => failed(NONCE_USED),
         None => {
             let answer = json!({
                 "success": true,
