@@ -55,6 +55,12 @@ pub const MIN_VALID_SECONDS: i64 = 5;
 /// How long after its authorization expired a claim is kept (an UNKNOWN one: a day).
 const KEEP_SECONDS: i64 = 60;
 const KEEP_UNKNOWN_SECONDS: i64 = 86_400;
+/// Most claims one consumer may hold in one shard that are not settled (being verified or
+/// settled, refused, unknown): a consumer sending payments nobody will settle fills its own
+/// share of claims (at most this × the shards), not every consumer's — checked where the claim
+/// is taken, with no read of another shard.
+pub const MAX_OPEN_CLAIMS_PER_SHARD: usize = 2;
+
 /// Attempts of a claim's compare-and-swap cycle.
 const ATTEMPTS: u32 = 32;
 
@@ -304,6 +310,8 @@ pub enum Claimed {
     Taken,
     /// Its shard holds [`MAX_CLAIMS_PER_SHARD`] live claims.
     Full,
+    /// Its shard holds [`MAX_OPEN_CLAIMS_PER_SHARD`] of this consumer's claims not settled.
+    TooMany,
 }
 
 /// How long a VERIFYING or SETTLING claim may go without news before another request takes
@@ -340,6 +348,13 @@ pub fn claim(
         let Some(at) = claims.iter().position(|c| c.k == presented.replay) else {
             if claims.len() >= MAX_CLAIMS_PER_SHARD {
                 return Ok(Rewrite::Keep(Claimed::Full));
+            }
+            let open = claims
+                .iter()
+                .filter(|c| c.c == consumer && c.s != State::Settled)
+                .count();
+            if open >= MAX_OPEN_CLAIMS_PER_SHARD {
+                return Ok(Rewrite::Keep(Claimed::TooMany));
             }
             claims.push(Claim {
                 k: presented.replay.clone(),
@@ -403,24 +418,6 @@ pub fn mark(
             (),
         ))
     })
-}
-
-/// Most claims one consumer may hold that are not settled (being verified or settled, refused,
-/// unknown): a consumer sending payments nobody will settle fills its own quota of claims,
-/// not every consumer's.
-pub const MAX_OPEN_CLAIMS_PER_CONSUMER: usize = 16;
-
-/// How many claims of `consumer` are not settled (live ones, in every shard).
-pub fn open_claims(store: &impl Store, consumer: &str, now: i64) -> usize {
-    (0..PAYMENT_SHARDS)
-        .filter_map(|i| store.get(&payment_shard_key(i)).ok().flatten())
-        .map(|(bytes, _)| {
-            decode_claims(&bytes)
-                .iter()
-                .filter(|c| c.c == consumer && c.s != State::Settled && c.u >= now)
-                .count()
-        })
-        .sum()
 }
 
 /// The state of a claim, if there is one.

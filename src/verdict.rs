@@ -374,22 +374,6 @@ fn pay<'c>(
     if let (Some(why), false) = (presented.untimely, claimed) {
         return Some(reply(crate::response::PAYMENT_REFUSED, why.into(), None));
     }
-    if state.is_none()
-        && payments::open_claims(store, consumer.name(), now)
-            >= payments::MAX_OPEN_CLAIMS_PER_CONSUMER
-    {
-        log::warn!(
-            "consumer={}: {} payments not settled; its next ones wait",
-            consumer.name(),
-            payments::MAX_OPEN_CLAIMS_PER_CONSUMER
-        );
-        return Some(reply(
-            crate::response::PAYMENT_PENDING,
-            "Too many of this consumer's payments are pending or were refused; try again later."
-                .into(),
-            Some(60),
-        ));
-    }
     let stale = payments::stale_ms(payments);
     let verify = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
         Ok(Claimed::Fresh) => true,
@@ -415,6 +399,19 @@ fn pay<'c>(
                 "this payment has been used".into(),
                 None,
             ))
+        }
+        Ok(Claimed::TooMany) => {
+            log::warn!(
+                "consumer={}: too many of its payments are not settled; its next ones wait",
+                consumer.name()
+            );
+            return Some(reply(
+                crate::response::PAYMENT_PENDING,
+                "Too many of this consumer's payments are pending or were refused; try again \
+                 later."
+                    .into(),
+                Some(60),
+            ));
         }
         Ok(Claimed::Full) => {
             log::warn!("payments: a claim shard is full; payments are refused until claims expire");

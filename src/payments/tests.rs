@@ -274,9 +274,10 @@ fn claims_expire_with_their_authorization_and_a_shard_is_bounded() {
         }
     }
     let (last, first) = in_shard.split_last().unwrap();
-    for p in first {
+    // Each by a consumer of its own (one consumer holds at most two open claims a shard).
+    for (i, p) in first.iter().enumerate() {
         assert_eq!(
-            claim(&store, p, "acme", NOW * 1000, stale).unwrap(),
+            claim(&store, p, &format!("c{i}"), NOW * 1000, stale).unwrap(),
             Claimed::Fresh
         );
     }
@@ -569,23 +570,74 @@ fn v1_packs_must_differ_by_more_than_their_asset() {
 }
 
 #[test]
-fn open_claims_are_counted_per_consumer() {
+fn a_consumer_holds_a_bounded_number_of_open_claims_in_a_shard() {
     let config = config();
     let store = MemoryStore::new();
     create_counters(&config, &store).unwrap();
     let stale = stale_ms(payments(&config));
-    for n in 0..3 {
+    // Payments of acme whose claims fall into shard 0.
+    let mut in_shard = Vec::new();
+    let mut n = 0u64;
+    while in_shard.len() < 4 {
+        n += 1;
         let mut a = authorization("10000", '0');
         a.nonce = format!("0x{n:064x}");
-        let value = v2(small(&config), a);
-        let p = read(payments(&config), PAYMENT_SIGNATURE, value.as_bytes(), NOW).unwrap();
-        claim(&store, &p, "acme", NOW * 1000, stale).unwrap();
-        if n == 2 {
-            mark(&store, &p.replay, Some(State::Settled), NOW * 1000).unwrap();
+        let p = read(
+            payments(&config),
+            PAYMENT_SIGNATURE,
+            v2(small(&config), a).as_bytes(),
+            NOW,
+        )
+        .unwrap();
+        if shard_of(&p.replay) == payment_shard_key(0) {
+            in_shard.push(p);
         }
     }
-    assert_eq!(open_claims(&store, "acme", NOW), 2);
-    assert_eq!(open_claims(&store, "globex", NOW), 0);
-    // Gone with their authorizations.
-    assert_eq!(open_claims(&store, "acme", NOW + 60 + KEEP_SECONDS + 1), 0);
+    let at = NOW * 1000;
+    assert_eq!(
+        claim(&store, &in_shard[0], "acme", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        claim(&store, &in_shard[1], "acme", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        claim(&store, &in_shard[2], "acme", at, stale).unwrap(),
+        Claimed::TooMany
+    );
+    // Another consumer is not held back by acme's.
+    assert_eq!(
+        claim(&store, &in_shard[2], "globex", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    // A settled one no longer counts; nor do claims whose authorization expired.
+    mark(&store, &in_shard[0].replay, Some(State::Settled), at).unwrap();
+    assert_eq!(
+        claim(&store, &in_shard[3], "acme", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    let later = (NOW + 60 + KEEP_SECONDS + 1) * 1000;
+    let mut fresh = authorization("10000", '0');
+    fresh.valid_before = (NOW + 60 + KEEP_SECONDS + 61).to_string();
+    let mut m = n;
+    let next = loop {
+        m += 1;
+        fresh.nonce = format!("0x{m:064x}");
+        let value = v2(small(&config), fresh.clone());
+        let p = read(
+            payments(&config),
+            PAYMENT_SIGNATURE,
+            value.as_bytes(),
+            NOW + 60 + KEEP_SECONDS + 1,
+        )
+        .unwrap();
+        if shard_of(&p.replay) == payment_shard_key(0) {
+            break p;
+        }
+    };
+    assert_eq!(
+        claim(&store, &next, "acme", later, stale).unwrap(),
+        Claimed::Fresh
+    );
 }
