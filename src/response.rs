@@ -572,6 +572,12 @@ fn to_json(document: &impl Serialize) -> String {
 fn quota_detail(consumer: &str, limit: &Limit, usage: &Usage) -> String {
     let unit = limit.unit.name();
     let reset = format_rfc3339(usage.bounds.end);
+    if limit.requests == 0 {
+        return format!(
+            "Consumer {consumer}'s requests are paid from prepaid credits (limit \"{}\"), and too few are left for this one.",
+            limit.name
+        );
+    }
     if usage.used >= usage.requests {
         format!(
             "Consumer {consumer} has used all {} {unit} of limit \"{}\" ({}); it resets at {reset}.",

@@ -34,13 +34,15 @@ fn plugin_json_with(timeout: &str, extra: &str) -> String {
         "metered": {{ "limits": [ {{"name": "daily", "requests": 2, "window": "day"}},
                                   {{"name": "burst", "requests": 1000, "window": "1m"}} ],
                       "credits": ["daily"] }},
-        "free": {{ "limits": [ {{"name": "daily", "requests": 2, "window": "day"}} ] }}
+        "free": {{ "limits": [ {{"name": "daily", "requests": 2, "window": "day"}} ] }},
+        "payg": {{ "limits": [ {{"name": "paid", "requests": 0, "window": "month"}} ], "credits": ["paid"] }}
       }},
       "consumers": {{
         "acme":    {{ "plan": "metered", "keys": ["acme-key"] }},
         "globex":  {{ "plan": "metered", "keys": ["globex-key"] }},
         "initech": {{ "plan": "metered", "keys": ["initech-key"] }},
-        "hooli":   {{ "plan": "free",    "keys": ["hooli-key"] }}
+        "hooli":   {{ "plan": "free",    "keys": ["hooli-key"] }},
+        "wayne":   {{ "plan": "payg",    "keys": ["wayne-key"] }}
       }},
       "payments": {{
         "facilitator": {{ "cluster": "facilitator", "url": "http://facilitator.test/x402", "timeout": "{timeout}" }},
@@ -575,4 +577,20 @@ fn a_client_gone_during_settlement_gets_the_same_payment_credited_once_later() {
     assert_eq!(facilitator.settles(), 2);
     assert_eq!(facilitator.verifies(), 1);
     assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+}
+
+#[test]
+fn a_pay_as_you_go_consumer_pays_before_its_first_request() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    let refused = envoy.get_with_key("wayne-key");
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    assert!(refused.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("paid from prepaid credits"));
+    let accepted = offers(&refused)["accepts"][0].clone();
+    let paid = pay(&envoy, "wayne-key", &payment_signature(&accepted, PAYER, &x402_nonce(91)));
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert_eq!(served_until_refused(&envoy, "wayne-key"), 4);
 }

@@ -104,9 +104,14 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
                 "{field}.{size_field}: at most {MAX_REQUESTS} (RateLimit fields carry at most 15 digits)"
             )));
         }
-        if size == 0 {
+        // 0 is a pay-as-you-go limit: every request it counts is paid from prepaid credits.
+        let prepaid = raw
+            .credits
+            .as_ref()
+            .is_some_and(|c| c.contains(&limit.name));
+        if size == 0 && !prepaid {
             return Err(ConfigError(format!(
-                "{field}.{size_field}: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"
+                "{field}.{size_field}: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it; 0 with the limit in `credits` is pay-as-you-go)"
             )));
         }
         let window = Window::parse(&limit.window)

@@ -641,3 +641,50 @@ fn a_consumer_holds_a_bounded_number_of_open_claims_in_a_shard() {
         Claimed::Fresh
     );
 }
+
+#[test]
+fn a_pay_as_you_go_plan_pays_every_request_from_credits() {
+    let json = format!(
+        r#"{{
+      "plans": {{ "payg": {{ "limits": [{{"name": "paid", "requests": 0, "window": "month"}},
+                                       {{"name": "burst", "requests": 100, "window": "1s"}}],
+                             "credits": ["paid"] }} }},
+      "consumers": {{ "acme": {{ "plan": "payg", "keys": ["k"] }} }},
+      "payments": {{
+        "facilitator": {{ "cluster": "f", "url": "http://f/x402" }},
+        "resource": {{ "url": "https://api.example.com/" }},
+        "packs": [ {{ "name": "a", "credits": 3, "network": "eip155:84532", "asset": "{ASSET}",
+                      "amount": "10000", "pay_to": "{PAY_TO}", "extra": {{"name": "USDC", "version": "2"}} }} ]
+      }}
+    }}"#
+    );
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let acme = config.consumer_for_key(b"k").unwrap();
+    let plan = config.plan_of(acme).unwrap();
+    let key = &*acme.store_key;
+    let take =
+        || check_and_take_with(&store, key, &plan.limits, &[], &plan.credits, NOW, 0).unwrap();
+    let first = take();
+    assert!(!first.admitted, "no credits: the first request is refused");
+    assert_eq!(first.balance, Some(0));
+    crate::quota::credit(&store, key, 3, "aaaa", NOW).unwrap();
+    for left in [2, 1, 0] {
+        let c = take();
+        assert!(c.admitted);
+        assert_eq!((c.drawn, c.balance, c.usages[0].used), (1, Some(left), 0));
+    }
+    assert!(!take().admitted);
+    // A 0 without `credits` is still refused.
+    let e = Config::from_json(
+        json.replace(r#""credits": ["paid"]"#, r#""credits": ["burst"]"#)
+            .as_bytes(),
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        e.contains("0 with the limit in `credits` is pay-as-you-go"),
+        "{e}"
+    );
+}
