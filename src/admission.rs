@@ -60,6 +60,7 @@ fn from_record<'c>(
                     caller,
                     usages: counted.usages,
                     refill: None,
+                    drawn: counted.drawn,
                 }
             } else {
                 if lasting(plan, &counted.usages) {
@@ -144,6 +145,7 @@ fn look_at_record<'c>(
             caller,
             usages,
             refill: None,
+            drawn: 0,
         },
         Err(e) => Decision::Deny(Denial::StoreUnavailable {
             caller,
@@ -203,6 +205,7 @@ pub fn decide_with<'c>(
             caller,
             usages: Vec::new(),
             refill: None,
+            drawn: 0,
         };
     }
     let costs = attempt.price.costs(config, plan);
@@ -266,6 +269,7 @@ fn from_lease<'c>(
             caller,
             usages,
             refill,
+            drawn: 0,
         },
         Ok(Take::Refused(usages)) => {
             if !attempt.dry_run && lasting(caller.plan, &usages) {

@@ -93,6 +93,8 @@ pub enum Decision<'c> {
         caller: Caller<'c>,
         usages: Vec<Usage>,
         refill: Option<Ask>,
+        /// Prepaid credits the request was paid with (local mode; 0: none).
+        drawn: u64,
     },
     Deny(Denial<'c>),
     /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
@@ -287,4 +289,7 @@ pub struct Charged {
     /// Taken from the consumer's record in this Envoy (local mode, or fleet mode's
     /// `on_store_error: local`), not from a fleet lease: where the settlement goes.
     pub in_record: bool,
+    /// Prepaid credits it was paid with instead of the limits they stand in for (those took
+    /// nothing): its settlement goes to the balance.
+    pub drawn: u64,
 }

@@ -429,6 +429,16 @@ pub struct Settlement {
     pub actual: u64,
 }
 
+/// What a request paid with prepaid credits turned out to cost, in the credits' unit: the
+/// balance gets the difference back (or gives the overrun, down to 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditSettlement {
+    /// Credits drawn on admission.
+    pub taken: u64,
+    /// What the request cost.
+    pub actual: u64,
+}
+
 /// Replaces reservations with what the request cost, in one compare-and-swap cycle: each
 /// limit's count goes down by the refund or up by the overrun. A settlement for a window that
 /// is no longer the record's (it ended, and a request counted in the next one) is dropped:
@@ -440,6 +450,7 @@ pub fn settle(
     key: &str,
     limits: &[Limit],
     settlements: &[Settlement],
+    credit: Option<CreditSettlement>,
 ) -> Result<usize, CountError> {
     read_modify_write(store, key, MAX_ATTEMPTS, |bytes, _| {
         let Ok(record) = Record::decode(&bytes) else {
@@ -448,6 +459,19 @@ pub fn settle(
         };
         let mut applied = 0;
         let mut entries = record.entries();
+        if let Some(c) = credit.filter(|c| c.taken != c.actual) {
+            // The balance is never lost by a settlement: an entry is made if it went.
+            match entries.iter_mut().find(|e| e.name == CREDITS.as_bytes()) {
+                Some(e) => e.count = e.count.saturating_add(c.taken).saturating_sub(c.actual),
+                None => entries.push(Entry {
+                    name: CREDITS.as_bytes(),
+                    start: 0,
+                    end: i64::MAX,
+                    count: c.taken.saturating_sub(c.actual),
+                }),
+            }
+            applied += 1;
+        }
         for entry in &mut entries {
             let Some(i) = limits.iter().position(|l| l.name.as_bytes() == entry.name) else {
                 continue;
@@ -925,7 +949,7 @@ mod tests {
             taken: 500,
             actual: 300,
         };
-        assert_eq!(settle(&store, K, &limits, &[refund]).unwrap(), 1);
+        assert_eq!(settle(&store, K, &limits, &[refund], None).unwrap(), 1);
         let now = peek(&store, K, &limits, NOW, 0).unwrap();
         assert_eq!((now[0].used, now[1].used), (1, 300));
         let overrun = Settlement {
@@ -934,7 +958,7 @@ mod tests {
             taken: 300,
             actual: 1200,
         };
-        assert_eq!(settle(&store, K, &limits, &[overrun]).unwrap(), 1);
+        assert_eq!(settle(&store, K, &limits, &[overrun], None).unwrap(), 1);
         assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[1].used, 1200);
         // Nothing to change: nothing written.
         let same = Settlement {
@@ -942,11 +966,11 @@ mod tests {
             taken: 1200,
             ..overrun
         };
-        assert_eq!(settle(&store, K, &limits, &[same]).unwrap(), 0);
+        assert_eq!(settle(&store, K, &limits, &[same], None).unwrap(), 0);
         // The next window has begun and counted: the old reservation is not settled into it.
         let later = NOW - NOW % 60 + 60;
         check_and_take(&store, K, &limits, &[1, 10], later, 0).unwrap();
-        assert_eq!(settle(&store, K, &limits, &[refund]).unwrap(), 0);
+        assert_eq!(settle(&store, K, &limits, &[refund], None).unwrap(), 0);
         assert_eq!(peek(&store, K, &limits, later, 0).unwrap()[1].used, 10);
     }
 
@@ -961,7 +985,7 @@ mod tests {
             taken: 500,
             actual: 0,
         };
-        settle(&store, K, &limits, &[s]).unwrap();
+        settle(&store, K, &limits, &[s], None).unwrap();
         assert_eq!(peek(&store, K, &limits, NOW, 0).unwrap()[0].used, 0);
     }
 
@@ -981,7 +1005,7 @@ mod tests {
             taken: 500,
             actual: 100,
         };
-        assert_eq!(settle(&store, K, &old_plan, &[s]).unwrap(), 1);
+        assert_eq!(settle(&store, K, &old_plan, &[s], None).unwrap(), 1);
         let after = peek(&store, K, &now_plan, NOW, 0).unwrap();
         assert_eq!((after[0].used, after[1].used), (1, 100));
     }

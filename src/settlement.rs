@@ -21,7 +21,7 @@ use crate::llm::{Api, Body, Tokens, UsageScanner};
 use crate::metrics::Increments;
 use crate::metrics::Metric;
 use crate::quota::settle;
-use crate::quota::Settlement;
+use crate::quota::{CreditSettlement, Settlement};
 use crate::response::{invalid_body, Reply};
 use crate::store::Store;
 
@@ -240,21 +240,32 @@ impl Pending {
     /// `complete`: the response's body ended; otherwise the stream was torn down before it
     /// did (a cut stream, a client gone), and whatever usage it reported so far (Anthropic's
     /// `message_start`) is not the whole: a 2xx is then charged its reservation.
+    /// A request paid with prepaid credits (`credits`: the plan's limits they stand in for,
+    /// which took nothing) settles those against the balance instead: the returned
+    /// [`CreditSettlement`].
     pub fn settlements(
         &mut self,
         limits: &[Limit],
+        credits: &[usize],
         complete: bool,
-    ) -> (Vec<Settlement>, Option<Metric>) {
+    ) -> (Vec<Settlement>, Option<CreditSettlement>, Option<Metric>) {
         if self.settled {
-            return (Vec::new(), None);
+            return (Vec::new(), None, None);
         }
         self.settled = true;
         let tokens = self.tokens().filter(|_| complete);
         let upstream_failed = !self.status.is_some_and(|s| (200..300).contains(&s));
         let mut metric = None;
         let mut out = Vec::new();
+        let mut credit = None;
+        let drawn = self.charged.drawn;
         for (i, (limit, usage)) in limits.iter().zip(&self.charged.usages).enumerate() {
-            let taken = usage.cost;
+            let paid = drawn > 0 && credits.contains(&i);
+            if paid && credit.is_some() {
+                // One balance: settled once, from the first limit it stands in for.
+                continue;
+            }
+            let taken = if paid { drawn } else { usage.cost };
             let actual = match &limit.unit {
                 Unit::Tokens if taken > 0 => {
                     let actual = match (tokens, &self.llm) {
@@ -293,7 +304,9 @@ impl Pending {
                     None => taken,
                 },
             };
-            if actual != taken {
+            if paid {
+                credit = Some(CreditSettlement { taken, actual });
+            } else if actual != taken {
                 out.push(Settlement {
                     limit: i,
                     bounds: usage.bounds,
@@ -302,7 +315,7 @@ impl Pending {
                 });
             }
         }
-        (out, metric)
+        (out, credit.filter(|c| c.taken != c.actual), metric)
     }
 }
 
@@ -326,14 +339,20 @@ pub fn write(
     else {
         return (metrics, None);
     };
-    let (settlements, metric) = pending.settlements(&plan.limits, complete);
-    if !settlements.is_empty() {
+    let (settlements, credit, metric) = pending.settlements(&plan.limits, &plan.credits, complete);
+    if !settlements.is_empty() || credit.is_some() {
         // Fleet mode: into this Envoy's lease (a refund is spent here; the store can take
         // nothing back); local mode: into the consumer's record.
         let written = if !pending.charged.in_record {
             crate::lease::settle(store, &crate::lease::key(consumer.name()), &settlements)
         } else {
-            settle(store, &consumer.store_key, &plan.limits, &settlements)
+            settle(
+                store,
+                &consumer.store_key,
+                &plan.limits,
+                &settlements,
+                credit,
+            )
         };
         if let Err(e) = written {
             log::error!(

@@ -258,6 +258,7 @@ pub fn handle_with<'c>(
             caller,
             usages,
             refill,
+            drawn,
         } => {
             log::debug!(
                 "allow consumer={} plan={}",
@@ -271,6 +272,7 @@ pub fn handle_with<'c>(
                     usages: usages.clone(),
                     output_cap: attempt.price.tokens.map(|t| t.cap_for(caller.plan)),
                     in_record: config.store.is_none(),
+                    drawn,
                 });
             }
             let metrics = Increments::one(Metric::Allowed, plan_index(&caller));
@@ -670,6 +672,7 @@ fn store_error<'c>(
                             usages: counted.usages.clone(),
                             output_cap: price.tokens.map(|t| t.cap_for(c.plan)),
                             in_record: true,
+                            drawn: 0,
                         });
                     }
                     Some(admit(

@@ -590,7 +590,111 @@ fn a_pay_as_you_go_consumer_pays_before_its_first_request() {
         .unwrap()
         .contains("paid from prepaid credits"));
     let accepted = offers(&refused)["accepts"][0].clone();
-    let paid = pay(&envoy, "wayne-key", &payment_signature(&accepted, PAYER, &x402_nonce(91)));
+    let paid = pay(
+        &envoy,
+        "wayne-key",
+        &payment_signature(&accepted, PAYER, &x402_nonce(91)),
+    );
     assert_eq!(paid.status, 200, "{}", paid.body);
     assert_eq!(served_until_refused(&envoy, "wayne-key"), 4);
+}
+
+/// An LLM gateway (`envoy/llm/envoy.yaml`) whose token quota credits stand in for: the fake
+/// LLM reports 10 input and 20 output tokens for every completion.
+fn llm_gateway(facilitator: &Facilitator, fake: &FakeLlm) -> Envoy {
+    let config = serde_json::json!({
+        "plans": {"tokens": {
+            "limits": [{"name": "daily-tokens", "tokens": 100, "window": "day"}],
+            "credits": ["daily-tokens"]
+        }},
+        "consumers": {"acme": {"plan": "tokens", "keys": ["acme-key"]}},
+        "routes": {"chat": {"llm": "openai-chat"}},
+        "llm": {"models": {"gpt-4o-mini": {"max_output_tokens": 100}}},
+        "usage_path": "/tollgate/usage",
+        "payments": {
+            "facilitator": {"cluster": "facilitator", "url": "http://facilitator.test/x402"},
+            "resource": {"url": "https://api.example.com/v1"},
+            "packs": [{"name": "1k-tokens", "credits": 1000, "network": "eip155:84532",
+                       "asset": ASSET, "amount": "10000", "pay_to": PAY_TO,
+                       "max_timeout_seconds": 3600, "extra": {"name": "USDC", "version": "2"}}]
+        }
+    });
+    Envoy::start_with(Options {
+        bootstrap: "envoy/llm/envoy.yaml".into(),
+        file_ports: (10400, 10401, 9951),
+        plugin: Some(plugin(&config.to_string())),
+        replace: vec![(
+            "port_value: 10401".to_string(),
+            format!("port_value: {}", fake.port),
+        )],
+        clusters: vec![("facilitator".into(), facilitator.port)],
+        concurrency: 2,
+        ..Options::default()
+    })
+}
+
+#[test]
+fn credits_in_tokens_pay_for_llm_requests_and_get_the_unused_reservation_back() {
+    let facilitator = Facilitator::start("/x402");
+    let fake = FakeLlm::start();
+    let envoy = llm_gateway(&facilitator, &fake);
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini", "max_completion_tokens": 20,
+        "messages": [{"role": "user", "content": "Hi"}]
+    })
+    .to_string();
+    let chat = || {
+        post(
+            envoy.port,
+            "/v1/chat/completions",
+            &["x-api-key: acme-key", "content-type: application/json"],
+            body.as_bytes(),
+            false,
+        )
+        .response
+    };
+    let usage = || {
+        envoy
+            .get("/tollgate/usage", &[("x-api-key", "acme-key")])
+            .json()
+    };
+    // 100 tokens a day; each completion reserves its body's estimate and its cap, then is
+    // settled to the 30 the fake reports. Until the quota is spent:
+    let mut served = 0;
+    let refused = loop {
+        let r = chat();
+        if r.status != 200 {
+            break r;
+        }
+        served += 1;
+        assert!(served < 10);
+    };
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    let used_before = usage()["limits"][0]["used"].as_u64().unwrap();
+    assert_eq!(used_before, 30 * served);
+    assert_eq!(usage()["credits"], 0);
+    // The offers are for tokens; paid on any other route.
+    let accepted = offers(&refused)["accepts"][0].clone();
+    let paid = envoy.get(
+        "/v1/models",
+        &[
+            ("x-api-key", "acme-key"),
+            (
+                "payment-signature",
+                &payment_signature(&accepted, PAYER, &x402_nonce(101)),
+            ),
+        ],
+    );
+    // (Served: the fake provider has no model list, and says so.)
+    assert!(paid.header("payment-response").is_some(), "{}", paid.body);
+    assert_eq!(usage()["credits"], 1000);
+    // Now completions are paid from the balance: 30 each once settled, the limit untouched.
+    for n in 1..=3u64 {
+        assert_eq!(chat().status, 200);
+        poll(DEADLINE, "the completion to be settled", || {
+            (usage()["credits"] == 1000 - 30 * n).then_some(())
+        });
+    }
+    assert_eq!(usage()["limits"][0]["used"].as_u64().unwrap(), used_before);
+    assert_eq!(facilitator.settles(), 1);
 }

@@ -156,8 +156,8 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
     })
 }
 
-/// `plans.<name>.credits`: the limits prepaid credits stand in for, by name, each once; limits
-/// that count requests (a credit is one request's worth).
+/// `plans.<name>.credits`: the limits prepaid credits stand in for, by name, each once, all
+/// counting one unit (a credit is one unit's worth: a request, a token, a named unit).
 fn credit_cover(
     name: &str,
     limits: &[Limit],
@@ -183,11 +183,16 @@ fn credit_cover(
         if cover.contains(&at) {
             return Err(ConfigError(format!("{field}: listed twice")));
         }
-        if limits.get(at).is_some_and(|l| l.unit != Unit::Requests) {
-            return Err(ConfigError(format!(
-                "{field}: credits stand in for limits that count requests; `{limit_name}` counts {}",
-                limits.get(at).map_or("", |l| l.unit.name())
-            )));
+        // One balance, in one unit: a credit is a request, a token or a named unit's worth.
+        let unit = |i: &usize| limits.get(*i).map(|l| &l.unit);
+        if let (Some(first), Some(this)) = (cover.first().and_then(unit), unit(&at)) {
+            if first != this {
+                return Err(ConfigError(format!(
+                    "{field}: credits are counted in one unit; `{limit_name}` counts {}, the limits before it {}",
+                    this.name(),
+                    first.name()
+                )));
+            }
         }
         cover.push(at);
     }

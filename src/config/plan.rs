@@ -70,6 +70,16 @@ pub struct Plan {
     pub credits: Vec<usize>,
 }
 
+impl Plan {
+    /// The unit prepaid credits count in (that of the limits they stand in for), if any.
+    pub fn credits_unit(&self) -> Option<&Unit> {
+        self.credits
+            .first()
+            .and_then(|i| self.limits.get(*i))
+            .map(|l| &l.unit)
+    }
+}
+
 /// A consumer's configured `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

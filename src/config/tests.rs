@@ -152,7 +152,7 @@ fn refuses_bad_configurations_naming_the_field() {
         (r#"{"plans": {"p": {"limits": [{"name": "d", "tokens": 5, "unit": "x", "window": "day"}]}}}"#.into(), "plans.p.limits[0].unit: only with `units` (`requests` and `tokens` name their unit)"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "units": 5, "unit": "tokens", "window": "day"}]}}}"#.into(), "plans.p.limits[0].unit: write `\"tokens\": N` instead of a unit named `tokens`"),
         (r#"{"plans": {"p": {"limits": [{"name": "d", "units": 5, "unit": "a b", "window": "day"}]}}}"#.into(), "plans.p.limits[0].unit: name `a b` must be 1-64 characters of A-Z a-z 0-9 _ - ."),
-        (r#"{"plans": {"p": {"limits": [{"name": "d", "tokens": 0, "window": "day"}]}}}"#.into(), "plans.p.limits[0].tokens: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it)"),
+        (r#"{"plans": {"p": {"limits": [{"name": "d", "tokens": 0, "window": "day"}]}}}"#.into(), "plans.p.limits[0].tokens: must be greater than 0 (a plan with no limits is unlimited; suspend a consumer to refuse it; 0 with the limit in `credits` is pay-as-you-go)"),
         (r#"{"plans": {"p": {"limits": [], "max_output_tokens": 0}}}"#.into(), "plans.p.max_output_tokens: from 1 to 100000000"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"cost": {"tokens": 5}}}}"#.into(), "routes.r.cost.tokens: tokens are not priced per route: mark the route `\"llm\": \"openai-chat\"` (or another API) and tokens are reserved from its body"),
         (r#"{"plans": {"p": {"limits": []}}, "routes": {"r": {"cost": {"requests": 1000000000000000}}}}"#.into(), "routes.r.cost.requests: at most 999999999999999"),
@@ -793,8 +793,8 @@ fn payments_are_validated_naming_the_field() {
             "plans.p.credits[0]: plan `p` has no limit `nope`",
         ),
         (
-            with_payments(r#", "credits": ["tok"]"#, &payments_section(PACK)),
-            "plans.p.credits[0]: credits stand in for limits that count requests",
+            with_payments(r#", "credits": ["daily", "tok"]"#, &payments_section(PACK)),
+            "plans.p.credits[1]: credits are counted in one unit; `tok` counts tokens, the limits before it requests",
         ),
         (
             with_payments(

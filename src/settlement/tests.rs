@@ -36,6 +36,7 @@ fn charged(costs: &[u64]) -> Charged {
             .collect(),
         output_cap: Some(100),
         in_record: true,
+        drawn: 0,
     }
 }
 
@@ -109,7 +110,7 @@ fn llm_pending(costs: &[u64]) -> Pending {
 fn without_response_headers_the_stream_was_cut_and_the_reservation_stays() {
     let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
     let mut p = llm_pending(&[1, 500]);
-    let (settlements, metric) = p.settlements(&limits, true);
+    let (settlements, _, metric) = p.settlements(&limits, &[], true);
     // No status: the upstream never answered; not a 2xx, so tokens are released.
     assert_eq!(metric, Some(Metric::Released));
     assert_eq!(
@@ -122,7 +123,7 @@ fn without_response_headers_the_stream_was_cut_and_the_reservation_stays() {
         }]
     );
     // Once only.
-    assert_eq!(p.settlements(&limits, true), (Vec::new(), None));
+    assert_eq!(p.settlements(&limits, &[], true), (Vec::new(), None, None));
     assert!(p.settled());
 }
 
@@ -131,11 +132,14 @@ fn an_upstream_error_without_usage_releases_and_a_2xx_without_usage_charges() {
     let limits = [limit("t", Unit::Tokens)];
     let mut failed = llm_pending(&[500]);
     failed.on_response_headers(Some(503), false, |_| None);
-    assert_eq!(failed.settlements(&limits, true).1, Some(Metric::Released));
+    assert_eq!(
+        failed.settlements(&limits, &[], true).2,
+        Some(Metric::Released)
+    );
 
     let mut cut = llm_pending(&[500]);
     cut.on_response_headers(Some(200), true, |_| None);
-    let (settlements, metric) = cut.settlements(&limits, false);
+    let (settlements, _, metric) = cut.settlements(&limits, &[], false);
     assert_eq!(metric, Some(Metric::Unreported));
     assert!(
         settlements.is_empty(),
@@ -148,7 +152,7 @@ fn request_limits_are_never_settled_and_a_tokenless_request_settles_nothing() {
     let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
     let mut p = llm_pending(&[1, 0]);
     p.on_response_headers(Some(200), false, |_| None);
-    assert_eq!(p.settlements(&limits, true), (Vec::new(), None));
+    assert_eq!(p.settlements(&limits, &[], true), (Vec::new(), None, None));
 }
 
 #[test]
@@ -166,7 +170,7 @@ fn a_cost_header_settles_its_unit_and_is_removed() {
         (name == "x-upstream-cost").then(|| b"7".to_vec())
     });
     assert_eq!(removed, ["x-upstream-cost"]);
-    let (settlements, metric) = p.settlements(&limits, true);
+    let (settlements, _, metric) = p.settlements(&limits, &[], true);
     assert_eq!(metric, Some(Metric::Settled));
     assert_eq!(
         settlements,
@@ -182,7 +186,10 @@ fn a_cost_header_settles_its_unit_and_is_removed() {
     let mut bad = Pending::new(charged(&[1, 10]), Some(&route), None);
     let removed = bad.on_response_headers(Some(200), false, |_| Some(b"-3".to_vec()));
     assert_eq!(removed, ["x-upstream-cost"]);
-    assert_eq!(bad.settlements(&limits, true), (Vec::new(), None));
+    assert_eq!(
+        bad.settlements(&limits, &[], true),
+        (Vec::new(), None, None)
+    );
 }
 
 #[test]
@@ -198,8 +205,8 @@ fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stay
     cut.on_body(start);
     assert!(cut.tokens().is_some());
     assert_eq!(
-        cut.settlements(&limits, false),
-        (Vec::new(), Some(Metric::Unreported))
+        cut.settlements(&limits, &[], false),
+        (Vec::new(), None, Some(Metric::Unreported))
     );
 
     let mut whole = Pending::new(
@@ -209,7 +216,7 @@ fn usage_seen_in_a_stream_that_was_cut_is_not_the_whole_and_the_reservation_stay
     );
     whole.on_response_headers(Some(200), true, |_| None);
     whole.on_body(start);
-    let (settlements, metric) = whole.settlements(&limits, true);
+    let (settlements, _, metric) = whole.settlements(&limits, &[], true);
     assert_eq!(metric, Some(Metric::Settled));
     assert_eq!(settlements[0].actual, 11);
     let tokens = Tokens {
@@ -248,7 +255,7 @@ fn a_pending_request_knows_its_consumer_and_is_settled_once() {
     let mut p = Pending::new(c, None, None);
     assert_eq!(p.consumer(), 7);
     assert!(!p.settled());
-    p.settlements(&[limit("r", Unit::Requests)], true);
+    p.settlements(&[limit("r", Unit::Requests)], &[], true);
     assert!(p.settled());
 }
 
@@ -343,6 +350,7 @@ fn write_settles_into_the_consumers_record_once_and_counts_how() {
         usages: taken.usages,
         output_cap: Some(100),
         in_record: true,
+        drawn: 0,
     };
     let mut p = Pending::new(
         charged,
@@ -369,6 +377,7 @@ fn write_settles_into_the_consumers_record_once_and_counts_how() {
             usages: used,
             output_cap: None,
             in_record: true,
+            drawn: 0,
         },
         None,
         Some((Api::OpenAiChat, Weights::default(), 0)),
@@ -380,4 +389,79 @@ fn write_settles_into_the_consumers_record_once_and_counts_how() {
         [(Metric::SettleFailed, None), (Metric::Released, None)]
     );
     assert_eq!(billed, None, "a released request is not billed");
+}
+
+#[test]
+fn a_request_paid_with_credits_settles_against_the_balance() {
+    // Tokens: the monthly limit (covered by credits) took nothing, 500 credits were drawn.
+    let limits = [limit("r", Unit::Requests), limit("t", Unit::Tokens)];
+    let mut paid = charged(&[1, 0]);
+    paid.drawn = 500;
+    let mut p = Pending::new(
+        paid.clone(),
+        None,
+        Some((Api::OpenAiChat, weights(1000, 500, 2000), 0)),
+    );
+    p.on_response_headers(Some(200), false, |_| None);
+    p.on_body(br#"{"usage":{"prompt_tokens":10,"completion_tokens":20}}"#);
+    let (settlements, credit, metric) = p.settlements(&limits, &[1], true);
+    assert_eq!(metric, Some(Metric::Settled));
+    // 10 × 1 + 20 × 2 = 50 units: 450 go back to the balance, nothing to the limits.
+    assert!(settlements.is_empty(), "{settlements:?}");
+    assert_eq!(
+        credit,
+        Some(CreditSettlement {
+            taken: 500,
+            actual: 50
+        })
+    );
+    // An upstream error gives it all back.
+    let mut failed = Pending::new(
+        paid.clone(),
+        None,
+        Some((Api::OpenAiChat, weights(1000, 500, 2000), 0)),
+    );
+    failed.on_response_headers(Some(503), false, |_| None);
+    let (_, credit, _) = failed.settlements(&limits, &[1], true);
+    assert_eq!(
+        credit,
+        Some(CreditSettlement {
+            taken: 500,
+            actual: 0
+        })
+    );
+
+    // Into the record: the balance gets the difference, the limits are untouched.
+    let store = crate::store::MemoryStore::new();
+    store.set("k", crate::record::empty(), 0).unwrap();
+    crate::quota::credit(&store, "k", 1000, "tx", 0).unwrap();
+    let before = store.value("k").unwrap();
+    let applied = crate::quota::settle(
+        &store,
+        "k",
+        &limits,
+        &[],
+        Some(CreditSettlement {
+            taken: 500,
+            actual: 50,
+        }),
+    )
+    .unwrap();
+    assert_eq!(applied, 1);
+    let after = store.value("k").unwrap();
+    let balance = |b: &[u8]| crate::quota::balance(&crate::record::Record::decode(b).unwrap());
+    assert_eq!((balance(&before), balance(&after)), (1000, 1450));
+    // An overrun takes the rest from the balance, down to 0.
+    crate::quota::settle(
+        &store,
+        "k",
+        &limits,
+        &[],
+        Some(CreditSettlement {
+            taken: 0,
+            actual: 5000,
+        }),
+    )
+    .unwrap();
+    assert_eq!(balance(&store.value("k").unwrap()), 0);
 }
