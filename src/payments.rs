@@ -38,7 +38,7 @@ use crate::decision::Caller;
 use crate::quota::{credit, Credited};
 use crate::response::{payment_reply, Reply};
 use crate::sha256::{sha256, to_hex};
-use crate::store::{read_modify_write, CountError, Rewrite, Store};
+use crate::store::{read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::x402::{self, PaymentPayload, PaymentPayloadV1, SettleResponse};
 
 /// The request headers a payment comes in (v2, then v1).
@@ -312,6 +312,8 @@ pub enum Claimed {
     Full,
     /// Its shard holds [`MAX_OPEN_CLAIMS_PER_SHARD`] of this consumer's claims not settled.
     TooMany,
+    /// No claim, or a verification nobody finished, and it cannot be settled now (the reason).
+    Untimely(&'static str),
 }
 
 /// How long a VERIFYING or SETTLING claim may go without news before another request takes
@@ -336,6 +338,11 @@ pub fn claim(
 ) -> Result<Claimed, CountError> {
     let key = shard_of(&presented.replay);
     let now = now_ms.div_euclid(1000);
+    // A claim outlives its authorization and the calls that may still be made for it.
+    let fresh_until = presented.valid_before.saturating_add(KEEP_SECONDS).max(
+        now.saturating_add(stale_ms.div_euclid(1000))
+            .saturating_add(KEEP_SECONDS),
+    );
     read_modify_write(store, &key, ATTEMPTS, |bytes, _| {
         let mut claims = decode_claims(&bytes);
         claims.retain(|c| c.u >= now);
@@ -346,6 +353,10 @@ pub fn claim(
             ))
         };
         let Some(at) = claims.iter().position(|c| c.k == presented.replay) else {
+            // Nothing may have happened to it yet: its time is checked.
+            if let Some(why) = presented.untimely {
+                return Ok(Rewrite::Keep(Claimed::Untimely(why)));
+            }
             if claims.len() >= MAX_CLAIMS_PER_SHARD {
                 return Ok(Rewrite::Keep(Claimed::Full));
             }
@@ -361,7 +372,7 @@ pub fn claim(
                 s: State::Verifying,
                 c: consumer.to_string(),
                 t: now_ms,
-                u: presented.valid_before.saturating_add(KEEP_SECONDS),
+                u: fresh_until,
             });
             return write(&claims, Claimed::Fresh);
         };
@@ -378,17 +389,32 @@ pub fn claim(
             State::Verifying | State::Settling if !stale => {
                 return Ok(Rewrite::Keep(Claimed::Busy))
             }
-            State::Verifying => (State::Verifying, Claimed::Fresh),
+            // A verification nobody finished moved no money: taken over, if it can still be
+            // settled; dropped otherwise.
+            State::Verifying => match presented.untimely {
+                Some(why) => {
+                    claims.swap_remove(at);
+                    return write(&claims, Claimed::Untimely(why));
+                }
+                None => (State::Verifying, Claimed::Fresh),
+            },
+            // The money may have moved: settled again, whatever its time.
             State::Settling | State::Unknown => (State::Settling, Claimed::Retry),
         };
         c.s = state;
         c.t = now_ms;
+        if state == State::Settling {
+            c.u = c.u.max(now.saturating_add(KEEP_UNKNOWN_SECONDS));
+        }
         write(&claims, done)
     })
 }
 
 /// Sets the state of a claim (`None`: drops it, so the payment may be presented again — a
-/// verification that could not be made moved no money).
+/// verification that could not be made moved no money). A claim that reaches SETTLING is kept
+/// a day (the money may move from then on); SETTLED is final (a late mark from another request
+/// never downgrades it). Setting the state of a claim that is gone is an error: the caller
+/// must not go on as if it were recorded.
 pub fn mark(
     store: &impl Store,
     replay: &str,
@@ -403,13 +429,18 @@ pub fn mark(
         match state {
             None => claims.retain(|c| c.k != replay),
             Some(state) => {
-                if let Some(c) = claims.iter_mut().find(|c| c.k == replay) {
-                    c.s = state;
-                    c.t = now_ms;
-                    if state == State::Unknown {
-                        c.u =
-                            c.u.max(now_ms.div_euclid(1000).saturating_add(KEEP_UNKNOWN_SECONDS));
-                    }
+                let Some(c) = claims.iter_mut().find(|c| c.k == replay) else {
+                    return Err(CountError::Store(StoreError(
+                        "the payment's claim is gone".into(),
+                    )));
+                };
+                if c.s == State::Settled && state != State::Settled {
+                    return Ok(Rewrite::Keep(()));
+                }
+                c.s = state;
+                c.t = now_ms;
+                if state == State::Settling {
+                    c.u = c.u.max(now.saturating_add(KEEP_UNKNOWN_SECONDS));
                 }
             }
         }
@@ -485,7 +516,7 @@ pub fn verified(status: Option<u16>, body: &[u8]) -> Verified {
 /// facilitators, with or without their `invalid_exact_evm_` prefix): no money moved. Any other
 /// refusal — a reverted or unconfirmed transaction, a reason this list does not know — may
 /// have moved it, so its outcome is unknown.
-const BEFORE_TRANSFER: [&str; 27] = [
+const BEFORE_TRANSFER: [&str; 31] = [
     "insufficient_funds",
     "insufficient_balance",
     "invalid_scheme",
@@ -513,6 +544,11 @@ const BEFORE_TRANSFER: [&str; 27] = [
     "transaction_simulation_failed",
     "verification_failed",
     "failed_to_parse_signature",
+    // The legacy TypeScript and Python facilitators' names.
+    "payload_signature",
+    "payload_recipient_mismatch",
+    "payload_authorization_value",
+    "unsupported_scheme",
 ];
 
 fn before_transfer(reason: &str) -> bool {

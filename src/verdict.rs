@@ -366,16 +366,6 @@ fn pay<'c>(
             return Some(reply(crate::response::PAYMENT_REFUSED, why, None));
         }
     };
-    // A payment whose settlement is under way, unknown or done is never refused for its time
-    // (its claim decides); a fresh one that cannot be settled now is.
-    let state = payments::state_of(store, &presented.replay);
-    let claimed = matches!(
-        state,
-        Some(payments::State::Settling | payments::State::Unknown | payments::State::Settled)
-    );
-    if let (Some(why), false) = (presented.untimely, claimed) {
-        return Some(reply(crate::response::PAYMENT_REFUSED, why.into(), None));
-    }
     let stale = payments::stale_ms(payments);
     let verify = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
         Ok(Claimed::Fresh) => true,
@@ -402,6 +392,11 @@ fn pay<'c>(
                 None,
             ))
         }
+        // A payment whose settlement is under way, unknown or done is never refused for its
+        // time (its claim decides); one that nothing happened to is.
+        Ok(Claimed::Untimely(why)) => {
+            return Some(reply(crate::response::PAYMENT_REFUSED, why.into(), None))
+        }
         Ok(Claimed::TooMany) => {
             log::warn!(
                 "consumer={}: too many of its payments are not settled; its next ones wait",
@@ -410,7 +405,7 @@ fn pay<'c>(
             return Some(reply(
                 crate::response::PAYMENT_PENDING,
                 "Too many of this consumer's payments are pending or were refused; try again \
-                 later."
+                 later, or sign a new payment."
                     .into(),
                 Some(60),
             ));

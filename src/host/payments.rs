@@ -220,7 +220,23 @@ pub fn on_answer(
     match stage {
         Stage::Verify => match core::verified(status, &body) {
             Verified::Valid => {
-                mark(Some(State::Settling));
+                // Settled only once the claim says so: a settlement the claim does not know of
+                // could be verified and settled again by another request.
+                if let Err(e) = core::mark(store, &replay, Some(State::Settling), now_ms) {
+                    log::warn!(
+                        "payments: a payment's claim could not be marked: {}",
+                        e.reason()
+                    );
+                    mark(None);
+                    reply(
+                        runtime,
+                        &pay,
+                        PAYMENT_PENDING,
+                        "The payment cannot be settled now; try again shortly.".into(),
+                        Some(RETRY_UNKNOWN),
+                    );
+                    return Next::Done(None, None);
+                }
                 match call(runtime, &pay, Stage::Settle) {
                     Some(token) => Next::Held(Paying {
                         pay,

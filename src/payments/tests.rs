@@ -688,3 +688,122 @@ fn a_pay_as_you_go_plan_pays_every_request_from_credits() {
         "{e}"
     );
 }
+
+fn in_shard_0(config: &Config, count: usize, before: i64) -> Vec<Presented> {
+    let mut out = Vec::new();
+    let mut n = 1_000u64;
+    while out.len() < count {
+        n += 1;
+        let mut a = authorization("10000", '0');
+        a.nonce = format!("0x{n:064x}");
+        a.valid_before = before.to_string();
+        let v = v2(small(config), a);
+        let p = read(payments(config), PAYMENT_SIGNATURE, v.as_bytes(), NOW).unwrap();
+        if shard_of(&p.replay) == payment_shard_key(0) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Found by the second review: with `timeout` at 60 s, /verify and /settle may take longer
+/// than a short authorization's claim lived, and another write of the shard pruned it; the
+/// settlement's outcome was then recorded nowhere.
+#[test]
+fn a_claim_being_settled_outlives_its_authorization() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let stale = 2 * 60_000 + 5_000;
+    let ps = in_shard_0(&config, 2, NOW + 10);
+    let (mine, other) = (&ps[0], &ps[1]);
+    assert_eq!(
+        claim(&store, mine, "acme", NOW * 1000, stale).unwrap(),
+        Claimed::Fresh
+    );
+    mark(
+        &store,
+        &mine.replay,
+        Some(State::Settling),
+        (NOW + 55) * 1000,
+    )
+    .unwrap();
+    let _ = claim(&store, other, "globex", (NOW + 80) * 1000, stale).unwrap();
+    mark(
+        &store,
+        &mine.replay,
+        Some(State::Unknown),
+        (NOW + 115) * 1000,
+    )
+    .unwrap();
+    assert_eq!(state_of(&store, &mine.replay), Some(State::Unknown));
+    // Kept a day from when its settlement began, whatever its authorization said.
+    let day_later = (NOW + 55 + 86_400 - 1) * 1000;
+    let _ = claim(&store, other, "globex", day_later, stale).unwrap();
+    assert_eq!(state_of(&store, &mine.replay), Some(State::Unknown));
+}
+
+#[test]
+fn marks_never_downgrade_a_settled_claim_and_never_mark_a_claim_that_is_gone() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let p = &in_shard_0(&config, 1, NOW + 60)[0];
+    let stale = stale_ms(payments(&config));
+    assert_eq!(
+        claim(&store, p, "acme", NOW * 1000, stale).unwrap(),
+        Claimed::Fresh
+    );
+    mark(&store, &p.replay, Some(State::Settled), NOW * 1000).unwrap();
+    // A late request (its call answered after the claim was settled by another) says unknown.
+    mark(&store, &p.replay, Some(State::Unknown), NOW * 1000 + 1).unwrap();
+    assert_eq!(state_of(&store, &p.replay), Some(State::Settled));
+    mark(&store, &p.replay, None, NOW * 1000 + 2).unwrap();
+    assert!(mark(&store, &p.replay, Some(State::Settling), NOW * 1000 + 3).is_err());
+}
+
+#[test]
+fn an_untimely_payment_is_decided_by_its_claim() {
+    let config = config();
+    let store = MemoryStore::new();
+    create_counters(&config, &store).unwrap();
+    let stale = stale_ms(payments(&config));
+    let ps = in_shard_0(&config, 3, NOW + 60);
+    let expired_now = |p: &Presented| Presented {
+        untimely: Some("the authorization has expired"),
+        ..p.clone()
+    };
+    let at = NOW * 1000;
+    // No claim: refused, nothing written.
+    let before = store.value(&payment_shard_key(0));
+    assert_eq!(
+        claim(&store, &expired_now(&ps[0]), "acme", at, stale).unwrap(),
+        Claimed::Untimely("the authorization has expired")
+    );
+    assert_eq!(store.value(&payment_shard_key(0)), before);
+    // A verification nobody finished: dropped and refused once stale.
+    assert_eq!(
+        claim(&store, &ps[1], "acme", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        claim(&store, &expired_now(&ps[1]), "acme", at + stale + 1, stale).unwrap(),
+        Claimed::Untimely("the authorization has expired")
+    );
+    assert_eq!(state_of(&store, &ps[1].replay), None);
+    // Settling, unknown or settled: the claim decides, not the time.
+    assert_eq!(
+        claim(&store, &ps[2], "acme", at, stale).unwrap(),
+        Claimed::Fresh
+    );
+    mark(&store, &ps[2].replay, Some(State::Settling), at).unwrap();
+    assert_eq!(
+        claim(&store, &expired_now(&ps[2]), "acme", at + 1, stale).unwrap(),
+        Claimed::Busy
+    );
+    mark(&store, &ps[2].replay, Some(State::Unknown), at + 2).unwrap();
+    assert_eq!(
+        claim(&store, &expired_now(&ps[2]), "acme", at + 3, stale).unwrap(),
+        Claimed::Retry
+    );
+}

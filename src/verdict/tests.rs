@@ -1113,4 +1113,41 @@ mod payments {
         );
         assert!(40 - held <= 32);
     }
+
+    fn at(ms: i64) -> Attempt {
+        Attempt {
+            now_ms: ms,
+            ..Attempt::default()
+        }
+    }
+
+    /// Found by the second review: a client gone during /settle left the claim SETTLING, kept
+    /// only until its authorization expired; the same payment two minutes later was verified
+    /// afresh or refused with fresh offers, although the money may have moved.
+    #[test]
+    fn an_abandoned_settlement_is_never_a_fresh_402_later() {
+        let config = config();
+        let store = store_for(&config);
+        let p = config.payments.as_ref().unwrap();
+        let pay = payment(&config, "10000", '7');
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
+        assert!(matches!(run(&config, &store, &headers).action, Action::Pay(ref p) if p.verify));
+        let presented = read(p, PAYMENT_SIGNATURE, pay.as_bytes(), NOW).unwrap();
+        mark(
+            &store,
+            &presented.replay,
+            Some(State::Settling),
+            NOW * 1000 + 500,
+        )
+        .unwrap();
+        let later = (NOW + 121) * 1000;
+        // Another write of the shard (it prunes expired claims) comes first.
+        let neighbour = format!("{}{}", &presented.replay[..2], "f".repeat(30));
+        mark(&store, &neighbour, None, later).unwrap();
+        let v = run_with(&config, &store, &Memo::default(), &headers, &at(later));
+        match v.action {
+            Action::Pay(pay) => assert!(!pay.verify, "settled again, never verified as new"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
