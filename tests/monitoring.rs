@@ -80,9 +80,17 @@ fn rules_and_dashboard_name_only_metrics_envoy_exports() {
     assert!(patterns.len() >= 2, "{patterns:?}");
     let envoy = Envoy::start(&plugin(
         r#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 5, "window": "day"}]},
-                      "pro": {"limits": [{"name": "monthly", "requests": 50, "window": "month"}]}},
+                      "pro": {"limits": [{"name": "monthly", "requests": 50, "window": "month"}],
+                              "credits": ["monthly"]}},
             "consumers": {"acme": {"plan": "free", "keys": ["acme-key"]}},
-            "events": {"cluster": "nowhere", "url": "http://nowhere/"}}"#,
+            "events": {"cluster": "nowhere", "url": "http://nowhere/"},
+            "payments": {"facilitator": {"cluster": "nowhere", "url": "http://nowhere/x402"},
+                         "resource": {"url": "https://api.example.com/"},
+                         "packs": [{"name": "p", "credits": 10, "network": "eip155:84532",
+                                    "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                                    "amount": "10000",
+                                    "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                                    "extra": {"name": "USDC", "version": "2"}}]}}"#,
     ));
     let exported: BTreeSet<String> = request(envoy.admin, "GET", "/stats/prometheus", &[])
         .body
@@ -124,5 +132,5 @@ fn the_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
 }

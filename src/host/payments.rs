@@ -55,6 +55,20 @@ thread_local! {
     static COUNTERS: RefCell<[Option<Option<u32>>; 6]> = const { RefCell::new([None; 6]) };
 }
 
+/// Defines every payment counter (a configuration that sells credits).
+pub fn define_counters() {
+    for which in [
+        Count::Settled,
+        Count::Credits,
+        Count::Refused,
+        Count::Unknown,
+        Count::Unresolved,
+        Count::Unavailable,
+    ] {
+        count(which, 0);
+    }
+}
+
 fn count(which: Count, by: u64) {
     let index = which as usize;
     let id = COUNTERS.with(|ids| {

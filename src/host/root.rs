@@ -176,6 +176,11 @@ impl RootContext for Root {
                 return false;
             }
         }
+        if config.payments.is_some() {
+            // Defined with the configuration, so that dashboards and alerts see 0s from the
+            // start rather than no series until the first payment.
+            super::payments::define_counters();
+        }
         if let Err(e) = events::prepare(&config) {
             log::error!("configuration refused: shared data unavailable for events: {e}");
             return false;
