@@ -25,8 +25,10 @@
 //!   payment's retry with its transaction gets it credited then, once (the ledger in the
 //!   consumer's record is keyed by the transaction). One that answers `nonce_already_used`
 //!   leaves it unresolved (409): the operator settles it from the facilitator's records.
-//! - A VERIFYING claim whose request went away (or whose VM stopped) is taken over after
-//!   [`stale_ms`]; a SETTLING one becomes UNKNOWN.
+//! - A request that goes away while verifying drops its claim; its settlement is the root
+//!   context's, which credits it whatever became of the request. A claim whose VM stopped
+//!   mid-call is taken over once stale ([`stale_ms`]): a VERIFYING one verified afresh, a
+//!   SETTLING one settled again.
 //! - Claims live in this Envoy's shared data: lost with it on a restart (with the counts and
 //!   the balances: see docs/payments.md).
 

@@ -47,10 +47,9 @@ pub struct Filter {
     /// The store, made while the request's headers were there (in a fault-injection build it
     /// reads one, and Envoy lends them no longer).
     store: SharedData,
-    /// A request held while its payment is verified and settled.
+    /// A request held while its payment is verified and settled (kept once it is resumed:
+    /// its response picks up what the root left for it).
     paying: Option<Paying>,
-    /// The paid request's `PAYMENT-RESPONSE` (or `X-PAYMENT-RESPONSE`), for its response.
-    payment_response: Option<(&'static str, String)>,
 }
 
 impl Filter {
@@ -67,7 +66,6 @@ impl Filter {
             route: None,
             store: SharedData::default(),
             paying: None,
-            payment_response: None,
         }
     }
 
@@ -100,7 +98,9 @@ impl Filter {
             Step::Pay(pay) => {
                 let now_ms = now_ms().unwrap_or(0);
                 self.route = route;
-                self.paying = payments::start(runtime, pay, attempt.price, &self.store, now_ms);
+                let context = self.context_id;
+                self.paying =
+                    payments::start(context, runtime, pay, attempt.price, &self.store, now_ms);
                 Err(Action::Pause)
             }
             Step::Wait(wait) => {
@@ -242,28 +242,32 @@ impl Context for Filter {
         }
         let now_ms = now_ms().unwrap_or(0);
         let store = self.store;
-        match payments::on_answer(&runtime, paying, &store, num_headers, body_size, now_ms) {
-            payments::Next::Held(paying) => self.paying = Some(paying),
-            payments::Next::Done(Some(step), paid) => {
-                let attempt = Attempt {
-                    now_ms,
-                    ..Attempt::default()
-                };
-                if matches!(step, Step::Continue { .. }) {
-                    self.payment_response = paid;
-                }
-                let route = self.route;
-                if self.go_on(&runtime, &attempt, step, None, route).is_ok() {
-                    payments::resume();
-                }
-            }
-            payments::Next::Done(None, _) => {}
+        let context = self.context_id;
+        let next = payments::on_verify_answer(
+            context,
+            &runtime,
+            paying,
+            &store,
+            num_headers,
+            body_size,
+            now_ms,
+        );
+        if let payments::Next::Held(paying) = next {
+            // Its settlement is the root's, which resumes or answers this request.
+            self.paying = Some(paying);
         }
     }
 
     fn on_done(&mut self) -> bool {
         if let Some(paying) = self.paying.take() {
             payments::abandon(&paying, &self.store, now_ms().unwrap_or(0));
+            let context = self.context_id;
+            let _ = payments::take_paid(context);
+            if self.pending.is_none() {
+                if let Some((_, charged)) = take_entry(&CHARGED, |(c, _)| *c == context) {
+                    self.adopt(charged);
+                }
+            }
         }
         if self.held {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
@@ -424,7 +428,13 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.held && self.pending.is_none() {
+        // A paid request resumed by the root: its response additions and charge.
+        let paid = if self.paying.is_some() {
+            payments::take_paid(self.context_id)
+        } else {
+            None
+        };
+        if (self.held || paid.is_some()) && self.pending.is_none() {
             let context = self.context_id;
             if let Some((_, charged)) = take_entry(&CHARGED, |(c, _)| *c == context) {
                 self.adopt(charged);
@@ -453,12 +463,16 @@ impl HttpContext for Filter {
         }
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
         // field becomes the list of both (docs/responses.md); adding is also the cheaper call.
+        let (payment_response, paid_fields) = match paid {
+            Some(paid) => (Some(paid.header), paid.fields),
+            None => (None, None),
+        };
         let fields = match self.rate_limit.take() {
             Some(fields) => Some(fields),
             None if self.held => fleet::fields_of(self.context_id),
-            None => None,
+            None => paid_fields,
         };
-        if let Some((name, value)) = self.payment_response.take() {
+        if let Some((name, value)) = payment_response {
             if let Err(status) =
                 hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value)
             {

@@ -1,6 +1,13 @@
-//! Payments, host side: the `/verify` and `/settle` calls of a request that carries a payment
-//! (made from its own HTTP context, which stays paused meanwhile), and what their answers make
-//! of the request. What an answer means, and the claim's states, are [`crate::payments`].
+//! Payments, host side: the `/verify` and `/settle` calls of a request that carries a payment,
+//! and what their answers make of the request (paused meanwhile). What an answer means, and the
+//! claim's states, are [`crate::payments`].
+//!
+//! `/verify` is called from the request's own HTTP context: if the request goes away, its answer
+//! is lost with it, and nothing happened to the money. `/settle` is called by the root context
+//! (queued by the request, dispatched on the root's next tick, which is fast while settlements
+//! wait): the SDK hands the answer to whoever made the call, and a request's context that is
+//! gone would lose it — and with it a payment that moved money. The root credits the payment
+//! whatever became of the request, then answers or resumes the request if it is still there.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,6 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::buffers;
+use super::held::{put_entry, take_entry};
 use super::metrics::{bump, define_counter};
 use super::request::{run, send};
 use super::runtime::Runtime;
@@ -23,6 +31,36 @@ use crate::verdict::Step;
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+/// The root's tick while settlements wait to be dispatched or answered.
+const FAST_TICK_MS: u32 = 10;
+
+/// A settlement to be made by the root context, for the request of `context`.
+struct Queued {
+    context: u32,
+    runtime: Rc<Runtime>,
+    pay: Pay,
+    price: Price,
+    store: SharedData,
+}
+
+// Per VM (one thread): settlements waiting for the root's tick, those in flight (by token),
+// and what a resumed paid request adds to its response (its `PAYMENT-RESPONSE` and RateLimit
+// fields), picked up by its own context.
+thread_local! {
+    static QUEUED: RefCell<Vec<Queued>> = const { RefCell::new(Vec::new()) };
+    static IN_FLIGHT: RefCell<Vec<(u32, Queued)>> = const { RefCell::new(Vec::new()) };
+    static PAID: RefCell<Vec<(u32, Paid)>> = const { RefCell::new(Vec::new()) };
+    static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What a paid request that goes on adds to its response.
+pub struct Paid {
+    pub header: (&'static str, String),
+    pub fields: Option<crate::response::RateLimitFields>,
 }
 
 /// tollgate's payment counters (`wasmcustom.tollgate.payments.*`), defined on first use.
@@ -86,7 +124,8 @@ pub enum Stage {
     Settle,
 }
 
-/// A request held for its payment.
+/// A request held for its payment: its `/verify` call (`token`), or its settlement by the root
+/// (`Settle`, token 0: the root answers or resumes it).
 pub struct Paying {
     pub pay: Pay,
     pub stage: Stage,
@@ -147,33 +186,36 @@ pub fn call(runtime: &Runtime, pay: &Pay, stage: Stage) -> Option<u32> {
     }
 }
 
-/// Starts the calls of a claimed payment: `Some` (hold the request) or `None` (replied).
+/// Starts a claimed payment's calls for the request of `context`: `Some` (hold the request)
+/// or `None` (replied).
 pub fn start(
-    runtime: &Runtime,
+    context: u32,
+    runtime: &Rc<Runtime>,
     pay: Pay,
     price: Price,
     store: &SharedData,
     now_ms: i64,
 ) -> Option<Paying> {
-    let stage = if pay.verify {
-        Stage::Verify
-    } else {
-        Stage::Settle
-    };
-    match call(runtime, &pay, stage) {
+    if !pay.verify {
+        // A retry of an unknown settlement: settled again, by the root.
+        queue_settle(context, runtime, pay.clone(), price, *store);
+        return Some(Paying {
+            pay,
+            stage: Stage::Settle,
+            token: 0,
+            price,
+        });
+    }
+    match call(runtime, &pay, Stage::Verify) {
         Some(token) => Some(Paying {
             pay,
-            stage,
+            stage: Stage::Verify,
             token,
             price,
         }),
         None => {
             // Nothing was asked: the payment may be presented again.
-            let state = match stage {
-                Stage::Verify => None,
-                Stage::Settle => Some(State::Unknown),
-            };
-            let _ = core::mark(store, &pay.presented.replay, state, now_ms);
+            let _ = core::mark(store, &pay.presented.replay, None, now_ms);
             reply(
                 runtime,
                 &pay,
@@ -203,17 +245,17 @@ fn answer(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
     (status, body)
 }
 
-/// What became of a paying request after an answer.
+/// What became of a paying request after its `/verify` answer.
 pub enum Next {
-    /// Still held: the next call was made.
+    /// Still held: its settlement is queued for the root.
     Held(Paying),
-    /// Replied, or resumed with its decision carried out: the RateLimit fields and the
-    /// payment's response header, if it goes on.
-    Done(Option<Step>, Option<(&'static str, String)>),
+    /// Replied.
+    Done,
 }
 
-/// The facilitator answered the call of `paying`.
-pub fn on_answer(
+/// The facilitator answered the `/verify` call of `paying`, made from the request's context.
+pub fn on_verify_answer(
+    context: u32,
     runtime: &Rc<Runtime>,
     paying: Paying,
     store: &SharedData,
@@ -222,127 +264,235 @@ pub fn on_answer(
     now_ms: i64,
 ) -> Next {
     let (status, body) = answer(num_headers, body_size);
-    let Paying {
-        pay, stage, price, ..
-    } = paying;
+    let Paying { pay, price, .. } = paying;
     let replay = pay.presented.replay.clone();
     let mark = |state: Option<State>| {
         if let Err(e) = core::mark(store, &replay, state, now_ms) {
             log::error!("payments: cannot record a payment's state: {}", e.reason());
         }
     };
-    match stage {
-        Stage::Verify => match core::verified(status, &body) {
-            Verified::Valid => {
-                // Settled only once the claim says so: a settlement the claim does not know of
-                // could be verified and settled again by another request.
-                if let Err(e) = core::mark(store, &replay, Some(State::Settling), now_ms) {
-                    log::warn!(
-                        "payments: a payment's claim could not be marked: {}",
-                        e.reason()
-                    );
-                    mark(None);
+    match core::verified(status, &body) {
+        Verified::Valid => {
+            // Settled only once the claim says so: a settlement the claim does not know of
+            // could be verified and settled again by another request.
+            if let Err(e) = core::mark(store, &replay, Some(State::Settling), now_ms) {
+                log::warn!(
+                    "payments: a payment's claim could not be marked: {}",
+                    e.reason()
+                );
+                mark(None);
+                reply(
+                    runtime,
+                    &pay,
+                    PAYMENT_PENDING,
+                    "The payment cannot be settled now; try again shortly.".into(),
+                    Some(RETRY_UNKNOWN),
+                );
+                return Next::Done;
+            }
+            queue_settle(context, runtime, pay.clone(), price, *store);
+            Next::Held(Paying {
+                pay,
+                stage: Stage::Settle,
+                token: 0,
+                price,
+            })
+        }
+        Verified::Invalid(why) => {
+            count(Count::Refused, 1);
+            mark(Some(State::Failed));
+            log::info!("payments: a payment was refused by the facilitator ({why})");
+            reply(runtime, &pay, PAYMENT_REFUSED, why, None);
+            Next::Done
+        }
+        Verified::Unavailable(why) => {
+            count(Count::Unavailable, 1);
+            mark(None);
+            log::warn!("payments: verify failed: {why}");
+            reply(
+                runtime,
+                &pay,
+                PAYMENT_PENDING,
+                "The payment could not be verified now; try again shortly.".into(),
+                Some(RETRY_UNKNOWN),
+            );
+            Next::Done
+        }
+    }
+}
+
+/// Queues a settlement for the root context, and makes its tick fast until it is answered.
+fn queue_settle(context: u32, runtime: &Rc<Runtime>, pay: Pay, price: Price, store: SharedData) {
+    put_entry(
+        &QUEUED,
+        Queued {
+            context,
+            runtime: Rc::clone(runtime),
+            pay,
+            price,
+            store,
+        },
+    );
+    if !FAST.with(std::cell::Cell::get) {
+        FAST.with(|f| f.set(true));
+        // SAFETY: plain integer argument (the tick of this context's root).
+        let _ = unsafe { proxy_set_tick_period_milliseconds(FAST_TICK_MS) };
+    }
+}
+
+/// Whether the root has settlements to dispatch or in flight (its tick stays fast).
+pub fn busy() -> bool {
+    FAST.with(std::cell::Cell::get)
+}
+
+/// The root's tick: dispatches the queued settlements (the root owns their answers). Returns
+/// whether the tick may go back to its usual period (nothing queued or in flight).
+#[inline(never)]
+pub fn on_tick(now_ms: i64) -> bool {
+    let queued: Vec<Queued> = QUEUED.with(|q| {
+        q.try_borrow_mut()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    });
+    for q in queued {
+        match call(&q.runtime, &q.pay, Stage::Settle) {
+            Some(token) => put_entry(&IN_FLIGHT, (token, q)),
+            None => {
+                // Nothing was sent: the money did not move, but the claim says settling: the
+                // same payment presented again settles (once stale).
+                count(Count::Unavailable, 1);
+                if alive(q.context) {
                     reply(
-                        runtime,
-                        &pay,
+                        &q.runtime,
+                        &q.pay,
                         PAYMENT_PENDING,
-                        "The payment cannot be settled now; try again shortly.".into(),
+                        "The payment facilitator cannot be reached; try again shortly.".into(),
                         Some(RETRY_UNKNOWN),
                     );
-                    return Next::Done(None, None);
                 }
-                match call(runtime, &pay, Stage::Settle) {
-                    Some(token) => Next::Held(Paying {
-                        pay,
-                        stage: Stage::Settle,
-                        token,
-                        price,
-                    }),
-                    None => {
-                        mark(None);
-                        reply(
-                            runtime,
-                            &pay,
-                            PAYMENT_PENDING,
-                            "The payment facilitator cannot be reached; try again shortly.".into(),
-                            Some(RETRY_UNKNOWN),
-                        );
-                        Next::Done(None, None)
-                    }
-                }
-            }
-            Verified::Invalid(why) => {
-                count(Count::Refused, 1);
-                mark(Some(State::Failed));
-                log::info!("payments: a payment was refused by the facilitator ({why})");
-                reply(runtime, &pay, PAYMENT_REFUSED, why, None);
-                Next::Done(None, None)
-            }
-            Verified::Unavailable(why) => {
-                count(Count::Unavailable, 1);
-                mark(None);
-                log::warn!("payments: verify failed: {why}");
-                reply(
-                    runtime,
-                    &pay,
-                    PAYMENT_PENDING,
-                    "The payment could not be verified now; try again shortly.".into(),
-                    Some(RETRY_UNKNOWN),
+                let _ = core::mark(
+                    &q.store,
+                    &q.pay.presented.replay,
+                    Some(State::Unknown),
+                    now_ms,
                 );
-                Next::Done(None, None)
             }
-        },
-        Stage::Settle => match core::settled(status, &body) {
-            Settled::Done {
-                transaction,
-                response,
-            } => settled_payment(runtime, &pay, price, store, &transaction, response, now_ms),
-            // A retry of a settlement whose outcome was unknown: whatever refuses it now (the
-            // nonce used, the funds gone) may be the first settlement's doing.
-            Settled::Refused(_) | Settled::NonceUsed if !pay.verify => {
-                unresolved(runtime, &pay, &mark)
-            }
-            Settled::Refused(why) => {
-                count(Count::Refused, 1);
-                mark(Some(State::Failed));
-                log::info!("payments: a settlement was refused ({why})");
-                reply(runtime, &pay, PAYMENT_REFUSED, why, None);
-                Next::Done(None, None)
-            }
-            Settled::NonceUsed => {
-                count(Count::Refused, 1);
-                mark(Some(State::Failed));
-                reply(
-                    runtime,
-                    &pay,
-                    PAYMENT_REFUSED,
-                    "the authorization's nonce was used already".into(),
-                    None,
-                );
-                Next::Done(None, None)
-            }
-            Settled::Unknown(why) => {
-                count(Count::Unknown, 1);
-                mark(Some(State::Unknown));
-                log::warn!("payments: the outcome of a settlement is unknown: {why}");
-                reply(
-                    runtime,
-                    &pay,
-                    PAYMENT_PENDING,
-                    "The payment's settlement is not confirmed yet; send the same payment \
-                     again shortly (do not pay again)."
-                        .into(),
-                    Some(RETRY_UNKNOWN),
-                );
-                Next::Done(None, None)
-            }
-        },
+        }
+    }
+    let idle = QUEUED.with(|q| q.try_borrow().is_ok_and(|q| q.is_empty()))
+        && IN_FLIGHT.with(|f| f.try_borrow().is_ok_and(|f| f.is_empty()));
+    if idle {
+        FAST.with(|f| f.set(false));
+    }
+    idle
+}
+
+/// Whether `token` is a settlement the root made.
+pub fn owns(token: u32) -> bool {
+    IN_FLIGHT.with(|f| {
+        f.try_borrow()
+            .is_ok_and(|f| f.iter().any(|(t, _)| *t == token))
+    })
+}
+
+/// Makes the request of `context` the effective one, if it is still there.
+fn alive(context: u32) -> bool {
+    // SAFETY: plain integer argument.
+    unsafe { proxy_set_effective_context(context) == 0 }
+}
+
+/// A paid request's response additions, for its own context.
+pub fn take_paid(context: u32) -> Option<Paid> {
+    take_entry(&PAID, |(c, _)| *c == context).map(|(_, paid)| paid)
+}
+
+/// The facilitator answered a settlement the root made (in the root's context).
+#[inline(never)]
+pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms: i64) {
+    let Some((_, q)) = take_entry(&IN_FLIGHT, |(t, _)| *t == token) else {
+        return;
+    };
+    let (status, body) = answer(num_headers, body_size);
+    let Queued {
+        context,
+        runtime,
+        pay,
+        price,
+        store,
+    } = q;
+    let replay = pay.presented.replay.clone();
+    let mark = |state: Option<State>| {
+        if let Err(e) = core::mark(&store, &replay, state, now_ms) {
+            log::error!("payments: cannot record a payment's state: {}", e.reason());
+        }
+    };
+    let outcome = core::settled(status, &body);
+    // The money's side first, whatever became of the request; then the request, if it is
+    // still there (made the effective context).
+    let respond = |kind: &'static str, detail: String, retry: Option<u64>| {
+        if alive(context) {
+            reply(&runtime, &pay, kind, detail, retry);
+        }
+    };
+    match outcome {
+        Settled::Done {
+            transaction,
+            response,
+        } => settled_payment(
+            context,
+            &runtime,
+            &pay,
+            price,
+            &store,
+            &transaction,
+            response,
+            now_ms,
+        ),
+        // A retry of a settlement whose outcome was unknown: whatever refuses it now (the
+        // nonce used, the funds gone) may be the first settlement's doing.
+        Settled::Refused(_) | Settled::NonceUsed if !pay.verify => {
+            unresolved(&runtime, &pay, &mark);
+            respond(
+                PAYMENT_UNRESOLVED,
+                "The settlement of this payment cannot be confirmed; it was not credited. \
+                 Contact the API's operator."
+                    .into(),
+                None,
+            );
+        }
+        Settled::Refused(why) => {
+            count(Count::Refused, 1);
+            mark(Some(State::Failed));
+            log::info!("payments: a settlement was refused ({why})");
+            respond(PAYMENT_REFUSED, why, None);
+        }
+        Settled::NonceUsed => {
+            count(Count::Refused, 1);
+            mark(Some(State::Failed));
+            respond(
+                PAYMENT_REFUSED,
+                "the authorization's nonce was used already".into(),
+                None,
+            );
+        }
+        Settled::Unknown(why) => {
+            count(Count::Unknown, 1);
+            mark(Some(State::Unknown));
+            log::warn!("payments: the outcome of a settlement is unknown: {why}");
+            respond(
+                PAYMENT_PENDING,
+                "The payment's settlement is not confirmed yet; send the same payment \
+                 again shortly (do not pay again)."
+                    .into(),
+                Some(RETRY_UNKNOWN),
+            );
+        }
     }
 }
 
 /// The retry of an unknown settlement that the facilitator refuses: not credited, never a
 /// fresh 402; the operator resolves it (the log line and `tollgate.payments.unresolved`).
-fn unresolved(runtime: &Runtime, pay: &Pay, mark: &dyn Fn(Option<State>)) -> Next {
+fn unresolved(runtime: &Runtime, pay: &Pay, mark: &dyn Fn(Option<State>)) {
     count(Count::Unresolved, 1);
     mark(Some(State::Unknown));
     let consumer = runtime
@@ -355,21 +505,13 @@ fn unresolved(runtime: &Runtime, pay: &Pay, mark: &dyn Fn(Option<State>)) -> Nex
          retry: not credited; resolve it from the facilitator's records (replay key {})",
         pay.presented.replay
     );
-    reply(
-        runtime,
-        pay,
-        PAYMENT_UNRESOLVED,
-        "The settlement of this payment cannot be confirmed; it was not credited. \
-         Contact the API's operator."
-            .into(),
-        None,
-    );
-    Next::Done(None, None)
 }
 
-/// A settled payment: credit it, then decide the request as usual (it now draws on the
-/// balance) with the settlement's response header.
+/// A settled payment: credit it; then, if its request is still there, decide it as usual (it
+/// now draws on the balance) with the settlement's response header, and resume it.
+#[allow(clippy::too_many_arguments)] // the settlement and its request, as they are
 fn settled_payment(
+    context: u32,
     runtime: &Rc<Runtime>,
     pay: &Pay,
     price: Price,
@@ -377,11 +519,11 @@ fn settled_payment(
     transaction: &str,
     response: crate::x402::SettleResponse,
     now_ms: i64,
-) -> Next {
+) {
     let config = &runtime.config;
     let (Some(payments), Some(consumer)) = (&config.payments, config.consumers.get(pay.consumer))
     else {
-        return Next::Done(None, None);
+        return;
     };
     let credits = payments
         .packs
@@ -433,17 +575,26 @@ fn settled_payment(
                 consumer.name(),
                 e.reason()
             );
-            reply(
-                runtime,
-                pay,
-                PAYMENT_PENDING,
-                "The payment was settled but not credited yet; send the same payment again \
-                 shortly (do not pay again)."
-                    .into(),
-                Some(RETRY_UNKNOWN),
-            );
-            return Next::Done(None, None);
+            if alive(context) {
+                reply(
+                    runtime,
+                    pay,
+                    PAYMENT_PENDING,
+                    "The payment was settled but not credited yet; send the same payment again \
+                     shortly (do not pay again)."
+                        .into(),
+                    Some(RETRY_UNKNOWN),
+                );
+            }
+            return;
         }
+    }
+    if !alive(context) {
+        log::info!(
+            "payments: consumer={}: the paying request went away; its payment is credited",
+            consumer.name()
+        );
+        return;
     }
     let header = if pay.presented.version == 1 {
         core::X_PAYMENT_RESPONSE
@@ -457,8 +608,26 @@ fn settled_payment(
         paid: Some(paid.clone()),
         ..Attempt::default()
     };
-    let step = run(runtime, &attempt, now_ms);
-    Next::Done(Some(step), Some(paid))
+    if let Step::Continue {
+        fields, charged, ..
+    } = run(runtime, &attempt, now_ms)
+    {
+        // Its own context picks these up with the response (and settles a priced request).
+        if let Some(charged) = charged {
+            super::held::hand_over(context, charged);
+        }
+        put_entry(
+            &PAID,
+            (
+                context,
+                Paid {
+                    header: paid,
+                    fields,
+                },
+            ),
+        );
+        resume();
+    }
 }
 
 /// Resumes the paused request of the effective context.
@@ -469,10 +638,9 @@ pub fn resume() {
     }
 }
 
-/// A paying request went away before its answer (whose answer the SDK then drops): a
-/// verification leaves nothing (the claim is dropped); a settlement's claim stays SETTLING —
-/// its call may still be under way — until it is stale, when the same payment presented again
-/// settles again (`crate::payments::stale_ms`).
+/// A paying request went away before its answer. A verification leaves nothing (the claim is
+/// dropped: no money moved); a settlement is the root's, which credits it whatever became of
+/// the request.
 pub fn abandon(paying: &Paying, store: &SharedData, now_ms: i64) {
     if paying.stage == Stage::Verify {
         let _ = core::mark(store, &paying.pay.presented.replay, None, now_ms);

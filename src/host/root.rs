@@ -114,10 +114,19 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if super::payments::owns(token_id) {
+            super::payments::on_settle_answer(
+                token_id,
+                num_headers,
+                body_size,
+                now_ms().unwrap_or(0),
+            );
+            return;
+        }
         if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
             if sender.owns(token_id) {
                 if sender.response(runtime, now().unwrap_or_default()) == events::Answered::Finished
@@ -234,6 +243,12 @@ impl RootContext for Root {
             runtime.metrics.flush();
             if let (Some(sender), Some(now)) = (&mut self.events, now()) {
                 sender.tick(runtime, now);
+            }
+        }
+        // Settlements queued by paying requests (the tick is fast while there are any).
+        if super::payments::busy() && super::payments::on_tick(now_ms().unwrap_or(0)) {
+            if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
+                log::warn!("cannot set the tick period: {status:?}");
             }
         }
         // Fleet mode's held requests (the tick is faster while there are any).
