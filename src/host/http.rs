@@ -29,6 +29,8 @@ pub struct Filter {
     /// RateLimit fields to add to the upstream's response.
     rate_limit: Option<RateLimitFields>,
     context_id: u32,
+    /// Its root context's id (which settles its payment, if it carries one).
+    root: u32,
     /// Fleet mode: the request was held for a lease refill (it was then decided, and its
     /// RateLimit fields kept, by [`fleet`]).
     held: bool,
@@ -53,8 +55,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(runtime: Option<Rc<Runtime>>, context_id: u32) -> Self {
+    pub fn new(runtime: Option<Rc<Runtime>>, context_id: u32, root: u32) -> Self {
         Filter {
+            root,
             runtime,
             rate_limit: None,
             context_id,
@@ -98,9 +101,16 @@ impl Filter {
             Step::Pay(pay) => {
                 let now_ms = now_ms().unwrap_or(0);
                 self.route = route;
-                let context = self.context_id;
-                self.paying =
-                    payments::start(context, runtime, pay, attempt.price, &self.store, now_ms);
+                let (root, context) = (self.root, self.context_id);
+                self.paying = payments::start(
+                    root,
+                    context,
+                    runtime,
+                    pay,
+                    attempt.price,
+                    &self.store,
+                    now_ms,
+                );
                 Err(Action::Pause)
             }
             Step::Wait(wait) => {
@@ -244,6 +254,7 @@ impl Context for Filter {
         let store = self.store;
         let context = self.context_id;
         let next = payments::on_verify_answer(
+            self.root,
             context,
             &runtime,
             paying,
@@ -262,6 +273,7 @@ impl Context for Filter {
         if let Some(paying) = self.paying.take() {
             payments::abandon(&paying, &self.store, now_ms().unwrap_or(0));
             let context = self.context_id;
+            payments::forget(context);
             let _ = payments::take_paid(context);
             if self.pending.is_none() {
                 if let Some((_, charged)) = take_entry(&CHARGED, |(c, _)| *c == context) {

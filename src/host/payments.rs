@@ -38,8 +38,9 @@ extern "C" {
 /// The root's tick while settlements wait to be dispatched or answered.
 const FAST_TICK_MS: u32 = 10;
 
-/// A settlement to be made by the root context, for the request of `context`.
+/// A settlement to be made by the root context `root`, for the request of `context`.
 struct Queued {
+    root: u32,
     context: u32,
     runtime: Rc<Runtime>,
     pay: Pay,
@@ -52,9 +53,13 @@ struct Queued {
 // fields), picked up by its own context.
 thread_local! {
     static QUEUED: RefCell<Vec<Queued>> = const { RefCell::new(Vec::new()) };
-    static IN_FLIGHT: RefCell<Vec<(u32, Queued)>> = const { RefCell::new(Vec::new()) };
+    /// By token, with the time (ms) past which the call is given up.
+    static IN_FLIGHT: RefCell<Vec<(u32, i64, Queued)>> = const { RefCell::new(Vec::new()) };
     static PAID: RefCell<Vec<(u32, Paid)>> = const { RefCell::new(Vec::new()) };
-    static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The roots whose tick is fast (several roots share a VM across a configuration push).
+    static FAST: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The requests waiting for a settlement: only those are answered or resumed by a root.
+    static WAITING: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What a paid request that goes on adds to its response.
@@ -189,6 +194,7 @@ pub fn call(runtime: &Runtime, pay: &Pay, stage: Stage) -> Option<u32> {
 /// Starts a claimed payment's calls for the request of `context`: `Some` (hold the request)
 /// or `None` (replied).
 pub fn start(
+    root: u32,
     context: u32,
     runtime: &Rc<Runtime>,
     pay: Pay,
@@ -198,7 +204,7 @@ pub fn start(
 ) -> Option<Paying> {
     if !pay.verify {
         // A retry of an unknown settlement: settled again, by the root.
-        queue_settle(context, runtime, pay.clone(), price, *store);
+        queue_settle(root, context, runtime, pay.clone(), price, *store);
         return Some(Paying {
             pay,
             stage: Stage::Settle,
@@ -254,7 +260,9 @@ pub enum Next {
 }
 
 /// The facilitator answered the `/verify` call of `paying`, made from the request's context.
+#[allow(clippy::too_many_arguments)] // the request (its root, context, runtime) and the answer
 pub fn on_verify_answer(
+    root: u32,
     context: u32,
     runtime: &Rc<Runtime>,
     paying: Paying,
@@ -290,7 +298,7 @@ pub fn on_verify_answer(
                 );
                 return Next::Done;
             }
-            queue_settle(context, runtime, pay.clone(), price, *store);
+            queue_settle(root, context, runtime, pay.clone(), price, *store);
             Next::Held(Paying {
                 pay,
                 stage: Stage::Settle,
@@ -321,11 +329,21 @@ pub fn on_verify_answer(
     }
 }
 
-/// Queues a settlement for the root context, and makes its tick fast until it is answered.
-fn queue_settle(context: u32, runtime: &Rc<Runtime>, pay: Pay, price: Price, store: SharedData) {
+/// Queues a settlement for the request's root context, and makes its tick fast until it is
+/// answered.
+fn queue_settle(
+    root: u32,
+    context: u32,
+    runtime: &Rc<Runtime>,
+    pay: Pay,
+    price: Price,
+    store: SharedData,
+) {
+    put_entry(&WAITING, context);
     put_entry(
         &QUEUED,
         Queued {
+            root,
             context,
             runtime: Rc::clone(runtime),
             pay,
@@ -333,34 +351,68 @@ fn queue_settle(context: u32, runtime: &Rc<Runtime>, pay: Pay, price: Price, sto
             store,
         },
     );
-    if !FAST.with(std::cell::Cell::get) {
-        FAST.with(|f| f.set(true));
-        // SAFETY: plain integer argument (the tick of this context's root).
+    let fast = FAST.with(|f| f.try_borrow().is_ok_and(|f| f.contains(&root)));
+    if !fast {
+        put_entry(&FAST, root);
+        // SAFETY: plain integer argument (the tick of this request's root).
         let _ = unsafe { proxy_set_tick_period_milliseconds(FAST_TICK_MS) };
     }
 }
 
-/// Whether the root has settlements to dispatch or in flight (its tick stays fast).
-pub fn busy() -> bool {
-    FAST.with(std::cell::Cell::get)
+/// Whether root `root` has a fast tick for settlements (queued or in flight).
+pub fn busy(root: u32) -> bool {
+    FAST.with(|f| f.try_borrow().is_ok_and(|f| f.contains(&root)))
 }
 
-/// The root's tick: dispatches the queued settlements (the root owns their answers). Returns
-/// whether the tick may go back to its usual period (nothing queued or in flight).
+/// Whether root `root` has settlements queued or in flight.
+pub fn pending(root: u32) -> bool {
+    QUEUED.with(|q| {
+        q.try_borrow()
+            .is_ok_and(|q| q.iter().any(|e| e.root == root))
+    }) || IN_FLIGHT.with(|f| {
+        f.try_borrow()
+            .is_ok_and(|f| f.iter().any(|(_, _, e)| e.root == root))
+    })
+}
+
+/// Root `root`'s tick (and its stop): dispatches its queued settlements (it owns their
+/// answers) and gives up those overdue (their claims stay SETTLING: the same payment settles
+/// again once stale). Returns whether its tick may go back to its usual period. Leaves `root`
+/// the effective context.
 #[inline(never)]
-pub fn on_tick(now_ms: i64) -> bool {
-    let queued: Vec<Queued> = QUEUED.with(|q| {
-        q.try_borrow_mut()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+pub fn on_tick(root: u32, now_ms: i64) -> bool {
+    let mine: Vec<Queued> = QUEUED.with(|q| {
+        let Ok(mut q) = q.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (mine, others) = std::mem::take(&mut *q)
+            .into_iter()
+            .partition(|e| e.root == root);
+        *q = others;
+        mine
     });
-    for q in queued {
+    for q in mine {
         match call(&q.runtime, &q.pay, Stage::Settle) {
-            Some(token) => put_entry(&IN_FLIGHT, (token, q)),
+            Some(token) => {
+                let timeout = q
+                    .runtime
+                    .config
+                    .payments
+                    .as_ref()
+                    .map_or(0, |p| i64::try_from(p.timeout_ms).unwrap_or(i64::MAX));
+                let deadline = now_ms.saturating_add(timeout).saturating_add(2_000);
+                put_entry(&IN_FLIGHT, (token, deadline, q));
+            }
             None => {
-                // Nothing was sent: the money did not move, but the claim says settling: the
-                // same payment presented again settles (once stale).
+                // Nothing was sent: the money did not move. A first settlement's claim is
+                // dropped (the payment may be presented again); a retry's stays unknown.
                 count(Count::Unavailable, 1);
+                let state = if q.pay.verify {
+                    None
+                } else {
+                    Some(State::Unknown)
+                };
+                let _ = core::mark(&q.store, &q.pay.presented.replay, state, now_ms);
                 if alive(q.context) {
                     reply(
                         &q.runtime,
@@ -370,35 +422,57 @@ pub fn on_tick(now_ms: i64) -> bool {
                         Some(RETRY_UNKNOWN),
                     );
                 }
-                let _ = core::mark(
-                    &q.store,
-                    &q.pay.presented.replay,
-                    Some(State::Unknown),
-                    now_ms,
-                );
+                let _ = take_entry(&WAITING, |c| *c == q.context);
+                become_root(root);
             }
         }
     }
-    let idle = QUEUED.with(|q| q.try_borrow().is_ok_and(|q| q.is_empty()))
-        && IN_FLIGHT.with(|f| f.try_borrow().is_ok_and(|f| f.is_empty()));
+    let overdue: Vec<(u32, i64, Queued)> = IN_FLIGHT.with(|f| {
+        let Ok(mut f) = f.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (late, rest) = std::mem::take(&mut *f)
+            .into_iter()
+            .partition(|(_, deadline, e)| e.root == root && *deadline < now_ms);
+        *f = rest;
+        late
+    });
+    for (_, _, q) in overdue {
+        log::warn!("payments: a settlement got no answer in time; its claim stays settling");
+        let _ = take_entry(&WAITING, |c| *c == q.context);
+    }
+    let idle = !pending(root);
     if idle {
-        FAST.with(|f| f.set(false));
+        let _ = take_entry(&FAST, |r| *r == root);
     }
     idle
 }
 
-/// Whether `token` is a settlement the root made.
+/// Whether `token` is a settlement a root made.
 pub fn owns(token: u32) -> bool {
     IN_FLIGHT.with(|f| {
         f.try_borrow()
-            .is_ok_and(|f| f.iter().any(|(t, _)| *t == token))
+            .is_ok_and(|f| f.iter().any(|(t, _, _)| *t == token))
     })
 }
 
-/// Makes the request of `context` the effective one, if it is still there.
+/// Makes the request of `context` the effective one, if it is still there and waiting for its
+/// settlement.
 fn alive(context: u32) -> bool {
+    let waiting = WAITING.with(|w| w.try_borrow().is_ok_and(|w| w.contains(&context)));
     // SAFETY: plain integer argument.
-    unsafe { proxy_set_effective_context(context) == 0 }
+    waiting && unsafe { proxy_set_effective_context(context) == 0 }
+}
+
+/// Makes root `root` the effective context again (after acting on a request's).
+fn become_root(root: u32) {
+    // SAFETY: plain integer argument.
+    let _ = unsafe { proxy_set_effective_context(root) };
+}
+
+/// A paying request is done: no root acts on it any more.
+pub fn forget(context: u32) {
+    let _ = take_entry(&WAITING, |c| *c == context);
 }
 
 /// A paid request's response additions, for its own context.
@@ -409,9 +483,10 @@ pub fn take_paid(context: u32) -> Option<Paid> {
 /// The facilitator answered a settlement the root made (in the root's context).
 #[inline(never)]
 pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms: i64) {
-    let Some((_, q)) = take_entry(&IN_FLIGHT, |(t, _)| *t == token) else {
+    let Some((_, _, q)) = take_entry(&IN_FLIGHT, |(t, _, _)| *t == token) else {
         return;
     };
+    let root = q.root;
     let (status, body) = answer(num_headers, body_size);
     let Queued {
         context,
@@ -419,6 +494,7 @@ pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms
         pay,
         price,
         store,
+        ..
     } = q;
     let replay = pay.presented.replay.clone();
     let mark = |state: Option<State>| {
@@ -488,6 +564,8 @@ pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms
             );
         }
     }
+    let _ = take_entry(&WAITING, |c| *c == context);
+    become_root(root);
 }
 
 /// The retry of an unknown settlement that the facilitator refuses: not credited, never a
@@ -608,25 +686,32 @@ fn settled_payment(
         paid: Some(paid.clone()),
         ..Attempt::default()
     };
-    if let Step::Continue {
-        fields, charged, ..
-    } = run(runtime, &attempt, now_ms)
-    {
-        // Its own context picks these up with the response (and settles a priced request).
-        if let Some(charged) = charged {
-            super::held::hand_over(context, charged);
+    match run(runtime, &attempt, now_ms) {
+        Step::Continue {
+            fields, charged, ..
+        } => {
+            // Its own context picks these up with the response (and settles a priced request).
+            if let Some(charged) = charged {
+                super::held::hand_over(context, charged);
+            }
+            put_entry(
+                &PAID,
+                (
+                    context,
+                    Paid {
+                        header: paid,
+                        fields,
+                    },
+                ),
+            );
+            resume();
         }
-        put_entry(
-            &PAID,
-            (
-                context,
-                Paid {
-                    header: paid,
-                    fields,
-                },
-            ),
-        );
-        resume();
+        Step::Replied => {}
+        // Neither happens in local mode (payments are refused with `store`) nor once paid.
+        Step::Wait(_) | Step::Pay(_) => {
+            log::error!("payments: a paid request could not be decided");
+            super::request::unavailable("tollgate could not decide the paid request\n");
+        }
     }
 }
 

@@ -27,6 +27,14 @@ proxy_wasm::main! {{
 
 #[derive(Default)]
 pub struct Root {
+    /// This root context's id (its requests' settlements are its own: `payments`).
+    id: u32,
+    /// Stopped by Envoy (`on_done`), waiting for its last answers: events' last batch
+    /// (`events_done` once answered or overdue) and its settlements in flight.
+    stopping: bool,
+    events_done: bool,
+    /// `proxy_done` was called.
+    done_called: bool,
     runtime: Option<Rc<Runtime>>,
     /// Usage events and alerts: buffer, call in flight (with an `events` block).
     events: Option<events::Sender>,
@@ -37,7 +45,22 @@ pub struct Root {
 impl Root {
     pub fn new(context_id: u32) -> Root {
         fleet::set_root(context_id, METRICS_FLUSH);
-        Root::default()
+        Root {
+            id: context_id,
+            ..Root::default()
+        }
+    }
+
+    /// A stopping root with nothing left to wait for tells Envoy it is done (once).
+    fn maybe_done(&mut self) {
+        if self.stopping
+            && self.events_done
+            && !self.done_called
+            && !super::payments::pending(self.id)
+        {
+            self.done_called = true;
+            done();
+        }
     }
 
     /// Serves `config` from the next request on (requests in flight keep theirs).
@@ -98,17 +121,24 @@ impl Context for Root {
     }
 
     // A configuration push (or Envoy's stop) ends this root context. With a batch of events
-    // in flight it is not done yet: Envoy keeps it until `proxy_done` (the answer, or the
-    // tick past the deadline, calls it).
+    // or settlements in flight it is not done yet: Envoy keeps it until `proxy_done` (the last
+    // answer, or the tick past the deadlines, calls it). Its queued settlements go out now.
     fn on_done(&mut self) -> bool {
         let Some(runtime) = &self.runtime else {
             return true;
         };
         runtime.metrics.flush();
-        match &mut self.events {
+        self.events_done = match &mut self.events {
             Some(sender) => sender.stop(runtime, now().unwrap_or_default()),
             None => true,
+        };
+        self.stopping = true;
+        if super::payments::pending(self.id) {
+            super::payments::on_tick(self.id, now_ms().unwrap_or(0));
         }
+        let done = self.events_done && !super::payments::pending(self.id);
+        self.done_called = done;
+        done
     }
 
     fn on_http_call_response(
@@ -125,13 +155,15 @@ impl Context for Root {
                 body_size,
                 now_ms().unwrap_or(0),
             );
+            self.maybe_done();
             return;
         }
         if let (Some(sender), Some(runtime)) = (&mut self.events, &self.runtime) {
             if sender.owns(token_id) {
                 if sender.response(runtime, now().unwrap_or_default()) == events::Answered::Finished
                 {
-                    done();
+                    self.events_done = true;
+                    self.maybe_done();
                 }
                 return;
             }
@@ -231,12 +263,19 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        // A stopped root context waiting for its last answer does nothing else.
-        if let Some(sender) = self.events.as_ref().filter(|s| s.is_stopping()) {
-            if sender.overdue(now().unwrap_or_default()) {
+        // A stopped root context waiting for its last answers does nothing else.
+        if self.stopping {
+            let overdue = self
+                .events
+                .as_ref()
+                .is_some_and(|s| s.overdue(now().unwrap_or_default()));
+            if !self.events_done && overdue {
                 log::info!("events: VM stopping: no answer to the last batch; done");
-                done();
+                self.events_done = true;
             }
+            // Settlements past their deadline are given up (their claims stay SETTLING).
+            super::payments::on_tick(self.id, now_ms().unwrap_or(0));
+            self.maybe_done();
             return;
         }
         if let Some(runtime) = &self.runtime {
@@ -246,7 +285,9 @@ impl RootContext for Root {
             }
         }
         // Settlements queued by paying requests (the tick is fast while there are any).
-        if super::payments::busy() && super::payments::on_tick(now_ms().unwrap_or(0)) {
+        if super::payments::busy(self.id)
+            && super::payments::on_tick(self.id, now_ms().unwrap_or(0))
+        {
             if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
                 log::warn!("cannot set the tick period: {status:?}");
             }
@@ -263,7 +304,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter::new(self.runtime.clone(), context_id)))
+        Some(Box::new(Filter::new(
+            self.runtime.clone(),
+            context_id,
+            self.id,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
