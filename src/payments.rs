@@ -462,6 +462,62 @@ pub fn state_of(store: &impl Store, replay: &str) -> Option<State> {
         .map(|c| c.s)
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Kind {
+    x402_version: u32,
+    scheme: String,
+    network: String,
+}
+
+#[derive(Deserialize)]
+struct Supported {
+    kinds: Vec<Kind>,
+}
+
+/// Reads the facilitator's `GET /supported` answer (checked when a configuration is loaded):
+/// the offers it cannot settle, one line each (a pack's x402 v2 network, and its v1 network if
+/// it has one), or why the answer is not one.
+pub fn unsupported(
+    payments: &Payments,
+    status: Option<u16>,
+    body: &[u8],
+) -> Result<Vec<String>, String> {
+    if status != Some(200) {
+        return Err(match status {
+            Some(s) => format!("it answered {s}"),
+            None => "it did not answer".into(),
+        });
+    }
+    let supported: Supported = serde_json::from_slice(body)
+        .map_err(|_| "its answer is not a list of supported kinds".to_string())?;
+    let has = |version: u32, scheme: &str, network: &str| {
+        supported
+            .kinds
+            .iter()
+            .any(|k| k.x402_version == version && k.scheme == scheme && k.network == network)
+    };
+    let mut out = Vec::new();
+    for pack in &payments.packs {
+        let offer = &pack.offer;
+        if !has(2, &offer.scheme, &offer.network) {
+            out.push(format!(
+                "pack `{}`: x402 v2 `{}` on `{}` is not supported by the facilitator",
+                pack.name, offer.scheme, offer.network
+            ));
+        }
+        if let Some(v1) = &pack.v1_network {
+            if !has(1, &offer.scheme, v1) {
+                out.push(format!(
+                    "pack `{}`: x402 v1 `{}` on `{v1}` is not supported by the facilitator",
+                    pack.name, offer.scheme
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What a facilitator's `/verify` answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {

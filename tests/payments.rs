@@ -61,6 +61,15 @@ fn plugin_json_with(timeout: &str, extra: &str) -> String {
     )
 }
 
+/// The calls a payment made (not the `/supported` check each VM makes when configured).
+fn payment_calls(facilitator: &Facilitator) -> Vec<FacilitatorCall> {
+    facilitator
+        .calls()
+        .into_iter()
+        .filter(|c| !c.path.ends_with("/supported"))
+        .collect()
+}
+
 fn start(facilitator: &Facilitator, timeout: &str) -> Envoy {
     Envoy::start_with(Options {
         plugin: Some(plugin(&plugin_json(timeout))),
@@ -151,7 +160,7 @@ fn a_spent_consumer_pays_for_a_pack_and_is_served_exactly_its_credits() {
     let seen = paid.json()["headers"].to_string();
     assert!(!seen.contains("payment-signature"), "{seen}");
     // One verify and one settle, each with the configured offer (not the client's copy).
-    let calls = facilitator.calls();
+    let calls = payment_calls(&facilitator);
     let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(paths, ["/x402/verify", "/x402/settle"]);
     for call in &calls {
@@ -244,7 +253,7 @@ fn a_payment_is_redeemed_once_by_the_consumer_who_presented_it() {
     assert_eq!(facilitator.settles(), 1);
 
     // Tampered: an amount below the offer's, or another payee: refused before any call.
-    let calls = facilitator.calls().len();
+    let calls = payment_calls(&facilitator).len();
     let mut cheap = accepted.clone();
     cheap["amount"] = "1".into();
     let r = pay(
@@ -267,7 +276,7 @@ fn a_payment_is_redeemed_once_by_the_consumer_who_presented_it() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["type"], "urn:tollgate:problem:payment-malformed");
     assert_eq!(
-        facilitator.calls().len(),
+        payment_calls(&facilitator).len(),
         calls,
         "no facilitator call for a bad payment"
     );
@@ -336,9 +345,9 @@ fn facilitator_failures_never_credit_and_say_whether_to_pay_again() {
     assert_eq!(offers(&r)["error"], "insufficient_funds");
     assert_eq!(facilitator.settles(), 0);
     // ...and final: the same payment again calls nothing.
-    let calls = facilitator.calls().len();
+    let calls = payment_calls(&facilitator).len();
     assert_eq!(pay(&envoy, "initech-key", &payment(31)).status, 402);
-    assert_eq!(facilitator.calls().len(), calls);
+    assert_eq!(payment_calls(&facilitator).len(), calls);
 
     // Verification unavailable: 503, and the payment may be presented again.
     facilitator.script_verify(&[Outcome::Status(500)]);
@@ -439,7 +448,7 @@ fn a_plan_without_credits_offers_none_and_ignores_payments() {
         &payment_signature(&offer, PAYER, &x402_nonce(51)),
     );
     assert_eq!(r.status, 402);
-    assert!(facilitator.calls().is_empty());
+    assert!(payment_calls(&facilitator).is_empty());
 }
 
 #[test]
@@ -694,4 +703,50 @@ fn credits_in_tokens_pay_for_llm_requests_and_get_the_unused_reservation_back() 
     }
     assert_eq!(usage()["limits"][0]["used"].as_u64().unwrap(), used_before);
     assert_eq!(facilitator.settles(), 1);
+}
+
+#[test]
+fn a_pack_the_facilitator_cannot_settle_is_warned_about_when_configured() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start(&facilitator, "5s");
+    poll(DEADLINE, "the facilitator's kinds checked", || {
+        envoy
+            .tollgate_log()
+            .iter()
+            .any(|l| l.contains("payments: the facilitator supports every pack"))
+            .then_some(())
+    });
+    assert!(facilitator
+        .calls()
+        .iter()
+        .any(|c| c.path == "/x402/supported"));
+    // Base mainnet, which the fake does not settle on.
+    let mainnet = plugin_json("5s").replacen(
+        r#""network": "eip155:84532", "v1_network": "base-sepolia""#,
+        r#""network": "eip155:8453", "v1_network": "base""#,
+        1,
+    );
+    assert_ne!(mainnet, plugin_json("5s"));
+    let envoy = Envoy::start_with(Options {
+        plugin: Some(plugin(&mainnet)),
+        concurrency: 2,
+        clusters: vec![("facilitator".into(), facilitator.port)],
+        ..Options::default()
+    });
+    poll(DEADLINE, "a warning about the mainnet pack", || {
+        let log = envoy.tollgate_log();
+        let v2 = log.iter().any(|l| {
+            l.contains(
+                "pack `five`: x402 v2 `exact` on `eip155:8453` is not supported by the facilitator",
+            )
+        });
+        let v1 = log.iter().any(|l| {
+            l.contains("pack `five`: x402 v1 `exact` on `base` is not supported by the facilitator")
+        });
+        (v2 && v1).then_some(())
+    });
+    assert!(!envoy
+        .tollgate_log()
+        .iter()
+        .any(|l| l.contains("pack `twenty`") && l.contains("not supported")));
 }

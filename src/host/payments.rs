@@ -157,6 +157,58 @@ fn reply(runtime: &Runtime, pay: &Pay, kind: &'static str, detail: String, retry
     send(&core::reply(payments, &caller, kind, detail, retry));
 }
 
+/// Asks the facilitator which kinds of payment it settles (from the root, when a configuration
+/// is loaded): the call's token.
+pub fn check_supported(runtime: &Runtime) -> Option<u32> {
+    let payments = runtime.config.payments.as_ref()?;
+    let path = format!("{}/supported", payments.base_path);
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", payments.authority.as_str()),
+    ];
+    if let Some(auth) = &payments.authorization {
+        headers.push(("authorization", &auth.0));
+    }
+    hostcalls::dispatch_http_call(
+        &payments.cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(payments.timeout_ms),
+    )
+    .map_err(|status| {
+        log::warn!(
+            "payments: cannot ask the facilitator what it supports (cluster `{}`): {status:?}",
+            payments.cluster
+        )
+    })
+    .ok()
+}
+
+/// The facilitator's `/supported` answer: a warning per offer it cannot settle (payments for
+/// them would fail), or that it could not be checked.
+pub fn on_supported(runtime: &Runtime, num_headers: usize, body_size: usize) {
+    let Some(payments) = runtime.config.payments.as_ref() else {
+        return;
+    };
+    let (status, body) = answer(num_headers, body_size);
+    match core::unsupported(payments, status, &body) {
+        Ok(lines) if lines.is_empty() => {
+            log::info!("payments: the facilitator supports every pack");
+        }
+        Ok(lines) => {
+            for line in lines {
+                log::warn!("payments: {line}: payments for it will be refused");
+            }
+        }
+        Err(why) => log::warn!(
+            "payments: could not check what the facilitator supports (GET {}/supported): {why}",
+            payments.base_path
+        ),
+    }
+}
+
 /// Makes the call of `stage` for `pay`; `None` if it could not be made.
 pub fn call(runtime: &Runtime, pay: &Pay, stage: Stage) -> Option<u32> {
     let payments = runtime.config.payments.as_ref()?;

@@ -40,6 +40,9 @@ pub struct Root {
     events: Option<events::Sender>,
     /// Live entitlements (`entitlements` configured): pulls and switches snapshots.
     entitlements: Option<Entitlements>,
+    /// The facilitator's `GET /supported`, asked when a configuration that sells credits is
+    /// loaded.
+    supported: Option<u32>,
 }
 
 impl Root {
@@ -148,6 +151,13 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if self.supported == Some(token_id) {
+            self.supported = None;
+            if let Some(runtime) = &self.runtime {
+                super::payments::on_supported(runtime, num_headers, body_size);
+            }
+            return;
+        }
         if super::payments::owns(token_id) {
             super::payments::on_settle_answer(
                 token_id,
@@ -256,6 +266,10 @@ impl RootContext for Root {
                 .map(Settings::retry_after_s);
         }
         self.runtime = Some(Rc::new(Runtime::new(config)));
+        // A pack the facilitator cannot settle is worth a warning now, not at the first payment.
+        if let Some(runtime) = &self.runtime {
+            self.supported = super::payments::check_supported(runtime);
+        }
         if let Some(current) = current {
             self.switch(current);
         }

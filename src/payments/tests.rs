@@ -807,3 +807,26 @@ fn an_untimely_payment_is_decided_by_its_claim() {
         Claimed::Retry
     );
 }
+
+#[test]
+fn the_facilitators_supported_kinds_are_checked_against_every_offer() {
+    let config = config();
+    let p = payments(&config);
+    let both = br#"{"kinds":[{"x402Version":2,"scheme":"exact","network":"eip155:84532"},
+                              {"x402Version":1,"scheme":"exact","network":"base-sepolia"}],
+                    "extensions":[],"signers":{}}"#;
+    assert_eq!(unsupported(p, Some(200), both), Ok(Vec::new()));
+    let v2_only = br#"{"kinds":[{"x402Version":2,"scheme":"exact","network":"eip155:84532"}]}"#;
+    assert_eq!(
+        unsupported(p, Some(200), v2_only),
+        Ok(vec![
+            "pack `small`: x402 v1 `exact` on `base-sepolia` is not supported by the facilitator"
+                .to_string()
+        ])
+    );
+    let other = br#"{"kinds":[{"x402Version":2,"scheme":"exact","network":"eip155:8453"}]}"#;
+    assert_eq!(unsupported(p, Some(200), other).unwrap().len(), 3);
+    assert!(unsupported(p, Some(500), b"").is_err());
+    assert!(unsupported(p, None, b"").is_err());
+    assert!(unsupported(p, Some(200), b"[]").is_err());
+}
