@@ -810,16 +810,29 @@ fn usage_endpoint<'c>(
         ),
     };
     match counts {
-        Ok(usages) => Verdict {
-            action: Action::Reply(usage(
+        Ok(usages) => {
+            let mut reply = usage(
                 &caller,
                 standing,
                 &usages,
                 credit_balance(config, consumer, plan, store),
-            )),
-            metrics: Increments::one(Metric::Usage, Some(consumer.plan)),
-            metered: Metered::default(),
-        },
+            );
+            // A plan that sells credits says what they cost: a client may buy before it runs out.
+            if let Some(payments) = config
+                .payments
+                .as_ref()
+                .filter(|_| !plan.credits.is_empty())
+            {
+                reply
+                    .headers
+                    .push(("payment-required", payments.required_header.clone()));
+            }
+            Verdict {
+                action: Action::Reply(reply),
+                metrics: Increments::one(Metric::Usage, Some(consumer.plan)),
+                metered: Metered::default(),
+            }
+        }
         Err(e) => {
             let denial = Denial::StoreUnavailable {
                 caller,

@@ -168,10 +168,13 @@ fn a_spent_consumer_pays_for_a_pack_and_is_served_exactly_its_credits() {
         assert_eq!(call.body["paymentRequirements"]["payTo"], PAY_TO);
         assert_eq!(call.body["x402Version"], 2);
     }
-    let usage = envoy
-        .get("/tollgate/usage", &[("x-api-key", "acme-key")])
-        .json();
-    assert_eq!(usage["credits"], 4);
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "acme-key")]);
+    assert_eq!(usage.json()["credits"], 4);
+    // The usage endpoint offers the packs too: a client may buy before it runs out.
+    assert_eq!(
+        decode_x402(usage.header("payment-required").unwrap())["accepts"],
+        v2["accepts"]
+    );
     // 5 credits: the paying request took one, 4 more are served, then 402 again with offers.
     assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
     let again = envoy.get_with_key("acme-key");
@@ -440,6 +443,10 @@ fn a_plan_without_credits_offers_none_and_ignores_payments() {
     let envoy = start(&facilitator, "5s");
     let refused = spend(&envoy, "hooli-key");
     assert!(refused.header("payment-required").is_none());
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "hooli-key")]);
+    assert_eq!(usage.status, 200);
+    assert!(usage.header("payment-required").is_none());
+    assert!(usage.json().get("credits").is_none());
     assert!(refused.json().get("accepts").is_none());
     let offer = offers(&spend(&envoy, "acme-key"))["accepts"][0].clone();
     let r = pay(
