@@ -58,6 +58,9 @@ pub struct Forward<'c> {
     pub refill: Option<(usize, crate::lease::Ask)>,
     /// A priced request (a route's cost, an LLM reservation): what it took, to settle.
     pub charged: Option<Charged>,
+    /// Which payment headers (`PAYMENT-SIGNATURE`, `X-PAYMENT`) the request carries, with
+    /// `payments` configured: they never go upstream.
+    pub payment_headers: [bool; 2],
 }
 
 impl<'c> Forward<'c> {
@@ -238,13 +241,24 @@ pub fn handle_with<'c>(
     // An LLM route's payment is not read (its dry run must not claim it, and its body's
     // decision comes after its headers went upstream).
     let payable = !attempt.dry_run && !attempt.headers_forwarded && attempt.paid.is_none();
-    if config.payments.is_some() && payable {
-        for header in [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT] {
-            if let Some(value) = cached(header) {
+    if config.payments.is_some() {
+        let mut tried = false;
+        for (i, header) in [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(value) = cached(header) else {
+                continue;
+            };
+            // Removed before the request goes upstream (only the headers a request carries).
+            if let Some(present) = forward.payment_headers.get_mut(i) {
+                *present = true;
+            }
+            if payable && !tried {
+                tried = true;
                 if let Some(verdict) = pay(config, &credential, header, &value, store, attempt) {
                     return verdict;
                 }
-                break;
             }
         }
     }
