@@ -18,6 +18,7 @@ pub mod llm;
 pub mod memo;
 pub mod metrics;
 pub mod names;
+pub mod paymentauth;
 pub mod payments;
 pub mod quota;
 pub mod record;

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Pack, Payments};
 use crate::counters::{payment_shard_key, PAYMENT_SHARDS};
 use crate::decision::Caller;
+use crate::paymentauth;
 use crate::quota::{credit, Credited};
 use crate::response::{payment_reply, Reply};
 use crate::sha256::{sha256, to_hex};
@@ -46,6 +47,14 @@ use crate::x402::{self, PaymentPayload, PaymentPayloadV1, SettleResponse};
 /// The request headers a payment comes in (v2, then v1).
 pub const PAYMENT_SIGNATURE: &str = "payment-signature";
 pub const X_PAYMENT: &str = "x-payment";
+/// Every request header a payment may come in, in the order they are read: x402 v2, v1, then
+/// the HTTP Payment scheme's credential (`Payment-Authorization`, `Authorization: Payment`).
+pub const HEADERS: [&str; 4] = [
+    PAYMENT_SIGNATURE,
+    X_PAYMENT,
+    paymentauth::PAYMENT_AUTHORIZATION,
+    paymentauth::AUTHORIZATION,
+];
 /// The response headers that say what became of it.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
 pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
@@ -86,6 +95,20 @@ pub struct Presented {
     /// Why it cannot be settled now (not valid yet, expired, valid for too long), if so: a
     /// fresh payment is refused for it, one whose settlement is under way or unknown is not.
     pub untimely: Option<&'static str>,
+    /// An HTTP Payment credential's: its challenge's `id` and chain id (for `Payment-Receipt`).
+    pub challenge: Option<(String, u64)>,
+}
+
+impl Presented {
+    /// The problem type of its refusal: x402's `payment-refused`, or the HTTP Payment
+    /// scheme's `verification-failed`.
+    pub fn refused(&self) -> &'static str {
+        if self.challenge.is_some() {
+            crate::response::VERIFICATION_FAILED
+        } else {
+            crate::response::PAYMENT_REFUSED
+        }
+    }
 }
 
 /// A request held while its payment is verified (if `verify`) and settled.
@@ -107,8 +130,9 @@ pub fn reply(
     kind: &'static str,
     detail: String,
     retry_after: Option<u64>,
+    now: i64,
 ) -> Reply {
-    payment_reply(payments, Some(caller), kind, detail, retry_after)
+    payment_reply(payments, Some(caller), kind, detail, retry_after, now)
 }
 
 /// Why a payment was not taken.
@@ -118,6 +142,9 @@ pub enum Refused {
     Malformed(String),
     /// A payment, but not for one of the offers, or not valid now (402 with the offers).
     Mismatch(String),
+    /// An HTTP Payment credential refused before any call: the problem type (the scheme's own,
+    /// 402 with fresh challenges) and why.
+    Credential(&'static str, String),
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -179,6 +206,32 @@ pub fn read(
         (1, pack, payment.payload.authorization, network)
     };
     authorization.check().map_err(malformed)?;
+    present(
+        payments,
+        version,
+        pack,
+        &authorization,
+        network,
+        &raw,
+        now,
+        None,
+    )
+}
+
+/// A payment matched to pack `pack`, as the facilitator will be asked to settle it: `raw` is
+/// its x402 payload's JSON (as sent, or made from an HTTP Payment credential).
+#[allow(clippy::too_many_arguments)] // the parts of a payment, as they are
+fn present(
+    payments: &Payments,
+    version: u32,
+    pack: usize,
+    authorization: &x402::Authorization,
+    network: String,
+    raw: &[u8],
+    now: i64,
+    challenge: Option<(String, u64)>,
+) -> Result<Presented, Refused> {
+    let mismatch = |why: &str| Refused::Mismatch(why.to_string());
     let Some(offer) = payments.packs.get(pack).map(|p: &Pack| &p.offer) else {
         return Err(mismatch("no such offer"));
     };
@@ -225,7 +278,7 @@ pub fn read(
     call_body.extend_from_slice(b"{\"x402Version\":");
     call_body.extend_from_slice(version.to_string().as_bytes());
     call_body.extend_from_slice(b",\"paymentPayload\":");
-    call_body.extend_from_slice(&raw);
+    call_body.extend_from_slice(raw);
     call_body.extend_from_slice(b",\"paymentRequirements\":");
     call_body.extend_from_slice(&requirements);
     call_body.push(b'}');
@@ -238,7 +291,124 @@ pub fn read(
         network,
         payer: authorization.from.clone(),
         untimely,
+        challenge,
     })
+}
+
+/// Reads an HTTP Payment credential (`token`, what follows `Payment `, from `header`) that
+/// `consumer` presents at `now`: its challenge must be one this API made for this consumer
+/// (the HMAC of its parameters, `opaque` naming the consumer), and its EIP-3009 authorization
+/// must pay the pack's amount to its payee with the nonce bound to the challenge. It is then
+/// an x402 v2 payment of the pack, settled by the facilitator like any other.
+pub fn read_credential(
+    payments: &Payments,
+    header: &str,
+    token: &[u8],
+    now: i64,
+    consumer: &str,
+) -> Result<Presented, Refused> {
+    use crate::response::{CHALLENGE_INVALID, CREDENTIAL_MALFORMED, VERIFICATION_FAILED};
+    let refuse = |kind: &'static str, why: &str| Err(Refused::Credential(kind, why.to_string()));
+    let Some(http) = &payments.http_payment else {
+        return refuse(CHALLENGE_INVALID, "this API makes no Payment challenges");
+    };
+    let credential = match paymentauth::read_credential(token, header) {
+        Ok(credential) => credential,
+        Err(e) => return Err(Refused::Credential(CREDENTIAL_MALFORMED, e.0)),
+    };
+    let echoed = &credential.challenge;
+    let bound = echoed.bound();
+    if echoed.realm != http.realm
+        || echoed.method != paymentauth::METHOD
+        || echoed.intent != paymentauth::INTENT
+        || !bound.digest.is_empty()
+    {
+        return refuse(CHALLENGE_INVALID, "the challenge is not one of this API's");
+    }
+    if !bound.verifies(http.secret.0.as_bytes(), &echoed.id) {
+        return refuse(
+            CHALLENGE_INVALID,
+            "the challenge's id does not match its parameters",
+        );
+    }
+    // Made by this API, so its parameters are its own: whom it is for, when it expires.
+    if paymentauth::opaque_consumer(bound.opaque).as_deref() != Some(consumer) {
+        return refuse(
+            CHALLENGE_INVALID,
+            "the challenge was made for another consumer",
+        );
+    }
+    let expires = crate::time::parse_rfc3339(bound.expires).unwrap_or(i64::MIN);
+    let Some((pack, chain)) = http.requests.iter().enumerate().find_map(|(i, r)| {
+        r.as_ref()
+            .filter(|(request, _)| *request == echoed.request)
+            .map(|(_, chain)| (i, *chain))
+    }) else {
+        return refuse(
+            CHALLENGE_INVALID,
+            "the challenge's pack is no longer offered",
+        );
+    };
+    let payload = &credential.payload;
+    if payload.kind != paymentauth::AUTHORIZATION_TYPE {
+        return refuse(
+            VERIFICATION_FAILED,
+            "only `authorization` (EIP-3009) credentials are accepted",
+        );
+    }
+    let authorization = &payload.authorization();
+    if let Err(e) = authorization.check() {
+        return Err(Refused::Credential(CREDENTIAL_MALFORMED, e.0));
+    }
+    let Some(offer) = payments.packs.get(pack).map(|p| &p.offer) else {
+        return refuse(
+            CHALLENGE_INVALID,
+            "the challenge's pack is no longer offered",
+        );
+    };
+    if !same(&authorization.to, &offer.pay_to) || authorization.value != offer.amount {
+        return refuse(
+            VERIFICATION_FAILED,
+            "the authorization does not pay the challenge's amount to its recipient",
+        );
+    }
+    if !same(
+        &authorization.nonce,
+        &paymentauth::nonce(&echoed.id, &echoed.realm),
+    ) {
+        return refuse(
+            VERIFICATION_FAILED,
+            "the authorization's nonce is not keccak256(challenge id, realm)",
+        );
+    }
+    // The facilitator settles it as the x402 v2 payment of the pack it is.
+    let raw = serde_json::to_vec(&PaymentPayload {
+        x402_version: 2,
+        resource: Some(payments.resource.clone()),
+        accepted: offer.clone(),
+        payload: x402::ExactPayload {
+            signature: payload.signature.clone(),
+            authorization: authorization.clone(),
+        },
+    })
+    .unwrap_or_default();
+    let network = offer.network.clone();
+    let mut presented = present(
+        payments,
+        2,
+        pack,
+        authorization,
+        network,
+        &raw,
+        now,
+        Some((echoed.id.clone(), chain)),
+    )?;
+    // An expired challenge is refused like an expired authorization: unless its settlement is
+    // under way or unknown (the claim decides).
+    if presented.untimely.is_none() && expires < now {
+        presented.untimely = Some("the challenge has expired");
+    }
+    Ok(presented)
 }
 
 /// A payment's claim key: one per authorization, whoever presents it.

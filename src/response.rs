@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Limit, Payments, Plan, Standing, Unit};
 use crate::decision::{Caller, Denial};
+use crate::paymentauth;
 use crate::quota::Usage;
 use crate::time::format_rfc3339;
 
@@ -24,6 +25,11 @@ pub const PAYMENT_MALFORMED: &str = "urn:tollgate:problem:payment-malformed";
 pub const PAYMENT_REFUSED: &str = "urn:tollgate:problem:payment-refused";
 pub const PAYMENT_PENDING: &str = "urn:tollgate:problem:payment-pending";
 pub const PAYMENT_UNRESOLVED: &str = "urn:tollgate:problem:payment-unresolved";
+/// The HTTP Payment scheme's own problem types (all 402, with fresh challenges).
+pub const CREDENTIAL_MALFORMED: &str = "https://paymentauth.org/problems/malformed-credential";
+pub const CHALLENGE_INVALID: &str = "https://paymentauth.org/problems/invalid-challenge";
+pub const CHALLENGE_EXPIRED: &str = "https://paymentauth.org/problems/payment-expired";
+pub const VERIFICATION_FAILED: &str = "https://paymentauth.org/problems/verification-failed";
 /// The x402 `error` of a 402 that offers credits.
 pub const CREDITS_OFFERED: &str = "quota spent: buy credits";
 
@@ -374,9 +380,10 @@ fn quota_exceeded(
         .ratelimit_policy
         .then(|| rate_limit_policy(caller.plan, usages).into());
     QuotaRefusal::new(caller, usages, grpc, policy, config.payments.as_ref()).at(
-        caller.plan,
+        caller,
         usages,
         now,
+        config.payments.as_ref(),
     )
 }
 
@@ -397,6 +404,9 @@ pub struct QuotaRefusal {
     link: Option<String>,
     /// Credits would cure it: the offers (x402 v2 `PAYMENT-REQUIRED`).
     offers: Option<String>,
+    /// ... and the packs are offered as HTTP Payment challenges too (made for each reply: they
+    /// name the consumer and expire).
+    challenges: bool,
 }
 
 /// Whether prepaid credits would cure a refusal with these usages: the plan has credits and
@@ -481,11 +491,19 @@ impl QuotaRefusal {
             policy,
             link,
             offers: payments.map(|p| p.required_header.clone()),
+            challenges: payments.is_some_and(|p| p.http_payment.is_some()),
         }
     }
 
-    /// The reply at `now`, for these usages (the ones it was rendered for).
-    pub fn at(&self, plan: &Plan, usages: &[Usage], now: i64) -> Reply {
+    /// The reply at `now`, for these usages (the ones it was rendered for), to `caller`.
+    pub fn at(
+        &self,
+        caller: &Caller,
+        usages: &[Usage],
+        now: i64,
+        payments: Option<&Payments>,
+    ) -> Reply {
+        let plan = caller.plan;
         let retry_after = if self.reset == i64::MIN {
             1
         } else {
@@ -504,6 +522,9 @@ impl QuotaRefusal {
         }
         if let Some(offers) = &self.offers {
             headers.push(("payment-required", offers.clone()));
+        }
+        if let Some(payments) = payments.filter(|_| self.challenges) {
+            payment_challenges(payments, caller.consumer.name(), now, &mut headers);
         }
         if self.grpc {
             headers.push(("retry-after", seconds));
@@ -663,11 +684,16 @@ pub fn payment_reply(
     kind: &'static str,
     detail: String,
     retry_after: Option<u64>,
+    now: i64,
 ) -> Reply {
     let (status, title) = match kind {
         PAYMENT_MALFORMED => (400, "Malformed payment"),
         PAYMENT_REFUSED => (402, "Payment refused"),
         PAYMENT_UNRESOLVED => (409, "Payment unresolved"),
+        CREDENTIAL_MALFORMED => (402, "Malformed credential"),
+        CHALLENGE_INVALID => (402, "Invalid challenge"),
+        CHALLENGE_EXPIRED => (402, "Payment expired"),
+        VERIFICATION_FAILED => (402, "Verification failed"),
         _ => (503, "Payment pending"),
     };
     let mut headers = Vec::new();
@@ -686,6 +712,9 @@ pub fn payment_reply(
                 accepts: payments.packs.iter().map(|p| p.offer.clone()).collect(),
             }),
         ));
+        if let Some(caller) = caller {
+            payment_challenges(payments, caller.consumer.name(), now, &mut headers);
+        }
         p = p.offering(payments, &error);
         return p.reply(headers, false);
     }
@@ -694,6 +723,43 @@ pub fn payment_reply(
         headers.push(("retry-after", seconds.to_string()));
     }
     p.reply(headers, false)
+}
+
+/// The HTTP Payment challenges of a payable 402 (`payments.http_payment`) for `consumer` at
+/// `now`: one `WWW-Authenticate: Payment` per pack on an EVM chain, bound to the consumer
+/// (`opaque`), expiring after the pack's `max_timeout_seconds`.
+pub fn payment_challenges(
+    payments: &Payments,
+    consumer: &str,
+    now: i64,
+    headers: &mut Vec<(&'static str, String)>,
+) {
+    let Some(http) = &payments.http_payment else {
+        return;
+    };
+    let opaque = paymentauth::opaque(consumer);
+    for (pack, request) in payments.packs.iter().zip(&http.requests) {
+        let Some((request, _)) = request else {
+            continue;
+        };
+        let seconds = i64::try_from(pack.offer.max_timeout_seconds).unwrap_or(i64::MAX);
+        let expires = format_rfc3339(now.saturating_add(seconds));
+        let bound = paymentauth::Bound {
+            realm: &http.realm,
+            method: paymentauth::METHOD,
+            intent: paymentauth::INTENT,
+            request,
+            expires: &expires,
+            digest: "",
+            opaque: &opaque,
+        };
+        let id = bound.id(http.secret.0.as_bytes());
+        let description = format!("{}: {} credits", pack.name, pack.credits);
+        headers.push((
+            paymentauth::WWW_AUTHENTICATE,
+            paymentauth::challenge(&id, &bound, Some(&description)),
+        ));
+    }
 }
 
 /// 405 for anything but GET/HEAD on the usage path.

@@ -15,6 +15,7 @@ use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Reason};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
+use crate::paymentauth;
 use crate::payments::{self, Claimed, Pay, Refused};
 use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
@@ -60,7 +61,7 @@ pub struct Forward<'c> {
     pub charged: Option<Charged>,
     /// Which payment headers (`PAYMENT-SIGNATURE`, `X-PAYMENT`) the request carries, with
     /// `payments` configured: they never go upstream.
-    pub payment_headers: [bool; 2],
+    pub payment_headers: [bool; 4],
 }
 
 impl<'c> Forward<'c> {
@@ -241,13 +242,21 @@ pub fn handle_with<'c>(
     // An LLM route's payment is not read (its dry run must not claim it, and its body's
     // decision comes after its headers went upstream).
     let payable = !attempt.dry_run && !attempt.headers_forwarded && attempt.paid.is_none();
-    if config.payments.is_some() {
+    if let Some(payments) = &config.payments {
         let mut tried = false;
-        for (i, header) in [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, header) in payments::HEADERS.into_iter().enumerate() {
             let Some(value) = cached(header) else {
+                continue;
+            };
+            // HTTP Payment credentials are read only where they are offered, and in
+            // `Authorization` only with the `Payment` scheme (it may carry the API key).
+            let token = match header {
+                payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => Some(&value[..]),
+                _ if payments.http_payment.is_none() => None,
+                paymentauth::AUTHORIZATION => paymentauth::credential_of(&value),
+                _ => Some(paymentauth::credential_of(&value).unwrap_or(&value)),
+            };
+            let Some(token) = token else {
                 continue;
             };
             // Removed before the request goes upstream (only the headers a request carries).
@@ -256,7 +265,7 @@ pub fn handle_with<'c>(
             }
             if payable && !tried {
                 tried = true;
-                if let Some(verdict) = pay(config, &credential, header, &value, store, attempt) {
+                if let Some(verdict) = pay(config, &credential, header, token, store, attempt) {
                     return verdict;
                 }
             }
@@ -365,12 +374,25 @@ fn pay<'c>(
     }
     let caller = Caller { consumer, plan };
     let reply = |kind: &'static str, detail: String, retry: Option<u64>| Verdict {
-        action: Action::Reply(payments::reply(payments, &caller, kind, detail, retry)),
+        action: Action::Reply(payments::reply(payments, &caller, kind, detail, retry, now)),
         metrics: Increments::default(),
         metered: Metered::of(Some(&caller)),
     };
-    let presented = match payments::read(payments, header, value, now) {
+    let read = match header {
+        payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => {
+            payments::read(payments, header, value, now)
+        }
+        _ => payments::read_credential(payments, header, value, now, consumer.name()),
+    };
+    let presented = match read {
         Ok(presented) => presented,
+        Err(Refused::Credential(kind, why)) => {
+            log::debug!(
+                "consumer={}: Payment credential refused ({why})",
+                consumer.name()
+            );
+            return Some(reply(kind, why, None));
+        }
         Err(Refused::Malformed(why)) => {
             log::debug!("consumer={}: malformed payment ({why})", consumer.name());
             return Some(reply(crate::response::PAYMENT_MALFORMED, why, None));
@@ -394,22 +416,26 @@ fn pay<'c>(
         }
         Ok(Claimed::Failed) => {
             return Some(reply(
-                crate::response::PAYMENT_REFUSED,
+                presented.refused(),
                 "this payment was refused before".into(),
                 None,
             ))
         }
         Ok(Claimed::Taken) => {
-            return Some(reply(
-                crate::response::PAYMENT_REFUSED,
-                "this payment has been used".into(),
-                None,
-            ))
+            let kind = match presented.challenge {
+                Some(_) => crate::response::CHALLENGE_INVALID,
+                None => crate::response::PAYMENT_REFUSED,
+            };
+            return Some(reply(kind, "this payment has been used".into(), None));
         }
         // A payment whose settlement is under way, unknown or done is never refused for its
         // time (its claim decides); one that nothing happened to is.
         Ok(Claimed::Untimely(why)) => {
-            return Some(reply(crate::response::PAYMENT_REFUSED, why.into(), None))
+            let kind = match presented.challenge {
+                Some(_) => crate::response::CHALLENGE_EXPIRED,
+                None => crate::response::PAYMENT_REFUSED,
+            };
+            return Some(reply(kind, why.into(), None));
         }
         Ok(Claimed::TooMany) => {
             log::warn!(
@@ -547,7 +573,7 @@ fn refuse<'c>(
             } else {
                 std::rc::Rc::new(render())
             };
-            refusal.at(caller.plan, usages, now)
+            refusal.at(caller, usages, now, config.payments.as_ref())
         }
         _ => refusal(config, &denial, now, grpc),
     };

@@ -757,3 +757,215 @@ fn a_pack_the_facilitator_cannot_settle_is_warned_about_when_configured() {
         .iter()
         .any(|l| l.contains("pack `twenty`") && l.contains("not supported")));
 }
+
+// The HTTP Payment scheme (`payments.http_payment`): the same packs offered as
+// `WWW-Authenticate: Payment` challenges bound to the consumer, redeemed with an `evm` charge
+// credential, settled by the same facilitator.
+
+const REALM: &str = "api.example.com";
+/// The challenge secret, in the Envoy process's environment (never in the configuration).
+const CHALLENGE_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const SECRET_ENV: &str = "TOLLGATE_PAYMENT_SECRET";
+
+fn start_http_payment(facilitator: &Facilitator) -> Envoy {
+    let json = plugin_json("5s").replacen(
+        r#""payments": {"#,
+        &format!(
+            r#""payments": {{ "http_payment": {{ "realm": "{REALM}", "secret_env": "{SECRET_ENV}" }},"#
+        ),
+        1,
+    );
+    const RUNTIME: &str = "runtime: envoy.wasm.runtime.v8";
+    Envoy::start_with(Options {
+        plugin: Some(plugin(&json)),
+        concurrency: 2,
+        clusters: vec![("facilitator".into(), facilitator.port)],
+        replace: vec![(
+            RUNTIME.into(),
+            format!(
+                "{RUNTIME}\n                  environment_variables:\n                    \
+                 host_env_keys: [{SECRET_ENV}]"
+            ),
+        )],
+        env: vec![(SECRET_ENV.into(), CHALLENGE_SECRET.into())],
+        ..Options::default()
+    })
+}
+
+/// The Payment challenges of a reply, parsed.
+fn challenges(reply: &Response) -> Vec<Challenge> {
+    reply
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "www-authenticate")
+        .map(|(_, value)| parse_challenge(value))
+        .collect()
+}
+
+#[test]
+fn a_spent_consumer_pays_a_payment_challenge_and_is_served_its_credits() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start_http_payment(&facilitator);
+    let refused = spend(&envoy, "acme-key");
+    // One challenge per pack beside the x402 offers, each bound to its parameters by the
+    // secret's HMAC and to acme by `opaque`.
+    assert!(refused.header("payment-required").is_some());
+    let made = challenges(&refused);
+    assert_eq!(made.len(), 2, "{:?}", refused.headers);
+    for (c, (amount, credits)) in made.iter().zip([("10000", 5), ("35000", 20)]) {
+        assert_eq!(c["id"], challenge_id(CHALLENGE_SECRET, c), "{c:?}");
+        assert_eq!(
+            (
+                c["realm"].as_str(),
+                c["method"].as_str(),
+                c["intent"].as_str()
+            ),
+            (REALM, "evm", "charge")
+        );
+        let request = decode_base64url(&c["request"]);
+        assert_eq!(request["amount"], amount);
+        assert_eq!(request["recipient"], PAY_TO);
+        assert_eq!(request["currency"], ASSET);
+        assert_eq!(request["methodDetails"]["chainId"], 84532);
+        assert_eq!(
+            request["methodDetails"]["credentialTypes"][0],
+            "authorization"
+        );
+        assert!(
+            c["description"].ends_with(&format!("{credits} credits")),
+            "{c:?}"
+        );
+        assert_eq!(decode_base64url(&c["opaque"])["consumer"], "acme");
+        let expires = c["expires"].as_str();
+        assert!(expires.ends_with('Z') && expires > "2026", "{expires}");
+    }
+    // The secret never shows in Envoy's configuration.
+    assert!(!envoy.config_dump().contains(CHALLENGE_SECRET));
+
+    // Paying the first challenge (`Authorization: Payment`) serves this request from its pack.
+    let paid = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "acme-key"),
+            ("authorization", &pay_challenge(&made[0], PAYER)),
+        ],
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let nonce = challenge_nonce(&made[0]["id"], REALM);
+    let receipt = decode_base64url(paid.header("payment-receipt").expect("Payment-Receipt"));
+    assert_eq!(receipt["status"], "success");
+    assert_eq!(receipt["method"], "evm");
+    assert_eq!(receipt["challengeId"], made[0]["id"].as_str());
+    assert_eq!(receipt["chainId"], 84532);
+    assert_eq!(
+        receipt["reference"],
+        Facilitator::transaction_for(&nonce).as_str()
+    );
+    assert!(paid.header("payment-response").is_none());
+    let seen = paid.json()["headers"].to_string();
+    assert!(
+        !seen.contains("Payment "),
+        "the upstream saw the credential: {seen}"
+    );
+    // The facilitator settled it as the x402 payment of the pack, with the bound nonce.
+    let calls = payment_calls(&facilitator);
+    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["/x402/verify", "/x402/settle"]);
+    for call in &calls {
+        assert_eq!(call.body["x402Version"], 2);
+        assert_eq!(call.body["paymentRequirements"]["amount"], "10000");
+        let payment = &call.body["paymentPayload"];
+        assert_eq!(payment["accepted"]["payTo"], PAY_TO);
+        assert_eq!(payment["payload"]["authorization"]["nonce"], nonce.as_str());
+        assert_eq!(payment["payload"]["authorization"]["from"], PAYER);
+    }
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+
+    // `Payment-Authorization` carries it when `Authorization` holds something else.
+    let again = challenges(&envoy.get_with_key("acme-key"));
+    let paid = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "acme-key"),
+            ("authorization", "Bearer unrelated"),
+            ("payment-authorization", &pay_challenge(&again[1], PAYER)),
+        ],
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert!(paid.header("payment-receipt").is_some());
+    let seen = paid.json()["headers"].to_string();
+    assert!(seen.contains("Bearer unrelated"), "{seen}");
+    assert!(!seen.contains("payment-authorization"), "{seen}");
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "acme-key")]);
+    assert_eq!(usage.json()["credits"], 19);
+    assert_eq!(facilitator.settles(), 2);
+    assert_eq!(envoy.counter("tollgate.payments.credits"), 25);
+}
+
+#[test]
+fn a_payment_challenge_is_redeemed_only_by_its_consumer_and_only_as_made() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start_http_payment(&facilitator);
+    let acme = challenges(&spend(&envoy, "acme-key"));
+    let globex = challenges(&spend(&envoy, "globex-key"));
+    let present = |key: &str, credential: &str| {
+        envoy.get("/", &[("x-api-key", key), ("authorization", credential)])
+    };
+    let problem = |r: &Response| {
+        assert_eq!(r.status, 402, "{}", r.body);
+        // Every refusal comes with fresh challenges, for the consumer who presented it.
+        let fresh = challenges(r);
+        assert_eq!(fresh.len(), 2, "{:?}", r.headers);
+        assert_eq!(decode_base64url(&fresh[0]["opaque"])["consumer"], "acme");
+        r.json()["type"].as_str().unwrap().to_string()
+    };
+    let types = "https://paymentauth.org/problems/";
+    // Globex's challenge, paid by acme: not acme's to redeem.
+    let r = present("acme-key", &pay_challenge(&globex[0], PAYER));
+    assert_eq!(problem(&r), format!("{types}invalid-challenge"));
+    assert!(r.body.contains("another consumer"), "{}", r.body);
+    // A parameter changed (a cheaper request, a later expiry): its id no longer matches.
+    let mut cheaper = acme[1].clone();
+    cheaper.insert("request".into(), acme[0]["request"].clone());
+    let r = present("acme-key", &pay_challenge(&cheaper, PAYER));
+    assert_eq!(problem(&r), format!("{types}invalid-challenge"));
+    let mut later = acme[0].clone();
+    later.insert("expires".into(), "2099-01-01T00:00:00Z".into());
+    assert_eq!(
+        problem(&present("acme-key", &pay_challenge(&later, PAYER))),
+        format!("{types}invalid-challenge")
+    );
+    // A signed authorization not bound to the challenge (its nonce is not the challenge's).
+    let unbound = payment_credential(&credential_json(&acme[0], PAYER, &x402_nonce(9)));
+    let r = present("acme-key", &unbound);
+    assert_eq!(problem(&r), format!("{types}verification-failed"));
+    // An amount other than the challenge's.
+    let mut short = credential_json(&acme[0], PAYER, &challenge_nonce(&acme[0]["id"], REALM));
+    short["payload"]["value"] = "1".into();
+    let r = present("acme-key", &payment_credential(&short));
+    assert_eq!(problem(&r), format!("{types}verification-failed"));
+    // Not a credential at all.
+    let r = present("acme-key", "Payment !!!");
+    assert_eq!(problem(&r), format!("{types}malformed-credential"));
+    // An expired challenge of ours (made here with the secret): refused for its time.
+    let mut expired = acme[0].clone();
+    expired.insert("expires".into(), "2026-01-01T00:00:00Z".into());
+    let id = challenge_id(CHALLENGE_SECRET, &expired);
+    expired.insert("id".into(), id);
+    assert_eq!(
+        problem(&present("acme-key", &pay_challenge(&expired, PAYER))),
+        format!("{types}payment-expired")
+    );
+    // None of these reached the facilitator.
+    assert!(payment_calls(&facilitator).is_empty());
+
+    // Acme's own challenge is redeemed once; the same credential again credits nothing.
+    let credential = pay_challenge(&acme[0], PAYER);
+    assert_eq!(present("acme-key", &credential).status, 200);
+    assert_eq!(facilitator.settles(), 1);
+    assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
+    let replay = present("acme-key", &credential);
+    assert_eq!(replay.status, 402, "{}", replay.body);
+    assert!(replay.header("payment-receipt").is_none());
+    assert_eq!(facilitator.settles(), 1);
+}

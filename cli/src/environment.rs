@@ -6,8 +6,9 @@
 
 use std::cell::RefCell;
 
-/// A valid `Authorization` value for a variable the command line cannot read.
-const STAND_IN: &str = "Bearer stand-in";
+/// A valid value for a variable the command line cannot read: an `Authorization` value, and
+/// long enough for a secret (`payments.http_payment.secret_env` asks for 32 bytes or more).
+const STAND_IN: &str = "Bearer stand-in-for-a-variable-not-set-here";
 
 #[derive(Default)]
 pub struct Environment {

@@ -743,15 +743,18 @@ fn payment_config() -> &'static Config {
                "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "90000",
                "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "max_timeout_seconds": 60,
                "extra": {"name": "USDC", "version": "2"}}
-            ]
+            ],
+            "http_payment": {"realm": "api.example.com", "secret_env": "SECRET"}
           }
         }"#;
-        Config::from_json(json.as_bytes()).expect("the payment harness's configuration")
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        Config::from_json_in(json.as_bytes(), &env).expect("the payment harness's configuration")
     })
 }
 
-/// `payment`: a flags byte (bit 0: the value is an `X-PAYMENT`, else a `PAYMENT-SIGNATURE`),
-/// the header value up to the first `\n`, then what every claim shard holds. Reading a payment
+/// `payment`: a flags byte (bit 0: the value is an `X-PAYMENT`, else a `PAYMENT-SIGNATURE`;
+/// bit 1 overrides both: an HTTP Payment credential, what follows `Payment `), the header value
+/// up to the first `\n`, then what every claim shard holds. Reading a payment
 /// never panics; one that is taken names a configured pack, pays its amount to its payee, and
 /// gives the facilitator a JSON body with the pack's requirements; a refusal says why in a
 /// bounded line that never repeats the value. Claiming and marking it against any shard content
@@ -759,8 +762,8 @@ fn payment_config() -> &'static Config {
 pub fn payment(data: &[u8]) {
     use tollgate::counters::{payment_shard_key, PAYMENT_SHARDS};
     use tollgate::payments::{
-        claim, mark, read, stale_ms, Refused, State, MAX_CLAIMS_PER_SHARD, PAYMENT_SIGNATURE,
-        X_PAYMENT,
+        claim, mark, read, read_credential, stale_ms, Refused, State, MAX_CLAIMS_PER_SHARD,
+        PAYMENT_SIGNATURE, X_PAYMENT,
     };
     let config = payment_config();
     let payments = config.payments.as_ref().expect("payments");
@@ -774,10 +777,15 @@ pub fn payment(data: &[u8]) {
     } else {
         PAYMENT_SIGNATURE
     };
-    let now = NOW + i64::from(flags >> 1) * 3600;
-    let presented = match read(payments, header, value, now) {
+    let now = NOW + i64::from(flags >> 2) * 3600;
+    let read = if flags & 2 == 2 {
+        read_credential(payments, "authorization", value, now, "a")
+    } else {
+        read(payments, header, value, now)
+    };
+    let presented = match read {
         Ok(p) => p,
-        Err(Refused::Malformed(why) | Refused::Mismatch(why)) => {
+        Err(Refused::Malformed(why) | Refused::Mismatch(why) | Refused::Credential(_, why)) => {
             assert!(why.len() < 300, "{why}");
             if value.len() >= 16 {
                 let text = String::from_utf8_lossy(value);

@@ -8,12 +8,13 @@ use serde::Deserialize;
 
 use crate::duration::parse_ms;
 use crate::names::{valid_cluster, valid_name, CLUSTER_RULE};
+use crate::paymentauth;
 use crate::x402::{self, Requirements, RequirementsV1, Resource};
 
 use super::errors::ConfigError;
 use super::events::split_url;
 use super::plan::MAX_REQUESTS;
-use super::secret::{authorization, Env, Secret};
+use super::secret::{authorization, valid_env_name, Env, Secret, MAX_ENV_NAME_LEN};
 
 /// Most packs a configuration may offer (each is one offer of every curable 402).
 pub const MAX_PACKS: usize = 8;
@@ -34,6 +35,19 @@ pub struct RawPayments {
     pub facilitator: RawFacilitator,
     pub resource: RawResource,
     pub packs: Vec<RawPack>,
+    /// Also offer the packs as HTTP Payment challenges (`WWW-Authenticate: Payment`).
+    #[serde(default)]
+    pub http_payment: Option<RawHttpPayment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpPayment {
+    /// The challenges' protection space (`api.example.com`).
+    pub realm: String,
+    /// The environment variable of the Wasm VM holding the secret challenge ids are HMACs
+    /// under (never inline: the plugin configuration is visible in `/config_dump`).
+    pub secret_env: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +122,104 @@ pub struct Payments {
     pub required_header: String,
     /// The x402 v1 members of a curable 402's body (`x402Version`, `error`, `accepts`).
     pub v1_body: x402::PaymentRequiredV1,
+    /// The packs offered as HTTP Payment challenges too.
+    pub http_payment: Option<HttpPayment>,
+}
+
+/// The HTTP Payment scheme's settings (`payments.http_payment`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPayment {
+    pub realm: String,
+    /// The HMAC key of challenge ids.
+    pub secret: Secret,
+    /// Per pack (as `packs` lists them): its challenge's `request` parameter and chain id, for
+    /// the packs on an EVM chain (`eip155:<id>`); `None` for the others, not offered this way.
+    pub requests: Vec<Option<(String, u64)>>,
+}
+
+/// Shortest secret of `http_payment.secret_env`, in bytes (HMAC-SHA256's output size).
+pub const MIN_SECRET_LEN: usize = 32;
+/// Longest `http_payment.realm`.
+pub const MAX_REALM_LEN: usize = 128;
+
+fn http_payment(raw: RawHttpPayment, packs: &[Pack], env: Env) -> Result<HttpPayment, ConfigError> {
+    let err = |field: &str, why: String| {
+        Err(ConfigError(format!("payments.http_payment.{field}: {why}")))
+    };
+    let realm_ok = !raw.realm.is_empty()
+        && raw.realm.len() <= MAX_REALM_LEN
+        && paymentauth::quotable(&raw.realm)
+        && !raw.realm.contains('|');
+    if !realm_ok {
+        return err(
+            "realm",
+            format!(
+                "1-{MAX_REALM_LEN} characters of visible ASCII and spaces, without `\"`, `\\` or `|` (e.g. \"api.example.com\")"
+            ),
+        );
+    }
+    if !valid_env_name(&raw.secret_env) {
+        return err(
+            "secret_env",
+            format!(
+                "must be the name of an environment variable (1-{MAX_ENV_NAME_LEN} characters \
+                 of A-Z a-z 0-9 _, not starting with a digit)"
+            ),
+        );
+    }
+    let name = &raw.secret_env;
+    let secret = match env(name) {
+        Some(value) if value.len() >= MIN_SECRET_LEN => value,
+        Some(_) => {
+            return err(
+                "secret_env",
+                format!(
+                    "environment variable `{name}` holds fewer than {MIN_SECRET_LEN} bytes (use \
+                     32 random bytes or more, e.g. `openssl rand -hex 32`)"
+                ),
+            )
+        }
+        None => {
+            return err(
+                "secret_env",
+                format!(
+                    "environment variable `{name}` is not set in the Wasm VM (Envoy passes it with \
+                     vm_config.environment_variables)"
+                ),
+            )
+        }
+    };
+    let requests: Vec<Option<(String, u64)>> = packs
+        .iter()
+        .map(|pack| {
+            let chain = paymentauth::chain_id(&pack.offer.network)?;
+            let request = paymentauth::ChargeRequest {
+                amount: pack.offer.amount.clone(),
+                currency: pack.offer.asset.clone(),
+                description: Some(format!("{}: {} credits", pack.name, pack.credits)),
+                external_id: Some(pack.name.clone()),
+                method_details: paymentauth::MethodDetails {
+                    chain_id: chain,
+                    credential_types: vec![paymentauth::AUTHORIZATION_TYPE.into()],
+                },
+                recipient: pack.offer.pay_to.clone(),
+            };
+            Some((request.encode(), chain))
+        })
+        .collect();
+    if requests.iter().all(Option::is_none) {
+        return err(
+            "realm",
+            "no pack is on an EVM chain (`eip155:<chain id>`): the HTTP Payment scheme's `evm` \
+             method has nothing to offer"
+                .into(),
+        );
+    }
+    Ok(HttpPayment {
+        realm: raw.realm,
+        secret: Secret(secret),
+        requests,
+    })
 }
 
 fn hex(text: &str, digits: usize) -> bool {
@@ -351,7 +463,12 @@ pub fn compile(raw: Option<RawPayments>, env: Env) -> Result<Option<Payments>, C
             })
             .collect(),
     };
+    let http_payment = match raw.http_payment {
+        Some(raw) => Some(http_payment(raw, &packs, env)?),
+        None => None,
+    };
     Ok(Some(Payments {
+        http_payment,
         cluster: f.cluster,
         authority,
         base_path,

@@ -34,7 +34,7 @@ pub fn process_env(name: &str) -> Option<String> {
 pub const MAX_ENV_NAME_LEN: usize = 128;
 
 /// `A-Z a-z 0-9 _`, not starting with a digit (what a shell, Kubernetes and Envoy all accept).
-fn valid_env_name(name: &str) -> bool {
+pub(super) fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ENV_NAME_LEN
         && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')

@@ -909,3 +909,82 @@ fn payments_show_in_the_summary_and_an_inline_facilitator_secret_is_warned_about
     ));
     assert!(found[0].contains("TOLLGATE_FACILITATOR_AUTH") && !found[0].contains("SECRET"));
 }
+
+#[test]
+fn http_payment_takes_its_secret_from_the_vm_environment_and_offers_evm_packs() {
+    let section = |http: &str| {
+        payments_section(PACK).replacen(
+            r#""packs": ["#,
+            &format!(r#""http_payment": {http}, "packs": ["#),
+            1,
+        )
+    };
+    let env = |name: &str| match name {
+        "SECRET" => Some("s".repeat(32)),
+        "SHORT" => Some("s".repeat(31)),
+        _ => None,
+    };
+    let load = |http: &str| {
+        Config::from_json_in(with_payments("", &section(http)).as_bytes(), &env).map_err(|e| e.0)
+    };
+    let ok = load(r#"{"realm": "api.example.com", "secret_env": "SECRET"}"#).unwrap();
+    let http = ok.payments.unwrap().http_payment.unwrap();
+    assert_eq!(http.realm, "api.example.com");
+    assert_eq!(http.secret.0.len(), 32);
+    assert_eq!(format!("{http:?}").matches("sss").count(), 0, "{http:?}");
+    let (request, chain) = http.requests[0].clone().unwrap();
+    assert_eq!(chain, 84532);
+    use base64::Engine as _;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&request)
+        .unwrap();
+    let request: crate::paymentauth::ChargeRequest = serde_json::from_slice(&json).unwrap();
+    assert_eq!(request.amount, "10000");
+    assert_eq!(request.external_id.as_deref(), Some("ten"));
+    assert_eq!(request.method_details.credential_types, ["authorization"]);
+    let cases = [
+        (
+            r#"{"realm": "api.example.com", "secret_env": "MISSING"}"#,
+            "payments.http_payment.secret_env: environment variable `MISSING` is not set in the Wasm VM",
+        ),
+        (
+            r#"{"realm": "api.example.com", "secret_env": "SHORT"}"#,
+            "payments.http_payment.secret_env: environment variable `SHORT` holds fewer than 32 bytes",
+        ),
+        (
+            r#"{"realm": "api.example.com", "secret_env": "not a name"}"#,
+            "payments.http_payment.secret_env: must be the name of an environment variable",
+        ),
+        (
+            r#"{"realm": "api \"x\"", "secret_env": "SECRET"}"#,
+            "payments.http_payment.realm: 1-128 characters",
+        ),
+        (
+            r#"{"realm": "a|b", "secret_env": "SECRET"}"#,
+            "payments.http_payment.realm",
+        ),
+        (
+            r#"{"realm": "api.example.com", "secret": "inline"}"#,
+            "unknown field `secret`",
+        ),
+    ];
+    for (http, expected) in cases {
+        let e = load(http).unwrap_err();
+        assert!(
+            e.contains(expected),
+            "{http}\n=> {e}\n(expected {expected})"
+        );
+        assert!(!e.contains(&"s".repeat(31)), "{e}");
+    }
+    // Only packs on an EVM chain have a challenge; none at all is an error.
+    let solana = PACK
+        .replace("eip155:84532", "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp")
+        .replace(r#", "extra": {"name": "USDC", "version": "2"}"#, "");
+    let json = with_payments("", &payments_section(&solana)).replacen(
+        r#""packs": ["#,
+        r#""http_payment": {"realm": "r", "secret_env": "SECRET"}, "packs": ["#,
+        1,
+    );
+    let e = Config::from_json_in(json.as_bytes(), &env).unwrap_err().0;
+    assert!(e.contains("no pack is on an EVM chain"), "{e}");
+}

@@ -24,7 +24,7 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::{Attempt, Caller, Price};
 use crate::payments::{self as core, Pay, Settled, State, Verified};
-use crate::response::{PAYMENT_PENDING, PAYMENT_REFUSED, PAYMENT_UNRESOLVED};
+use crate::response::{PAYMENT_PENDING, PAYMENT_UNRESOLVED};
 use crate::verdict::Step;
 
 #[allow(clashing_extern_declarations)]
@@ -154,7 +154,8 @@ fn reply(runtime: &Runtime, pay: &Pay, kind: &'static str, detail: String, retry
         super::request::unavailable("tollgate lost the payment's configuration\n");
         return;
     };
-    send(&core::reply(payments, &caller, kind, detail, retry));
+    let now = super::clock::now().unwrap_or_default();
+    send(&core::reply(payments, &caller, kind, detail, retry, now));
 }
 
 /// Asks the facilitator which kinds of payment it settles (from the root, when a configuration
@@ -362,7 +363,7 @@ pub fn on_verify_answer(
             count(Count::Refused, 1);
             mark(Some(State::Failed));
             log::info!("payments: a payment was refused by the facilitator ({why})");
-            reply(runtime, &pay, PAYMENT_REFUSED, why, None);
+            reply(runtime, &pay, pay.presented.refused(), why, None);
             Next::Done
         }
         Verified::Unavailable(why) => {
@@ -592,13 +593,13 @@ pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms
             count(Count::Refused, 1);
             mark(Some(State::Failed));
             log::info!("payments: a settlement was refused ({why})");
-            respond(PAYMENT_REFUSED, why, None);
+            respond(pay.presented.refused(), why, None);
         }
         Settled::NonceUsed => {
             count(Count::Refused, 1);
             mark(Some(State::Failed));
             respond(
-                PAYMENT_REFUSED,
+                pay.presented.refused(),
                 "the authorization's nonce was used already".into(),
                 None,
             );
@@ -726,12 +727,25 @@ fn settled_payment(
         );
         return;
     }
-    let header = if pay.presented.version == 1 {
-        core::X_PAYMENT_RESPONSE
-    } else {
-        core::PAYMENT_RESPONSE
+    let paid = match &pay.presented.challenge {
+        // An HTTP Payment credential's receipt names its challenge and the transaction.
+        Some((challenge_id, chain_id)) => (
+            crate::paymentauth::PAYMENT_RECEIPT,
+            crate::paymentauth::Receipt {
+                chain_id: *chain_id,
+                challenge_id: challenge_id.clone(),
+                method: crate::paymentauth::METHOD.into(),
+                reference: transaction.to_string(),
+                status: "success".into(),
+                timestamp: crate::time::format_rfc3339(now_ms.div_euclid(1000)),
+            }
+            .encode(),
+        ),
+        None if pay.presented.version == 1 => {
+            (core::X_PAYMENT_RESPONSE, crate::x402::encode(&response))
+        }
+        None => (core::PAYMENT_RESPONSE, crate::x402::encode(&response)),
     };
-    let paid = (header, crate::x402::encode(&response));
     let attempt = Attempt {
         now_ms,
         price,

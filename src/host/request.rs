@@ -99,8 +99,7 @@ pub fn run_with(
                 }
             }
             // A payment is tollgate's business: the upstream never sees one.
-            let names = [payments::PAYMENT_SIGNATURE, payments::X_PAYMENT];
-            for (name, present) in names.into_iter().zip(forward.payment_headers) {
+            for (name, present) in payments::HEADERS.into_iter().zip(forward.payment_headers) {
                 if present {
                     if let Err(status) = hostcalls::remove_map_value(headers, name) {
                         log_failure("remove request header", status);

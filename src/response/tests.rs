@@ -353,7 +353,8 @@ fn a_priced_refusal_names_its_unit_what_it_needed_and_what_is_left() {
         cost,
     };
     let short = [usage(3, 10, 1, false), usage(700, 1000, 500, true)];
-    let reply = QuotaRefusal::new(&caller, &short, false, None, None).at(caller.plan, &short, NOW);
+    let reply =
+        QuotaRefusal::new(&caller, &short, false, None, None).at(&caller, &short, NOW, None);
     assert_eq!(reply.status, 402);
     let p: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(
@@ -367,7 +368,8 @@ fn a_priced_refusal_names_its_unit_what_it_needed_and_what_is_left() {
     );
     // A spent token limit says it is spent, in tokens.
     let spent = [usage(3, 10, 1, false), usage(1000, 1000, 20, true)];
-    let reply = QuotaRefusal::new(&caller, &spent, false, None, None).at(caller.plan, &spent, NOW);
+    let reply =
+        QuotaRefusal::new(&caller, &spent, false, None, None).at(&caller, &spent, NOW, None);
     let p: Value = serde_json::from_str(&reply.body).unwrap();
     assert!(
         p["detail"]
@@ -378,7 +380,8 @@ fn a_priced_refusal_names_its_unit_what_it_needed_and_what_is_left() {
     );
     // A plain request's refusal keeps the document it always had.
     let plain = [usage(10, 10, 1, true), usage(0, 1000, 0, false)];
-    let reply = QuotaRefusal::new(&caller, &plain, false, None, None).at(caller.plan, &plain, NOW);
+    let reply =
+        QuotaRefusal::new(&caller, &plain, false, None, None).at(&caller, &plain, NOW, None);
     let p: Value = serde_json::from_str(&reply.body).unwrap();
     assert!(p.get("unit").is_none() && p.get("needed").is_none(), "{p}");
     // The policy names the unit of limits that do not count requests.

@@ -12,6 +12,7 @@
 //! - [`fakes`]: servers outside the product that the tests stand in for (the usage-events sink,
 //!   the control plane of live entitlements, an LLM provider, an x402 facilitator).
 //! - [`x402`]: x402 payment headers as a paying client sends them.
+//! - [`paymentauth`]: HTTP Payment challenges read and credentials made, as a paying client does.
 //! - `rls` (feature `rls`): quotad's gRPC client.
 //! - [`tls`]: a test CA and the certificates it issues (quotad and Envoy in mutual TLS; with
 //!   features `rls` and `tls`, a TLS client of quotad).
@@ -25,6 +26,7 @@ pub mod envoy;
 pub mod fakes;
 pub mod http;
 pub mod paths;
+pub mod paymentauth;
 pub mod poll;
 pub mod ports;
 pub mod process;
@@ -40,6 +42,7 @@ pub use envoy::*;
 pub use fakes::*;
 pub use http::*;
 pub use paths::*;
+pub use paymentauth::*;
 pub use poll::*;
 pub use ports::*;
 pub use process::*;

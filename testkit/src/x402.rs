@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 /// A signature's shape (`0x` and 130 hex digits, 65 bytes), signing nothing.
-const SIGNATURE: &str = concat!(
+pub(crate) const SIGNATURE: &str = concat!(
     "0x",
     "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed",
     "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed",
