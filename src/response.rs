@@ -754,7 +754,7 @@ pub fn payment_challenges(
             opaque: &opaque,
         };
         let id = bound.id(http.secret.0.as_bytes());
-        let description = format!("{}: {} credits", pack.name, pack.credits);
+        let description = format!("{} credits", pack.credits);
         headers.push((
             paymentauth::WWW_AUTHENTICATE,
             paymentauth::challenge(&id, &bound, Some(&description)),

@@ -518,6 +518,7 @@ fn the_shipped_example_sells_credits() {
             "port_value: 10402".to_string(),
             format!("port_value: {}", facilitator.port),
         )],
+        env: vec![(SECRET_ENV.into(), CHALLENGE_SECRET.into())],
         concurrency: 2,
         ..Options::default()
     });
@@ -546,7 +547,21 @@ fn the_shipped_example_sells_credits() {
     assert_eq!(forecast.status, 200, "{}", forecast.body);
     assert!(forecast.body.contains("forecast"));
     assert_eq!(credits(), 999 + 100 - 5);
-    assert_eq!(facilitator.settles(), 2);
+    // Its 402 made HTTP Payment challenges too, with the secret from Envoy's environment.
+    let made = challenges(&refused);
+    assert_eq!(made.len(), 2, "{:?}", refused.headers);
+    assert_eq!(made[0]["id"], challenge_id(CHALLENGE_SECRET, &made[0]));
+    let paid = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "acme-key"),
+            ("authorization", &pay_challenge(&made[0], PAYER)),
+        ],
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert!(paid.header("payment-receipt").is_some());
+    assert_eq!(credits(), 999 + 100 - 5 + 100 - 1);
+    assert_eq!(facilitator.settles(), 3);
 }
 
 #[test]

@@ -196,7 +196,7 @@ fn http_payment(raw: RawHttpPayment, packs: &[Pack], env: Env) -> Result<HttpPay
             let request = paymentauth::ChargeRequest {
                 amount: pack.offer.amount.clone(),
                 currency: pack.offer.asset.clone(),
-                description: Some(format!("{}: {} credits", pack.name, pack.credits)),
+                description: Some(format!("{} credits", pack.credits)),
                 external_id: Some(pack.name.clone()),
                 method_details: paymentauth::MethodDetails {
                     chain_id: chain,

@@ -62,9 +62,13 @@ impl Config {
             )
         }) + &self.payments.as_ref().map_or(String::new(), |p| {
             format!(
-                ", payments ({}, facilitator cluster {})",
+                ", payments ({}, facilitator cluster {}{})",
                 count(p.packs.len(), "pack"),
-                p.cluster
+                p.cluster,
+                p.http_payment.as_ref().map_or(String::new(), |h| format!(
+                    ", HTTP Payment realm {}",
+                    h.realm
+                ))
             )
         })
     }

@@ -928,6 +928,13 @@ fn http_payment_takes_its_secret_from_the_vm_environment_and_offers_evm_packs() 
         Config::from_json_in(with_payments("", &section(http)).as_bytes(), &env).map_err(|e| e.0)
     };
     let ok = load(r#"{"realm": "api.example.com", "secret_env": "SECRET"}"#).unwrap();
+    assert!(
+        ok.summary().ends_with(
+            ", payments (1 pack, facilitator cluster f, HTTP Payment realm api.example.com)"
+        ),
+        "{}",
+        ok.summary()
+    );
     let http = ok.payments.unwrap().http_payment.unwrap();
     assert_eq!(http.realm, "api.example.com");
     assert_eq!(http.secret.0.len(), 32);
