@@ -93,12 +93,17 @@ impl Bound<'_> {
     }
 }
 
+/// The canonical Permit2 contract (the same address on every chain): `methodDetails` names it
+/// (the evm method requires the member), though only `authorization` credentials are offered.
+pub const PERMIT2: &str = "0x000000000022D473030F116dDEE9F6B43aC78BA3";
+
 /// `methodDetails` of an `evm` charge's request (members sorted, for JCS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MethodDetails {
     pub chain_id: u64,
     pub credential_types: Vec<String>,
+    pub permit2_address: String,
 }
 
 /// An `evm` charge's request (members sorted, for JCS).
@@ -229,18 +234,27 @@ impl Echoed {
     }
 }
 
-/// An `evm` charge's `authorization` payload: an EIP-3009 authorization and its signature.
+/// An `evm` charge's payload. Its `type` is read first (a `permit2`, `transaction` or `hash`
+/// payload is refused for what it is, not as malformed); the members of an `authorization`
+/// one default to empty, so that a missing one is named by [`Authorization::check`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPayload {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default)]
     pub from: String,
+    #[serde(default)]
     pub to: String,
+    #[serde(default)]
     pub value: String,
+    #[serde(default)]
     pub valid_after: String,
+    #[serde(default)]
     pub valid_before: String,
+    #[serde(default)]
     pub nonce: String,
+    #[serde(default)]
     pub signature: String,
 }
 
@@ -305,6 +319,9 @@ pub fn read_credential(token: &[u8], header: &str) -> Result<Credential, X402Err
 pub struct Receipt {
     pub chain_id: u64,
     pub challenge_id: String,
+    /// The challenge request's `externalId` (the pack's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     pub method: String,
     /// The settlement's transaction.
     pub reference: String,

@@ -358,7 +358,8 @@ pub fn read_credential(
     }
     let authorization = &payload.authorization();
     if let Err(e) = authorization.check() {
-        return Err(Refused::Credential(CREDENTIAL_MALFORMED, e.0));
+        let why = e.0.replacen("payload.authorization.", "payload.", 1);
+        return Err(Refused::Credential(CREDENTIAL_MALFORMED, why));
     }
     let Some(offer) = payments.packs.get(pack).map(|p| &p.offer) else {
         return refuse(
@@ -409,6 +410,11 @@ pub fn read_credential(
         presented.untimely = Some("the challenge has expired");
     }
     Ok(presented)
+}
+
+/// Whether an untimely payment's reason is that it (or its challenge) has expired.
+pub fn expired(why: &str) -> bool {
+    why.ends_with("has expired")
 }
 
 /// A payment's claim key: one per authorization, whoever presents it.

@@ -490,7 +490,7 @@ impl QuotaRefusal {
             reset,
             policy,
             link,
-            offers: payments.map(|p| p.required_header.clone()),
+            offers: payments.and_then(|p| p.x402_offers()).map(str::to_string),
             challenges: payments.is_some_and(|p| p.http_payment.is_some()),
         }
     }
@@ -703,15 +703,17 @@ pub fn payment_reply(
         p = p.of(caller);
     }
     if status == 402 {
-        headers.push((
-            "payment-required",
-            crate::x402::encode(&crate::x402::PaymentRequired {
-                x402_version: 2,
-                error: Some(error.clone()),
-                resource: payments.resource.clone(),
-                accepts: payments.packs.iter().map(|p| p.offer.clone()).collect(),
-            }),
-        ));
+        if payments.x402 {
+            headers.push((
+                "payment-required",
+                crate::x402::encode(&crate::x402::PaymentRequired {
+                    x402_version: 2,
+                    error: Some(error.clone()),
+                    resource: payments.resource.clone(),
+                    accepts: payments.packs.iter().map(|p| p.offer.clone()).collect(),
+                }),
+            ));
+        }
         if let Some(caller) = caller {
             payment_challenges(payments, caller.consumer.name(), now, &mut headers);
         }

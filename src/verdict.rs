@@ -59,8 +59,8 @@ pub struct Forward<'c> {
     pub refill: Option<(usize, crate::lease::Ask)>,
     /// A priced request (a route's cost, an LLM reservation): what it took, to settle.
     pub charged: Option<Charged>,
-    /// Which payment headers (`PAYMENT-SIGNATURE`, `X-PAYMENT`) the request carries, with
-    /// `payments` configured: they never go upstream.
+    /// Which payment headers ([`payments::HEADERS`]: x402's, HTTP Payment credentials) the
+    /// request carries, with `payments` configured: they never go upstream.
     pub payment_headers: [bool; 4],
 }
 
@@ -251,6 +251,13 @@ pub fn handle_with<'c>(
             // HTTP Payment credentials are read only where they are offered, and in
             // `Authorization` only with the `Payment` scheme (it may carry the API key).
             let token = match header {
+                payments::PAYMENT_SIGNATURE | payments::X_PAYMENT if !payments.x402 => {
+                    // Removed unread: not a way to pay here.
+                    if let Some(present) = forward.payment_headers.get_mut(i) {
+                        *present = true;
+                    }
+                    None
+                }
                 payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => Some(&value[..]),
                 _ if payments.http_payment.is_none() => None,
                 paymentauth::AUTHORIZATION => paymentauth::credential_of(&value),
@@ -432,7 +439,8 @@ fn pay<'c>(
         // time (its claim decides); one that nothing happened to is.
         Ok(Claimed::Untimely(why)) => {
             let kind = match presented.challenge {
-                Some(_) => crate::response::CHALLENGE_EXPIRED,
+                Some(_) if payments::expired(why) => crate::response::CHALLENGE_EXPIRED,
+                Some(_) => crate::response::VERIFICATION_FAILED,
                 None => crate::response::PAYMENT_REFUSED,
             };
             return Some(reply(kind, why.into(), None));
@@ -863,9 +871,17 @@ fn usage_endpoint<'c>(
                 .as_ref()
                 .filter(|_| !plan.credits.is_empty())
             {
-                reply
-                    .headers
-                    .push(("payment-required", payments.required_header.clone()));
+                if let Some(offers) = payments.x402_offers() {
+                    reply.headers.push(("payment-required", offers.to_string()));
+                }
+                // RFC 9110 lets a server challenge in any response where credentials could
+                // change it: here, a balance.
+                crate::response::payment_challenges(
+                    payments,
+                    consumer.name(),
+                    now,
+                    &mut reply.headers,
+                );
             }
             Verdict {
                 action: Action::Reply(reply),

@@ -783,10 +783,16 @@ const CHALLENGE_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c
 const SECRET_ENV: &str = "TOLLGATE_PAYMENT_SECRET";
 
 fn start_http_payment(facilitator: &Facilitator) -> Envoy {
-    let json = plugin_json("5s").replacen(
+    start_http_payment_with(facilitator, "", "")
+}
+
+/// [`start_http_payment`] with more members of `payments` and of the top level (`payments` and
+/// `top` each start with a comma).
+fn start_http_payment_with(facilitator: &Facilitator, payments: &str, top: &str) -> Envoy {
+    let json = plugin_json_with("5s", top).replacen(
         r#""payments": {"#,
         &format!(
-            r#""payments": {{ "http_payment": {{ "realm": "{REALM}", "secret_env": "{SECRET_ENV}" }},"#
+            r#""payments": {{ "http_payment": {{ "realm": "{REALM}", "secret_env": "{SECRET_ENV}" }}{payments},"#
         ),
         1,
     );
@@ -896,8 +902,12 @@ fn a_spent_consumer_pays_a_payment_challenge_and_is_served_its_credits() {
     }
     assert_eq!(served_until_refused(&envoy, "acme-key"), 4);
 
-    // `Payment-Authorization` carries it when `Authorization` holds something else.
-    let again = challenges(&envoy.get_with_key("acme-key"));
+    // The usage endpoint challenges too (a client may buy before it runs out); and
+    // `Payment-Authorization` carries a credential when `Authorization` holds something else.
+    let usage = envoy.get("/tollgate/usage", &[("x-api-key", "acme-key")]);
+    let again = challenges(&usage);
+    assert_eq!(again.len(), 2, "{:?}", usage.headers);
+    assert_eq!(decode_base64url(&again[1]["opaque"])["consumer"], "acme");
     let paid = envoy.get(
         "/",
         &[
@@ -983,4 +993,106 @@ fn a_payment_challenge_is_redeemed_only_by_its_consumer_and_only_as_made() {
     assert_eq!(replay.status, 402, "{}", replay.body);
     assert!(replay.header("payment-receipt").is_none());
     assert_eq!(facilitator.settles(), 1);
+}
+
+#[test]
+fn an_api_key_in_authorization_pays_in_payment_authorization_and_neither_goes_upstream() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start_http_payment_with(
+        &facilitator,
+        "",
+        r#", "credentials": [{"authorization": "Bearer"}], "hide_credentials": true"#,
+    );
+    let get = |extra: &[(&str, &str)]| {
+        let mut headers = vec![("authorization", "Bearer acme-key")];
+        headers.extend_from_slice(extra);
+        envoy.get("/", &headers)
+    };
+    for _ in 0..2 {
+        assert_eq!(get(&[]).status, 200);
+    }
+    let refused = get(&[]);
+    assert_eq!(refused.status, 402, "{}", refused.body);
+    let made = challenges(&refused);
+    assert_eq!(decode_base64url(&made[0]["opaque"])["consumer"], "acme");
+    let paid = get(&[("payment-authorization", &pay_challenge(&made[0], PAYER))]);
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert!(paid.header("payment-receipt").is_some());
+    assert_eq!(paid.header("cache-control"), Some("private"));
+    let seen = paid.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(
+        !seen.contains("authorization"),
+        "the upstream saw a credential: {seen}"
+    );
+    assert_eq!(facilitator.settles(), 1);
+    // The key's own header cannot carry a credential too: `Authorization: Payment` is no key.
+    let keyless = envoy.get("/", &[("authorization", &pay_challenge(&made[1], PAYER))]);
+    assert_eq!(keyless.status, 401, "{}", keyless.body);
+    assert_eq!(facilitator.settles(), 1);
+}
+
+#[test]
+fn with_x402_off_only_payment_challenges_are_offered_and_an_authorization_stays_bound() {
+    let facilitator = Facilitator::start("/x402");
+    let envoy = start_http_payment_with(&facilitator, r#", "x402": false"#, "");
+    let refused = spend(&envoy, "acme-key");
+    assert!(
+        refused.header("payment-required").is_none(),
+        "{:?}",
+        refused.headers
+    );
+    assert!(refused.json().get("accepts").is_none(), "{}", refused.body);
+    let made = challenges(&refused);
+    assert_eq!(made.len(), 2);
+    // Acme's signed authorization, lifted from its credential and presented by globex as an
+    // x402 payment: not read (x402 is not a way to pay here), never sent upstream.
+    spend(&envoy, "globex-key");
+    let nonce = challenge_nonce(&made[0]["id"], REALM);
+    let offer = serde_json::json!({
+        "scheme": "exact", "network": "eip155:84532", "amount": "10000", "asset": ASSET,
+        "payTo": PAY_TO, "maxTimeoutSeconds": 3600, "extra": {"name": "USDC", "version": "2"}
+    });
+    let lifted = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "globex-key"),
+            (
+                "payment-signature",
+                &payment_signature(&offer, PAYER, &nonce),
+            ),
+        ],
+    );
+    assert_eq!(lifted.status, 402, "{}", lifted.body);
+    assert_eq!(
+        lifted.json()["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert!(payment_calls(&facilitator).is_empty());
+    // Acme's credential is acme's.
+    let paid = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "acme-key"),
+            ("authorization", &pay_challenge(&made[0], PAYER)),
+        ],
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert_eq!(facilitator.settles(), 1);
+    // An x402 payment header on a served request is removed all the same.
+    let served = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "acme-key"),
+            (
+                "payment-signature",
+                &payment_signature(&offer, PAYER, &x402_nonce(3)),
+            ),
+        ],
+    );
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert!(
+        !served.body.contains("payment-signature"),
+        "{}",
+        served.body
+    );
 }

@@ -588,6 +588,18 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
     let payments = compile_payments(raw.payments, env)?;
+    // `Authorization: Payment` is an HTTP Payment credential, never an API key.
+    if payments.as_ref().is_some_and(|p| p.http_payment.is_some()) {
+        if let Some(i) = credentials
+            .iter()
+            .position(|s| matches!(s, Source::Authorization(scheme) if scheme == "payment"))
+        {
+            return Err(ConfigError(format!(
+                "credentials[{i}].authorization: the `Payment` scheme carries HTTP Payment \
+                 credentials (payments.http_payment), not API keys"
+            )));
+        }
+    }
     if let Some(plan) = plans.iter().find(|p| !p.credits.is_empty()) {
         if payments.is_none() {
             return Err(ConfigError(format!(

@@ -38,6 +38,9 @@ pub struct RawPayments {
     /// Also offer the packs as HTTP Payment challenges (`WWW-Authenticate: Payment`).
     #[serde(default)]
     pub http_payment: Option<RawHttpPayment>,
+    /// Offer and accept x402 payments (default true); false: HTTP Payment challenges only.
+    #[serde(default)]
+    pub x402: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +127,17 @@ pub struct Payments {
     pub v1_body: x402::PaymentRequiredV1,
     /// The packs offered as HTTP Payment challenges too.
     pub http_payment: Option<HttpPayment>,
+    /// x402 payments offered and read (`payments.x402`, default true). Without, an x402
+    /// payment header is removed unread: an authorization made for a consumer's HTTP Payment
+    /// challenge cannot be redeemed by another consumer as an x402 payment.
+    pub x402: bool,
+}
+
+impl Payments {
+    /// The `PAYMENT-REQUIRED` value of a curable 402, if x402 is offered.
+    pub fn x402_offers(&self) -> Option<&str> {
+        self.x402.then_some(self.required_header.as_str())
+    }
 }
 
 /// The HTTP Payment scheme's settings (`payments.http_payment`).
@@ -201,6 +215,7 @@ fn http_payment(raw: RawHttpPayment, packs: &[Pack], env: Env) -> Result<HttpPay
                 method_details: paymentauth::MethodDetails {
                     chain_id: chain,
                     credential_types: vec![paymentauth::AUTHORIZATION_TYPE.into()],
+                    permit2_address: paymentauth::PERMIT2.into(),
                 },
                 recipient: pack.offer.pay_to.clone(),
             };
@@ -467,8 +482,23 @@ pub fn compile(raw: Option<RawPayments>, env: Env) -> Result<Option<Payments>, C
         Some(raw) => Some(http_payment(raw, &packs, env)?),
         None => None,
     };
+    let x402 = raw.x402.unwrap_or(true);
+    if !x402 && http_payment.is_none() {
+        return Err(ConfigError(
+            "payments.x402: false leaves nothing to pay with: configure `http_payment`".into(),
+        ));
+    }
+    let v1_body = if x402 {
+        v1_body
+    } else {
+        x402::PaymentRequiredV1 {
+            accepts: Vec::new(),
+            ..v1_body
+        }
+    };
     Ok(Some(Payments {
         http_payment,
+        x402,
         cluster: f.cluster,
         authority,
         base_path,

@@ -66,8 +66,9 @@ impl Config {
                 count(p.packs.len(), "pack"),
                 p.cluster,
                 p.http_payment.as_ref().map_or(String::new(), |h| format!(
-                    ", HTTP Payment realm {}",
-                    h.realm
+                    ", HTTP Payment realm {}{}",
+                    h.realm,
+                    if p.x402 { "" } else { " only" }
                 ))
             )
         })

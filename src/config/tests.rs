@@ -994,4 +994,53 @@ fn http_payment_takes_its_secret_from_the_vm_environment_and_offers_evm_packs() 
     );
     let e = Config::from_json_in(json.as_bytes(), &env).unwrap_err().0;
     assert!(e.contains("no pack is on an EVM chain"), "{e}");
+
+    // x402 off: challenges only, which needs them; offers and v1 members gone.
+    let only = with_payments(
+        r#", "credits": ["daily"]"#,
+        &section(r#"{"realm": "r", "secret_env": "SECRET"}, "x402": false"#),
+    );
+    let p = Config::from_json_in(only.as_bytes(), &env)
+        .unwrap()
+        .payments
+        .unwrap();
+    assert_eq!((p.x402, p.x402_offers()), (false, None));
+    assert!(p.v1_body.accepts.is_empty());
+    let none = with_payments(
+        "",
+        &payments_section(PACK).replacen(r#""packs": ["#, r#""x402": false, "packs": ["#, 1),
+    );
+    let e = Config::from_json_in(none.as_bytes(), &env).unwrap_err().0;
+    assert!(
+        e.starts_with("payments.x402: false leaves nothing to pay with"),
+        "{e}"
+    );
+    // The `Payment` scheme is the credential's, never an API key's; a key in `Authorization`
+    // is warned about (HTTP Payment clients send their credential there).
+    let with_source = |scheme: &str| {
+        with_payments("", &section(r#"{"realm": "r", "secret_env": "SECRET"}"#)).replacen(
+            '{',
+            &format!(r#"{{"credentials": [{{"authorization": "{scheme}"}}], "#),
+            1,
+        )
+    };
+    let e = Config::from_json_in(with_source("Payment").as_bytes(), &env)
+        .unwrap_err()
+        .0;
+    assert!(
+        e.starts_with("credentials[0].authorization: the `Payment` scheme"),
+        "{e}"
+    );
+    let bearer = with_source("Bearer");
+    assert!(Config::from_json_in(bearer.as_bytes(), &env).is_ok());
+    let said = warnings(bearer.as_bytes());
+    assert!(
+        said.iter().any(|w| w.starts_with("payments.http_payment: API keys are read from `Authorization`")),
+        "{said:?}"
+    );
+    assert!(warnings(
+        with_payments("", &section(r#"{"realm": "r", "secret_env": "S"}"#)).as_bytes()
+    )
+    .iter()
+    .all(|w| !w.starts_with("payments.http_payment")));
 }

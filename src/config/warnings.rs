@@ -48,6 +48,26 @@ pub fn warnings(bytes: &[u8]) -> Vec<String> {
             ));
         }
     }
+    // Standard HTTP Payment clients send `Authorization: Payment`, which replaces a key that
+    // travels in `Authorization`.
+    let http_payment = raw
+        .payments
+        .as_ref()
+        .is_some_and(|p| p.http_payment.is_some());
+    let key_in_authorization = raw.credentials.as_ref().is_some_and(|sources| {
+        sources
+            .iter()
+            .any(|s| matches!(s, super::raw::RawSource::Authorization(_)))
+    });
+    if http_payment && key_in_authorization {
+        out.push(
+            "payments.http_payment: API keys are read from `Authorization`, where HTTP Payment \
+             clients send their credential (`Authorization: Payment`): such a request carries no \
+             key. Those clients must send the credential in `Payment-Authorization`, or take \
+             keys from another header (see docs/payments.md#the-http-payment-scheme)"
+                .to_string(),
+        );
+    }
     // A per-Envoy limit over a long window: each Envoy admits all of it (N Envoys: N times).
     if raw.store.is_some() {
         for (plan, raw_plan) in &raw.plans.0 {

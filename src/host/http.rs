@@ -485,10 +485,27 @@ impl HttpContext for Filter {
             None => paid_fields,
         };
         if let Some((name, value)) = payment_response {
-            if let Err(status) =
-                hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value)
-            {
-                log_failure("add response header", status);
+            let headers = MapType::HttpResponseHeaders;
+            // A Payment-Receipt only on success, and never cached for others (the draft's
+            // MUSTs); x402's PAYMENT-RESPONSE says what became of the payment whatever follows.
+            let receipt = name == crate::paymentauth::PAYMENT_RECEIPT;
+            let success = || {
+                hostcalls::get_map_value_bytes(headers, ":status")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.first() == Some(&b'2'))
+            };
+            if !receipt || success() {
+                if let Err(status) = hostcalls::add_map_value(headers, name, &value) {
+                    log_failure("add response header", status);
+                }
+                if receipt {
+                    if let Err(status) =
+                        hostcalls::set_map_value(headers, "cache-control", Some("private"))
+                    {
+                        log_failure("set response header", status);
+                    }
+                }
             }
         }
         if let Some(fields) = fields {

@@ -734,6 +734,11 @@ fn settled_payment(
             crate::paymentauth::Receipt {
                 chain_id: *chain_id,
                 challenge_id: challenge_id.clone(),
+                external_id: config
+                    .payments
+                    .as_ref()
+                    .and_then(|p| p.packs.get(pay.presented.pack))
+                    .map(|p| p.name.clone()),
                 method: crate::paymentauth::METHOD.into(),
                 reference: transaction.to_string(),
                 status: "success".into(),

@@ -70,8 +70,13 @@ pub fn run_with(
     }
     match verdict.action {
         verdict::Action::Reply(mut reply) => {
+            // A local reply after a settlement is a refusal (the paid request was decided
+            // again): x402 says what became of the payment; a Payment-Receipt is for successes
+            // only.
             if let Some((name, value)) = &attempt.paid {
-                reply.headers.push((name, value.clone()));
+                if *name != crate::paymentauth::PAYMENT_RECEIPT || reply.status / 100 == 2 {
+                    reply.headers.push((name, value.clone()));
+                }
             }
             send(&reply);
             Step::Replied

@@ -47,6 +47,7 @@ fn the_request_is_jcs_json_in_base64url() {
         method_details: MethodDetails {
             chain_id: 84532,
             credential_types: vec!["authorization".into()],
+            permit2_address: PERMIT2.into(),
         },
         recipient: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
     };
@@ -54,7 +55,7 @@ fn the_request_is_jcs_json_in_base64url() {
     // base64url without padding.
     assert_eq!(
         request.encode(),
-        "eyJhbW91bnQiOiIxMDAwMDAwIiwiY3VycmVuY3kiOiIweDAzNkNiRDUzODQyYzU0MjY2MzRlNzkyOTU0MWVDMjMxOGYzZENGN2UiLCJkZXNjcmlwdGlvbiI6InN0YXJ0ZXI6IDEwMCBjcmVkaXRzIiwiZXh0ZXJuYWxJZCI6InN0YXJ0ZXIiLCJtZXRob2REZXRhaWxzIjp7ImNoYWluSWQiOjg0NTMyLCJjcmVkZW50aWFsVHlwZXMiOlsiYXV0aG9yaXphdGlvbiJdfSwicmVjaXBpZW50IjoiMHgyMDk2OTNCYzZhZmMwQzUzMjhiQTM2RmFGMDNDNTE0RUYzMTIyODdDIn0"
+        "eyJhbW91bnQiOiIxMDAwMDAwIiwiY3VycmVuY3kiOiIweDAzNkNiRDUzODQyYzU0MjY2MzRlNzkyOTU0MWVDMjMxOGYzZENGN2UiLCJkZXNjcmlwdGlvbiI6InN0YXJ0ZXI6IDEwMCBjcmVkaXRzIiwiZXh0ZXJuYWxJZCI6InN0YXJ0ZXIiLCJtZXRob2REZXRhaWxzIjp7ImNoYWluSWQiOjg0NTMyLCJjcmVkZW50aWFsVHlwZXMiOlsiYXV0aG9yaXphdGlvbiJdLCJwZXJtaXQyQWRkcmVzcyI6IjB4MDAwMDAwMDAwMDIyRDQ3MzAzMEYxMTZkREVFOUY2QjQzYUM3OEJBMyJ9LCJyZWNpcGllbnQiOiIweDIwOTY5M0JjNmFmYzBDNTMyOGJBMzZGYUYwM0M1MTRFRjMxMjI4N0MifQ"
     );
 }
 
@@ -146,11 +147,21 @@ fn a_credential_is_read_from_the_payment_scheme_with_bounds() {
     // Errors say where, never a value.
     let e = read_credential(b"not base64url!", "authorization").unwrap_err();
     assert_eq!(e.0, "authorization: the credential is not base64url");
+    // A payload member missing is left empty, for the authorization's check to name; the
+    // challenge's are required.
     let mut missing = credential_json();
     missing["payload"].as_object_mut().unwrap().remove("nonce");
     let token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&missing).unwrap());
+    let read = read_credential(token.as_bytes(), "authorization").unwrap();
+    assert_eq!(read.payload.nonce, "");
+    let mut missing = credential_json();
+    missing["challenge"]
+        .as_object_mut()
+        .unwrap()
+        .remove("request");
+    let token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&missing).unwrap());
     let e = read_credential(token.as_bytes(), "authorization").unwrap_err();
-    assert!(e.0.contains("`nonce` is missing"), "{}", e.0);
+    assert!(e.0.contains("`request` is missing"), "{}", e.0);
     let mut wrong = credential_json();
     wrong["payload"]["value"] = serde_json::json!(12);
     let token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wrong).unwrap());
@@ -165,6 +176,7 @@ fn a_receipt_is_base64url_json() {
     let r = Receipt {
         chain_id: 84532,
         challenge_id: "ID".into(),
+        external_id: Some("starter".into()),
         method: METHOD.into(),
         reference: "0xtx".into(),
         status: "success".into(),
@@ -173,7 +185,7 @@ fn a_receipt_is_base64url_json() {
     let json = URL_SAFE_NO_PAD.decode(r.encode()).unwrap();
     assert_eq!(
         String::from_utf8(json).unwrap(),
-        "{\"chainId\":84532,\"challengeId\":\"ID\",\"method\":\"evm\",\"reference\":\"0xtx\",\
+        "{\"chainId\":84532,\"challengeId\":\"ID\",\"externalId\":\"starter\",\"method\":\"evm\",\"reference\":\"0xtx\",\
          \"status\":\"success\",\"timestamp\":\"2026-12-07T12:00:00Z\"}"
     );
 }

@@ -830,3 +830,98 @@ fn the_facilitators_supported_kinds_are_checked_against_every_offer() {
     assert!(unsupported(p, None, b"").is_err());
     assert!(unsupported(p, Some(200), b"[]").is_err());
 }
+
+/// [`config`] with the packs offered as HTTP Payment challenges too.
+fn config_with_challenges() -> Config {
+    let text = format!(
+        r#"{{
+      "plans": {{ "metered": {{ "limits": [{{"name": "daily", "requests": 2, "window": "day"}}], "credits": ["daily"] }} }},
+      "consumers": {{ "acme": {{ "plan": "metered", "keys": ["acme-key"] }},
+                      "globex": {{ "plan": "metered", "keys": ["globex-key"] }} }},
+      "payments": {{
+        "facilitator": {{ "cluster": "facilitator", "url": "http://facilitator/x402" }},
+        "resource": {{ "url": "https://api.example.com/" }},
+        "packs": [ {{ "name": "small", "credits": 10, "network": "eip155:84532", "asset": "{ASSET}",
+                      "amount": "10000", "pay_to": "{PAY_TO}", "extra": {{"name": "USDC", "version": "2"}} }} ],
+        "http_payment": {{ "realm": "api.example.com", "secret_env": "SECRET" }}
+      }}
+    }}"#
+    );
+    let env = |_: &str| Some("k".repeat(32));
+    Config::from_json_in(text.as_bytes(), &env).unwrap()
+}
+
+#[test]
+fn an_http_payment_credential_must_answer_a_challenge_made_for_its_consumer() {
+    use crate::response::{
+        payment_challenges, CHALLENGE_INVALID, CREDENTIAL_MALFORMED, VERIFICATION_FAILED,
+    };
+    use tollgate_testkit::{challenge_nonce, credential_json, parse_challenge, payment_credential};
+    let config = config_with_challenges();
+    let payments = payments(&config);
+    let mut headers = Vec::new();
+    payment_challenges(payments, "acme", NOW, &mut headers);
+    assert_eq!(headers.len(), 1);
+    let challenge = parse_challenge(&headers[0].1);
+    let nonce = challenge_nonce(&challenge["id"], &challenge["realm"]);
+    let credential = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut json = credential_json(&challenge, PAYER, &nonce);
+        json["payload"]["validBefore"] = (NOW + 30).to_string().into();
+        edit(&mut json);
+        let value = payment_credential(&json);
+        value.strip_prefix("Payment ").unwrap().to_string()
+    };
+    let read = |token: &str, consumer: &str, now: i64| {
+        read_credential(payments, "authorization", token.as_bytes(), now, consumer)
+    };
+    let kind = |r: Result<Presented, Refused>| match r {
+        Err(Refused::Credential(kind, why)) => (kind, why),
+        other => panic!("not refused as a credential: {other:?}"),
+    };
+
+    let presented = read(&credential(&|_| {}), "acme", NOW).unwrap();
+    assert_eq!(presented.pack, 0);
+    assert_eq!(presented.untimely, None);
+    assert_eq!(presented.challenge, Some((challenge["id"].clone(), 84532)));
+    // The facilitator gets the x402 v2 payment of the pack.
+    let body: serde_json::Value = serde_json::from_slice(&presented.call_body).unwrap();
+    assert_eq!(body["paymentPayload"]["accepted"]["amount"], "10000");
+    assert_eq!(
+        body["paymentPayload"]["payload"]["authorization"]["nonce"],
+        nonce.as_str()
+    );
+
+    // Another consumer's, or another realm's, or with a digest: not a challenge for this.
+    assert_eq!(
+        kind(read(&credential(&|_| {}), "globex", NOW)).0,
+        CHALLENGE_INVALID
+    );
+    let other_realm = credential(&|j| j["challenge"]["realm"] = "evil.example".into());
+    assert_eq!(kind(read(&other_realm, "acme", NOW)).0, CHALLENGE_INVALID);
+    let digest = credential(&|j| j["challenge"]["digest"] = "sha-256=:x:".into());
+    assert_eq!(kind(read(&digest, "acme", NOW)).0, CHALLENGE_INVALID);
+    // Another credential type is refused for what it is, not as malformed.
+    let permit2 = credential(&|j| {
+        j["payload"] = serde_json::json!({"type": "permit2", "permit": {}, "signature": "0x"})
+    });
+    assert_eq!(kind(read(&permit2, "acme", NOW)).0, VERIFICATION_FAILED);
+    // A member missing is named, never a value.
+    let (k, why) = kind(read(
+        &credential(&|j| {
+            j["payload"].as_object_mut().unwrap().remove("from");
+        }),
+        "acme",
+        NOW,
+    ));
+    assert_eq!(
+        (k, why.as_str()),
+        (CREDENTIAL_MALFORMED, "payload.from: not of its form")
+    );
+    // Past its expiry (and the authorization's), the claim decides: untimely, not refused here.
+    let late = read(&credential(&|_| {}), "acme", NOW + 600).unwrap();
+    assert!(late.untimely.is_some_and(expired), "{:?}", late.untimely);
+    // A valid authorization for a challenge whose expiry passed: the challenge's own expiry.
+    let long = credential(&|j| j["payload"]["validBefore"] = (NOW + 150).to_string().into());
+    let late = read(&long, "acme", NOW + 70);
+    assert_eq!(late.unwrap().untimely, Some("the challenge has expired"));
+}
