@@ -30,6 +30,17 @@ use crate::x402::{from_json, Authorization, X402Error, MAX_HEADER};
 /// The request headers a credential comes in.
 pub const AUTHORIZATION: &str = "authorization";
 pub const PAYMENT_AUTHORIZATION: &str = "payment-authorization";
+/// x402's request headers (v2, then v1).
+pub const PAYMENT_SIGNATURE: &str = "payment-signature";
+pub const X_PAYMENT: &str = "x-payment";
+/// Every request header a payment may come in, in the order they are read: x402 v2, v1, then
+/// the HTTP Payment scheme's credential (`Payment-Authorization`, `Authorization: Payment`).
+pub const PAYMENT_HEADERS: [&str; 4] = [
+    PAYMENT_SIGNATURE,
+    X_PAYMENT,
+    PAYMENT_AUTHORIZATION,
+    AUTHORIZATION,
+];
 /// The response headers.
 pub const WWW_AUTHENTICATE: &str = "www-authenticate";
 pub const PAYMENT_RECEIPT: &str = "payment-receipt";

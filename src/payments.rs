@@ -45,16 +45,7 @@ use crate::store::{read_modify_write, CountError, Rewrite, Store, StoreError};
 use crate::x402::{self, PaymentPayload, PaymentPayloadV1, SettleResponse};
 
 /// The request headers a payment comes in (v2, then v1).
-pub const PAYMENT_SIGNATURE: &str = "payment-signature";
-pub const X_PAYMENT: &str = "x-payment";
-/// Every request header a payment may come in, in the order they are read: x402 v2, v1, then
-/// the HTTP Payment scheme's credential (`Payment-Authorization`, `Authorization: Payment`).
-pub const HEADERS: [&str; 4] = [
-    PAYMENT_SIGNATURE,
-    X_PAYMENT,
-    paymentauth::PAYMENT_AUTHORIZATION,
-    paymentauth::AUTHORIZATION,
-];
+pub use crate::paymentauth::{PAYMENT_HEADERS as HEADERS, PAYMENT_SIGNATURE, X_PAYMENT};
 /// The response headers that say what became of it.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
 pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
@@ -410,6 +401,74 @@ pub fn read_credential(
         presented.untimely = Some("the challenge has expired");
     }
     Ok(presented)
+}
+
+/// The claim keys the payment `value` (in `header`) may have, read leniently — no offer,
+/// challenge or time need match — to find the claim of a payment whose settlement is under way
+/// or unknown even when the configuration that took it has changed since (a pack repriced, a
+/// plan without credits, a consumer suspended, x402 or the HTTP Payment scheme switched off,
+/// another secret). An x402 v2 payment names its network and asset; a v1 payment and an HTTP
+/// Payment credential are tried with those of every pack (a pack moved to another network or
+/// asset is not found: its claim is left to the operator's log of the first answer).
+fn replay_candidates(payments: &Payments, header: &str, value: &[u8]) -> Vec<String> {
+    let packs = |from: &str, nonce: &str| -> Vec<String> {
+        payments
+            .packs
+            .iter()
+            .map(|p| replay_key(&p.offer.network, &p.offer.asset, from, nonce))
+            .collect()
+    };
+    match header {
+        PAYMENT_SIGNATURE | X_PAYMENT => {
+            let Ok(raw) = x402::decode_json(value, header) else {
+                return Vec::new();
+            };
+            // Read as `read` reads them (one deserializer for each message in the .wasm).
+            if header == PAYMENT_SIGNATURE {
+                let Ok(payment) = x402::from_json::<PaymentPayload>(&raw, header) else {
+                    return Vec::new();
+                };
+                let (a, o) = (&payment.payload.authorization, &payment.accepted);
+                return vec![replay_key(&o.network, &o.asset, &a.from, &a.nonce)];
+            }
+            match x402::from_json::<PaymentPayloadV1>(&raw, header) {
+                Ok(p) => packs(
+                    &p.payload.authorization.from,
+                    &p.payload.authorization.nonce,
+                ),
+                Err(_) => Vec::new(),
+            }
+        }
+        _ => match paymentauth::read_credential(value, header) {
+            Ok(c) => packs(&c.payload.from, &c.payload.nonce),
+            Err(_) => Vec::new(),
+        },
+    }
+}
+
+/// The claim key of the payment of `value` if its settlement is under way or unknown: the
+/// money may have moved, so it is never refused before its claim is looked at.
+/// With `consumer`, only its own claims count (another consumer's copy is refused by its
+/// claim).
+pub fn settling(
+    store: &impl Store,
+    payments: &Payments,
+    header: &str,
+    value: &[u8],
+    consumer: Option<&str>,
+) -> Option<String> {
+    replay_candidates(payments, header, value)
+        .into_iter()
+        .find(|replay| {
+            let Ok(Some((bytes, _))) = store.get(&shard_of(replay)) else {
+                return false;
+            };
+            decode_claims(&bytes).iter().any(|c| {
+                c.k == *replay
+                    && consumer.is_none_or(|name| c.c == name)
+                    && matches!(c.s, State::Settling | State::Unknown)
+            })
+        })
 }
 
 /// Whether an untimely payment's reason is that it (or its challenge) has expired.

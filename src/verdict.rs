@@ -250,25 +250,31 @@ pub fn handle_with<'c>(
             };
             // HTTP Payment credentials are read only where they are offered, and in
             // `Authorization` only with the `Payment` scheme (it may carry the API key).
+            // In `Authorization`, only the `Payment` scheme is a payment (it may carry the
+            // API key).
             let token = match header {
-                payments::PAYMENT_SIGNATURE | payments::X_PAYMENT if !payments.x402 => {
-                    // Removed unread: not a way to pay here.
-                    if let Some(present) = forward.payment_headers.get_mut(i) {
-                        *present = true;
-                    }
-                    None
-                }
                 payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => Some(&value[..]),
-                _ if payments.http_payment.is_none() => None,
                 paymentauth::AUTHORIZATION => paymentauth::credential_of(&value),
                 _ => Some(paymentauth::credential_of(&value).unwrap_or(&value)),
             };
             let Some(token) = token else {
                 continue;
             };
-            // Removed before the request goes upstream (only the headers a request carries).
+            // Removed before the request goes upstream (only the headers a request carries),
+            // whether or not it is a way to pay here.
             if let Some(present) = forward.payment_headers.get_mut(i) {
                 *present = true;
+            }
+            let offered = match header {
+                payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => payments.x402,
+                _ => payments.http_payment.is_some(),
+            };
+            // One that is not is still looked at if its claim is settling: a configuration
+            // change must not drop a payment whose money may have moved.
+            let looked_at = offered
+                || (payable && payments::settling(store, payments, header, token, None).is_some());
+            if !looked_at {
+                continue;
             }
             if payable && !tried {
                 tried = true;
@@ -350,20 +356,28 @@ fn pay<'c>(
         Credential::Malformed(_) => return None,
     };
     let plan = config.plan_of(consumer)?;
-    if plan.credits.is_empty() {
+    let now = attempt.now_ms.div_euclid(1000);
+    // A payment whose settlement is under way or unknown is decided by its claim, whatever
+    // changed since it was taken (the plan, the standing, the packs): its money may have moved.
+    let replay = payments::settling(store, payments, header, value, Some(consumer.name()));
+    let settling = replay.is_some();
+    if plan.credits.is_empty() && !settling {
         return None;
     }
-    let now = attempt.now_ms.div_euclid(1000);
     // A consumer that credits would not let through (its standing, or a limit credits do not
     // stand in for, such as a burst) is refused as usual, before any money moves.
-    if !matches!(
-        consumer.standing(now),
-        crate::config::Standing::Active | crate::config::Standing::Grace { .. }
-    ) {
+    if !settling
+        && !matches!(
+            consumer.standing(now),
+            crate::config::Standing::Active | crate::config::Standing::Grace { .. }
+        )
+    {
         return None;
     }
     let costs = attempt.price.costs(config, plan);
-    if let Ok(usages) = crate::quota::look(
+    if settling {
+        // Checked by its claim below.
+    } else if let Ok(usages) = crate::quota::look(
         store,
         &consumer.store_key,
         &plan.limits,
@@ -393,6 +407,26 @@ fn pay<'c>(
     };
     let presented = match read {
         Ok(presented) => presented,
+        // Its claim says the money may have moved, but what took it is no longer offered:
+        // never a fresh 402; the operator settles it from the facilitator's records.
+        Err(Refused::Credential(_, why) | Refused::Mismatch(why) | Refused::Malformed(why))
+            if settling =>
+        {
+            log::error!(
+                "payments: consumer={}: a payment whose settlement is unknown (replay key {}) \
+                 can no longer be settled here ({why}); check it with the facilitator and \
+                 credit it by hand",
+                consumer.name(),
+                replay.unwrap_or_default()
+            );
+            return Some(reply(
+                crate::response::PAYMENT_UNRESOLVED,
+                "The settlement of this payment cannot be confirmed; it was not credited. \
+                 Contact the API's operator."
+                    .into(),
+                None,
+            ));
+        }
         Err(Refused::Credential(kind, why)) => {
             log::debug!(
                 "consumer={}: Payment credential refused ({why})",

@@ -456,6 +456,19 @@ fn a_plan_without_credits_offers_none_and_ignores_payments() {
     );
     assert_eq!(r.status, 402);
     assert!(payment_calls(&facilitator).is_empty());
+    // No HTTP Payment scheme here: its credentials are not read, and never go upstream.
+    let served = envoy.get(
+        "/",
+        &[
+            ("x-api-key", "globex-key"),
+            ("payment-authorization", "Payment eyJub3QiOiJyZWFkIn0"),
+            ("authorization", "Payment eyJub3QiOiJyZWFkIn0"),
+        ],
+    );
+    assert_eq!(served.status, 200, "{}", served.body);
+    let seen = served.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(!seen.contains("authorization"), "{seen}");
+    assert!(payment_calls(&facilitator).is_empty());
 }
 
 #[test]

@@ -588,6 +588,16 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
     let llm = compile_llm(raw.llm)?;
     let routes = compile_routes(raw.routes, llm.as_ref())?;
     let payments = compile_payments(raw.payments, env)?;
+    // A payment header is never an API key's: it is read as a payment, and removed.
+    if payments.is_some() {
+        let payment_header = |s: &Source| matches!(s, Source::Header(name) if crate::paymentauth::PAYMENT_HEADERS.contains(&name.as_str()));
+        if let Some(i) = credentials.iter().position(payment_header) {
+            return Err(ConfigError(format!(
+                "credentials[{i}].header: a payment header (PAYMENT-SIGNATURE, X-PAYMENT, \
+                 Payment-Authorization) cannot carry API keys while `payments` is configured"
+            )));
+        }
+    }
     // `Authorization: Payment` is an HTTP Payment credential, never an API key.
     if payments.as_ref().is_some_and(|p| p.http_payment.is_some()) {
         if let Some(i) = credentials

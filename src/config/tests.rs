@@ -1031,6 +1031,16 @@ fn http_payment_takes_its_secret_from_the_vm_environment_and_offers_evm_packs() 
         e.starts_with("credentials[0].authorization: the `Payment` scheme"),
         "{e}"
     );
+    let header_source = with_payments("", &payments_section(PACK)).replacen(
+        '{',
+        r#"{"credentials": [{"header": "x-api-key"}, {"header": "payment-signature"}], "#,
+        1,
+    );
+    let e = err(&header_source);
+    assert!(
+        e.starts_with("credentials[1].header: a payment header"),
+        "{e}"
+    );
     let bearer = with_source("Bearer");
     assert!(Config::from_json_in(bearer.as_bytes(), &env).is_ok());
     let said = warnings(bearer.as_bytes());

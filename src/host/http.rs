@@ -499,9 +499,20 @@ impl HttpContext for Filter {
                 if let Err(status) = hostcalls::add_map_value(headers, name, &value) {
                     log_failure("add response header", status);
                 }
-                if receipt {
+                // `private` added to what the upstream said (a `no-store` stays as it is).
+                let cache = hostcalls::get_map_value_bytes(headers, "cache-control")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let said = String::from_utf8_lossy(&cache).to_ascii_lowercase();
+                if receipt && !said.contains("private") && !said.contains("no-store") {
+                    let value = if said.trim().is_empty() {
+                        "private".to_string()
+                    } else {
+                        format!("{}, private", String::from_utf8_lossy(&cache))
+                    };
                     if let Err(status) =
-                        hostcalls::set_map_value(headers, "cache-control", Some("private"))
+                        hostcalls::set_map_value(headers, "cache-control", Some(&value))
                     {
                         log_failure("set response header", status);
                     }

@@ -702,9 +702,12 @@ fn settled_payment(
             let _ = core::mark(store, &pay.presented.replay, Some(State::Unknown), now_ms);
             log::error!(
                 "payments: consumer={}: a settled payment could not be credited ({}); it will \
-                 be credited when presented again",
+                 be credited when presented again (network {}, transaction {transaction}, \
+                 replay key {})",
                 consumer.name(),
-                e.reason()
+                e.reason(),
+                pay.presented.network,
+                pay.presented.replay
             );
             if alive(context) {
                 reply(

@@ -827,6 +827,11 @@ mod payments {
     const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
     fn config() -> Config {
+        Config::from_json(serde_json::to_string(&config_json()).unwrap().as_bytes()).unwrap()
+    }
+
+    /// [`config`] as JSON (compact when re-serialised), for variants of it.
+    fn config_json() -> serde_json::Value {
         let json = format!(
             r#"{{
               "credentials": [{{"header": "x-api-key"}}],
@@ -846,7 +851,7 @@ mod payments {
               }}
             }}"#
         );
-        Config::from_json(json.as_bytes()).unwrap()
+        serde_json::from_str(&json).unwrap()
     }
 
     fn payment(config: &Config, value: &str, nonce: char) -> String {
@@ -958,6 +963,52 @@ mod payments {
             claim(&store, &presented, "acme", NOW * 1000, stale_ms(p)).unwrap(),
             Claimed::Settled
         );
+    }
+
+    #[test]
+    fn an_unknown_settlement_is_decided_by_its_claim_whatever_changed_since() {
+        let config = config();
+        let store = store_for(&config);
+        let pay = payment(&config, "10000", '7');
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
+        assert!(matches!(
+            run(&config, &store, &headers).action,
+            Action::Pay(_)
+        ));
+        let p = config.payments.as_ref().unwrap();
+        let presented = read(p, PAYMENT_SIGNATURE, pay.as_bytes(), NOW).unwrap();
+        mark(&store, &presented.replay, Some(State::Unknown), NOW * 1000).unwrap();
+        // Then acme is suspended, and its plan sells no credits any more: its retry is still
+        // settled again (the money may have moved), never a fresh 402.
+        let mut json = config_json();
+        json["consumers"]["acme"]["plan"] = "free".into();
+        json["consumers"]["acme"]["status"] = "suspended".into();
+        let changed = Config::from_json(json.to_string().as_bytes()).unwrap();
+        assert!(changed
+            .plans
+            .iter()
+            .all(|p| p.name != "free" || p.credits.is_empty()));
+        match run(&changed, &store, &headers).action {
+            Action::Pay(p) => assert!(!p.verify, "a retry settles, never verifies again"),
+            other => panic!("{other:?}"),
+        }
+        mark(&store, &presented.replay, Some(State::Unknown), NOW * 1000).unwrap();
+        // With its pack gone (another amount), it cannot be settled here: 409, for the operator.
+        let mut json = config_json();
+        json["payments"]["packs"][0]["amount"] = "20000".into();
+        let repriced = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let unresolved = reply(run(&repriced, &store, &headers));
+        assert_eq!(unresolved.status, 409, "{}", unresolved.body);
+        assert!(unresolved.body.contains("payment-unresolved"));
+        assert!(header(&unresolved, "payment-required").is_none());
+        // A payment nothing happened to is refused as before under the new offer.
+        let fresh = payment(&config, "10000", '8');
+        let refused = reply(run(
+            &repriced,
+            &store,
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, fresh.as_str())],
+        ));
+        assert_eq!(refused.status, 402);
     }
 
     #[test]
