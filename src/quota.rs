@@ -169,10 +169,17 @@ pub fn check_and_take(
 pub const CREDITS: &str = "$credits";
 /// The prefix of a ledger entry: a settlement credited to this record, by its digest.
 pub const LEDGER_PREFIX: &str = "$tx:";
-/// Most ledger entries a record keeps: expired ones go first, then the oldest.
+/// Most ledger entries a record keeps: expired ones go first, then the oldest — but never
+/// one younger than [`LEDGER_YOUNG_SECONDS`] while fewer than [`MAX_YOUNG_LEDGER`] are.
 pub const MAX_LEDGER: usize = 32;
 /// How long a ledger entry is meant to be kept, in seconds (longer than any claim lives).
 pub const LEDGER_SECONDS: i64 = 7 * 86_400;
+/// An entry this young (seconds) may still be needed: a claim whose settlement began lives a
+/// day, and its retry must find the settlement here to not credit it twice.
+pub const LEDGER_YOUNG_SECONDS: i64 = 2 * 86_400;
+/// Most entries kept for their youth (a consumer buying more packs than this in two days
+/// loses the double-credit guard of its oldest ones, only if their claims were never marked).
+pub const MAX_YOUNG_LEDGER: usize = 256;
 
 /// Whether an entry is not a limit's counter (a balance, a ledger entry): kept as it is by
 /// every write of the record's limits.
@@ -359,12 +366,22 @@ pub fn credit(
             .filter(|e| e.name.starts_with(LEDGER_PREFIX.as_bytes()))
             .copied()
             .collect();
-        // Expired entries go first, then the oldest beyond the bound (newest first).
+        // Expired entries go first, then the oldest beyond the bound (newest first) unless
+        // they are young enough to be needed.
         if ledger.len() >= MAX_LEDGER {
             ledger.retain(|e| e.end > now);
         }
         ledger.sort_by_key(|e| std::cmp::Reverse(e.start));
-        ledger.truncate(MAX_LEDGER - 1);
+        let young = ledger
+            .iter()
+            .take_while(|e| e.start > now.saturating_sub(LEDGER_YOUNG_SECONDS))
+            .count();
+        let keep = if young > MAX_LEDGER - 1 {
+            young.min(MAX_YOUNG_LEDGER - 1)
+        } else {
+            MAX_LEDGER - 1
+        };
+        ledger.truncate(keep);
         let head = [
             Entry {
                 name: CREDITS.as_bytes(),

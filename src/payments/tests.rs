@@ -470,8 +470,10 @@ fn a_balance_survives_every_other_write_of_the_record() {
 fn the_ledger_keeps_its_newest_entries() {
     let store = MemoryStore::new();
     store.set("k", crate::record::empty(), 0).unwrap();
+    // A settlement an hour apart: past the first few, each is older than a ledger must keep.
+    let at = |i: i64| NOW + i * 3 * 86_400 / 16;
     for i in 0..(crate::quota::MAX_LEDGER as i64 + 4) {
-        let c = crate::quota::credit(&store, "k", 1, &format!("{i:04}"), NOW + i).unwrap();
+        let c = crate::quota::credit(&store, "k", 1, &format!("{i:04}"), at(i)).unwrap();
         assert!(c.added);
     }
     let bytes = store.value("k").unwrap();
@@ -495,6 +497,27 @@ fn the_ledger_keeps_its_newest_entries() {
             .unwrap()
             .added
     );
+}
+
+/// Found by review: a claim whose settlement began lives a day, and an idempotent
+/// facilitator answers its retry with the transaction; the ledger must still hold it then,
+/// however many packs came since (here 40 within the day).
+#[test]
+fn the_ledger_keeps_every_settlement_a_retry_may_still_bring() {
+    let store = MemoryStore::new();
+    store.set("k", crate::record::empty(), 0).unwrap();
+    let n = crate::quota::MAX_LEDGER as i64 + 8;
+    for i in 0..n {
+        let c = crate::quota::credit(&store, "k", 1, &format!("{i:04}"), NOW + i * 60).unwrap();
+        assert!(c.added);
+    }
+    for i in 0..n {
+        let again = crate::quota::credit(&store, "k", 1, &format!("{i:04}"), NOW + n * 60).unwrap();
+        assert!(!again.added, "settlement {i} credited twice");
+    }
+    let bytes = store.value("k").unwrap();
+    let record = Record::decode(&bytes).unwrap();
+    assert_eq!(balance(&record), n as u64);
 }
 
 /// Found by review: a record rewritten for a plan that gained limits kept its limits only,
