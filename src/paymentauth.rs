@@ -144,10 +144,8 @@ impl ChargeRequest {
 /// The chain id of an EVM CAIP-2 network (`eip155:8453` → 8453).
 pub fn chain_id(network: &str) -> Option<u64> {
     let reference = network.strip_prefix("eip155:")?;
-    if reference.is_empty()
-        || reference.len() > 19
-        || !reference.bytes().all(|b| b.is_ascii_digit())
-    {
+    // Decimal digits only (`parse` would take a sign); empty or too large fails to parse.
+    if !reference.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     reference.parse().ok()

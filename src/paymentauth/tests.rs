@@ -98,11 +98,13 @@ fn opaque_names_the_consumer() {
 fn chain_ids_come_from_eip155_networks_only() {
     assert_eq!(chain_id("eip155:8453"), Some(8453));
     assert_eq!(chain_id("eip155:84532"), Some(84532));
+    assert_eq!(chain_id("eip155:18446744073709551615"), Some(u64::MAX));
     for other in [
         "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",
         "eip155:",
         "eip155:0x1",
-        "eip155:99999999999999999999",
+        "eip155:+1",
+        "eip155:18446744073709551616",
     ] {
         assert_eq!(chain_id(other), None, "{other}");
     }
@@ -168,7 +170,11 @@ fn a_credential_is_read_from_the_payment_scheme_with_bounds() {
     let e = read_credential(token.as_bytes(), "authorization").unwrap_err();
     assert!(!e.0.contains("12"), "{}", e.0);
     let long = vec![b'A'; MAX_HEADER + 1];
-    assert!(read_credential(&long, "authorization").is_err());
+    let e = read_credential(&long, "authorization").unwrap_err();
+    assert!(e.0.contains("at most 8192 are read"), "{}", e.0);
+    // At the bound, it is read (and is then not a credential).
+    let e = read_credential(&long[1..], "authorization").unwrap_err();
+    assert!(!e.0.contains("are read"), "{}", e.0);
 }
 
 #[test]
