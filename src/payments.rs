@@ -332,8 +332,8 @@ pub fn read_credential(
     let expires = crate::time::parse_rfc3339(bound.expires).unwrap_or(i64::MIN);
     let Some((pack, chain)) = http.requests.iter().enumerate().find_map(|(i, r)| {
         r.as_ref()
-            .filter(|(request, _)| *request == echoed.request)
-            .map(|(_, chain)| (i, *chain))
+            .filter(|c| c.request == echoed.request)
+            .map(|c| (i, c.chain_id))
     }) else {
         return refuse(
             CHALLENGE_INVALID,

@@ -740,8 +740,8 @@ pub fn payment_challenges(
         return;
     };
     let opaque = paymentauth::opaque(consumer);
-    for (pack, request) in payments.packs.iter().zip(&http.requests) {
-        let Some((request, _)) = request else {
+    for (pack, challenge) in payments.packs.iter().zip(&http.requests) {
+        let Some(challenge) = challenge else {
             continue;
         };
         let seconds = i64::try_from(pack.offer.max_timeout_seconds).unwrap_or(i64::MAX);
@@ -750,16 +750,15 @@ pub fn payment_challenges(
             realm: &http.realm,
             method: paymentauth::METHOD,
             intent: paymentauth::INTENT,
-            request,
+            request: &challenge.request,
             expires: &expires,
             digest: "",
             opaque: &opaque,
         };
         let id = bound.id(http.secret.0.as_bytes());
-        let description = format!("{} credits", pack.credits);
         headers.push((
             paymentauth::WWW_AUTHENTICATE,
-            paymentauth::challenge(&id, &bound, Some(&description)),
+            paymentauth::challenge(&id, &bound, Some(&challenge.description)),
         ));
     }
 }

@@ -248,8 +248,6 @@ pub fn handle_with<'c>(
             let Some(value) = cached(header) else {
                 continue;
             };
-            // HTTP Payment credentials are read only where they are offered, and in
-            // `Authorization` only with the `Payment` scheme (it may carry the API key).
             // In `Authorization`, only the `Payment` scheme is a payment (it may carry the
             // API key).
             let token = match header {

@@ -46,7 +46,7 @@ pub use errors::ConfigError;
 pub use events::{EventsConfig, RawEvents};
 pub use keys::DigestHasher;
 pub use model::*;
-pub use payments::{Pack, Payments};
+pub use payments::{Pack, PackChallenge, Payments};
 pub use plan::*;
 pub use raw::{CorsPreflight, Mode, OnStoreError, UniqueMap};
 pub use routes::*;

@@ -146,9 +146,19 @@ pub struct HttpPayment {
     pub realm: String,
     /// The HMAC key of challenge ids.
     pub secret: Secret,
-    /// Per pack (as `packs` lists them): its challenge's `request` parameter and chain id, for
-    /// the packs on an EVM chain (`eip155:<id>`); `None` for the others, not offered this way.
-    pub requests: Vec<Option<(String, u64)>>,
+    /// Per pack (as `packs` lists them): what its challenges say, for the packs on an EVM
+    /// chain (`eip155:<id>`); `None` for the others, not offered this way.
+    pub requests: Vec<Option<PackChallenge>>,
+}
+
+/// What every challenge of a pack says, rendered once with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackChallenge {
+    /// The `request` parameter (base64url of the JCS charge).
+    pub request: String,
+    pub chain_id: u64,
+    /// The `description` parameter (and the charge's).
+    pub description: String,
 }
 
 /// Shortest secret of `http_payment.secret_env`, in bytes (HMAC-SHA256's output size).
@@ -203,14 +213,15 @@ fn http_payment(raw: RawHttpPayment, packs: &[Pack], env: Env) -> Result<HttpPay
             )
         }
     };
-    let requests: Vec<Option<(String, u64)>> = packs
+    let requests: Vec<Option<PackChallenge>> = packs
         .iter()
         .map(|pack| {
             let chain = paymentauth::chain_id(&pack.offer.network)?;
+            let description = format!("{} credits", pack.credits);
             let request = paymentauth::ChargeRequest {
                 amount: pack.offer.amount.clone(),
                 currency: pack.offer.asset.clone(),
-                description: Some(format!("{} credits", pack.credits)),
+                description: Some(description.clone()),
                 external_id: Some(pack.name.clone()),
                 method_details: paymentauth::MethodDetails {
                     chain_id: chain,
@@ -219,7 +230,11 @@ fn http_payment(raw: RawHttpPayment, packs: &[Pack], env: Env) -> Result<HttpPay
                 },
                 recipient: pack.offer.pay_to.clone(),
             };
-            Some((request.encode(), chain))
+            Some(PackChallenge {
+                request: request.encode(),
+                chain_id: chain,
+                description,
+            })
         })
         .collect();
     if requests.iter().all(Option::is_none) {

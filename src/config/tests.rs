@@ -939,7 +939,9 @@ fn http_payment_takes_its_secret_from_the_vm_environment_and_offers_evm_packs() 
     assert_eq!(http.realm, "api.example.com");
     assert_eq!(http.secret.0.len(), 32);
     assert_eq!(format!("{http:?}").matches("sss").count(), 0, "{http:?}");
-    let (request, chain) = http.requests[0].clone().unwrap();
+    let challenge = http.requests[0].clone().unwrap();
+    let (request, chain) = (challenge.request, challenge.chain_id);
+    assert_eq!(challenge.description, "10 credits");
     assert_eq!(chain, 84532);
     use base64::Engine as _;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
