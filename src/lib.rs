@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod names;
 pub mod paymentauth;
 pub mod payments;
+pub mod paywire;
 pub mod quota;
 pub mod record;
 pub mod response;

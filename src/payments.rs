@@ -56,7 +56,7 @@ pub const MAX_CLAIMS_PER_SHARD: usize = 512;
 pub const MIN_VALID_SECONDS: i64 = 5;
 /// How long after its authorization expired a claim is kept (an UNKNOWN one: a day).
 const KEEP_SECONDS: i64 = 60;
-const KEEP_UNKNOWN_SECONDS: i64 = 86_400;
+const KEEP_UNKNOWN_SECONDS: i64 = crate::paywire::KEEP_SETTLING_SECONDS;
 /// Most claims one consumer may hold in one shard that are not settled (being verified or
 /// settled, refused, unknown): a consumer sending payments nobody will settle fills its own
 /// share of claims (at most this × the shards), not every consumer's — checked where the claim

@@ -7,6 +7,8 @@
 //! - [`redis_access`]: TLS towards Redis (a private CA, a client certificate) and the
 //!   credentials of the data nodes behind Sentinel, read from files at start.
 //! - [`service`]: the gRPC service, translating and counting outcomes.
+//! - [`payments`]: fleet mode's payments API (claims, prepaid balances, ledgers), beside the
+//!   rate limit service on the same listener, and its Lua scripts (`payments/*.lua`).
 //! - [`policy`]: what a caller may claim (domains, largest limit and hits_addend, windows).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`bounds`]: what one client can make quotad hold; the capped listener.
@@ -16,6 +18,7 @@
 
 pub mod bounds;
 pub mod metrics;
+pub mod payments;
 pub mod policy;
 pub mod redis_access;
 pub mod request;

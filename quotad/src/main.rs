@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use tollgate_quotad::bounds;
 use tollgate_quotad::metrics::Metrics;
+use tollgate_quotad::payments::api::payments_server::PaymentsServer;
 use tollgate_quotad::policy::Policy;
 use tollgate_quotad::redis_access::{Credentials, RedisTls};
 use tollgate_quotad::service::Service;
@@ -438,7 +439,10 @@ async fn run(mut flags: Flags) -> Result<(), String> {
         metrics,
         margin: flags.ttl_margin_seconds,
         policy,
+        scripts: tollgate_quotad::payments::Scripts::default(),
     };
+    // One service, two APIs on the listener: the rate limit protocol and fleet mode's payments.
+    let service = Arc::new(service);
     let grpc_server = {
         let mut stop = stop_rx.clone();
         // What one client can make quotad hold is bounded (src/bounds.rs).
@@ -456,7 +460,11 @@ async fn run(mut flags: Flags) -> Result<(), String> {
                 .tcp_keepalive(Some(bounds::KEEPALIVE_INTERVAL))
                 .add_service(health_service)
                 .add_service(
-                    RateLimitServiceServer::new(service)
+                    RateLimitServiceServer::from_arc(Arc::clone(&service))
+                        .max_decoding_message_size(bounds::MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    PaymentsServer::from_arc(service)
                         .max_decoding_message_size(bounds::MAX_MESSAGE_BYTES),
                 )
                 .serve_with_incoming_shutdown(

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Time to answer one ShouldRateLimit call (Redis included), seconds.
     pub latency: Histogram,
+    /// Payments API calls by method and outcome (ok, invalid_argument, denied, unavailable).
+    pub payment_calls: IntCounterVec,
     /// 1 while the last health check's PING was answered.
     pub redis_up: IntGauge,
     /// The hot path's series, resolved once (no label lookup per request).
@@ -37,6 +39,13 @@ impl Metrics {
             Opts::new("quotad_redis_errors_total", "Failed Redis calls, by kind"),
             &["kind"],
         )?;
+        let payment_calls = IntCounterVec::new(
+            Opts::new(
+                "quotad_payment_calls_total",
+                "Payments API calls (fleet mode's prepaid credits), by method and outcome",
+            ),
+            &["method", "code"],
+        )?;
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "quotad_decision_duration_seconds",
@@ -50,6 +59,7 @@ impl Metrics {
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(payment_calls.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         Ok(Metrics {
             ok: decisions.with_label_values(&["ok"]),
@@ -62,6 +72,7 @@ impl Metrics {
             registry,
             decisions,
             redis_errors,
+            payment_calls,
             latency,
             redis_up,
         })

@@ -42,13 +42,19 @@ impl Policy {
         })
     }
 
-    /// Whether `decision`, of `domain`, is within the policy; the refusal names the bound.
-    pub fn check(&self, domain: &str, decision: &Decision) -> Result<(), String> {
+    /// Whether `domain` is served here.
+    pub fn check_domain(&self, domain: &str) -> Result<(), String> {
         if !self.domains.is_empty() && !self.domains.iter().any(|d| d == domain) {
             return Err(format!(
                 "domain `{domain}` is not served here (--allow-domains)"
             ));
         }
+        Ok(())
+    }
+
+    /// Whether `decision`, of `domain`, is within the policy; the refusal names the bound.
+    pub fn check(&self, domain: &str, decision: &Decision) -> Result<(), String> {
+        self.check_domain(domain)?;
         for (i, ask) in decision.asks.iter().enumerate() {
             if let Some(max) = self.max_requests.filter(|max| ask.requests > *max) {
                 return Err(format!(

@@ -19,6 +19,8 @@ pub struct Service {
     pub margin: i64,
     /// What a caller may claim.
     pub policy: Policy,
+    /// The payments API's scripts.
+    pub scripts: crate::payments::Scripts,
 }
 
 fn now() -> i64 {
@@ -34,7 +36,7 @@ fn now() -> i64 {
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// `message`, cut at [`MAX_ERROR_MESSAGE`] bytes (on a character boundary) with a mark.
-fn bounded(message: String) -> String {
+pub(crate) fn bounded(message: String) -> String {
     if message.len() <= MAX_ERROR_MESSAGE {
         return message;
     }

@@ -300,37 +300,7 @@ impl Store {
             invocation.key(&ask.key);
             invocation.arg(ask.requests).arg(ask.hits).arg(ask.ttl);
         }
-        let call = async {
-            match &self.connection {
-                Connection::Node(c) => {
-                    let mut c = c.clone();
-                    match invocation.invoke_async::<Vec<u64>>(&mut c).await {
-                        // Refused: the call never reached Redis (nothing counted), and the
-                        // manager has begun a new connection; once more, on it. Any other
-                        // failure may have run the script: never retried.
-                        Err(e) if e.is_connection_refusal() => {
-                            invocation.invoke_async::<Vec<u64>>(&mut c).await
-                        }
-                        result => result,
-                    }
-                }
-                Connection::Cluster(c) => invocation.invoke_async::<Vec<u64>>(&mut c.clone()).await,
-                Connection::Sentinel(s) => {
-                    let result = match s.connection().await {
-                        Ok(mut c) => invocation.invoke_async::<Vec<u64>>(&mut c).await,
-                        Err(e) => Err(e),
-                    };
-                    if result.is_err() {
-                        s.forget().await;
-                    }
-                    result
-                }
-            }
-        };
-        let reply = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(|e| self.error(e))?;
+        let reply: Vec<u64> = self.invoke(&invocation).await?;
         let (admitted, used) = reply
             .split_first()
             .ok_or_else(|| StoreError::Redis("the script returned nothing".into()))?;
@@ -345,6 +315,43 @@ impl Store {
             admitted: *admitted == 1,
             used: used.to_vec(),
         })
+    }
+
+    /// Runs a script (its keys in one hash tag), within the timeout. A call Redis refused
+    /// before running it (a connection being replaced) is made once more; any other failure
+    /// may have run it, and is never retried.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let call = async {
+            match &self.connection {
+                Connection::Node(c) => {
+                    let mut c = c.clone();
+                    match invocation.invoke_async::<T>(&mut c).await {
+                        Err(e) if e.is_connection_refusal() => {
+                            invocation.invoke_async::<T>(&mut c).await
+                        }
+                        result => result,
+                    }
+                }
+                Connection::Cluster(c) => invocation.invoke_async::<T>(&mut c.clone()).await,
+                Connection::Sentinel(s) => {
+                    let result = match s.connection().await {
+                        Ok(mut c) => invocation.invoke_async::<T>(&mut c).await,
+                        Err(e) => Err(e),
+                    };
+                    if result.is_err() {
+                        s.forget().await;
+                    }
+                    result
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(|e| self.error(e))
     }
 
     /// Whether Redis answers a PING within the timeout.
