@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Plan, Rls, Standing};
 use crate::credentials::Credential;
-use crate::decision::{Attempt, Caller, Decision, Denial};
+use crate::decision::{Attempt, Caller, Decision, Denial, DrawAsk, Drawn};
 use crate::lease::{self, Clock, Take, Terms};
 use crate::memo::Memo;
 use crate::quota::{check_and_take_with, cost_at, look, Usage};
@@ -244,6 +244,9 @@ fn from_lease<'c>(
     if let Some(reason) = &attempt.failed {
         return store_error(false, reason.clone());
     }
+    if let Some(drawn) = &attempt.drawn {
+        return from_draw(caller, drawn);
+    }
     let terms = Terms::of(rls, config.utc_offset);
     let clock = Clock {
         now,
@@ -272,6 +275,14 @@ fn from_lease<'c>(
             drawn: 0,
         },
         Ok(Take::Refused(usages)) => {
+            if let Some(cost) = drawable(config, caller.plan, &usages, attempt) {
+                let ask = DrawAsk {
+                    consumer: caller.consumer.id,
+                    cost,
+                    usages,
+                };
+                return Decision::Draw { caller, ask };
+            }
             if !attempt.dry_run && lasting(caller.plan, &usages) {
                 memo.remember_refused(caller.consumer.id, &usages);
             }
@@ -288,6 +299,66 @@ fn from_lease<'c>(
             refill: None,
         },
         Err(error) => store_error(error == CountError::Contended, error.reason()),
+    }
+}
+
+/// Fleet mode: the credits to draw for a refusal that only limits credits stand in for made,
+/// if a draw can pay for it: the largest cost among them (as local mode draws). Not for a
+/// dry run, nor for a request whose cost is settled from its response (LLM and cost-header
+/// routes: a draw cannot be given back in part, yet).
+fn drawable(config: &Config, plan: &Plan, usages: &[Usage], attempt: &Attempt) -> Option<u64> {
+    if plan.credits.is_empty() || attempt.dry_run || attempt.headers_forwarded {
+        return None;
+    }
+    if attempt.price.tokens.is_some()
+        || attempt
+            .price
+            .route
+            .and_then(|r| config.routes.get(r))
+            .is_some_and(|r| !r.cost_headers.is_empty())
+    {
+        return None;
+    }
+    let covered = |i: &usize| plan.credits.contains(i);
+    let mut cost = None;
+    for (i, usage) in usages.iter().enumerate().filter(|(_, u)| u.violated) {
+        if !covered(&i) {
+            return None;
+        }
+        cost = cost.max(Some(usage.cost));
+    }
+    cost
+}
+
+/// Fleet mode: the decision a draw's answer makes. Drawn: the limits credits stand in for
+/// took nothing, the others what the store counted. Not drawn: the refusal, with what the
+/// store said of the counted limits.
+fn from_draw<'c>(caller: Caller<'c>, drawn: &Drawn) -> Decision<'c> {
+    let mut usages = drawn.ask.usages.clone();
+    let counted: Vec<usize> = drawn.ask.counted(caller.plan).collect();
+    for (i, used) in counted.iter().zip(&drawn.used) {
+        if let Some(u) = usages.get_mut(*i) {
+            u.used = *used;
+            u.violated = used.saturating_add(u.cost) > u.requests;
+        }
+    }
+    if !drawn.drawn {
+        return Decision::Deny(Denial::QuotaExceeded { caller, usages });
+    }
+    for (i, u) in usages.iter_mut().enumerate() {
+        u.violated = false;
+        if counted.contains(&i) {
+            u.used = u.used.saturating_add(u.cost);
+        } else {
+            // Paid from the balance: the limits credits stand in for count nothing of it.
+            u.cost = 0;
+        }
+    }
+    Decision::Allow {
+        caller,
+        usages,
+        refill: None,
+        drawn: drawn.ask.cost,
     }
 }
 
@@ -327,6 +398,7 @@ mod tests {
         match d {
             Decision::Allow { caller, .. } => format!("allow {}", caller.consumer.name()),
             Decision::Wait { .. } => "wait".into(),
+            Decision::Draw { .. } => "draw".into(),
             Decision::Deny(denial) => format!("{denial:?}")
                 .split([' ', '('])
                 .next()
@@ -478,7 +550,9 @@ mod tests {
             &Memo::default(),
         ) {
             Decision::Deny(denial) => denial.describe(),
-            Decision::Allow { .. } | Decision::Wait { .. } => "allow".into(),
+            Decision::Allow { .. } | Decision::Wait { .. } | Decision::Draw { .. } => {
+                "allow".into()
+            }
         };
         assert_eq!(describe(Credential::Missing, NOW), "missing_credential");
         assert_eq!(

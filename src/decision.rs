@@ -97,6 +97,11 @@ pub enum Decision<'c> {
         drawn: u64,
     },
     Deny(Denial<'c>),
+    /// Fleet mode: only limits prepaid credits stand in for refuse: draw on the balance.
+    Draw {
+        caller: Caller<'c>,
+        ask: DrawAsk,
+    },
     /// Fleet mode: the consumer's lease is empty. With `refill`, this request claimed the
     /// refill and must ask the store; without, another request of this Envoy is refilling.
     /// Either way the request waits, then is decided again.
@@ -187,6 +192,44 @@ pub struct Attempt {
     /// The request's payment was settled and credited: the response header that says so
     /// (name, value). The request is decided as usual, its payment headers ignored.
     pub paid: Option<(&'static str, String)>,
+    /// Fleet mode: the request's payment was claimed already (a replay of a settled one, or
+    /// one being paid): it is decided as usual, its payment headers ignored.
+    pub claimed: bool,
+    /// Fleet mode: what the draw from the prepaid balance made for this request answered.
+    pub drawn: Option<Drawn>,
+}
+
+/// Fleet mode: a request that only limits prepaid credits stand in for refuse, to be paid by
+/// one call to the store that draws `cost` from the consumer's balance and counts the request
+/// in its other limits, all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrawAsk {
+    /// The consumer's index in the configuration.
+    pub consumer: usize,
+    /// Credits to draw: the largest cost among the refusing limits credits stand in for.
+    pub cost: u64,
+    /// The refusal (one per limit of the plan): the limits credits do not stand in for are
+    /// counted with the draw, by their cost.
+    pub usages: Vec<Usage>,
+}
+
+impl DrawAsk {
+    /// The limits counted with the draw (indices into the plan's limits): those credits do
+    /// not stand in for.
+    pub fn counted<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = usize> + 'a {
+        (0..self.usages.len()).filter(|i| !plan.credits.contains(i))
+    }
+}
+
+/// What a draw answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drawn {
+    pub ask: DrawAsk,
+    pub drawn: bool,
+    /// The balance after it.
+    pub balance: u64,
+    /// Each counted limit's count before it, in [`DrawAsk::counted`] order.
+    pub used: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

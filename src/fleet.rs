@@ -22,11 +22,12 @@
 //! The state is borrowed only for short steps, never across a host call that may run one of
 //! this module's entry points again (deciding or resuming a request).
 
+use prost::Message;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::{format_utc_offset, Config, Rls};
-use crate::decision::{Attempt, Price};
+use crate::decision::{Attempt, DrawAsk, Drawn, Price};
 use crate::events::{crossings, Crossing};
 use crate::lease::{self, Answer, Applied, Ask, Terms, CLAIM_MARGIN_MS};
 use crate::quota::Usage;
@@ -90,6 +91,10 @@ pub trait FleetHost {
     fn alert(&self, runtime: &Rc<Self::Runtime>, crossings: Vec<Crossing>);
     /// Shared data, where the leases are.
     fn store(&self) -> &Self::Store;
+    /// Draws on the consumer's prepaid balance for the request of `context` (the effective
+    /// one), which waits for the answer in its own context and is then decided again with
+    /// it (`attempt` plus [`Attempt::drawn`]).
+    fn draw(&self, context: u32, runtime: &Rc<Self::Runtime>, attempt: &Attempt, ask: DrawAsk);
 }
 
 /// A request held for a refill.
@@ -234,26 +239,34 @@ pub fn refill_ahead<H: FleetHost>(host: &H, runtime: &Rc<H::Runtime>, consumer: 
 
 /// The `ShouldRateLimit` request for `ask`: one descriptor per limit of the consumer's plan.
 pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option<Vec<u8>> {
-    let who = config.consumers.get(consumer)?;
-    let plan = config.plan_of(who)?;
-    let offset = (config.utc_offset != 0).then(|| format_utc_offset(config.utc_offset));
-    let sizes: Vec<String> = plan.limits.iter().map(|l| l.requests.to_string()).collect();
-    // Limits counted by each Envoy alone (`scope: envoy`) are not the store's.
-    let asked = |i: usize| ask.asks(i);
-    let hits: Vec<u64> = ask
+    let hits: Vec<(usize, u64)> = ask
         .hits
         .iter()
         .enumerate()
-        .filter(|(i, _)| asked(*i))
-        .map(|(_, h)| *h)
+        .filter(|(i, _)| ask.asks(*i))
+        .map(|(i, h)| (i, *h))
         .collect();
-    let descriptors: Vec<Vec<(&str, &str)>> = plan
-        .limits
+    if hits.is_empty() {
+        return None;
+    }
+    encode(config, rls, consumer, &hits)
+}
+
+/// A `RateLimitRequest` of the consumer's limits at the given indices, each with its hits:
+/// one descriptor per limit (the descriptor contract, quotad/README.md).
+fn encode(config: &Config, rls: &Rls, consumer: usize, hits: &[(usize, u64)]) -> Option<Vec<u8>> {
+    let who = config.consumers.get(consumer)?;
+    let plan = config.plan_of(who)?;
+    let offset = (config.utc_offset != 0).then(|| format_utc_offset(config.utc_offset));
+    let limits: Vec<&crate::config::Limit> = hits
+        .iter()
+        .filter_map(|(i, _)| plan.limits.get(*i))
+        .collect();
+    let sizes: Vec<String> = limits.iter().map(|l| l.requests.to_string()).collect();
+    let descriptors: Vec<Vec<(&str, &str)>> = limits
         .iter()
         .zip(&sizes)
-        .enumerate()
-        .filter(|(i, _)| asked(*i))
-        .map(|(_, (limit, size))| {
+        .map(|(limit, size)| {
             let mut entries = vec![
                 ("consumer", who.name()),
                 ("limit", limit.name.as_str()),
@@ -266,10 +279,47 @@ pub fn request(config: &Config, rls: &Rls, consumer: usize, ask: &Ask) -> Option
             entries
         })
         .collect();
-    if descriptors.is_empty() {
+    let hits: Vec<u64> = hits.iter().map(|(_, h)| *h).collect();
+    Some(rls::encode_request(&rls.domain, &descriptors, &hits))
+}
+
+/// The payments API's `Draw` for `ask`: its cost from the consumer's balance, and the limits
+/// credits do not stand in for counted by their cost (none: an empty `limits`).
+pub fn draw_request(config: &Config, rls: &Rls, ask: &DrawAsk) -> Option<Vec<u8>> {
+    let who = config.consumers.get(ask.consumer)?;
+    let plan = config.plan_of(who)?;
+    let hits: Vec<(usize, u64)> = ask
+        .counted(plan)
+        .map(|i| (i, ask.usages.get(i).map_or(1, |u| u.cost)))
+        .collect();
+    let limits = if hits.is_empty() {
+        Vec::new()
+    } else {
+        encode(config, rls, ask.consumer, &hits)?
+    };
+    Some(
+        crate::paywire::DrawRequest {
+            domain: rls.domain.clone(),
+            consumer: who.name().to_string(),
+            cost: ask.cost,
+            limits,
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// What the store's answer to a draw means for `ask`: `None` if it is not an answer to it.
+pub fn drawn_of(ask: DrawAsk, plan: &crate::config::Plan, body: &[u8]) -> Option<Drawn> {
+    let answer = crate::paywire::DrawResponse::decode(body).ok()?;
+    if answer.used.len() != ask.counted(plan).count() {
         return None;
     }
-    Some(rls::encode_request(&rls.domain, &descriptors, &hits))
+    Some(Drawn {
+        ask,
+        drawn: answer.drawn,
+        balance: answer.balance,
+        used: answer.used,
+    })
 }
 
 /// Calls the rate limit service for `ask` from `context` (the context the host is running).
@@ -558,8 +608,10 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
         headers_forwarded: held.headers_forwarded,
         waiting_since_ms: Some(held.since_ms),
         failed,
-        dry_run: false,
-        paid: None,
+        // A held request was decided once without paying: its payment is not taken now
+        // (nobody would start it), and its headers are removed as usual.
+        claimed: true,
+        ..Attempt::default()
     };
     match host.decide(held.context, &held.runtime, &attempt, now_ms) {
         Step::Continue { fields, refill, .. } => {
@@ -573,8 +625,9 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
                 log::warn!("fleet: a held request could not be resumed");
             }
         }
-        // Payments are refused in fleet mode by the configuration: no held request pays.
+        // Never a payment (`claimed`).
         Step::Replied | Step::Pay(_) => {}
+        Step::Draw(ask) => host.draw(held.context, &held.runtime, &attempt, ask),
         Step::Wait(wait) => {
             let runtime = Rc::clone(&held.runtime);
             let root = host

@@ -110,6 +110,9 @@ pub struct Pay {
     pub presented: Presented,
     /// False: a retry of a settlement whose outcome was unknown (settle only).
     pub verify: bool,
+    /// Fleet mode: not claimed yet; the root context claims it in the store first (and
+    /// `verify` then follows the claim).
+    pub remote: bool,
 }
 
 impl Eq for Pay {}
@@ -553,6 +556,114 @@ pub enum Claimed {
     Untimely(&'static str),
 }
 
+/// A reply to a paying request: its problem type, detail and `Retry-After`.
+pub type PayReply = (&'static str, String, Option<u64>);
+
+/// What a claim makes of the request that presented the payment: verify and settle it
+/// (`Ok(true)`), settle it again (`Ok(false)`: its settlement was unknown), decide the request
+/// as usual (`Err(None)`: a replay of a settled payment), or reply.
+pub fn after_claim(
+    claimed: Claimed,
+    presented: &Presented,
+    consumer: &str,
+) -> Result<bool, Option<PayReply>> {
+    use crate::response::{
+        CHALLENGE_EXPIRED, CHALLENGE_INVALID, PAYMENT_PENDING, PAYMENT_REFUSED, VERIFICATION_FAILED,
+    };
+    let reply = |kind: &'static str, detail: &str, retry: Option<u64>| {
+        Err(Some((kind, detail.to_string(), retry)))
+    };
+    match claimed {
+        Claimed::Fresh => Ok(true),
+        Claimed::Retry => Ok(false),
+        Claimed::Settled => Err(None),
+        Claimed::Busy => reply(
+            PAYMENT_PENDING,
+            "This payment is being settled; try again shortly.",
+            Some(1),
+        ),
+        Claimed::Failed => reply(presented.refused(), "this payment was refused before", None),
+        Claimed::Taken => {
+            let kind = match presented.challenge {
+                Some(_) => CHALLENGE_INVALID,
+                None => PAYMENT_REFUSED,
+            };
+            reply(kind, "this payment has been used", None)
+        }
+        // A payment whose settlement is under way, unknown or done is never refused for its
+        // time (its claim decides); one that nothing happened to is.
+        Claimed::Untimely(why) => {
+            let kind = match presented.challenge {
+                Some(_) if expired(why) => CHALLENGE_EXPIRED,
+                Some(_) => VERIFICATION_FAILED,
+                None => PAYMENT_REFUSED,
+            };
+            reply(kind, why, None)
+        }
+        Claimed::TooMany => {
+            log::warn!(
+                "consumer={consumer}: too many of its payments are not settled; its next ones wait"
+            );
+            reply(
+                PAYMENT_PENDING,
+                "Too many of this consumer's payments are pending or were refused; try again \
+                 later, or sign a new payment.",
+                Some(60),
+            )
+        }
+        Claimed::Full => {
+            log::warn!("payments: a claim shard is full; payments are refused until claims expire");
+            reply(
+                PAYMENT_PENDING,
+                "Too many payments are being settled; try again later.",
+                Some(60),
+            )
+        }
+    }
+}
+
+/// Unix seconds a new claim is kept until: past its authorization, and past the calls that
+/// may still be made for it.
+pub fn keep_until(presented: &Presented, now_ms: i64, stale_ms: i64) -> i64 {
+    let now = now_ms.div_euclid(1000);
+    presented.valid_before.saturating_add(KEEP_SECONDS).max(
+        now.saturating_add(stale_ms.div_euclid(1000))
+            .saturating_add(KEEP_SECONDS),
+    )
+}
+
+/// Fleet mode: what the store's answer to a claim means ([`crate::paywire::Claimed`]); `None`
+/// for an answer this version does not know.
+pub fn claimed_of(answer: crate::paywire::Claimed, presented: &Presented) -> Option<Claimed> {
+    use crate::paywire::Claimed as Wire;
+    Some(match answer {
+        Wire::Fresh => Claimed::Fresh,
+        Wire::Retry => Claimed::Retry,
+        Wire::Busy => Claimed::Busy,
+        Wire::Settled => Claimed::Settled,
+        Wire::Failed => Claimed::Failed,
+        Wire::Taken => Claimed::Taken,
+        Wire::TooMany => Claimed::TooMany,
+        Wire::Untimely => {
+            Claimed::Untimely(presented.untimely.unwrap_or("the payment has expired"))
+        }
+        Wire::Absent | Wire::Unspecified => return None,
+    })
+}
+
+/// Fleet mode's states of a claim, on the wire.
+pub fn wire_state(state: Option<State>) -> crate::paywire::ClaimState {
+    use crate::paywire::ClaimState as Wire;
+    match state {
+        None => Wire::None,
+        Some(State::Verifying) => Wire::Verifying,
+        Some(State::Settling) => Wire::Settling,
+        Some(State::Settled) => Wire::Settled,
+        Some(State::Failed) => Wire::Failed,
+        Some(State::Unknown) => Wire::Unknown,
+    }
+}
+
 /// How long a VERIFYING or SETTLING claim may go without news before another request takes
 /// it over: both calls' timeouts and a margin.
 pub fn stale_ms(payments: &Payments) -> i64 {
@@ -576,10 +687,7 @@ pub fn claim(
     let key = shard_of(&presented.replay);
     let now = now_ms.div_euclid(1000);
     // A claim outlives its authorization and the calls that may still be made for it.
-    let fresh_until = presented.valid_before.saturating_add(KEEP_SECONDS).max(
-        now.saturating_add(stale_ms.div_euclid(1000))
-            .saturating_add(KEEP_SECONDS),
-    );
+    let fresh_until = keep_until(presented, now_ms, stale_ms);
     read_modify_write(store, &key, ATTEMPTS, |bytes, _| {
         let mut claims = decode_claims(&bytes);
         claims.retain(|c| c.u >= now);

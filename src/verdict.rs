@@ -11,12 +11,12 @@ use crate::admission::decide_with;
 use crate::config::{Config, CorsPreflight, Mode, OnStoreError};
 use crate::credentials::Source;
 use crate::credentials::{extract, strip_query_param, Credential};
-use crate::decision::{Attempt, Caller, Charged, Decision, Denial, Reason};
+use crate::decision::{Attempt, Caller, Charged, Decision, Denial, DrawAsk, Reason};
 use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
 use crate::paymentauth;
-use crate::payments::{self, Claimed, Pay, Refused};
+use crate::payments::{self, Pay, Refused};
 use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
@@ -112,6 +112,9 @@ pub enum Action<'c> {
     /// The request carries a payment, claimed for it: hold it while the facilitator
     /// verifies and settles the payment, then handle it again (with `Attempt::paid`).
     Pay(Pay),
+    /// Fleet mode: draw on the consumer's prepaid balance, then handle it again (with
+    /// `Attempt::drawn`).
+    Draw(DrawAsk),
 }
 
 /// A request held for a lease refill.
@@ -140,6 +143,8 @@ pub enum Step {
     Wait(Wait),
     /// Hold it while its payment is verified and settled.
     Pay(Pay),
+    /// Fleet mode: hold it while its draw on the prepaid balance is made.
+    Draw(DrawAsk),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +246,11 @@ pub fn handle_with<'c>(
 
     // An LLM route's payment is not read (its dry run must not claim it, and its body's
     // decision comes after its headers went upstream).
-    let payable = !attempt.dry_run && !attempt.headers_forwarded && attempt.paid.is_none();
+    let payable = !attempt.dry_run
+        && !attempt.headers_forwarded
+        && attempt.paid.is_none()
+        && !attempt.claimed
+        && attempt.drawn.is_none();
     if let Some(payments) = &config.payments {
         let mut tried = false;
         for (i, header) in payments::HEADERS.into_iter().enumerate() {
@@ -319,6 +328,13 @@ pub fn handle_with<'c>(
             return verdict;
         }
         Decision::Deny(denial) => denial,
+        Decision::Draw { ask, .. } => {
+            return Verdict {
+                action: Action::Draw(ask),
+                metrics: Increments::default(),
+                metered: Metered::default(),
+            }
+        }
         Decision::Wait { caller, refill } => {
             return Verdict {
                 action: Action::Wait(Wait {
@@ -357,7 +373,11 @@ fn pay<'c>(
     let now = attempt.now_ms.div_euclid(1000);
     // A payment whose settlement is under way or unknown is decided by its claim, whatever
     // changed since it was taken (the plan, the standing, the packs): its money may have moved.
-    let replay = payments::settling(store, payments, header, value, Some(consumer.name()));
+    // (Fleet mode: claims are in the store; not looked up here, yet.)
+    let replay = match config.store {
+        Some(_) => None,
+        None => payments::settling(store, payments, header, value, Some(consumer.name())),
+    };
     let settling = replay.is_some();
     if plan.credits.is_empty() && !settling {
         return None;
@@ -373,16 +393,33 @@ fn pay<'c>(
         return None;
     }
     let costs = attempt.price.costs(config, plan);
-    if settling {
+    let looked = if settling {
         // Checked by its claim below.
-    } else if let Ok(usages) = crate::quota::look(
-        store,
-        &consumer.store_key,
-        &plan.limits,
-        &costs,
-        now,
-        config.utc_offset,
-    ) {
+        None
+    } else if let Some(rls) = &config.store {
+        // Fleet mode: what the consumer's lease knows of the store's counts.
+        let clock = crate::lease::Clock {
+            now,
+            now_ms: attempt.now_ms,
+        };
+        let terms = crate::lease::Terms::of(rls, config.utc_offset);
+        let key = crate::lease::key(consumer.name());
+        match crate::lease::peek(store, &key, &plan.limits, &costs, clock, &terms) {
+            Ok(crate::lease::Take::Refused(usages)) => Some(usages),
+            _ => None,
+        }
+    } else {
+        crate::quota::look(
+            store,
+            &consumer.store_key,
+            &plan.limits,
+            &costs,
+            now,
+            config.utc_offset,
+        )
+        .ok()
+    };
+    if let Some(usages) = looked {
         let uncured = usages
             .iter()
             .enumerate()
@@ -441,63 +478,23 @@ fn pay<'c>(
             return Some(reply(crate::response::PAYMENT_REFUSED, why, None));
         }
     };
+    let pay = |verify: bool, remote: bool| Verdict {
+        action: Action::Pay(Pay {
+            consumer: consumer.id,
+            presented: presented.clone(),
+            verify,
+            remote,
+        }),
+        metrics: Increments::default(),
+        metered: Metered::default(),
+    };
+    if config.store.is_some() {
+        // Fleet mode: claimed in the store, by the root context, before anything else.
+        return Some(pay(true, true));
+    }
     let stale = payments::stale_ms(payments);
-    let verify = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
-        Ok(Claimed::Fresh) => true,
-        Ok(Claimed::Retry) => false,
-        Ok(Claimed::Settled) => return None,
-        Ok(Claimed::Busy) => {
-            return Some(reply(
-                crate::response::PAYMENT_PENDING,
-                "This payment is being settled; try again shortly.".into(),
-                Some(1),
-            ))
-        }
-        Ok(Claimed::Failed) => {
-            return Some(reply(
-                presented.refused(),
-                "this payment was refused before".into(),
-                None,
-            ))
-        }
-        Ok(Claimed::Taken) => {
-            let kind = match presented.challenge {
-                Some(_) => crate::response::CHALLENGE_INVALID,
-                None => crate::response::PAYMENT_REFUSED,
-            };
-            return Some(reply(kind, "this payment has been used".into(), None));
-        }
-        // A payment whose settlement is under way, unknown or done is never refused for its
-        // time (its claim decides); one that nothing happened to is.
-        Ok(Claimed::Untimely(why)) => {
-            let kind = match presented.challenge {
-                Some(_) if payments::expired(why) => crate::response::CHALLENGE_EXPIRED,
-                Some(_) => crate::response::VERIFICATION_FAILED,
-                None => crate::response::PAYMENT_REFUSED,
-            };
-            return Some(reply(kind, why.into(), None));
-        }
-        Ok(Claimed::TooMany) => {
-            log::warn!(
-                "consumer={}: too many of its payments are not settled; its next ones wait",
-                consumer.name()
-            );
-            return Some(reply(
-                crate::response::PAYMENT_PENDING,
-                "Too many of this consumer's payments are pending or were refused; try again \
-                 later, or sign a new payment."
-                    .into(),
-                Some(60),
-            ));
-        }
-        Ok(Claimed::Full) => {
-            log::warn!("payments: a claim shard is full; payments are refused until claims expire");
-            return Some(reply(
-                crate::response::PAYMENT_PENDING,
-                "Too many payments are being settled; try again later.".into(),
-                Some(60),
-            ));
-        }
+    let claimed = match payments::claim(store, &presented, consumer.name(), attempt.now_ms, stale) {
+        Ok(claimed) => claimed,
         Err(e) => {
             log::error!("payments: cannot claim a payment: {}", e.reason());
             return Some(reply(
@@ -507,15 +504,11 @@ fn pay<'c>(
             ));
         }
     };
-    Some(Verdict {
-        action: Action::Pay(Pay {
-            consumer: consumer.id,
-            presented,
-            verify,
-        }),
-        metrics: Increments::default(),
-        metered: Metered::default(),
-    })
+    match payments::after_claim(claimed, &presented, consumer.name()) {
+        Ok(verify) => Some(pay(verify, false)),
+        Err(None) => None,
+        Err(Some((kind, detail, retry))) => Some(reply(kind, detail, retry)),
+    }
 }
 
 /// What to hide of the credential if the request goes upstream (`hide_credentials`).

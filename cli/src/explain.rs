@@ -55,7 +55,9 @@ pub fn run(file: &Path, key: Option<&[u8]>, now: i64) -> ExitCode {
 fn caller_lines(decision: &Decision, keyed: bool, now: i64) -> Vec<(&'static str, String)> {
     let mut lines = Vec::new();
     let caller = match decision {
-        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => Some(*caller),
+        Decision::Allow { caller, .. }
+        | Decision::Wait { caller, .. }
+        | Decision::Draw { caller, .. } => Some(*caller),
         Decision::Deny(denial) => denial.caller(),
     };
     match caller {
@@ -165,6 +167,11 @@ fn verdict(config: &Config, decision: &Decision, now: i64) -> String {
             "counted by the fleet store (store.rls); forwarded while every limit has requests \
              left in its window across the fleet, then refused with the spent limit's status \
              until that window ends"
+                .to_string()
+        }
+        Decision::Draw { .. } => {
+            "paid from the consumer's prepaid credits in the fleet store (its limits that \
+             credits stand in for are spent), or refused with 402 when they are spent too"
                 .to_string()
         }
     }
@@ -280,7 +287,9 @@ fn remedy(config: &Config, decision: &Decision, now: i64) -> Option<String> {
             .into_iter()
             .find(|(name, _)| *name == "link")
             .map(|(_, value)| format!("Link: {value}")),
-        Decision::Allow { caller, .. } | Decision::Wait { caller, .. } => {
+        Decision::Allow { caller, .. }
+        | Decision::Wait { caller, .. }
+        | Decision::Draw { caller, .. } => {
             let mut out = Vec::new();
             if let Some(url) = caller.plan.upgrade_url.as_deref() {
                 out.push(format!("{url} when a limit is spent (upgrade_url)"));

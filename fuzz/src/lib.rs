@@ -117,6 +117,7 @@ fn check_verdict(config: &Config, verdict: &Verdict) {
         }
         // Fleet mode only (the fuzzed configurations have no store).
         Action::Wait(_) => {}
+        Action::Draw(_) => assert!(config.store.is_some() && config.payments.is_some()),
         // A payment claimed: only with `payments` configured.
         Action::Pay(_) => assert!(config.payments.is_some()),
         Action::Reply(reply) => {

@@ -156,6 +156,36 @@ pub(super) fn compile_plan(name: &str, raw: RawPlan) -> Result<Plan, ConfigError
     })
 }
 
+/// Fleet mode's prepaid credits (docs/payments.md, "Fleet mode"): a request that only limits
+/// credits stand in for refuse is paid by one call that draws its cost from the fleet-wide
+/// balance and counts it in its other limits, in the store. So, for now, a plan with credits
+/// counts every limit in the store (no `scope: envoy`), and its credits stand in for request
+/// limits of at least 1 (no pay-as-you-go, no units settled from the response).
+fn fleet_credits(plans: &[Plan]) -> Result<(), ConfigError> {
+    for plan in plans.iter().filter(|p| !p.credits.is_empty()) {
+        if let Some(limit) = plan.limits.iter().find(|l| l.per_envoy) {
+            return Err(ConfigError(format!(
+                "plans.{}.limits: `{}` is counted per Envoy (scope: envoy), which a plan with \
+                 credits cannot have in fleet mode (store.rls) yet",
+                plan.name, limit.name
+            )));
+        }
+        for i in &plan.credits {
+            let Some(limit) = plan.limits.get(*i) else {
+                continue;
+            };
+            if limit.unit != Unit::Requests || limit.requests == 0 {
+                return Err(ConfigError(format!(
+                    "plans.{}.credits: in fleet mode (store.rls), credits stand in for request \
+                     limits of at least 1 for now; `{}` is not one",
+                    plan.name, limit.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `plans.<name>.credits`: the limits prepaid credits stand in for, by name, each once, all
 /// counting one unit (a credit is one unit's worth: a request, a token, a named unit).
 fn credit_cover(
@@ -631,11 +661,7 @@ pub(super) fn compile(raw: RawConfig<'_>, env: Env) -> Result<Config, ConfigErro
         )));
     }
     if payments.is_some() && store.is_some() {
-        return Err(ConfigError(
-            "payments: prepaid credits are counted in this Envoy's shared data for now; \
-             fleet mode (store.rls) cannot sell them yet"
-                .into(),
-        ));
+        fleet_credits(&plans)?;
     }
     Ok(Config {
         challenge: challenge(&credentials),

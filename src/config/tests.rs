@@ -780,6 +780,15 @@ fn payments_are_validated_naming_the_field() {
     )
     .unwrap();
     assert_eq!(ok.plans[0].credits, vec![0]);
+    // Fleet mode sells credits that stand in for request limits.
+    let fleet = with_payments(
+        r#", "credits": ["daily"]"#,
+        &format!(
+            r#"{}, "store": {{"rls": {{"cluster": "q"}}}}"#,
+            payments_section(PACK)
+        ),
+    );
+    assert!(Config::from_json(fleet.as_bytes()).unwrap().store.is_some());
     let p = ok.payments.unwrap();
     assert_eq!((p.authority.as_str(), p.base_path.as_str()), ("f", "/x402"));
     assert_eq!(p.packs[0].offer.max_timeout_seconds, 60);
@@ -862,13 +871,24 @@ fn payments_are_validated_naming_the_field() {
         ),
         (
             with_payments(
-                "",
+                r#", "credits": ["tok"]"#,
                 &format!(
                     r#"{}, "store": {{"rls": {{"cluster": "q"}}}}"#,
                     payments_section(PACK)
                 ),
             ),
-            "payments: prepaid credits are counted in this Envoy's shared data",
+            "plans.p.credits: in fleet mode (store.rls), credits stand in for request limits",
+        ),
+        (
+            with_payments(
+                r#", "credits": ["daily"]"#,
+                &format!(
+                    r#"{}, "store": {{"rls": {{"cluster": "q"}}}}"#,
+                    payments_section(PACK)
+                ),
+            )
+            .replace(r#""tokens": 5, "window": "day""#, r#""tokens": 5, "window": "day", "scope": "envoy""#),
+            "plans.p.limits: `tok` is counted per Envoy (scope: envoy)",
         ),
     ];
     for (json, expected) in cases {

@@ -76,6 +76,8 @@ struct Fake {
     messages: RefCell<Vec<(u32, Vec<u8>)>>,
     /// Thresholds reached, as the host was told.
     alerts: RefCell<Vec<Crossing>>,
+    /// Draws on prepaid credits the host was asked to make: context, attempt, ask.
+    draws: RefCell<Vec<(u32, Attempt, DrawAsk)>>,
 }
 
 impl Fake {
@@ -96,6 +98,7 @@ impl Fake {
             beta: RefCell::new(Vec::new()),
             messages: RefCell::new(Vec::new()),
             alerts: RefCell::new(Vec::new()),
+            draws: RefCell::new(Vec::new()),
         };
         set_root(&fake, ROOT, Duration::from_secs(1));
         fake
@@ -248,6 +251,7 @@ impl FleetHost for Fake {
             Action::Reply(_) => Step::Replied,
             Action::Wait(wait) => Step::Wait(wait),
             Action::Pay(pay) => Step::Pay(pay),
+            Action::Draw(ask) => Step::Draw(ask),
             Action::Forward(forward) => Step::Continue {
                 fields: forward.rate_limit,
                 refill: forward.refill,
@@ -258,6 +262,12 @@ impl FleetHost for Fake {
 
     fn count(&self, which: Count) {
         self.counts.borrow_mut().push(which);
+    }
+
+    fn draw(&self, context: u32, _runtime: &Rc<Runtime>, attempt: &Attempt, ask: DrawAsk) {
+        self.draws
+            .borrow_mut()
+            .push((context, attempt.clone(), ask));
     }
 
     fn store(&self) -> &MemoryStore {
@@ -771,4 +781,140 @@ fn the_answer_to_a_refill_is_where_a_fleet_alert_comes_from() {
     );
     // The admission itself reached no threshold of its own (the lease's view is not a count).
     assert_eq!(host.resumed(), [7]);
+}
+
+/// A `RateLimitResponse` with each limit's own code and `limit_remaining`.
+fn answer_each(overall: u8, each: &[(u8, u32)]) -> Vec<u8> {
+    let mut out = vec![0x08, overall];
+    for (code, left) in each {
+        let status = vec![0x08, *code, 0x18, *left as u8];
+        out.push(0x12);
+        out.push(status.len() as u8);
+        out.extend(status);
+    }
+    out
+}
+
+/// acme's plan sells credits for its daily quota (3 a day); its burst limit stays counted.
+fn credits_runtime() -> Rc<Runtime> {
+    let config = Config::from_json(
+        br#"{"plans": {"free": {"limits": [{"name": "daily", "requests": 3, "window": "day"},
+                                          {"name": "burst", "requests": 100, "window": "minute"}],
+                               "credits": ["daily"]}},
+             "consumers": {"acme": {"plan": "free", "keys": ["acme-key"]}},
+             "store": {"rls": {"cluster": "quotad", "timeout": "50ms", "lease": 10}},
+             "payments": {"facilitator": {"cluster": "f", "url": "http://f/x402"},
+                          "resource": {"url": "https://api.example.com/"},
+                          "packs": [{"name": "ten", "credits": 10, "network": "eip155:84532",
+                                     "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                                     "amount": "10000",
+                                     "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                                     "extra": {"name": "USDC", "version": "2"}}]}}"#,
+    )
+    .unwrap();
+    Rc::new(Runtime {
+        config,
+        memo: Memo::default(),
+        shadow_log: ShadowLog::default(),
+    })
+}
+
+#[test]
+fn a_refusal_only_credits_cure_draws_on_the_balance_and_counts_the_other_limits() {
+    let rt = credits_runtime();
+    let host = Fake::new(&rt);
+    assert!(matches!(host.request(&rt, 7, NOW_MS), Step::Wait(_)));
+    let (token, _, _) = host.calls()[0];
+    // The store: the daily quota is spent, the burst limit has room.
+    *host.body.borrow_mut() = answer_each(2, &[(2, 0), (1, 50)]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert_eq!(
+        host.resumed(),
+        Vec::<u32>::new(),
+        "not resumed: it draws first"
+    );
+    let draws = host.draws.borrow();
+    assert_eq!(draws.len(), 1, "the held request was handed to a draw");
+    let (context, attempt, ask) = draws[0].clone();
+    assert_eq!(context, 7);
+    assert_eq!((ask.consumer, ask.cost), (0, 1));
+    assert!(ask.usages[0].violated && !ask.usages[1].violated);
+
+    // The draw: one credit, and the burst limit counted by its cost, in one call.
+    let rls = rt.config.store.as_ref().unwrap();
+    let message = draw_request(&rt.config, rls, &ask).unwrap();
+    let draw = crate::paywire::DrawRequest::decode(message.as_slice()).unwrap();
+    assert_eq!(
+        (draw.domain.as_str(), draw.consumer.as_str(), draw.cost),
+        ("tollgate", "acme", 1)
+    );
+    assert_eq!(hits_addend(&draw.limits), 1);
+    let text = String::from_utf8_lossy(&draw.limits);
+    assert!(text.contains("burst") && !text.contains("daily"), "{text}");
+
+    // Drawn: admitted, the burst limit's count as the store said plus this request; the
+    // daily quota took nothing.
+    let plan = &rt.config.plans[0];
+    let answered = crate::paywire::DrawResponse {
+        drawn: true,
+        balance: 9,
+        used: vec![7],
+    }
+    .encode_to_vec();
+    let drawn = drawn_of(ask.clone(), plan, &answered).unwrap();
+    let step = host.attempt(
+        &rt,
+        7,
+        Attempt {
+            drawn: Some(drawn),
+            ..attempt.clone()
+        },
+    );
+    let Step::Continue {
+        fields: Some(fields),
+        ..
+    } = step
+    else {
+        panic!("{step:?}");
+    };
+    assert!(fields.state.contains("\"burst\";r=92"), "{}", fields.state);
+    // Not drawn (the balance is short): refused, nothing else asked.
+    let short = crate::paywire::DrawResponse {
+        drawn: false,
+        balance: 0,
+        used: vec![7],
+    }
+    .encode_to_vec();
+    let refused = drawn_of(ask.clone(), plan, &short).unwrap();
+    let step = host.attempt(
+        &rt,
+        7,
+        Attempt {
+            drawn: Some(refused),
+            ..attempt.clone()
+        },
+    );
+    assert_eq!(step, Step::Replied);
+    // An answer for other limits is not an answer to this draw.
+    let other = crate::paywire::DrawResponse {
+        drawn: true,
+        balance: 0,
+        used: vec![1, 2],
+    }
+    .encode_to_vec();
+    assert!(drawn_of(ask, plan, &other).is_none());
+}
+
+#[test]
+fn a_refusal_by_a_limit_credits_do_not_stand_in_for_draws_nothing() {
+    let rt = credits_runtime();
+    let host = Fake::new(&rt);
+    host.request(&rt, 7, NOW_MS);
+    let (token, _, _) = host.calls()[0];
+    // The burst limit is spent: no credit cures that.
+    *host.body.borrow_mut() = answer_each(2, &[(1, 2), (2, 0)]);
+    on_response(&host, token, 0, 0, NOW_MS + 5);
+    assert!(host.draws.borrow().is_empty());
+    let last = host.decided.borrow().last().cloned().unwrap();
+    assert_eq!(last.0, 7);
 }

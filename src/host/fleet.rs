@@ -15,7 +15,7 @@ use super::request::run;
 use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::config::{Config, Rls};
-use crate::decision::Attempt;
+use crate::decision::{Attempt, DrawAsk};
 use crate::events::Crossing;
 use crate::fleet::{self as core, Count, FleetHost, State};
 use crate::lease::Ask;
@@ -130,6 +130,10 @@ impl FleetHost for Host {
 
     fn store(&self) -> &SharedData {
         &self.shared
+    }
+
+    fn draw(&self, context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, ask: DrawAsk) {
+        super::draws::start_held(context, runtime, attempt, ask);
     }
 }
 

@@ -104,8 +104,9 @@ pub fn decide_held_body(
             }
         }
         Step::Wait(_) => put_entry(&HELD_BODIES, held),
-        // A request whose headers went upstream pays nothing (its payment headers are ignored).
-        Step::Replied | Step::Pay(_) => {}
+        // A request whose headers went upstream pays nothing (its payment headers are ignored),
+        // nor draws on credits (its cost is settled from its response).
+        Step::Replied | Step::Pay(_) | Step::Draw(_) => {}
     }
     step
 }

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::buffers;
 use super::clock::now_ms;
+use super::draws;
 use super::fleet;
 use super::held::{put_entry, rewrite_body, take_entry, HeldBody, CHARGED, HELD_BODIES};
 use super::payments::{self, Paying};
@@ -112,6 +113,13 @@ impl Filter {
                     now_ms,
                 );
                 Err(Action::Pause)
+            }
+            Step::Draw(ask) => {
+                self.route = route;
+                match draws::start(self.context_id, runtime, attempt, ask) {
+                    None => Err(Action::Pause),
+                    Some(step) => self.go_on(runtime, attempt, step, llm, route),
+                }
             }
             Step::Wait(wait) => {
                 self.held = true;
@@ -233,6 +241,15 @@ fn pending_for(
 impl Context for Filter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let now_ms = now_ms().unwrap_or(0);
+        if draws::on_answer(
+            self.context_id,
+            token_id,
+            status_code,
+            response_size,
+            now_ms,
+        ) {
+            return;
+        }
         fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
@@ -270,6 +287,9 @@ impl Context for Filter {
     }
 
     fn on_done(&mut self) -> bool {
+        draws::forget(self.context_id);
+        // A paying request may have been held for a refill by its root (fleet mode).
+        let paid_for = self.paying.is_some();
         if let Some(paying) = self.paying.take() {
             payments::abandon(&paying, &self.store, now_ms().unwrap_or(0));
             let context = self.context_id;
@@ -281,7 +301,7 @@ impl Context for Filter {
                 }
             }
         }
-        if self.held {
+        if self.held || paid_for {
             fleet::forget(self.context_id, now_ms().unwrap_or(0));
             let context = self.context_id;
             take_entry(&HELD_BODIES, |h| h.context == context);
@@ -346,8 +366,8 @@ impl Filter {
         match step {
             Step::Continue { .. } => {}
             Step::Replied => return Action::Pause,
-            // A dry run never waits (fleet mode only looks at the lease), nor pays.
-            Step::Wait(_) | Step::Pay(_) => {
+            // A dry run never waits (fleet mode only looks at the lease), pays nor draws.
+            Step::Wait(_) | Step::Pay(_) | Step::Draw(_) => {
                 return unavailable("tollgate cannot price this request\n")
             }
         }
@@ -476,12 +496,19 @@ impl HttpContext for Filter {
         // Added, not set: the upstream's own RateLimit fields (if it sends any) stay, and the
         // field becomes the list of both (docs/responses.md); adding is also the cheaper call.
         let (payment_response, paid_fields) = match paid {
-            Some(paid) => (Some(paid.header), paid.fields),
+            Some(paid) => (paid.header, paid.fields),
             None => (None, None),
         };
-        let fields = match self.rate_limit.take() {
+        // A paid request may have been held for a refill after its payment (fleet mode).
+        let fields = match self
+            .rate_limit
+            .take()
+            .or_else(|| draws::take_fields(self.context_id))
+        {
             Some(fields) => Some(fields),
-            None if self.held => fleet::fields_of(self.context_id),
+            None if self.held || self.paying.is_some() => {
+                fleet::fields_of(self.context_id).or(paid_fields)
+            }
             None => paid_fields,
         };
         if let Some((name, value)) = payment_response {

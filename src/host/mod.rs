@@ -4,6 +4,7 @@
 
 mod buffers;
 mod clock;
+mod draws;
 mod entitlements;
 mod events;
 mod fleet;

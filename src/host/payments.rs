@@ -8,6 +8,11 @@
 //! wait): the SDK hands the answer to whoever made the call, and a request's context that is
 //! gone would lose it — and with it a payment that moved money. The root credits the payment
 //! whatever became of the request, then answers or resumes the request if it is still there.
+//!
+//! Fleet mode keeps claims and balances in the store (quotad's payments API): the root makes
+//! every call of a payment, one after the other — `Claim`, `/verify`, `Mark SETTLING`,
+//! `/settle`, `Credit` — so that none is lost with a request that goes away; the request
+//! waits, and is answered or decided again by the root as in local mode.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,8 +29,10 @@ use super::runtime::Runtime;
 use super::shared_data::SharedData;
 use crate::decision::{Attempt, Caller, Price};
 use crate::payments::{self as core, Pay, Settled, State, Verified};
+use crate::paywire;
 use crate::response::{PAYMENT_PENDING, PAYMENT_UNRESOLVED};
 use crate::verdict::Step;
+use prost::Message;
 
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]
@@ -38,7 +45,7 @@ extern "C" {
 /// The root's tick while settlements wait to be dispatched or answered.
 const FAST_TICK_MS: u32 = 10;
 
-/// A settlement to be made by the root context `root`, for the request of `context`.
+/// A call the root context `root` makes for the payment of the request of `context`.
 struct Queued {
     root: u32,
     context: u32,
@@ -46,7 +53,33 @@ struct Queued {
     pay: Pay,
     price: Price,
     store: SharedData,
+    job: Job,
+    /// Not made before this time (ms): a credit tried again.
+    retry_at: i64,
 }
+
+/// Which call (fleet mode makes them all from the root; local mode only the settlement).
+#[derive(Clone)]
+enum Job {
+    /// Claim the payment in the store.
+    Claim,
+    /// `/verify`.
+    Verify,
+    /// Mark the claim SETTLING in the store, before the money can move.
+    Settling,
+    /// `/settle`.
+    Settle,
+    /// Credit the settled payment in the store (`tries` made so far).
+    Credit {
+        transaction: String,
+        response: crate::x402::SettleResponse,
+        tries: u32,
+    },
+}
+
+/// A credit the store did not confirm is tried again this many times, further apart each
+/// time (1 s, 2 s, 4 s, … 30 s: about five minutes), then left to the operator.
+const CREDIT_TRIES: u32 = 12;
 
 // Per VM (one thread): settlements waiting for the root's tick, those in flight (by token),
 // and what a resumed paid request adds to its response (its `PAYMENT-RESPONSE` and RateLimit
@@ -64,7 +97,8 @@ thread_local! {
 
 /// What a paid request that goes on adds to its response.
 pub struct Paid {
-    pub header: (&'static str, String),
+    /// `PAYMENT-RESPONSE` or `Payment-Receipt` (none for a replay of a settled payment).
+    pub header: Option<(&'static str, String)>,
     pub fields: Option<crate::response::RateLimitFields>,
 }
 
@@ -255,9 +289,11 @@ pub fn start(
     store: &SharedData,
     now_ms: i64,
 ) -> Option<Paying> {
-    if !pay.verify {
-        // A retry of an unknown settlement: settled again, by the root.
-        queue_settle(root, context, runtime, pay.clone(), price, *store);
+    if pay.remote || !pay.verify {
+        // Fleet mode: claimed first, by the root. A retry of an unknown settlement: settled
+        // again, by the root.
+        let job = if pay.remote { Job::Claim } else { Job::Settle };
+        queue(root, context, runtime, pay.clone(), price, *store, job);
         return Some(Paying {
             pay,
             stage: Stage::Settle,
@@ -351,7 +387,15 @@ pub fn on_verify_answer(
                 );
                 return Next::Done;
             }
-            queue_settle(root, context, runtime, pay.clone(), price, *store);
+            queue(
+                root,
+                context,
+                runtime,
+                pay.clone(),
+                price,
+                *store,
+                Job::Settle,
+            );
             Next::Held(Paying {
                 pay,
                 stage: Stage::Settle,
@@ -382,15 +426,16 @@ pub fn on_verify_answer(
     }
 }
 
-/// Queues a settlement for the request's root context, and makes its tick fast until it is
+/// Queues a call for the request's root context, and makes its tick fast until it is
 /// answered.
-fn queue_settle(
+fn queue(
     root: u32,
     context: u32,
     runtime: &Rc<Runtime>,
     pay: Pay,
     price: Price,
     store: SharedData,
+    job: Job,
 ) {
     put_entry(&WAITING, context);
     put_entry(
@@ -402,6 +447,8 @@ fn queue_settle(
             pay,
             price,
             store,
+            job,
+            retry_at: 0,
         },
     );
     let fast = FAST.with(|f| f.try_borrow().is_ok_and(|f| f.contains(&root)));
@@ -428,10 +475,10 @@ pub fn pending(root: u32) -> bool {
     })
 }
 
-/// Root `root`'s tick (and its stop): dispatches its queued settlements (it owns their
-/// answers) and gives up those overdue (their claims stay SETTLING: the same payment settles
-/// again once stale). Returns whether its tick may go back to its usual period. Leaves `root`
-/// the effective context.
+/// Root `root`'s tick (and its stop): makes its queued calls (it owns their answers) and
+/// gives up those overdue (a settlement's claim stays SETTLING: the same payment settles again
+/// once stale). Returns whether its tick may go back to its usual period. Leaves `root` the
+/// effective context.
 #[inline(never)]
 pub fn on_tick(root: u32, now_ms: i64) -> bool {
     let mine: Vec<Queued> = QUEUED.with(|q| {
@@ -440,45 +487,12 @@ pub fn on_tick(root: u32, now_ms: i64) -> bool {
         };
         let (mine, others) = std::mem::take(&mut *q)
             .into_iter()
-            .partition(|e| e.root == root);
+            .partition(|e| e.root == root && e.retry_at <= now_ms);
         *q = others;
         mine
     });
     for q in mine {
-        match call(&q.runtime, &q.pay, Stage::Settle) {
-            Some(token) => {
-                let timeout = q
-                    .runtime
-                    .config
-                    .payments
-                    .as_ref()
-                    .map_or(0, |p| i64::try_from(p.timeout_ms).unwrap_or(i64::MAX));
-                let deadline = now_ms.saturating_add(timeout).saturating_add(2_000);
-                put_entry(&IN_FLIGHT, (token, deadline, q));
-            }
-            None => {
-                // Nothing was sent: the money did not move. A first settlement's claim is
-                // dropped (the payment may be presented again); a retry's stays unknown.
-                count(Count::Unavailable, 1);
-                let state = if q.pay.verify {
-                    None
-                } else {
-                    Some(State::Unknown)
-                };
-                let _ = core::mark(&q.store, &q.pay.presented.replay, state, now_ms);
-                if alive(q.context) {
-                    reply(
-                        &q.runtime,
-                        &q.pay,
-                        PAYMENT_PENDING,
-                        "The payment facilitator cannot be reached; try again shortly.".into(),
-                        Some(RETRY_UNKNOWN),
-                    );
-                }
-                let _ = take_entry(&WAITING, |c| *c == q.context);
-                become_root(root);
-            }
-        }
+        dispatch(q, now_ms);
     }
     let overdue: Vec<(u32, i64, Queued)> = IN_FLIGHT.with(|f| {
         let Ok(mut f) = f.try_borrow_mut() else {
@@ -491,9 +505,9 @@ pub fn on_tick(root: u32, now_ms: i64) -> bool {
         late
     });
     for (_, _, q) in overdue {
-        log::warn!("payments: a settlement got no answer in time; its claim stays settling");
-        let _ = take_entry(&WAITING, |c| *c == q.context);
+        failed(q, "no answer in time".into(), now_ms);
     }
+    become_root(root);
     let idle = !pending(root);
     if idle {
         let _ = take_entry(&FAST, |r| *r == root);
@@ -501,7 +515,233 @@ pub fn on_tick(root: u32, now_ms: i64) -> bool {
     idle
 }
 
-/// Whether `token` is a settlement a root made.
+/// Calls the payments API of the store (fleet mode) from the effective context.
+fn store_call(runtime: &Runtime, method: &str, message: &[u8]) -> Result<u32, String> {
+    let Some(rls) = &runtime.config.store else {
+        return Err("no store is configured".into());
+    };
+    hostcalls::dispatch_grpc_call(
+        &rls.cluster,
+        paywire::SERVICE,
+        method,
+        Vec::new(),
+        Some(message),
+        Duration::from_millis(rls.timeout_ms),
+    )
+    .map_err(|status| {
+        format!(
+            "cannot call the payments API (cluster {}): {status:?}",
+            rls.cluster
+        )
+    })
+}
+
+fn domain(runtime: &Runtime) -> String {
+    runtime
+        .config
+        .store
+        .as_ref()
+        .map_or_else(String::new, |r| r.domain.clone())
+}
+
+fn consumer_name(runtime: &Runtime, pay: &Pay) -> String {
+    runtime
+        .config
+        .consumers
+        .get(pay.consumer)
+        .map_or_else(|| "?".to_string(), |c| c.name().to_string())
+}
+
+/// Makes the call of `q`'s job from its root context.
+fn dispatch(q: Queued, now_ms: i64) {
+    become_root(q.root);
+    let runtime = Rc::clone(&q.runtime);
+    let replay = q.pay.presented.replay.clone();
+    let made = match &q.job {
+        Job::Claim => {
+            let stale = runtime.config.payments.as_ref().map_or(0, core::stale_ms);
+            let message = paywire::ClaimRequest {
+                domain: domain(&runtime),
+                consumer: consumer_name(&runtime, &q.pay),
+                replay,
+                keep_until: core::keep_until(&q.pay.presented, now_ms, stale),
+                stale_ms: stale,
+                untimely: q.pay.presented.untimely.is_some(),
+                look: false,
+            };
+            store_call(&runtime, paywire::CLAIM, &message.encode_to_vec())
+        }
+        Job::Settling => {
+            let message = paywire::MarkRequest {
+                domain: domain(&runtime),
+                replay,
+                state: paywire::ClaimState::Settling as i32,
+            };
+            store_call(&runtime, paywire::MARK, &message.encode_to_vec())
+        }
+        Job::Credit { transaction, .. } => {
+            let credits = runtime
+                .config
+                .payments
+                .as_ref()
+                .and_then(|p| p.packs.get(q.pay.presented.pack))
+                .map_or(0, |p| p.credits);
+            let message = paywire::CreditRequest {
+                domain: domain(&runtime),
+                consumer: consumer_name(&runtime, &q.pay),
+                replay,
+                credits,
+                ledger: core::ledger_key(&q.pay.presented.network, transaction),
+            };
+            store_call(&runtime, paywire::CREDIT, &message.encode_to_vec())
+        }
+        Job::Verify => call(&runtime, &q.pay, Stage::Verify).ok_or_else(String::new),
+        Job::Settle => call(&runtime, &q.pay, Stage::Settle).ok_or_else(String::new),
+    };
+    match made {
+        Ok(token) => {
+            let timeout = match &q.job {
+                Job::Verify | Job::Settle => {
+                    runtime.config.payments.as_ref().map_or(0, |p| p.timeout_ms)
+                }
+                _ => runtime.config.store.as_ref().map_or(0, |r| r.timeout_ms),
+            };
+            let deadline = now_ms
+                .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX))
+                .saturating_add(2_000);
+            put_entry(&IN_FLIGHT, (token, deadline, q));
+        }
+        Err(why) => {
+            if !why.is_empty() {
+                log::error!("payments: {why}");
+            }
+            failed(q, "the call could not be made".into(), now_ms);
+        }
+    }
+}
+
+/// A call of `q`'s job that was not made, or not answered usably (`why`): what that leaves of
+/// the payment, and the request's answer.
+fn failed(q: Queued, why: String, now_ms: i64) {
+    let pending = |detail: &str| {
+        respond(&q, PAYMENT_PENDING, detail.into(), Some(RETRY_UNKNOWN));
+    };
+    match &q.job {
+        // Nothing was claimed, or nothing moved the money: the payment may be presented again.
+        Job::Claim => {
+            log::warn!("payments: a payment could not be claimed in the store: {why}");
+            pending("The payment cannot be taken now; try again shortly.");
+        }
+        Job::Verify | Job::Settling => {
+            count(Count::Unavailable, u64::from(matches!(q.job, Job::Verify)));
+            log::warn!("payments: a payment could not be verified or marked: {why}");
+            set_state(&q, None, now_ms);
+            pending("The payment could not be verified now; try again shortly.");
+        }
+        Job::Settle => {
+            count(Count::Unavailable, 1);
+            // A settlement that was never sent moved no money: a first one's claim is dropped
+            // (the payment may be presented again), a retry's stays unknown. One sent and not
+            // answered stays SETTLING: settled again once stale.
+            if why == "no answer in time" {
+                log::warn!(
+                    "payments: a settlement got no answer in time; its claim stays settling"
+                );
+                pending(
+                    "The payment's settlement is not confirmed yet; send the same payment again \
+                     shortly (do not pay again).",
+                );
+            } else {
+                let state = if q.pay.verify {
+                    None
+                } else {
+                    Some(State::Unknown)
+                };
+                set_state(&q, state, now_ms);
+                pending("The payment facilitator cannot be reached; try again shortly.");
+            }
+        }
+        Job::Credit {
+            transaction,
+            response,
+            tries,
+        } => {
+            let consumer = consumer_name(&q.runtime, &q.pay);
+            if *tries + 1 >= CREDIT_TRIES {
+                log::error!(
+                    "payments: consumer={consumer}: a settled payment could not be credited in \
+                     the store ({why}); resolve it by hand (network {}, transaction \
+                     {transaction}, replay key {})",
+                    q.pay.presented.network,
+                    q.pay.presented.replay
+                );
+                set_state(&q, Some(State::Unknown), now_ms);
+            } else {
+                log::warn!(
+                    "payments: consumer={consumer}: a settled payment is not credited yet \
+                     ({why}); trying again (transaction {transaction})"
+                );
+                pending(
+                    "The payment was settled but not credited yet; send the same payment again \
+                     shortly (do not pay again).",
+                );
+                let delay = 1_000_i64.saturating_mul(1 << (*tries).min(5)).min(30_000);
+                let again = Queued {
+                    job: Job::Credit {
+                        transaction: transaction.clone(),
+                        response: response.clone(),
+                        tries: tries + 1,
+                    },
+                    retry_at: now_ms.saturating_add(delay),
+                    root: q.root,
+                    context: q.context,
+                    runtime: Rc::clone(&q.runtime),
+                    pay: q.pay.clone(),
+                    price: q.price,
+                    store: q.store,
+                };
+                // The request was answered: the credit goes on without it.
+                let _ = take_entry(&WAITING, |c| *c == q.context);
+                put_entry(&QUEUED, again);
+                return;
+            }
+        }
+    }
+    let _ = take_entry(&WAITING, |c| *c == q.context);
+    become_root(q.root);
+}
+
+/// Answers the request of `q`, if it is still there and waiting (then the root is made the
+/// effective context again).
+fn respond(q: &Queued, kind: &'static str, detail: String, retry: Option<u64>) {
+    if alive(q.context) {
+        reply(&q.runtime, &q.pay, kind, detail, retry);
+    }
+    become_root(q.root);
+}
+
+/// Sets the state of `q`'s claim (`None`: drops it): in shared data, or (fleet mode) in the
+/// store, without waiting for the answer.
+fn set_state(q: &Queued, state: Option<State>, now_ms: i64) {
+    let replay = &q.pay.presented.replay;
+    if q.runtime.config.store.is_none() {
+        if let Err(e) = core::mark(&q.store, replay, state, now_ms) {
+            log::error!("payments: cannot record a payment's state: {}", e.reason());
+        }
+        return;
+    }
+    become_root(q.root);
+    let message = paywire::MarkRequest {
+        domain: domain(&q.runtime),
+        replay: replay.clone(),
+        state: core::wire_state(state) as i32,
+    };
+    if let Err(why) = store_call(&q.runtime, paywire::MARK, &message.encode_to_vec()) {
+        log::error!("payments: cannot record a payment's state: {why}");
+    }
+}
+
+/// Whether `token` is a call a root made for a payment.
 pub fn owns(token: u32) -> bool {
     IN_FLIGHT.with(|f| {
         f.try_borrow()
@@ -533,55 +773,159 @@ pub fn take_paid(context: u32) -> Option<Paid> {
     take_entry(&PAID, |(c, _)| *c == context).map(|(_, paid)| paid)
 }
 
-/// The facilitator answered a settlement the root made (in the root's context).
+/// The facilitator answered a call the root made (in the root's context): a settlement, or
+/// (fleet mode) a verification.
 #[inline(never)]
-pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms: i64) {
+pub fn on_call_answer(token: u32, num_headers: usize, body_size: usize, now_ms: i64) {
     let Some((_, _, q)) = take_entry(&IN_FLIGHT, |(t, _, _)| *t == token) else {
         return;
     };
-    let root = q.root;
     let (status, body) = answer(num_headers, body_size);
-    let Queued {
-        context,
-        runtime,
-        pay,
-        price,
-        store,
-        ..
-    } = q;
-    let replay = pay.presented.replay.clone();
-    let mark = |state: Option<State>| {
-        if let Err(e) = core::mark(&store, &replay, state, now_ms) {
-            log::error!("payments: cannot record a payment's state: {}", e.reason());
-        }
+    match q.job {
+        Job::Verify => on_verified(q, status, &body, now_ms),
+        _ => on_settled(q, status, &body, now_ms),
+    }
+}
+
+/// The store answered a call the root made (fleet mode; in the root's context).
+#[inline(never)]
+pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
+    let Some((_, _, mut q)) = take_entry(&IN_FLIGHT, |(t, _, _)| *t == token) else {
+        return;
     };
-    let outcome = core::settled(status, &body);
+    let body = if status == 0 {
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let why = format!("the payments API answered gRPC status {status}");
+    match std::mem::replace(&mut q.job, Job::Claim) {
+        Job::Claim => {
+            let claimed = paywire::ClaimResponse::decode(body.as_slice())
+                .ok()
+                .filter(|_| status == 0)
+                .and_then(|a| core::claimed_of(paywire::Claimed::of(a.outcome), &q.pay.presented));
+            let Some(claimed) = claimed else {
+                return failed(q, why, now_ms);
+            };
+            let name = consumer_name(&q.runtime, &q.pay);
+            match core::after_claim(claimed, &q.pay.presented, &name) {
+                Ok(verify) => {
+                    q.pay.verify = verify;
+                    q.job = if verify { Job::Verify } else { Job::Settle };
+                    dispatch(q, now_ms);
+                }
+                // A replay of a settled payment: the request is decided as usual.
+                Err(None) => {
+                    let attempt = Attempt {
+                        now_ms,
+                        price: q.price,
+                        claimed: true,
+                        ..Attempt::default()
+                    };
+                    decide(&q, None, &attempt, now_ms);
+                    let _ = take_entry(&WAITING, |c| *c == q.context);
+                }
+                Err(Some((kind, detail, retry))) => {
+                    respond(&q, kind, detail, retry);
+                    let _ = take_entry(&WAITING, |c| *c == q.context);
+                }
+            }
+        }
+        Job::Settling => {
+            let found = paywire::MarkResponse::decode(body.as_slice())
+                .ok()
+                .filter(|_| status == 0)
+                .map(|a| a.found);
+            match found {
+                Some(true) => {
+                    q.job = Job::Settle;
+                    dispatch(q, now_ms);
+                }
+                Some(false) => {
+                    q.job = Job::Settling;
+                    failed(q, "the payment's claim is gone".into(), now_ms);
+                }
+                None => {
+                    q.job = Job::Settling;
+                    failed(q, why, now_ms);
+                }
+            }
+        }
+        Job::Credit {
+            transaction,
+            response,
+            tries,
+        } => {
+            let answer = paywire::CreditResponse::decode(body.as_slice())
+                .ok()
+                .filter(|_| status == 0);
+            match answer {
+                Some(a) => {
+                    let credited = crate::quota::Credited {
+                        added: a.added,
+                        balance: a.balance,
+                    };
+                    credited_payment(&q, &transaction, response, &credited, now_ms);
+                }
+                None => {
+                    q.job = Job::Credit {
+                        transaction,
+                        response,
+                        tries,
+                    };
+                    failed(q, why, now_ms);
+                }
+            }
+        }
+        // HTTP calls are answered in `on_call_answer`.
+        Job::Verify | Job::Settle => {}
+    }
+}
+
+/// The facilitator answered the `/verify` call the root made (fleet mode).
+fn on_verified(mut q: Queued, status: Option<u16>, body: &[u8], now_ms: i64) {
+    match core::verified(status, body) {
+        Verified::Valid => {
+            // Settled only once the claim says so: a settlement the claim does not know of
+            // could be verified and settled again by another request.
+            q.job = Job::Settling;
+            dispatch(q, now_ms);
+        }
+        Verified::Invalid(why) => {
+            count(Count::Refused, 1);
+            set_state(&q, Some(State::Failed), now_ms);
+            log::info!("payments: a payment was refused by the facilitator ({why})");
+            let kind = q.pay.presented.refused();
+            respond(&q, kind, why, None);
+            let _ = take_entry(&WAITING, |c| *c == q.context);
+        }
+        Verified::Unavailable(why) => failed(q, format!("verify failed: {why}"), now_ms),
+    }
+}
+
+/// The facilitator answered a settlement the root made.
+fn on_settled(q: Queued, status: Option<u16>, body: &[u8], now_ms: i64) {
+    let outcome = core::settled(status, body);
     // The money's side first, whatever became of the request; then the request, if it is
     // still there (made the effective context).
-    let respond = |kind: &'static str, detail: String, retry: Option<u64>| {
-        if alive(context) {
-            reply(&runtime, &pay, kind, detail, retry);
-        }
-    };
     match outcome {
         Settled::Done {
             transaction,
             response,
-        } => settled_payment(
-            context,
-            &runtime,
-            &pay,
-            price,
-            &store,
-            &transaction,
-            response,
-            now_ms,
-        ),
+        } => {
+            settled_payment(q, transaction, response, now_ms);
+            return;
+        }
         // A retry of a settlement whose outcome was unknown: whatever refuses it now (the
         // nonce used, the funds gone) may be the first settlement's doing.
-        Settled::Refused(_) | Settled::NonceUsed if !pay.verify => {
-            unresolved(&runtime, &pay, &mark);
+        Settled::Refused(_) | Settled::NonceUsed if !q.pay.verify => {
+            unresolved(&q, now_ms);
             respond(
+                &q,
                 PAYMENT_UNRESOLVED,
                 "The settlement of this payment cannot be confirmed; it was not credited. \
                  Contact the API's operator."
@@ -591,24 +935,28 @@ pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms
         }
         Settled::Refused(why) => {
             count(Count::Refused, 1);
-            mark(Some(State::Failed));
+            set_state(&q, Some(State::Failed), now_ms);
             log::info!("payments: a settlement was refused ({why})");
-            respond(pay.presented.refused(), why, None);
+            let kind = q.pay.presented.refused();
+            respond(&q, kind, why, None);
         }
         Settled::NonceUsed => {
             count(Count::Refused, 1);
-            mark(Some(State::Failed));
+            set_state(&q, Some(State::Failed), now_ms);
+            let kind = q.pay.presented.refused();
             respond(
-                pay.presented.refused(),
+                &q,
+                kind,
                 "the authorization's nonce was used already".into(),
                 None,
             );
         }
         Settled::Unknown(why) => {
             count(Count::Unknown, 1);
-            mark(Some(State::Unknown));
+            set_state(&q, Some(State::Unknown), now_ms);
             log::warn!("payments: the outcome of a settlement is unknown: {why}");
             respond(
+                &q,
                 PAYMENT_PENDING,
                 "The payment's settlement is not confirmed yet; send the same payment \
                  again shortly (do not pay again)."
@@ -617,118 +965,129 @@ pub fn on_settle_answer(token: u32, num_headers: usize, body_size: usize, now_ms
             );
         }
     }
-    let _ = take_entry(&WAITING, |c| *c == context);
-    become_root(root);
+    let _ = take_entry(&WAITING, |c| *c == q.context);
+    become_root(q.root);
 }
 
 /// The retry of an unknown settlement that the facilitator refuses: not credited, never a
 /// fresh 402; the operator resolves it (the log line and `tollgate.payments.unresolved`).
-fn unresolved(runtime: &Runtime, pay: &Pay, mark: &dyn Fn(Option<State>)) {
+fn unresolved(q: &Queued, now_ms: i64) {
     count(Count::Unresolved, 1);
-    mark(Some(State::Unknown));
-    let consumer = runtime
-        .config
-        .consumers
-        .get(pay.consumer)
-        .map_or("?", |c| c.name());
+    set_state(q, Some(State::Unknown), now_ms);
     log::error!(
-        "payments: consumer={consumer}: a payment whose settlement was unknown is refused on its \
+        "payments: consumer={}: a payment whose settlement was unknown is refused on its \
          retry: not credited; resolve it from the facilitator's records (replay key {})",
-        pay.presented.replay
+        consumer_name(&q.runtime, &q.pay),
+        q.pay.presented.replay
     );
 }
 
-/// A settled payment: credit it; then, if its request is still there, decide it as usual (it
-/// now draws on the balance) with the settlement's response header, and resume it.
-#[allow(clippy::too_many_arguments)] // the settlement and its request, as they are
+/// A settled payment: credited in shared data now, or (fleet mode) by a call to the store.
 fn settled_payment(
-    context: u32,
-    runtime: &Rc<Runtime>,
-    pay: &Pay,
-    price: Price,
-    store: &SharedData,
-    transaction: &str,
+    q: Queued,
+    transaction: String,
     response: crate::x402::SettleResponse,
     now_ms: i64,
 ) {
-    let config = &runtime.config;
-    let (Some(payments), Some(consumer)) = (&config.payments, config.consumers.get(pay.consumer))
+    if q.runtime.config.store.is_some() {
+        let q = Queued {
+            job: Job::Credit {
+                transaction,
+                response,
+                tries: 0,
+            },
+            ..q
+        };
+        dispatch(q, now_ms);
+        return;
+    }
+    let config = &q.runtime.config;
+    let (Some(payments), Some(consumer)) = (&config.payments, config.consumers.get(q.pay.consumer))
     else {
         return;
     };
     let credits = payments
         .packs
-        .get(pay.presented.pack)
+        .get(q.pay.presented.pack)
         .map_or(0, |p| p.credits);
     match core::credit_settled(
-        store,
+        &q.store,
         &consumer.store_key,
-        &pay.presented,
+        &q.pay.presented,
         credits,
-        transaction,
+        &transaction,
         now_ms,
     ) {
-        Ok(credited) => {
-            if credited.added {
-                count(Count::Settled, 1);
-                count(Count::Credits, credits);
-            }
-            log::info!(
-                "payments: consumer={} bought {credits} credits ({}; balance {})",
-                consumer.name(),
-                if credited.added {
-                    "credited"
-                } else {
-                    "already credited"
-                },
-                credited.balance
-            );
-            // Also when it was credited already: the event's id is the transaction's, so a
-            // sink keeps one (a VM that stopped before its tick may have lost the first).
-            if let Some(meter) = &runtime.meter {
-                meter.record_payment(crate::events::PaymentSettled {
-                    consumer: pay.consumer,
-                    pack: pay.presented.pack,
-                    credits,
-                    balance: credited.balance,
-                    network: pay.presented.network.clone(),
-                    transaction: transaction.to_string(),
-                    payer: pay.presented.payer.clone(),
-                    at: now_ms.div_euclid(1000),
-                });
-            }
-        }
+        Ok(credited) => credited_payment(&q, &transaction, response, &credited, now_ms),
         Err(e) => {
-            let _ = core::mark(store, &pay.presented.replay, Some(State::Unknown), now_ms);
+            set_state(&q, Some(State::Unknown), now_ms);
             log::error!(
                 "payments: consumer={}: a settled payment could not be credited ({}); it will \
                  be credited when presented again (network {}, transaction {transaction}, \
                  replay key {})",
                 consumer.name(),
                 e.reason(),
-                pay.presented.network,
-                pay.presented.replay
+                q.pay.presented.network,
+                q.pay.presented.replay
             );
-            if alive(context) {
-                reply(
-                    runtime,
-                    pay,
-                    PAYMENT_PENDING,
-                    "The payment was settled but not credited yet; send the same payment again \
-                     shortly (do not pay again)."
-                        .into(),
-                    Some(RETRY_UNKNOWN),
-                );
-            }
-            return;
+            respond(
+                &q,
+                PAYMENT_PENDING,
+                "The payment was settled but not credited yet; send the same payment again \
+                 shortly (do not pay again)."
+                    .into(),
+                Some(RETRY_UNKNOWN),
+            );
+            let _ = take_entry(&WAITING, |c| *c == q.context);
         }
     }
-    if !alive(context) {
-        log::info!(
-            "payments: consumer={}: the paying request went away; its payment is credited",
-            consumer.name()
-        );
-        return;
+}
+
+/// A credited payment: counted, logged and sent as an event; then, if its request is still
+/// there, decided as usual (it now draws on the balance) with the settlement's response
+/// header.
+fn credited_payment(
+    q: &Queued,
+    transaction: &str,
+    response: crate::x402::SettleResponse,
+    credited: &crate::quota::Credited,
+    now_ms: i64,
+) {
+    let runtime = &q.runtime;
+    let pay = &q.pay;
+    let config = &runtime.config;
+    let credits = config
+        .payments
+        .as_ref()
+        .and_then(|p| p.packs.get(pay.presented.pack))
+        .map_or(0, |p| p.credits);
+    let name = consumer_name(runtime, pay);
+    if credited.added {
+        count(Count::Settled, 1);
+        count(Count::Credits, credits);
+    }
+    log::info!(
+        "payments: consumer={name} bought {credits} credits ({}; balance {})",
+        if credited.added {
+            "credited"
+        } else {
+            "already credited"
+        },
+        credited.balance
+    );
+    // Also when it was credited already: the event's id is the transaction's, so a sink
+    // keeps one (a VM that stopped before its tick may have lost the first).
+    if let Some(meter) = &runtime.meter {
+        meter.record_payment(crate::events::PaymentSettled {
+            consumer: pay.consumer,
+            pack: pay.presented.pack,
+            credits,
+            balance: credited.balance,
+            network: pay.presented.network.clone(),
+            transaction: transaction.to_string(),
+            payer: pay.presented.payer.clone(),
+            at: now_ms.div_euclid(1000),
+        });
     }
     let paid = match &pay.presented.challenge {
         // An HTTP Payment credential's receipt names its challenge and the transaction.
@@ -756,11 +1115,45 @@ fn settled_payment(
     };
     let attempt = Attempt {
         now_ms,
-        price,
+        price: q.price,
         paid: Some(paid.clone()),
         ..Attempt::default()
     };
-    match run(runtime, &attempt, now_ms) {
+    if !WAITING.with(|w| w.try_borrow().is_ok_and(|w| w.contains(&q.context))) {
+        log::info!(
+            "payments: consumer={name}: the paying request went away; its payment is credited"
+        );
+    } else {
+        decide(q, Some(paid), &attempt, now_ms);
+    }
+    let _ = take_entry(&WAITING, |c| *c == q.context);
+    become_root(q.root);
+}
+
+/// Decides the request of `q` again from the root context (its payment settled, or a replay
+/// of a settled one) and carries the decision out: resumed with `paid` on its response, held
+/// for a lease refill, drawn on the balance (fleet mode), or answered.
+fn decide(q: &Queued, paid: Option<(&'static str, String)>, attempt: &Attempt, now_ms: i64) {
+    let context = q.context;
+    if !alive(context) {
+        become_root(q.root);
+        return;
+    }
+    let runtime = &q.runtime;
+    let step = run(runtime, attempt, now_ms);
+    let hand_paid = |fields| {
+        put_entry(
+            &PAID,
+            (
+                context,
+                Paid {
+                    header: paid.clone(),
+                    fields,
+                },
+            ),
+        )
+    };
+    match step {
         Step::Continue {
             fields, charged, ..
         } => {
@@ -768,25 +1161,24 @@ fn settled_payment(
             if let Some(charged) = charged {
                 super::held::hand_over(context, charged);
             }
-            put_entry(
-                &PAID,
-                (
-                    context,
-                    Paid {
-                        header: paid,
-                        fields,
-                    },
-                ),
-            );
+            hand_paid(fields);
             resume();
         }
         Step::Replied => {}
-        // Neither happens in local mode (payments are refused with `store`) nor once paid.
-        Step::Wait(_) | Step::Pay(_) => {
+        Step::Draw(ask) => {
+            hand_paid(None);
+            super::draws::start_held(context, runtime, attempt, ask);
+        }
+        Step::Wait(wait) => {
+            hand_paid(None);
+            super::fleet::hold(context, runtime, wait, attempt, now_ms);
+        }
+        Step::Pay(_) => {
             log::error!("payments: a paid request could not be decided");
             super::request::unavailable("tollgate could not decide the paid request\n");
         }
     }
+    become_root(q.root);
 }
 
 /// Resumes the paused request of the effective context.

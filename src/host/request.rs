@@ -83,6 +83,7 @@ pub fn run_with(
         }
         verdict::Action::Wait(wait) => Step::Wait(wait),
         verdict::Action::Pay(pay) => Step::Pay(pay),
+        verdict::Action::Draw(ask) => Step::Draw(ask),
         // The headers were forwarded after a dry run: what the request headers need was done then.
         verdict::Action::Forward(forward) if attempt.headers_forwarded => Step::Continue {
             fields: forward.rate_limit,

@@ -118,8 +118,18 @@ const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
 impl Context for Root {
     // Fleet mode: answers to calls made while the tick decided held requests again.
+    // Fleet mode's payments: the store's answers to the calls the root makes for them.
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let now_ms = now_ms().unwrap_or(0);
+        if super::payments::owns(token_id) {
+            super::payments::on_store_answer(token_id, status_code, response_size, now_ms);
+            self.maybe_done();
+            return;
+        }
+        // A draw made while the root decided a request (after its payment, or on the tick).
+        if super::draws::on_answer(self.id, token_id, status_code, response_size, now_ms) {
+            return;
+        }
         fleet::on_response(token_id, status_code, response_size, now_ms);
     }
 
@@ -159,7 +169,7 @@ impl Context for Root {
             return;
         }
         if super::payments::owns(token_id) {
-            super::payments::on_settle_answer(
+            super::payments::on_call_answer(
                 token_id,
                 num_headers,
                 body_size,
