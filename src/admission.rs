@@ -310,13 +310,7 @@ fn drawable(config: &Config, plan: &Plan, usages: &[Usage], attempt: &Attempt) -
     if plan.credits.is_empty() || attempt.dry_run || attempt.headers_forwarded {
         return None;
     }
-    if attempt.price.tokens.is_some()
-        || attempt
-            .price
-            .route
-            .and_then(|r| config.routes.get(r))
-            .is_some_and(|r| !r.cost_headers.is_empty())
-    {
+    if attempt.price.settled_later(config) {
         return None;
     }
     let covered = |i: &usize| plan.credits.contains(i);

@@ -171,6 +171,18 @@ impl Price {
     }
 }
 
+impl Price {
+    /// Whether what the request costs is settled from its response (an LLM request's tokens,
+    /// a route that states its cost in response headers), not known when it is admitted.
+    pub fn settled_later(&self, config: &Config) -> bool {
+        self.tokens.is_some()
+            || self
+                .route
+                .and_then(|r| config.routes.get(r))
+                .is_some_and(|r| !r.cost_headers.is_empty())
+    }
+}
+
 /// One attempt at deciding a request: the first, or (fleet mode) another after the request
 /// waited for its consumer's lease to be refilled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

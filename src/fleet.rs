@@ -627,7 +627,17 @@ fn resume<H: FleetHost>(host: &H, held: Held<H::Runtime>, failed: Option<String>
         }
         // Never a payment (`claimed`).
         Step::Replied | Step::Pay(_) => {}
-        Step::Draw(ask) => host.draw(held.context, &held.runtime, &attempt, ask),
+        // The draw's answer goes to the context whose callback makes the call: the root's
+        // (made now, from its tick) or, from another request's callback, that request's — which
+        // may be gone by then. So off the root it waits for the root's next tick, held.
+        Step::Draw(ask) => {
+            let from_root = host.with(|s| s.current == Some(s.root)).unwrap_or(false);
+            if from_root {
+                host.draw(held.context, &held.runtime, &attempt, ask);
+            } else {
+                host.with(|s| s.held.push(held));
+            }
+        }
         Step::Wait(wait) => {
             let runtime = Rc::clone(&held.runtime);
             let root = host

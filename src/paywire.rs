@@ -30,8 +30,12 @@ pub const MAX_OPEN_CLAIMS: u64 = 32;
 /// The farthest a claim's `keep_until` may be (s from now): an authorization's longest
 /// validity and the calls' timeouts are far below it.
 pub const MAX_KEEP_SECONDS: i64 = 2 * 86_400;
-/// The longest `stale_ms` (ms).
+/// The longest `stale_ms` and `settling_stale_ms` (ms).
 pub const MAX_STALE_MS: i64 = 3_600_000;
+/// How long a SETTLING claim is not taken over in fleet mode (ms): longer than the filter
+/// tries a credit the store did not confirm, so that a copy sent meanwhile waits (503)
+/// instead of settling the payment again (which a facilitator refuses: "nonce used").
+pub const SETTLING_STALE_MS: i64 = 300_000;
 
 /// Where a claimed payment stands (`NONE`: no claim; in a [`MarkRequest`]: drop it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -99,6 +103,10 @@ pub struct ClaimRequest {
     /// Only look: change nothing, and answer the claim's state if it is this consumer's.
     #[prost(bool, tag = "7")]
     pub look: bool,
+    /// How long a SETTLING claim may go without news before it is taken over (ms; 0: as
+    /// `stale_ms`): the money may have moved, and its credit may still be under way.
+    #[prost(int64, tag = "8")]
+    pub settling_stale_ms: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

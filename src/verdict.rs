@@ -370,6 +370,11 @@ fn pay<'c>(
         Credential::Malformed(_) => return None,
     };
     let plan = config.plan_of(consumer)?;
+    // Fleet mode pays a request from credits only when its cost is known on admission: on a
+    // route whose cost is settled from the response, a payment is not taken (pay elsewhere).
+    if config.store.is_some() && attempt.price.settled_later(config) {
+        return None;
+    }
     let now = attempt.now_ms.div_euclid(1000);
     // A payment whose settlement is under way or unknown is decided by its claim, whatever
     // changed since it was taken (the plan, the standing, the packs): its money may have moved.

@@ -120,6 +120,9 @@ pub fn check_claim(r: &ClaimRequest, now_ms: i64) -> Result<(), String> {
     if !(1..=MAX_STALE_MS).contains(&r.stale_ms) {
         return Err(format!("stale_ms must be 1-{MAX_STALE_MS}"));
     }
+    if !(0..=MAX_STALE_MS).contains(&r.settling_stale_ms) {
+        return Err(format!("settling_stale_ms must be 0-{MAX_STALE_MS}"));
+    }
     let now = now_ms.div_euclid(1000);
     if !r.look && (r.keep_until <= now || r.keep_until > now.saturating_add(MAX_KEEP_SECONDS)) {
         return Err(format!(
@@ -140,15 +143,16 @@ pub fn check_mark(r: &MarkRequest) -> Result<ClaimState, String> {
     }
 }
 
-/// A credit request, within the largest limit the policy allows (`max_credits`).
-pub fn check_credit(r: &CreditRequest, max_credits: Option<u64>) -> Result<(), String> {
+/// A credit request. Not bounded by `--max-requests`: a credit comes after the money moved,
+/// and refusing it then would leave the payer unpaid; the packs' sizes are the operator's
+/// (the filter's configuration bounds them).
+pub fn check_credit(r: &CreditRequest) -> Result<(), String> {
     check_domain(&r.domain)?;
     check_consumer(&r.consumer)?;
     check_digest("replay", &r.replay)?;
     check_digest("ledger", &r.ledger)?;
-    let most = max_credits.unwrap_or(MAX_REQUESTS).min(MAX_REQUESTS);
-    if !(1..=most).contains(&r.credits) {
-        return Err(format!("credits {} must be 1-{most}", r.credits));
+    if !(1..=MAX_REQUESTS).contains(&r.credits) {
+        return Err(format!("credits {} must be 1-{MAX_REQUESTS}", r.credits));
     }
     Ok(())
 }
@@ -283,7 +287,8 @@ impl Service {
             .arg(r.keep_until)
             .arg(u8::from(r.untimely))
             .arg(u8::from(r.look))
-            .arg(KEEP_SETTLING_SECONDS);
+            .arg(KEEP_SETTLING_SECONDS)
+            .arg(r.settling_stale_ms);
         let (outcome, state): (i32, i32) = self
             .store
             .invoke(&invocation)
@@ -320,7 +325,7 @@ impl Service {
     }
 
     async fn credit_call(&self, r: &CreditRequest) -> Result<CreditResponse, Status> {
-        check_credit(r, self.policy.max_requests).map_err(|e| self.invalid(e))?;
+        check_credit(r).map_err(|e| self.invalid(e))?;
         self.domain_allowed(&r.domain)?;
         let tag = consumer_tag(&r.domain, &r.consumer);
         let mut invocation = self.scripts.credit.prepare_invoke();

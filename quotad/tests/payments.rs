@@ -57,6 +57,7 @@ fn claim_of(consumer: &str, replay: &str) -> ClaimRequest {
         stale_ms: 60_000,
         untimely: false,
         look: false,
+        settling_stale_ms: 0,
     }
 }
 
@@ -423,14 +424,12 @@ async fn a_call_outside_the_contract_or_the_policy_is_refused_before_redis() {
     );
     mark.state = ClaimState::Failed as i32;
     assert!(!c.mark(mark).await.unwrap().into_inner().found);
-    // Credits: at least 1, at most the policy's largest limit.
-    for credits in [0, 1001] {
-        let e = c
-            .credit(credit_of(&acme, &replay("c"), credits, &replay("l")))
-            .await
-            .unwrap_err();
-        assert_eq!(code(e), tonic::Code::InvalidArgument, "{credits}");
-    }
+    // Credits: at least 1; not bounded by --max-requests (the money has moved by then).
+    let e = c
+        .credit(credit_of(&acme, &replay("c"), 0, &replay("l")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), tonic::Code::InvalidArgument);
     // A draw's limits are one consumer's, of its domain, within the policy.
     let mut other = draw_of(&acme, 1, &[("daily", "1d", 8)], 1);
     other.consumer = unique("globex");
@@ -453,6 +452,45 @@ async fn a_call_outside_the_contract_or_the_policy_is_refused_before_redis() {
     let refused =
         quotad.metric("quotad_payment_calls_total{code=\"invalid_argument\",method=\"claim\"}");
     assert_eq!(refused, 3.0);
+    // A pack larger than --max-requests is credited all the same: its money has moved.
+    let big = c
+        .credit(credit_of(&acme, &replay("big"), 5000, &replay("bigtx")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((big.added, big.balance), (true, 5000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settling_claim_waits_out_its_credit_and_an_unknown_one_is_never_dropped() {
+    let redis = Redis::start();
+    let quotad = Quotad::on(QUOTAD, &redis);
+    let mut c = client(&quotad).await;
+    let acme = unique("acme");
+    let r = replay("settling");
+    let mut quick = claim_of(&acme, &r);
+    quick.stale_ms = 1;
+    assert_eq!(claim(&mut c, quick.clone()).await.0, Claimed::Fresh);
+    assert!(mark(&mut c, &r, ClaimState::Settling).await);
+    // Not a synchronisation: the claim's 1 ms of `stale_ms` must pass on the clock.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Its credit may still be under way: a SETTLING claim is stale only after its own time.
+    quick.settling_stale_ms = 60_000;
+    assert_eq!(claim(&mut c, quick.clone()).await.0, Claimed::Busy);
+    quick.settling_stale_ms = 0;
+    assert_eq!(
+        claim(&mut c, quick.clone()).await,
+        (Claimed::Retry, ClaimState::Settling)
+    );
+    // A drop never removes a claim whose money may have moved.
+    assert!(mark(&mut c, &r, ClaimState::Unknown).await);
+    assert!(mark(&mut c, &r, ClaimState::None).await);
+    assert_eq!(claim(&mut c, claim_of(&acme, &r)).await.0, Claimed::Retry);
+    c.credit(credit_of(&acme, &r, 1, &replay("tx")))
+        .await
+        .unwrap();
+    assert!(mark(&mut c, &r, ClaimState::None).await);
+    assert_eq!(claim(&mut c, claim_of(&acme, &r)).await.0, Claimed::Settled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -833,6 +833,12 @@ fn a_refusal_only_credits_cure_draws_on_the_balance_and_counts_the_other_limits(
         Vec::<u32>::new(),
         "not resumed: it draws first"
     );
+    // Decided from a request's callback, the draw waits for the root's tick: its answer goes
+    // to the context that makes the call, and only the root outlives every request.
+    assert!(host.draws.borrow().is_empty());
+    assert_eq!(host.held(), 1);
+    on_tick(&host, NOW_MS + 15);
+    assert_eq!(host.held(), 0);
     let draws = host.draws.borrow();
     assert_eq!(draws.len(), 1, "the held request was handed to a draw");
     let (context, attempt, ask) = draws[0].clone();

@@ -33,6 +33,8 @@ extern "C" {
 struct Drawing {
     context: u32,
     token: u32,
+    /// Past this time (ms) the call is given up: a store error.
+    deadline_ms: i64,
     runtime: Rc<Runtime>,
     attempt: Attempt,
     ask: DrawAsk,
@@ -67,11 +69,13 @@ pub fn start(context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, ask: DrawAs
             Duration::from_millis(rls.timeout_ms),
         ) {
             Ok(token) => {
+                let timeout = i64::try_from(rls.timeout_ms).unwrap_or(i64::MAX);
                 put_entry(
                     &DRAWING,
                     Drawing {
                         context,
                         token,
+                        deadline_ms: now_ms.saturating_add(timeout).saturating_add(2_000),
                         runtime: Rc::clone(runtime),
                         attempt: attempt.clone(),
                         ask,
@@ -161,6 +165,30 @@ pub fn on_answer(caller: u32, token: u32, status: u32, size: usize, now_ms: i64)
     // SAFETY: plain integer argument.
     let _ = unsafe { proxy_set_effective_context(caller) };
     true
+}
+
+/// The root context `root`'s tick: draws past their deadline (an answer Envoy never
+/// delivered) decide their requests as store errors.
+pub fn on_tick(root: u32, now_ms: i64) {
+    let overdue: Vec<u32> = DRAWING.with(|d| {
+        d.try_borrow()
+            .map(|d| {
+                d.iter()
+                    .filter(|d| d.deadline_ms < now_ms)
+                    .map(|d| d.token)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    for token in overdue {
+        // Envoy's own status for a call past its timeout.
+        on_answer(root, token, 4, 0, now_ms);
+    }
+}
+
+/// Whether draws are in flight (the root's tick sweeps them).
+pub fn busy() -> bool {
+    DRAWING.with(|d| d.try_borrow().is_ok_and(|d| !d.is_empty()))
 }
 
 /// The RateLimit fields of a request a draw admitted, once.

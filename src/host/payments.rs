@@ -560,14 +560,21 @@ fn dispatch(q: Queued, now_ms: i64) {
     let made = match &q.job {
         Job::Claim => {
             let stale = runtime.config.payments.as_ref().map_or(0, core::stale_ms);
+            // Within what the store keeps (an authorization valid for longer is untimely).
+            let keep = core::keep_until(&q.pay.presented, now_ms, stale).min(
+                now_ms
+                    .div_euclid(1000)
+                    .saturating_add(paywire::MAX_KEEP_SECONDS - 1),
+            );
             let message = paywire::ClaimRequest {
                 domain: domain(&runtime),
                 consumer: consumer_name(&runtime, &q.pay),
                 replay,
-                keep_until: core::keep_until(&q.pay.presented, now_ms, stale),
+                keep_until: keep,
                 stale_ms: stale,
                 untimely: q.pay.presented.untimely.is_some(),
                 look: false,
+                settling_stale_ms: paywire::SETTLING_STALE_MS.max(stale),
             };
             store_call(&runtime, paywire::CLAIM, &message.encode_to_vec())
         }
@@ -668,6 +675,15 @@ fn failed(q: Queued, why: String, now_ms: i64) {
         } => {
             let consumer = consumer_name(&q.runtime, &q.pay);
             if *tries + 1 >= CREDIT_TRIES {
+                count(Count::Unresolved, 1);
+                respond(
+                    &q,
+                    PAYMENT_UNRESOLVED,
+                    "The payment was settled but cannot be credited; contact the API's operator \
+                     (do not pay again)."
+                        .into(),
+                    None,
+                );
                 log::error!(
                     "payments: consumer={consumer}: a settled payment could not be credited in \
                      the store ({why}); resolve it by hand (network {}, transaction \
@@ -870,6 +886,16 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                         balance: a.balance,
                     };
                     credited_payment(&q, &transaction, response, &credited, now_ms);
+                }
+                // Refused as it is (INVALID_ARGUMENT, PERMISSION_DENIED): trying again would
+                // not help; the money moved, so the operator credits it by hand.
+                None if status == 3 || status == 7 => {
+                    q.job = Job::Credit {
+                        transaction,
+                        response,
+                        tries: CREDIT_TRIES,
+                    };
+                    failed(q, why, now_ms);
                 }
                 None => {
                     q.job = Job::Credit {

@@ -316,6 +316,10 @@ impl RootContext for Root {
                 log::warn!("cannot set the tick period: {status:?}");
             }
         }
+        // Fleet mode's draws on prepaid credits whose answer never came.
+        if super::draws::busy() {
+            super::draws::on_tick(self.id, now_ms().unwrap_or(0));
+        }
         // Fleet mode's held requests (the tick is faster while there are any).
         if !fleet::idle() {
             if let Some(now_ms) = now_ms() {

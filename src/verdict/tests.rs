@@ -935,6 +935,55 @@ mod payments {
     }
 
     #[test]
+    fn in_fleet_mode_a_payment_goes_to_the_root_unclaimed_except_where_credits_cannot_pay() {
+        let mut json = config_json();
+        json["store"] = serde_json::json!({"rls": {"cluster": "quotad"}});
+        json["routes"] =
+            serde_json::json!({"metered-route": {"cost_headers": {"credits": "x-cost"}}});
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let store = store_for(&config);
+        let pay = payment(&config, "10000", '1');
+        let headers = [("x-api-key", "acme"), (PAYMENT_SIGNATURE, pay.as_str())];
+        // Claimed by the root in the store, not here: nothing in shared data, verified after.
+        for _ in 0..2 {
+            match run(&config, &store, &headers).action {
+                Action::Pay(p) => assert!(p.remote && p.verify),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            crate::payments::state_of(
+                &store,
+                &read(
+                    config.payments.as_ref().unwrap(),
+                    PAYMENT_SIGNATURE,
+                    pay.as_bytes(),
+                    NOW
+                )
+                .unwrap()
+                .replay
+            ),
+            None
+        );
+        // On a route whose cost is settled from the response, credits cannot pay in fleet mode:
+        // the payment is not taken (and not forwarded).
+        let attempt = Attempt {
+            now_ms: NOW * 1000,
+            price: crate::decision::Price {
+                route: Some(0),
+                tokens: None,
+            },
+            ..Attempt::default()
+        };
+        let verdict = run_with(&config, &store, &Memo::default(), &headers, &attempt);
+        assert!(
+            !matches!(verdict.action, Action::Pay(_)),
+            "{:?}",
+            verdict.action
+        );
+    }
+
+    #[test]
     fn a_payment_is_claimed_once_and_held_for_its_settlement() {
         let config = config();
         let store = store_for(&config);

@@ -5,7 +5,8 @@
 --          t (when the state was set, ms).
 -- ARGV     [1] consumer, [2] now (ms), [3] stale after (ms), [4] kept until (Unix s) when
 --          created, [5] untimely (1: create nothing, drop a stale verification), [6] look (1:
---          change nothing), [7] seconds a claim is kept at least once its settlement began.
+--          change nothing), [7] seconds a claim is kept at least once its settlement began,
+--          [8] a SETTLING claim is stale after (ms; 0: as [3]).
 -- Returns  { outcome, state }: tollgate.payments.v1.Claimed and ClaimState numbers.
 local FRESH, RETRY, BUSY, SETTLED, FAILED, TAKEN, UNTIMELY, ABSENT = 1, 2, 3, 4, 5, 6, 8, 9
 local VERIFYING, SETTLING, S_SETTLED, S_FAILED = 1, 2, 3, 4
@@ -29,7 +30,9 @@ end
 if look then return { 0, state } end
 if state == S_SETTLED then return { SETTLED, state } end
 if state == S_FAILED then return { FAILED, state } end
-local stale = now - tonumber(claim[3] or '0') > tonumber(ARGV[3])
+local stale_after = tonumber(ARGV[3])
+if state == SETTLING and tonumber(ARGV[8]) > 0 then stale_after = tonumber(ARGV[8]) end
+local stale = now - tonumber(claim[3] or '0') > stale_after
 if (state == VERIFYING or state == SETTLING) and not stale then return { BUSY, state } end
 if state == VERIFYING then
   -- A verification nobody finished moved no money: taken over if it can still be settled,
