@@ -209,6 +209,9 @@ pub struct Attempt {
     pub claimed: bool,
     /// Fleet mode: what the draw from the prepaid balance made for this request answered.
     pub drawn: Option<Drawn>,
+    /// Fleet mode: the store has no claim under way for the request's payment (the root
+    /// looked): the request is decided as local mode would decide it with none.
+    pub looked: bool,
 }
 
 /// Fleet mode: a request that only limits prepaid credits stand in for refuse, to be paid by

@@ -67,7 +67,7 @@ pub const MAX_OPEN_CLAIMS_PER_SHARD: usize = 2;
 const ATTEMPTS: u32 = 32;
 
 /// A payment as a request presents it, matched to a pack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Presented {
     /// 1 (`X-PAYMENT`) or 2 (`PAYMENT-SIGNATURE`).
     pub version: u32,
@@ -113,6 +113,14 @@ pub struct Pay {
     /// Fleet mode: not claimed yet; the root context claims it in the store first (and
     /// `verify` then follows the claim).
     pub remote: bool,
+    /// Fleet mode: a payment this request would turn away, to be looked up first under these
+    /// claim keys ([`replay_candidates`]): one under way or unknown is decided by its claim
+    /// (settled again if `readable`, else 409 for the operator); none, the request is decided
+    /// again as if it had been looked up (`Attempt::looked`). Empty: claim it.
+    pub look: Vec<String>,
+    /// `presented` is the payment as read (false: it could not be read or matched, and
+    /// `presented` is empty).
+    pub readable: bool,
 }
 
 impl Eq for Pay {}
@@ -413,7 +421,7 @@ pub fn read_credential(
 /// another secret). An x402 v2 payment names its network and asset; a v1 payment and an HTTP
 /// Payment credential are tried with those of every pack (a pack moved to another network or
 /// asset is not found: its claim is left to the operator's log of the first answer).
-fn replay_candidates(payments: &Payments, header: &str, value: &[u8]) -> Vec<String> {
+pub fn replay_candidates(payments: &Payments, header: &str, value: &[u8]) -> Vec<String> {
     let packs = |from: &str, nonce: &str| -> Vec<String> {
         payments
             .packs

@@ -16,7 +16,7 @@ use crate::events::{crossings, Crossing};
 use crate::memo::Memo;
 use crate::metrics::{Increments, Metric};
 use crate::paymentauth;
-use crate::payments::{self, Pay, Refused};
+use crate::payments::{self, Pay, Presented, Refused};
 use crate::quota::{check_and_take, peek, Usage};
 use crate::response::{
     rate_limit_state, refusal, usage, usage_method_not_allowed, QuotaRefusal, RateLimitFields,
@@ -278,14 +278,19 @@ pub fn handle_with<'c>(
             };
             // One that is not is still looked at if its claim is settling: a configuration
             // change must not drop a payment whose money may have moved.
+            // (Fleet mode: the claims are in the store; `pay` has the root look there.)
+            let fleet_look = config.store.is_some() && !attempt.looked;
             let looked_at = offered
-                || (payable && payments::settling(store, payments, header, token, None).is_some());
+                || (payable
+                    && (fleet_look
+                        || payments::settling(store, payments, header, token, None).is_some()));
             if !looked_at {
                 continue;
             }
             if payable && !tried {
                 tried = true;
-                if let Some(verdict) = pay(config, &credential, header, token, store, attempt) {
+                let pays = pay(config, &credential, header, token, offered, store, attempt);
+                if let Some(verdict) = pays {
                     return verdict;
                 }
             }
@@ -355,11 +360,13 @@ pub fn handle_with<'c>(
 /// A request that carries a payment (`header`): read it, match it to a pack, and claim it —
 /// or refuse it. `None`: the payment is not this request's business (no consumer whose plan
 /// has credits, or a replay of a settled payment), and the request is decided as usual.
+#[allow(clippy::too_many_arguments)] // the payment header, as the loop found it, and the request
 fn pay<'c>(
     config: &'c Config,
     credential: &Credential,
     header: &str,
     value: &[u8],
+    offered: bool,
     store: &impl Store,
     attempt: &Attempt,
 ) -> Option<Verdict<'c>> {
@@ -376,16 +383,48 @@ fn pay<'c>(
         return None;
     }
     let now = attempt.now_ms.div_euclid(1000);
+    let read = || match header {
+        payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => {
+            payments::read(payments, header, value, now)
+        }
+        _ => payments::read_credential(payments, header, value, now, consumer.name()),
+    };
     // A payment whose settlement is under way or unknown is decided by its claim, whatever
     // changed since it was taken (the plan, the standing, the packs): its money may have moved.
-    // (Fleet mode: claims are in the store; not looked up here, yet.)
+    // Local mode looks in shared data. Fleet mode's claims are in the store: a payment this
+    // request would turn away is looked up there first, by the root (`Pay::look`), and the
+    // request decided again as here (`Attempt::looked`) if it has no claim under way.
     let replay = match config.store {
         Some(_) => None,
         None => payments::settling(store, payments, header, value, Some(consumer.name())),
     };
     let settling = replay.is_some();
+    let look = |presented: Option<Presented>| -> Option<Verdict<'c>> {
+        if config.store.is_none() || attempt.looked {
+            return None;
+        }
+        let candidates = payments::replay_candidates(payments, header, value);
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(Verdict {
+            action: Action::Pay(Pay {
+                consumer: consumer.id,
+                readable: presented.is_some(),
+                presented: presented.unwrap_or_default(),
+                verify: false,
+                remote: true,
+                look: candidates,
+            }),
+            metrics: Increments::default(),
+            metered: Metered::default(),
+        })
+    };
+    if !offered && !settling {
+        return look(read().ok());
+    }
     if plan.credits.is_empty() && !settling {
-        return None;
+        return look(read().ok());
     }
     // A consumer that credits would not let through (its standing, or a limit credits do not
     // stand in for, such as a burst) is refused as usual, before any money moves.
@@ -395,7 +434,7 @@ fn pay<'c>(
             crate::config::Standing::Active | crate::config::Standing::Grace { .. }
         )
     {
-        return None;
+        return look(read().ok());
     }
     let costs = attempt.price.costs(config, plan);
     let looked = if settling {
@@ -430,7 +469,7 @@ fn pay<'c>(
             .enumerate()
             .any(|(i, u)| u.violated && !plan.credits.contains(&i));
         if uncured {
-            return None;
+            return look(read().ok());
         }
     }
     let caller = Caller { consumer, plan };
@@ -439,14 +478,10 @@ fn pay<'c>(
         metrics: Increments::default(),
         metered: Metered::of(Some(&caller)),
     };
-    let read = match header {
-        payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => {
-            payments::read(payments, header, value, now)
-        }
-        _ => payments::read_credential(payments, header, value, now, consumer.name()),
-    };
-    let presented = match read {
+    let presented = match read() {
         Ok(presented) => presented,
+        // Fleet mode: turned away only once the store says it has no claim under way.
+        Err(_) if look(None).is_some() => return look(None),
         // Its claim says the money may have moved, but what took it is no longer offered:
         // never a fresh 402; the operator settles it from the facilitator's records.
         Err(Refused::Credential(_, why) | Refused::Mismatch(why) | Refused::Malformed(why))
@@ -489,6 +524,8 @@ fn pay<'c>(
             presented: presented.clone(),
             verify,
             remote,
+            look: Vec::new(),
+            readable: true,
         }),
         metrics: Increments::default(),
         metered: Metered::default(),

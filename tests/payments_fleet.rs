@@ -3,7 +3,8 @@
 //! facilitator. A payment's claim, the balance and the ledger are the fleet's (quotad's
 //! payments API): copies of one payment sent to every Envoy settle once and credit once, the
 //! credits are spent across the fleet exactly, and a settlement whose outcome was unknown is
-//! credited once when the same payment comes back through another Envoy.
+//! credited once when the same payment comes back through another Envoy — also an Envoy whose
+//! configuration changed since (a fleet in the middle of a rollout).
 
 #![allow(
     clippy::unwrap_used,
@@ -59,15 +60,21 @@ struct Fleet {
 
 impl Fleet {
     fn start(timeout: &str) -> Fleet {
+        let json = plugin_json(timeout);
+        Fleet::start_with(&[&json, &json, &json])
+    }
+
+    /// A fleet whose Envoys have these plugin configurations (JSON), one each.
+    fn start_with(configs: &[&str]) -> Fleet {
         let redis = Redis::start();
         let quotad = Quotad::fleet(&redis);
         let facilitator = Facilitator::start("/x402");
-        let plugin = plugin(&plugin_json(timeout));
-        let envoys = (0..3)
-            .map(|_| {
+        let envoys = configs
+            .iter()
+            .map(|json| {
                 Envoy::start_with(Options {
                     clusters: vec![("facilitator".into(), facilitator.port)],
-                    ..fleet_options(&quotad, &plugin, 2)
+                    ..fleet_options(&quotad, &plugin(json), 2)
                 })
             })
             .collect();
@@ -226,4 +233,74 @@ fn an_unknown_settlement_is_credited_once_when_the_payment_comes_back_elsewhere(
         402,
         "credited once"
     );
+}
+
+#[test]
+fn an_unknown_settlement_is_decided_by_its_claim_on_an_envoy_configured_otherwise() {
+    // A rollout in progress: the second Envoy has acme suspended, the third a repriced pack.
+    let base = plugin_json("1s");
+    let suspended = base.replace(
+        r#""acme":   { "plan": "metered", "keys": ["acme-key"] }"#,
+        r#""acme":   { "plan": "metered", "keys": ["acme-key"], "status": "suspended" }"#,
+    );
+    let repriced = base.replace(r#""amount": "10000""#, r#""amount": "20000""#);
+    assert!(suspended != base && repriced != base);
+    let fleet = Fleet::start_with(&[&base, &suspended, &repriced]);
+    fleet.facilitator.set_idempotent(true);
+    let first = &fleet.envoys[0];
+    assert_eq!(drain_until_refused(&[first.port], "acme-key", 10), 2);
+    let accepted = offer(&first.get_with_key("acme-key"));
+    // Two payments whose settlements go unknown (answered after tollgate's timeout).
+    fleet.facilitator.script_settle(&[
+        Outcome::Slow(Duration::from_secs(3)),
+        Outcome::Slow(Duration::from_secs(3)),
+    ]);
+    let nonces = [x402_nonce(31), x402_nonce(32)];
+    let payments: Vec<String> = nonces
+        .iter()
+        .map(|n| payment_signature(&accepted, PAYER, n))
+        .collect();
+    for payment in &payments {
+        assert_eq!(pay(first, "acme-key", payment).status, 503);
+    }
+    poll(DEADLINE, "the facilitator to have settled both", || {
+        let settled = fleet.facilitator.settled();
+        nonces.iter().all(|n| settled.contains(n)).then_some(())
+    });
+    assert_eq!(fleet.settles(), 2);
+
+    // Through the Envoy that suspends acme: its claim says the money may have moved, so it is
+    // settled again and credited — the request itself is then refused for the suspension,
+    // saying what became of the payment.
+    let suspended = pay(&fleet.envoys[1], "acme-key", &payments[0]);
+    assert_eq!(suspended.status, 402, "{}", suspended.body);
+    assert_eq!(
+        suspended.json()["type"],
+        "urn:tollgate:problem:subscription-suspended",
+        "{}",
+        suspended.body
+    );
+    let receipt = decode_x402(suspended.header("payment-response").unwrap());
+    assert_eq!(
+        receipt["transaction"],
+        Facilitator::transaction_for(&nonces[0]).as_str()
+    );
+    assert_eq!(fleet.settles(), 3);
+    assert_eq!(fleet.balance("acme"), 5);
+
+    // Through the Envoy whose pack was repriced: the payment matches no pack there, but its
+    // money may have moved: 409 for the operator, never a fresh 402.
+    let unresolved = pay(&fleet.envoys[2], "acme-key", &payments[1]);
+    assert_eq!(unresolved.status, 409, "{}", unresolved.body);
+    assert_eq!(
+        unresolved.json()["type"],
+        "urn:tollgate:problem:payment-unresolved"
+    );
+    assert!(unresolved.header("payment-required").is_none());
+    assert_eq!(fleet.settles(), 3);
+    assert_eq!(fleet.facilitator.verifies(), 2, "never verified again");
+    // The second payment, sent back where it was taken, is settled again and credited once.
+    let paid = pay(first, "acme-key", &payments[1]);
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert_eq!(fleet.balance("acme"), 9);
 }

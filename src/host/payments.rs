@@ -61,6 +61,9 @@ struct Queued {
 /// Which call (fleet mode makes them all from the root; local mode only the settlement).
 #[derive(Clone)]
 enum Job {
+    /// Look up the payment's claim in the store under its `look` keys, from `next` (a payment
+    /// this request would turn away: decided by its claim if one is under way).
+    Look { next: usize },
     /// Claim the payment in the store.
     Claim,
     /// `/verify`.
@@ -292,7 +295,11 @@ pub fn start(
     if pay.remote || !pay.verify {
         // Fleet mode: claimed first, by the root. A retry of an unknown settlement: settled
         // again, by the root.
-        let job = if pay.remote { Job::Claim } else { Job::Settle };
+        let job = match (pay.remote, pay.look.is_empty()) {
+            (true, false) => Job::Look { next: 0 },
+            (true, true) => Job::Claim,
+            (false, _) => Job::Settle,
+        };
         queue(root, context, runtime, pay.clone(), price, *store, job);
         return Some(Paying {
             pay,
@@ -558,6 +565,17 @@ fn dispatch(q: Queued, now_ms: i64) {
     let runtime = Rc::clone(&q.runtime);
     let replay = q.pay.presented.replay.clone();
     let made = match &q.job {
+        Job::Look { next } => {
+            let message = paywire::ClaimRequest {
+                domain: domain(&runtime),
+                consumer: consumer_name(&runtime, &q.pay),
+                replay: q.pay.look.get(*next).cloned().unwrap_or_default(),
+                stale_ms: runtime.config.payments.as_ref().map_or(1, core::stale_ms),
+                look: true,
+                ..paywire::ClaimRequest::default()
+            };
+            store_call(&runtime, paywire::CLAIM, &message.encode_to_vec())
+        }
         Job::Claim => {
             let stale = runtime.config.payments.as_ref().map_or(0, core::stale_ms);
             // Within what the store keeps (an authorization valid for longer is untimely).
@@ -635,7 +653,8 @@ fn failed(q: Queued, why: String, now_ms: i64) {
     };
     match &q.job {
         // Nothing was claimed, or nothing moved the money: the payment may be presented again.
-        Job::Claim => {
+        // (A look that failed may have missed a claim under way: never a fresh 402 then.)
+        Job::Claim | Job::Look { .. } => {
             log::warn!("payments: a payment could not be claimed in the store: {why}");
             pending("The payment cannot be taken now; try again shortly.");
         }
@@ -819,6 +838,58 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
     };
     let why = format!("the payments API answered gRPC status {status}");
     match std::mem::replace(&mut q.job, Job::Claim) {
+        Job::Look { next } => {
+            let Some(answer) = paywire::ClaimResponse::decode(body.as_slice())
+                .ok()
+                .filter(|_| status == 0)
+            else {
+                q.job = Job::Look { next };
+                return failed(q, why, now_ms);
+            };
+            let under_way = matches!(
+                paywire::ClaimState::of(answer.state),
+                paywire::ClaimState::Settling | paywire::ClaimState::Unknown
+            ) && paywire::Claimed::of(answer.outcome) != paywire::Claimed::Absent;
+            if under_way && q.pay.readable {
+                // Its money may have moved: decided by its claim (settled again).
+                q.job = Job::Claim;
+                dispatch(q, now_ms);
+            } else if under_way {
+                // What took it is no longer offered: never a fresh 402; the operator settles it
+                // from the facilitator's records.
+                count(Count::Unresolved, 1);
+                log::error!(
+                    "payments: consumer={}: a payment whose settlement is unknown (replay key {}) \
+                     can no longer be settled here (it matches no pack now); check it with the \
+                     facilitator and credit it by hand",
+                    consumer_name(&q.runtime, &q.pay),
+                    q.pay.look.get(next).map_or("?", String::as_str)
+                );
+                respond(
+                    &q,
+                    PAYMENT_UNRESOLVED,
+                    "The settlement of this payment cannot be confirmed; it was not credited. \
+                     Contact the API's operator."
+                        .into(),
+                    None,
+                );
+                let _ = take_entry(&WAITING, |c| *c == q.context);
+            } else if next + 1 < q.pay.look.len() {
+                q.job = Job::Look { next: next + 1 };
+                dispatch(q, now_ms);
+            } else {
+                // No claim under way: decided again as local mode decides with none.
+                let attempt = Attempt {
+                    now_ms,
+                    price: q.price,
+                    looked: true,
+                    ..Attempt::default()
+                };
+                if !decide(&q, None, &attempt, now_ms) {
+                    let _ = take_entry(&WAITING, |c| *c == q.context);
+                }
+            }
+        }
         Job::Claim => {
             let claimed = paywire::ClaimResponse::decode(body.as_slice())
                 .ok()
@@ -842,8 +913,9 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                         claimed: true,
                         ..Attempt::default()
                     };
-                    decide(&q, None, &attempt, now_ms);
-                    let _ = take_entry(&WAITING, |c| *c == q.context);
+                    if !decide(&q, None, &attempt, now_ms) {
+                        let _ = take_entry(&WAITING, |c| *c == q.context);
+                    }
                 }
                 Err(Some((kind, detail, retry))) => {
                     respond(&q, kind, detail, retry);
@@ -1150,7 +1222,7 @@ fn credited_payment(
             "payments: consumer={name}: the paying request went away; its payment is credited"
         );
     } else {
-        decide(q, Some(paid), &attempt, now_ms);
+        let _ = decide(q, Some(paid), &attempt, now_ms);
     }
     let _ = take_entry(&WAITING, |c| *c == q.context);
     become_root(q.root);
@@ -1159,11 +1231,17 @@ fn credited_payment(
 /// Decides the request of `q` again from the root context (its payment settled, or a replay
 /// of a settled one) and carries the decision out: resumed with `paid` on its response, held
 /// for a lease refill, drawn on the balance (fleet mode), or answered.
-fn decide(q: &Queued, paid: Option<(&'static str, String)>, attempt: &Attempt, now_ms: i64) {
+/// Returns whether the request waits on the root again (its payment was queued).
+fn decide(
+    q: &Queued,
+    paid: Option<(&'static str, String)>,
+    attempt: &Attempt,
+    now_ms: i64,
+) -> bool {
     let context = q.context;
     if !alive(context) {
         become_root(q.root);
-        return;
+        return false;
     }
     let runtime = &q.runtime;
     let step = run(runtime, attempt, now_ms);
@@ -1199,12 +1277,37 @@ fn decide(q: &Queued, paid: Option<(&'static str, String)>, attempt: &Attempt, n
             hand_paid(None);
             super::fleet::hold(context, runtime, wait, attempt, now_ms);
         }
+        // Decided again after a look (its payment has no claim under way): claimed now.
+        Step::Pay(pay) if pay.remote && paid.is_none() => {
+            let job = if pay.look.is_empty() {
+                Job::Claim
+            } else {
+                Job::Look { next: 0 }
+            };
+            become_root(q.root);
+            // Its WAITING entry is the caller's to keep.
+            dispatch(
+                Queued {
+                    root: q.root,
+                    context,
+                    runtime: Rc::clone(runtime),
+                    pay,
+                    price: attempt.price,
+                    store: q.store,
+                    job,
+                    retry_at: 0,
+                },
+                now_ms,
+            );
+            return true;
+        }
         Step::Pay(_) => {
             log::error!("payments: a paid request could not be decided");
             super::request::unavailable("tollgate could not decide the paid request\n");
         }
     }
     become_root(q.root);
+    false
 }
 
 /// Resumes the paused request of the effective context.
