@@ -377,11 +377,6 @@ fn pay<'c>(
         Credential::Malformed(_) => return None,
     };
     let plan = config.plan_of(consumer)?;
-    // Fleet mode pays a request from credits only when its cost is known on admission: on a
-    // route whose cost is settled from the response, a payment is not taken (pay elsewhere).
-    if config.store.is_some() && attempt.price.settled_later(config) {
-        return None;
-    }
     let now = attempt.now_ms.div_euclid(1000);
     let read = || match header {
         payments::PAYMENT_SIGNATURE | payments::X_PAYMENT => {
@@ -420,6 +415,11 @@ fn pay<'c>(
             metered: Metered::default(),
         })
     };
+    // Fleet mode pays a request from credits only when its cost is known on admission: on a
+    // route whose cost is settled from the response, a payment is not taken (pay elsewhere).
+    if config.store.is_some() && attempt.price.settled_later(config) {
+        return look(read().ok());
+    }
     if !offered && !settling {
         return look(read().ok());
     }

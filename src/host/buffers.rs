@@ -55,6 +55,15 @@ pub fn get(buffer: BufferType, start: usize, size: usize) -> Option<Vec<u8>> {
 }
 
 /// Replaces `size` bytes of a buffer from `start` with `value`.
+/// The body of the gRPC answer being handled (`status` 0), read from the effective context
+/// (where Envoy put it: the context the call was made from); empty for a failed call.
+pub fn grpc_answer(status: u32, size: usize) -> Vec<u8> {
+    if status != 0 {
+        return Vec::new();
+    }
+    get(BufferType::GrpcReceiveBuffer, 0, size).unwrap_or_default()
+}
+
 pub fn set(buffer: BufferType, start: usize, size: usize, value: &[u8]) -> bool {
     // SAFETY: the pointer and length describe `value`, which the host only reads.
     let status =

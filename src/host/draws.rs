@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::BufferType;
 
 use super::held::{put_entry, take_entry};
 use super::request::run;
@@ -128,14 +127,7 @@ pub fn on_answer(caller: u32, token: u32, status: u32, size: usize, now_ms: i64)
         .get(drawing.ask.consumer)
         .and_then(|c| config.plan_of(c));
     // Read where Envoy put the answer: the request's context.
-    let body = if status == 0 {
-        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let body = super::buffers::grpc_answer(status, size);
     let mut attempt = drawing.attempt;
     attempt.now_ms = now_ms;
     match plan.and_then(|p| crate::fleet::drawn_of(drawing.ask, p, &body)) {

@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::BufferType;
 
 use super::metrics::{bump, define_counter};
 use super::request::run;
@@ -87,10 +86,7 @@ impl FleetHost for Host {
     }
 
     fn answer(&self, size: usize) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        super::buffers::grpc_answer(0, size)
     }
 
     fn decide(&self, context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {

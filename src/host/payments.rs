@@ -522,6 +522,31 @@ pub fn on_tick(root: u32, now_ms: i64) -> bool {
     idle
 }
 
+/// How long a SETTLING claim is not taken over in fleet mode (ms): past the settlement's
+/// timeout and every try of its credit (their delays and the store's timeouts), so that a copy
+/// sent meanwhile waits instead of settling the payment again (which a facilitator refuses:
+/// "nonce used", then a false 409). At least [`paywire::SETTLING_STALE_MS`].
+fn settling_horizon(runtime: &Runtime) -> i64 {
+    let settle = runtime.config.payments.as_ref().map_or(0, |p| p.timeout_ms);
+    let store = runtime.config.store.as_ref().map_or(0, |r| r.timeout_ms);
+    let delays: u64 = (0..CREDIT_TRIES)
+        .map(|t| credit_delay_ms(t).unsigned_abs())
+        .sum();
+    let tries = u64::from(CREDIT_TRIES).saturating_mul(store.saturating_add(2_000));
+    let ms = settle
+        .saturating_add(delays)
+        .saturating_add(tries)
+        .saturating_add(60_000);
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .clamp(paywire::SETTLING_STALE_MS, paywire::MAX_STALE_MS)
+}
+
+/// The delay before the credit's try after try `tries` (ms): 1 s, 2 s, 4 s, … at most 30 s.
+fn credit_delay_ms(tries: u32) -> i64 {
+    1_000_i64.saturating_mul(1 << tries.min(5)).min(30_000)
+}
+
 /// Calls the payments API of the store (fleet mode) from the effective context.
 fn store_call(runtime: &Runtime, method: &str, message: &[u8]) -> Result<u32, String> {
     let Some(rls) = &runtime.config.store else {
@@ -582,7 +607,7 @@ fn dispatch(q: Queued, now_ms: i64) {
             let keep = core::keep_until(&q.pay.presented, now_ms, stale).min(
                 now_ms
                     .div_euclid(1000)
-                    .saturating_add(paywire::MAX_KEEP_SECONDS - 1),
+                    .saturating_add(paywire::MAX_KEEP_SECONDS - 600),
             );
             let message = paywire::ClaimRequest {
                 domain: domain(&runtime),
@@ -592,7 +617,7 @@ fn dispatch(q: Queued, now_ms: i64) {
                 stale_ms: stale,
                 untimely: q.pay.presented.untimely.is_some(),
                 look: false,
-                settling_stale_ms: paywire::SETTLING_STALE_MS.max(stale),
+                settling_stale_ms: settling_horizon(&runtime).max(stale),
             };
             store_call(&runtime, paywire::CLAIM, &message.encode_to_vec())
         }
@@ -720,7 +745,7 @@ fn failed(q: Queued, why: String, now_ms: i64) {
                     "The payment was settled but not credited yet; send the same payment again \
                      shortly (do not pay again).",
                 );
-                let delay = 1_000_i64.saturating_mul(1 << (*tries).min(5)).min(30_000);
+                let delay = credit_delay_ms(*tries);
                 let again = Queued {
                     job: Job::Credit {
                         transaction: transaction.clone(),
@@ -828,14 +853,7 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
     let Some((_, _, mut q)) = take_entry(&IN_FLIGHT, |(t, _, _)| *t == token) else {
         return;
     };
-    let body = if status == 0 {
-        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let body = super::buffers::grpc_answer(status, size);
     let why = format!("the payments API answered gRPC status {status}");
     match std::mem::replace(&mut q.job, Job::Claim) {
         Job::Look { next } => {
@@ -846,14 +864,27 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                 q.job = Job::Look { next };
                 return failed(q, why, now_ms);
             };
+            let state = paywire::ClaimState::of(answer.state);
             let under_way = matches!(
-                paywire::ClaimState::of(answer.state),
+                state,
                 paywire::ClaimState::Settling | paywire::ClaimState::Unknown
             ) && paywire::Claimed::of(answer.outcome) != paywire::Claimed::Absent;
+            let found = q.pay.look.get(next).cloned().unwrap_or_default();
             if under_way && q.pay.readable {
-                // Its money may have moved: decided by its claim (settled again).
+                // Its money may have moved: decided by the claim found (settled again), under
+                // its key (a pack's network may have changed since).
+                q.pay.presented.replay = found;
                 q.job = Job::Claim;
                 dispatch(q, now_ms);
+            } else if under_way && state == paywire::ClaimState::Settling {
+                // Being settled elsewhere (its outcome not known yet): the client waits.
+                respond(
+                    &q,
+                    PAYMENT_PENDING,
+                    "This payment is being settled; try again shortly.".into(),
+                    Some(RETRY_UNKNOWN),
+                );
+                let _ = take_entry(&WAITING, |c| *c == q.context);
             } else if under_way {
                 // What took it is no longer offered: never a fresh 402; the operator settles it
                 // from the facilitator's records.
@@ -879,15 +910,14 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                 dispatch(q, now_ms);
             } else {
                 // No claim under way: decided again as local mode decides with none.
-                let attempt = Attempt {
+                decide_again(
+                    &q,
+                    Attempt {
+                        looked: true,
+                        ..Attempt::default()
+                    },
                     now_ms,
-                    price: q.price,
-                    looked: true,
-                    ..Attempt::default()
-                };
-                if !decide(&q, None, &attempt, now_ms) {
-                    let _ = take_entry(&WAITING, |c| *c == q.context);
-                }
+                );
             }
         }
         Job::Claim => {
@@ -899,6 +929,21 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                 return failed(q, why, now_ms);
             };
             let name = consumer_name(&q.runtime, &q.pay);
+            if claimed == core::Claimed::Fresh && !q.pay.look.is_empty() {
+                // The claim a look found is gone since (dropped, expired): nothing of it may
+                // move money for a request this Envoy turns away. The new claim is dropped
+                // again, and the request decided as if nothing had been found.
+                set_state(&q, None, now_ms);
+                decide_again(
+                    &q,
+                    Attempt {
+                        looked: true,
+                        ..Attempt::default()
+                    },
+                    now_ms,
+                );
+                return;
+            }
             match core::after_claim(claimed, &q.pay.presented, &name) {
                 Ok(verify) => {
                     q.pay.verify = verify;
@@ -907,15 +952,14 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                 }
                 // A replay of a settled payment: the request is decided as usual.
                 Err(None) => {
-                    let attempt = Attempt {
+                    decide_again(
+                        &q,
+                        Attempt {
+                            claimed: true,
+                            ..Attempt::default()
+                        },
                         now_ms,
-                        price: q.price,
-                        claimed: true,
-                        ..Attempt::default()
-                    };
-                    if !decide(&q, None, &attempt, now_ms) {
-                        let _ = take_entry(&WAITING, |c| *c == q.context);
-                    }
+                    );
                 }
                 Err(Some((kind, detail, retry))) => {
                     respond(&q, kind, detail, retry);
@@ -959,9 +1003,9 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                     };
                     credited_payment(&q, &transaction, response, &credited, now_ms);
                 }
-                // Refused as it is (INVALID_ARGUMENT, PERMISSION_DENIED): trying again would
-                // not help; the money moved, so the operator credits it by hand.
-                None if status == 3 || status == 7 => {
+                // Refused as it is (INVALID_ARGUMENT): trying again would not help; the money
+                // moved, so the operator credits it by hand.
+                None if status == 3 => {
                     q.job = Job::Credit {
                         transaction,
                         response,
@@ -1231,6 +1275,20 @@ fn credited_payment(
 /// Decides the request of `q` again from the root context (its payment settled, or a replay
 /// of a settled one) and carries the decision out: resumed with `paid` on its response, held
 /// for a lease refill, drawn on the balance (fleet mode), or answered.
+/// Decides the request of `q` again with `attempt` (its time and price set here), with no
+/// payment header on its response; it no longer waits on the root unless its payment was
+/// taken up again.
+fn decide_again(q: &Queued, attempt: Attempt, now_ms: i64) {
+    let attempt = Attempt {
+        now_ms,
+        price: q.price,
+        ..attempt
+    };
+    if !decide(q, None, &attempt, now_ms) {
+        let _ = take_entry(&WAITING, |c| *c == q.context);
+    }
+}
+
 /// Returns whether the request waits on the root again (its payment was queued).
 fn decide(
     q: &Queued,

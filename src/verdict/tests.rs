@@ -966,7 +966,8 @@ mod payments {
             None
         );
         // On a route whose cost is settled from the response, credits cannot pay in fleet mode:
-        // the payment is not taken (and not forwarded).
+        // the payment is never claimed there, only looked up (its settlement may be unknown);
+        // with nothing under way it is not taken (and not forwarded).
         let attempt = Attempt {
             now_ms: NOW * 1000,
             price: crate::decision::Price {
@@ -976,11 +977,71 @@ mod payments {
             ..Attempt::default()
         };
         let verdict = run_with(&config, &store, &Memo::default(), &headers, &attempt);
+        match verdict.action {
+            Action::Pay(p) => assert!(!p.look.is_empty() && !p.verify),
+            other => panic!("{other:?}"),
+        }
+        let looked = Attempt {
+            looked: true,
+            ..attempt
+        };
+        let verdict = run_with(&config, &store, &Memo::default(), &headers, &looked);
         assert!(
             !matches!(verdict.action, Action::Pay(_)),
             "{:?}",
             verdict.action
         );
+    }
+
+    #[test]
+    fn in_fleet_mode_a_payment_this_envoy_would_turn_away_is_looked_up_in_the_store_first() {
+        let mut json = config_json();
+        json["store"] = serde_json::json!({"rls": {"cluster": "quotad"}});
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let store = store_for(&config);
+        let pay = payment(&config, "10000", '2');
+        let look_of = |key: &str, payment: &str, attempt: &Attempt| {
+            let headers = [("x-api-key", key), (PAYMENT_SIGNATURE, payment)];
+            match run_with(&config, &store, &Memo::default(), &headers, attempt).action {
+                Action::Pay(p) => Some((p.look.len(), p.readable, p.remote, p.verify)),
+                _ => None,
+            }
+        };
+        let first = Attempt {
+            now_ms: NOW * 1000,
+            ..Attempt::default()
+        };
+        // A plan without credits, a suspended consumer: looked up (one key: an x402 v2
+        // payment names its network and asset), readable.
+        assert_eq!(look_of("hooli", &pay, &first), Some((1, true, true, false)));
+        assert_eq!(
+            look_of("initech", &pay, &first),
+            Some((1, true, true, false))
+        );
+        // A payment that matches no pack: looked up too, unreadable (409 if a claim is under
+        // way, its refusal otherwise).
+        let short = payment(&config, "1", '3');
+        assert_eq!(
+            look_of("acme", &short, &first),
+            Some((1, false, true, false))
+        );
+        // Once looked up (nothing under way), decided as local mode would with no claim.
+        let looked = Attempt {
+            looked: true,
+            ..first.clone()
+        };
+        assert_eq!(look_of("hooli", &pay, &looked), None);
+        assert_eq!(look_of("initech", &pay, &looked), None);
+        let refused = run_with(
+            &config,
+            &store,
+            &Memo::default(),
+            &[("x-api-key", "acme"), (PAYMENT_SIGNATURE, short.as_str())],
+            &looked,
+        );
+        assert_eq!(reply(refused).status, 402);
+        // A fresh, matching payment is claimed directly: no look.
+        assert_eq!(look_of("acme", &pay, &first), Some((0, true, true, true)));
     }
 
     #[test]
