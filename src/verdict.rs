@@ -924,14 +924,27 @@ fn usage_endpoint<'c>(
             config.utc_offset,
         ),
     };
+    // Fleet mode: the balance is the store's, read by a draw of nothing (then decided again
+    // with its answer).
+    let selling = !plan.credits.is_empty() && config.payments.is_some();
+    let balance = match (&config.store, &attempt.drawn) {
+        (Some(_), Some(drawn)) => Some(drawn.balance),
+        (Some(_), None) if selling && counts.is_ok() => {
+            return Verdict {
+                action: Action::Draw(DrawAsk {
+                    consumer: consumer.id,
+                    cost: 0,
+                    usages: Vec::new(),
+                }),
+                metrics: Increments::default(),
+                metered: Metered::default(),
+            };
+        }
+        _ => credit_balance(config, consumer, plan, store),
+    };
     match counts {
         Ok(usages) => {
-            let mut reply = usage(
-                &caller,
-                standing,
-                &usages,
-                credit_balance(config, consumer, plan, store),
-            );
+            let mut reply = usage(&caller, standing, &usages, balance);
             // A plan that sells credits says what they cost: a client may buy before it runs out.
             if let Some(payments) = config
                 .payments

@@ -46,7 +46,8 @@ fn plugin_json(timeout: &str) -> String {
              "asset": "{ASSET}", "amount": "10000", "pay_to": "{PAY_TO}", "max_timeout_seconds": 3600,
              "extra": {{"name": "USDC", "version": "2"}} }}
         ]
-      }}
+      }},
+      "usage_path": "/tollgate/usage"
     }}"#
     )
 }
@@ -227,6 +228,14 @@ fn an_unknown_settlement_is_credited_once_when_the_payment_comes_back_elsewhere(
     assert_eq!(fleet.facilitator.verifies(), 1);
     assert_eq!(fleet.settles(), 2);
     assert_eq!(fleet.balance("acme"), 4);
+    // The usage endpoint of any Envoy reports the fleet's balance (and offers the packs).
+    for envoy in &fleet.envoys {
+        let usage = envoy.get("/tollgate/usage", &[("x-api-key", "acme-key")]);
+        assert_eq!(usage.status, 200, "{}", usage.body);
+        assert_eq!(usage.json()["credits"], 4, "{}", usage.body);
+        assert!(usage.header("payment-required").is_some());
+    }
+    assert_eq!(fleet.balance("acme"), 4, "reading it draws nothing");
     assert_eq!(drain_until_refused(&fleet.ports(), "acme-key", 10), 4);
     assert_eq!(
         pay(&fleet.envoys[1], "acme-key", &payment).status,
