@@ -313,3 +313,64 @@ fn an_unknown_settlement_is_decided_by_its_claim_on_an_envoy_configured_otherwis
     assert_eq!(paid.status, 200, "{}", paid.body);
     assert_eq!(fleet.balance("acme"), 9);
 }
+
+#[test]
+fn a_credit_the_store_did_not_confirm_is_tried_again_and_lands_once() {
+    let fleet = Fleet::start("10s");
+    let accepted = offer(&fleet.spend("acme-key"));
+    fleet
+        .facilitator
+        .script_settle(&[Outcome::Slow(Duration::from_secs(4))]);
+    let nonce = x402_nonce(41);
+    let payment = payment_signature(&accepted, PAYER, &nonce);
+    let port = fleet.envoys[0].port;
+    let paying = {
+        let payment = payment.clone();
+        std::thread::spawn(move || {
+            request(
+                port,
+                "GET",
+                "/",
+                &[
+                    ("x-api-key", b"acme-key"),
+                    ("payment-signature", payment.as_bytes()),
+                ],
+            )
+        })
+    };
+    // Redis stops answering once the settlement is under way (its claim is SETTLING; the
+    // facilitator answers 4 s after it got the call): the credit that follows cannot be
+    // confirmed.
+    poll(DEADLINE, "the settlement to have started", || {
+        (fleet.settles() == 1).then_some(())
+    });
+    fleet.redis.freeze();
+    let answered = paying.join().unwrap();
+    assert_eq!(answered.status, 503, "{}", answered.body);
+    assert_eq!(
+        answered.json()["type"],
+        "urn:tollgate:problem:payment-pending"
+    );
+    assert!(answered.header("payment-required").is_none());
+    assert!(
+        answered.body.contains("do not pay again"),
+        "{}",
+        answered.body
+    );
+    // A copy meanwhile is not settled again.
+    let copy = pay(&fleet.envoys[1], "acme-key", &payment);
+    assert_eq!(copy.status, 503, "{}", copy.body);
+    fleet.redis.thaw();
+    // The root tries the credit again by itself: it lands, once.
+    poll(DEADLINE, "the credit to land", || {
+        (fleet.balance("acme") == 5).then_some(())
+    });
+    // The same payment again, through any Envoy: a replay of a settled payment, served from
+    // the credits (never settled again).
+    let served = pay(&fleet.envoys[2], "acme-key", &payment);
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(fleet.settles(), 1);
+    assert_eq!(fleet.facilitator.verifies(), 1);
+    assert_eq!(fleet.balance("acme"), 4);
+    assert_eq!(drain_until_refused(&fleet.ports(), "acme-key", 10), 4);
+}
