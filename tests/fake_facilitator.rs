@@ -18,8 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tollgate_testkit::*;
 
-const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
-
 /// An offer as a v2 `PAYMENT-REQUIRED` lists it (Base Sepolia USDC).
 fn offer() -> Value {
     json!({

@@ -15,9 +15,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
-const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
-const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A plan of 2 requests a day that credits stand in for, beside a burst limit they do not;

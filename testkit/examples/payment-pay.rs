@@ -8,10 +8,7 @@
 //! $ cargo run -p tollgate-testkit --example payment-pay -- "$CHALLENGE"
 //! ```
 
-use tollgate_testkit::{parse_challenge, pay_challenge};
-
-/// A payer's address for the examples.
-const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+use tollgate_testkit::{parse_challenge, pay_challenge, PAYER};
 
 fn main() {
     let Some(challenge) = std::env::args().nth(1) else {

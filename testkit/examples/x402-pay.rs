@@ -9,10 +9,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tollgate_testkit::{decode_x402, payment_signature, x402_nonce};
-
-/// A payer's address for the examples.
-const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+use tollgate_testkit::{decode_x402, payment_signature, x402_nonce, PAYER};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -17,6 +17,11 @@ pub(crate) const SIGNATURE: &str = concat!(
     "1b"
 );
 
+/// The packs the tests sell: USDC on Base Sepolia, paid to one address, by one payer.
+pub const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+pub const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+
 /// A nonce of an authorization's shape (`0x` and 64 hex digits), distinct for each `n`.
 pub fn x402_nonce(n: u64) -> String {
     format!("0x{n:064x}")
