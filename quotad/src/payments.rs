@@ -263,12 +263,16 @@ impl Service {
             .arg(state as i32)
             .arg(now_ms())
             .arg(KEEP_SETTLING_SECONDS);
-        let (found, consumer): (i64, String) = self.store.invoke(&invocation).await?;
+        let (found, consumer, after): (i64, String, i32) = self.store.invoke(&invocation).await?;
         if found != 1 {
             return Ok(None);
         }
-        // Settled or dropped: no longer one of its consumer's open claims.
-        if matches!(state, ClaimState::None | ClaimState::Settled) {
+        // Settled or dropped: no longer one of its consumer's open claims (a claim the call
+        // kept as it was, e.g. UNKNOWN, stays one).
+        if matches!(
+            ClaimState::of(after),
+            ClaimState::None | ClaimState::Settled
+        ) {
             self.open(domain, &consumer, replay, 0, false).await?;
         }
         Ok(Some(consumer))

@@ -301,6 +301,13 @@ async fn a_consumer_has_at_most_32_claims_open_and_settling_one_frees_its_place(
         claim(&mut c, claim_of(&acme, &replay("more"))).await.0,
         Claimed::TooMany
     );
+    // A drop that keeps its claim (UNKNOWN: its money may have moved) keeps its place too.
+    assert!(mark(&mut c, &replays[2], ClaimState::Unknown).await);
+    assert!(mark(&mut c, &replays[2], ClaimState::None).await);
+    assert_eq!(
+        claim(&mut c, claim_of(&acme, &replay("kept"))).await.0,
+        Claimed::TooMany
+    );
     assert!(mark(&mut c, &replays[1], ClaimState::None).await);
     assert_eq!(
         claim(&mut c, claim_of(&acme, &replay("more2"))).await.0,
