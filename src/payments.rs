@@ -564,6 +564,13 @@ pub enum Claimed {
     Untimely(&'static str),
 }
 
+/// What a paying request is told, where several paths answer alike (local mode's verdict,
+/// fleet mode's root).
+pub const UNRESOLVED: &str =
+    "The settlement of this payment cannot be confirmed; it was not credited. Contact the API's operator.";
+pub const NOT_CREDITED_YET: &str = "The payment was settled but not credited yet; send the same payment again shortly (do not pay again).";
+pub const NOT_TAKEN: &str = "The payment cannot be taken now; try again shortly.";
+
 /// A reply to a paying request: its problem type, detail and `Retry-After`.
 pub type PayReply = (&'static str, String, Option<u64>);
 

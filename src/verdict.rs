@@ -496,9 +496,7 @@ fn pay<'c>(
             );
             return Some(reply(
                 crate::response::PAYMENT_UNRESOLVED,
-                "The settlement of this payment cannot be confirmed; it was not credited. \
-                 Contact the API's operator."
-                    .into(),
+                payments::UNRESOLVED.into(),
                 None,
             ));
         }
@@ -541,7 +539,7 @@ fn pay<'c>(
             log::error!("payments: cannot claim a payment: {}", e.reason());
             return Some(reply(
                 crate::response::PAYMENT_PENDING,
-                "The payment cannot be taken now; try again shortly.".into(),
+                payments::NOT_TAKEN.into(),
                 Some(1),
             ));
         }

@@ -681,7 +681,7 @@ fn failed(q: Queued, why: String, now_ms: i64) {
         // (A look that failed may have missed a claim under way: never a fresh 402 then.)
         Job::Claim | Job::Look { .. } => {
             log::warn!("payments: a payment could not be claimed in the store: {why}");
-            pending("The payment cannot be taken now; try again shortly.");
+            pending(core::NOT_TAKEN);
         }
         Job::Verify | Job::Settling => {
             count(Count::Unavailable, u64::from(matches!(q.job, Job::Verify)));
@@ -741,10 +741,7 @@ fn failed(q: Queued, why: String, now_ms: i64) {
                     "payments: consumer={consumer}: a settled payment is not credited yet \
                      ({why}); trying again (transaction {transaction})"
                 );
-                pending(
-                    "The payment was settled but not credited yet; send the same payment again \
-                     shortly (do not pay again).",
-                );
+                pending(core::NOT_CREDITED_YET);
                 let delay = credit_delay_ms(*tries);
                 let again = Queued {
                     job: Job::Credit {
@@ -896,14 +893,7 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
                     consumer_name(&q.runtime, &q.pay),
                     q.pay.look.get(next).map_or("?", String::as_str)
                 );
-                respond(
-                    &q,
-                    PAYMENT_UNRESOLVED,
-                    "The settlement of this payment cannot be confirmed; it was not credited. \
-                     Contact the API's operator."
-                        .into(),
-                    None,
-                );
+                respond(&q, PAYMENT_UNRESOLVED, core::UNRESOLVED.into(), None);
                 let _ = take_entry(&WAITING, |c| *c == q.context);
             } else if next + 1 < q.pay.look.len() {
                 q.job = Job::Look { next: next + 1 };
@@ -1066,14 +1056,7 @@ fn on_settled(q: Queued, status: Option<u16>, body: &[u8], now_ms: i64) {
         // nonce used, the funds gone) may be the first settlement's doing.
         Settled::Refused(_) | Settled::NonceUsed if !q.pay.verify => {
             unresolved(&q, now_ms);
-            respond(
-                &q,
-                PAYMENT_UNRESOLVED,
-                "The settlement of this payment cannot be confirmed; it was not credited. \
-                 Contact the API's operator."
-                    .into(),
-                None,
-            );
+            respond(&q, PAYMENT_UNRESOLVED, core::UNRESOLVED.into(), None);
         }
         Settled::Refused(why) => {
             count(Count::Refused, 1);
@@ -1175,9 +1158,7 @@ fn settled_payment(
             respond(
                 &q,
                 PAYMENT_PENDING,
-                "The payment was settled but not credited yet; send the same payment again \
-                 shortly (do not pay again)."
-                    .into(),
+                core::NOT_CREDITED_YET.into(),
                 Some(RETRY_UNKNOWN),
             );
             let _ = take_entry(&WAITING, |c| *c == q.context);
