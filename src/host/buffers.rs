@@ -55,13 +55,18 @@ pub fn get(buffer: BufferType, start: usize, size: usize) -> Option<Vec<u8>> {
 }
 
 /// Replaces `size` bytes of a buffer from `start` with `value`.
+/// The largest answer read from the store (quotad's rate limit and payments answers are a
+/// few hundred bytes): a larger one is not read, and so is a failed call.
+pub const MAX_GRPC_ANSWER: usize = 64 * 1024;
+
 /// The body of the gRPC answer being handled (`status` 0), read from the effective context
-/// (where Envoy put it: the context the call was made from); empty for a failed call.
-pub fn grpc_answer(status: u32, size: usize) -> Vec<u8> {
-    if status != 0 {
-        return Vec::new();
+/// (where Envoy put it: the context the call was made from); `None` for a failed call or one
+/// past [`MAX_GRPC_ANSWER`] (a store error, as no answer is).
+pub fn grpc_answer(status: u32, size: usize) -> Option<Vec<u8>> {
+    if status != 0 || size > MAX_GRPC_ANSWER {
+        return None;
     }
-    get(BufferType::GrpcReceiveBuffer, 0, size).unwrap_or_default()
+    Some(get(BufferType::GrpcReceiveBuffer, 0, size).unwrap_or_default())
 }
 
 pub fn set(buffer: BufferType, start: usize, size: usize, value: &[u8]) -> bool {

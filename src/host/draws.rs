@@ -128,6 +128,12 @@ pub fn on_answer(caller: u32, token: u32, status: u32, size: usize, now_ms: i64)
         .and_then(|c| config.plan_of(c));
     // Read where Envoy put the answer: the request's context.
     let body = super::buffers::grpc_answer(status, size);
+    let status = if body.is_none() && status == 0 {
+        14
+    } else {
+        status
+    };
+    let body = body.unwrap_or_default();
     let mut attempt = drawing.attempt;
     attempt.now_ms = now_ms;
     match plan.and_then(|p| crate::fleet::drawn_of(drawing.ask, p, &body)) {

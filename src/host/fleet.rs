@@ -86,7 +86,7 @@ impl FleetHost for Host {
     }
 
     fn answer(&self, size: usize) -> Vec<u8> {
-        super::buffers::grpc_answer(0, size)
+        super::buffers::grpc_answer(0, size).unwrap_or_default()
     }
 
     fn decide(&self, context: u32, runtime: &Rc<Runtime>, attempt: &Attempt, now_ms: i64) -> Step {

@@ -851,6 +851,13 @@ pub fn on_store_answer(token: u32, status: u32, size: usize, now_ms: i64) {
         return;
     };
     let body = super::buffers::grpc_answer(status, size);
+    // Past the bound it is no answer (UNAVAILABLE): nothing of it is believed.
+    let status = if body.is_none() && status == 0 {
+        14
+    } else {
+        status
+    };
+    let body = body.unwrap_or_default();
     let why = format!("the payments API answered gRPC status {status}");
     match std::mem::replace(&mut q.job, Job::Claim) {
         Job::Look { next } => {
